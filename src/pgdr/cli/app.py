@@ -1,0 +1,51 @@
+"""The root ``pgdr`` command: assembles the sub-apps and maps errors to exit codes.
+
+Exit codes (docs/cli.md): 0 ok; 1 a check failed or the database is unhealthy; 2 bad usage,
+configuration, or an unconfirmed destructive action; 3 the work could not be done.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pgdr import __version__
+from pgdr.cli import db, demo, pool, profile, sample
+from pgdr.cli.common import err_console
+from pgdr.errors import PgdrError
+
+app = typer.Typer(
+    name="pgdr",
+    help="Backups, point-in-time recovery, integrity checks and drills for PostgreSQL + pgvector.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(db.app, name="db")
+app.add_typer(pool.app, name="pool")
+app.add_typer(sample.app, name="sample")
+app.add_typer(profile.app, name="profile")
+app.command()(pool.health)
+app.command()(demo.demo)
+
+
+@app.command()
+def version() -> None:
+    """Print pgdr's version."""
+    print(__version__)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning anticipated failures into one sentence and an exit code.
+
+    typer itself reports usage errors (exit 2); everything pgdr anticipates is a PgdrError.
+    """
+    try:
+        app()
+    except PgdrError as exc:
+        err_console.print(f"[red]error:[/] {exc.message}", highlight=False)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.")
+        sys.exit(130)

@@ -1,0 +1,458 @@
+"""The life of one local cluster: create, start, status, stop, destroy, connect.
+
+A cluster lives in one directory::
+
+    <dir>/cluster.json   what pgdr knows of it (binaries, port, version), root-only
+    <dir>/password       the superuser's password for TCP connections, 0600
+    <dir>/data/          PGDATA, owned by the service user
+    <dir>/run/           the unix socket directory, owned by the service user
+    <dir>/server.log     the server's log
+
+Local (socket) connections use ``trust``, guarded by the socket directory's 0700 mode; TCP
+connections on 127.0.0.1 need the generated password (SCRAM). pgdr itself always uses the socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pgdr.cluster.installation import PgInstallation, choose_installation
+from pgdr.cluster.ports import find_free_port, port_in_use
+from pgdr.cluster.runtime import reachable_installation
+from pgdr.cluster.service_user import ServiceUser, resolve_service_user
+from pgdr.config.settings import PgdrSettings
+from pgdr.errors import ConfigError, RuntimeFailure
+
+SUPERUSER = "postgres"
+DEFAULT_CLUSTER = "default"
+START_TIMEOUT_S = 120
+
+BASE_CONFIG = """
+# --- written by pgdr ---
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{socket_dir}'
+unix_socket_permissions = 0700
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+wal_keep_size = '256MB'
+fsync = on
+log_line_prefix = '%m [%p] '
+include_if_exists = 'pgdr.conf'
+"""
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What ``pgdr db status`` reports."""
+
+    name: str
+    exists: bool
+    running: bool
+    pid: int | None
+    port: int | None
+    version: str | None
+    data_dir: str
+    socket_dir: str
+    bin_dir: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ensure_home(home: Path) -> Path:
+    """Create ``PGDR_HOME`` if needed; a clear error when it cannot be created or written."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"PGDR_HOME {home} is not usable: {exc.strerror or exc}; "
+            "set PGDR_HOME to a writable directory."
+        ) from exc
+    if os.geteuid() == 0:
+        # The service user must be able to traverse to its clusters.
+        home.chmod(home.stat().st_mode | 0o711)
+    return home
+
+
+class LocalCluster:
+    """A PostgreSQL cluster pgdr runs itself, in its own directory."""
+
+    def __init__(self, directory: Path, settings: PgdrSettings, name: str | None = None) -> None:
+        self.directory = directory
+        self.name = name or directory.name
+        self.settings = settings
+        self.data_dir = directory / "data"
+        self.socket_dir = directory / "run"
+        self.log_file = directory / "server.log"
+        self.meta_file = directory / "cluster.json"
+        self.password_file = directory / "password"
+        self._user: ServiceUser | None = None
+
+    # ----- metadata -------------------------------------------------------------------------
+    @property
+    def exists(self) -> bool:
+        return self.meta_file.is_file() and (self.data_dir / "PG_VERSION").is_file()
+
+    def _meta(self) -> dict[str, Any]:
+        if not self.meta_file.is_file():
+            raise RuntimeFailure(
+                f"There is no cluster {self.name!r} at {self.directory}; create it with "
+                "`pgdr db start`."
+            )
+        data: dict[str, Any] = json.loads(self.meta_file.read_text())
+        return data
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        tmp = self.meta_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(self.meta_file)
+
+    @property
+    def port(self) -> int:
+        return int(self._meta()["port"])
+
+    @property
+    def installation(self) -> PgInstallation:
+        meta = self._meta()
+        return PgInstallation(
+            Path(meta["bin_dir"]), int(meta["major"]), str(meta["version"]), str(meta["source"])
+        )
+
+    @property
+    def user(self) -> ServiceUser:
+        if self._user is None:
+            self._user = resolve_service_user(self.settings.service_user)
+        return self._user
+
+    # ----- connection strings ---------------------------------------------------------------
+    def conninfo(self, dbname: str = "postgres") -> str:
+        """libpq URL over the unix socket, needing no password."""
+        return (
+            f"postgresql://{SUPERUSER}@/{quote(dbname)}"
+            f"?host={quote(str(self.socket_dir), safe='')}&port={self.port}"
+        )
+
+    def tcp_url(self, dbname: str = "postgres", with_password: bool = False) -> str:
+        secret = ""
+        if with_password:
+            secret = ":" + quote(self.password_file.read_text().strip(), safe="")
+        return f"postgresql://{SUPERUSER}{secret}@127.0.0.1:{self.port}/{quote(dbname)}"
+
+    # ----- lifecycle ------------------------------------------------------------------------
+    def create(
+        self,
+        installation: PgInstallation | None = None,
+        port: int | None = None,
+        checksums: bool = True,
+        extra_config: str = "",
+    ) -> None:
+        """initdb a new cluster; refuses to touch an existing one."""
+        if self.exists:
+            raise ConfigError(f"Cluster {self.name!r} already exists at {self.directory}.")
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ConfigError(
+                f"{self.data_dir} is not empty and holds no pgdr cluster; move it away first."
+            )
+        ensure_home(self.settings.home)
+        inst = installation or choose_installation(self.settings.pg_bin, self.settings.pg_version)
+        inst = reachable_installation(inst, self.user, self.settings.home / "runtime")
+        port = port or find_free_port()
+        self._prepare_directories()
+        self._initdb(inst, checksums)
+        self._append_config(
+            BASE_CONFIG.format(port=port, socket_dir=self.socket_dir) + extra_config
+        )
+        self._write_meta(
+            {
+                "name": self.name,
+                "bin_dir": str(inst.bin_dir),
+                "major": inst.major,
+                "version": inst.version,
+                "source": inst.source,
+                "port": port,
+                "checksums": checksums,
+                "created_at": time.time(),
+            }
+        )
+
+    def adopt(self, installation: PgInstallation, port: int | None = None) -> None:
+        """Take over a data directory put in place by someone else (a restore), ready to start."""
+        if not (self.data_dir / "PG_VERSION").is_file():
+            raise RuntimeFailure(f"{self.data_dir} is not a PostgreSQL data directory.")
+        inst = reachable_installation(installation, self.user, self.settings.home / "runtime")
+        port = port or find_free_port()
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.user.own(self.socket_dir, 0o700)
+        self._chown_tree(self.data_dir)
+        self._append_config(BASE_CONFIG.format(port=port, socket_dir=self.socket_dir))
+        self._write_meta(
+            {
+                "name": self.name,
+                "bin_dir": str(inst.bin_dir),
+                "major": inst.major,
+                "version": inst.version,
+                "source": inst.source,
+                "port": port,
+                "created_at": time.time(),
+                "adopted": True,
+            }
+        )
+
+    def _chown_tree(self, root: Path) -> None:
+        if not self.user.switch:
+            return
+        for path in [root, *root.rglob("*")]:
+            os.lchown(path, self.user.uid, self.user.gid)
+        root.chmod(0o700)
+
+    def _prepare_directories(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o711)
+        for path in (self.data_dir, self.socket_dir):
+            path.mkdir(exist_ok=True)
+            self.user.own(path, 0o700)
+        self.log_file.touch()
+        self.user.own(self.log_file, 0o600)
+
+    def _initdb(self, inst: PgInstallation, checksums: bool) -> None:
+        password = secrets.token_urlsafe(24)
+        self.password_file.write_text(password + "\n")
+        self.password_file.chmod(0o600)
+        # initdb reads the password from a file the service user can read; it is removed at once.
+        pwfile = self.socket_dir / "initdb.pw"
+        pwfile.write_text(password + "\n")
+        self.user.own(pwfile, 0o600)
+        try:
+            args: list[str | Path] = [
+                inst.tool("initdb"),
+                "-D",
+                self.data_dir,
+                "-U",
+                SUPERUSER,
+                "--pwfile",
+                pwfile,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+            ]
+            if checksums:
+                args.append("--data-checksums")
+            elif inst.major >= 18:
+                args.append("--no-data-checksums")
+            result = self.user.run(args, timeout=300)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise RuntimeFailure(f"initdb failed: {_last_line(result.stderr)}")
+
+    def _append_config(self, text: str) -> None:
+        conf = self.data_dir / "postgresql.conf"
+        with conf.open("a") as handle:
+            handle.write(text)
+
+    def set_config(self, text: str) -> None:
+        """Replace pgdr's own include file (``pgdr.conf``); takes effect on restart/reload."""
+        path = self.data_dir / "pgdr.conf"
+        path.write_text(text)
+        self.user.own(path, 0o600)
+
+    def set_port(self, port: int) -> None:
+        meta = self._meta()
+        meta["port"] = port
+        self._append_config(f"port = {port}\n")
+        self._write_meta(meta)
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> list[str]:
+        """Start the server and wait until it accepts connections; returns notes to show."""
+        notes: list[str] = []
+        if self.status().running:
+            return notes
+        if port_in_use(self.port):
+            raise ConfigError(
+                f"Port {self.port} is already in use by another program; "
+                "start the cluster on another port with --port."
+            )
+        stale = self._clear_stale_pid_file()
+        if stale:
+            notes.append(stale)
+        inst = self.installation
+        result = self.user.run(
+            [
+                inst.tool("pg_ctl"),
+                "-D",
+                self.data_dir,
+                "-l",
+                self.log_file,
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            ],
+            timeout=timeout + 30,
+        )
+        if result.returncode != 0:
+            raise RuntimeFailure(
+                f"The server of cluster {self.name!r} did not start: {self._log_reason()}"
+            )
+        return notes
+
+    def _log_reason(self) -> str:
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return "its log cannot be read."
+        for line in reversed(lines):
+            if "FATAL" in line or "PANIC" in line:
+                return line.split(":", 3)[-1].strip() + f" (see {self.log_file})."
+        return f"see {self.log_file}."
+
+    def _clear_stale_pid_file(self) -> str | None:
+        """Move aside a postmaster.pid left by a crash when its PID is not our server."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (ValueError, IndexError, OSError):
+            pid = -1
+        if pid > 0 and _is_postgres_for(pid, self.data_dir):
+            return None
+        aside = pid_file.with_name(f"postmaster.pid.stale-{int(time.time())}")
+        pid_file.rename(aside)
+        return f"Moved a stale postmaster.pid (PID {pid} is not running) to {aside.name}."
+
+    def stop(self, mode: str = "fast", timeout: float = 120) -> bool:
+        """Stop the server; False when it was not running."""
+        if not self.status().running:
+            return False
+        result = self.user.run(
+            [
+                self.installation.tool("pg_ctl"),
+                "-D",
+                self.data_dir,
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "stop",
+            ],
+            timeout=timeout + 30,
+        )
+        if result.returncode != 0:
+            raise RuntimeFailure(f"pg_ctl stop failed: {_last_line(result.stderr)}")
+        return True
+
+    def kill(self) -> None:
+        """Crash the server on purpose (SIGKILL to the postmaster), as a drill does."""
+        pid = self._running_pid()
+        if pid is None:
+            return
+        children = _children_of(pid)
+        os.kill(pid, 9)
+        # Wait until the postmaster is reaped and its backends have noticed its death: until
+        # then a new postmaster refuses the lock files and the shared memory they still hold.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            Path(f"/proc/{p}").exists() for p in (pid, *children)
+        ):
+            time.sleep(0.05)
+
+    def _running_pid(self) -> int | None:
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _is_postgres_for(pid, self.data_dir) else None
+
+    def status(self) -> ClusterStatus:
+        exists = self.exists
+        meta = self._meta() if exists else {}
+        pid = self._running_pid() if exists else None
+        return ClusterStatus(
+            name=self.name,
+            exists=exists,
+            running=pid is not None,
+            pid=pid,
+            port=meta.get("port"),
+            version=meta.get("version"),
+            data_dir=str(self.data_dir),
+            socket_dir=str(self.socket_dir),
+            bin_dir=meta.get("bin_dir"),
+        )
+
+    def destroy(self) -> None:
+        """Stop the server (immediately) and delete the whole cluster directory."""
+        if self.exists and self.status().running:
+            self.stop(mode="immediate")
+        shutil.rmtree(self.directory, ignore_errors=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.lower()
+    except OSError:
+        return ""
+    return ""
+
+
+def _is_postgres_for(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is a live postgres whose working directory is ``data_dir``."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        cwd = Path(f"/proc/{pid}/cwd").readlink()
+    except OSError:
+        return True  # cannot inspect (another user's process): assume it is ours
+    return cmdline.endswith(b"postgres") and cwd.resolve() == data_dir.resolve()
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def default_cluster(settings: PgdrSettings) -> LocalCluster:
+    """The embedded default database, ``$PGDR_HOME/clusters/default``."""
+    return LocalCluster(settings.home / "clusters" / DEFAULT_CLUSTER, settings, DEFAULT_CLUSTER)

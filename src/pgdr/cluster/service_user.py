@@ -1,0 +1,101 @@
+"""The unprivileged OS user that PostgreSQL server processes run as.
+
+PostgreSQL refuses to run as root. When pgdr itself runs as root it runs initdb, pg_ctl and the
+server as ``PGDR_SERVICE_USER`` (default ``postgres``, created as a system user when missing) and
+makes sure that user can reach the binaries and directories involved; as any other user it runs
+them as itself.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgdr.errors import ConfigError, RuntimeFailure
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    """Who server processes run as; ``switch`` is False when that is the current user."""
+
+    name: str
+    uid: int
+    gid: int
+    switch: bool
+
+    def run(
+        self,
+        args: Sequence[str | Path],
+        *,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a program as this user, capturing its output."""
+        return subprocess.run(
+            [str(a) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=check,
+            cwd="/",
+            user=self.uid if self.switch else None,
+            group=self.gid if self.switch else None,
+            extra_groups=[] if self.switch else None,
+        )
+
+    def can_reach(self, path: Path) -> bool:
+        """Whether this user can traverse to and read/execute ``path``."""
+        if not self.switch:
+            return os.access(path, os.R_OK | os.X_OK)
+        return self.run(["test", "-r", str(path), "-a", "-x", str(path)]).returncode == 0
+
+    def own(self, path: Path, mode: int) -> None:
+        """Give ``path`` to this user with ``mode`` (a no-op owner change when not switching)."""
+        if self.switch:
+            os.chown(path, self.uid, self.gid)
+        path.chmod(mode)
+
+
+def _create_system_user(name: str) -> None:
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        raise ConfigError(
+            f"The OS user {name!r} does not exist and useradd is not available to create it; "
+            "create it or set PGDR_SERVICE_USER to an existing unprivileged user."
+        )
+    result = subprocess.run(
+        [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode not in (0, 9):  # 9: created meanwhile by someone else
+        raise RuntimeFailure(f"Could not create the OS user {name!r}: {result.stderr.strip()}.")
+
+
+def resolve_service_user(name: str) -> ServiceUser:
+    """The user to run servers as, creating ``name`` when pgdr is root and it is missing."""
+    if os.geteuid() != 0:
+        entry = pwd.getpwuid(os.geteuid())
+        return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=False)
+    if name == "root":
+        raise ConfigError("PGDR_SERVICE_USER must not be root: PostgreSQL refuses to run as root.")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        _create_system_user(name)
+        entry = pwd.getpwnam(name)
+    # Verify the group exists; a dangling gid would make every chown fail later.
+    try:
+        grp.getgrgid(entry.pw_gid)
+    except KeyError as exc:
+        raise ConfigError(f"The OS user {name!r} has a primary group that does not exist.") from exc
+    return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=True)

@@ -1,0 +1,27 @@
+"""Settings: where pgdr reads its configuration from and how it validates it.
+
+Owns the runbook's pool variables and their four environment profiles, the ``PGDR_*`` variables,
+the optional ``pgdr.toml`` file, and the choice of target database (``DATABASE_URL``, the libpq
+``PG*`` variables, or the embedded default).
+"""
+
+from pgdr.config.pool_settings import (
+    POOL_PROFILES,
+    PoolSettings,
+    ResolvedPoolSettings,
+    resolve_pool_settings,
+)
+from pgdr.config.settings import PgdrSettings, load_settings, load_toml
+from pgdr.config.target import Target, resolve_target
+
+__all__ = [
+    "POOL_PROFILES",
+    "PgdrSettings",
+    "PoolSettings",
+    "ResolvedPoolSettings",
+    "Target",
+    "load_settings",
+    "load_toml",
+    "resolve_pool_settings",
+    "resolve_target",
+]

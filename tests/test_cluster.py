@@ -1,0 +1,139 @@
+"""The cluster manager against real PostgreSQL 18 (embedded) and 15 (Debian)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import Server, run_cli
+from pgdr.cluster import LocalCluster, choose_installation, find_installations
+from pgdr.config import PgdrSettings
+from pgdr.errors import ConfigError
+
+
+def test_cluster_runs_with_checksums_socket_and_tcp(server: Server) -> None:
+    cluster = server.cluster
+    with psycopg.connect(cluster.conninfo()) as conn:
+        row = conn.execute("SHOW data_checksums").fetchone()
+        assert row == ("on",)
+        user = conn.execute("SELECT usename FROM pg_user WHERE usesuper LIMIT 1").fetchone()
+        assert user == ("postgres",)
+    # TCP needs the generated password: without it the server refuses.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(cluster.tcp_url(), connect_timeout=5).close()
+    with psycopg.connect(cluster.tcp_url(with_password=True), connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    status = cluster.status()
+    assert status.running and status.port == cluster.port
+
+
+def test_server_runs_as_unprivileged_user(server: Server) -> None:
+    pid = server.cluster.status().pid
+    assert pid is not None
+    uid = os.stat(f"/proc/{pid}").st_uid
+    assert uid != 0
+
+
+def test_both_versions_are_found() -> None:
+    majors = {i.major for i in find_installations()}
+    assert 18 in majors
+    assert 15 in majors
+
+
+def test_missing_installation_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not contain a working postgres"):
+        choose_installation(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="No PostgreSQL 9 installation"):
+        choose_installation(None, 9)
+
+
+def test_lifecycle_port_in_use_and_stale_pid(settings: PgdrSettings) -> None:
+    cluster = LocalCluster(settings.home / "clusters" / "life", settings)
+    cluster.create(choose_installation(None, 18))
+    try:
+        assert not cluster.status().running
+        # Something else holds the port: a clear error, and the cluster is untouched.
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", cluster.port))
+            holder.listen()
+            with pytest.raises(ConfigError, match=f"Port {cluster.port} is already in use"):
+                cluster.start()
+        cluster.start()
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)")
+        # A crash leaves postmaster.pid behind; start must recover without losing data.
+        cluster.kill()
+        assert (cluster.data_dir / "postmaster.pid").exists()
+        assert not cluster.status().running
+        cluster.start()
+        with psycopg.connect(cluster.conninfo()) as conn:
+            assert conn.execute("SELECT x FROM keep").fetchone() == (7,)
+        # A pid file naming a live process that is not postgres is moved aside, not trusted.
+        cluster.stop()
+        (cluster.data_dir / "postmaster.pid").write_text(f"{os.getpid()}\n{cluster.data_dir}\n")
+        notes = cluster.start()
+        assert any("stale postmaster.pid" in n for n in notes)
+        assert cluster.status().running
+        with pytest.raises(ConfigError, match="already exists"):
+            cluster.create()
+    finally:
+        cluster.destroy()
+    assert not cluster.directory.exists()
+
+
+def test_cli_db_lifecycle(
+    cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    home = Path(cli_env["PGDR_HOME"]) / "cli-home"
+    env = cli_env | {"PGDR_HOME": str(home)}
+    result = run_cli("db", "status", "--json", env=env)
+    assert result.code == 1
+    assert json.loads(result.stdout)["exists"] is False
+    result = run_cli("health", env=env)
+    assert result.code == 3
+    assert "pgdr db start" in result.stderr
+    result = run_cli("db", "start", "--json", env=env)
+    assert result.code == 0, result.stderr
+    started = json.loads(result.stdout)
+    assert started["running"] and started["created"]
+    url = run_cli("db", "url", env=env).stdout.strip()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert run_cli("health", "--json", env=env).code == 0
+    # Destroy asks first; without an answer nothing is deleted.
+    result = run_cli("db", "destroy", env=env, input="n\n")
+    assert result.code == 2
+    assert (home / "clusters" / "default" / "data").exists()
+    assert run_cli("db", "stop", env=env).code == 0
+    assert run_cli("db", "status", env=env).code == 1
+    assert run_cli("db", "destroy", "--yes", env=env).code == 0
+    assert not (home / "clusters" / "default").exists()
+
+
+def test_unusable_home_is_a_clear_error(cli_env: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    env = cli_env | {"PGDR_HOME": str(blocker / "home")}
+    result = run_cli("db", "start", env=env)
+    assert result.code == 2
+    assert "PGDR_HOME" in result.stderr and "not usable" in result.stderr
+    assert blocker.read_text() == "x"
+
+
+def test_missing_pg_bin_is_a_clear_error(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = cli_env | {"PGDR_HOME": str(tmp_path / "h"), "PGDR_PG_BIN": str(tmp_path / "nothing")}
+    result = run_cli("db", "start", env=env)
+    assert result.code == 2
+    assert "PGDR_PG_BIN" in result.stderr
+
+
+def test_start_timeout_is_reasonable(pg18: Server) -> None:
+    started = time.monotonic()
+    assert pg18.cluster.start() == []  # already running: a no-op
+    assert time.monotonic() - started < 5
