@@ -1,0 +1,82 @@
+"""Sealing one object: zstd compression, then AES-256-GCM bound to the object's logical name.
+
+Sealed format (version 1)::
+
+    b"PGDR" | version (1 byte) | flags (1 byte: bit 0 = zstd) | nonce (12 bytes) | ciphertext+tag
+
+The associated data is the header plus the object's logical name, so a chunk moved to another
+name, a flipped bit or a truncated object all fail authentication, which is reported by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pgdr.crypto.keys import DataKey
+from pgdr.errors import RuntimeFailure
+
+MAGIC = b"PGDR"
+VERSION = 1
+FLAG_ZSTD = 1
+HEADER_LEN = len(MAGIC) + 2 + 12
+DEFAULT_LEVEL = 3
+
+
+class CorruptObject(RuntimeFailure):
+    """An object failed authentication or decompression: damaged, truncated, or not ours."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name} is damaged: {reason}.")
+        self.name = name
+
+
+def derive_subkey(key: DataKey, purpose: str) -> bytes:
+    """An independent 256-bit key for ``purpose`` (e.g. manifest signing) from a data key."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"pgdr/" + purpose.encode()).derive(key.key)
+
+
+def seal(
+    key: DataKey, name: str, plaintext: bytes, level: int = DEFAULT_LEVEL, compress: bool = True
+) -> bytes:
+    flags = FLAG_ZSTD if compress else 0
+    body = zstandard.ZstdCompressor(level=level).compress(plaintext) if compress else plaintext
+    nonce = secrets.token_bytes(12)
+    header = MAGIC + bytes([VERSION, flags]) + nonce
+    return header + AESGCM(key.key).encrypt(nonce, body, header + name.encode())
+
+
+def open_sealed(key: DataKey, name: str, sealed: bytes) -> bytes:
+    if len(sealed) < HEADER_LEN + 16 or not sealed.startswith(MAGIC):
+        raise CorruptObject(name, "it is truncated or not a pgdr object")
+    if sealed[4] != VERSION:
+        raise CorruptObject(name, f"unknown format version {sealed[4]}")
+    header = sealed[:HEADER_LEN]
+    nonce = header[6:HEADER_LEN]
+    try:
+        body = AESGCM(key.key).decrypt(nonce, sealed[HEADER_LEN:], header + name.encode())
+    except InvalidTag:
+        raise CorruptObject(
+            name, "authentication failed (altered, truncated or misplaced)"
+        ) from None
+    if sealed[5] & FLAG_ZSTD:
+        try:
+            return zstandard.ZstdDecompressor().decompress(body)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(name, f"it does not decompress ({exc})") from exc
+    return body
+
+
+def sign(key: bytes, payload: bytes) -> str:
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def verify_signature(key: bytes, payload: bytes, signature: str) -> bool:
+    return hmac.compare_digest(sign(key, payload), signature)

@@ -1,0 +1,163 @@
+"""Master keys (from the environment, a file, or generated for the embedded default) and data keys.
+
+``PGDR_ENCRYPTION_KEY`` holds a base64-encoded 32-byte key; ``PGDR_ENCRYPTION_KEY_FILE`` names a
+file holding one. With neither, the embedded default generates ``$PGDR_HOME/keys/master.key``
+(mode 0600) on first use and says where it is. A key's id is derived from the key itself, so a
+repository can tell "wrong key" from "damaged data".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pgdr.errors import ConfigError
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+WRAP_AAD = b"pgdr/data-key/v1"
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"pgdr/key-id/v1" + key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key encrypted by a master key, as stored in manifests."""
+
+    master_key_id: str
+    nonce: str
+    ciphertext: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "master_key_id": self.master_key_id,
+            "nonce": self.nonce,
+            "ciphertext": self.ciphertext,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> WrappedKey:
+        return cls(data["master_key_id"], data["nonce"], data["ciphertext"])
+
+
+@dataclass(frozen=True, repr=False)
+class DataKey:
+    """A per-backup key; never stored in the clear."""
+
+    key: bytes
+
+    def __repr__(self) -> str:
+        return "DataKey(<hidden>)"
+
+    @classmethod
+    def generate(cls) -> DataKey:
+        return cls(secrets.token_bytes(KEY_BYTES))
+
+
+@dataclass(frozen=True, repr=False)
+class MasterKey:
+    key: bytes
+    origin: str
+
+    def __repr__(self) -> str:
+        return f"MasterKey(id={self.key_id}, origin={self.origin})"
+
+    @property
+    def key_id(self) -> str:
+        return _key_id(self.key)
+
+    def wrap(self, data_key: DataKey) -> WrappedKey:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        ciphertext = AESGCM(self.key).encrypt(nonce, data_key.key, WRAP_AAD)
+        return WrappedKey(
+            self.key_id,
+            base64.b64encode(nonce).decode(),
+            base64.b64encode(ciphertext).decode(),
+        )
+
+    def unwrap(self, wrapped: WrappedKey, what: str = "this backup") -> DataKey:
+        if wrapped.master_key_id != self.key_id:
+            raise ConfigError(
+                f"The encryption key in use (id {self.key_id}) is not the key that protects "
+                f"{what} (id {wrapped.master_key_id}); set PGDR_ENCRYPTION_KEY or "
+                "PGDR_ENCRYPTION_KEY_FILE to the right key."
+            )
+        try:
+            key = AESGCM(self.key).decrypt(
+                base64.b64decode(wrapped.nonce), base64.b64decode(wrapped.ciphertext), WRAP_AAD
+            )
+        except (InvalidTag, binascii.Error, ValueError) as exc:
+            raise ConfigError(
+                f"The data key of {what} cannot be unwrapped: the key is wrong or the "
+                "manifest was tampered with."
+            ) from exc
+        return DataKey(key)
+
+
+def decode_key(text: str, origin: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{origin} is not valid base64.") from None
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"{origin} must decode to {KEY_BYTES} bytes, not {len(key)}.")
+    return key
+
+
+def generate_key_text() -> str:
+    return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+
+
+def write_key_file(path: Path, key_text: str) -> None:
+    """Create a key file with mode 0600; never overwrites an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key_text + "\n")
+
+
+def load_master_key(
+    home: Path, environ: Mapping[str, str] | None = None, generate: bool = True
+) -> tuple[MasterKey, str | None]:
+    """The master key in force, and a note to show when one was just generated."""
+    env = os.environ if environ is None else environ
+    if env.get("PGDR_ENCRYPTION_KEY"):
+        return MasterKey(
+            decode_key(env["PGDR_ENCRYPTION_KEY"], "PGDR_ENCRYPTION_KEY"), "PGDR_ENCRYPTION_KEY"
+        ), None
+    if env.get("PGDR_ENCRYPTION_KEY_FILE"):
+        path = Path(env["PGDR_ENCRYPTION_KEY_FILE"])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"PGDR_ENCRYPTION_KEY_FILE {path} cannot be read: {exc.strerror}."
+            ) from exc
+        return MasterKey(decode_key(text, f"The key file {path}"), str(path)), None
+    default = home / "keys" / "master.key"
+    if default.is_file():
+        return MasterKey(
+            decode_key(default.read_text(), f"The key file {default}"), str(default)
+        ), None
+    if not generate:
+        raise ConfigError(
+            "No encryption key is configured: set PGDR_ENCRYPTION_KEY or PGDR_ENCRYPTION_KEY_FILE."
+        )
+    write_key_file(default, generate_key_text())
+    note = (
+        f"Generated a new master key at {default} (mode 0600). Keep a copy somewhere safe: "
+        "without it no backup can be read."
+    )
+    return MasterKey(decode_key(default.read_text(), str(default)), str(default)), note

@@ -1,0 +1,65 @@
+"""The object-store interface every repository backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pgdr.errors import RuntimeFailure
+
+
+class ObjectNotFound(RuntimeFailure):
+    """The object does not exist (deleted, never written, or a wrong key)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, slash-separated, and never climb out of the store."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class ObjectStore(ABC):
+    """A flat namespace of immutable-ish objects addressed by slash-separated keys."""
+
+    url: str
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` atomically under ``key``, replacing any previous object."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object; :class:`ObjectNotFound` when missing."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; removing a missing object is not an error."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix``; returns how many."""
+        keys = [info.key for info in self.list(prefix)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    def check_writable(self) -> None:
+        """Raise a clear error now rather than half-way through a backup."""
+        probe = ".pgdr-write-test"
+        self.put(probe, b"ok")
+        self.delete(probe)

@@ -1,0 +1,106 @@
+"""A repository on a local (or mounted) filesystem.
+
+Atomicity: each object is written to a temporary file in the same directory, fsynced, renamed
+over its final name and the directory fsynced, so a crash or a full disk leaves either the old
+object or none, plus at most a ``.tmp-*`` file that the next listing ignores.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pgdr.errors import RuntimeFailure
+from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
+
+TMP_PREFIX = ".tmp-"
+
+
+def _describe_os_error(exc: OSError, action: str, path: Path) -> RuntimeFailure:
+    if exc.errno == errno.ENOSPC:
+        return RuntimeFailure(f"The disk holding {path} is full; {action} stopped.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RuntimeFailure(f"The repository at {path} is not writable ({exc.strerror}).")
+    return RuntimeFailure(f"Could not {action} {path}: {exc.strerror or exc}.")
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp_name: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            Path(tmp_name).replace(path)
+            tmp_name = None
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise _describe_os_error(exc, "writing", path) from exc
+        finally:
+            if tmp_name is not None:
+                Path(tmp_name).unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{key} is missing from the repository at {self.root}.") from None
+        except OSError as exc:
+            raise _describe_os_error(exc, "reading", path) from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            return iter(())
+        base = self.root
+        found: list[ObjectInfo] = []
+        for dirpath, _dirnames, filenames in os.walk(base):
+            for name in filenames:
+                if name.startswith(TMP_PREFIX):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    found.append(ObjectInfo(key, full.stat().st_size))
+        return iter(sorted(found, key=lambda info: info.key))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _describe_os_error(exc, "deleting", path) from exc
+        # Leave no empty directories behind, but never remove the root itself.
+        parent = path.parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def clean_temporary(self) -> int:
+        """Remove ``.tmp-*`` leftovers of interrupted writes."""
+        removed = 0
+        for tmp in self.root.rglob(f"{TMP_PREFIX}*") if self.root.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed

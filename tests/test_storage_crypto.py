@@ -1,0 +1,77 @@
+"""Local object store and the sealing envelope (S3 is tested against SeaweedFS elsewhere)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from pgdr.crypto import CorruptObject, DataKey, MasterKey, load_master_key, open_sealed, seal
+from pgdr.crypto.keys import generate_key_text
+from pgdr.errors import ConfigError
+from pgdr.storage import LocalStore, ObjectNotFound, open_store
+
+
+def test_local_store_roundtrip_and_listing(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "repo"))
+    assert isinstance(store, LocalStore)
+    store.put("backups/b1/chunks/000001", b"one")
+    store.put("backups/b1/manifest.json", b"{}")
+    store.put("wal/000000010000000000000001", b"w")
+    assert store.get("backups/b1/chunks/000001") == b"one"
+    assert [i.key for i in store.list("backups/")] == [
+        "backups/b1/chunks/000001",
+        "backups/b1/manifest.json",
+    ]
+    assert store.delete_prefix("backups/b1/") == 2
+    assert not (tmp_path / "repo" / "backups").exists()
+    with pytest.raises(ObjectNotFound, match="missing"):
+        store.get("backups/b1/manifest.json")
+    with pytest.raises(ValueError, match="invalid object key"):
+        store.put("../escape", b"x")
+
+
+def test_interrupted_write_leaves_no_object(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".tmp-123").write_bytes(b"half")
+    assert list(store.list()) == []
+    assert store.clean_temporary() == 1
+
+
+def test_seal_binds_name_and_detects_damage() -> None:
+    key = DataKey.generate()
+    sealed = seal(key, "chunk-1", b"hello" * 1000)
+    assert len(sealed) < 5000  # compressed
+    assert open_sealed(key, "chunk-1", sealed) == b"hello" * 1000
+    with pytest.raises(CorruptObject, match="chunk-2 is damaged"):
+        open_sealed(key, "chunk-2", sealed)
+    flipped = bytearray(sealed)
+    flipped[-20] ^= 1
+    with pytest.raises(CorruptObject, match="authentication failed"):
+        open_sealed(key, "chunk-1", bytes(flipped))
+    with pytest.raises(CorruptObject, match="truncated"):
+        open_sealed(key, "chunk-1", sealed[:10])
+    with pytest.raises(CorruptObject):
+        open_sealed(DataKey.generate(), "chunk-1", sealed)
+
+
+def test_master_key_sources_and_wrong_key(tmp_path: Path) -> None:
+    key, note = load_master_key(tmp_path, environ={})
+    assert note and "Generated a new master key" in note
+    path = tmp_path / "keys" / "master.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    again, note2 = load_master_key(tmp_path, environ={})
+    assert again.key_id == key.key_id and note2 is None
+    wrapped = key.wrap(DataKey(b"k" * 32))
+    assert key.unwrap(wrapped).key == b"k" * 32
+    other = MasterKey(base64.b64decode(generate_key_text()), "test")
+    with pytest.raises(ConfigError, match="not the key that protects"):
+        other.unwrap(wrapped)
+    with pytest.raises(ConfigError, match="not valid base64"):
+        load_master_key(tmp_path, environ={"PGDR_ENCRYPTION_KEY": "***"})
+    with pytest.raises(ConfigError, match="32 bytes"):
+        load_master_key(tmp_path, environ={"PGDR_ENCRYPTION_KEY": base64.b64encode(b"x").decode()})
+    from_env, _ = load_master_key(tmp_path, environ={"PGDR_ENCRYPTION_KEY": generate_key_text()})
+    assert from_env.origin == "PGDR_ENCRYPTION_KEY"
