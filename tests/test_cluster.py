@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,3 +138,41 @@ def test_start_timeout_is_reasonable(pg18: Server) -> None:
     started = time.monotonic()
     assert pg18.cluster.start() == []  # already running: a no-op
     assert time.monotonic() - started < 5
+
+
+def test_binaries_the_service_user_cannot_reach_are_staged(settings: PgdrSettings) -> None:
+    """A venv under root's 0700 home: the server half is copied to PGDR_HOME/runtime."""
+    import shutil
+
+    from pgdr.cluster.installation import PgInstallation, embedded_bin_dir
+    from pgdr.cluster.runtime import reachable_installation
+    from pgdr.cluster.service_user import resolve_service_user
+
+    source = embedded_bin_dir()
+    assert source is not None
+    package = source.parent.parent
+    private = Path(tempfile.mkdtemp(prefix="private-", dir="/tmp"))
+    private.chmod(0o700)
+    try:
+        shutil.copytree(package, private / "site" / package.name, symlinks=True)
+        libs = package.with_name(package.name + ".libs")
+        shutil.copytree(libs, private / "site" / libs.name, symlinks=True)
+        hidden = PgInstallation(
+            private / "site" / package.name / "pginstall" / "bin", 18, "18.6", "embedded"
+        )
+        user = resolve_service_user(settings.service_user)
+        assert not user.can_reach(hidden.bin_dir / "postgres")
+        home = Path(tempfile.mkdtemp(prefix="stage-", dir="/tmp"))
+        home.chmod(0o711)
+        staged = reachable_installation(hidden, user, home / "runtime")
+        assert staged.bin_dir != hidden.bin_dir and user.can_reach(staged.bin_dir / "postgres")
+        assert reachable_installation(hidden, user, home / "runtime") == staged  # copied once
+        cluster = LocalCluster(home / "clusters" / "staged", PgdrSettings(home=home))
+        cluster.create(staged)
+        cluster.start()
+        with psycopg.connect(cluster.conninfo()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        cluster.destroy()
+        shutil.rmtree(home)
+    finally:
+        shutil.rmtree(private)
