@@ -14,6 +14,7 @@ import pytest
 
 from conftest import Server, run_cli
 from pgdr.cluster import LocalCluster, choose_installation, find_installations
+from pgdr.cluster.service_user import resolve_service_user
 from pgdr.config import PgdrSettings
 from pgdr.errors import ConfigError
 
@@ -146,7 +147,6 @@ def test_binaries_the_service_user_cannot_reach_are_staged(settings: PgdrSetting
 
     from pgdr.cluster.installation import PgInstallation, embedded_bin_dir
     from pgdr.cluster.runtime import reachable_installation
-    from pgdr.cluster.service_user import resolve_service_user
 
     source = embedded_bin_dir()
     assert source is not None
@@ -176,3 +176,26 @@ def test_binaries_the_service_user_cannot_reach_are_staged(settings: PgdrSetting
         shutil.rmtree(home)
     finally:
         shutil.rmtree(private)
+
+
+def test_missing_service_user_is_created(tmp_path: Path) -> None:
+    import pwd
+    import subprocess
+
+    name = "pgdr-test-svc"
+    subprocess.run(["userdel", name], capture_output=True)
+    home = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))
+    home.chmod(0o711)
+    settings = PgdrSettings(home=home, service_user=name)
+    cluster = LocalCluster(home / "clusters" / "svc", settings)
+    try:
+        cluster.create(choose_installation(None, 18))
+        cluster.start()
+        pid = cluster.status().pid
+        assert pid is not None
+        assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam(name).pw_uid
+    finally:
+        cluster.destroy()
+        subprocess.run(["userdel", name], capture_output=True)
+    with pytest.raises(ConfigError, match="must not be root"):
+        resolve_service_user("root")
