@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server
 
+from conftest import Server
 from pgdr.cluster import find_free_port
 
 TOKEN = "test-token-0123456789abcdef"
@@ -69,7 +70,7 @@ def test_token_too_short_is_refused(cli_env: dict[str, str]) -> None:
 
 
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed")
-def test_dashboard_in_chromium(api: str, tmp_path: object) -> None:
+def test_dashboard_in_chromium(api: str, tmp_path: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -107,6 +108,6 @@ def test_dashboard_in_chromium(api: str, tmp_path: object) -> None:
         rows = driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")
         assert any("database_up" in r.text for r in rows)
         assert driver.find_element(By.ID, "latency").text.endswith("ms")
-        driver.save_screenshot(str(getattr(tmp_path, "joinpath")("dashboard.png")))
+        driver.save_screenshot(str(tmp_path.joinpath("dashboard.png")))
     finally:
         driver.quit()

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import psycopg
-from conftest import Server, run_cli
 
+from conftest import Server, run_cli
 from pgdr.cluster import LocalCluster, choose_installation, find_free_port
 from pgdr.config import PgdrSettings
 from pgdr.monitoring import IncidentLog, MonitorConfig, Severity, collect_report, run_checks
@@ -73,7 +73,8 @@ def test_outage_opens_a_p0_incident_that_resolves(settings: PgdrSettings, tmp_pa
         assert snap.healthy and monitor.incidents.open_incidents() == []
         (resolved,) = monitor.incidents.all()
         assert [e["event"] for e in resolved.events] == ["opened", "resolved"]
-        history = list((tmp_path / "records" / "checks").glob("*.jsonl"))[0].read_text()
+        (history_file,) = (tmp_path / "records" / "checks").glob("*.jsonl")
+        history = history_file.read_text()
         assert len(history.splitlines()) == 3
     finally:
         cluster.destroy()
