@@ -1,0 +1,306 @@
+"""``pgdr check``: run the planned table passes and turn their counts into findings.
+
+One connection, read-only, with a statement timeout per query: a table whose pass hits the
+timeout is reported as partial and the run goes on. Sample keys are fetched only for conditions
+that found something, so a healthy database costs exactly one query per table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors, sql
+
+from pgdr.config.target import redact
+from pgdr.integrity.catalog import Catalog, read_catalog
+from pgdr.integrity.findings import Finding, Report
+from pgdr.integrity.plan import Condition, TablePass, build_plan
+from pgdr.integrity.storage import check_amcheck, check_checksums
+from pgdr.pool import connect
+from pgdr.profile import Profile
+
+SCHEMA_ERRORS = ("42",)  # syntax errors, undefined objects, insufficient privilege
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    vectors: bool = False  # read every vector (NaN, infinity, zero vectors)
+    deep: bool = False  # pg_amcheck on heap and B-tree indexes
+    timeout_s: float = 300.0
+    samples: int = 5
+    groups: int = 50
+
+
+Progress = Callable[[str], None]
+
+
+def open_checked(conninfo: str, timeout_s: float) -> psycopg.Connection[Any]:
+    """A read-only autocommit connection whose statements give up after ``timeout_s``."""
+    conn = connect(conninfo, autocommit=True)
+    conn.execute("SET default_transaction_read_only = on")
+    conn.execute(
+        sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
+    )
+    conn.execute(
+        sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(min(timeout_s, 10) * 1000)}ms"))
+    )
+    return conn
+
+
+def run_check(
+    conninfo: str,
+    profile: Profile,
+    options: CheckOptions | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Every check of ``pgdr check`` against one database."""
+    options = options or CheckOptions()
+    started = time.perf_counter()
+    report = Report("check", redact(conninfo), profile.name)
+    with open_checked(conninfo, options.timeout_s) as conn:
+        catalog = read_catalog(conn)
+        if not catalog.has_pgvector:
+            report.notes.append(
+                "pgvector is not installed in this database; vector columns are checked as "
+                "real[] / double precision[] arrays."
+            )
+        if not options.vectors:
+            report.notes.append(
+                "Vector contents (NaN, infinity, zero vectors) were not read; pass --vectors "
+                "(or --deep) to read every vector."
+            )
+        plan = build_plan(profile, catalog, report, vectors=options.vectors)
+        tables: list[dict[str, Any]] = []
+        sources: list[dict[str, Any]] = []
+        for tp in plan.passes:
+            if progress:
+                progress(tp.table.qualified)
+            result = _run_pass(conn, tp, report, options)
+            if result is None:
+                continue
+            tables.append(result["table"])
+            sources.extend(result["embeddings"])
+        _storage(conn, catalog, report, options, conninfo)
+    report.sections = {"tables": tables, "embeddings": sources}
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _storage(
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    report: Report,
+    options: CheckOptions,
+    conninfo: str,
+) -> None:
+    check_checksums(conn, report)
+    if options.deep:
+        check_amcheck(conninfo, catalog.server_version // 10000, report, options.timeout_s)
+
+
+def _timeout_sentence(tp: TablePass, options: CheckOptions) -> str:
+    return (
+        f"the pass over {tp.table.qualified} stopped after {options.timeout_s:g} s "
+        "(statement timeout); its results are missing from this report (raise --timeout)."
+    )
+
+
+def _execute(
+    conn: psycopg.Connection[Any], tp: TablePass, report: Report, options: CheckOptions
+) -> list[tuple[Any, ...]] | None:
+    """Run the pass; drop conditions the server rejects (with the reason) and retry once."""
+    for attempt in range(2):
+        try:
+            return conn.execute(tp.select()).fetchall()
+        except errors.QueryCanceled:
+            report.skip("table pass", _timeout_sentence(tp, options), tp.table.qualified, True)
+            return None
+        except errors.LockNotAvailable:
+            report.skip(
+                "table pass",
+                f"{tp.table.qualified} is locked by another session (lock timeout); "
+                "it was not checked.",
+                tp.table.qualified,
+                True,
+            )
+            return None
+        except psycopg.Error as exc:
+            state = exc.sqlstate or ""
+            if attempt or not state.startswith(SCHEMA_ERRORS):
+                report.skip(
+                    "table pass",
+                    f"the pass over {tp.table.qualified} failed: {_first_line(exc)}",
+                    tp.table.qualified,
+                    True,
+                )
+                return None
+            _drop_bad_conditions(conn, tp, report)
+    return None
+
+
+def _drop_bad_conditions(conn: psycopg.Connection[Any], tp: TablePass, report: Report) -> None:
+    keep: list[Condition] = []
+    for cond in tp.conditions:
+        probe = sql.SQL("EXPLAIN SELECT count(*) FILTER (WHERE {}) FROM {}").format(
+            cond.predicate, tp.source()
+        )
+        try:
+            conn.execute(probe)
+        except psycopg.Error as exc:
+            reason = (
+                f"role {conn.info.user} lacks a privilege it needs"
+                if isinstance(exc, errors.InsufficientPrivilege)
+                else "the server rejected it"
+            )
+            report.skip(
+                cond.check,
+                f"{cond.check} check {cond.name} on {tp.table.qualified} was skipped: {reason}"
+                f" ({_first_line(exc)})",
+                tp.table.qualified,
+            )
+            continue
+        keep.append(cond)
+    tp.conditions = keep
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__).rstrip(".") + "."
+
+
+def _run_pass(
+    conn: psycopg.Connection[Any], tp: TablePass, report: Report, options: CheckOptions
+) -> dict[str, Any] | None:
+    rows = _execute(conn, tp, report, options)
+    if rows is None:
+        return None
+    grouped = tp.group_by is not None
+    offset = 1 if grouped else 0
+    n_metrics = len(tp.metrics)
+    total = 0
+    newest = None
+    metric_totals = [0] * n_metrics
+    cond_totals = [0] * len(tp.conditions)
+    groups: list[tuple[str | None, list[int]]] = []
+    for row in rows:
+        count, last = int(row[offset]), row[offset + 1]
+        total += count
+        if last is not None and (newest is None or last > newest):
+            newest = last
+        values = [int(v) for v in row[offset + 2 :]]
+        for i in range(n_metrics):
+            metric_totals[i] += values[i]
+        for i in range(len(tp.conditions)):
+            cond_totals[i] += values[n_metrics + i]
+        if grouped:
+            groups.append((row[0], [count, *values]))
+    table = {
+        "table": tp.table.qualified,
+        "rows": total,
+        "newest": newest.isoformat() if newest is not None else None,
+    }
+    for cond, found in zip(tp.conditions, cond_totals, strict=True):
+        if not found:
+            continue
+        report.add(
+            Finding(
+                cond.check,
+                cond.code,
+                cond.severity,
+                f"{found:,} of {total:,} rows of {tp.table.qualified} {cond.describe}.",
+                table=tp.table.qualified,
+                name=cond.name,
+                count=found,
+                rows=total,
+                samples=_samples(conn, tp, cond, report, options),
+                details=cond.details,
+            )
+        )
+    embeddings = [
+        _source_summary(tp, name, total, metric_totals, cond_totals, groups, options)
+        for name in tp.sources
+    ]
+    return {"table": table, "embeddings": embeddings}
+
+
+def _samples(
+    conn: psycopg.Connection[Any],
+    tp: TablePass,
+    cond: Condition,
+    report: Report,
+    options: CheckOptions,
+) -> list[str]:
+    if options.samples <= 0:
+        return []
+    try:
+        return [str(r[0]) for r in conn.execute(tp.samples(cond, options.samples))]
+    except errors.QueryCanceled:
+        report.skip(
+            "samples",
+            f"sample keys for {cond.name} on {tp.table.qualified} timed out.",
+            tp.table.qualified,
+        )
+    except psycopg.Error as exc:
+        report.skip("samples", f"sample keys for {cond.name}: {_first_line(exc)}")
+    return []
+
+
+def _source_summary(
+    tp: TablePass,
+    source: str,
+    total: int,
+    metric_totals: list[int],
+    cond_totals: list[int],
+    groups: list[tuple[str | None, list[int]]],
+    options: CheckOptions,
+) -> dict[str, Any]:
+    """Totals of one embedding source and the groups (chatbots) that have problems."""
+    metric_index = {m.name: i for i, m in enumerate(tp.metrics)}
+    cond_index = {
+        c.code: i
+        for i, c in enumerate(tp.conditions)
+        if c.check == "embeddings" and c.name == source
+    }
+    summary: dict[str, Any] = {
+        "source": source,
+        "table": tp.table.qualified,
+        "rows": total,
+        "with_vector": metric_totals[metric_index[f"{source}:with_vector"]],
+        "required": (
+            metric_totals[metric_index[f"{source}:required"]]
+            if f"{source}:required" in metric_index
+            else total
+        ),
+        "contents_read": options.vectors,
+    }
+    for code, i in cond_index.items():
+        summary[code] = cond_totals[i]
+    summary["group_by"] = tp.group_by
+    if tp.group_by is None:
+        return summary
+    n_metrics = len(tp.metrics)
+    problems: list[tuple[int, str, dict[str, Any]]] = []
+    for key, values in groups:
+        counts = {code: values[1 + n_metrics + i] for code, i in cond_index.items()}
+        if any(counts.values()):
+            problems.append(
+                (
+                    -sum(counts.values()),
+                    str(key),
+                    {
+                        "group": key,
+                        "rows": values[0],
+                        "with_vector": values[1 + metric_index[f"{source}:with_vector"]],
+                        **counts,
+                    },
+                )
+            )
+    problems.sort(key=lambda p: (p[0], p[1]))
+    summary["groups_total"] = len(groups)
+    summary["groups_with_problems"] = len(problems)
+    summary["groups"] = [p[2] for p in problems[: options.groups]]
+    return summary
