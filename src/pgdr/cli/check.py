@@ -1,0 +1,103 @@
+"""``pgdr check``: integrity checks, snapshots and their comparison, the psql function."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pgdr.cli.common import JsonOption, console, emit, err_console, settings, target
+from pgdr.errors import CheckFailed
+from pgdr.integrity import CheckOptions, Report, run_check
+from pgdr.profile import Profile, load_profile
+
+app = typer.Typer(
+    help="Integrity checks: orphans, broken embeddings, rules, storage; snapshots.",
+    invoke_without_command=True,
+)
+
+ProfileOption = Annotated[
+    str | None,
+    typer.Option("--profile", help="Built-in profile name or TOML path (default: PGDR_PROFILE)."),
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option("--timeout", help="Statement timeout in seconds for each query.", min=1),
+]
+
+STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def chosen_profile(name: str | None) -> Profile:
+    return load_profile(name or settings().profile)
+
+
+def render_report(report: Report, title: str) -> None:
+    """The human form of any integrity report."""
+    if report.findings:
+        table = Table(title=title, title_justify="left")
+        for column in ("level", "severity", "check", "table", "count", "finding"):
+            table.add_column(column, justify="right" if column == "count" else "left")
+        for f in report.ordered():
+            table.add_row(
+                f.priority,
+                f"[{STYLE[f.severity]}]{f.severity}[/]",
+                f.check,
+                f.table or "",
+                "" if f.count is None else f"{f.count:,}",
+                f.message + (f" e.g. {', '.join(f.samples[:3])}" if f.samples else ""),
+            )
+        console.print(table)
+    for skipped in report.skipped:
+        label = "partial" if skipped.partial else "skipped"
+        console.print(f"[yellow]{label}:[/] {skipped.reason}", highlight=False)
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    counts = report.counts()
+    verdict = "[bold red]FAILED[/]" if counts["critical"] else "[green]OK[/]"
+    console.print(
+        f"{verdict}: {counts['critical']} critical, {counts['warning']} warning, "
+        f"{counts['info']} info finding(s) in {report.duration_s:.2f} s.",
+        highlight=False,
+    )
+
+
+def fail_on_critical(report: Report) -> None:
+    """Exit 1 (after the report is printed) when anything critical was found."""
+    if report.critical:
+        raise CheckFailed(
+            f"{report.critical} critical finding(s); highest level {report.top_priority}."
+        )
+
+
+@app.callback()
+def check(
+    ctx: typer.Context,
+    profile: ProfileOption = None,
+    vectors: Annotated[
+        bool,
+        typer.Option("--vectors", help="Read every vector: NaN, infinity and zero vectors."),
+    ] = False,
+    deep: Annotated[
+        bool,
+        typer.Option("--deep", help="Also run pg_amcheck over heaps and B-trees (reads all)."),
+    ] = False,
+    timeout: TimeoutOption = 300.0,
+    samples: Annotated[int, typer.Option(help="Sample keys per finding.", min=0)] = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """Run every integrity check of the profile (one pass per table); exit 1 on critical."""
+    if ctx.invoked_subcommand is not None:
+        return
+    options = CheckOptions(vectors=vectors or deep, deep=deep, timeout_s=timeout, samples=samples)
+    spec = chosen_profile(profile)
+    db = target()
+
+    def progress(table: str) -> None:
+        if not as_json and err_console.is_terminal:
+            err_console.print(f"[dim]checking {table}[/]", highlight=False)
+
+    report = run_check(db.conninfo, spec, options, progress)
+    emit(report.as_dict(), as_json, lambda: render_report(report, f"pgdr check ({spec.name})"))
+    fail_on_critical(report)
