@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from pgdr.cli.common import JsonOption, console, emit, err_console, settings, target
-from pgdr.errors import CheckFailed
+from pgdr.errors import CheckFailed, ConfigError
 from pgdr.integrity import CheckOptions, Report, run_check
+from pgdr.integrity.records import RecordStore
+from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.profile import Profile, load_profile
 
 app = typer.Typer(
@@ -100,4 +104,105 @@ def check(
 
     report = run_check(db.conninfo, spec, options, progress)
     emit(report.as_dict(), as_json, lambda: render_report(report, f"pgdr check ({spec.name})"))
+    fail_on_critical(report)
+
+
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", help="Write to this file instead of PGDR_HOME/records.")
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing file.")]
+
+
+@app.command()
+def snapshot(
+    profile: ProfileOption = None,
+    output: OutputOption = None,
+    force: ForceOption = False,
+    timeout: TimeoutOption = 300.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Record row counts, newest created_at and key fingerprints of the profile's tables."""
+    spec = chosen_profile(profile)
+    report = Report("snapshot", target().redacted(), spec.name)
+    data = take_snapshot(target().conninfo, spec, timeout, report)
+    path = RecordStore(settings().home, "snapshots").save(data, output, force)
+    data["path"] = str(path)
+    data["skipped"] = [s.reason for s in report.skipped]
+
+    def render() -> None:
+        table = Table(title=f"Snapshot {data['id']}", title_justify="left")
+        for column in ("table", "rows", "newest"):
+            table.add_column(column, justify="right" if column == "rows" else "left")
+        for name, t in data["tables"].items():
+            if t.get("missing"):
+                table.add_row(name, "", "[red]missing[/]")
+            else:
+                table.add_row(name, f"{t['rows']:,}", t["newest"] or "")
+        console.print(table)
+        for reason in data["skipped"]:
+            console.print(f"[yellow]skipped:[/] {reason}", highlight=False)
+        console.print(f"Saved to {path}.", highlight=False)
+
+    emit(data, as_json, render)
+
+
+@app.command()
+def compare(
+    snapshot_ref: Annotated[
+        str | None,
+        typer.Argument(metavar="[SNAPSHOT]", help="Snapshot id or file (default: the newest)."),
+    ] = None,
+    against_env: Annotated[
+        str | None,
+        typer.Option(
+            "--against-env",
+            metavar="VAR",
+            help="Compare with the database whose URL is in environment variable VAR.",
+        ),
+    ] = None,
+    backup: Annotated[
+        str | None, typer.Option("--backup", metavar="ID", help="Compare with a backup.")
+    ] = None,
+    profile: ProfileOption = None,
+    timeout: TimeoutOption = 300.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Tables whose count fell, whose newest row went back, or whose history changed."""
+    spec = chosen_profile(profile)
+    if backup is not None:
+        raise ConfigError(
+            "Comparing with a backup needs the backup repository, which this pgdr does not "
+            "have yet; compare with a snapshot or --against-env instead."
+        )
+    if against_env is not None and snapshot_ref is not None:
+        raise ConfigError("Give either a SNAPSHOT or --against-env, not both.")
+    if against_env is not None:
+        url = os.environ.get(against_env)
+        if not url:
+            raise ConfigError(f"Environment variable {against_env} is not set or empty.")
+        baseline = take_snapshot(url, spec, timeout)
+    else:
+        baseline, _path = RecordStore(settings().home, "snapshots").load(snapshot_ref)
+    report = compare_snapshot(target().conninfo, baseline, spec, timeout)
+
+    def render() -> None:
+        base = report.sections["baseline"]
+        table = Table(
+            title=f"Compared with {base['id']} ({base['taken_at']})", title_justify="left"
+        )
+        for column in ("table", "rows then", "rows now", "newest then", "newest now"):
+            table.add_column(column, justify="right" if "rows" in column else "left")
+        for t in report.sections["tables"]:
+            before, now = t["before"], t["now"]
+            table.add_row(
+                t["table"],
+                f"{before['rows']:,}",
+                f"{now['rows']:,}",
+                before.get("newest") or "",
+                now.get("newest") or "",
+            )
+        console.print(table)
+        render_report(report, "Differences")
+
+    emit(report.as_dict(), as_json, render)
     fail_on_critical(report)

@@ -119,7 +119,7 @@ class Plan:
     profile_tables: list[str]
 
 
-def _qualify(name: str, schema: str) -> str:
+def qualify(name: str, schema: str) -> str:
     return name if "." in name else f"{schema}.{name}"
 
 
@@ -191,7 +191,7 @@ class Planner:
         if info is None:
             self.report.skip(
                 check,
-                f"{what} names table {_qualify(name, self.profile.schema_name)}, "
+                f"{what} names table {qualify(name, self.profile.schema_name)}, "
                 "which does not exist.",
             )
             return None
@@ -228,7 +228,7 @@ class Planner:
                 (
                     t
                     for t in self.profile.tables
-                    if _qualify(t.name, t.schema_name) == info.qualified
+                    if qualify(t.name, t.schema_name) == info.qualified
                 ),
                 None,
             )
@@ -245,7 +245,7 @@ class Planner:
     def tables(self) -> list[str]:
         names = []
         for spec in self.profile.tables:
-            qualified = _qualify(spec.name, spec.schema_name)
+            qualified = qualify(spec.name, spec.schema_name)
             names.append(qualified)
             info = self.catalog.tables.get(qualified)
             if info is None:
@@ -286,8 +286,8 @@ class Planner:
                 "severity": "critical",
             }
         for rel in self.profile.relations:
-            child = _qualify(rel.child, self.profile.schema_name)
-            parent = _qualify(rel.parent, self.profile.schema_name)
+            child = qualify(rel.child, self.profile.schema_name)
+            parent = qualify(rel.parent, self.profile.schema_name)
             key = (child, tuple(rel.child_columns), parent, tuple(rel.parent_columns))
             if key in relations:
                 relations[key]["source"] = "catalog+profile"
