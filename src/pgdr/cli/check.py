@@ -14,6 +14,7 @@ from pgdr.errors import CheckFailed, ConfigError
 from pgdr.integrity import CheckOptions, Report, run_check
 from pgdr.integrity.records import RecordStore
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
+from pgdr.integrity.sqlfunc import install_sql
 from pgdr.profile import Profile, load_profile
 
 app = typer.Typer(
@@ -206,3 +207,30 @@ def compare(
 
     emit(report.as_dict(), as_json, render)
     fail_on_critical(report)
+
+
+@app.command("install-sql")
+def install_sql_command(
+    profile: ProfileOption = None,
+    schema: Annotated[
+        str, typer.Option(help="Schema for the function (public: callable unqualified).")
+    ] = "pgdr",
+    vectors: Annotated[
+        bool, typer.Option("--vectors", help="Also read vector contents (NaN, zero vectors).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Install check_referential_integrity() for psql users; one row per finding."""
+    spec = chosen_profile(profile)
+    installed = install_sql(target().conninfo, spec, schema=schema, vectors=vectors)
+
+    def render() -> None:
+        console.print(
+            f"Installed {installed.function}: {installed.checks} checks over "
+            f"{installed.tables} tables. Run: SELECT * FROM {installed.function};",
+            highlight=False,
+        )
+        for reason in installed.skipped:
+            console.print(f"[yellow]not included:[/] {reason}", highlight=False)
+
+    emit(installed.as_dict(), as_json, render)

@@ -81,10 +81,19 @@ class TablePass:
             if self.created_at
             else sql.SQL("NULL::timestamptz")
         )
-        items: list[sql.Composable] = [sql.SQL("count(*)"), newest]
-        items += [m.expression for m in self.metrics]
+        items: list[sql.Composable] = [
+            sql.SQL("count(*) AS _pgdr_rows"),
+            sql.SQL("{} AS _pgdr_newest").format(newest),
+        ]
         items += [
-            sql.SQL("count(*) FILTER (WHERE {})").format(c.predicate) for c in self.conditions
+            sql.SQL("{} AS {}").format(m.expression, sql.Identifier(f"_pgdr_m{i}"))
+            for i, m in enumerate(self.metrics)
+        ]
+        items += [
+            sql.SQL("count(*) FILTER (WHERE {}) AS {}").format(
+                c.predicate, sql.Identifier(f"_pgdr_c{i}")
+            )
+            for i, c in enumerate(self.conditions)
         ]
         group = grouped and self.group_by is not None
         if group:
