@@ -11,7 +11,7 @@ import sys
 import typer
 
 from pgdr import __version__
-from pgdr.cli import check, db, demo, pool, profile, sample
+from pgdr.cli import check, db, demo, inventory, pool, profile, sample
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -27,6 +27,7 @@ app.add_typer(pool.app, name="pool")
 app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
 app.add_typer(check.app, name="check")
+app.add_typer(inventory.app, name="inventory")
 app.command()(pool.health)
 app.command()(demo.demo)
 

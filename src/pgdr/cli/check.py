@@ -126,7 +126,7 @@ def snapshot(
     spec = chosen_profile(profile)
     report = Report("snapshot", target().redacted(), spec.name)
     data = take_snapshot(target().conninfo, spec, timeout, report)
-    path = RecordStore(settings().home, "snapshots").save(data, output, force)
+    path = RecordStore(settings().home, "snapshot").save(data, output, force)
     data["path"] = str(path)
     data["skipped"] = [s.reason for s in report.skipped]
 
@@ -183,7 +183,7 @@ def compare(
             raise ConfigError(f"Environment variable {against_env} is not set or empty.")
         baseline = take_snapshot(url, spec, timeout)
     else:
-        baseline, _path = RecordStore(settings().home, "snapshots").load(snapshot_ref)
+        baseline, _path = RecordStore(settings().home, "snapshot").load(snapshot_ref)
     report = compare_snapshot(target().conninfo, baseline, spec, timeout)
 
     def render() -> None:

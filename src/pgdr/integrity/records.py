@@ -16,6 +16,8 @@ from typing import Any
 
 from pgdr.errors import ConfigError
 
+DIRECTORIES = {"snapshot": "snapshots", "inventory": "inventories"}
+
 
 def new_record_id(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
@@ -49,11 +51,11 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 class RecordStore:
-    """Records of one kind ("snapshots", "inventories") under ``home/records``."""
+    """Records of one kind ("snapshot", "inventory") under ``home/records/<kind>s``."""
 
     def __init__(self, home: Path, kind: str) -> None:
         self.kind = kind
-        self.directory = home / "records" / kind
+        self.directory = home / "records" / DIRECTORIES.get(kind, kind + "s")
 
     def save(self, data: dict[str, Any], path: Path | None = None, force: bool = False) -> Path:
         target = path or self.directory / f"{data['id']}.json"
@@ -66,7 +68,7 @@ class RecordStore:
 
     def load(self, ref: str | None = None) -> tuple[dict[str, Any], Path]:
         """A record by id or path; the newest one when ``ref`` is None."""
-        what = self.kind.rstrip("s")
+        what = self.kind
         if ref is None:
             ids = self.ids()
             if not ids:

@@ -73,7 +73,7 @@ def take_snapshot(
                 tables[qualified] = {"missing": True}
                 continue
             created = spec.created_at if spec.created_at in info.columns else None
-            row = _one(
+            row = run_one(
                 conn,
                 _table_sql(info.schema, info.name, info.primary_key, created, None),
                 report,
@@ -100,25 +100,28 @@ def take_snapshot(
     }
 
 
-def _one(
+def run_one(
     conn: psycopg.Connection[Any],
     query: sql.Composed,
     report: Report,
     table: str,
     timeout_s: float,
-) -> tuple[Any, ...] | None:
+    many: bool = False,
+) -> Any:
+    """One row (or all rows) of ``query``; None, with the reason recorded, when it cannot run."""
     try:
-        return conn.execute(query).fetchone()
+        cur = conn.execute(query)
+        return cur.fetchall() if many else cur.fetchone()
     except errors.QueryCanceled:
         report.skip(
-            "snapshot",
+            report.kind,
             f"reading {table} stopped after {timeout_s:g} s (statement timeout); "
             "it is missing from this result (raise --timeout).",
             table,
             partial=True,
         )
     except errors.InsufficientPrivilege:
-        report.skip("snapshot", f"role {conn.info.user} may not read {table} (needs SELECT).")
+        report.skip(report.kind, f"role {conn.info.user} may not read {table} (needs SELECT).")
     return None
 
 
@@ -156,7 +159,7 @@ def compare_snapshot(
             if any(c not in info.columns for c in key):
                 key = []
             query = _table_sql(info.schema, info.name, key, created, since)
-            row = _one(conn, query, report, qualified, timeout_s)
+            row = run_one(conn, query, report, qualified, timeout_s)
             if row is None:
                 continue
             now = {
