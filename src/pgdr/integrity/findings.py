@@ -17,6 +17,13 @@ P0_FRACTION = 0.10
 REPORT_VERSION = 1
 
 
+def iso(value: Any) -> str | None:
+    """A timestamp (or any other newest value) as JSON-friendly text."""
+    if value is None:
+        return None
+    return str(value.isoformat()) if hasattr(value, "isoformat") else str(value)
+
+
 def priority(severity: Severity, fraction: float | None) -> str:
     """The runbook's incident level for a finding."""
     if severity == "critical":

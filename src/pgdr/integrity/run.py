@@ -17,7 +17,7 @@ from psycopg import errors, sql
 
 from pgdr.config.target import redact
 from pgdr.integrity.catalog import Catalog, read_catalog
-from pgdr.integrity.findings import Finding, Report
+from pgdr.integrity.findings import Finding, Report, iso
 from pgdr.integrity.plan import Condition, TablePass, build_plan
 from pgdr.integrity.storage import check_amcheck, check_checksums
 from pgdr.pool import connect
@@ -97,9 +97,10 @@ def _storage(
     options: CheckOptions,
     conninfo: str,
 ) -> None:
-    check_checksums(conn, report)
     if options.deep:
         check_amcheck(conninfo, catalog.server_version // 10000, report, options.timeout_s)
+    # after pg_amcheck, so that pages it found failing their checksums are counted too
+    check_checksums(conn, report)
 
 
 def _timeout_sentence(tp: TablePass, options: CheckOptions) -> str:
@@ -201,7 +202,7 @@ def _run_pass(
     table = {
         "table": tp.table.qualified,
         "rows": total,
-        "newest": newest.isoformat() if newest is not None else None,
+        "newest": iso(newest),
     }
     for cond, found in zip(tp.conditions, cond_totals, strict=True):
         if not found:

@@ -18,7 +18,7 @@ from psycopg import errors, sql
 
 from pgdr.config.target import redact
 from pgdr.integrity.catalog import read_catalog
-from pgdr.integrity.findings import Finding, Report
+from pgdr.integrity.findings import Finding, Report, iso
 from pgdr.integrity.plan import qualify
 from pgdr.integrity.records import new_record_id
 from pgdr.integrity.run import open_checked
@@ -84,7 +84,7 @@ def take_snapshot(
                 continue
             tables[qualified] = {
                 "rows": int(row[0]),
-                "newest": row[1].isoformat() if row[1] is not None else None,
+                "newest": iso(row[1]),
                 "fingerprint": row[2],
                 "key": info.primary_key,
                 "created_at": created,
@@ -164,7 +164,7 @@ def compare_snapshot(
                 continue
             now = {
                 "rows": int(row[0]),
-                "newest": row[1].isoformat() if row[1] is not None else None,
+                "newest": iso(row[1]),
                 "fingerprint": row[2],
             }
             if len(row) > 3:
