@@ -4,8 +4,8 @@ Every condition pgdr checks on a table (orphans against each parent, embedding p
 rules) becomes a ``count(*) FILTER (WHERE ...)`` column of a single query over that table, so a
 table is read once however many rules it has. Parents are joined as (distinct) key sets, vectors
 are judged from their stored size without being read (TOAST stays untouched) unless the caller
-asks for their contents, and embedding tables are grouped by their owner (the chatbot) so the same
-pass yields the per-chatbot summary.
+asks for their contents. Only when a pass finds embedding problems does a second, grouped query
+name the groups (chatbots) that have them.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class TablePass:
         parts.extend(self.joins if joins is None else joins)
         return sql.SQL(" ").join(parts)
 
-    def select(self, grouped: bool = True) -> sql.Composed:
-        """``rows, newest, metric..., condition...`` (per group when the table has one)."""
+    def select(self) -> sql.Composed:
+        """``rows, newest, metric..., condition...`` over the whole table, in one scan."""
         newest: sql.Composable = (
             sql.SQL("max({})").format(self.column(self.created_at))
             if self.created_at
@@ -95,14 +95,34 @@ class TablePass:
             )
             for i, c in enumerate(self.conditions)
         ]
-        group = grouped and self.group_by is not None
-        if group:
-            assert self.group_by is not None
-            items.insert(0, sql.SQL("{}::text").format(self.column(self.group_by)))
-        query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(items), self.source())
-        if group:
-            query = sql.SQL("{} GROUP BY 1").format(query)
-        return query
+        return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(items), self.source())
+
+    def problem_groups(self, conditions: list[int], limit: int) -> sql.Composed:
+        """Per group (chatbot) with a problem: ``group, rows, metric..., condition...``.
+
+        Run only when the table's pass found problems, so a healthy table is read once; the
+        groups are ranked by how many problem rows they have.
+        """
+        assert self.group_by is not None
+        group = self.column(self.group_by)
+        preds = [self.conditions[i].predicate for i in conditions]
+        items: list[sql.Composable] = [sql.SQL("{}::text").format(group), sql.SQL("count(*)")]
+        items += [m.expression for m in self.metrics]
+        items += [sql.SQL("count(*) FILTER (WHERE {})").format(p) for p in preds]
+        return sql.SQL(
+            "SELECT {items} FROM {source} WHERE {group} IN "
+            "(SELECT {group} FROM {source} WHERE {any}) GROUP BY {group} "
+            "ORDER BY {rank} DESC, 1 LIMIT {limit}"
+        ).format(
+            items=sql.SQL(", ").join(items),
+            source=self.source(),
+            group=group,
+            any=sql.SQL(" OR ").join(preds),
+            rank=sql.SQL(" + ").join(
+                sql.SQL("count(*) FILTER (WHERE {})").format(p) for p in preds
+            ),
+            limit=sql.Literal(limit),
+        )
 
     def samples(self, condition: Condition, limit: int) -> sql.Composed:
         """Up to ``limit`` keys of rows matching one condition (only run when it found some)."""
@@ -412,13 +432,6 @@ class Planner:
         tp.metrics.append(
             Metric(f"{src.name}:with_vector", sql.SQL("count({})").format(ref)),
         )
-        if required:
-            tp.metrics.append(
-                Metric(
-                    f"{src.name}:required",
-                    sql.SQL("count(*) FILTER (WHERE {})").format(sql.SQL(f"({required})")),
-                )
-            )
         missing = sql.SQL("({} IS NULL{})").format(
             ref, sql.SQL(f" AND ({required})") if required else sql.SQL("")
         )

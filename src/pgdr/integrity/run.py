@@ -74,6 +74,11 @@ def run_check(
                 "(or --deep) to read every vector."
             )
         plan = build_plan(profile, catalog, report, vectors=options.vectors)
+        # Every pass reads its whole table: sequential scans and hash joins are the right plan,
+        # while the planner, seeing GROUP BY or correlated rule subqueries, may pick index scans
+        # over millions of rows. Index-only scans stay allowed for the rules' subqueries.
+        conn.execute("SET enable_indexscan = off")
+        conn.execute("SET enable_bitmapscan = off")
         tables: list[dict[str, Any]] = []
         sources: list[dict[str, Any]] = []
         for tp in plan.passes:
@@ -179,26 +184,11 @@ def _run_pass(
     rows = _execute(conn, tp, report, options)
     if rows is None:
         return None
-    grouped = tp.group_by is not None
-    offset = 1 if grouped else 0
+    row = rows[0]
+    total, newest = int(row[0]), row[1]
     n_metrics = len(tp.metrics)
-    total = 0
-    newest = None
-    metric_totals = [0] * n_metrics
-    cond_totals = [0] * len(tp.conditions)
-    groups: list[tuple[str | None, list[int]]] = []
-    for row in rows:
-        count, last = int(row[offset]), row[offset + 1]
-        total += count
-        if last is not None and (newest is None or last > newest):
-            newest = last
-        values = [int(v) for v in row[offset + 2 :]]
-        for i in range(n_metrics):
-            metric_totals[i] += values[i]
-        for i in range(len(tp.conditions)):
-            cond_totals[i] += values[n_metrics + i]
-        if grouped:
-            groups.append((row[0], [count, *values]))
+    metric_totals = [int(v) for v in row[2 : 2 + n_metrics]]
+    cond_totals = [int(v) for v in row[2 + n_metrics :]]
     table = {
         "table": tp.table.qualified,
         "rows": total,
@@ -222,7 +212,7 @@ def _run_pass(
             )
         )
     embeddings = [
-        _source_summary(tp, name, total, metric_totals, cond_totals, groups, options)
+        _source_summary(conn, tp, name, total, metric_totals, cond_totals, report, options)
         for name in tp.sources
     ]
     return {"table": table, "embeddings": embeddings}
@@ -251,12 +241,13 @@ def _samples(
 
 
 def _source_summary(
+    conn: psycopg.Connection[Any],
     tp: TablePass,
     source: str,
     total: int,
     metric_totals: list[int],
     cond_totals: list[int],
-    groups: list[tuple[str | None, list[int]]],
+    report: Report,
     options: CheckOptions,
 ) -> dict[str, Any]:
     """Totals of one embedding source and the groups (chatbots) that have problems."""
@@ -271,37 +262,28 @@ def _source_summary(
         "table": tp.table.qualified,
         "rows": total,
         "with_vector": metric_totals[metric_index[f"{source}:with_vector"]],
-        "required": (
-            metric_totals[metric_index[f"{source}:required"]]
-            if f"{source}:required" in metric_index
-            else total
-        ),
         "contents_read": options.vectors,
+        "group_by": tp.group_by,
     }
     for code, i in cond_index.items():
         summary[code] = cond_totals[i]
-    summary["group_by"] = tp.group_by
     if tp.group_by is None:
         return summary
+    bad = [i for i in cond_index.values() if cond_totals[i]]
+    summary["groups"] = []
+    if not bad:
+        return summary
+    try:
+        rows = conn.execute(tp.problem_groups(bad, options.groups)).fetchall()
+    except psycopg.Error as exc:
+        report.skip("embeddings", f"per-{tp.group_by} summary of {source}: {_first_line(exc)}")
+        return summary
     n_metrics = len(tp.metrics)
-    problems: list[tuple[int, str, dict[str, Any]]] = []
-    for key, values in groups:
-        counts = {code: values[1 + n_metrics + i] for code, i in cond_index.items()}
-        if any(counts.values()):
-            problems.append(
-                (
-                    -sum(counts.values()),
-                    str(key),
-                    {
-                        "group": key,
-                        "rows": values[0],
-                        "with_vector": values[1 + metric_index[f"{source}:with_vector"]],
-                        **counts,
-                    },
-                )
-            )
-    problems.sort(key=lambda p: (p[0], p[1]))
-    summary["groups_total"] = len(groups)
-    summary["groups_with_problems"] = len(problems)
-    summary["groups"] = [p[2] for p in problems[: options.groups]]
+    codes = [c for c, i in cond_index.items() if i in bad]
+    for row in rows:
+        group = {"group": row[0], "rows": int(row[1])}
+        group["with_vector"] = int(row[2 + metric_index[f"{source}:with_vector"]])
+        for code, value in zip(codes, row[2 + n_metrics :], strict=True):
+            group[code] = int(value)
+        summary["groups"].append(group)
     return summary

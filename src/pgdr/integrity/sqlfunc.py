@@ -68,7 +68,7 @@ def _pass_sql(tp: TablePass) -> sql.Composed:
     ).format(
         priority=priority,
         table=sql.Literal(tp.table.qualified),
-        select=tp.select(grouped=False),
+        select=tp.select(),
         values=values,
     )
 
