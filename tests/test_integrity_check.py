@@ -267,3 +267,38 @@ def test_every_table_is_read_once(db18: str, vectors: bool) -> None:
     assert after is not None
     # users is scanned for its own pass and as the parent of chatbots and subscriptions
     assert int(after) - int(before or 0) <= 3  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("dimension", [3, 384, 1536])
+def test_dimension_by_stored_size_is_exact(server: Server, tmp_path: Path, dimension: int) -> None:
+    """Inline, short, external and compressed values of the right and neighbouring dimensions."""
+    db = server.new_database()
+    vtype = "extensions.vector" if server.major >= 18 else "real[]"
+    cast = "::extensions.vector" if server.major >= 18 else ""
+    sql(
+        db,
+        f"CREATE TABLE vecs (id int PRIMARY KEY, pad text, v {vtype})",
+        "ALTER TABLE vecs ALTER COLUMN pad SET STORAGE EXTERNAL",
+    )
+    rows = []
+    for i, (dims, pad) in enumerate(
+        [(d, p) for d in (dimension - 1, dimension, dimension + 1) for p in (0, 3000)]
+    ):
+        # pad pushes the row over the TOAST threshold: v may go out of line
+        rows.append(
+            f"({i}, repeat('x', {pad}), array_fill(({i} + 0.5)::real, ARRAY[{dims}]){cast})"
+        )
+    rows.append(
+        f"(100, '', array_fill(0::real, ARRAY[{dimension}]){cast})"  # compresses (real[] only)
+    )
+    sql(db, "INSERT INTO vecs VALUES " + ", ".join(rows))
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        'name = "v"\n[[tables]]\nname = "vecs"\ncreated_at = "pad"\n'
+        f'[[embeddings]]\nname = "v"\ntable = "vecs"\ntext = "pad"\nvector = "v"\n'
+        f"dimension = {dimension}\n"
+    )
+    report = run_check(db, load_profile(str(profile)))
+    wrong = found(report, "wrong_dimension", "v")
+    assert wrong[0]["count"] == 4
+    assert sorted(int(s) for s in wrong[0]["samples"]) == [0, 1, 4, 5]

@@ -20,6 +20,11 @@ class Column:
     type_name: str  # pg_type.typname: "vector", "_float4", "timestamptz", ...
     type_schema: str
     formatted: str  # format_type(): "extensions.vector(1536)", "real[]", ...
+    storage: str = "x"  # attstorage: p plain, e external, m main, x extended (compressible)
+
+    @property
+    def compressible(self) -> bool:
+        return self.storage in ("m", "x")
 
 
 @dataclass
@@ -30,6 +35,7 @@ class TableInfo:
     columns: dict[str, Column] = field(default_factory=dict)
     primary_key: list[str] = field(default_factory=list)
     unique_keys: list[frozenset[str]] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)  # reloptions, "toast_tuple_target=4000"
 
     @property
     def qualified(self) -> str:
@@ -68,8 +74,8 @@ class Catalog:
 
 
 _TABLES = """
-SELECT n.nspname, c.relname, has_table_privilege(c.oid, 'SELECT'),
-       a.attname, t.typname, tn.nspname, format_type(a.atttypid, a.atttypmod)
+SELECT n.nspname, c.relname, has_table_privilege(c.oid, 'SELECT'), c.reloptions,
+       a.attname, t.typname, tn.nspname, format_type(a.atttypid, a.atttypmod), a.attstorage
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -115,11 +121,21 @@ def read_catalog(conn: psycopg.Connection[Any]) -> Catalog:
     """Everything the checks need to know about the schema, in four queries."""
     system = list(SYSTEM_SCHEMAS)
     tables: dict[str, TableInfo] = {}
-    for schema, name, readable, col, typname, typschema, formatted in conn.execute(
-        _TABLES, (system,)
-    ):
-        info = tables.setdefault(f"{schema}.{name}", TableInfo(schema, name, bool(readable)))
-        info.columns[col] = Column(col, typname, typschema, formatted)
+    for (
+        schema,
+        name,
+        readable,
+        options,
+        col,
+        typname,
+        typschema,
+        formatted,
+        storage,
+    ) in conn.execute(_TABLES, (system,)):
+        info = tables.setdefault(
+            f"{schema}.{name}", TableInfo(schema, name, bool(readable), options=options or [])
+        )
+        info.columns[col] = Column(col, typname, typschema, formatted, str(storage))
     for schema, name, primary, columns in conn.execute(_KEYS, (system,)):
         found = tables.get(f"{schema}.{name}")
         if found is None:

@@ -22,6 +22,7 @@ from pgdr.profile import EmbeddingSource, Profile
 VECTOR_TYPES = {"vector": 4, "_float4": 4, "_float8": 8}
 ARRAY_TYPES = {"_float4": "real[]", "_float8": "double precision[]"}
 SHORT_VARLENA_MAX = 127
+TOAST_TUPLE_TARGET = 2032  # PostgreSQL's default for 8 kB pages
 
 
 @dataclass
@@ -172,34 +173,67 @@ def stored_sizes(kind: str, dimension: int) -> tuple[int, list[int]]:
 
 
 def _wrong_dimension(
-    ref: sql.Composable, kind: str, dimension: int, ext_schema: str | None, server_version: int
+    ref: sql.Composable,
+    table: TableInfo,
+    column: Column,
+    kind: str,
+    dimension: int,
+    server_version: int,
 ) -> sql.Composed:
+    """Rows whose vector does not have ``dimension`` components, mostly without reading them.
+
+    A well-formed value has a known stored size (``stored_sizes``); ``pg_column_size`` reads only
+    the tuple, never TOAST. Where the size could also belong to another dimension (compressed
+    values; mid-sized values that may be inline or external, which PostgreSQL 17+ tells apart
+    with ``pg_column_toast_chunk_id``) the value is read and its dimension counted exactly.
+    """
     external, inline = stored_sizes(kind, dimension)
     size = sql.SQL("pg_column_size({})").format(ref)
-    inline_ok = sql.SQL("{} IN ({})").format(size, sql.SQL(", ").join(map(sql.Literal, inline)))
-    if server_version >= 170000:
-        shape_ok = sql.SQL(
-            "CASE WHEN pg_column_toast_chunk_id({ref}) IS NULL "
-            "THEN {inline} ELSE {size} = {ext} END"
-        ).format(ref=ref, inline=inline_ok, size=size, ext=sql.Literal(external))
+    plain = (
+        sql.SQL(" AND pg_column_compression({}) IS NULL").format(ref)
+        if column.compressible
+        else sql.SQL("")
+    )
+    inline_sizes = sql.SQL(", ").join(map(sql.Literal, inline))
+    large = (
+        column.storage in ("e", "x")
+        and external > TOAST_TUPLE_TARGET
+        and not any(o.startswith("toast_tuple_target=") for o in table.options)
+    )
+    if large:
+        # Values this large never stay inline uncompressed (the toaster moves them out above
+        # TOAST_TUPLE_TARGET), so the external size of ``dimension`` is unambiguous.
+        fast = sql.SQL("WHEN {size} = {ext}{plain} THEN false").format(
+            size=size, ext=sql.Literal(external), plain=plain
+        )
+    elif server_version >= 170000:
+        chunk = sql.SQL("pg_column_toast_chunk_id({})").format(ref)
+        fast = sql.SQL(
+            "WHEN {size} = {ext} AND {chunk} IS NOT NULL{plain} THEN false "
+            "WHEN {size} IN ({inline}) AND {chunk} IS NULL{plain} THEN false"
+        ).format(
+            size=size, ext=sql.Literal(external), chunk=chunk, plain=plain, inline=inline_sizes
+        )
     else:
-        shape_ok = sql.SQL("{} IN ({})").format(
-            size, sql.SQL(", ").join(map(sql.Literal, [external, *inline]))
+        # Before PostgreSQL 17 an external value of ``dimension`` and an inline one of
+        # ``dimension - 1`` can have the same size; only short (1-byte header) sizes are certain.
+        short = [n for n in inline if n <= SHORT_VARLENA_MAX]
+        fast = sql.SQL("WHEN {size} IN ({short}){plain} THEN false").format(
+            size=size,
+            short=sql.SQL(", ").join(map(sql.Literal, short)) if short else sql.SQL("NULL"),
+            plain=plain,
         )
     if kind == "vector":
         exact = sql.SQL("{}.vector_dims({}) <> {}").format(
-            sql.Identifier(ext_schema or "public"), ref, sql.Literal(dimension)
+            sql.Identifier(column.type_schema), ref, sql.Literal(dimension)
         )
     else:
         exact = sql.SQL("(array_ndims({r}) IS DISTINCT FROM 1 OR cardinality({r}) <> {d})").format(
             r=ref, d=sql.Literal(dimension)
         )
-    # Judge by stored size first: only values stored compressed or with an unexpected size are
-    # read (detoasted) to learn their exact dimension.
-    return sql.SQL(
-        "({ref} IS NOT NULL AND CASE WHEN pg_column_compression({ref}) IS NULL AND {ok} "
-        "THEN false ELSE {exact} END)"
-    ).format(ref=ref, ok=shape_ok, exact=exact)
+    return sql.SQL("({ref} IS NOT NULL AND CASE {fast} ELSE {exact} END)").format(
+        ref=ref, fast=fast, exact=exact
+    )
 
 
 class Planner:
@@ -455,7 +489,9 @@ class Planner:
                 "wrong_dimension",
                 src.name,
                 "critical",
-                _wrong_dimension(ref, kind, src.dimension, ext_schema, self.catalog.server_version),
+                _wrong_dimension(
+                    ref, info, column, kind, src.dimension, self.catalog.server_version
+                ),
                 f"have a vector in {src.vector} whose dimension is not {src.dimension}",
                 details=base,
             )
