@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 
 from conftest import Server, run_cli
 
@@ -14,12 +15,14 @@ def rows(conninfo: str, query: str) -> list[tuple[object, ...]]:
         return conn.execute(query).fetchall()
 
 
+@pytest.mark.parametrize("vectors", [False, True], ids=["sizes", "contents"])
 def test_install_sql_finds_orphans_and_missing_vectors(
-    server: Server, cli_env: dict[str, str]
+    server: Server, cli_env: dict[str, str], vectors: bool
 ) -> None:
     db = server.new_database()
     env = cli_env | {"DATABASE_URL": db}
-    result = run_cli("check", "install-sql", "--json", env=env)
+    flags = ["--vectors"] if vectors else []
+    result = run_cli("check", "install-sql", *flags, "--json", env=env)
     assert result.code == 0, result.stderr
     installed = json.loads(result.stdout)
     assert installed["function"] == "pgdr.check_referential_integrity()"
