@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, err_console, settings, target
+from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
 from pgdr.errors import CheckFailed, ConfigError
 from pgdr.integrity import CheckOptions, Report, run_check
 from pgdr.integrity.records import RecordStore
@@ -99,11 +99,8 @@ def check(
     spec = chosen_profile(profile)
     db = target()
 
-    def progress(table: str) -> None:
-        if not as_json and err_console.is_terminal:
-            err_console.print(f"[dim]checking {table}[/]", highlight=False)
-
-    report = run_check(db.conninfo, spec, options, progress)
+    with progress_bar("Checking tables", None, enabled=not as_json) as advance:
+        report = run_check(db.conninfo, spec, options, lambda _table: advance(1))
     emit(report.as_dict(), as_json, lambda: render_report(report, f"pgdr check ({spec.name})"))
     fail_on_critical(report)
 
