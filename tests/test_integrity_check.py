@@ -190,6 +190,7 @@ def test_cli_exit_codes_and_json(db18: str, cli_env: dict[str, str]) -> None:
     assert human.code == 1
     assert "missing_vector" not in human.stdout  # people read sentences, not codes
     assert "have no vector" in human.stdout
+    assert "chatbot_id with problems" in human.stdout  # the per-chatbot summary
 
 
 def test_profile_naming_missing_table_and_column(db18: str, tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def render_report(report: Report, title: str) -> None:
                 f.message + (f" e.g. {', '.join(f.samples[:3])}" if f.samples else ""),
             )
         console.print(table)
+    _render_embeddings(report)
     for skipped in report.skipped:
         label = "partial" if skipped.partial else "skipped"
         console.print(f"[yellow]{label}:[/] {skipped.reason}", highlight=False)
@@ -66,6 +67,34 @@ def render_report(report: Report, title: str) -> None:
         f"{counts['info']} info finding(s) in {report.duration_s:.2f} s.",
         highlight=False,
     )
+
+
+def _render_embeddings(report: Report) -> None:
+    """Per embedding source: totals, and the chatbots (groups) with the most problems."""
+    codes = ("missing_vector", "wrong_dimension", "non_finite", "zero_vector")
+    for src in report.sections.get("embeddings", []):
+        present = [c for c in codes if c in src]
+        counts = ", ".join(f"{c.replace('_', ' ')} {src[c]:,}" for c in present)
+        console.print(
+            f"embeddings {src['source']}: {src['with_vector']:,} of {src['rows']:,} rows have a "
+            f"vector; {counts}.",
+            highlight=False,
+        )
+        if not src.get("groups"):
+            continue
+        table = Table(title=f"{src['group_by']} with problems (worst first)", title_justify="left")
+        for column in ("group", "rows", "with vector", *present):
+            table.add_column(
+                column.replace("_", " "), justify="left" if column == "group" else "right"
+            )
+        for group in src["groups"][:10]:
+            table.add_row(
+                str(group["group"]),
+                f"{group['rows']:,}",
+                f"{group['with_vector']:,}",
+                *(f"{group.get(c, 0):,}" for c in present),
+            )
+        console.print(table)
 
 
 def fail_on_critical(report: Report) -> None:

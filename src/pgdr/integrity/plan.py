@@ -469,9 +469,7 @@ class Planner:
         missing = sql.SQL("({} IS NULL{})").format(
             ref, sql.SQL(f" AND ({required})") if required else sql.SQL("")
         )
-        needs = (
-            f"where the profile requires one ({required})" if required else "(all rows need one)"
-        )
+        needs = "where the profile requires one" if required else "(every row needs one)"
         tp.conditions.append(
             Condition(
                 "embeddings",
