@@ -311,3 +311,28 @@ def test_dimension_by_stored_size_is_exact(server: Server, tmp_path: Path, dimen
     wrong = found(report, "wrong_dimension", "v")
     assert wrong[0]["count"] == 4
     assert sorted(int(s) for s in wrong[0]["samples"]) == [0, 1, 4, 5]
+
+
+def test_double_precision_arrays(pg15: Server, tmp_path: Path) -> None:
+    db = pg15.new_database()
+    sql(
+        db,
+        "CREATE TABLE docs (id int PRIMARY KEY, v double precision[])",
+        "INSERT INTO docs SELECT g, array_fill(g::float8, ARRAY[8]) FROM generate_series(1, 6) g",
+        "UPDATE docs SET v[2] = 'Infinity' WHERE id = 1",
+        "UPDATE docs SET v = array_fill(0::float8, ARRAY[8]) WHERE id = 2",
+        "UPDATE docs SET v = '{}' WHERE id = 3",
+        "UPDATE docs SET v = NULL WHERE id = 4",
+    )
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        'name = "d"\n[[tables]]\nname = "docs"\ncreated_at = ""\n'
+        '[[embeddings]]\nname = "d"\ntable = "docs"\ntext = "id::text"\nvector = "v"\n'
+        "dimension = 8\n"
+    )
+    report = run_check(db, load_profile(str(profile)), CheckOptions(vectors=True))
+    assert found(report, "profile_mismatch") == []  # created_at = "" means none
+    assert found(report, "non_finite", "d")[0]["samples"] == ["1"]
+    assert found(report, "zero_vector", "d")[0]["samples"] == ["2"]
+    assert found(report, "wrong_dimension", "d")[0]["samples"] == ["3"]
+    assert found(report, "missing_vector", "d")[0]["samples"] == ["4"]  # no rule: all need one
