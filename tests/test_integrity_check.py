@@ -336,3 +336,11 @@ def test_double_precision_arrays(pg15: Server, tmp_path: Path) -> None:
     assert found(report, "zero_vector", "d")[0]["samples"] == ["2"]
     assert found(report, "wrong_dimension", "d")[0]["samples"] == ["3"]
     assert found(report, "missing_vector", "d")[0]["samples"] == ["4"]  # no rule: all need one
+
+
+def test_unreachable_database_is_one_sentence(cli_env: dict[str, str]) -> None:
+    env = cli_env | {"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}
+    result = run_cli("check", env=env)
+    assert result.code == 3
+    assert "Cannot connect to the database" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -20,7 +20,7 @@ from pgdr.errors import ConfigError
 from pgdr.integrity.catalog import read_catalog
 from pgdr.integrity.findings import Finding, Report
 from pgdr.integrity.records import new_record_id
-from pgdr.integrity.run import open_checked
+from pgdr.integrity.run import database_errors, open_checked
 from pgdr.integrity.snapshot import run_one
 from pgdr.profile import Profile
 
@@ -33,7 +33,7 @@ def take_inventory(
 ) -> dict[str, Any]:
     report = report or Report("inventory", redact(conninfo), profile.name)
     sources: dict[str, Any] = {}
-    with open_checked(conninfo, timeout_s) as conn:
+    with database_errors("The inventory"), open_checked(conninfo, timeout_s) as conn:
         catalog = read_catalog(conn)
         for src in profile.embeddings:
             info = catalog.find(src.table, profile.schema_name)

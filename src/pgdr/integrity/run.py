@@ -8,7 +8,8 @@ that found something, so a healthy database costs exactly one query per table.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import psycopg
 from psycopg import errors, sql
 
 from pgdr.config.target import redact
+from pgdr.errors import RuntimeFailure
 from pgdr.integrity.catalog import Catalog, read_catalog
 from pgdr.integrity.findings import Finding, Report, iso
 from pgdr.integrity.plan import Condition, TablePass, build_plan
@@ -36,6 +38,16 @@ class CheckOptions:
 
 
 Progress = Callable[[str], None]
+
+
+@contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Turn a failure no check anticipated (a lost connection, a catalog query timing out)
+    into one sentence instead of a traceback."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise RuntimeFailure(f"{what} failed: {_first_line(exc)}") from exc
 
 
 def open_checked(conninfo: str, timeout_s: float) -> psycopg.Connection[Any]:
@@ -61,7 +73,7 @@ def run_check(
     options = options or CheckOptions()
     started = time.perf_counter()
     report = Report("check", redact(conninfo), profile.name)
-    with open_checked(conninfo, options.timeout_s) as conn:
+    with database_errors("The integrity check"), open_checked(conninfo, options.timeout_s) as conn:
         catalog = read_catalog(conn)
         if not catalog.has_pgvector:
             report.notes.append(

@@ -21,7 +21,7 @@ from pgdr.integrity.catalog import read_catalog
 from pgdr.integrity.findings import Finding, Report, iso
 from pgdr.integrity.plan import qualify
 from pgdr.integrity.records import new_record_id
-from pgdr.integrity.run import open_checked
+from pgdr.integrity.run import database_errors, open_checked
 from pgdr.profile import Profile
 
 SNAPSHOT_VERSION = 1
@@ -64,7 +64,7 @@ def take_snapshot(
     """Counts, newest row and fingerprint of every table of the profile; one query each."""
     report = report or Report("snapshot", redact(conninfo), profile.name)
     tables: dict[str, Any] = {}
-    with open_checked(conninfo, timeout_s) as conn:
+    with database_errors("The snapshot"), open_checked(conninfo, timeout_s) as conn:
         catalog = read_catalog(conn)
         for spec in profile.tables:
             qualified = qualify(spec.name, spec.schema_name)
@@ -132,7 +132,7 @@ def compare_snapshot(
     started = time.perf_counter()
     report = Report("compare", redact(conninfo), profile.name)
     rows_out: list[dict[str, Any]] = []
-    with open_checked(conninfo, timeout_s) as conn:
+    with database_errors("The comparison"), open_checked(conninfo, timeout_s) as conn:
         catalog = read_catalog(conn)
         for qualified, before in sorted(baseline.get("tables", {}).items()):
             if before.get("missing"):
