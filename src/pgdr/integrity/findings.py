@@ -9,9 +9,10 @@ critical finding P1, a warning P2 and an info P3.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Severity = Literal["critical", "warning", "info"]
+from pgdr.profile.model import Severity
+
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
 P0_FRACTION = 0.10
 REPORT_VERSION = 1
