@@ -7,7 +7,8 @@ inventory.py, the psql-callable ``pgdr.check_referential_integrity()`` in sqlfun
 pgdr keeps these records in records.py.
 """
 
-from pgdr.integrity.findings import Finding, Report, Severity, priority
+from pgdr.integrity.findings import Finding, Report, priority
 from pgdr.integrity.run import CheckOptions, run_check
+from pgdr.profile.model import Severity
 
 __all__ = ["CheckOptions", "Finding", "Report", "Severity", "priority", "run_check"]

@@ -16,8 +16,9 @@ from typing import Any
 from psycopg import sql
 
 from pgdr.integrity.catalog import Catalog, Column, TableInfo
-from pgdr.integrity.findings import Finding, Report, Severity
+from pgdr.integrity.findings import Finding, Report
 from pgdr.profile import EmbeddingSource, Profile
+from pgdr.profile.model import Severity
 
 VECTOR_TYPES = {"vector": 4, "_float4": 4, "_float8": 8}
 ARRAY_TYPES = {"_float4": "real[]", "_float8": "double precision[]"}
