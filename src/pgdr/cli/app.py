@@ -11,7 +11,7 @@ import sys
 import typer
 
 from pgdr import __version__
-from pgdr.cli import db, demo, monitor, pool, profile, readonly, sample
+from pgdr.cli import check, db, demo, inventory, monitor, pool, profile, readonly, sample
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -28,6 +28,8 @@ app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(readonly.app, name="readonly")
+app.add_typer(check.app, name="check")
+app.add_typer(inventory.app, name="inventory")
 app.command()(pool.health)
 app.command()(demo.demo)
 app.command()(monitor.serve)
