@@ -49,7 +49,7 @@ def main() -> None:
     try:
         app()
     except PgdrError as exc:
-        err_console.print(f"[red]error:[/] {exc.message}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
         err_console.print("Interrupted.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pgdr.monitoring.severity import Severity as Priority
 from pgdr.profile.model import Severity
 
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
@@ -25,11 +26,11 @@ def iso(value: Any) -> str | None:
     return str(value.isoformat()) if hasattr(value, "isoformat") else str(value)
 
 
-def priority(severity: Severity, fraction: float | None) -> str:
+def priority(severity: Severity, fraction: float | None) -> Priority:
     """The runbook's incident level for a finding."""
     if severity == "critical":
-        return "P0" if fraction is not None and fraction > P0_FRACTION else "P1"
-    return "P2" if severity == "warning" else "P3"
+        return Priority.P0 if fraction is not None and fraction > P0_FRACTION else Priority.P1
+    return Priority.P2 if severity == "warning" else Priority.P3
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Finding:
         return self.count / self.rows
 
     @property
-    def priority(self) -> str:
+    def priority(self) -> Priority:
         return priority(self.severity, self.fraction)
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class Report:
         return any(s.partial for s in self.skipped)
 
     @property
-    def top_priority(self) -> str | None:
+    def top_priority(self) -> Priority | None:
         levels = sorted(f.priority for f in self.findings)
         return levels[0] if levels else None
 
