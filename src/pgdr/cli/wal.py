@@ -1,0 +1,258 @@
+"""``pgdr wal``: stream, push (archive_command), fetch (restore_command), setup, status, sync."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import target as resolve_target
+from pgdr.cluster import installation_for_major
+from pgdr.cluster.service_user import resolve_service_user
+from pgdr.errors import ConfigError
+from pgdr.wal.archive import WalArchive
+from pgdr.wal.repository import master_key, open_repository, repository_options
+from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
+from pgdr.wal.setup import (
+    apply_setup,
+    check_archive_reachable,
+    default_archive_env,
+    pgdr_executable,
+    plan_setup,
+)
+from pgdr.wal.status import wal_status
+from pgdr.wal.stream import Streamer, StreamOptions, sync_names_value
+from pgdr.wal.transfer import fetch_file, push_file, segment_identity
+
+app = typer.Typer(
+    help="Continuous WAL: streaming, archiving, setup and status.", no_args_is_help=True
+)
+
+
+def _stamp(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def open_archive(
+    system_identifier: int | None = None, segment_size: int | None = None
+) -> WalArchive:
+    s = settings()
+    return WalArchive.open(
+        open_repository(s),
+        master_key(s),
+        system_identifier=system_identifier,
+        segment_size=segment_size,
+    )
+
+
+@app.command()
+def stream(
+    synchronous: Annotated[
+        bool,
+        typer.Option(
+            "--synchronous",
+            help="Commits wait until their WAL is on pgdr's disk (RPO 0); see the trade-off "
+            "in docs/point-in-time-recovery.md.",
+        ),
+    ] = False,
+    degrade_after: Annotated[
+        float | None,
+        typer.Option(
+            help="With --synchronous: after this many seconds without a connection, switch the "
+            "server to asynchronous commits (loudly) instead of blocking them.",
+        ),
+    ] = None,
+    quorum_with: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --synchronous: a real replica's application name; a commit waits for "
+            "either (ANY 1), so one of them may be down.",
+        ),
+    ] = None,
+    spool: Annotated[
+        Path | None, typer.Option(help="Local spool (default $PGDR_HOME/wal-spool/<system id>).")
+    ] = None,
+    slot: Annotated[str, typer.Option(help="Replication slot name.")] = DEFAULT_SLOT,
+    application: Annotated[
+        str, typer.Option(help="application_name the server sees.")
+    ] = DEFAULT_APPLICATION,
+    partial_interval: Annotated[
+        float, typer.Option(help="Seconds between uploads of the segment being written.")
+    ] = 0.25,
+) -> None:
+    """Stream WAL continuously into the repository until stopped (SIGTERM/SIGINT)."""
+    if degrade_after is not None and not synchronous:
+        raise ConfigError("--degrade-after only makes sense with --synchronous.")
+    s = settings()
+    conninfo = resolve_target(s).conninfo
+    info = server_info(conninfo)
+    archive = open_archive(info.system_identifier, info.segment_size)
+    options = StreamOptions(
+        conninfo=conninfo,
+        spool=spool or s.home / "wal-spool" / str(info.system_identifier),
+        installation=installation_for_major(info.major, s.pg_bin),
+        slot=slot,
+        application=application,
+        synchronous=synchronous,
+        quorum_with=list(quorum_with or []),
+        degrade_after=degrade_after,
+        partial_interval=partial_interval,
+    )
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def log(message: str) -> None:
+        err_console.print(f"{_stamp(time.time())} {message}", highlight=False)
+
+    log(
+        f"Streaming WAL of system {info.system_identifier} (PostgreSQL {info.major}) into "
+        f"{archive.store.url}{' synchronously' if synchronous else ''}."
+    )
+    Streamer(options, archive, log).run(stop)
+    log("Stopped; everything received is in the repository.")
+
+
+@app.command()
+def push(
+    path: Annotated[Path, typer.Argument(help="The WAL file (%p of archive_command).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Archive one WAL file (use as archive_command = 'pgdr wal push %p'); idempotent."""
+    identity = segment_identity(path) if path.is_file() else None
+    archive = open_archive(*identity) if identity else open_archive()
+    result = push_file(archive, path)
+    emit(
+        {"name": result.name, "stored": result.stored, "bytes": result.bytes_in},
+        as_json,
+        lambda: None,  # archive_command output lands in the server log: stay quiet
+    )
+
+
+@app.command()
+def fetch(
+    name: Annotated[str, typer.Argument(help="The WAL file name (%f of restore_command).")],
+    dest: Annotated[Path, typer.Argument(help="Where to write it (%p).")],
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Accept the partial segment for the newest one.")
+    ] = False,
+) -> None:
+    """Restore one WAL file (restore_command = 'pgdr wal fetch %f %p'); exit 1 when absent."""
+    fetch_file(open_archive(), name, dest, allow_partial=partial)
+
+
+@app.command()
+def setup(
+    mode: Annotated[str, typer.Option(help="stream (recommended) or archive.")] = "stream",
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Apply with ALTER SYSTEM and create the slot.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print (or apply) the server settings a WAL mode needs."""
+    s = settings()
+    conninfo = resolve_target(s).conninfo
+    env = None
+    if mode == "archive":
+        url, _options = repository_options(s)
+        env = default_archive_env(url, s.home)
+        if apply:
+            check_archive_reachable(resolve_service_user(s.service_user), env, pgdr_executable())
+    plan = plan_setup(conninfo, mode, env)
+    if apply:
+        plan = apply_setup(conninfo, plan)
+
+    def render() -> None:
+        table = Table(title=f"WAL setup for {mode}")
+        for column in ("setting", "current", "wanted", "why"):
+            table.add_column(column)
+        for change in plan.changes:
+            mark = "" if change.ok else "[yellow]*[/] "
+            table.add_row(mark + change.name, change.current or "", change.wanted, change.why)
+        console.print(table)
+        if plan.slot:
+            console.print(f"Slot {plan.slot}: {'exists' if plan.slot_exists else 'missing'}.")
+        for note in plan.notes:
+            console.print(f"Note: {note}")
+        if plan.applied:
+            console.print("Applied." + (" Restart the server." if plan.restart_needed else ""))
+        elif any(not c.ok for c in plan.changes) or (plan.slot and not plan.slot_exists):
+            console.print("Run again with --apply to apply the changes marked *.")
+
+    emit(plan.as_dict(), as_json, render)
+
+
+@app.command()
+def status(as_json: JsonOption = False) -> None:
+    """What WAL the repository holds, gaps, the streamer's state and lag."""
+    report = wal_status(open_archive())
+    data = report.as_dict()
+
+    def render() -> None:
+        rows: list[tuple[str, Any]] = [
+            ("repository", report.repository),
+            ("system", report.system_identifier),
+            ("stored", f"{report.stored_bytes / 1e6:,.1f} MB"),
+            ("newest WAL", _stamp(report.newest_wal_at)),
+            ("gaps", ", ".join(report.gaps) or "none"),
+        ]
+        if report.streamer:
+            st = report.streamer
+            rows += [
+                ("streamer", f"{st['state']} ({'alive' if report.streamer_alive else 'silent'})"),
+                ("received", st.get("received_lsn")),
+                ("server at", st.get("server_lsn")),
+                ("lag", f"{st['lag_bytes']:,} bytes" if st.get("lag_bytes") is not None else None),
+                ("sync", st.get("sync_state")),
+            ]
+        console.print(key_value_table("WAL", rows))
+        table = Table(title="Timelines")
+        for column in ("timeline", "first", "last", "segments", "partial"):
+            table.add_column(column)
+        for t in report.timelines:
+            table.add_row(str(t.timeline), t.first, t.last, str(t.segments), t.partial)
+        console.print(table)
+
+    emit(data, as_json, render)
+    if report.gaps:
+        raise SystemExit(1)
+
+
+@app.command()
+def sync(
+    state: Annotated[str, typer.Argument(help="on or off.")],
+    application: Annotated[str, typer.Option(help="The streamer's application_name.")] = (
+        DEFAULT_APPLICATION
+    ),
+    as_json: JsonOption = False,
+) -> None:
+    """Switch synchronous commits to pgdr on or off (the operator's explicit way out)."""
+    if state not in ("on", "off"):
+        raise ConfigError("Say `pgdr wal sync on` or `pgdr wal sync off`.")
+    conninfo = resolve_target(settings()).conninfo
+    value = sync_names_value(application, []) if state == "on" else ""
+    with connect(conninfo) as conn:
+        set_system(conn, "synchronous_standby_names", value)
+    emit(
+        {"synchronous_standby_names": value},
+        as_json,
+        lambda: console.print(
+            "Commits now wait for pgdr (RPO 0)."
+            if state == "on"
+            else "[yellow]Commits no longer wait for pgdr: RPO is the streamer's lag.[/]"
+        ),
+    )
