@@ -10,6 +10,8 @@ from rich.table import Table
 
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
+from pgdr.backup.verify import VerifyReport, verify_backup
+from pgdr.backup.verify import restore_test as run_restore_test
 from pgdr.cli.common import (
     JsonOption,
     console,
@@ -20,6 +22,7 @@ from pgdr.cli.common import (
     settings,
     target,
 )
+from pgdr.errors import CheckFailed, ConfigError, PgdrError
 
 RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Repository name (default: primary).")
@@ -168,3 +171,72 @@ def show(
             console.print(table)
 
     emit(data, as_json, render)
+
+
+@app.command()
+def verify(
+    backup_id: Annotated[
+        str | None, typer.Argument(help="Backup id, unique prefix, or 'latest' (default).")
+    ] = None,
+    all_backups: Annotated[bool, typer.Option("--all", help="Verify every backup.")] = False,
+    restore_test: Annotated[
+        bool,
+        typer.Option(
+            "--restore-test",
+            help="Also restore into a throwaway cluster, start it and run pg_amcheck.",
+        ),
+    ] = False,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read back every chunk and check every file; exit 1 naming each damaged file."""
+    if all_backups and backup_id:
+        raise ConfigError("Give a backup id or --all, not both.")
+    repo = open_repo(repo_name)
+    if all_backups:
+        ids = [m.id for m in repo.list_backups()]
+        if not ids:
+            raise ConfigError(f"The repository {repo.name} ({repo.url}) holds no backups yet.")
+    else:
+        ids = [repo.resolve_id(backup_id or "latest")]
+    reports: list[VerifyReport] = []
+    for bid in ids:
+        manifest_size = 0
+        try:
+            manifest_size = repo.read_manifest(bid, authenticate=False).stream_size
+        except PgdrError:
+            manifest_size = 0
+        with progress_bar(f"Verifying {bid}", manifest_size, enabled=not as_json) as advance:
+            report = verify_backup(repo, bid, progress=advance)
+        if restore_test and report.ok:
+            report.restore_test = run_restore_test(repo, bid)
+            if not report.restore_test["passed"]:
+                report.fail(f"restore test failed: {report.restore_test['detail']}")
+        reports.append(report)
+    data = {"repository": repo.name, "backups": [r.as_dict() for r in reports]}
+
+    def render() -> None:
+        for r in reports:
+            if r.ok:
+                extra = ""
+                if r.restore_test:
+                    extra = f"; restore test passed in {r.restore_test['duration_s']:.1f} s"
+                console.print(
+                    f"[green]ok[/] {r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
+                    f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}."
+                )
+                continue
+            console.print(f"[red]DAMAGED[/] {r.backup_id}:")
+            for problem in r.problems:
+                console.print(f"  {problem}", highlight=False)
+            for path in r.damaged_files:
+                console.print(f"  damaged file: {path}", highlight=False)
+
+    emit(data, as_json, render)
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        files = sum(len(r.damaged_files) for r in bad)
+        raise CheckFailed(
+            f"{len(bad)} of {len(reports)} backup(s) failed verification "
+            f"({files} damaged file(s)): {', '.join(r.backup_id for r in bad)}."
+        )

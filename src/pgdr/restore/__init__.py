@@ -6,12 +6,11 @@ started as a new cluster.
 builds on these by writing recovery settings into the restored directory before starting it.
 """
 
+from pgdr.backup.chunks import DamagedBackup, fetch_chunk
 from pgdr.restore.base import (
-    DamagedBackup,
     RestoreResult,
     backup_chain,
     extract_backup,
-    fetch_chunk,
     restore_backup,
 )
 from pgdr.restore.start import adopt_restored

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pgdr.backup.chunks import DamagedBackup, fetch_chunk
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
-from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.crypto import DataKey, parallel_map
+from pgdr.errors import ConfigError, RuntimeFailure
 
 Progress = Callable[[int], None]
 
@@ -79,10 +80,6 @@ def backup_chain(repo: Repository, manifest: Manifest) -> list[Manifest]:
                 f"the repository {repo.name}."
             ) from None
     return chain
-
-
-class DamagedBackup(RuntimeFailure):
-    """A chunk or file of a backup failed its checks."""
 
 
 class _Extractor(TarReader):
@@ -169,40 +166,6 @@ class _Extractor(TarReader):
             self._fd = None
 
 
-def files_in_chunk(manifest: Manifest, index: int, limit: int = 5) -> list[str]:
-    names = [f.path for f in manifest.files if f.kind == "file" and index in manifest.chunks_of(f)]
-    return names[:limit] + ([f"and {len(names) - limit} more"] if len(names) > limit else [])
-
-
-def fetch_chunk(repo: Repository, manifest: Manifest, data_key: DataKey, index: int) -> bytes:
-    """One chunk, checked (size, SHA-256, authentication) and opened."""
-    key = manifest.chunk_key(index)
-    entry = manifest.chunks[index]
-    try:
-        sealed = repo.store.get(key)
-    except PgdrError as exc:
-        if "missing" in exc.message:
-            raise _damaged(manifest, index, "it is missing") from exc
-        raise
-    if len(sealed) != entry.stored_size or hashlib.sha256(sealed).hexdigest() != entry.sha256:
-        reason = "it is truncated" if len(sealed) < entry.stored_size else "its checksum differs"
-        raise _damaged(manifest, index, reason)
-    try:
-        plain = open_sealed(data_key, key, sealed)
-    except CorruptObject as exc:
-        raise _damaged(manifest, index, "it fails authentication") from exc
-    if len(plain) != entry.size:
-        raise _damaged(manifest, index, "it has the wrong size")
-    return plain
-
-
-def _damaged(manifest: Manifest, index: int, reason: str) -> DamagedBackup:
-    files = ", ".join(files_in_chunk(manifest, index)) or "archive metadata only"
-    return DamagedBackup(
-        f"Chunk {index + 1} of backup {manifest.id} is damaged ({reason}); it holds: {files}."
-    )
-
-
 def extract_backup(
     repo: Repository,
     manifest: Manifest,
@@ -286,7 +249,8 @@ def restore_backup(
             ext = extract_backup(
                 repo, manifest, key, staging, owner=owner, progress=progress, workers=workers
             )
-            written, files = ext.bytes_written, len(ext.seen)
+            written = ext.bytes_written
+            files = sum(1 for f in manifest.files if f.kind == "file")
         else:
             written, files = _restore_chain(repo, chain, staging, owner, scratch, progress, workers)
             notes.append(f"Combined {len(chain)} backups with pg_combinebackup.")
