@@ -1,0 +1,58 @@
+"""Reading a backup's chunks back: fetched, checked against the manifest, and opened.
+
+Every check names what is wrong in terms a person can act on: which chunk of which backup, why
+(missing, truncated, checksum, authentication) and which files of the data directory it holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pgdr.backup.manifest import Manifest
+from pgdr.backup.repository import Repository
+from pgdr.crypto import CorruptObject, DataKey, open_sealed
+from pgdr.errors import RuntimeFailure
+from pgdr.storage import ObjectNotFound
+
+
+class DamagedBackup(RuntimeFailure):
+    """A chunk or file of a backup failed its checks."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def files_in_chunk(manifest: Manifest, index: int) -> list[str]:
+    """The data-directory files whose bytes lie (partly) in chunk ``index``."""
+    return [f.path for f in manifest.files if f.kind == "file" and index in manifest.chunks_of(f)]
+
+
+def damaged_chunk(manifest: Manifest, index: int, reason: str, limit: int = 5) -> DamagedBackup:
+    names = files_in_chunk(manifest, index)
+    shown = names[:limit] + ([f"and {len(names) - limit} more"] if len(names) > limit else [])
+    files = ", ".join(shown) or "archive metadata only"
+    return DamagedBackup(
+        f"Chunk {index + 1} of backup {manifest.id} is damaged ({reason}); it holds: {files}.",
+        reason,
+    )
+
+
+def fetch_chunk(repo: Repository, manifest: Manifest, data_key: DataKey, index: int) -> bytes:
+    """One chunk, checked (present, size, SHA-256, authentication) and opened."""
+    key = manifest.chunk_key(index)
+    entry = manifest.chunks[index]
+    try:
+        sealed = repo.store.get(key)
+    except ObjectNotFound as exc:
+        raise damaged_chunk(manifest, index, "it is missing") from exc
+    if len(sealed) != entry.stored_size or hashlib.sha256(sealed).hexdigest() != entry.sha256:
+        reason = "it is truncated" if len(sealed) < entry.stored_size else "its checksum differs"
+        raise damaged_chunk(manifest, index, reason)
+    try:
+        plain = open_sealed(data_key, key, sealed)
+    except CorruptObject as exc:
+        raise damaged_chunk(manifest, index, "it fails authentication") from exc
+    if len(plain) != entry.size:
+        raise damaged_chunk(manifest, index, "it has the wrong size")
+    return plain
