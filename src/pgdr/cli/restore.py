@@ -7,14 +7,21 @@ from typing import Annotated, Any
 
 import typer
 
+from pgdr.cli import pitr
 from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
 from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
+from pgdr.errors import ConfigError
 from pgdr.restore import adopt_restored, backup_chain, restore_backup
 
 
 def restore(
-    backup_id: Annotated[str, typer.Argument(help="Backup id, unique prefix, or 'latest'.")],
-    to: Annotated[Path, typer.Option("--to", help="The new data directory to create.")],
+    backup_id: Annotated[
+        str | None,
+        typer.Argument(help="Backup id, unique prefix, or 'latest' (with a target: optional)."),
+    ] = None,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="The new data directory to create.")
+    ] = None,
     repo_name: RepoOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace the directory if it exists and is not empty.")
@@ -24,9 +31,31 @@ def restore(
         typer.Option("--start", help="Start it on a free port and print its connection URL."),
     ] = False,
     port: Annotated[int | None, typer.Option(help="Port for --start (default: free).")] = None,
+    target_time: pitr.TargetTimeOption = None,
+    target_lsn: pitr.TargetLsnOption = None,
+    target_xid: pitr.TargetXidOption = None,
+    target_name: pitr.TargetNameOption = None,
+    latest: pitr.LatestOption = False,
+    timeline: pitr.TimelineOption = None,
+    new_cluster: pitr.NewClusterOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Restore a base backup (to the end of the backup) into a new data directory."""
+    """Restore a base backup, or (with a target) the database as it was at a moment.
+
+    Without a target: the base backup as it was at its end, into --to DIR. With --target-time,
+    --target-lsn, --target-xid, --target-name or --latest: point-in-time recovery (see
+    docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running.
+    """
+    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest)
+    if target is not None or new_cluster:
+        pitr.restore_to_point(
+            target, backup_id, to, repo_name, new_cluster, start, force, port, timeline, as_json
+        )
+        return
+    if backup_id is None or to is None:
+        raise ConfigError(
+            "Give a backup id and --to DIR, or a recovery target (--latest, --target-time ...)."
+        )
     s = settings()
     repo = open_repo(repo_name)
     manifest = repo.read_manifest(repo.resolve_id(backup_id))

@@ -13,13 +13,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from pgdr.backup import open_repository
+from pgdr.cli.backup import RepoOption
 from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
 from pgdr.cli.common import target as resolve_target
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.errors import ConfigError
 from pgdr.wal.archive import WalArchive
-from pgdr.wal.repository import master_key, open_repository, repository_options
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (
     apply_setup,
@@ -44,12 +45,17 @@ def _stamp(ts: float | None) -> str | None:
 
 
 def open_archive(
-    system_identifier: int | None = None, segment_size: int | None = None
+    repo_name: str | None,
+    system_identifier: int | None = None,
+    segment_size: int | None = None,
 ) -> WalArchive:
-    s = settings()
+    """The WAL archive of repository ``repo_name``; created for a server when it has none."""
+    repo = open_repository(settings(), repo_name)
+    if system_identifier is not None:
+        repo.check_system_identifier(str(system_identifier))
     return WalArchive.open(
-        open_repository(s),
-        master_key(s),
+        repo.store,
+        repo.master_key,
         system_identifier=system_identifier,
         segment_size=segment_size,
     )
@@ -89,6 +95,7 @@ def stream(
     partial_interval: Annotated[
         float, typer.Option(help="Seconds between uploads of the segment being written.")
     ] = 0.25,
+    repo_name: RepoOption = None,
 ) -> None:
     """Stream WAL continuously into the repository until stopped (SIGTERM/SIGINT)."""
     if degrade_after is not None and not synchronous:
@@ -96,7 +103,7 @@ def stream(
     s = settings()
     conninfo = resolve_target(s).conninfo
     info = server_info(conninfo)
-    archive = open_archive(info.system_identifier, info.segment_size)
+    archive = open_archive(repo_name, info.system_identifier, info.segment_size)
     options = StreamOptions(
         conninfo=conninfo,
         spool=spool or s.home / "wal-spool" / str(info.system_identifier),
@@ -130,11 +137,12 @@ def stream(
 @app.command()
 def push(
     path: Annotated[Path, typer.Argument(help="The WAL file (%p of archive_command).")],
+    repo_name: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Archive one WAL file (use as archive_command = 'pgdr wal push %p'); idempotent."""
     identity = segment_identity(path) if path.is_file() else None
-    archive = open_archive(*identity) if identity else open_archive()
+    archive = open_archive(repo_name, *identity) if identity else open_archive(repo_name)
     result = push_file(archive, path)
     emit(
         {"name": result.name, "stored": result.stored, "bytes": result.bytes_in},
@@ -150,9 +158,10 @@ def fetch(
     partial: Annotated[
         bool, typer.Option("--partial", help="Accept the partial segment for the newest one.")
     ] = False,
+    repo_name: RepoOption = None,
 ) -> None:
     """Restore one WAL file (restore_command = 'pgdr wal fetch %f %p'); exit 1 when absent."""
-    fetch_file(open_archive(), name, dest, allow_partial=partial)
+    fetch_file(open_archive(repo_name), name, dest, allow_partial=partial)
 
 
 @app.command()
@@ -161,6 +170,7 @@ def setup(
     apply: Annotated[
         bool, typer.Option("--apply", help="Apply with ALTER SYSTEM and create the slot.")
     ] = False,
+    repo_name: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Print (or apply) the server settings a WAL mode needs."""
@@ -168,8 +178,7 @@ def setup(
     conninfo = resolve_target(s).conninfo
     env = None
     if mode == "archive":
-        url, _options = repository_options(s)
-        env = default_archive_env(url, s.home)
+        env = default_archive_env(open_repository(s, repo_name).url, s.home)
         if apply:
             check_archive_reachable(resolve_service_user(s.service_user), env, pgdr_executable())
     plan = plan_setup(conninfo, mode, env)
@@ -197,9 +206,9 @@ def setup(
 
 
 @app.command()
-def status(as_json: JsonOption = False) -> None:
+def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """What WAL the repository holds, gaps, the streamer's state and lag."""
-    report = wal_status(open_archive())
+    report = wal_status(open_archive(repo_name))
     data = report.as_dict()
 
     def render() -> None:

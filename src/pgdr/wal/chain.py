@@ -95,36 +95,56 @@ class Chain:
         return chosen
 
     def needed(
-        self, tli: int, start_lsn: int, end_lsn: int | None, use_partial: bool
+        self,
+        tli: int,
+        start_lsn: int,
+        end_lsn: int | None,
+        use_partial: bool,
+        required_until: int | None = None,
     ) -> list[tuple[Segment, bool]]:
         """The segments from ``start_lsn`` to ``end_lsn`` (or the newest) along ``tli``'s path.
 
-        Each entry says whether it must come from a ``.partial``; a missing segment is a
-        CheckFailed naming it.
+        Each entry says whether it comes from a ``.partial``. A missing segment up to
+        ``required_until`` (a segment number; all of them when None) is a CheckFailed naming
+        it; past that, the list simply ends before the gap.
         """
         path = self.ancestry(tli)
         first = segment_of_lsn(start_lsn, self.segment_size)
-        newest = self.last_segno(tli)
+        newest = max(
+            (
+                segno
+                for t, begin, end in path
+                for segno in self.segments.get(t, set()) | self.partials.get(t, set())
+                if segno >= segment_of_lsn(begin, self.segment_size)
+                and (end is None or segno <= segment_of_lsn(end, self.segment_size))
+            ),
+            default=None,
+        )
         if end_lsn is not None:
             last = segment_of_lsn(end_lsn, self.segment_size)
         elif newest is not None:
-            last = newest
+            last = max(newest, first)
         else:
             last = first
+        if required_until is not None:
+            last = max(last, required_until)
         result: list[tuple[Segment, bool]] = []
         for segno in range(first, last + 1):
             t = self.timeline_of_segno(path, segno)
             seg = Segment(t, segno)
             if segno in self.segments.get(t, set()):
                 result.append((seg, False))
-            elif segno in self.partials.get(t, set()) and segno == last and use_partial:
+                continue
+            if use_partial and segno in self.partials.get(t, set()):
                 result.append((seg, True))
-            else:
-                raise CheckFailed(
-                    f"WAL segment {seg.name(self.segment_size)} is missing from the repository: "
-                    f"the WAL has a gap after {format_lsn(seg.start_lsn(self.segment_size))}, "
-                    "so no restore can cross it."
-                )
+                break  # the newest WAL there is: nothing can follow a partial segment
+            if required_until is not None and segno > required_until:
+                break
+            raise CheckFailed(
+                f"WAL segment {seg.name(self.segment_size)} is missing from the repository: "
+                f"the WAL has a gap at {format_lsn(seg.start_lsn(self.segment_size))}, "
+                "so no restore can cross it."
+            )
         return result
 
     def gaps(self) -> list[str]:
