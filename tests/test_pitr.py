@@ -103,3 +103,57 @@ def test_restore_to_time_name_lsn_and_latest(walenv: WalEnv) -> None:
     assert latest["recovered_to_lsn"] and latest["recovered_to_time"]
     stop_restored(w, latest)
     w.stop_stream(stream)
+
+
+def refused(w: WalEnv, *args: str) -> str:
+    """Run a restore that must be refused before writing anything; returns its message."""
+    place = w.repo.parent / "never-written"
+    result = w.cli("restore", *args, "--to", str(place))
+    assert result.code in (1, 2), result.stdout + result.stderr
+    assert not place.exists()
+    assert not list(place.parent.glob(".never-written*"))
+    return " ".join(result.stderr.split())
+
+
+@pytest.mark.slow
+def test_missing_or_damaged_segment_and_outside_window_are_refused_first(
+    walenv18: WalEnv,
+) -> None:
+    w = walenv18
+    stream = w.start_stream()
+    w.insert(5)
+    backup(w)
+    w.insert(5)
+    names = []
+    for _ in range(3):
+        w.insert(1)
+        names.append(str(w.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]))
+        w.sql("SELECT pg_switch_wal()")
+    w.insert(5)
+    wait_streamed(w)
+    w.stop_stream(stream)
+    after = w.sql("SELECT clock_timestamp()")[0][0]
+
+    # outside the window: before the first backup ended, after the newest WAL
+    early = refused(w, "--target-time", "2000-01-01T00:00:00Z")
+    assert "before the recovery window" in early
+    late = refused(w, "--target-time", (after.replace(year=after.year + 1)).isoformat())
+    assert "after the newest WAL" in late
+    assert "no restore point named" in refused(w, "--target-name", "nope")
+
+    # a damaged segment is named before anything is written
+    victim = w.repo / "wal" / names[1][:8] / names[1]
+    original = victim.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x40
+    victim.write_bytes(bytes(damaged))
+    message = refused(w, "--latest")
+    assert names[1] in message and "damaged" in message
+    # a missing one too, with the gap's position
+    victim.unlink()
+    message = refused(w, "--latest")
+    assert names[1] in message and "missing" in message
+    status = w.cli("wal", "status", "--json")
+    assert status.code == 1 and names[1] in json.loads(status.stdout)["gaps"]
+    victim.write_bytes(original)
+    assert w.cli("wal", "status").code == 0

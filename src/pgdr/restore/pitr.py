@@ -42,7 +42,7 @@ import psycopg
 from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
-from pgdr.crypto import parallel_map
+from pgdr.crypto import CorruptObject, parallel_map
 from pgdr.errors import CheckFailed, ConfigError, RuntimeFailure
 from pgdr.restore.base import backup_chain, restore_backup
 from pgdr.restore.start import adopt_restored
@@ -330,6 +330,11 @@ def fetch_wal(
         except ObjectNotFound:
             raise CheckFailed(
                 f"WAL segment {name} vanished from the repository during the restore."
+            ) from None
+        except CorruptObject as exc:
+            raise CheckFailed(
+                f"WAL segment {name} in the repository is damaged "
+                f"({exc.message.split(': ', 1)[-1].rstrip('.')}); nothing was restored."
             ) from None
 
     for name in plan.histories:
