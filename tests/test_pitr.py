@@ -157,3 +157,58 @@ def test_missing_or_damaged_segment_and_outside_window_are_refused_first(
     assert status.code == 1 and names[1] in json.loads(status.stdout)["gaps"]
     victim.write_bytes(original)
     assert w.cli("wal", "status").code == 0
+
+
+@pytest.mark.slow
+def test_timelines_restore_twice_and_from_the_new_timeline(walenv18: WalEnv) -> None:
+    w = walenv18
+    stream = w.start_stream()
+    w.insert(10)
+    backup(w)
+    w.insert(10)
+    fork_at = w.sql("SELECT clock_timestamp()")[0][0]
+    w.insert(10)
+    original = ids(w.conninfo)
+    wait_streamed(w)
+    w.stop_stream(stream)
+
+    # first restore: back to the fork point, a new timeline 2, streamed into the same repository
+    first = restore(w, "--target-time", fork_at.isoformat())
+    assert first["timeline"] == 2
+    assert ids(first["url"]) == committed_by(w, fork_at)
+    restored_env = dict(w.env, DATABASE_URL=first["url"])
+    log = (w.repo.parent / "stream-restored.log").open("wb")
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    second_stream = subprocess.Popen(
+        [sys.executable, "-m", "pgdr", "wal", "stream"],
+        env=restored_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    w.procs.append(second_stream)
+    with psycopg.connect(first["url"], autocommit=True) as conn:
+        w.wait_for(
+            lambda: bool(conn.execute("SELECT 1 FROM pg_stat_replication").fetchall()),
+            what="streaming the restored cluster",
+        )
+        for _ in range(10):
+            conn.execute("INSERT INTO txlog (id) VALUES (nextval('txlog_id'))")
+    on_two = ids(first["url"])
+    wait_streamed(w)
+    w.stop_stream(second_stream)
+    stop_restored(w, first)
+
+    # restoring the latest follows timeline 2 (the newest with WAL) ...
+    latest = restore(w, "--latest")
+    assert ids(latest["url"]) == on_two
+    assert latest["timeline"] == 3
+    stop_restored(w, latest)
+    # ... and the original timeline can still be chosen; the new one gets an unused id
+    again = restore(w, "--latest", "--timeline", "1")
+    assert ids(again["url"]) == original
+    assert again["timeline"] == 4
+    stop_restored(w, again)
+    # a timeline that does not exist or lead here is refused in one sentence
+    assert "Timeline 9 is not in the repository" in refused(w, "--latest", "--timeline", "9")

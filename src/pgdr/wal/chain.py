@@ -167,6 +167,11 @@ def choose_timeline(chain: Chain, base_tli: int, base_lsn: int, requested: str |
             raise ConfigError(
                 f"--timeline must be a number, latest or current, not {requested!r}."
             ) from None
+        if tli not in chain.timelines:
+            known = ", ".join(str(t) for t in chain.timelines)
+            raise CheckFailed(
+                f"Timeline {tli} is not in the repository (it holds timelines {known})."
+            )
         if not chain.leads_from(tli, base_tli, base_lsn):
             raise CheckFailed(
                 f"Timeline {tli} does not lead from the base backup (timeline {base_tli}, "

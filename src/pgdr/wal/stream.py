@@ -53,6 +53,7 @@ from pgdr.wal.server import (
     DEFAULT_APPLICATION,
     DEFAULT_SLOT,
     connect,
+    current_timeline,
     ensure_slot,
     set_system,
     setting,
@@ -345,8 +346,31 @@ class Streamer:
             self.archive.put_state("streamer", self.status.as_dict())
 
     # ----- the loop ---------------------------------------------------------------------------
+    def _settle_spool(self) -> None:
+        """Upload what a previous run left, and drop a partial of another timeline.
+
+        After a restore the new cluster (same system identifier) writes a new timeline; an old
+        partial in the spool would make pg_receivewal resume on the old one.
+        """
+        self.upload_spool(final=True)
+        if self.status.repository_error:
+            return
+        try:
+            with connect(self.o.conninfo) as conn:
+                timeline = current_timeline(conn)
+        except PgdrError:
+            return
+        for path in self.o.spool.glob("*.partial"):
+            if int(path.name[:8], 16) != timeline:
+                self.log(
+                    f"Dropping {path.name} from the spool: it is in the repository and "
+                    f"the server now writes timeline {timeline}."
+                )
+                path.unlink()
+
     def run(self, stop: threading.Event) -> None:
         self._lock_spool()
+        self._settle_spool()
         backoff = 0.5
         next_start = 0.0
         next_beat = 0.0
