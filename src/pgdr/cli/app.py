@@ -11,7 +11,7 @@ import sys
 import typer
 
 from pgdr import __version__
-from pgdr.cli import backup, db, demo, pitr, pool, profile, restore, sample, wal
+from pgdr.cli import backup, db, demo, key, mark, pool, profile, repo, restore, sample, wal
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -28,8 +28,11 @@ app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
 app.add_typer(backup.app, name="backup")
 app.command()(restore.restore)
+app.add_typer(repo.app, name="repo")
+app.command()(repo.prune)
+app.add_typer(key.app, name="key")
 app.add_typer(wal.app, name="wal")
-app.command()(pitr.mark)
+app.command()(mark.mark)
 app.command()(pool.health)
 app.command()(demo.demo)
 

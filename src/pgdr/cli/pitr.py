@@ -1,4 +1,4 @@
-"""The point-in-time half of ``pgdr restore`` (its options and report), and ``pgdr mark``."""
+"""The point-in-time half of ``pgdr restore``: its options, the run and the report."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import typer
 
 from pgdr.backup import open_repository
 from pgdr.backup.repository import Repository
-from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, progress_bar
+from pgdr.cli.common import console, emit, err_console, key_value_table, progress_bar
 from pgdr.cli.common import settings as load_settings
-from pgdr.cli.common import target as resolve_target
 from pgdr.errors import ConfigError
 from pgdr.restore.pitr import (
     Target,
@@ -21,10 +20,8 @@ from pgdr.restore.pitr import (
     wait_for_streamer,
 )
 from pgdr.wal.archive import WalArchive
-from pgdr.wal.marks import create_mark
-from pgdr.wal.server import server_info
 
-__all__ = ["make_target", "mark", "restore_to_point"]
+__all__ = ["make_target", "restore_to_point"]
 
 TargetTimeOption = Annotated[
     str | None,
@@ -126,36 +123,3 @@ def restore_to_point(
             )
 
     emit(result.as_dict(), as_json, render)
-
-
-def mark(
-    name: Annotated[
-        str, typer.Argument(help="The restore point's name, e.g. before-migration-005.")
-    ],
-    repo_name: Annotated[
-        str | None, typer.Option("--repo", help="Repository name (default: primary).")
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Reuse an existing name.")] = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Create a named restore point (pg_create_restore_point) and record it with its time."""
-    s = load_settings()
-    conninfo = resolve_target(s).conninfo
-    info = server_info(conninfo)
-    repo = open_repository(s, repo_name)
-    repo.check_system_identifier(str(info.system_identifier))
-    archive = WalArchive.open(
-        repo.store,
-        repo.master_key,
-        system_identifier=info.system_identifier,
-        segment_size=info.segment_size,
-    )
-    record = create_mark(conninfo, archive, name, force=force)
-    emit(
-        record,
-        as_json,
-        lambda: console.print(
-            f"Restore point {name!r} at LSN {record['lsn']}, {record['time']}; restore to it "
-            f"with `pgdr restore --target-name {name} --new-cluster`."
-        ),
-    )
