@@ -14,6 +14,7 @@ from pgdr.backup.retention import prune as apply_retention
 from pgdr.cli.backup import RepoOption, human_size, open_repo
 from pgdr.cli.common import JsonOption, console, emit, key_value_table, progress_bar, settings
 from pgdr.errors import ConfigError
+from pgdr.wal.retention import prune_repository_wal
 
 app = typer.Typer(
     help="Backup repositories: create, describe, copy between tiers.", no_args_is_help=True
@@ -139,6 +140,8 @@ def prune(
     repo = open_repo(repo_name)
     report = apply_retention(repo, dry_run=dry_run)
     data = report.as_dict() | {"retention": repo.config.retention.as_dict()}
+    wal = prune_repository_wal(repo, [d.backup_id for d in report.decisions if d.keep], dry_run)
+    data["wal"] = wal.as_dict() if wal else None
 
     def render() -> None:
         table = Table(
@@ -168,5 +171,10 @@ def prune(
         freed = human_size(data["freed_bytes"])
         verb = "Would free" if dry_run else "Freed"
         console.print(f"{verb} {freed} ({len(report.removed)} backup(s)).")
+        if wal is not None:
+            console.print(
+                f"WAL: {verb.lower()} {human_size(wal.freed_bytes)} ({len(wal.removed)} files "
+                f"before {wal.keep_from}, which no kept backup needs); kept {wal.kept_files}."
+            )
 
     emit(data, as_json, render)
