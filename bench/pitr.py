@@ -59,8 +59,8 @@ def committed(log_dir: Path) -> dict[tuple[int, int], float]:
             fields = line.split()
             if len(fields) < 6 or fields[2] in ("failed", "skipped"):
                 continue
-            client, tx_no = int(fields[0]), int(fields[1])
-            done[(client, tx_no + 1)] = int(fields[4]) + int(fields[5]) / 1e6
+            client, tx_no = int(fields[0]), int(fields[1])  # tx_no counts from 1, like n
+            done[(client, tx_no)] = int(fields[4]) + int(fields[5]) / 1e6
     return done
 
 
@@ -158,6 +158,9 @@ def run_mode(
         "killed_at": kill_at,
         "recovered_to": result["recovered_to_time"],
         "timeline": result["timeline"],
+        "lost": sorted(lost)[:20],
+        # committed on the server but never acknowledged (in flight at the kill): not a loss
+        "committed_unacknowledged": len(present - set(acked)),
     }
     log(f"{mode}: {row}")
     return row, LocalCluster(Path(result["cluster_dir"]), cluster.settings)
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--modes", default="async,sync")
+    parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
     opts = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="pgdr-bench-pitr-", dir="/tmp"))
     home.chmod(0o711)
@@ -230,7 +234,7 @@ def main() -> None:
                     c.stop(mode="immediate")
             except Exception as exc:
                 print(f"cleanup: {exc}")
-        if "--keep" not in sys.argv:
+        if not opts.keep:
             shutil.rmtree(home, ignore_errors=True)
 
 

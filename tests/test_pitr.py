@@ -133,6 +133,8 @@ def test_missing_or_damaged_segment_and_outside_window_are_refused_first(
     wait_streamed(w)
     w.stop_stream(stream)
     after = w.sql("SELECT clock_timestamp()")[0][0]
+    window = json.loads(w.cli("wal", "status", "--json").stdout)
+    assert window["window_start"] < window["window_end"] <= after.timestamp()
 
     # outside the window: before the first backup ended, after the newest WAL
     early = refused(w, "--target-time", "2000-01-01T00:00:00Z")

@@ -31,7 +31,7 @@ def set_replication_allowed(w: WalEnv, allowed: bool) -> None:
 @pytest.mark.slow
 def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
     w = walenv
-    stream = w.start_stream("--synchronous", "--degrade-after", "3")
+    stream = w.start_stream("--synchronous", "--degrade-after", "3s")
     w.wait_for(lambda: sync_state(w) == "sync", what="a synchronous standby")
     assert w.sql("SHOW synchronous_standby_names") == [('"pgdr"',)]
     acknowledged = w.insert(20)  # every one of these returned only once pgdr had flushed it

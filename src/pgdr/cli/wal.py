@@ -44,6 +44,21 @@ def _stamp(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
+def parse_duration(text: str, option: str) -> float:
+    """``30``, ``30s``, ``2m`` or ``1h`` in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    factor = units.get(value[-1:], 1) if value else 1
+    number = value[:-1] if value[-1:] in units else value
+    try:
+        seconds = float(number) * factor
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a duration (e.g. 30s, 2m).") from None
+    if seconds <= 0:
+        raise ConfigError(f"{option} must be longer than 0 s.")
+    return seconds
+
+
 def open_archive(
     repo_name: str | None,
     system_identifier: int | None = None,
@@ -72,10 +87,10 @@ def stream(
         ),
     ] = False,
     degrade_after: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            help="With --synchronous: after this many seconds without a connection, switch the "
-            "server to asynchronous commits (loudly) instead of blocking them.",
+            help="With --synchronous: after this long without a connection (e.g. 30s, 2m), "
+            "switch the server to asynchronous commits (loudly) instead of blocking them.",
         ),
     ] = None,
     quorum_with: Annotated[
@@ -100,6 +115,7 @@ def stream(
     """Stream WAL continuously into the repository until stopped (SIGTERM/SIGINT)."""
     if degrade_after is not None and not synchronous:
         raise ConfigError("--degrade-after only makes sense with --synchronous.")
+    degrade_s = parse_duration(degrade_after, "--degrade-after") if degrade_after else None
     s = settings()
     conninfo = resolve_target(s).conninfo
     info = server_info(conninfo)
@@ -112,7 +128,7 @@ def stream(
         application=application,
         synchronous=synchronous,
         quorum_with=list(quorum_with or []),
-        degrade_after=degrade_after,
+        degrade_after=degrade_s,
         partial_interval=partial_interval,
     )
     stop = threading.Event()
@@ -208,7 +224,14 @@ def setup(
 @app.command()
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """What WAL the repository holds, gaps, the streamer's state and lag."""
-    report = wal_status(open_archive(repo_name))
+    archive = open_archive(repo_name)
+    repo = open_repository(settings(), repo_name)
+    stops = [
+        m.stop_datetime.timestamp()
+        for m in repo.list_backups()
+        if m.system_identifier == str(archive.system_identifier)
+    ]
+    report = wal_status(archive, window_start=min(stops) if stops else None)
     data = report.as_dict()
 
     def render() -> None:
@@ -217,6 +240,12 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
             ("system", report.system_identifier),
             ("stored", f"{report.stored_bytes / 1e6:,.1f} MB"),
             ("newest WAL", _stamp(report.newest_wal_at)),
+            (
+                "recovery window",
+                f"{_stamp(report.window_start)} .. {_stamp(report.window_end)}"
+                if report.window_start
+                else "none yet: take a base backup (`pgdr backup`)",
+            ),
             ("gaps", ", ".join(report.gaps) or "none"),
         ]
         if report.streamer:
