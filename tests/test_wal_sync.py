@@ -65,6 +65,8 @@ def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
     # and the operator's explicit switch
     off = w.cli("wal", "sync", "off", "--json")
     assert off.code == 0 and json.loads(off.stdout)["synchronous_standby_names"] == ""
+    time.sleep(2.5)  # the running streamer respects the operator's choice
+    assert w.sql("SHOW synchronous_standby_names") == [("",)]
     on = w.cli("wal", "sync", "on")
     assert on.code == 0
     assert w.sql("SHOW synchronous_standby_names") == [('"pgdr"',)]

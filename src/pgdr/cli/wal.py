@@ -30,7 +30,7 @@ from pgdr.wal.setup import (
     plan_setup,
 )
 from pgdr.wal.status import wal_status
-from pgdr.wal.stream import Streamer, StreamOptions, sync_names_value
+from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 
 app = typer.Typer(
@@ -276,6 +276,7 @@ def sync(
     application: Annotated[str, typer.Option(help="The streamer's application_name.")] = (
         DEFAULT_APPLICATION
     ),
+    repo_name: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Switch synchronous commits to pgdr on or off (the operator's explicit way out)."""
@@ -285,6 +286,11 @@ def sync(
     value = sync_names_value(application, []) if state == "on" else ""
     with connect(conninfo) as conn:
         set_system(conn, "synchronous_standby_names", value)
+    # a running `wal stream --synchronous` reads this and leaves the operator's choice alone
+    info = server_info(conninfo)
+    open_archive(repo_name, info.system_identifier, info.segment_size).put_state(
+        SYNC_SWITCH, {"off": state == "off", "at": time.time()}
+    )
     emit(
         {"synchronous_standby_names": value},
         as_json,

@@ -61,6 +61,7 @@ from pgdr.wal.server import (
 )
 
 PR_SET_PDEATHSIG = 1
+SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
 MAX_BACKOFF_S = 5.0
 HEARTBEAT_S = 1.0
 
@@ -291,7 +292,17 @@ class Streamer:
             return False
         return True
 
+    def _operator_off(self) -> bool:
+        """Whether an operator said `pgdr wal sync off` (the streamer then leaves it off)."""
+        try:
+            switch = self.archive.get_state(SYNC_SWITCH)
+        except PgdrError:
+            return False
+        return bool(switch and switch.get("off"))
+
     def _manage_sync(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        if self._operator_off():
+            return
         wanted = sync_names_value(self.o.application, self.o.quorum_with)
         current = setting(conn, "synchronous_standby_names")
         connected = self.status.flush_lsn is not None
