@@ -214,3 +214,31 @@ def test_timelines_restore_twice_and_from_the_new_timeline(walenv18: WalEnv) -> 
     stop_restored(w, again)
     # a timeline that does not exist or lead here is refused in one sentence
     assert "Timeline 9 is not in the repository" in refused(w, "--latest", "--timeline", "9")
+
+
+@pytest.mark.slow
+def test_incremental_chain_is_chosen_and_replayed(walenv18: WalEnv) -> None:
+    w = walenv18
+    assert w.cli("wal", "setup", "--apply").code == 0  # summarize_wal for incremental backups
+    stream = w.start_stream()
+    w.insert(10)
+    full = backup(w)
+    w.insert(10)
+    between = w.sql("SELECT clock_timestamp()")[0][0]
+    w.insert(10)
+    incremental = w.cli("backup", "--incremental", "--json")
+    assert incremental.code == 0, incremental.stderr
+    incremental_id = json.loads(incremental.stdout)["id"]
+    w.insert(10)
+    everything = ids(w.conninfo)
+    wait_streamed(w)
+    w.stop_stream(stream)
+
+    latest = restore(w, "--latest")
+    assert latest["backup_id"] == incremental_id
+    assert ids(latest["url"]) == everything
+    stop_restored(w, latest)
+    earlier = restore(w, "--target-time", between.isoformat())
+    assert earlier["backup_id"] == full
+    assert ids(earlier["url"]) == committed_by(w, between)
+    stop_restored(w, earlier)

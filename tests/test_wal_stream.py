@@ -8,8 +8,11 @@ import signal
 import time
 from pathlib import Path
 
+import psycopg
+
 from conftest import run_cli
 from fixtures.wal import WalEnv, make_wal_env
+from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
 from pgdr.crypto import load_master_key
 from pgdr.storage import LocalStore
@@ -84,52 +87,81 @@ def streaming(w: WalEnv) -> bool:
     return bool(w.sql("SELECT 1 FROM pg_stat_replication WHERE application_name = 'pgdr'"))
 
 
-def test_streamer_killed_and_server_crash_lose_nothing(walenv18: WalEnv) -> None:
+def restored_ids(w: WalEnv, scratch: Path) -> set[int]:
+    """`pgdr restore --latest --to DIR`, then start the result and read its rows."""
+    target = scratch / "restored"
+    result = w.cli("restore", "--latest", "--to", str(target), "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["running"] is False and (target / "PG_VERSION").is_file()
+    assert not (target / "recovery.signal").exists()
+    cluster = LocalCluster(Path(data["cluster_dir"]), w.cluster.settings, data_dir=target)
+    cluster.start()
+    try:
+        rows = psycopg.connect(cluster.conninfo(), autocommit=True).execute("SELECT id FROM txlog")
+        return {int(r[0]) for r in rows.fetchall()}
+    finally:
+        cluster.stop()
+
+
+def test_streamer_killed_and_server_crash_lose_nothing(walenv18: WalEnv, scratch: Path) -> None:
     w = walenv18
     proc = w.start_stream()
     w.wait_for(lambda: streaming(w), what="the streamer to connect")
+    assert w.cli("backup").code == 0
     first = switch(w)
     w.wait_for(lambda: first in segments(w), what=first)
     # kill -9 the streamer: its pg_receivewal dies with it, the slot keeps the WAL
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     w.wait_for(lambda: not streaming(w), what="pg_receivewal to die with its parent")
-    w.insert(10)
+    w.pgbench(1)
     while_down = [switch(w) for _ in range(3)]
     proc = w.start_stream()
     w.wait_for(lambda: set(while_down) <= segments(w), what="catching up after kill -9")
     # crash the server mid-stream: the streamer waits, reconnects and goes on
-    w.insert(10)
+    w.pgbench(1)
     w.cluster.kill()
     time.sleep(1)
     w.cluster.start()
     w.wait_for(lambda: streaming(w), what="reconnecting after the crash")
     after_crash = switch(w)
+    w.insert(5)
     w.wait_for(lambda: after_crash in segments(w), what=after_crash)
     assert proc.poll() is None
     assert "restarting" in w.stream_log()
     report = json.loads(run_cli("wal", "status", "--json", env=w.env).stdout)
     assert report["gaps"] == []
+    everything = {int(r[0]) for r in w.sql("SELECT id FROM txlog")}
+    time.sleep(1)  # the last partial upload
     w.stop_stream(proc)
+    # nothing committed was lost across the kill, the outage of the streamer and the crash
+    assert restored_ids(w, scratch) == everything
 
 
-def test_repository_outage_is_caught_up(walenv18: WalEnv) -> None:
+def test_repository_outage_is_caught_up(walenv18: WalEnv, scratch: Path) -> None:
     w = walenv18
     proc = w.start_stream()
     w.wait_for(lambda: streaming(w), what="the streamer to connect")
+    assert w.cli("backup").code == 0
     first = switch(w)
     w.wait_for(lambda: first in segments(w), what=first)
     # the repository disappears (a file where its directory was: every write fails)
     aside = w.repo.with_name("repo-away")
     w.repo.rename(aside)
     w.repo.write_text("unreachable")
+    w.pgbench(1)
     during = [switch(w) for _ in range(3)]
     w.wait_for(lambda: "upload failed" in w.stream_log(), what="the outage to be noticed")
     w.repo.unlink()
     aside.rename(w.repo)
     w.wait_for(lambda: set(during) <= segments(w), what="catching up after the outage")
     assert proc.poll() is None
+    w.insert(3)
+    everything = {int(r[0]) for r in w.sql("SELECT id FROM txlog")}
+    time.sleep(1)
     w.stop_stream(proc)
+    assert restored_ids(w, scratch) == everything
 
 
 def test_push_and_fetch_as_archive_commands(walenv18: WalEnv, tmp_path: Path) -> None:
