@@ -180,10 +180,7 @@ def take_backup(
     facts = facts or server_facts(conninfo)
     installation = installation_for_major(facts.major, pg_bin)
     store = repo.store
-    try:
-        store.check_writable()
-    except PgdrError as exc:
-        raise RuntimeFailure(f"Cannot back up into {repo.name}: {exc.message}") from exc
+    store.check_writable()
     master = repo.master_key
     with repo.locked("backup") as lock:
         repo.check_system_identifier(facts.system_identifier)
@@ -249,10 +246,12 @@ def take_backup(
             except BaseException as exc:
                 _abandon(repo, backup_id)
                 if isinstance(exc, PgdrError):
-                    raise RuntimeFailure(
+                    wrapped = PgdrError(
                         f"{exc.message.rstrip('.')}; backup {backup_id} was abandoned and "
                         "earlier backups are intact."
-                    ) from exc
+                    )
+                    wrapped.exit_code = exc.exit_code
+                    raise wrapped from exc
                 raise
     return manifest
 
