@@ -28,6 +28,7 @@ from typing import IO, Any
 import psycopg
 
 from pgdr import __version__
+from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import (
     ChunkEntry,
     FileEntry,
@@ -90,32 +91,45 @@ class _Hasher(TarReader):
         super().__init__()
         self.files: list[FileEntry] = []
         self.captured: dict[str, bytearray] = {}
-        self._hash: Any = None
+        self._digests: dict[str, str] = {}
+        self._hasher = HashThread(self._digests.__setitem__)
 
     def on_member(self, member: TarMember) -> None:
-        self._hash = hashlib.sha256() if member.kind == "file" else None
+        if member.kind == "file":
+            self._hasher.start(member.path)
         if member.path in CAPTURED:
             self.captured[member.path] = bytearray()
 
     def on_data(self, member: TarMember, data: memoryview) -> None:
-        if self._hash is not None:
-            self._hash.update(data)
+        if member.kind == "file":
+            self._hasher.update(data)
         if member.path in self.captured:
             self.captured[member.path] += data
 
     def on_member_end(self, member: TarMember) -> None:
+        if member.kind == "file":
+            self._hasher.end()
         self.files.append(
             FileEntry(
                 path=member.path,
                 kind=member.kind,
                 size=member.size,
                 mode=member.mode,
-                sha256=self._hash.hexdigest() if self._hash is not None else None,
+                sha256=None,
                 offset=member.data_offset,
                 linkname=member.linkname,
             )
         )
-        self._hash = None
+
+    def finish(self) -> None:
+        """Wait for the hashes and put them into the file list."""
+        self._hasher.close()
+        for entry in self.files:
+            if entry.kind == "file":
+                entry.sha256 = self._digests[entry.path]
+
+    def abandon(self) -> None:
+        self._hasher.abandon()
 
 
 def _read_chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
@@ -180,10 +194,7 @@ def take_backup(
     facts = facts or server_facts(conninfo)
     installation = installation_for_major(facts.major, pg_bin)
     store = repo.store
-    try:
-        store.check_writable()
-    except PgdrError as exc:
-        raise RuntimeFailure(f"Cannot back up into {repo.name}: {exc.message}") from exc
+    store.check_writable()
     master = repo.master_key
     with repo.locked("backup") as lock:
         repo.check_system_identifier(facts.system_identifier)
@@ -249,10 +260,12 @@ def take_backup(
             except BaseException as exc:
                 _abandon(repo, backup_id)
                 if isinstance(exc, PgdrError):
-                    raise RuntimeFailure(
+                    wrapped = PgdrError(
                         f"{exc.message.rstrip('.')}; backup {backup_id} was abandoned and "
                         "earlier backups are intact."
-                    ) from exc
+                    )
+                    wrapped.exit_code = exc.exit_code
+                    raise wrapped from exc
                 raise
     return manifest
 
@@ -331,14 +344,19 @@ def _stream(
                     refresh()
                     last_refresh = time.monotonic()
             code = proc.wait()
+        except BaseException:
+            hasher.abandon()
+            raise
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     if code != 0:
+        hasher.abandon()
         reason = _last_line(stderr_path.read_text(errors="replace"))
         raise RuntimeFailure(f"pg_basebackup failed: {reason}")
     hasher.close()
+    hasher.finish()
     for name in CAPTURED:
         if name not in hasher.captured:
             raise RuntimeFailure(f"pg_basebackup's archive has no {name}")

@@ -17,7 +17,6 @@ point-in-time recovery are a separate step that writes into the restored directo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
+from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
@@ -93,8 +93,13 @@ class _Extractor(TarReader):
         self.seen: set[str] = set()
         self.owner = owner
         self._fd: int | None = None
-        self._hash: Any = None
+        self.mismatched: list[str] = []
+        self._hasher = HashThread(self._compare)
         self.bytes_written = 0
+
+    def _compare(self, path: str, digest: str) -> None:
+        if digest != self.expected[path].sha256:
+            self.mismatched.append(path)
 
     def _path(self, name: str) -> Path:
         pure = PurePosixPath(name)
@@ -125,7 +130,7 @@ class _Extractor(TarReader):
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._chown(self._fd)
-            self._hash = hashlib.sha256()
+            self._hasher.start(member.path)
         elif member.kind == "symlink":
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.symlink_to(member.linkname)
@@ -133,7 +138,7 @@ class _Extractor(TarReader):
 
     def on_data(self, member: TarMember, data: memoryview) -> None:
         if self._fd is not None:
-            self._hash.update(data)
+            self._hasher.update(data)
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
@@ -144,15 +149,24 @@ class _Extractor(TarReader):
             return
         os.close(self._fd)
         self._fd = None
-        expected = self.expected[member.path]
-        digest = self._hash.hexdigest()
-        if digest != expected.sha256 or member.size != expected.size:
+        self._hasher.end()
+        if member.size != self.expected[member.path].size:
             raise DamagedBackup(
-                f"{member.path} in backup {self.manifest.id} does not match its checksum."
+                f"{member.path} in backup {self.manifest.id} does not have its recorded size."
             )
 
     def finish(self) -> None:
         self.close()
+        self._hasher.close()
+        if self.mismatched:
+            raise DamagedBackup(
+                f"{self.mismatched[0]} in backup {self.manifest.id} does not match its checksum"
+                + (
+                    f" (and {len(self.mismatched) - 1} more files)."
+                    if len(self.mismatched) > 1
+                    else "."
+                )
+            )
         missing = [f.path for f in self.manifest.files if f.path not in self.seen]
         if missing:
             raise DamagedBackup(
@@ -161,6 +175,7 @@ class _Extractor(TarReader):
             )
 
     def abort(self) -> None:
+        self._hasher.abandon()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -187,8 +202,9 @@ def extract_backup(
             if progress:
                 progress(len(plain))
         extractor.finish()
-    finally:
+    except BaseException:
         extractor.abort()
+        raise
     return extractor
 
 
