@@ -242,3 +242,21 @@ def test_incremental_chain_is_chosen_and_replayed(walenv18: WalEnv) -> None:
     assert earlier["backup_id"] == full
     assert ids(earlier["url"]) == committed_by(w, between)
     stop_restored(w, earlier)
+
+
+@pytest.mark.slow
+def test_time_after_the_last_commit_in_a_quiet_window(walenv18: WalEnv) -> None:
+    """Nothing commits after T, but the window (the streamer's confirmations) reaches past T."""
+    w = walenv18
+    stream = w.start_stream()
+    w.insert(5)
+    backup(w)
+    w.insert(5)
+    everything = ids(w.conninfo)
+    time.sleep(1.5)
+    quiet = w.sql("SELECT clock_timestamp()")[0][0]
+    wait_streamed(w)  # confirmed while nothing was written
+    w.stop_stream(stream)
+    result = restore(w, "--target-time", quiet.isoformat())
+    assert ids(result["url"]) == everything == committed_by(w, quiet)
+    stop_restored(w, result)

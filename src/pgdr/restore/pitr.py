@@ -411,8 +411,8 @@ def _recover(
 ) -> None:
     """Start the server and wait for its promotion (see the module note on time targets)."""
     data_dir = cluster.data_dir
-    cluster.start()
     try:
+        cluster.start()  # pg_ctl -w: fails already when recovery ends during startup
         _wait_promoted(cluster, timeout)
     except RuntimeFailure:
         log = _log_tail(cluster)

@@ -45,8 +45,11 @@ def newest_wal_time(archive: WalArchive) -> float | None:
     """Up to when the repository holds WAL: the newest partial read or archived segment."""
     times: list[float] = []
     partial = archive.get_state("partial")
-    if partial and archive.exists(str(partial["name"])):
-        times.append(float(partial["read_at"]))
+    if partial:
+        # still there, or completed since (then its segment holds at least as much)
+        name = str(partial["name"])
+        if archive.exists(name) or archive.exists(name.removesuffix(".partial")):
+            times.append(float(partial["read_at"]))
     pushed = archive.get_state("archive")
     if pushed:
         times.append(float(pushed["mtime"]))

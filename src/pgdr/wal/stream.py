@@ -158,6 +158,8 @@ class Streamer:
         self.status = StreamState()
         self.proc: subprocess.Popen[bytes] | None = None
         self._partial_sig: tuple[str, int] | None = None
+        self._partial_stat: tuple[str, int, int] | None = None
+        self._partial_recorded = 0.0
         self._down_since: float | None = None
         self._lock_handle: IO[str] | None = None
 
@@ -208,30 +210,52 @@ class Streamer:
             self.status.repository_error = exc.message
 
     def _upload_partial(self, name: str, force: bool) -> None:
+        """Upload the partial segment when it grew; otherwise confirm it is still current.
+
+        The recorded ``read_at`` says "the repository holds everything pgdr had received at
+        this moment", which ends the recovery window; while nothing new arrives it is refreshed
+        every heartbeat, so a quiet database's window still reaches the present.
+        """
         path = self.o.spool / name
+        read_at = time.time()
         try:
             stat = path.stat()
         except FileNotFoundError:
             return
-        read_at = time.time()
+        quick = (name, stat.st_mtime_ns, stat.st_size)
+        if quick == self._partial_stat and not force:
+            self._confirm_partial(name, read_at)
+            return
         try:
             data = trimmed(path.read_bytes())
         except FileNotFoundError:
             return  # completed meanwhile: uploaded as a segment next round
         signature = (name, len(data))
         if signature == self._partial_sig and not force:
+            self._partial_stat = quick
+            self._confirm_partial(name, read_at)
             return
-        del stat
         self.archive.push(name, data)
         self._partial_sig = signature
+        self._partial_stat = quick
         seg = parse_segment(name[:24], self.archive.segment_size)
         self.status.partial = name
-        self.status.partial_read_at = read_at
         self.status.timeline = seg.timeline
         self.status.received_lsn = max(
             self.status.received_lsn or 0, seg.start_lsn(self.archive.segment_size) + len(data)
         )
-        self.archive.put_state("partial", {"name": name, "read_at": read_at, "bytes": len(data)})
+        self._record_partial(name, read_at, len(data))
+
+    def _record_partial(self, name: str, read_at: float, size: int) -> None:
+        self.status.partial_read_at = read_at
+        self._partial_recorded = time.monotonic()
+        self.archive.put_state("partial", {"name": name, "read_at": read_at, "bytes": size})
+
+    def _confirm_partial(self, name: str, read_at: float) -> None:
+        running = self.proc is not None and self.proc.poll() is None
+        if running and time.monotonic() - self._partial_recorded >= HEARTBEAT_S:
+            size = self._partial_sig[1] if self._partial_sig else 0
+            self._record_partial(name, read_at, size)
 
     # ----- pg_receivewal ----------------------------------------------------------------------
     def _start_receiver(self) -> subprocess.Popen[bytes]:
