@@ -88,7 +88,8 @@ def restore_to_point(
     plan = plan_pitr(repo, archive, target, backup_id, timeline)
     cluster_dir = _cluster_dir(repo, plan.backup.id)
     data_dir = to if to is not None else cluster_dir / "data"
-    with progress_bar("Fetching WAL", len(plan.segments), enabled=not as_json) as advance:
+    total = plan.total_bytes(repo, archive.segment_size)
+    with progress_bar("Restoring (WAL, then base backup)", total, enabled=not as_json) as advance:
         result = run_pitr(
             repo,
             archive,
@@ -98,7 +99,7 @@ def restore_to_point(
             keep_running=new_cluster or start,
             force=force,
             port=port,
-            progress=lambda _name, _n: advance(1),
+            progress=lambda _what, n: advance(n),
         )
     result.notes = notes + result.notes
 

@@ -68,7 +68,7 @@ RECOVERY_TIMEOUT_S = 3600
 STREAMER_SETTLE_S = 10.0
 NOT_REACHED = "recovery ended before configured recovery target was reached"
 
-Progress = Callable[[str, int], None]
+Progress = Callable[[str, int], None]  # (what, bytes done)
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,11 @@ class PitrPlan:
 
     def segment_names(self, size: int) -> list[str]:
         return [s.name(size) for s, _p in self.segments]
+
+    def total_bytes(self, repo: Repository, segment_size: int) -> int:
+        """What a progress bar counts: the WAL to fetch and the base backup's stream."""
+        base = sum(m.stream_size for m in backup_chain(repo, self.backup))
+        return len(self.segments) * segment_size + base
 
 
 @dataclass
@@ -466,7 +471,13 @@ def run_pitr(
     created = False
     try:
         wal_bytes = fetch_wal(archive, plan, staging, progress)
-        restore_backup(repo, plan.backup.id, data_dir, force=force)
+        restore_backup(
+            repo,
+            plan.backup.id,
+            data_dir,
+            force=force,
+            progress=(lambda n: progress("base backup", n)) if progress else None,
+        )
         created = True
         spool = data_dir / SPOOL_DIR
         staging.rename(spool)
