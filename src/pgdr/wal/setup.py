@@ -168,10 +168,18 @@ def plan_setup(
 
 def check_archive_reachable(user: ServiceUser, env: dict[str, str], executable: Path) -> None:
     """Refuse when the server's OS user cannot run pgdr, read the key or write the repo."""
-    if not user.can_reach(executable):
+    # Run it for real: a script can be reachable while its interpreter (e.g. under /root) is not.
+    try:
+        probe = user.run([str(executable), "version"], timeout=60)
+        lines = (probe.stderr or probe.stdout).strip().splitlines()
+        reason = (lines[-1] if lines else f"exit {probe.returncode}") if probe.returncode else ""
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    if reason:
         raise ConfigError(
-            f"The server's OS user {user.name!r} cannot execute {executable} (archive_command "
-            "runs as that user); install pgdr where it can, or use `pgdr wal stream`."
+            f"The server's OS user {user.name!r} cannot run {executable} ({reason}); "
+            "archive_command runs as that user: install pgdr where it can, or use "
+            "`pgdr wal stream`."
         )
     key_file = env.get("PGDR_ENCRYPTION_KEY_FILE")
     if key_file and user.run(["test", "-r", key_file]).returncode != 0:
