@@ -239,4 +239,4 @@ def test_setup_archive_refuses_when_server_user_cannot_run_pgdr(walenv18: WalEnv
     assert result.code == 2, result.stdout + result.stderr
     message = " ".join(result.stderr.split())
     assert "cannot run" in message and "archive_command runs as that user" in message
-    assert "archive_command" not in w.sql("SELECT name FROM pg_settings WHERE pending_restart")
+    assert "archive_command" not in (w.cluster.data_dir / "postgresql.auto.conf").read_text()
