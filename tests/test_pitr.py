@@ -260,3 +260,26 @@ def test_time_after_the_last_commit_in_a_quiet_window(walenv18: WalEnv) -> None:
     result = restore(w, "--target-time", quiet.isoformat())
     assert ids(result["url"]) == everything == committed_by(w, quiet)
     stop_restored(w, result)
+
+
+@pytest.mark.slow
+def test_restore_from_archived_wal_without_streaming(walenv: WalEnv) -> None:
+    """WAL that came in through `pgdr wal push` (archive_command) restores just the same."""
+    w = walenv
+    w.insert(5)
+    backup(w)
+    before = w.insert(5)
+    lsn = str(w.sql("SELECT pg_current_wal_insert_lsn()::text")[0][0])
+    w.insert(5)
+    current = str(w.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0])
+    w.sql("SELECT pg_switch_wal()")
+    pushed = 0
+    for path in sorted((w.cluster.data_dir / "pg_wal").iterdir()):
+        if len(path.name) == 24 and path.name <= current:
+            result = w.cli("wal", "push", str(path))
+            assert result.code == 0, result.stderr
+            pushed += 1
+    assert pushed >= 2
+    at_lsn = restore(w, "--target-lsn", lsn)
+    assert ids(at_lsn["url"]) == {i for i in ids(w.conninfo) if i <= max(before)}
+    stop_restored(w, at_lsn)
