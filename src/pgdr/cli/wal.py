@@ -19,7 +19,7 @@ from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_ta
 from pgdr.cli.common import target as resolve_target
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import resolve_service_user
-from pgdr.errors import ConfigError
+from pgdr.errors import CheckFailed, ConfigError
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (
@@ -267,7 +267,10 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
 
     emit(data, as_json, render)
     if report.gaps:
-        raise SystemExit(1)
+        raise CheckFailed(
+            f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
+            "no restore can cross a gap; take a new base backup after it."
+        )
 
 
 @app.command()
