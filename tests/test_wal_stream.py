@@ -61,7 +61,7 @@ def test_stream_uploads_segments_and_partial(walenv: WalEnv) -> None:
     assert b"txlog" not in (w.repo / "wal" / closed[:8] / closed).read_bytes()
     # the segment being written is kept as a partial
     current = current_segment(w)
-    w.wait_for(lambda: archive.exists(current + ".partial"), what="the partial segment")
+    w.wait_for(lambda: archive.has_partial(current), what="the partial segment")
     assert w.sql("SELECT slot_name FROM pg_replication_slots") == [("pgdr",)]
 
     def reported() -> bool:

@@ -5,7 +5,8 @@ Layout under the repository root::
     wal/keyring.json                   the WAL data key wrapped by the master key, signed
     wal/history/TTTTTTTT.history       timeline histories
     wal/TTTTTTTT/<segment>             completed segments (and ``.backup`` history files)
-    wal/TTTTTTTT/<segment>.partial     the segment being written, replaced as it grows
+    wal/TTTTTTTT/<segment>.partial.OOOOOOOO   the segment being written: its bytes from offset
+                                       O on, one piece per upload of what is new
     wal/state/<name>.json              what the streamer / archiver last did (sealed)
 
 Every object is sealed (zstd + AES-256-GCM) under its own key name with one data key per
@@ -42,6 +43,7 @@ from pgdr.wal.names import (
     is_partial,
     is_segment,
     parse_segment,
+    partial_offset,
     timeline_of,
 )
 
@@ -200,7 +202,7 @@ class WalArchive:
     def push(self, name: str, data: bytes, *, verify_same: bool = True) -> PushResult:
         """Store one WAL file; the identical file twice is fine, a different one is refused."""
         key = object_key(name)
-        if is_segment(name) or is_partial(name):
+        if is_segment(name) or (is_partial(name) and partial_offset(name) == 0):
             self.check_segment(name, data)
         if not is_partial(name) and verify_same and self.store.exists(key):
             existing = self.get(name)
@@ -218,6 +220,42 @@ class WalArchive:
     def get(self, name: str) -> bytes:
         key = object_key(name)
         return open_sealed(self.key, key, self.store.get(key))
+
+    def partial_pieces(self, segment: str) -> list[tuple[int, str]]:
+        """(offset, key) of every stored piece of ``segment``'s partial, by offset."""
+        prefix = f"{PREFIX}{segment[:8]}/{segment}.partial"
+        pieces = []
+        for info in self.store.list(prefix):
+            name = info.key.rsplit("/", 1)[-1]
+            if is_partial(name):
+                pieces.append((partial_offset(name), info.key))
+        return sorted(pieces)
+
+    def get_partial(self, segment: str) -> bytes:
+        """The partial segment assembled from its pieces (each authenticated).
+
+        Pieces may overlap (a restarted streamer uploads from 0 again): each one extends what
+        is known; a piece that starts past the end (a lost piece) ends the usable data there.
+        """
+        pieces = self.partial_pieces(segment)
+        if not pieces:
+            raise ObjectNotFound(f"{segment}.partial is not in the repository.")
+        data = bytearray()
+        for offset, key in pieces:
+            if offset > len(data):
+                break
+            piece = open_sealed(self.key, key, self.store.get(key))
+            if offset + len(piece) > len(data):
+                data[offset:] = piece
+        return bytes(data)
+
+    def delete_partial(self, segment: str, keep: str | None = None) -> None:
+        for _offset, key in self.partial_pieces(segment):
+            if keep is None or not key.endswith("/" + keep):
+                self.store.delete(key)
+
+    def has_partial(self, segment: str) -> bool:
+        return bool(self.partial_pieces(segment))
 
     def exists(self, name: str) -> bool:
         return self.store.exists(object_key(name))

@@ -4,7 +4,9 @@ A segment name is ``TTTTTTTTXXXXXXXXYYYYYYYY``: the timeline, then the segment n
 two 32-bit halves (how many segments fit in 4 GiB depends on the cluster's segment size). The
 names of the other files PostgreSQL archives are derived from it: ``TTTTTTTT.history`` (a
 timeline's ancestry), ``<segment>.XXXXXXXX.backup`` (a backup history file) and
-``<segment>.partial`` (the segment being written, as pg_receivewal keeps it).
+``<segment>.partial`` (the segment being written, as pg_receivewal keeps it). In the repository
+a partial segment is stored as pieces ``<segment>.partial.OOOOOOOO``, each holding its bytes
+from offset ``OOOOOOOO`` on, so a growing segment is uploaded by its new bytes only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pgdr.errors import ConfigError
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
-PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
+PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial(?:\.([0-9A-F]{8}))?$")
 BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
 LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 
@@ -80,6 +82,18 @@ def is_history(name: str) -> bool:
 
 def is_partial(name: str) -> bool:
     return PARTIAL_RE.match(name) is not None
+
+
+def partial_offset(name: str) -> int:
+    """Where a partial piece's bytes start in its segment (0 for a plain ``.partial``)."""
+    match = PARTIAL_RE.match(name)
+    if match is None:
+        raise ConfigError(f"{name!r} is not a partial WAL segment name.")
+    return int(match.group(2), 16) if match.group(2) else 0
+
+
+def partial_piece(segment: str, offset: int) -> str:
+    return f"{segment}.partial.{offset:08X}"
 
 
 def is_backup_history(name: str) -> bool:

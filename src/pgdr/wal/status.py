@@ -47,8 +47,8 @@ def newest_wal_time(archive: WalArchive) -> float | None:
     partial = archive.get_state("partial")
     if partial:
         # still there, or completed since (then its segment holds at least as much)
-        name = str(partial["name"])
-        if archive.exists(name) or archive.exists(name.removesuffix(".partial")):
+        segment = str(partial["name"])[:24]
+        if archive.has_partial(segment) or archive.exists(segment):
             times.append(float(partial["read_at"]))
     pushed = archive.get_state("archive")
     if pushed:

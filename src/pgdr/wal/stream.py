@@ -48,6 +48,7 @@ from pgdr.wal.names import (
     is_partial,
     is_segment,
     parse_segment,
+    partial_piece,
 )
 from pgdr.wal.server import (
     DEFAULT_APPLICATION,
@@ -159,6 +160,7 @@ class Streamer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._partial_sig: tuple[str, int] | None = None
         self._partial_stat: tuple[str, int, int] | None = None
+        self._partial_end: dict[str, int] = {}  # segment -> bytes uploaded in this run
         self._partial_recorded = 0.0
         self._down_since: float | None = None
         self._lock_handle: IO[str] | None = None
@@ -192,7 +194,8 @@ class Streamer:
                     data = path.read_bytes()
                     self.archive.push(name, data)
                     if is_segment(name):
-                        self.archive.delete(name + ".partial")
+                        self.archive.delete_partial(name)
+                        self._partial_end.pop(name, None)
                         self.status.segments_uploaded += 1
                         self.status.last_segment = name
                         self.status.timeline = int(name[:8], 16)
@@ -210,13 +213,17 @@ class Streamer:
             self.status.repository_error = exc.message
 
     def _upload_partial(self, name: str, force: bool) -> None:
-        """Upload the partial segment when it grew; otherwise confirm it is still current.
+        """Upload what is new in the partial segment; otherwise confirm it is still current.
 
-        The recorded ``read_at`` says "the repository holds everything pgdr had received at
-        this moment", which ends the recovery window; while nothing new arrives it is refreshed
-        every heartbeat, so a quiet database's window still reaches the present.
+        Only the bytes past the last upload go up (a piece ``<segment>.partial.<offset>``), so
+        the cost follows the WAL rate, not the segment's fill. The first upload of a run starts
+        at 0 and replaces older pieces. The recorded ``read_at`` says "the repository holds
+        everything pgdr had received at this moment", which ends the recovery window; while
+        nothing new arrives it is refreshed every heartbeat, so a quiet database's window still
+        reaches the present.
         """
         path = self.o.spool / name
+        segment = name[:24]
         read_at = time.time()
         try:
             stat = path.stat()
@@ -226,25 +233,31 @@ class Streamer:
         if quick == self._partial_stat and not force:
             self._confirm_partial(name, read_at)
             return
+        start = self._partial_end.get(segment, 0)
         try:
-            data = trimmed(path.read_bytes())
+            with path.open("rb") as handle:
+                handle.seek(start)
+                new = trimmed(handle.read())
         except FileNotFoundError:
             return  # completed meanwhile: uploaded as a segment next round
-        signature = (name, len(data))
-        if signature == self._partial_sig and not force:
-            self._partial_stat = quick
+        self._partial_stat = quick
+        if not new and segment in self._partial_end:
             self._confirm_partial(name, read_at)
             return
-        self.archive.push(name, data)
-        self._partial_sig = signature
-        self._partial_stat = quick
-        seg = parse_segment(name[:24], self.archive.segment_size)
+        piece = partial_piece(segment, start)
+        self.archive.push(piece, new)
+        if segment not in self._partial_end:
+            self.archive.delete_partial(segment, keep=piece)
+        end = start + len(new)
+        self._partial_end[segment] = end
+        self._partial_sig = (name, end)
+        seg = parse_segment(segment, self.archive.segment_size)
         self.status.partial = name
         self.status.timeline = seg.timeline
         self.status.received_lsn = max(
-            self.status.received_lsn or 0, seg.start_lsn(self.archive.segment_size) + len(data)
+            self.status.received_lsn or 0, seg.start_lsn(self.archive.segment_size) + end
         )
-        self._record_partial(name, read_at, len(data))
+        self._record_partial(name, read_at, end)
 
     def _record_partial(self, name: str, read_at: float, size: int) -> None:
         self.status.partial_read_at = read_at

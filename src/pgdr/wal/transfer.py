@@ -43,14 +43,14 @@ def fetch_bytes(archive: WalArchive, name: str, allow_partial: bool = False) -> 
     except ObjectNotFound:
         if not (allow_partial and is_segment(name)):
             raise
-    data = archive.get(name + ".partial")
+    data = archive.get_partial(name)
     return data.ljust(archive.segment_size, b"\0")
 
 
 def fetch_file(archive: WalArchive, name: str, dest: Path, allow_partial: bool = False) -> int:
     """Write WAL file ``name`` to ``dest`` atomically; CheckFailed (exit 1) when absent."""
     if is_partial(name):
-        allow_partial = True
+        name, allow_partial = name[:24], True
     try:
         data = fetch_bytes(archive, name, allow_partial)
     except ObjectNotFound:
