@@ -340,7 +340,8 @@ class Repository:
                 self.store.delete_prefix(f"{BACKUPS}{backup_id}/")
                 removed.append(backup_id)
         if isinstance(self.store, LocalStore):
-            self.store.clean_temporary()
+            # Not the temporaries of writers without the lock (the WAL streamer, wal push).
+            self.store.clean_temporary(older_than_s=LOCK_STALE_AFTER_S)
         return removed
 
     # ----- records --------------------------------------------------------------------------
