@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import secrets
 import shutil
@@ -41,7 +42,15 @@ def du(path: Path) -> int:
     return total
 
 
+def settle() -> None:
+    """Same start for every tool: dirty pages written, page cache dropped (needs root)."""
+    os.sync()
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def timed(func: Callable[[], None]) -> float:
+    settle()
     began = time.perf_counter()
     func()
     return time.perf_counter() - began
