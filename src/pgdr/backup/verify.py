@@ -173,7 +173,7 @@ def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
     try:
         scratch.parent.mkdir(parents=True, exist_ok=True)
         scratch.parent.chmod(0o711)
-        restored = restore_backup(repo, backup_id, scratch / "data")
+        restored = restore_backup(repo, backup_id, scratch / "data", check_files=True)
         steps.append("restored")
         installation = installation_for_major(restored.pg_major, settings.pg_bin)
         verify = subprocess.run(

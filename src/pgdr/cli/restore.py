@@ -24,6 +24,13 @@ def restore(
         typer.Option("--start", help="Start it on a free port and print its connection URL."),
     ] = False,
     port: Annotated[int | None, typer.Option(help="Port for --start (default: free).")] = None,
+    check_files: Annotated[
+        bool,
+        typer.Option(
+            "--check-files",
+            help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a base backup (to the end of the backup) into a new data directory."""
@@ -33,7 +40,9 @@ def restore(
     total = sum(m.stream_size for m in backup_chain(repo, manifest))
 
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
-        result = restore_backup(repo, manifest.id, to, force=force, progress=advance)
+        result = restore_backup(
+            repo, manifest.id, to, force=force, progress=advance, check_files=check_files
+        )
     data: dict[str, Any] = result.as_dict()
     if start:
         cluster_dir = s.home / "clusters" / f"restore-{manifest.id}"
