@@ -125,6 +125,8 @@ def verify_backup(
         report.duration_s = time.monotonic() - began
         return report
     _check_pg_manifest(repo, manifest, data_key, report)
+    if manifest.parent is not None and manifest.parent not in repo.backup_dirs():
+        report.fail(f"its parent backup {manifest.parent} is missing, so it cannot be restored")
 
     def check(index: int) -> bytes | None:
         try:

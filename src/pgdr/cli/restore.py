@@ -54,8 +54,9 @@ def restore(
         cluster.start()
         data |= {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}
 
+    show_key_note(repo)
+
     def render() -> None:
-        show_key_note(repo)
         console.print(
             f"Restored backup {result.backup_id} into {result.data_dir}: "
             f"{result.files} files, {human_size(result.bytes_restored)}, "
