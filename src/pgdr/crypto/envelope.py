@@ -45,7 +45,11 @@ def derive_subkey(key: DataKey, purpose: str) -> bytes:
 
 
 def seal(
-    key: DataKey, name: str, plaintext: bytes, level: int = DEFAULT_LEVEL, compress: bool = True
+    key: DataKey,
+    name: str,
+    plaintext: bytes | bytearray,
+    level: int = DEFAULT_LEVEL,
+    compress: bool = True,
 ) -> bytes:
     flags = FLAG_ZSTD if compress else 0
     body = zstandard.ZstdCompressor(level=level).compress(plaintext) if compress else plaintext
