@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import secrets
 import shutil
@@ -41,7 +42,25 @@ def du(path: Path) -> int:
     return total
 
 
+WARM: list[Path] = []  # directories read into the page cache before each timed step
+
+
+def settle() -> None:
+    """Same start for every tool: dirty pages written, page cache dropped (needs root), then
+    (``--cache warm``) the database's files read back in, as for a database that fits in RAM."""
+    os.sync()
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    for directory in WARM:
+        for path in directory.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                with path.open("rb") as handle:
+                    while handle.read(1 << 20):
+                        pass
+
+
 def timed(func: Callable[[], None]) -> float:
+    settle()
     began = time.perf_counter()
     func()
     return time.perf_counter() - began
@@ -59,6 +78,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="runs per tool; medians reported")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/pgdr-bench-backup"))
     parser.add_argument("--keep", action="store_true", help="keep the cluster for another run")
+    parser.add_argument(
+        "--cache",
+        choices=["warm", "cold"],
+        default="warm",
+        help="before each step: drop the page cache, then (warm) read the database back in",
+    )
     opts = parser.parse_args()
 
     base: Path = opts.dir
@@ -144,6 +169,8 @@ pg1-user=postgres
             cwd="/",
         )
 
+    if opts.cache == "warm":
+        WARM.append(cluster.data_dir)
     pgbr("stanza-create")
     pgbr("check")
 
@@ -219,7 +246,10 @@ pg1-user=postgres
 
     print()
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
-    print(f"Database {db_bytes / 1e9:.2f} GB (pgbench scale {opts.scale}), medians of {opts.runs}")
+    print(
+        f"Database {db_bytes / 1e9:.2f} GB (pgbench scale {opts.scale}), medians of {opts.runs}, "
+        f"{opts.cache} page cache"
+    )
     print(f"{'tool':<22} {'stored':>10} {'backup s':>9} {'restore s':>10}")
     med = {t: {w: statistics.median(v) for w, v in d.items()} for t, d in results.items()}
     for tool, m in med.items():

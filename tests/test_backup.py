@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from pgdr.backup import Repository, take_backup
 from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
 from pgdr.restore import adopt_restored, restore_backup
+
+
+def _tree(root: Path) -> dict[str, tuple[int, str]]:
+    return {
+        p.relative_to(root).as_posix(): (
+            p.stat().st_size,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def test_backup_and_restore_api(
@@ -33,6 +45,14 @@ def test_backup_and_restore_api(
     assert result.data_dir == target.resolve()
     assert (target / "PG_VERSION").read_text().strip() == str(server.major)
     assert target.stat().st_mode & 0o777 == 0o700
+
+    # The parallel writer and the streaming extractor (which also checks every file's SHA-256)
+    # lay down the same bytes, matching the manifest.
+    checked = scratch / "checked"
+    restore_backup(repo, manifest.id, checked, check_files=True)
+    assert _tree(target) == _tree(checked)
+    expected = {f.path: f.sha256 for f in manifest.files if f.kind == "file"}
+    assert {p: h for p, (_s, h) in _tree(target).items()} == expected
 
     cluster = adopt_restored(settings, target, manifest.pg_major, scratch / "cluster")
     cluster.start()

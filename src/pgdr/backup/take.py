@@ -12,6 +12,7 @@ exist. On PostgreSQL 17+ ``incremental=True`` passes the previous backup's ``bac
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -132,21 +133,30 @@ class _Hasher(TarReader):
         self._hasher.abandon()
 
 
-def _read_chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
+def _read_chunks(stream: IO[bytes], size: int) -> Iterator[bytearray]:
+    """Fixed-size pieces of the stream (the last one shorter); each a new, never-reused buffer."""
     while True:
         buffer = bytearray(size)
-        view = memoryview(buffer)
-        filled = 0
-        while filled < size:
-            n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
-            if not n:
-                break
-            filled += n
+        with memoryview(buffer) as view:
+            filled = 0
+            while filled < size:
+                n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                filled += n
         if filled == 0:
             return
-        yield bytes(view[:filled]) if filled < size else bytes(buffer)
         if filled < size:
+            del buffer[filled:]
+            yield buffer
             return
+        yield buffer
+
+
+def _widen_pipe(stream: IO[bytes]) -> None:
+    """A 1 MiB pipe instead of 64 kB: far fewer wake-ups between pg_basebackup and pgdr."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
 
 
 def new_backup_id(repo: Repository, kind: str) -> str:
@@ -315,14 +325,14 @@ def _stream(
     stream_size = 0
     last_refresh = time.monotonic()
 
-    def seal_and_store(item: tuple[int, bytes]) -> ChunkEntry:
+    def seal_and_store(item: tuple[int, bytearray]) -> ChunkEntry:
         index, plain = item
         key = chunk_key(backup_id, index)
         sealed = seal(data_key, key, plain, level=level)
         store.put(key, sealed)
         return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
 
-    def numbered(stdout: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    def numbered(stdout: IO[bytes]) -> Iterator[tuple[int, bytearray]]:
         nonlocal stream_size
         for index, chunk in enumerate(_read_chunks(stdout, chunk_size)):
             hasher.feed(chunk)
@@ -336,6 +346,7 @@ def _stream(
         )
         try:
             assert proc.stdout is not None
+            _widen_pipe(proc.stdout)
             for entry in parallel_map(seal_and_store, numbered(proc.stdout), workers):
                 chunks.append(entry)
                 if progress:

@@ -87,7 +87,7 @@ class TarReader:
         """The current member's data is complete."""
 
     # ----- parsing ------------------------------------------------------------------------
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         pos = 0
         end = len(view)

@@ -125,6 +125,8 @@ def verify_backup(
         report.duration_s = time.monotonic() - began
         return report
     _check_pg_manifest(repo, manifest, data_key, report)
+    if manifest.parent is not None and manifest.parent not in repo.backup_dirs():
+        report.fail(f"its parent backup {manifest.parent} is missing, so it cannot be restored")
 
     def check(index: int) -> bytes | None:
         try:
@@ -173,7 +175,7 @@ def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
     try:
         scratch.parent.mkdir(parents=True, exist_ok=True)
         scratch.parent.chmod(0o711)
-        restored = restore_backup(repo, backup_id, scratch / "data")
+        restored = restore_backup(repo, backup_id, scratch / "data", check_files=True)
         steps.append("restored")
         installation = installation_for_major(restored.pg_major, settings.pg_bin)
         verify = subprocess.run(

@@ -88,8 +88,9 @@ def backup(
     duration = time.monotonic() - began
     data = manifest.summary() | {"repository": repo.name, "duration_s": round(duration, 3)}
 
+    show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is
+
     def render() -> None:
-        show_key_note(repo)
         console.print(
             f"Backup {manifest.id} ({manifest.kind}) of PostgreSQL {manifest.pg_version} "
             f"stored in {repo.name}: {human_size(manifest.stream_size)} in "

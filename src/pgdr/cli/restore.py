@@ -38,6 +38,13 @@ def restore(
     latest: pitr.LatestOption = False,
     timeline: pitr.TimelineOption = None,
     new_cluster: pitr.NewClusterOption = False,
+    check_files: Annotated[
+        bool,
+        typer.Option(
+            "--check-files",
+            help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a base backup, or (with a target) the database as it was at a moment.
@@ -62,7 +69,9 @@ def restore(
     total = sum(m.stream_size for m in backup_chain(repo, manifest))
 
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
-        result = restore_backup(repo, manifest.id, to, force=force, progress=advance)
+        result = restore_backup(
+            repo, manifest.id, to, force=force, progress=advance, check_files=check_files
+        )
     data: dict[str, Any] = result.as_dict()
     if start:
         cluster_dir = s.home / "clusters" / f"restore-{manifest.id}"
@@ -74,8 +83,9 @@ def restore(
         cluster.start()
         data |= {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}
 
+    show_key_note(repo)
+
     def render() -> None:
-        show_key_note(repo)
         console.print(
             f"Restored backup {result.backup_id} into {result.data_dir}: "
             f"{result.files} files, {human_size(result.bytes_restored)}, "
