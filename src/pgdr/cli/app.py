@@ -11,7 +11,23 @@ import sys
 import typer
 
 from pgdr import __version__
-from pgdr.cli import check, db, demo, inventory, monitor, pool, profile, readonly, sample
+from pgdr.cli import (
+    backup,
+    check,
+    db,
+    demo,
+    inventory,
+    key,
+    mark,
+    monitor,
+    pool,
+    profile,
+    readonly,
+    repo,
+    restore,
+    sample,
+    wal,
+)
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -30,6 +46,13 @@ app.add_typer(monitor.app, name="monitor")
 app.add_typer(readonly.app, name="readonly")
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")
+app.add_typer(backup.app, name="backup")
+app.command()(restore.restore)
+app.add_typer(repo.app, name="repo")
+app.command()(repo.prune)
+app.add_typer(key.app, name="key")
+app.add_typer(wal.app, name="wal")
+app.command()(mark.mark)
 app.command()(pool.health)
 app.command()(demo.demo)
 app.command()(monitor.serve)

@@ -90,11 +90,18 @@ def ensure_home(home: Path) -> Path:
 class LocalCluster:
     """A PostgreSQL cluster pgdr runs itself, in its own directory."""
 
-    def __init__(self, directory: Path, settings: PgdrSettings, name: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        settings: PgdrSettings,
+        name: str | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.name = name or directory.name
         self.settings = settings
-        self.data_dir = directory / "data"
+        # A restored data directory may live elsewhere (``pgdr restore --to DIR --start``).
+        self.data_dir = data_dir or directory / "data"
         self.socket_dir = directory / "run"
         self.log_file = directory / "server.log"
         self.meta_file = directory / "cluster.json"

@@ -44,6 +44,7 @@ class PgdrSettings(BaseSettings):
     pg_version: int | None = None
     service_user: str = "postgres"
     profile: str = "convoai"
+    repo: str | None = None
 
 
 def load_settings() -> PgdrSettings:

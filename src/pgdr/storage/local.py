@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,10 +98,20 @@ class LocalStore(ObjectStore):
             parent.rmdir()
             parent = parent.parent
 
-    def clean_temporary(self) -> int:
-        """Remove ``.tmp-*`` leftovers of interrupted writes."""
+    def clean_temporary(self, older_than_s: float = 0.0) -> int:
+        """Remove ``.tmp-*`` leftovers of interrupted writes.
+
+        ``older_than_s`` spares younger ones: another process (the WAL streamer) may be writing
+        them right now.
+        """
         removed = 0
+        cutoff = time.time() - older_than_s
         for tmp in self.root.rglob(f"{TMP_PREFIX}*") if self.root.is_dir() else ():
+            try:
+                if older_than_s and tmp.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             tmp.unlink(missing_ok=True)
             removed += 1
         return removed

@@ -34,6 +34,7 @@ class S3Store(ObjectStore):
         read_timeout: float = 60,
     ) -> None:
         self.bucket = bucket
+        self.max_attempts = max_attempts
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         config = Config(
@@ -65,9 +66,13 @@ class S3Store(ObjectStore):
                 )
             if code in ("NoSuchBucket",):
                 return RuntimeFailure(f"The S3 bucket {self.bucket!r} does not exist.")
-            return RuntimeFailure(f"S3 error {code or exc} while {action} {key} in {self.url}.")
+            return RuntimeFailure(
+                f"S3 error {code or exc} while {action} {key} in {self.url}, "
+                f"after {self.max_attempts} attempts."
+            )
         return RuntimeFailure(
-            f"The S3 repository {self.url} is unreachable while {action} {key} ({exc})."
+            f"The S3 repository {self.url} is unreachable while {action} {key}, "
+            f"after {self.max_attempts} attempts ({exc})."
         )
 
     def put(self, key: str, data: bytes) -> None:

@@ -1,0 +1,269 @@
+"""Benchmark: pgdr backup/restore against pgBackRest and ``pg_basebackup | zstd``.
+
+One PostgreSQL 15 cluster (Debian's, so Debian's pgBackRest 2.45 can take part) filled with
+``pgbench -i`` at a scale giving about 2 GB; each tool backs it up and restores it (medians over
+``--runs``), all on the same machine with the same two cores:
+
+* pgdr: ``pgdr backup`` into a local repository, ``pgdr restore ID --to DIR``
+* pgBackRest: full backup, ``compress-type=zst``, ``process-max=2``, local repo; ``restore``
+* ``pg_basebackup -Ft -X fetch -D - | zstd -3 -T2`` to a file; ``zstd -d | tar -x``
+
+Usage: ``.venv/bin/python bench/backup.py [--scale 130] [--runs 1] [--keep]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from pgdr.cluster import LocalCluster, choose_installation
+from pgdr.config import PgdrSettings
+
+STANZA = "bench"
+
+
+def du(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            total += p.stat().st_size
+    return total
+
+
+WARM: list[Path] = []  # directories read into the page cache before each timed step
+
+
+def settle() -> None:
+    """Same start for every tool: dirty pages written, page cache dropped (needs root), then
+    (``--cache warm``) the database's files read back in, as for a database that fits in RAM."""
+    os.sync()
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    for directory in WARM:
+        for path in directory.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                with path.open("rb") as handle:
+                    while handle.read(1 << 20):
+                        pass
+
+
+def timed(func: Callable[[], None]) -> float:
+    settle()
+    began = time.perf_counter()
+    func()
+    return time.perf_counter() - began
+
+
+def run(args: list[str], **kwargs: object) -> None:
+    result = subprocess.run(args, check=False, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(args[:3])} failed ({result.returncode}): {result.stderr[-2000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=130, help="pgbench scale (130 = ~2 GB)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per tool; medians reported")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/pgdr-bench-backup"))
+    parser.add_argument("--keep", action="store_true", help="keep the cluster for another run")
+    parser.add_argument(
+        "--cache",
+        choices=["warm", "cold"],
+        default="warm",
+        help="before each step: drop the page cache, then (warm) read the database back in",
+    )
+    opts = parser.parse_args()
+
+    base: Path = opts.dir
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o711)
+    settings = PgdrSettings(home=base / "home")
+    settings.home.mkdir(exist_ok=True)
+    settings.home.chmod(0o711)
+    cluster = LocalCluster(settings.home / "clusters" / "pg15", settings)
+    inst = choose_installation(None, 15)
+    user = cluster.user
+    pgbr_dir = base / "pgbackrest"
+    pgbr_conf = pgbr_dir / "pgbackrest.conf"
+
+    fresh = not cluster.exists
+    if fresh:
+        cluster.create(inst)
+    pgbr_dir.mkdir(exist_ok=True)
+    for sub in ("repo", "log", "lock", "spool"):
+        (pgbr_dir / sub).mkdir(exist_ok=True)
+        user.own(pgbr_dir / sub, 0o700)
+    user.own(pgbr_dir, 0o755)
+    pgbr_conf.write_text(
+        f"""[global]
+repo1-path={pgbr_dir / "repo"}
+repo1-retention-full=1
+compress-type=zst
+process-max=2
+start-fast=y
+log-level-console=warn
+log-level-file=off
+log-path={pgbr_dir / "log"}
+lock-path={pgbr_dir / "lock"}
+spool-path={pgbr_dir / "spool"}
+
+[{STANZA}]
+pg1-path={cluster.data_dir}
+pg1-socket-path={cluster.socket_dir}
+pg1-port={cluster.port}
+pg1-user=postgres
+"""
+    )
+    pgbr_conf.chmod(0o644)
+    cluster.set_config(
+        "archive_mode = on\n"
+        f"archive_command = 'pgbackrest --config={pgbr_conf} --stanza={STANZA} archive-push %p'\n"
+        "max_wal_size = '4GB'\n"
+        "checkpoint_timeout = '30min'\n"
+    )
+    cluster.stop()
+    cluster.start()
+    conninfo = cluster.conninfo()
+    if fresh:
+        print(f"Loading pgbench scale {opts.scale} ...", flush=True)
+        load = timed(
+            lambda: run(
+                [
+                    str(inst.tool("pgbench")),
+                    "-i",
+                    "-s",
+                    str(opts.scale),
+                    "-I",
+                    "dtGvp",
+                    "-q",
+                    conninfo,
+                ]
+            )
+        )
+        print(f"  loaded in {load:.0f} s", flush=True)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        row = conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()
+        db_bytes = int(row[0]) if row else 0
+    print(f"Database: PostgreSQL {inst.version}, {db_bytes / 1e9:.2f} GB", flush=True)
+    print(f"Load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
+
+    def pgbr(*args: str) -> None:
+        run(
+            ["pgbackrest", f"--config={pgbr_conf}", f"--stanza={STANZA}", *args],
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            cwd="/",
+        )
+
+    if opts.cache == "warm":
+        WARM.append(cluster.data_dir)
+    pgbr("stanza-create")
+    pgbr("check")
+
+    key_file = base / "master.key"
+    if not key_file.exists():
+        key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        key_file.chmod(0o600)
+    env = dict(os.environ)
+    env.update(
+        {
+            "PGDR_HOME": str(settings.home),
+            "PGDR_REPO": str(base / "pgdr-repo"),
+            "PGDR_ENCRYPTION_KEY_FILE": str(key_file),
+            "DATABASE_URL": conninfo,
+        }
+    )
+    pgdr = [sys.executable, "-m", "pgdr"]
+    zst_file = base / "basebackup.tar.zst"
+    restore_dir = base / "restore"
+    results: dict[str, dict[str, list[float]]] = {}
+
+    def record(tool: str, what: str, seconds: float) -> None:
+        results.setdefault(tool, {}).setdefault(what, []).append(seconds)
+        print(f"  {tool:<22} {what:<8} {seconds:7.1f} s", flush=True)
+
+    sizes: dict[str, int] = {}
+    for attempt in range(opts.runs):
+        print(f"Run {attempt + 1}/{opts.runs}", flush=True)
+        shutil.rmtree(base / "pgdr-repo", ignore_errors=True)
+        record("pgdr", "backup", timed(lambda: run([*pgdr, "backup"], env=env)))
+        sizes["pgdr"] = du(base / "pgdr-repo")
+        record(
+            "pgBackRest",
+            "backup",
+            timed(lambda: pgbr("backup", "--type=full")),
+        )
+        sizes["pgBackRest"] = du(pgbr_dir / "repo" / "backup")
+        zst_file.unlink(missing_ok=True)
+        basebackup = (
+            f"{inst.tool('pg_basebackup')} -d '{conninfo}' -D - -Ft -X fetch -c fast "
+            f"| zstd -q -3 -T2 -o {zst_file}"
+        )
+        record(
+            "pg_basebackup | zstd",
+            "backup",
+            timed(lambda cmd=basebackup: run(["bash", "-o", "pipefail", "-c", cmd])),
+        )
+        sizes["pg_basebackup | zstd"] = zst_file.stat().st_size
+
+        shutil.rmtree(restore_dir, ignore_errors=True)
+        record(
+            "pgdr",
+            "restore",
+            timed(lambda: run([*pgdr, "restore", "latest", "--to", str(restore_dir)], env=env)),
+        )
+        shutil.rmtree(restore_dir, ignore_errors=True)
+        restore_dir.mkdir()
+        user.own(restore_dir, 0o700)
+        record(
+            "pgBackRest",
+            "restore",
+            timed(lambda: pgbr("restore", f"--pg1-path={restore_dir}")),
+        )
+        shutil.rmtree(restore_dir, ignore_errors=True)
+        restore_dir.mkdir()
+        untar = f"zstd -q -d -c {zst_file} | tar -x -C {restore_dir} && sync"
+        record(
+            "pg_basebackup | zstd",
+            "restore",
+            timed(lambda cmd=untar: run(["bash", "-o", "pipefail", "-c", cmd])),
+        )
+        shutil.rmtree(restore_dir, ignore_errors=True)
+
+    print()
+    print(f"Load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
+    print(
+        f"Database {db_bytes / 1e9:.2f} GB (pgbench scale {opts.scale}), medians of {opts.runs}, "
+        f"{opts.cache} page cache"
+    )
+    print(f"{'tool':<22} {'stored':>10} {'backup s':>9} {'restore s':>10}")
+    med = {t: {w: statistics.median(v) for w, v in d.items()} for t, d in results.items()}
+    for tool, m in med.items():
+        print(f"{tool:<22} {sizes[tool] / 1e6:>8.0f} MB {m['backup']:>9.1f} {m['restore']:>10.1f}")
+    ref = med["pgBackRest"]
+    print(
+        f"pgdr/pgBackRest: backup {med['pgdr']['backup'] / ref['backup']:.2f}, "
+        f"restore {med['pgdr']['restore'] / ref['restore']:.2f}, "
+        f"size {sizes['pgdr'] / sizes['pgBackRest']:.2f}"
+    )
+    if not opts.keep:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The manifest of a base backup: what it holds, and proof that nobody altered it.
+
+A backup exists when ``backups/<id>/manifest.json`` exists; it is written last and atomically.
+It lists every chunk (stored size and SHA-256 of the stored object) and every file of the data
+directory (size, SHA-256, and where its bytes lie in the archive stream, hence which chunks hold
+it), plus the PostgreSQL version, system identifier, timeline, start/stop LSN and time.
+
+Authentication: an HMAC-SHA256, keyed by a subkey of the backup's data key, over a canonical JSON
+encoding of everything except ``wrapped_key`` and ``hmac`` themselves, so ``pgdr key rotate``
+can re-wrap the data key without re-signing, and nobody without the master key can forge one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pgdr.crypto import DataKey, MasterKey, WrappedKey, derive_subkey, sign, verify_signature
+from pgdr.errors import RuntimeFailure
+
+FORMAT = 1
+SIGNING_PURPOSE = "manifest/v1"
+
+
+class ForgedManifest(RuntimeFailure):
+    """A manifest whose authentication code does not match: altered or forged."""
+
+
+@dataclass
+class ChunkEntry:
+    """One stored chunk: ``size`` plain bytes, stored as ``stored_size`` sealed bytes."""
+
+    size: int
+    stored_size: int
+    sha256: str  # of the stored (sealed) object
+
+
+@dataclass
+class FileEntry:
+    """One member of the data directory archive."""
+
+    path: str
+    kind: str  # file, dir, symlink
+    size: int
+    mode: int
+    sha256: str | None
+    offset: int  # where the data starts in the archive stream
+    linkname: str = ""
+
+
+@dataclass
+class Manifest:
+    id: str
+    kind: str  # "full" or "incremental"
+    parent: str | None
+    label: str | None
+    keep: bool
+    pg_version: str
+    pg_major: int
+    system_identifier: str
+    timeline: int
+    start_lsn: str
+    stop_lsn: str
+    start_time: str
+    stop_time: str
+    chunk_size: int
+    stream_size: int
+    stored_size: int
+    compression: str
+    encryption: str
+    host: str
+    pgdr_version: str
+    chunks: list[ChunkEntry] = field(default_factory=list)
+    files: list[FileEntry] = field(default_factory=list)
+    wrapped_key: WrappedKey | None = None
+    hmac: str = ""
+    format: int = FORMAT
+
+    # ----- derived --------------------------------------------------------------------------
+    @property
+    def key_id(self) -> str:
+        return self.wrapped_key.master_key_id if self.wrapped_key else ""
+
+    @property
+    def stop_datetime(self) -> datetime:
+        return parse_time(self.stop_time)
+
+    @property
+    def start_datetime(self) -> datetime:
+        return parse_time(self.start_time)
+
+    def chunk_key(self, index: int) -> str:
+        return chunk_key(self.id, index)
+
+    def chunks_of(self, entry: FileEntry) -> range:
+        """The chunk indexes (0-based) that hold ``entry``'s data."""
+        first = entry.offset // self.chunk_size
+        last = (entry.offset + max(entry.size, 1) - 1) // self.chunk_size
+        return range(first, last + 1)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``backup list`` shows: everything but the chunk and file lists and the key."""
+        data = self.signed_fields()
+        data.pop("chunks")
+        data.pop("files")
+        data["key_id"] = self.key_id
+        data["chunk_count"] = len(self.chunks)
+        data["file_count"] = sum(1 for f in self.files if f.kind == "file")
+        return data
+
+    # ----- encoding -------------------------------------------------------------------------
+    def signed_fields(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("wrapped_key")
+        data.pop("hmac")
+        return data
+
+    def canonical(self) -> bytes:
+        return json.dumps(self.signed_fields(), sort_keys=True, separators=(",", ":")).encode()
+
+    def sign_with(self, data_key: DataKey) -> None:
+        self.hmac = sign(derive_subkey(data_key, SIGNING_PURPOSE), self.canonical())
+
+    def to_json(self) -> bytes:
+        data = self.signed_fields()
+        data["wrapped_key"] = self.wrapped_key.as_dict() if self.wrapped_key else None
+        data["hmac"] = self.hmac
+        return json.dumps(data, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> Manifest:
+        try:
+            data = json.loads(raw)
+            chunks = [ChunkEntry(**c) for c in data.pop("chunks")]
+            files = [FileEntry(**f) for f in data.pop("files")]
+            wrapped = data.pop("wrapped_key")
+            manifest = cls(**data, chunks=chunks, files=files)
+            manifest.wrapped_key = WrappedKey.from_dict(wrapped) if wrapped else None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ForgedManifest(f"The manifest {where} is not a valid pgdr manifest.") from exc
+        if manifest.format != FORMAT:
+            raise RuntimeFailure(
+                f"The manifest {where} has format {manifest.format}, which this pgdr cannot read."
+            )
+        return manifest
+
+    def authenticate(self, master: MasterKey, where: str) -> DataKey:
+        """Unwrap the data key and check the HMAC; returns the data key."""
+        if self.wrapped_key is None:
+            raise ForgedManifest(f"The manifest {where} has no data key.")
+        data_key = master.unwrap(self.wrapped_key, f"backup {self.id}")
+        if not verify_signature(
+            derive_subkey(data_key, SIGNING_PURPOSE), self.canonical(), self.hmac
+        ):
+            raise ForgedManifest(
+                f"The manifest {where} fails authentication: it was altered or forged."
+            )
+        return data_key
+
+
+def chunk_key(backup_id: str, index: int) -> str:
+    return f"backups/{backup_id}/chunks/{index + 1:06d}"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -1,0 +1,426 @@
+"""Named repositories and what a repository holds.
+
+Configuration: ``[repositories.NAME]`` tables in ``pgdr.toml`` (``url``, S3 ``endpoint``,
+``region``, ``access_key_id_file``, ``secret_access_key_file``, ``chunk_size_mb`` and the
+retention keys ``recovery_window_days``, ``daily_days``, ``weekly_days``). With none, the
+repository ``primary`` is ``$PGDR_HOME/repository``; ``PGDR_REPO=URL`` overrides the URL of
+``primary`` (environment wins over the file, as everywhere in pgdr).
+
+Layout of a repository (object keys)::
+
+    repository.json                      format, creation time, system identifier of the cluster
+    lock.json                            who is writing (pid, host, time); removed when done
+    backups/<id>/chunks/000001 ...       sealed pieces of the pg_basebackup tar stream
+    backups/<id>/backup_manifest         sealed copy of PostgreSQL's backup_manifest
+    backups/<id>/manifest.json           written last: the backup exists once this exists
+    records/restore-tests/<id>/<time>.json   results of ``backup verify --restore-test``
+
+A backup directory without ``manifest.json`` is incomplete: never listed, never restored, and
+removed by the next ``pgdr backup`` or ``pgdr prune`` when no other writer holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgdr.backup.manifest import Manifest, format_time, now_utc
+from pgdr.config.settings import PgdrSettings, load_toml
+from pgdr.crypto import MasterKey, load_master_key
+from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.storage import LocalStore, ObjectNotFound, ObjectStore, S3Store, open_store
+
+DEFAULT_REPOSITORY = "primary"
+REPOSITORY_FORMAT = 1
+LOCK_KEY = "lock.json"
+INFO_KEY = "repository.json"
+BACKUPS = "backups/"
+RESTORE_TESTS = "records/restore-tests/"
+LOCK_STALE_AFTER_S = 15 * 60  # a lock from another host not refreshed for this long is stale
+DEFAULT_CHUNK_MB = 8
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """The runbook's terms: PITR window, daily and weekly snapshots (all in days)."""
+
+    recovery_window_days: int = 7
+    daily_days: int = 30
+    weekly_days: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "recovery_window_days": self.recovery_window_days,
+            "daily_days": self.daily_days,
+            "weekly_days": self.weekly_days,
+        }
+
+
+RETENTION_KEYS = ("recovery_window_days", "daily_days", "weekly_days")
+KNOWN_KEYS = {
+    "url",
+    "endpoint",
+    "region",
+    "access_key_id_file",
+    "secret_access_key_file",
+    "chunk_size_mb",
+    *RETENTION_KEYS,
+}
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """One configured repository."""
+
+    name: str
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    chunk_size: int = DEFAULT_CHUNK_MB * 1024 * 1024
+    source: str = "default"
+
+
+def _retention(name: str, table: Mapping[str, Any]) -> RetentionPolicy:
+    values: dict[str, int] = {}
+    for key in RETENTION_KEYS:
+        if key in table:
+            value = table[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(
+                    f"repositories.{name}.{key} must be a whole number of days (0 or more)."
+                )
+            values[key] = value
+    return RetentionPolicy(**values)
+
+
+def _chunk_size(name: str, table: Mapping[str, Any]) -> int:
+    value = table.get("chunk_size_mb", DEFAULT_CHUNK_MB)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 256:
+        raise ConfigError(f"repositories.{name}.chunk_size_mb must be between 1 and 256.")
+    return int(value * 1024 * 1024)
+
+
+def load_repositories(
+    settings: PgdrSettings, toml: Mapping[str, Any] | None = None
+) -> dict[str, RepoConfig]:
+    """Every configured repository by name; ``primary`` always exists."""
+    if toml is None:
+        toml, _path = load_toml(settings)
+    tables = toml.get("repositories", {})
+    if not isinstance(tables, dict):
+        raise ConfigError("[repositories] in pgdr.toml must hold one table per repository.")
+    repos: dict[str, RepoConfig] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict) or not isinstance(table.get("url"), str):
+            raise ConfigError(f"[repositories.{name}] in pgdr.toml needs a url.")
+        unknown = set(table) - KNOWN_KEYS
+        if unknown:
+            raise ConfigError(
+                f"[repositories.{name}] has unknown keys: {', '.join(sorted(unknown))}."
+            )
+        repos[name] = RepoConfig(
+            name,
+            table["url"],
+            table,
+            _retention(name, table),
+            _chunk_size(name, table),
+            "pgdr.toml",
+        )
+    primary = repos.get(DEFAULT_REPOSITORY)
+    if settings.repo:
+        base = primary or RepoConfig(DEFAULT_REPOSITORY, settings.repo)
+        repos[DEFAULT_REPOSITORY] = RepoConfig(
+            DEFAULT_REPOSITORY,
+            settings.repo,
+            base.options,
+            base.retention,
+            base.chunk_size,
+            "PGDR_REPO",
+        )
+    elif primary is None:
+        repos[DEFAULT_REPOSITORY] = RepoConfig(
+            DEFAULT_REPOSITORY, str(settings.home / "repository")
+        )
+    return repos
+
+
+def repo_config(settings: PgdrSettings, name: str | None = None) -> RepoConfig:
+    """The repository called ``name`` (default ``primary``)."""
+    repos = load_repositories(settings)
+    name = name or DEFAULT_REPOSITORY
+    if name in repos:
+        return repos[name]
+    raise ConfigError(
+        f"There is no repository named {name!r}; configured: {', '.join(sorted(repos))} "
+        "(add a [repositories.NAME] table to pgdr.toml)."
+    )
+
+
+@dataclass
+class LockInfo:
+    pid: int
+    host: str
+    operation: str
+    started_at: float
+    refreshed_at: float
+
+    def stale(self) -> bool:
+        if self.host == socket.gethostname():
+            return not _pid_alive(self.pid)
+        return time.time() - self.refreshed_at > LOCK_STALE_AFTER_S
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Repository:
+    """A repository opened for work: its store, its name, and the master key."""
+
+    def __init__(self, config: RepoConfig, store: ObjectStore, settings: PgdrSettings) -> None:
+        self.config = config
+        self.store = store
+        self.settings = settings
+        self._master: MasterKey | None = None
+        self.key_note: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    # ----- keys -----------------------------------------------------------------------------
+    @property
+    def master_key(self) -> MasterKey:
+        if self._master is None:
+            self._master, self.key_note = load_master_key(self.settings.home)
+        return self._master
+
+    def use_master_key(self, key: MasterKey) -> None:
+        self._master = key
+
+    # ----- repository record ----------------------------------------------------------------
+    def info_record(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.store.get(INFO_KEY))
+        except ObjectNotFound:
+            return None
+        except ValueError as exc:
+            raise RuntimeFailure(f"{INFO_KEY} in the repository {self.url} is damaged.") from exc
+        return data
+
+    def initialise(self) -> bool:
+        """Create the repository (and bucket); False when it already existed."""
+        if isinstance(self.store, S3Store):
+            self.store.ensure_bucket()
+        if self.info_record() is not None:
+            return False
+        self.store.put(
+            INFO_KEY,
+            json.dumps(
+                {
+                    "format": REPOSITORY_FORMAT,
+                    "created_at": format_time(now_utc()),
+                    "system_identifier": None,
+                },
+                indent=1,
+            ).encode(),
+        )
+        return True
+
+    def ensure_initialised(self) -> dict[str, Any]:
+        record = self.info_record()
+        if record is None:
+            self.initialise()
+            record = self.info_record()
+            assert record is not None
+        return record
+
+    def check_system_identifier(self, system_identifier: str) -> None:
+        """Refuse a server that is not the cluster this repository belongs to."""
+        record = self.ensure_initialised()
+        known = record.get("system_identifier")
+        if known is None:
+            record["system_identifier"] = system_identifier
+            self.store.put(INFO_KEY, json.dumps(record, indent=1).encode())
+        elif known != system_identifier:
+            raise ConfigError(
+                f"The repository {self.name} ({self.url}) holds backups of database system "
+                f"{known}, but this server is database system {system_identifier}; use "
+                "another repository for it."
+            )
+
+    # ----- backups --------------------------------------------------------------------------
+    def backup_dirs(self) -> dict[str, set[str]]:
+        """Every backup id with stored objects, and the names of those objects."""
+        found: dict[str, set[str]] = {}
+        for info in self.store.list(BACKUPS):
+            parts = info.key.split("/")
+            if len(parts) >= 3:
+                found.setdefault(parts[1], set()).add("/".join(parts[2:]))
+        return found
+
+    def manifest_key(self, backup_id: str) -> str:
+        return f"{BACKUPS}{backup_id}/manifest.json"
+
+    def read_manifest(self, backup_id: str, authenticate: bool = True) -> Manifest:
+        where = f"of backup {backup_id} in {self.name}"
+        try:
+            raw = self.store.get(self.manifest_key(backup_id))
+        except ObjectNotFound:
+            raise ConfigError(
+                f"There is no complete backup {backup_id} in the repository {self.name} "
+                f"({self.url}); see `pgdr backup list`."
+            ) from None
+        manifest = Manifest.from_json(raw, where)
+        if manifest.id != backup_id:
+            raise RuntimeFailure(f"The manifest {where} names another backup ({manifest.id}).")
+        if authenticate:
+            manifest.authenticate(self.master_key, where)
+        return manifest
+
+    def list_backups(self, authenticate: bool = False) -> list[Manifest]:
+        """Complete backups, oldest first (only those with a manifest)."""
+        manifests = []
+        for backup_id, names in sorted(self.backup_dirs().items()):
+            if "manifest.json" in names:
+                manifests.append(self.read_manifest(backup_id, authenticate=authenticate))
+        return manifests
+
+    def incomplete_backups(self) -> list[str]:
+        return sorted(
+            bid for bid, names in self.backup_dirs().items() if "manifest.json" not in names
+        )
+
+    def resolve_id(self, backup_id: str) -> str:
+        """Accept ``latest`` or a unique prefix of an id."""
+        backups = self.list_backups()
+        if not backups:
+            raise ConfigError(f"The repository {self.name} ({self.url}) holds no backups yet.")
+        if backup_id == "latest":
+            return backups[-1].id
+        matches = [m.id for m in backups if m.id.startswith(backup_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ConfigError(
+                f"There is no complete backup {backup_id} in the repository {self.name}; "
+                "see `pgdr backup list`."
+            )
+        raise ConfigError(f"{backup_id!r} matches several backups: {', '.join(matches)}.")
+
+    def delete_backup(self, backup_id: str) -> int:
+        """Remove a backup: its manifest first (so it stops existing), then its chunks."""
+        self.store.delete(self.manifest_key(backup_id))
+        removed = self.store.delete_prefix(f"{BACKUPS}{backup_id}/")
+        self.store.delete_prefix(f"{RESTORE_TESTS}{backup_id}/")
+        return removed + 1
+
+    def clean_incomplete(self, keep: str | None = None) -> list[str]:
+        """Remove leftovers of interrupted backups (call only while holding the lock)."""
+        removed = []
+        for backup_id in self.incomplete_backups():
+            if backup_id != keep:
+                self.store.delete_prefix(f"{BACKUPS}{backup_id}/")
+                removed.append(backup_id)
+        if isinstance(self.store, LocalStore):
+            # Not the temporaries of writers without the lock (the WAL streamer, wal push).
+            self.store.clean_temporary(older_than_s=LOCK_STALE_AFTER_S)
+        return removed
+
+    # ----- records --------------------------------------------------------------------------
+    def record_restore_test(self, backup_id: str, result: Mapping[str, Any]) -> str:
+        key = f"{RESTORE_TESTS}{backup_id}/{result['at'].replace(':', '')}.json"
+        self.store.put(key, json.dumps(dict(result), indent=1, sort_keys=True).encode())
+        return key
+
+    def restore_tests(self, backup_id: str) -> list[dict[str, Any]]:
+        results = []
+        for info in self.store.list(f"{RESTORE_TESTS}{backup_id}/"):
+            try:
+                results.append(json.loads(self.store.get(info.key)))
+            except (ValueError, ObjectNotFound):
+                continue
+        return results
+
+    # ----- lock -----------------------------------------------------------------------------
+    def read_lock(self) -> LockInfo | None:
+        try:
+            data = json.loads(self.store.get(LOCK_KEY))
+            return LockInfo(**data)
+        except ObjectNotFound:
+            return None
+        except (ValueError, TypeError):
+            return None  # a torn or foreign lock is treated as absent
+
+    @contextmanager
+    def locked(self, operation: str) -> Iterator[LockInfo]:
+        """Hold the repository's writer lock for ``operation``.
+
+        The lock is an object (works on S3 too); a lock whose process is gone (same host) or
+        that was not refreshed for 15 minutes (another host) is stale and taken over.
+        """
+        current = self.read_lock()
+        if current is not None and not current.stale():
+            raise RuntimeFailure(
+                f"The repository {self.name} is busy: {current.operation} by process "
+                f"{current.pid} on {current.host} since "
+                f"{time.strftime('%H:%M:%S', time.gmtime(current.started_at))} UTC."
+            )
+        now = time.time()
+        mine = LockInfo(os.getpid(), socket.gethostname(), operation, now, now)
+        self.store.put(LOCK_KEY, json.dumps(mine.__dict__).encode())
+        check = self.read_lock()
+        if check is None or (check.pid, check.host) != (mine.pid, mine.host):
+            raise RuntimeFailure(f"The repository {self.name} was locked by another process.")
+        try:
+            yield mine
+        finally:
+            try:
+                held = self.read_lock()
+                if held is not None and (held.pid, held.host) == (mine.pid, mine.host):
+                    self.store.delete(LOCK_KEY)
+            except RuntimeFailure:
+                pass  # the store is unreachable: the lock goes stale by itself
+
+    def refresh_lock(self, lock: LockInfo) -> None:
+        lock.refreshed_at = time.time()
+        self.store.put(LOCK_KEY, json.dumps(lock.__dict__).encode())
+
+
+def open_repository(
+    settings: PgdrSettings, name: str | None = None, *, check_writable: bool = False
+) -> Repository:
+    """Open a configured repository by name (default ``primary``)."""
+    config = repo_config(settings, name)
+    store = open_store(config.url, config.options)
+    repo = Repository(config, store, settings)
+    if check_writable:
+        store.check_writable()
+    return repo
+
+
+def repository_at(url: str, settings: PgdrSettings, name: str = "adhoc") -> Repository:
+    """A repository by URL, with default retention (for tests and scripts)."""
+    config = RepoConfig(name, url)
+    return Repository(config, open_store(url), settings)
+
+
+def path_of(repo: Repository) -> Path | None:
+    return repo.store.root if isinstance(repo.store, LocalStore) else None

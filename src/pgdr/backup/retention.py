@@ -1,0 +1,156 @@
+"""Retention in the runbook's terms, and ``pgdr prune``.
+
+A repository's policy has three windows, all in days: ``recovery_window_days`` (every backup
+finished inside the window, plus the newest one before it, so any moment of the window has a base
+to replay WAL from), ``daily_days`` (the newest backup of each UTC day) and ``weekly_days`` (the
+newest backup of each ISO week). Backups taken with ``--keep`` never expire. Whatever is kept also
+keeps what it needs: an incremental backup's parents. The newest valid backup is never removed,
+and a backup whose manifest fails authentication is reported and left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pgdr.backup.manifest import Manifest, now_utc
+from pgdr.backup.repository import Repository, RetentionPolicy
+from pgdr.errors import PgdrError
+
+
+@dataclass
+class Decision:
+    backup_id: str
+    keep: bool
+    reasons: list[str] = field(default_factory=list)
+    stored_size: int = 0
+    stop_time: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id,
+            "keep": self.keep,
+            "reasons": self.reasons,
+            "stored_size": self.stored_size,
+            "stop_time": self.stop_time,
+        }
+
+
+def plan_retention(
+    backups: list[Manifest], policy: RetentionPolicy, now: datetime | None = None
+) -> list[Decision]:
+    """Which backups stay and why; ``backups`` are valid (authenticated) manifests."""
+    now = now or now_utc()
+    ordered = sorted(backups, key=lambda m: (m.stop_time, m.id))
+    reasons: dict[str, list[str]] = {m.id: [] for m in ordered}
+    if ordered:
+        reasons[ordered[-1].id].append("newest backup")
+    for m in ordered:
+        if m.keep:
+            reasons[m.id].append("kept (--keep)")
+    if policy.recovery_window_days > 0:
+        start = now - timedelta(days=policy.recovery_window_days)
+        before = [m for m in ordered if m.stop_datetime < start]
+        for m in ordered:
+            if m.stop_datetime >= start:
+                reasons[m.id].append(f"in the {policy.recovery_window_days}-day recovery window")
+        if before:
+            reasons[before[-1].id].append("base for the start of the recovery window")
+    _newest_per(ordered, reasons, now, policy.daily_days, "daily", _day)
+    _newest_per(ordered, reasons, now, policy.weekly_days, "weekly", _week)
+    by_id = {m.id: m for m in ordered}
+    for m in reversed(ordered):  # newest first, so a chain is kept before its parents are seen
+        if reasons[m.id]:
+            parent = m.parent
+            while parent is not None and parent in by_id:
+                note = f"parent of {m.id}"
+                if note not in reasons[parent]:
+                    reasons[parent].append(note)
+                parent = by_id[parent].parent
+    return [
+        Decision(m.id, bool(reasons[m.id]), reasons[m.id], m.stored_size, m.stop_time)
+        for m in ordered
+    ]
+
+
+def _day(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d")
+
+
+def _week(moment: datetime) -> str:
+    year, week, _ = moment.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _newest_per(
+    ordered: list[Manifest],
+    reasons: dict[str, list[str]],
+    now: datetime,
+    days: int,
+    kind: str,
+    bucket: Any,
+) -> None:
+    if days <= 0:
+        return
+    start = now - timedelta(days=days)
+    newest: dict[str, Manifest] = {}
+    for m in ordered:
+        if m.stop_datetime >= start:
+            newest[bucket(m.stop_datetime)] = m  # ordered, so the last one wins
+    for period, m in newest.items():
+        reasons[m.id].append(f"{kind} snapshot {period}")
+
+
+@dataclass
+class PruneReport:
+    repository: str
+    dry_run: bool
+    decisions: list[Decision]
+    invalid: list[str]
+    incomplete_removed: list[str]
+
+    @property
+    def removed(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.keep]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "dry_run": self.dry_run,
+            "backups": [d.as_dict() for d in self.decisions],
+            "removed": [d.backup_id for d in self.removed],
+            "freed_bytes": sum(d.stored_size for d in self.removed),
+            "invalid": self.invalid,
+            "incomplete_removed": self.incomplete_removed,
+        }
+
+
+def valid_backups(repo: Repository) -> tuple[list[Manifest], list[str]]:
+    """Authenticated manifests, and the ids of those that fail authentication."""
+    valid: list[Manifest] = []
+    invalid: list[str] = []
+    for manifest in repo.list_backups():
+        try:
+            manifest.authenticate(repo.master_key, f"of backup {manifest.id}")
+        except PgdrError:
+            invalid.append(manifest.id)
+            continue
+        valid.append(manifest)
+    return valid, invalid
+
+
+def prune(repo: Repository, *, dry_run: bool = False, now: datetime | None = None) -> PruneReport:
+    """Apply the repository's retention policy (or only show it with ``dry_run``)."""
+    if dry_run:
+        valid, invalid = valid_backups(repo)
+        decisions = plan_retention(valid, repo.config.retention, now)
+        return PruneReport(repo.name, True, decisions, invalid, repo.incomplete_backups())
+    with repo.locked("prune"):
+        valid, invalid = valid_backups(repo)
+        decisions = plan_retention(valid, repo.config.retention, now)
+        incomplete = repo.clean_incomplete()
+        for decision in decisions:
+            if not decision.keep:
+                repo.delete_backup(decision.backup_id)
+    return PruneReport(repo.name, False, decisions, invalid, incomplete)

@@ -1,0 +1,437 @@
+"""Taking a base backup: ``pg_basebackup`` streamed straight into the repository.
+
+``pg_basebackup -D - -Ft -X fetch`` (the binaries matching the server's major version) writes
+one tar archive to stdout: the data directory, the WAL needed to make it consistent, and
+PostgreSQL's own ``backup_manifest``. pgdr reads it in fixed-size chunks, hashes every file on
+the way (a streaming tar reader), seals each chunk (zstd + AES-256-GCM, both cores) and stores it;
+nothing is written to local disk. The manifest is written last; until then the backup does not
+exist. On PostgreSQL 17+ ``incremental=True`` passes the previous backup's ``backup_manifest``
+(fetched from the repository) to ``pg_basebackup --incremental``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+
+from pgdr import __version__
+from pgdr.backup.hashing import HashThread
+from pgdr.backup.manifest import (
+    ChunkEntry,
+    FileEntry,
+    Manifest,
+    chunk_key,
+    format_time,
+    now_utc,
+)
+from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.tarstream import TarMember, TarReader
+from pgdr.cluster import installation_for_major
+from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
+from pgdr.crypto.envelope import DEFAULT_LEVEL
+from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.storage import S3Store
+
+Progress = Callable[[int], None]
+CAPTURED = ("backup_label", "backup_manifest")
+LOCK_REFRESH_S = 60
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What pgdr learns about the server before a backup."""
+
+    version: str
+    major: int
+    system_identifier: str
+    size_bytes: int
+    summarize_wal: bool
+
+
+def server_facts(conninfo: str) -> ServerFacts:
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            num = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+            sysid = str(
+                conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]  # type: ignore[index]
+            )
+            size = int(
+                conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0]  # type: ignore[index]
+            )
+            summarize = False
+            if num >= 170000:
+                summarize = (
+                    str(conn.execute("SHOW summarize_wal").fetchone()[0]) == "on"  # type: ignore[index]
+                )
+    except psycopg.Error as exc:
+        raise RuntimeFailure(
+            f"Cannot connect to the database to back it up: {exc}".strip()
+        ) from exc
+    return ServerFacts(version.split(maxsplit=1)[0], num // 10000, sysid, size, summarize)
+
+
+class _Hasher(TarReader):
+    """Records every member with its SHA-256 and captures the small files pgdr needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[FileEntry] = []
+        self.captured: dict[str, bytearray] = {}
+        self._digests: dict[str, str] = {}
+        self._hasher = HashThread(self._digests.__setitem__)
+
+    def on_member(self, member: TarMember) -> None:
+        if member.kind == "file":
+            self._hasher.start(member.path)
+        if member.path in CAPTURED:
+            self.captured[member.path] = bytearray()
+
+    def on_data(self, member: TarMember, data: memoryview) -> None:
+        if member.kind == "file":
+            self._hasher.update(data)
+        if member.path in self.captured:
+            self.captured[member.path] += data
+
+    def on_member_end(self, member: TarMember) -> None:
+        if member.kind == "file":
+            self._hasher.end()
+        self.files.append(
+            FileEntry(
+                path=member.path,
+                kind=member.kind,
+                size=member.size,
+                mode=member.mode,
+                sha256=None,
+                offset=member.data_offset,
+                linkname=member.linkname,
+            )
+        )
+
+    def finish(self) -> None:
+        """Wait for the hashes and put them into the file list."""
+        self._hasher.close()
+        for entry in self.files:
+            if entry.kind == "file":
+                entry.sha256 = self._digests[entry.path]
+
+    def abandon(self) -> None:
+        self._hasher.abandon()
+
+
+def _read_chunks(stream: IO[bytes], size: int) -> Iterator[bytearray]:
+    """Fixed-size pieces of the stream (the last one shorter); each a new, never-reused buffer."""
+    while True:
+        buffer = bytearray(size)
+        with memoryview(buffer) as view:
+            filled = 0
+            while filled < size:
+                n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                filled += n
+        if filled == 0:
+            return
+        if filled < size:
+            del buffer[filled:]
+            yield buffer
+            return
+        yield buffer
+
+
+def _widen_pipe(stream: IO[bytes]) -> None:
+    """A 1 MiB pipe instead of 64 kB: far fewer wake-ups between pg_basebackup and pgdr."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+
+
+def new_backup_id(repo: Repository, kind: str) -> str:
+    suffix = "full" if kind == "full" else "incr"
+    existing = set(repo.backup_dirs())
+    while True:
+        stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
+        candidate = f"{stamp}-{suffix}"
+        if candidate not in existing and not any(e.startswith(stamp) for e in existing):
+            return candidate
+        time.sleep(0.2)
+
+
+def _label_field(label: str, name: str) -> str | None:
+    match = re.search(rf"^{name}: (.*)$", label, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def fetch_pg_manifest(repo: Repository, manifest: Manifest) -> bytes:
+    """PostgreSQL's ``backup_manifest`` of a stored backup (needed for an incremental)."""
+    data_key = manifest.authenticate(repo.master_key, f"of backup {manifest.id}")
+    key = f"{BACKUPS}{manifest.id}/backup_manifest"
+    return open_sealed(data_key, key, repo.store.get(key))
+
+
+def take_backup(
+    repo: Repository,
+    conninfo: str,
+    *,
+    label: str | None = None,
+    keep: bool = False,
+    incremental: bool = False,
+    progress: Progress | None = None,
+    on_start: Callable[[str, int], None] | None = None,
+    workers: int | None = None,
+    level: int = DEFAULT_LEVEL,
+    pg_bin: Path | None = None,
+    facts: ServerFacts | None = None,
+) -> Manifest:
+    """Take a base backup of the server at ``conninfo`` into ``repo``; returns its manifest.
+
+    ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
+    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored.
+    """
+    facts = facts or server_facts(conninfo)
+    installation = installation_for_major(facts.major, pg_bin)
+    store = repo.store
+    store.check_writable()
+    master = repo.master_key
+    with repo.locked("backup") as lock:
+        repo.check_system_identifier(facts.system_identifier)
+        repo.clean_incomplete()
+        parent: Manifest | None = None
+        if incremental:
+            parent = _incremental_parent(repo, facts)
+        backup_id = new_backup_id(repo, "incremental" if parent else "full")
+        if on_start:
+            on_start(backup_id, facts.size_bytes)
+        data_key = DataKey.generate()
+        start_time = now_utc()
+        with tempfile.TemporaryDirectory(prefix="pgdr-backup-") as tmp:
+            args: list[str] = [
+                str(installation.tool("pg_basebackup")),
+                "-d",
+                conninfo,
+                "-D",
+                "-",
+                "-Ft",
+                "-X",
+                "fetch",
+                "-c",
+                "fast",
+                "-l",
+                f"pgdr {backup_id}" + (f": {label}" if label else ""),
+            ]
+            if parent is not None:
+                parent_manifest = Path(tmp) / "parent_backup_manifest"
+                parent_manifest.write_bytes(fetch_pg_manifest(repo, parent))
+                args.append(f"--incremental={parent_manifest}")
+            stderr_path = Path(tmp) / "stderr"
+            try:
+                hasher, chunks, stream_size = _stream(
+                    repo,
+                    backup_id,
+                    data_key,
+                    args,
+                    stderr_path,
+                    chunk_size=repo.config.chunk_size,
+                    progress=progress,
+                    workers=workers,
+                    level=level,
+                    refresh=lambda: repo.refresh_lock(lock),
+                )
+                manifest = _finish(
+                    repo,
+                    backup_id,
+                    data_key,
+                    hasher,
+                    chunks,
+                    stream_size,
+                    facts=facts,
+                    parent=parent,
+                    label=label,
+                    keep=keep,
+                    start_time=start_time,
+                    level=level,
+                )
+                manifest.wrapped_key = master.wrap(data_key)
+                manifest.sign_with(data_key)
+                store.put(repo.manifest_key(backup_id), manifest.to_json())
+            except BaseException as exc:
+                _abandon(repo, backup_id)
+                if isinstance(exc, PgdrError):
+                    wrapped = PgdrError(
+                        f"{exc.message.rstrip('.')}; backup {backup_id} was abandoned and "
+                        "earlier backups are intact."
+                    )
+                    wrapped.exit_code = exc.exit_code
+                    raise wrapped from exc
+                raise
+    return manifest
+
+
+def _incremental_parent(repo: Repository, facts: ServerFacts) -> Manifest:
+    if facts.major < 17:
+        raise ConfigError(
+            f"Incremental backups need PostgreSQL 17 or later; this server is {facts.version}."
+        )
+    if not facts.summarize_wal:
+        raise ConfigError(
+            "Incremental backups need summarize_wal = on on the server "
+            "(ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();)."
+        )
+    backups = repo.list_backups()
+    if not backups:
+        raise ConfigError(
+            f"The repository {repo.name} has no backup to build an incremental on; "
+            "take a full backup first."
+        )
+    parent = backups[-1]
+    if parent.pg_major != facts.major:
+        raise ConfigError(
+            f"The latest backup {parent.id} is from PostgreSQL {parent.pg_major}; take a full "
+            "backup first."
+        )
+    return parent
+
+
+def _stream(
+    repo: Repository,
+    backup_id: str,
+    data_key: DataKey,
+    args: list[str],
+    stderr_path: Path,
+    *,
+    chunk_size: int,
+    progress: Progress | None,
+    workers: int | None,
+    level: int,
+    refresh: Callable[[], None],
+) -> tuple[_Hasher, list[ChunkEntry], int]:
+    store = repo.store
+    cpus = os.cpu_count() or 1
+    workers = workers or (cpus * 2 if isinstance(store, S3Store) else cpus)
+    hasher = _Hasher()
+    stream_size = 0
+    last_refresh = time.monotonic()
+
+    def seal_and_store(item: tuple[int, bytearray]) -> ChunkEntry:
+        index, plain = item
+        key = chunk_key(backup_id, index)
+        sealed = seal(data_key, key, plain, level=level)
+        store.put(key, sealed)
+        return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
+
+    def numbered(stdout: IO[bytes]) -> Iterator[tuple[int, bytearray]]:
+        nonlocal stream_size
+        for index, chunk in enumerate(_read_chunks(stdout, chunk_size)):
+            hasher.feed(chunk)
+            stream_size += len(chunk)
+            yield index, chunk
+
+    chunks: list[ChunkEntry] = []
+    with stderr_path.open("wb") as errfile:
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=errfile, stdin=subprocess.DEVNULL, bufsize=0
+        )
+        try:
+            assert proc.stdout is not None
+            _widen_pipe(proc.stdout)
+            for entry in parallel_map(seal_and_store, numbered(proc.stdout), workers):
+                chunks.append(entry)
+                if progress:
+                    progress(entry.size)
+                if time.monotonic() - last_refresh > LOCK_REFRESH_S:
+                    refresh()
+                    last_refresh = time.monotonic()
+            code = proc.wait()
+        except BaseException:
+            hasher.abandon()
+            raise
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if code != 0:
+        hasher.abandon()
+        reason = _last_line(stderr_path.read_text(errors="replace"))
+        raise RuntimeFailure(f"pg_basebackup failed: {reason}")
+    hasher.close()
+    hasher.finish()
+    for name in CAPTURED:
+        if name not in hasher.captured:
+            raise RuntimeFailure(f"pg_basebackup's archive has no {name}")
+    return hasher, chunks, stream_size
+
+
+def _finish(
+    repo: Repository,
+    backup_id: str,
+    data_key: DataKey,
+    hasher: _Hasher,
+    chunks: list[ChunkEntry],
+    stream_size: int,
+    *,
+    facts: ServerFacts,
+    parent: Manifest | None,
+    label: str | None,
+    keep: bool,
+    start_time: Any,
+    level: int,
+) -> Manifest:
+    backup_label = bytes(hasher.captured["backup_label"]).decode()
+    pg_manifest_raw = bytes(hasher.captured["backup_manifest"])
+    try:
+        pg_manifest: dict[str, Any] = json.loads(pg_manifest_raw)
+        wal_range = pg_manifest["WAL-Ranges"][-1]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise RuntimeFailure("pg_basebackup's backup_manifest cannot be read") from exc
+    start_lsn = (_label_field(backup_label, "START WAL LOCATION") or "").split(" ")[0]
+    timeline = int(_label_field(backup_label, "START TIMELINE") or wal_range["Timeline"])
+    key = f"{BACKUPS}{backup_id}/backup_manifest"
+    repo.store.put(key, seal(data_key, key, pg_manifest_raw))
+    return Manifest(
+        id=backup_id,
+        kind="incremental" if parent else "full",
+        parent=parent.id if parent else None,
+        label=label,
+        keep=keep,
+        pg_version=facts.version,
+        pg_major=facts.major,
+        system_identifier=facts.system_identifier,
+        timeline=timeline,
+        start_lsn=start_lsn or str(wal_range["Start-LSN"]),
+        stop_lsn=str(wal_range["End-LSN"]),
+        start_time=format_time(start_time),
+        stop_time=format_time(now_utc()),
+        chunk_size=repo.config.chunk_size,
+        stream_size=stream_size,
+        stored_size=sum(c.stored_size for c in chunks),
+        compression=f"zstd-{level}",
+        encryption="aes-256-gcm",
+        host=socket.gethostname(),
+        pgdr_version=__version__,
+        chunks=chunks,
+        files=hasher.files,
+    )
+
+
+def _abandon(repo: Repository, backup_id: str) -> None:
+    """Best effort: remove what an abandoned backup stored (the next run cleans the rest)."""
+    with contextlib.suppress(PgdrError, OSError):
+        repo.store.delete_prefix(f"{BACKUPS}{backup_id}/")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"

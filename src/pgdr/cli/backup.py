@@ -1,0 +1,243 @@
+"""``pgdr backup``: take a base backup; ``list``, ``show`` and ``verify`` stored backups."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pgdr.backup import Manifest, open_repository, server_facts, take_backup
+from pgdr.backup.repository import Repository
+from pgdr.backup.verify import VerifyReport, verify_backup
+from pgdr.backup.verify import restore_test as run_restore_test
+from pgdr.cli.common import (
+    JsonOption,
+    console,
+    emit,
+    err_console,
+    key_value_table,
+    progress_bar,
+    settings,
+    target,
+)
+from pgdr.errors import CheckFailed, ConfigError, PgdrError
+
+RepoOption = Annotated[
+    str | None, typer.Option("--repo", help="Repository name (default: primary).")
+]
+
+app = typer.Typer(
+    help="Take base backups (no sub-command) and inspect the repository's backups.",
+    invoke_without_command=True,
+)
+
+
+def human_size(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1000
+    return f"{value:,.1f} TB"
+
+
+def open_repo(name: str | None, writable: bool = False) -> Repository:
+    return open_repository(settings(), name, check_writable=writable)
+
+
+def show_key_note(repo: Repository) -> None:
+    if repo.key_note:
+        err_console.print(f"[yellow]{repo.key_note}[/]", highlight=False)
+
+
+@app.callback()
+def backup(
+    ctx: typer.Context,
+    repo_name: RepoOption = None,
+    label: Annotated[str | None, typer.Option(help="A note stored with the backup.")] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Never expire this backup (retention skips it).")
+    ] = False,
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental", help="Block-level incremental on the latest backup (PostgreSQL 17+)."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Take a base backup of the target database into a repository."""
+    if ctx.invoked_subcommand is not None:
+        return
+    repo = open_repo(repo_name)
+    conninfo = target().conninfo
+    facts = server_facts(conninfo)
+    began = time.monotonic()
+    with progress_bar("Backing up", facts.size_bytes, enabled=not as_json) as advance:
+        manifest = take_backup(
+            repo,
+            conninfo,
+            label=label,
+            keep=keep,
+            incremental=incremental,
+            progress=advance,
+            facts=facts,
+        )
+    duration = time.monotonic() - began
+    data = manifest.summary() | {"repository": repo.name, "duration_s": round(duration, 3)}
+
+    show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is
+
+    def render() -> None:
+        console.print(
+            f"Backup {manifest.id} ({manifest.kind}) of PostgreSQL {manifest.pg_version} "
+            f"stored in {repo.name}: {human_size(manifest.stream_size)} in "
+            f"{len(manifest.chunks)} chunks, {human_size(manifest.stored_size)} stored, "
+            f"{duration:.1f} s."
+        )
+
+    emit(data, as_json, render)
+
+
+def _row(m: Manifest) -> list[str]:
+    return [
+        m.id,
+        m.kind + (f" on {m.parent}" if m.parent else ""),
+        m.stop_time[:19].replace("T", " "),
+        m.pg_version,
+        human_size(m.stream_size),
+        human_size(m.stored_size),
+        "yes" if m.keep else "",
+        m.label or "",
+    ]
+
+
+@app.command("list")
+def list_backups(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
+    """List the complete backups in a repository, oldest first."""
+    repo = open_repo(repo_name)
+    backups = repo.list_backups()
+    data = {"repository": repo.name, "url": repo.url, "backups": [m.summary() for m in backups]}
+
+    def render() -> None:
+        if not backups:
+            console.print(f"The repository {repo.name} ({repo.url}) holds no backups.")
+            return
+        table = Table(title=f"Backups in {repo.name} ({repo.url})", title_justify="left")
+        for column in ("id", "kind", "finished (UTC)", "pg", "size", "stored", "keep", "label"):
+            table.add_column(column)
+        for m in backups:
+            table.add_row(*_row(m))
+        console.print(table)
+
+    emit(data, as_json, render)
+
+
+@app.command()
+def show(
+    backup_id: Annotated[str, typer.Argument(help="Backup id, unique prefix, or 'latest'.")],
+    repo_name: RepoOption = None,
+    files: Annotated[bool, typer.Option("--files", help="Also list every file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one backup's manifest (authenticated first)."""
+    repo = open_repo(repo_name)
+    manifest = repo.read_manifest(repo.resolve_id(backup_id))
+    tests = repo.restore_tests(manifest.id)
+    data: dict[str, Any] = manifest.summary() | {"restore_tests": tests}
+    if files:
+        data["files"] = [f.__dict__ for f in manifest.files]
+
+    def render() -> None:
+        rows = [(k, v) for k, v in data.items() if k not in ("files", "restore_tests")]
+        if tests:
+            last = tests[-1]
+            rows.append(
+                (
+                    "last restore test",
+                    f"{'passed' if last['passed'] else 'FAILED'} at {last['at']} "
+                    f"({last['duration_s']:.1f} s)",
+                )
+            )
+        console.print(key_value_table(f"Backup {manifest.id}", rows))
+        if files:
+            table = Table(show_header=True)
+            for column in ("path", "size", "sha256"):
+                table.add_column(column)
+            for f in manifest.files:
+                if f.kind == "file":
+                    table.add_row(f.path, str(f.size), f.sha256 or "")
+            console.print(table)
+
+    emit(data, as_json, render)
+
+
+@app.command()
+def verify(
+    backup_id: Annotated[
+        str | None, typer.Argument(help="Backup id, unique prefix, or 'latest' (default).")
+    ] = None,
+    all_backups: Annotated[bool, typer.Option("--all", help="Verify every backup.")] = False,
+    restore_test: Annotated[
+        bool,
+        typer.Option(
+            "--restore-test",
+            help="Also restore into a throwaway cluster, start it and run pg_amcheck.",
+        ),
+    ] = False,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read back every chunk and check every file; exit 1 naming each damaged file."""
+    if all_backups and backup_id:
+        raise ConfigError("Give a backup id or --all, not both.")
+    repo = open_repo(repo_name)
+    if all_backups:
+        ids = [m.id for m in repo.list_backups()]
+        if not ids:
+            raise ConfigError(f"The repository {repo.name} ({repo.url}) holds no backups yet.")
+    else:
+        ids = [repo.resolve_id(backup_id or "latest")]
+    reports: list[VerifyReport] = []
+    for bid in ids:
+        manifest_size = 0
+        try:
+            manifest_size = repo.read_manifest(bid, authenticate=False).stream_size
+        except PgdrError:
+            manifest_size = 0
+        with progress_bar(f"Verifying {bid}", manifest_size, enabled=not as_json) as advance:
+            report = verify_backup(repo, bid, progress=advance)
+        if restore_test and report.ok:
+            report.restore_test = run_restore_test(repo, bid)
+            if not report.restore_test["passed"]:
+                report.fail(f"restore test failed: {report.restore_test['detail']}")
+        reports.append(report)
+    data = {"repository": repo.name, "backups": [r.as_dict() for r in reports]}
+
+    def render() -> None:
+        for r in reports:
+            if r.ok:
+                extra = ""
+                if r.restore_test:
+                    extra = f"; restore test passed in {r.restore_test['duration_s']:.1f} s"
+                console.print(
+                    f"[green]ok[/] {r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
+                    f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}."
+                )
+                continue
+            console.print(f"[red]DAMAGED[/] {r.backup_id}:")
+            for problem in r.problems:
+                console.print(f"  {problem}", highlight=False)
+            for path in r.damaged_files:
+                console.print(f"  damaged file: {path}", highlight=False)
+
+    emit(data, as_json, render)
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        files = sum(len(r.damaged_files) for r in bad)
+        raise CheckFailed(
+            f"{len(bad)} of {len(reports)} backup(s) failed verification "
+            f"({files} damaged file(s)): {', '.join(r.backup_id for r in bad)}."
+        )

@@ -1,0 +1,126 @@
+"""The point-in-time half of ``pgdr restore``: its options, the run and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pgdr.backup import open_repository
+from pgdr.backup.repository import Repository
+from pgdr.cli.common import console, emit, err_console, key_value_table, progress_bar
+from pgdr.cli.common import settings as load_settings
+from pgdr.errors import ConfigError
+from pgdr.restore.pitr import (
+    Target,
+    make_target,
+    plan_pitr,
+    run_pitr,
+    wait_for_streamer,
+)
+from pgdr.wal.archive import WalArchive
+
+__all__ = ["make_target", "restore_to_point"]
+
+TargetTimeOption = Annotated[
+    str | None,
+    typer.Option("--target-time", help="Recover to this moment (ISO 8601; UTC if no zone)."),
+]
+TargetLsnOption = Annotated[
+    str | None, typer.Option("--target-lsn", help="Recover up to this WAL position (X/Y).")
+]
+TargetXidOption = Annotated[
+    str | None, typer.Option("--target-xid", help="Recover up to this transaction id.")
+]
+TargetNameOption = Annotated[
+    str | None, typer.Option("--target-name", help="Recover to a restore point (`pgdr mark`).")
+]
+LatestOption = Annotated[
+    bool, typer.Option("--latest", help="Recover everything in the repository (disaster).")
+]
+TimelineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--timeline",
+        help="Timeline to follow: a number, 'current' (the backup's), or 'latest' (default: "
+        "the newest timeline holding WAL).",
+    ),
+]
+NewClusterOption = Annotated[
+    bool,
+    typer.Option("--new-cluster", help="Restore into a new pgdr cluster left running."),
+]
+
+
+def _cluster_dir(repo: Repository, backup_id: str) -> Path:
+    base = repo.settings.home / "clusters" / f"pitr-{backup_id}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def restore_to_point(
+    target: Target | None,
+    backup_id: str | None,
+    to: Path | None,
+    repo_name: str | None,
+    new_cluster: bool,
+    start: bool,
+    force: bool,
+    port: int | None,
+    timeline: str | None,
+    as_json: bool,
+) -> None:
+    if target is None:
+        raise ConfigError("--new-cluster restores to a point: add --latest or a --target-*.")
+    if (to is None) == (not new_cluster):
+        raise ConfigError("Give exactly one of --to DIR or --new-cluster.")
+    repo = open_repository(load_settings(), repo_name)
+    archive = WalArchive.open(repo.store, repo.master_key)
+    notes: list[str] = []
+    if target.kind == "latest":
+        note = wait_for_streamer(archive)
+        if note:
+            notes.append(note)
+    plan = plan_pitr(repo, archive, target, backup_id, timeline)
+    cluster_dir = _cluster_dir(repo, plan.backup.id)
+    data_dir = to if to is not None else cluster_dir / "data"
+    total = plan.total_bytes(repo, archive.segment_size)
+    with progress_bar("Restoring (WAL, then base backup)", total, enabled=not as_json) as advance:
+        result = run_pitr(
+            repo,
+            archive,
+            plan,
+            data_dir,
+            cluster_dir,
+            keep_running=new_cluster or start,
+            force=force,
+            port=port,
+            progress=lambda _what, n: advance(n),
+        )
+    result.notes = notes + result.notes
+
+    def render() -> None:
+        rows = [
+            ("backup", result.backup_id),
+            ("target", result.target),
+            ("recovered to", f"{result.recovered_to_time} at LSN {result.recovered_to_lsn}"),
+            ("timeline", result.timeline),
+            ("WAL replayed", f"{result.segments_fetched} segments"),
+            ("data directory", result.data_dir),
+            ("took", f"{result.duration_s:.1f} s (recovery {result.recovery_s:.1f} s)"),
+        ]
+        if result.url:
+            rows.append(("URL", result.url))
+        console.print(key_value_table("Point-in-time restore", rows))
+        for note in result.notes:
+            err_console.print(f"[yellow]{note}[/]", highlight=False)
+        if not result.running:
+            console.print(
+                "The server was stopped after promotion; start it with --start next time."
+            )
+
+    emit(result.as_dict(), as_json, render)

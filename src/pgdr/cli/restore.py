@@ -1,0 +1,100 @@
+"""``pgdr restore``: bring a base backup back into a new data directory, optionally started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pgdr.cli import pitr
+from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
+from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
+from pgdr.errors import ConfigError
+from pgdr.restore import adopt_restored, backup_chain, restore_backup
+
+
+def restore(
+    backup_id: Annotated[
+        str | None,
+        typer.Argument(help="Backup id, unique prefix, or 'latest' (with a target: optional)."),
+    ] = None,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="The new data directory to create.")
+    ] = None,
+    repo_name: RepoOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the directory if it exists and is not empty.")
+    ] = False,
+    start: Annotated[
+        bool,
+        typer.Option("--start", help="Start it on a free port and print its connection URL."),
+    ] = False,
+    port: Annotated[int | None, typer.Option(help="Port for --start (default: free).")] = None,
+    target_time: pitr.TargetTimeOption = None,
+    target_lsn: pitr.TargetLsnOption = None,
+    target_xid: pitr.TargetXidOption = None,
+    target_name: pitr.TargetNameOption = None,
+    latest: pitr.LatestOption = False,
+    timeline: pitr.TimelineOption = None,
+    new_cluster: pitr.NewClusterOption = False,
+    check_files: Annotated[
+        bool,
+        typer.Option(
+            "--check-files",
+            help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Restore a base backup, or (with a target) the database as it was at a moment.
+
+    Without a target: the base backup as it was at its end, into --to DIR. With --target-time,
+    --target-lsn, --target-xid, --target-name or --latest: point-in-time recovery (see
+    docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running.
+    """
+    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest)
+    if target is not None or new_cluster:
+        pitr.restore_to_point(
+            target, backup_id, to, repo_name, new_cluster, start, force, port, timeline, as_json
+        )
+        return
+    if backup_id is None or to is None:
+        raise ConfigError(
+            "Give a backup id and --to DIR, or a recovery target (--latest, --target-time ...)."
+        )
+    s = settings()
+    repo = open_repo(repo_name)
+    manifest = repo.read_manifest(repo.resolve_id(backup_id))
+    total = sum(m.stream_size for m in backup_chain(repo, manifest))
+
+    with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
+        result = restore_backup(
+            repo, manifest.id, to, force=force, progress=advance, check_files=check_files
+        )
+    data: dict[str, Any] = result.as_dict()
+    if start:
+        cluster_dir = s.home / "clusters" / f"restore-{manifest.id}"
+        suffix = 1
+        while cluster_dir.exists():
+            suffix += 1
+            cluster_dir = s.home / "clusters" / f"restore-{manifest.id}-{suffix}"
+        cluster = adopt_restored(s, result.data_dir, result.pg_major, cluster_dir, port=port)
+        cluster.start()
+        data |= {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}
+
+    show_key_note(repo)
+
+    def render() -> None:
+        console.print(
+            f"Restored backup {result.backup_id} into {result.data_dir}: "
+            f"{result.files} files, {human_size(result.bytes_restored)}, "
+            f"{result.duration_s:.1f} s."
+        )
+        for note in result.notes:
+            console.print(note)
+        if start:
+            console.print(f"Started PostgreSQL {result.pg_version} on port {data['port']}.")
+            console.print(f"URL: {data['url']}")
+
+    emit(data, as_json, render)

@@ -1,0 +1,305 @@
+"""``pgdr wal``: stream, push (archive_command), fetch (restore_command), setup, status, sync."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pgdr.backup import open_repository
+from pgdr.cli.backup import RepoOption
+from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import target as resolve_target
+from pgdr.cluster import installation_for_major
+from pgdr.cluster.service_user import resolve_service_user
+from pgdr.errors import CheckFailed, ConfigError
+from pgdr.wal.archive import WalArchive
+from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
+from pgdr.wal.setup import (
+    apply_setup,
+    check_archive_reachable,
+    default_archive_env,
+    pgdr_executable,
+    plan_setup,
+)
+from pgdr.wal.status import wal_status
+from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
+from pgdr.wal.transfer import fetch_file, push_file, segment_identity
+
+app = typer.Typer(
+    help="Continuous WAL: streaming, archiving, setup and status.", no_args_is_help=True
+)
+
+
+def _stamp(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``30``, ``30s``, ``2m`` or ``1h`` in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    factor = units.get(value[-1:], 1) if value else 1
+    number = value[:-1] if value[-1:] in units else value
+    try:
+        seconds = float(number) * factor
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a duration (e.g. 30s, 2m).") from None
+    if seconds <= 0:
+        raise ConfigError(f"{option} must be longer than 0 s.")
+    return seconds
+
+
+def open_archive(
+    repo_name: str | None,
+    system_identifier: int | None = None,
+    segment_size: int | None = None,
+) -> WalArchive:
+    """The WAL archive of repository ``repo_name``; created for a server when it has none."""
+    repo = open_repository(settings(), repo_name)
+    if system_identifier is not None:
+        repo.check_system_identifier(str(system_identifier))
+    return WalArchive.open(
+        repo.store,
+        repo.master_key,
+        system_identifier=system_identifier,
+        segment_size=segment_size,
+    )
+
+
+@app.command()
+def stream(
+    synchronous: Annotated[
+        bool,
+        typer.Option(
+            "--synchronous",
+            help="Commits wait until their WAL is on pgdr's disk (RPO 0); see the trade-off "
+            "in docs/point-in-time-recovery.md.",
+        ),
+    ] = False,
+    degrade_after: Annotated[
+        str | None,
+        typer.Option(
+            help="With --synchronous: after this long without a connection (e.g. 30s, 2m), "
+            "switch the server to asynchronous commits (loudly) instead of blocking them.",
+        ),
+    ] = None,
+    quorum_with: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --synchronous: a real replica's application name; a commit waits for "
+            "either (ANY 1), so one of them may be down.",
+        ),
+    ] = None,
+    spool: Annotated[
+        Path | None, typer.Option(help="Local spool (default $PGDR_HOME/wal-spool/<system id>).")
+    ] = None,
+    slot: Annotated[str, typer.Option(help="Replication slot name.")] = DEFAULT_SLOT,
+    application: Annotated[
+        str, typer.Option(help="application_name the server sees.")
+    ] = DEFAULT_APPLICATION,
+    partial_interval: Annotated[
+        float, typer.Option(help="Seconds between uploads of the segment being written.")
+    ] = 0.25,
+    repo_name: RepoOption = None,
+) -> None:
+    """Stream WAL continuously into the repository until stopped (SIGTERM/SIGINT)."""
+    if degrade_after is not None and not synchronous:
+        raise ConfigError("--degrade-after only makes sense with --synchronous.")
+    degrade_s = parse_duration(degrade_after, "--degrade-after") if degrade_after else None
+    s = settings()
+    conninfo = resolve_target(s).conninfo
+    info = server_info(conninfo)
+    archive = open_archive(repo_name, info.system_identifier, info.segment_size)
+    options = StreamOptions(
+        conninfo=conninfo,
+        spool=spool or s.home / "wal-spool" / str(info.system_identifier),
+        installation=installation_for_major(info.major, s.pg_bin),
+        slot=slot,
+        application=application,
+        synchronous=synchronous,
+        quorum_with=list(quorum_with or []),
+        degrade_after=degrade_s,
+        partial_interval=partial_interval,
+    )
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def log(message: str) -> None:
+        err_console.print(f"{_stamp(time.time())} {message}", highlight=False)
+
+    log(
+        f"Streaming WAL of system {info.system_identifier} (PostgreSQL {info.major}) into "
+        f"{archive.store.url}{' synchronously' if synchronous else ''}."
+    )
+    Streamer(options, archive, log).run(stop)
+    log("Stopped; everything received is in the repository.")
+
+
+@app.command()
+def push(
+    path: Annotated[Path, typer.Argument(help="The WAL file (%p of archive_command).")],
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Archive one WAL file (use as archive_command = 'pgdr wal push %p'); idempotent."""
+    identity = segment_identity(path) if path.is_file() else None
+    archive = open_archive(repo_name, *identity) if identity else open_archive(repo_name)
+    result = push_file(archive, path)
+    emit(
+        {"name": result.name, "stored": result.stored, "bytes": result.bytes_in},
+        as_json,
+        lambda: None,  # archive_command output lands in the server log: stay quiet
+    )
+
+
+@app.command()
+def fetch(
+    name: Annotated[str, typer.Argument(help="The WAL file name (%f of restore_command).")],
+    dest: Annotated[Path, typer.Argument(help="Where to write it (%p).")],
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Accept the partial segment for the newest one.")
+    ] = False,
+    repo_name: RepoOption = None,
+) -> None:
+    """Restore one WAL file (restore_command = 'pgdr wal fetch %f %p'); exit 1 when absent."""
+    fetch_file(open_archive(repo_name), name, dest, allow_partial=partial)
+
+
+@app.command()
+def setup(
+    mode: Annotated[str, typer.Option(help="stream (recommended) or archive.")] = "stream",
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Apply with ALTER SYSTEM and create the slot.")
+    ] = False,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print (or apply) the server settings a WAL mode needs."""
+    s = settings()
+    conninfo = resolve_target(s).conninfo
+    env = None
+    if mode == "archive":
+        env = default_archive_env(open_repository(s, repo_name).url, s.home)
+        if apply:
+            check_archive_reachable(resolve_service_user(s.service_user), env, pgdr_executable())
+    plan = plan_setup(conninfo, mode, env)
+    if apply:
+        plan = apply_setup(conninfo, plan)
+
+    def render() -> None:
+        table = Table(title=f"WAL setup for {mode}")
+        for column in ("setting", "current", "wanted", "why"):
+            table.add_column(column)
+        for change in plan.changes:
+            mark = "" if change.ok else "[yellow]*[/] "
+            table.add_row(mark + change.name, change.current or "", change.wanted, change.why)
+        console.print(table)
+        if plan.slot:
+            console.print(f"Slot {plan.slot}: {'exists' if plan.slot_exists else 'missing'}.")
+        for note in plan.notes:
+            console.print(f"Note: {note}")
+        if plan.applied:
+            console.print("Applied." + (" Restart the server." if plan.restart_needed else ""))
+        elif any(not c.ok for c in plan.changes) or (plan.slot and not plan.slot_exists):
+            console.print("Run again with --apply to apply the changes marked *.")
+
+    emit(plan.as_dict(), as_json, render)
+
+
+@app.command()
+def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
+    """What WAL the repository holds, gaps, the streamer's state and lag."""
+    archive = open_archive(repo_name)
+    repo = open_repository(settings(), repo_name)
+    stops = [
+        m.stop_datetime.timestamp()
+        for m in repo.list_backups()
+        if m.system_identifier == str(archive.system_identifier)
+    ]
+    report = wal_status(archive, window_start=min(stops) if stops else None)
+    data = report.as_dict()
+
+    def render() -> None:
+        rows: list[tuple[str, Any]] = [
+            ("repository", report.repository),
+            ("system", report.system_identifier),
+            ("stored", f"{report.stored_bytes / 1e6:,.1f} MB"),
+            ("newest WAL", _stamp(report.newest_wal_at)),
+            (
+                "recovery window",
+                f"{_stamp(report.window_start)} .. {_stamp(report.window_end)}"
+                if report.window_start
+                else "none yet: take a base backup (`pgdr backup`)",
+            ),
+            ("gaps", ", ".join(report.gaps) or "none"),
+        ]
+        if report.streamer:
+            st = report.streamer
+            rows += [
+                ("streamer", f"{st['state']} ({'alive' if report.streamer_alive else 'silent'})"),
+                ("received", st.get("received_lsn")),
+                ("server at", st.get("server_lsn")),
+                ("lag", f"{st['lag_bytes']:,} bytes" if st.get("lag_bytes") is not None else None),
+                ("sync", st.get("sync_state")),
+            ]
+        console.print(key_value_table("WAL", rows))
+        table = Table(title="Timelines")
+        for column in ("timeline", "first", "last", "segments", "partial"):
+            table.add_column(column)
+        for t in report.timelines:
+            table.add_row(str(t.timeline), t.first, t.last, str(t.segments), t.partial)
+        console.print(table)
+
+    emit(data, as_json, render)
+    if report.gaps:
+        raise CheckFailed(
+            f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
+            "no restore can cross a gap; take a new base backup after it."
+        )
+
+
+@app.command()
+def sync(
+    state: Annotated[str, typer.Argument(help="on or off.")],
+    application: Annotated[str, typer.Option(help="The streamer's application_name.")] = (
+        DEFAULT_APPLICATION
+    ),
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Switch synchronous commits to pgdr on or off (the operator's explicit way out)."""
+    if state not in ("on", "off"):
+        raise ConfigError("Say `pgdr wal sync on` or `pgdr wal sync off`.")
+    conninfo = resolve_target(settings()).conninfo
+    value = sync_names_value(application, []) if state == "on" else ""
+    with connect(conninfo) as conn:
+        set_system(conn, "synchronous_standby_names", value)
+    # a running `wal stream --synchronous` reads this and leaves the operator's choice alone
+    info = server_info(conninfo)
+    open_archive(repo_name, info.system_identifier, info.segment_size).put_state(
+        SYNC_SWITCH, {"off": state == "off", "at": time.time()}
+    )
+    emit(
+        {"synchronous_standby_names": value},
+        as_json,
+        lambda: console.print(
+            "Commits now wait for pgdr (RPO 0)."
+            if state == "on"
+            else "[yellow]Commits no longer wait for pgdr: RPO is the streamer's lag.[/]"
+        ),
+    )

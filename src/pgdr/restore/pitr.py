@@ -1,0 +1,533 @@
+"""Point-in-time restore: a base backup plus the WAL up to a target, replayed and promoted.
+
+The order is what makes it trustworthy:
+
+1. **Plan and check, writing nothing.** The target is checked against the recovery window
+   (from the oldest backup's end to the newest WAL in the repository); the right base backup is
+   chosen (the newest one that ends before the target, on a timeline leading to it), its
+   manifest authenticated and its chunks found; the WAL chain from the backup's start along the
+   target timeline's history is listed, and a missing segment is named.
+2. **Fetch and verify the WAL** into a staging spool next to the target (every segment opened
+   and authenticated; for ``--latest`` the streamer's partial segment is presented under its
+   full name, zero-padded, which PostgreSQL replays up to the zeros). A damaged segment stops
+   the restore here, before the data directory exists.
+3. **Restore the base backup** (the backup module's staged restore), move the spool inside the
+   new data directory, and configure recovery: ``restore_command = 'cp <spool>/%f %p'`` (the
+   server's OS user needs neither pgdr nor the keys), the target, ``recovery_target_timeline``
+   and ``recovery_target_action = 'promote'``; a copied ``synchronous_standby_names`` is removed
+   so the restored server never waits for a standby it does not have.
+4. **Start, wait for promotion, report** the last replayed commit's timestamp and LSN, upload
+   the new timeline's history file (so later restores pick unused timeline ids and can follow
+   it) and remove the spool.
+
+A time target that lies inside the window but after the last commit makes PostgreSQL stop with
+"recovery ended before the configured target": everything committed before the target has then
+been replayed, so pgdr restarts recovery to the end of the WAL and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgdr.backup.manifest import Manifest, format_time
+from pgdr.backup.repository import Repository
+from pgdr.cluster import LocalCluster
+from pgdr.crypto import CorruptObject, parallel_map
+from pgdr.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.restore.base import backup_chain, restore_backup
+from pgdr.restore.start import adopt_restored
+from pgdr.storage import ObjectNotFound
+from pgdr.wal.archive import WalArchive
+from pgdr.wal.chain import Chain, choose_timeline
+from pgdr.wal.marks import find_mark
+from pgdr.wal.names import (
+    Segment,
+    format_lsn,
+    history_name,
+    is_history,
+    parse_lsn,
+    segment_of_lsn,
+)
+from pgdr.wal.server import current_timeline
+from pgdr.wal.status import newest_wal_time
+from pgdr.wal.transfer import fetch_bytes
+
+SPOOL_DIR = "pgdr_restore_wal"
+RECOVERY_CONF = "pgdr-recovery.conf"
+RECOVERY_TIMEOUT_S = 3600
+STREAMER_SETTLE_S = 10.0
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+
+Progress = Callable[[str, int], None]  # (what, bytes done)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to recover to: one of time, lsn, xid, name, or the end of the WAL (latest)."""
+
+    kind: str
+    value: str | None = None
+
+    @property
+    def moment(self) -> datetime | None:
+        return parse_target_time(self.value) if self.kind == "time" and self.value else None
+
+    def describe(self) -> str:
+        return "the latest WAL" if self.kind == "latest" else f"{self.kind} {self.value}"
+
+
+def parse_target_time(text: str) -> datetime:
+    """ISO 8601; a time without a zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise ConfigError(
+            f"--target-time {text!r} is not a time (use ISO 8601, e.g. 2026-11-25T09:30:00Z)."
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def make_target(
+    time_: str | None, lsn: str | None, xid: str | None, name: str | None, latest: bool
+) -> Target | None:
+    given: list[tuple[str, str | None]] = [
+        (k, v)
+        for k, v in (("time", time_), ("lsn", lsn), ("xid", xid), ("name", name))
+        if v is not None
+    ]
+    if latest:
+        given.append(("latest", None))
+    if len(given) > 1:
+        raise ConfigError("Give one recovery target: --target-time, -lsn, -xid, -name or --latest.")
+    if not given:
+        return None
+    kind, value = given[0]
+    if kind == "time" and value is not None:
+        parse_target_time(value)
+    if kind == "lsn" and value is not None:
+        parse_lsn(value)
+    if kind == "xid" and value is not None and not value.isdigit():
+        raise ConfigError(f"--target-xid {value!r} is not a transaction id.")
+    return Target(kind, value)
+
+
+@dataclass
+class PitrPlan:
+    target: Target
+    backup: Manifest
+    timeline: int
+    segments: list[tuple[Segment, bool]]
+    histories: list[str]
+    window_start: datetime | None
+    window_end: datetime | None
+    target_lsn: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def segment_names(self, size: int) -> list[str]:
+        return [s.name(size) for s, _p in self.segments]
+
+    def total_bytes(self, repo: Repository, segment_size: int) -> int:
+        """What a progress bar counts: the WAL to fetch and the base backup's stream."""
+        base = sum(m.stream_size for m in backup_chain(repo, self.backup))
+        return len(self.segments) * segment_size + base
+
+
+@dataclass
+class PitrResult:
+    backup_id: str
+    data_dir: str
+    target: str
+    timeline: int
+    recovered_to_time: str | None
+    recovered_to_lsn: str | None
+    segments_fetched: int
+    wal_bytes: int
+    duration_s: float
+    recovery_s: float
+    url: str | None = None
+    port: int | None = None
+    cluster_dir: str | None = None
+    running: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration_s"] = round(self.duration_s, 3)
+        data["recovery_s"] = round(self.recovery_s, 3)
+        return data
+
+
+def _fmt(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds") if moment else "unknown"
+
+
+def _lsn(text: str) -> int:
+    return parse_lsn(text)
+
+
+def wait_for_streamer(archive: WalArchive, timeout: float = STREAMER_SETTLE_S) -> str | None:
+    """For --latest: let a live streamer of a server that just died upload its last partial."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = archive.get_state("streamer")
+        if not state:
+            return None
+        fresh = time.time() - float(state.get("heartbeat_at", 0)) < 5
+        if not fresh or state.get("state") != "streaming":
+            return None
+        if time.monotonic() >= deadline:
+            return (
+                "A streamer still receives WAL from the source server: restored to the WAL "
+                "in the repository at this moment."
+            )
+        time.sleep(0.2)
+
+
+def check_backup_stored(repo: Repository, manifest: Manifest) -> None:
+    """Every chunk of the backup (and its chain) present with its recorded size."""
+    for member in backup_chain(repo, manifest):
+        member.authenticate(repo.master_key, f"of backup {member.id}")
+        stored = {info.key: info.size for info in repo.store.list(f"backups/{member.id}/chunks/")}
+        for index, chunk in enumerate(member.chunks):
+            key = member.chunk_key(index)
+            if stored.get(key) != chunk.stored_size:
+                state = "missing" if key not in stored else "truncated or altered"
+                raise CheckFailed(
+                    f"Backup {member.id} cannot be restored: its chunk {index + 1} is {state}."
+                )
+
+
+def _resolve_target(archive: WalArchive, target: Target) -> tuple[int | None, datetime | None]:
+    """The target's LSN and time where they are known before replaying anything."""
+    if target.kind == "lsn" and target.value:
+        return parse_lsn(target.value), None
+    if target.kind == "time":
+        return None, target.moment
+    if target.kind == "name" and target.value:
+        mark = find_mark(archive, target.value)
+        if mark is None:
+            raise CheckFailed(
+                f"There is no restore point named {target.value!r} in the repository "
+                "(see `pgdr mark`)."
+            )
+        return parse_lsn(str(mark["lsn"])), datetime.fromtimestamp(float(mark["at"]), UTC)
+    return None, None
+
+
+def plan_pitr(
+    repo: Repository,
+    archive: WalArchive,
+    target: Target,
+    backup_id: str | None = None,
+    timeline: str | None = None,
+) -> PitrPlan:
+    """Choose the backup and the WAL, and check both; raises before anything is written."""
+    chain = Chain.load(archive)
+    sysid = str(archive.system_identifier)
+    backups = [m for m in repo.list_backups() if m.system_identifier == sysid]
+    if not backups:
+        raise CheckFailed(
+            f"The repository {repo.name} holds no base backup of this database system "
+            f"({sysid}); take one with `pgdr backup`."
+        )
+    newest = newest_wal_time(archive)
+    window_end = datetime.fromtimestamp(newest, UTC) if newest else None
+    window_start = min(m.stop_datetime for m in backups)
+    target_lsn, target_time = _resolve_target(archive, target)
+    notes: list[str] = []
+
+    if target_time is not None:
+        if target_time < window_start:
+            raise CheckFailed(
+                f"{_fmt(target_time)} is before the recovery window, which starts at "
+                f"{_fmt(window_start)} (the end of the oldest base backup)."
+            )
+        if window_end is None or target_time > window_end:
+            raise CheckFailed(
+                f"{_fmt(target_time)} is after the newest WAL in the repository "
+                f"({_fmt(window_end)}): the recovery window ends there."
+            )
+
+    def fits(m: Manifest) -> bool:
+        if target_lsn is not None:
+            return _lsn(m.stop_lsn) <= target_lsn
+        if target_time is not None:
+            return m.stop_datetime <= target_time
+        return True
+
+    if backup_id:
+        chosen = repo.read_manifest(repo.resolve_id(backup_id))
+        if not fits(chosen):
+            raise CheckFailed(
+                f"Backup {chosen.id} ends after {target.describe()}; it cannot be rolled back, "
+                "choose an older backup or let pgdr choose."
+            )
+    elif target.kind == "xid":
+        chosen = backups[0]  # which backup precedes an xid is unknown: the oldest is safe
+        notes.append("A transaction-id target replays from the oldest backup.")
+    else:
+        fitting = [m for m in backups if fits(m)]
+        if not fitting:
+            first = min(backups, key=lambda m: _lsn(m.stop_lsn))
+            raise CheckFailed(
+                f"{target.describe()} is before the recovery window: the oldest base backup "
+                f"({first.id}) ends at {first.stop_lsn}, {first.stop_time}."
+            )
+        chosen = fitting[-1]
+    base_lsn = _lsn(chosen.start_lsn)
+    tli = choose_timeline(chain, chosen.timeline, base_lsn, timeline)
+    if target_lsn is not None and target_lsn < base_lsn:
+        raise CheckFailed(f"{target.describe()} is before backup {chosen.id} starts.")
+    required_until = segment_of_lsn(target_lsn, archive.segment_size) if target_lsn else None
+    segments = chain.needed(tli, base_lsn, None, use_partial=True, required_until=required_until)
+    last_seg = segments[-1][0].segno if segments else None
+    stop_seg = segment_of_lsn(_lsn(chosen.stop_lsn), archive.segment_size)
+    if last_seg is None or last_seg < stop_seg:
+        raise CheckFailed(
+            f"The WAL of backup {chosen.id} (up to {chosen.stop_lsn}) is not in the repository."
+        )
+    if target_lsn is not None and target_lsn > (last_seg + 1) * archive.segment_size:
+        raise CheckFailed(
+            f"{target.describe()} is after the newest WAL on timeline {tli} "
+            f"(up to {format_lsn((last_seg + 1) * archive.segment_size)})."
+        )
+    histories = sorted(n for n, _s in archive.names() if is_history(n))
+    return PitrPlan(
+        target=target,
+        backup=chosen,
+        timeline=tli,
+        segments=segments,
+        histories=histories,
+        window_start=window_start,
+        window_end=window_end,
+        target_lsn=target_lsn,
+        notes=notes,
+    )
+
+
+def fetch_wal(
+    archive: WalArchive,
+    plan: PitrPlan,
+    spool: Path,
+    progress: Progress | None = None,
+    workers: int = 2,
+) -> int:
+    """Fetch and authenticate every planned WAL file into ``spool``; returns bytes written."""
+    spool.mkdir(mode=0o700, parents=True)
+    size = archive.segment_size
+    total = 0
+
+    def get(item: tuple[Segment, bool]) -> tuple[str, bytes]:
+        seg, partial = item
+        name = seg.name(size)
+        try:
+            return name, fetch_bytes(archive, name, allow_partial=partial)
+        except ObjectNotFound:
+            raise CheckFailed(
+                f"WAL segment {name} vanished from the repository during the restore."
+            ) from None
+        except CorruptObject as exc:
+            raise CheckFailed(
+                f"WAL segment {name} in the repository is damaged "
+                f"({exc.message.split(': ', 1)[-1].rstrip('.')}); nothing was restored."
+            ) from None
+
+    for name in plan.histories:
+        (spool / name).write_bytes(archive.get(name))
+    for name, data in parallel_map(get, plan.segments, workers):
+        (spool / name).write_bytes(data)
+        total += len(data)
+        if progress:
+            progress(name, len(data))
+    return total
+
+
+def _quote_conf(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def recovery_settings(plan: PitrPlan, spool: Path, with_target: bool = True) -> str:
+    lines = [
+        "# --- written by pgdr restore: point-in-time recovery (emptied after promotion)",
+        f"restore_command = {_quote_conf(f'cp {spool}/%f %p')}",
+        f"recovery_target_timeline = {_quote_conf(str(plan.timeline))}",
+        "recovery_target_action = 'promote'",
+    ]
+    t = plan.target
+    if with_target and t.kind != "latest" and t.value is not None:
+        setting = {
+            "time": "recovery_target_time",
+            "lsn": "recovery_target_lsn",
+            "xid": "recovery_target_xid",
+            "name": "recovery_target_name",
+        }[t.kind]
+        value = t.value
+        if t.kind == "time" and t.moment is not None:
+            value = t.moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+        lines.append(f"{setting} = {_quote_conf(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _drop_auto_conf(data_dir: Path, names: tuple[str, ...]) -> None:
+    auto = data_dir / "postgresql.auto.conf"
+    if not auto.is_file():
+        return
+    kept = [
+        line for line in auto.read_text().splitlines() if line.split("=")[0].strip() not in names
+    ]
+    auto.write_text("\n".join(kept) + "\n")
+
+
+def _wait_promoted(cluster: LocalCluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not cluster.status().running:
+            raise RuntimeFailure("stopped")
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(cluster.conninfo(), autocommit=True, connect_timeout=5) as conn,
+        ):
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and not row[0]:
+                return
+        time.sleep(0.1)
+    raise RuntimeFailure(f"Recovery did not finish within {timeout:.0f} s; see {cluster.log_file}.")
+
+
+def _log_tail(cluster: LocalCluster) -> str:
+    try:
+        return cluster.log_file.read_text(errors="replace")[-20000:]
+    except OSError:
+        return ""
+
+
+def _recover(
+    cluster: LocalCluster, plan: PitrPlan, spool: Path, timeout: float, notes: list[str]
+) -> None:
+    """Start the server and wait for its promotion (see the module note on time targets)."""
+    data_dir = cluster.data_dir
+    try:
+        cluster.start()  # pg_ctl -w: fails already when recovery ends during startup
+        _wait_promoted(cluster, timeout)
+    except RuntimeFailure:
+        log = _log_tail(cluster)
+        if NOT_REACHED in log and plan.target.kind == "time":
+            notes.append(
+                "No transaction committed between the last one in the WAL and the target "
+                "time: recovered to the end of the WAL, which is the state at that time."
+            )
+            (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool, with_target=False))
+            cluster.user.own(data_dir / RECOVERY_CONF, 0o600)
+            cluster.start()
+            _wait_promoted(cluster, timeout)
+        elif NOT_REACHED in log:
+            raise CheckFailed(
+                f"The WAL ends before {plan.target.describe()} was reached: it is not in "
+                "the repository's recovery window."
+            ) from None
+        else:
+            raise RuntimeFailure(
+                f"The restored server stopped during recovery; see {cluster.log_file}."
+            ) from None
+
+
+def run_pitr(
+    repo: Repository,
+    archive: WalArchive,
+    plan: PitrPlan,
+    data_dir: Path,
+    cluster_dir: Path,
+    *,
+    keep_running: bool,
+    force: bool = False,
+    port: int | None = None,
+    progress: Progress | None = None,
+    timeout: float = RECOVERY_TIMEOUT_S,
+) -> PitrResult:
+    """Carry out a checked plan: fetch WAL, restore, recover, promote, report."""
+    began = time.monotonic()
+    data_dir = data_dir.resolve()
+    if data_dir.exists() and any(data_dir.iterdir()) and not force:
+        raise ConfigError(
+            f"{data_dir} already exists and is not empty; restore into a new directory "
+            "or pass --force to replace it."
+        )
+    if (cluster_dir / "cluster.json").exists():
+        raise ConfigError(f"{cluster_dir} already holds a cluster; choose another place.")
+    check_backup_stored(repo, plan.backup)
+    staging = data_dir.with_name(f".{data_dir.name}.pgdr-wal-{os.getpid()}")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    created = False
+    try:
+        wal_bytes = fetch_wal(archive, plan, staging, progress)
+        restore_backup(
+            repo,
+            plan.backup.id,
+            data_dir,
+            force=force,
+            progress=(lambda n: progress("base backup", n)) if progress else None,
+        )
+        created = True
+        spool = data_dir / SPOOL_DIR
+        staging.rename(spool)
+        _drop_auto_conf(data_dir, ("synchronous_standby_names", "primary_conninfo"))
+        (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool))
+        with (data_dir / "postgresql.conf").open("a") as handle:
+            handle.write(f"\ninclude_if_exists = '{RECOVERY_CONF}'\n")
+        (data_dir / "recovery.signal").touch()
+        cluster = adopt_restored(
+            repo.settings, data_dir, plan.backup.pg_major, cluster_dir, port=port
+        )
+        recovering = time.monotonic()
+        notes = list(plan.notes)
+        _recover(cluster, plan, spool, timeout, notes)
+        recovery_s = time.monotonic() - recovering
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text"
+            ).fetchone()
+            assert row is not None
+            new_tli = current_timeline(conn)
+        replayed_at: datetime | None = row[0]
+        history = data_dir / "pg_wal" / history_name(new_tli)
+        if new_tli > 1 and history.is_file():
+            archive.push(history.name, history.read_bytes())
+        (data_dir / RECOVERY_CONF).write_text("# recovery finished; see pgdr restore\n")
+        shutil.rmtree(spool, ignore_errors=True)
+        running = keep_running
+        if not keep_running:
+            cluster.stop()
+        return PitrResult(
+            backup_id=plan.backup.id,
+            data_dir=str(data_dir),
+            target=plan.target.describe(),
+            timeline=new_tli,
+            recovered_to_time=format_time(replayed_at) if replayed_at else None,
+            recovered_to_lsn=str(row[1]) if row[1] else None,
+            segments_fetched=len(plan.segments),
+            wal_bytes=wal_bytes,
+            duration_s=time.monotonic() - began,
+            recovery_s=recovery_s,
+            url=cluster.conninfo() if running else None,
+            port=cluster.port,
+            cluster_dir=str(cluster_dir),
+            running=running,
+            notes=notes,
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(Exception):
+                LocalCluster(cluster_dir, repo.settings, data_dir=data_dir).stop("immediate")
+        raise

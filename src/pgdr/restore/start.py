@@ -1,0 +1,44 @@
+"""Starting a restored data directory as a throwaway or new cluster.
+
+The restored directory keeps the original server's configuration; pgdr appends its own (a free
+port, a private socket directory) and turns WAL archiving off, so a restored copy never archives
+into the repository of the server it was copied from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgdr.cluster import LocalCluster, installation_for_major
+from pgdr.config import PgdrSettings
+
+SAFE_CONFIG = """
+# --- written by pgdr restore: a restored copy must not archive into the original's repository
+archive_mode = off
+"""
+
+
+def adopt_restored(
+    settings: PgdrSettings,
+    data_dir: Path,
+    pg_major: int,
+    cluster_dir: Path,
+    port: int | None = None,
+) -> LocalCluster:
+    """Make ``data_dir`` a pgdr cluster (metadata, socket and log in ``cluster_dir``)."""
+    default_data = cluster_dir / "data"
+    cluster = LocalCluster(
+        cluster_dir,
+        settings,
+        data_dir=None if data_dir.resolve() == default_data.resolve() else data_dir,
+    )
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    cluster_dir.chmod(0o711)
+    installation = installation_for_major(pg_major, settings.pg_bin)
+    conf = data_dir / "postgresql.conf"
+    with conf.open("a") as handle:
+        handle.write(SAFE_CONFIG)
+    cluster.adopt(installation, port=port)
+    cluster.log_file.touch()
+    cluster.user.own(cluster.log_file, 0o600)
+    return cluster

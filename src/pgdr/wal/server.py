@@ -1,0 +1,101 @@
+"""What the WAL commands ask the database server: identity, positions, settings, the slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgdr.config.target import redact
+from pgdr.errors import RuntimeFailure
+
+DEFAULT_SLOT = "pgdr"
+DEFAULT_APPLICATION = "pgdr"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    system_identifier: int
+    segment_size: int
+    major: int
+    timeline: int
+    current_lsn: int | None  # None on a standby
+    in_recovery: bool
+
+
+def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
+    try:
+        return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise RuntimeFailure(
+            f"Cannot connect to {redact(conninfo)}: {str(exc).strip().splitlines()[-1]}"
+        ) from exc
+
+
+def server_info(conninfo: str) -> ServerInfo:
+    with connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT (SELECT system_identifier FROM pg_control_system()),"
+            " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
+            " current_setting('server_version_num')::int / 10000,"
+            " (SELECT timeline_id FROM pg_control_checkpoint()),"
+            " pg_is_in_recovery(),"
+            " CASE WHEN pg_is_in_recovery() THEN NULL"
+            "      ELSE pg_current_wal_lsn() - '0/0'::pg_lsn END"
+        ).fetchone()
+    assert row is not None
+    return ServerInfo(
+        system_identifier=int(row[0]),
+        segment_size=int(row[1]),
+        major=int(row[2]),
+        timeline=int(row[3]),
+        current_lsn=int(row[5]) if row[5] is not None else None,
+        in_recovery=bool(row[4]),
+    )
+
+
+def current_timeline(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+    """The timeline the server writes now (pg_control_checkpoint lags after a promotion)."""
+    row = conn.execute("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").fetchone()
+    assert row is not None
+    return int(str(row[0]), 16)
+
+
+def ensure_slot(conninfo: str, slot: str) -> bool:
+    """Create the physical slot (reserving WAL now) unless it exists; True when created."""
+    with connect(conninfo) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        if exists:
+            return False
+        conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
+        return True
+
+
+def with_application_name(conninfo: str, name: str) -> str:
+    return make_conninfo(conninfo, application_name=name)
+
+
+def replication_conninfo_ok(conninfo: str) -> None:
+    conninfo_to_dict(conninfo)  # raises on a malformed string
+
+
+def set_system(conn: psycopg.Connection[tuple[Any, ...]], name: str, value: str | None) -> None:
+    """``ALTER SYSTEM SET name = value`` (RESET for None) and reload."""
+    if value is None:
+        conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+    else:
+        conn.execute(
+            sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        )
+    conn.execute("SELECT pg_reload_conf()")
+
+
+def setting(conn: psycopg.Connection[tuple[Any, ...]], name: str) -> str:
+    row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])

@@ -1,0 +1,218 @@
+"""``pgdr wal setup``: the server settings each WAL mode needs, printed or applied.
+
+Streaming (recommended) needs only replication settings and a slot: pg_receivewal is a client,
+so nothing runs inside the server's OS account. Archiving runs ``pgdr wal push %p`` as the
+server's OS user, which must be able to execute pgdr, read the key file and write the
+repository; ``--apply`` checks that and refuses with one sentence when it cannot.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgdr.cluster.service_user import ServiceUser
+from pgdr.errors import ConfigError
+from pgdr.wal.server import DEFAULT_SLOT, connect, ensure_slot, set_system
+
+
+@dataclass
+class Change:
+    name: str
+    current: str | None
+    wanted: str
+    why: str
+    needs_restart: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.current == self.wanted
+
+
+@dataclass
+class SetupPlan:
+    mode: str
+    changes: list[Change] = field(default_factory=list)
+    slot: str | None = None
+    slot_exists: bool = False
+    notes: list[str] = field(default_factory=list)
+    applied: bool = False
+    restart_needed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["changes"] = [asdict(c) | {"ok": c.ok} for c in self.changes]
+        return data
+
+
+def pgdr_executable() -> Path:
+    """The absolute path of the pgdr program in use (archive_command needs it)."""
+    candidate = Path(sys.argv[0])
+    if candidate.name == "pgdr" and candidate.is_file():
+        return candidate.resolve()
+    found = shutil.which("pgdr") or str(Path(sys.executable).with_name("pgdr"))
+    return Path(found).resolve()
+
+
+def archive_command(executable: Path, env: dict[str, str]) -> str:
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    return f"{assignments} {shlex.quote(str(executable))} wal push %p".strip()
+
+
+def plan_setup(
+    conninfo: str,
+    mode: str,
+    archive_env: dict[str, str] | None = None,
+    slot: str = DEFAULT_SLOT,
+) -> SetupPlan:
+    if mode not in ("stream", "archive"):
+        raise ConfigError(f"Unknown WAL mode {mode!r}: use stream or archive.")
+    plan = SetupPlan(mode=mode)
+    with connect(conninfo) as conn:
+        rows = conn.execute(
+            "SELECT name, setting, context FROM pg_settings WHERE name = ANY(%s)",
+            (
+                [
+                    "wal_level",
+                    "max_wal_senders",
+                    "max_replication_slots",
+                    "archive_mode",
+                    "archive_command",
+                    "archive_timeout",
+                    "summarize_wal",
+                    "max_slot_wal_keep_size",
+                ],
+            ),
+        ).fetchall()
+        current = {str(r[0]): str(r[1]) for r in rows}
+        major_row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+        assert major_row is not None
+        major = int(major_row[0]) // 10000
+        if plan.mode == "stream":
+            plan.slot = slot
+            plan.slot_exists = (
+                conn.execute(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                ).fetchone()
+                is not None
+            )
+    wal_level = current.get("wal_level", "replica")
+    plan.changes.append(
+        Change(
+            "wal_level",
+            wal_level,
+            wal_level if wal_level in ("replica", "logical") else "replica",
+            "WAL must carry enough to rebuild the database",
+            needs_restart=True,
+        )
+    )
+    senders = int(current.get("max_wal_senders", "0"))
+    plan.changes.append(
+        Change(
+            "max_wal_senders",
+            str(senders),
+            str(max(senders, 4)),
+            "pg_receivewal and pg_basebackup are WAL senders",
+            needs_restart=True,
+        )
+    )
+    if mode == "stream":
+        slots = int(current.get("max_replication_slots", "0"))
+        plan.changes.append(
+            Change(
+                "max_replication_slots",
+                str(slots),
+                str(max(slots, 2)),
+                "the pgdr slot keeps WAL until it is safe",
+                needs_restart=True,
+            )
+        )
+        keep = current.get("max_slot_wal_keep_size", "-1")
+        if keep != "-1":
+            plan.notes.append(
+                f"max_slot_wal_keep_size is {keep} MB: if the streamer is down longer than that "
+                "much WAL, the server drops the slot's WAL and the chain has a gap."
+            )
+        plan.notes.append(
+            "`pgdr wal stream --synchronous` sets synchronous_standby_names itself once "
+            "connected; commits then wait for pgdr (see docs/point-in-time-recovery.md)."
+        )
+    else:
+        exe = pgdr_executable()
+        command = archive_command(exe, archive_env or {})
+        plan.changes.append(
+            Change("archive_mode", current.get("archive_mode"), "on", "", needs_restart=True)
+        )
+        plan.changes.append(
+            Change("archive_command", current.get("archive_command"), command, "pgdr wal push")
+        )
+        plan.changes.append(
+            Change(
+                "archive_timeout",
+                current.get("archive_timeout"),
+                "60",
+                "a quiet server still archives at least once a minute (RPO 1 min)",
+            )
+        )
+    if major >= 17:
+        plan.changes.append(
+            Change("summarize_wal", current.get("summarize_wal"), "on", "incremental backups")
+        )
+    return plan
+
+
+def check_archive_reachable(user: ServiceUser, env: dict[str, str], executable: Path) -> None:
+    """Refuse when the server's OS user cannot run pgdr, read the key or write the repo."""
+    # Run it for real: a script can be reachable while its interpreter (e.g. under /root) is not.
+    try:
+        probe = user.run([str(executable), "version"], timeout=60)
+        lines = (probe.stderr or probe.stdout).strip().splitlines()
+        reason = (lines[-1] if lines else f"exit {probe.returncode}") if probe.returncode else ""
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    if reason:
+        raise ConfigError(
+            f"The server's OS user {user.name!r} cannot run {executable} ({reason}); "
+            "archive_command runs as that user: install pgdr where it can, or use "
+            "`pgdr wal stream`."
+        )
+    key_file = env.get("PGDR_ENCRYPTION_KEY_FILE")
+    if key_file and user.run(["test", "-r", key_file]).returncode != 0:
+        raise ConfigError(
+            f"The server's OS user {user.name!r} cannot read the key file {key_file}; give it "
+            "a copy it can read (mode 0400), or use `pgdr wal stream`."
+        )
+    repo = env.get("PGDR_REPO", "")
+    if repo and "://" not in repo and user.run(["test", "-w", repo]).returncode != 0:
+        raise ConfigError(
+            f"The server's OS user {user.name!r} cannot write the repository {repo}; "
+            "use `pgdr wal stream`, which needs no access from the server."
+        )
+
+
+def apply_setup(conninfo: str, plan: SetupPlan) -> SetupPlan:
+    with connect(conninfo) as conn:
+        for change in plan.changes:
+            if not change.ok:
+                set_system(conn, change.name, change.wanted)
+                if change.needs_restart:
+                    plan.restart_needed = True
+        pending = conn.execute("SELECT name FROM pg_settings WHERE pending_restart").fetchall()
+        plan.restart_needed = plan.restart_needed and bool(pending)
+    if plan.slot is not None:
+        ensure_slot(conninfo, plan.slot)
+        plan.slot_exists = True
+    plan.applied = True
+    return plan
+
+
+def default_archive_env(repo_url: str, home: Path) -> dict[str, str]:
+    env = {"PGDR_REPO": repo_url, "PGDR_HOME": str(home)}
+    key_file = os.environ.get("PGDR_ENCRYPTION_KEY_FILE")
+    env["PGDR_ENCRYPTION_KEY_FILE"] = key_file or str(home / "keys" / "master.key")
+    return env

@@ -1,0 +1,91 @@
+"""``pgdr wal status``: what is archived, gaps, the streamer's lag, the recovery window."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pgdr.wal.archive import WalArchive
+from pgdr.wal.chain import Chain
+from pgdr.wal.names import Segment
+
+STALE_HEARTBEAT_S = 10.0
+
+
+@dataclass
+class TimelineSummary:
+    timeline: int
+    first: str | None
+    last: str | None
+    segments: int
+    partial: str | None
+
+
+@dataclass
+class WalStatus:
+    repository: str
+    system_identifier: str
+    segment_size: int
+    timelines: list[TimelineSummary] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+    newest_wal_at: float | None = None
+    streamer: dict[str, Any] | None = None
+    streamer_alive: bool = False
+    archive: dict[str, Any] | None = None
+    window_start: float | None = None
+    window_end: float | None = None
+    stored_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def newest_wal_time(archive: WalArchive) -> float | None:
+    """Up to when the repository holds WAL: the newest partial read or archived segment."""
+    times: list[float] = []
+    partial = archive.get_state("partial")
+    if partial:
+        # still there, or completed since (then its segment holds at least as much)
+        segment = str(partial["name"])[:24]
+        if archive.has_partial(segment) or archive.exists(segment):
+            times.append(float(partial["read_at"]))
+    pushed = archive.get_state("archive")
+    if pushed:
+        times.append(float(pushed["mtime"]))
+    return max(times) if times else None
+
+
+def wal_status(archive: WalArchive, window_start: float | None = None) -> WalStatus:
+    chain = Chain.load(archive)
+    size = archive.segment_size
+    report = WalStatus(
+        repository=archive.store.url,
+        system_identifier=str(archive.system_identifier),
+        segment_size=size,
+    )
+    report.stored_bytes = sum(s for _n, s in archive.names())
+    for tli in chain.timelines:
+        segs = sorted(chain.segments.get(tli, set()))
+        partials = sorted(chain.partials.get(tli, set()))
+        if not segs and not partials:
+            continue
+        report.timelines.append(
+            TimelineSummary(
+                timeline=tli,
+                first=Segment(tli, segs[0]).name(size) if segs else None,
+                last=Segment(tli, segs[-1]).name(size) if segs else None,
+                segments=len(segs),
+                partial=Segment(tli, partials[-1]).name(size) + ".partial" if partials else None,
+            )
+        )
+    report.gaps = chain.gaps()
+    report.streamer = archive.get_state("streamer")
+    if report.streamer:
+        age = time.time() - float(report.streamer.get("heartbeat_at", 0))
+        report.streamer_alive = age < STALE_HEARTBEAT_S and report.streamer["state"] != "stopped"
+    report.archive = archive.get_state("archive")
+    report.newest_wal_at = newest_wal_time(archive)
+    report.window_start = window_start
+    report.window_end = report.newest_wal_at if window_start is not None else None
+    return report

@@ -1,0 +1,139 @@
+"""Base backups and restores against real servers (PostgreSQL 15 and 18), local repositories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import Server, run_cli
+from fixtures.backup import add_rows, count_rows
+from pgdr.backup import Repository, take_backup
+from pgdr.cluster import LocalCluster
+from pgdr.config import PgdrSettings
+from pgdr.restore import adopt_restored, restore_backup
+
+
+def _tree(root: Path) -> dict[str, tuple[int, str]]:
+    return {
+        p.relative_to(root).as_posix(): (
+            p.stat().st_size,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_backup_and_restore_api(
+    server: Server, repo: Repository, scratch: Path, settings: PgdrSettings
+) -> None:
+    db = server.new_database()
+    add_rows(db, "before_backup", 5000)
+    manifest = take_backup(repo, server.cluster.conninfo(), label="api")
+    assert manifest.pg_major == server.major
+    assert manifest.kind == "full" and manifest.label == "api"
+    assert any(f.path == "PG_VERSION" for f in manifest.files)
+    assert all(f.sha256 for f in manifest.files if f.kind == "file")
+    assert [m.id for m in repo.list_backups()] == [manifest.id]
+
+    target = scratch / "restored"
+    result = restore_backup(repo, manifest.id, target)
+    assert result.data_dir == target.resolve()
+    assert (target / "PG_VERSION").read_text().strip() == str(server.major)
+    assert target.stat().st_mode & 0o777 == 0o700
+
+    # The parallel writer and the streaming extractor (which also checks every file's SHA-256)
+    # lay down the same bytes, matching the manifest.
+    checked = scratch / "checked"
+    restore_backup(repo, manifest.id, checked, check_files=True)
+    assert _tree(target) == _tree(checked)
+    expected = {f.path: f.sha256 for f in manifest.files if f.kind == "file"}
+    assert {p: h for p, (_s, h) in _tree(target).items()} == expected
+
+    cluster = adopt_restored(settings, target, manifest.pg_major, scratch / "cluster")
+    cluster.start()
+    try:
+        dbname = psycopg.conninfo.conninfo_to_dict(db)["dbname"]
+        assert count_rows(cluster.conninfo(str(dbname)), "before_backup") == 5000
+    finally:
+        cluster.stop()
+
+
+def test_cli_backup_list_show_restore_start(
+    server: Server, backup_env: dict[str, str], scratch: Path
+) -> None:
+    db = server.new_database()
+    add_rows(db, "cli_rows", 1234)
+    env = backup_env | {"DATABASE_URL": db}
+    taken = run_cli("backup", "--label", "before-change", "--json", env=env)
+    assert taken.code == 0, taken.stderr
+    backup = json.loads(taken.stdout)
+    assert backup["label"] == "before-change" and backup["pg_major"] == server.major
+
+    listed = run_cli("backup", "list", "--json", env=env)
+    assert [b["id"] for b in json.loads(listed.stdout)["backups"]] == [backup["id"]]
+    human = run_cli("backup", "list", env=env)
+    assert backup["id"][:8] in human.stdout
+    shown = json.loads(run_cli("backup", "show", "latest", "--json", env=env).stdout)
+    for field in (
+        "system_identifier",
+        "timeline",
+        "start_lsn",
+        "stop_lsn",
+        "start_time",
+        "stop_time",
+        "compression",
+        "key_id",
+        "pg_version",
+    ):
+        assert shown[field], field
+
+    target = scratch / "data"
+    restored = run_cli("restore", backup["id"], "--to", str(target), "--start", "--json", env=env)
+    assert restored.code == 0, restored.stderr
+    out = json.loads(restored.stdout)
+    cluster = LocalCluster(
+        Path(out["cluster_dir"]), PgdrSettings(home=Path(env["PGDR_HOME"])), data_dir=target
+    )
+    try:
+        dbname = psycopg.conninfo.conninfo_to_dict(db)["dbname"]
+        url = out["url"].replace("/postgres?", f"/{dbname}?")
+        assert count_rows(url, "cli_rows") == 1234
+    finally:
+        cluster.destroy()
+
+    again = run_cli("restore", backup["id"], "--to", str(target), env=env)
+    assert again.code == 2
+    assert "already exists" in again.stderr
+
+
+def test_restore_refuses_existing_directory_without_force(
+    pg18: Server, repo: Repository, scratch: Path
+) -> None:
+    manifest = take_backup(repo, pg18.cluster.conninfo())
+    target = scratch / "busy"
+    target.mkdir()
+    (target / "precious").write_text("keep me")
+    with pytest.raises(Exception, match="already exists and is not empty"):
+        restore_backup(repo, manifest.id, target)
+    assert (target / "precious").read_text() == "keep me"
+    restore_backup(repo, manifest.id, target, force=True)
+    assert not (target / "precious").exists()
+    assert (target / "PG_VERSION").is_file()
+
+
+def test_other_system_identifier_is_refused(
+    pg18: Server, pg15: Server, backup_env: dict[str, str]
+) -> None:
+    first = run_cli("backup", env=backup_env | {"DATABASE_URL": pg18.cluster.conninfo()})
+    assert first.code == 0, first.stderr
+    other = run_cli("backup", env=backup_env | {"DATABASE_URL": pg15.cluster.conninfo()})
+    assert other.code == 2
+    assert "holds backups of database system" in other.stderr
+    assert len(other.stderr.strip().splitlines()) <= 2
+    listed = json.loads(run_cli("backup", "list", "--json", env=backup_env).stdout)
+    assert len(listed["backups"]) == 1

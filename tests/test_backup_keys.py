@@ -1,0 +1,116 @@
+"""Master keys: the generated default, rotation without rewriting data, incremental backups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+
+from conftest import Server, run_cli
+from fixtures.backup import add_rows, count_rows
+from pgdr.backup import Repository, take_backup
+from pgdr.config import PgdrSettings
+from pgdr.crypto.keys import generate_key_text
+from pgdr.restore import adopt_restored, restore_backup
+
+
+def test_generated_key_and_rotation(pg18: Server, cli_env: dict[str, str], scratch: Path) -> None:
+    home = scratch / "home"
+    home.mkdir()
+    home.chmod(0o711)
+    env = cli_env | {
+        "PGDR_HOME": str(home),
+        "DATABASE_URL": pg18.cluster.conninfo(),
+    }
+    first = run_cli("backup", env=env)
+    assert first.code == 0, first.stderr
+    key_file = home / "keys" / "master.key"
+    assert "Generated a new master key" in first.stderr and str(key_file) in first.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    second = run_cli("backup", "--json", env=env)
+    assert "Generated" not in second.stderr
+    old_id = json.loads(second.stdout)["key_id"]
+
+    chunks_before = {
+        p: p.stat().st_mtime_ns for p in (home / "repository" / "backups").rglob("chunks/*")
+    }
+    rotated = run_cli("key", "rotate", "--json", env=env)
+    assert rotated.code == 0, rotated.stderr
+    report = json.loads(rotated.stdout)
+    assert report["old_key_id"] == old_id and report["rewrapped"] == {"primary": 2}
+    assert Path(report["retired_key_file"]).is_file()
+    chunks_after = {
+        p: p.stat().st_mtime_ns for p in (home / "repository" / "backups").rglob("chunks/*")
+    }
+    assert chunks_after == chunks_before  # no data rewritten
+
+    listed = json.loads(run_cli("backup", "list", "--json", env=env).stdout)["backups"]
+    assert {b["key_id"] for b in listed} == {report["new_key_id"]}
+    verify = run_cli("backup", "verify", "--all", env=env)
+    assert verify.code == 0, verify.stderr
+    shown = json.loads(run_cli("key", "show", "--json", env=env).stdout)
+    assert shown["key_id"] == report["new_key_id"]
+
+    old_key = Path(report["retired_key_file"]).read_text().strip()
+    with_old = env | {"PGDR_ENCRYPTION_KEY": old_key}
+    refused = run_cli("restore", "latest", "--to", str(scratch / "r"), env=with_old)
+    assert refused.code == 2 and "is not the key that protects" in refused.stderr
+
+    env_key = env | {"PGDR_ENCRYPTION_KEY": generate_key_text()}
+    no_file = run_cli("key", "rotate", env=env_key)
+    assert no_file.code == 2 and "--new-key-file" in no_file.stderr
+
+
+def test_rotation_with_key_files(pg15: Server, backup_env: dict[str, str], scratch: Path) -> None:
+    env = backup_env | {"DATABASE_URL": pg15.cluster.conninfo()}
+    assert run_cli("backup", env=env).code == 0
+    new_key = scratch / "new.key"
+    new_key.write_text(generate_key_text() + "\n")
+    rotated = run_cli("key", "rotate", "--new-key-file", str(new_key), env=env)
+    assert rotated.code == 0, rotated.stderr
+    assert "point PGDR_ENCRYPTION_KEY" in rotated.stdout
+    env_new = {k: v for k, v in env.items() if k != "PGDR_ENCRYPTION_KEY"}
+    env_new["PGDR_ENCRYPTION_KEY_FILE"] = str(new_key)
+    restored = run_cli("restore", "latest", "--to", str(scratch / "r"), env=env_new)
+    assert restored.code == 0, restored.stderr
+
+
+def test_incremental_backup_on_18(
+    pg18: Server, repo: Repository, scratch: Path, settings: PgdrSettings
+) -> None:
+    with psycopg.connect(pg18.cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET summarize_wal = on")
+        conn.execute("SELECT pg_reload_conf()")
+    db = pg18.new_database()
+    dbname = str(psycopg.conninfo.conninfo_to_dict(db)["dbname"])
+    add_rows(db, "base_rows", 1000)
+    full = take_backup(repo, pg18.cluster.conninfo())
+    add_rows(db, "incr_rows", 2000)
+    incr = take_backup(repo, pg18.cluster.conninfo(), incremental=True)
+    assert incr.kind == "incremental" and incr.parent == full.id
+    assert incr.stored_size < full.stored_size
+    add_rows(db, "incr2_rows", 3000)
+    incr2 = take_backup(repo, pg18.cluster.conninfo(), incremental=True)
+    assert incr2.parent == incr.id
+
+    target = scratch / "combined"
+    result = restore_backup(repo, incr2.id, target)
+    assert result.chain == [full.id, incr.id, incr2.id]
+    cluster = adopt_restored(settings, target, 18, scratch / "cluster")
+    cluster.start()
+    try:
+        url = cluster.conninfo(dbname)
+        assert count_rows(url, "base_rows") == 1000
+        assert count_rows(url, "incr_rows") == 2000
+        assert count_rows(url, "incr2_rows") == 3000
+    finally:
+        cluster.stop()
+
+
+def test_incremental_refused_on_15(pg15: Server, backup_env: dict[str, str]) -> None:
+    env = backup_env | {"DATABASE_URL": pg15.cluster.conninfo()}
+    assert run_cli("backup", env=env).code == 0
+    result = run_cli("backup", "--incremental", env=env)
+    assert result.code == 2
+    assert "PostgreSQL 17 or later" in result.stderr

@@ -1,0 +1,89 @@
+"""Synchronous streaming: commits wait for pgdr, the alerted degrade, and the operator switch."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from fixtures.wal import WalEnv
+from test_pitr import ids, restore, stop_restored
+
+
+def sync_state(w: WalEnv) -> str | None:
+    rows = w.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pgdr'")
+    return str(rows[0][0]) if rows else None
+
+
+def set_replication_allowed(w: WalEnv, allowed: bool) -> None:
+    hba = w.cluster.data_dir / "pg_hba.conf"
+    lines = [line for line in hba.read_text().splitlines() if "pgdr-test-reject" not in line]
+    if not allowed:
+        lines.insert(0, "local replication all reject # pgdr-test-reject")
+    hba.write_text("\n".join(lines) + "\n")
+    w.sql("SELECT pg_reload_conf()")
+    if not allowed:
+        w.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+
+
+@pytest.mark.slow
+def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
+    w = walenv
+    stream = w.start_stream("--synchronous", "--degrade-after", "3s")
+    w.wait_for(lambda: sync_state(w) == "sync", what="a synchronous standby")
+    assert w.sql("SHOW synchronous_standby_names") == [('"pgdr"',)]
+    acknowledged = w.insert(20)  # every one of these returned only once pgdr had flushed it
+
+    # the streamer cannot reconnect: commits block, then pgdr degrades to async, loudly
+    set_replication_allowed(w, False)
+    done = threading.Event()
+    blocked_ids: list[int] = []
+
+    def write() -> None:
+        blocked_ids.extend(w.insert(1))
+        done.set()
+
+    writer = threading.Thread(target=write)
+    began = time.monotonic()
+    writer.start()
+    assert not done.wait(1.5), "a commit returned while no synchronous standby was connected"
+    assert done.wait(60), "the degrade did not release the commit"
+    assert time.monotonic() - began >= 2.5
+    assert w.sql("SHOW synchronous_standby_names") == [("",)]
+    assert "ASYNCHRONOUS" in w.stream_log()
+    incidents = list((w.repo / "incidents").glob("*wal-sync-degraded.json"))
+    assert incidents and json.loads(incidents[0].read_text())["severity"] == "critical"
+
+    # it comes back on its own once it has caught up
+    set_replication_allowed(w, True)
+    w.wait_for(lambda: sync_state(w) == "sync", what="synchronous commits to come back")
+    assert "Caught up" in w.stream_log()
+    w.insert(5)
+
+    # and the operator's explicit switch
+    off = w.cli("wal", "sync", "off", "--json")
+    assert off.code == 0 and json.loads(off.stdout)["synchronous_standby_names"] == ""
+    time.sleep(2.5)  # the running streamer respects the operator's choice
+    assert w.sql("SHOW synchronous_standby_names") == [("",)]
+    on = w.cli("wal", "sync", "on")
+    assert on.code == 0
+    assert w.sql("SHOW synchronous_standby_names") == [('"pgdr"',)]
+
+    # a restore does not inherit the wait for a standby it does not have
+    everything = ids(w.conninfo)
+    assert set(acknowledged) | set(blocked_ids) <= everything
+    w.cli("backup")  # a base for the restore below
+    w.insert(3)
+    everything = ids(w.conninfo)
+    time.sleep(1)
+    latest = restore(w, "--latest")
+    assert ids(latest["url"]) == everything
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(latest["url"], autocommit=True) as conn:
+        assert conn.execute("SHOW synchronous_standby_names").fetchone() == ("",)
+        conn.execute("INSERT INTO txlog (id) VALUES (-1)")  # would hang if it waited
+    stop_restored(w, latest)
+    w.stop_stream(stream)
