@@ -53,9 +53,9 @@ def restore(w: WalEnv, *args: str) -> dict[str, Any]:
 
 
 def stop_restored(w: WalEnv, data: dict[str, Any]) -> None:
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from pgdr.cluster import LocalCluster  # noqa: PLC0415
+    from pgdr.cluster import LocalCluster
 
     LocalCluster(Path(data["cluster_dir"]), w.cluster.settings).destroy()
 
@@ -180,8 +180,8 @@ def test_timelines_restore_twice_and_from_the_new_timeline(walenv18: WalEnv) -> 
     assert ids(first["url"]) == committed_by(w, fork_at)
     restored_env = dict(w.env, DATABASE_URL=first["url"])
     log = (w.repo.parent / "stream-restored.log").open("wb")
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import subprocess
+    import sys
 
     second_stream = subprocess.Popen(
         [sys.executable, "-m", "pgdr", "wal", "stream"],

@@ -80,7 +80,7 @@ def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
     time.sleep(1)
     latest = restore(w, "--latest")
     assert ids(latest["url"]) == everything
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
     with psycopg.connect(latest["url"], autocommit=True) as conn:
         assert conn.execute("SHOW synchronous_standby_names").fetchone() == ("",)
