@@ -40,7 +40,14 @@ def test_every_command_has_help() -> None:
 
 def test_every_report_offers_json() -> None:
     """Commands that print a report accept --json (action-only commands are listed)."""
-    no_report = {("version",), ("db", "url"), ("db", "destroy"), ("demo",), ("serve",)}
+    no_report = {
+        ("version",),
+        ("db", "url"),
+        ("db", "destroy"),
+        ("demo",),
+        ("serve",),
+        ("wal", "stream"),
+    }
     runner = CliRunner()
     root = get_command(app)
     for path in _all_paths():
