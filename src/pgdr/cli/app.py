@@ -11,7 +11,7 @@ import sys
 import typer
 
 from pgdr import __version__
-from pgdr.cli import db, demo, pool, profile, sample
+from pgdr.cli import db, demo, pool, profile, reembed, sample, vector
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -26,6 +26,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(pool.app, name="pool")
 app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
+app.add_typer(reembed.app, name="reembed")
+app.add_typer(vector.app, name="vector")
 app.command()(pool.health)
 app.command()(demo.demo)
 

