@@ -24,6 +24,8 @@ from pgdr.cluster import LocalCluster, choose_installation, find_installations
 from pgdr.config import PgdrSettings
 from pgdr.sample import VectorType, load_sample
 
+pytest_plugins = ["fixtures.embeddings"]
+
 TEMPLATE = "convoai_template"
 _counter = itertools.count()
 

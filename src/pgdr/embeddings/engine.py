@@ -125,15 +125,26 @@ class ReembedReport:
         }
 
 
-def verify(conn: psycopg.Connection[Any], sources: list[ResolvedSource]) -> list[dict[str, Any]]:
-    """The runbook's verification query, per source: total, with embedding, missing."""
+def verify(
+    conn: psycopg.Connection[Any], sources: list[ResolvedSource], group: str | None = None
+) -> list[dict[str, Any]]:
+    """The runbook's verification query, per source: total, with embedding, missing.
+
+    "Missing" counts NULL vectors of rows the profile requires (``required_when``); with
+    ``group`` (``--chatbot``) only that group's rows are counted.
+    """
     out = []
     for src in sources:
+        scope = (
+            sql.SQL("{}::text = {}").format(src.group, sql.Literal(group))
+            if group is not None and src.spec.group_by
+            else sql.SQL("true")
+        )
         row = conn.execute(
             sql.SQL(
                 "SELECT count(*), count({vec}), count(*) FILTER (WHERE {vec} IS NULL AND {req}) "
-                "FROM {table}"
-            ).format(vec=src.vector, req=src.required, table=src.table)
+                "FROM {table} WHERE {scope}"
+            ).format(vec=src.vector, req=src.required, table=src.table, scope=scope)
         ).fetchone()
         assert row is not None
         out.append(
@@ -242,7 +253,7 @@ class Reembedder:
                 for spec in self.profile.embeddings
                 if spec.name in self.options.sources
             ]
-            verification = verify(conn, all_sources)
+            verification = verify(conn, all_sources, self.options.group)
         return ReembedReport(
             sources=[r for _s, _j, r in self.plan],
             verification=verification,
