@@ -78,14 +78,24 @@ class SourceReport:
 
 @dataclass
 class Timings:
+    """Seconds spent waiting for the database and for the provider, summed over workers."""
+
     db_seconds: float = 0.0
     api_seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, db: float = 0.0, api: float = 0.0) -> None:
         with self.lock:
             self.db_seconds += db
             self.api_seconds += api
+
+    def step(self, name: str, since: float) -> float:
+        """Count the database step that started at ``since``; returns now."""
+        now = time.perf_counter()
+        with self.lock:
+            self.steps[name] = self.steps.get(name, 0.0) + now - since
+        return now
 
 
 @dataclass
@@ -98,6 +108,7 @@ class ReembedReport:
     db_seconds: float
     api_seconds: float
     workers: int
+    db_steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def missing(self) -> int:
@@ -122,6 +133,7 @@ class ReembedReport:
             "db_seconds": round(self.db_seconds, 3),
             "api_seconds": round(self.api_seconds, 3),
             "workers": self.workers,
+            "db_steps": {k: round(v, 3) for k, v in self.db_steps.items()},
         }
 
 
@@ -263,6 +275,7 @@ class Reembedder:
             db_seconds=self.timings.db_seconds,
             api_seconds=self.timings.api_seconds,
             workers=self.options.workers,
+            db_steps=dict(self.timings.steps),
         )
 
     def _run_source(
@@ -345,14 +358,18 @@ class Reembedder:
                 return None
             batch_no, keys, groups = int(claimed[0]), list(claimed[1]), list(claimed[2])
             group_of = dict(zip(keys, groups, strict=True))
+            t = self.timings.step("claim", t0)
             self._mark_working(status_conn, src, sorted(set(groups)))
+            t = self.timings.step("status", t)
             rows = fetch_batch(conn, src, keys, model, use_cache)
+            self.timings.step("fetch", t)
             self.timings.add(db=_elapsed(t0))
 
             staged, failures, texts = self._embed_rows(src, rows)
 
             t2 = time.perf_counter()
             written = write_batch(conn, src, staged, model, use_cache)
+            t = self.timings.step("write", t2)
             # Rows deleted since the batch was cut (e.g. their chatbot was deleted) are "gone".
             gone = len(keys) - len(written) - len(failures)
             if failures:
@@ -364,6 +381,7 @@ class Reembedder:
                         [(job.id, k, group_of[k], reason) for k, reason in failures.items()],
                     )
             self._count_groups(conn, src, job, keys, group_of, failures)
+            t = self.timings.step("groups", t)
             hits = sum(1 for r in rows if r.hit)
             conn.execute(
                 "UPDATE pgdr.reembed_batches SET state = 'done', written = %s, failed = %s, "
@@ -380,6 +398,7 @@ class Reembedder:
                     batch_no,
                 ),
             )
+        self.timings.step("commit", t)
         self.timings.add(db=_elapsed(t2))
         with self.timings.lock:
             report.written += len(written)

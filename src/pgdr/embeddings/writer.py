@@ -128,6 +128,10 @@ def write_batch(
         if use_cache
         else sql.SQL("LEFT JOIN (SELECT NULL::real[] AS embedding) c ON false")
     )
+    # One index probe per staged row, whatever the planner guesses about the unanalysed stage:
+    # a hash join would scan the whole table once per batch.
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
     written = conn.execute(
         sql.SQL(
             "UPDATE {table} SET {vec} = coalesce(s.v, c.embedding::{vtype}) "
