@@ -117,9 +117,11 @@ class Selection:
             parts.append(sql.SQL("{}::text = {}").format(src.group, sql.Literal(self.group)))
         status = src.spec.status
         if status and src.spec.group_by:
-            allowed = [status.ready, status.working]
-            if self.group is not None:  # an explicitly named chatbot may be retried after failing
-                allowed.append(status.failed)
+            # As the runbook: ready groups only. A named group may also be retried after
+            # failing or after an interrupted runbook script left it in the working state.
+            allowed = [status.ready]
+            if self.group is not None:
+                allowed += [status.working, status.failed]
             parts.append(
                 sql.SQL("{} IN (SELECT {} FROM {} WHERE {} = ANY({}))").format(
                     src.group,
