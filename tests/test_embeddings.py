@@ -159,6 +159,16 @@ def test_row_over_the_token_limit_fails_its_chatbot_clearly(
     jobs = json.loads(run_cli("reembed", "status", "--json", env=embed_env).stdout)["jobs"]
     assert jobs[0]["failures"][0]["key"] == str(bad[0])
     assert "tokens per input" in jobs[0]["failures"][0]["reason"]
+    # Fix the text, retry that chatbot's missing rows: it is ready again, reason cleared.
+    with psycopg.connect(db18) as conn:
+        conn.execute("UPDATE embeddings SET content = 'fixed' WHERE id = %s", (bad[0],))
+    args = ["--source", "embeddings", "--chatbot", str(bad[1]), "--missing-only", "--json"]
+    r = run_cli("reembed", *args, env=embed_env)
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["sources"][0]["written"] == 1
+    assert _rows(db18, "SELECT status, status_reason FROM chatbots WHERE id = %s", bad[1]) == [
+        ("ready", None)
+    ]
 
 
 def test_killed_mid_batch_resumes_without_resending_finished_rows(

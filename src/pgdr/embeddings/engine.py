@@ -449,14 +449,20 @@ class Reembedder:
             return
         status_conn.execute(
             sql.SQL(
-                "UPDATE {table} SET {col} = %s WHERE {key} = ANY(%s::text[]::{kt}[]) AND {col} = %s"
+                "UPDATE {table} SET {col} = %s WHERE {key} = ANY(%s::text[]::{kt}[]) "
+                "AND {col} = ANY(%s)"
             ).format(
                 table=sql.Identifier(src.schema, st.table),
                 col=sql.Identifier(st.column),
                 key=sql.Identifier(st.key),
                 kt=sql.SQL(src.status_key_type),
             ),
-            (st.working, groups, st.ready),
+            # A chatbot named with --chatbot may be retried from "failed".
+            (
+                st.working,
+                groups,
+                [st.ready] if self.options.group is None else [st.ready, st.failed],
+            ),
         )
 
     def _count_groups(
@@ -527,6 +533,8 @@ class Reembedder:
             else:
                 sets = [sql.SQL("{} = %s").format(sql.Identifier(st.column))]
                 params = [st.ready]
+                if st.reason_column:  # a retried chatbot's old failure reason no longer holds
+                    sets.append(sql.SQL("{} = NULL").format(sql.Identifier(st.reason_column)))
             conn.execute(
                 sql.SQL("UPDATE {} SET {} WHERE {} AND {} = %s").format(
                     table, sql.SQL(", ").join(sets), match_key, sql.Identifier(st.column)
