@@ -390,3 +390,15 @@ def test_vector_relocate_keeps_every_vector(embed_env: dict[str, str], db18: str
         )
         == "vector(1536)"
     )
+
+
+def test_status_without_jobs_and_unknown_source(embed_env: dict[str, str], db18: str) -> None:
+    r = run_cli("reembed", "status", env=embed_env)
+    assert r.code == 0
+    assert "No re-embedding jobs" in r.stdout
+    r = run_cli("reembed", "--source", "messages", env=embed_env)
+    assert r.code == 2
+    assert "has no embedding source 'messages' (it has: embeddings, knowledge_base)" in r.stderr
+    r = run_cli("reembed", "--workers", "0", env=embed_env)
+    assert r.code == 2
+    assert "--workers and --batch-rows must be at least 1" in r.stderr
