@@ -347,6 +347,9 @@ class Reembedder:
         model, use_cache = self.provider.model, self.options.use_cache
         with conn.transaction():
             t0 = time.perf_counter()
+            # The batch's vectors and its done mark commit together, so a commit lost in a server
+            # crash only means the batch is embedded again: no need to wait for the WAL flush.
+            conn.execute("SET LOCAL synchronous_commit = off")
             claimed = conn.execute(
                 "SELECT batch_no, keys, groups FROM pgdr.reembed_batches "
                 "WHERE job_id = %s AND state = 'pending' ORDER BY batch_no "
