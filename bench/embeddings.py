@@ -190,6 +190,7 @@ def main() -> None:
         "--baseline-rows", type=int, default=None, help="stop the runbook port after N rows"
     )
     parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--skip-baseline", action="store_true", help="only run pgdr")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="pgdr-bench-", dir="/tmp"))
@@ -211,7 +212,7 @@ def main() -> None:
         print(f"loaded {args.chunks:,} chunks in {time.perf_counter() - t:.0f} s", flush=True)
 
         migrate_005(db, args.hnsw)
-        base = runbook(db, url, args.baseline_rows)
+        base = runbook(db, url, 0 if args.skip_baseline else args.baseline_rows)
         base_api = api_stats(url)
         print(f"runbook: {json.dumps(base)} api={base_api}", flush=True)
 
@@ -248,8 +249,9 @@ def main() -> None:
     print(line("runbook port", base, base_api))
     print(line("pgdr reembed", ours, ours_api))
     print(line("pgdr reembed, cache warm", warm, warm_api))
-    ratio = (ours["rows"] / ours["wall"]) / (base["rows"] / base["wall"])
-    print(f"\npgdr / runbook: {ratio:.1f}x rows/s")
+    if base["rows"]:
+        ratio = (ours["rows"] / ours["wall"]) / (base["rows"] / base["wall"])
+        print(f"\npgdr / runbook: {ratio:.1f}x rows/s")
 
 
 if __name__ == "__main__":

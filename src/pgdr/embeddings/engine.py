@@ -37,7 +37,7 @@ from pgdr.embeddings.jobs import (
 )
 from pgdr.embeddings.providers import Provider, Vector
 from pgdr.embeddings.source import ResolvedSource, resolve_source
-from pgdr.embeddings.writer import BatchRow, fetch_batch, write_batch
+from pgdr.embeddings.writer import BatchRow, fetch_batch, prefer_index_probes, write_batch
 from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.pool import connect
 from pgdr.profile import Profile
@@ -350,6 +350,7 @@ class Reembedder:
             # The batch's vectors and its done mark commit together, so a commit lost in a server
             # crash only means the batch is embedded again: no need to wait for the WAL flush.
             conn.execute("SET LOCAL synchronous_commit = off")
+            prefer_index_probes(conn)
             claimed = conn.execute(
                 "SELECT batch_no, keys, groups FROM pgdr.reembed_batches "
                 "WHERE job_id = %s AND state = 'pending' ORDER BY batch_no "

@@ -36,6 +36,19 @@ def _stage_name(src: ResolvedSource) -> sql.Identifier:
     return sql.Identifier(f"pgdr_stage_{src.name}")
 
 
+def prefer_index_probes(conn: psycopg.Connection[Any]) -> None:
+    """For the rest of the transaction, join by index probes (one per batch row).
+
+    A batch is a thousand rows out of millions, and the planner's view of the staging table
+    (never analysed) and of a cache that grows during the job is stale: it would scan the whole
+    table or cache once per batch (or, worse, once per row when it believes the cache empty).
+    Every join here is on a primary key, so index probes are always right.
+    """
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    conn.execute("SET LOCAL enable_seqscan = off")
+
+
 def fetch_batch(
     conn: psycopg.Connection[Any],
     src: ResolvedSource,
@@ -43,31 +56,31 @@ def fetch_batch(
     model: str,
     use_cache: bool,
 ) -> list[BatchRow]:
-    """The batch's rows that still exist: text (unless cached), its SHA-256, cache hit or not."""
-    cache = (
-        sql.SQL(
-            "LEFT JOIN pgdr.embedding_cache c ON c.model = {m} AND c.dimension = {d} "
-            "AND c.sha256 = s.sha"
-        ).format(m=sql.Literal(model), d=sql.Literal(src.dimension))
-        if use_cache
-        else sql.SQL("LEFT JOIN (SELECT NULL::bytea AS sha256) c ON false")
-    )
+    """The batch's rows that still exist: text (unless cached), its SHA-256, cache hit or not.
+
+    Two primary-key lookups (rows, then cache entries) rather than one join: the plan stays
+    one index probe per key whatever the planner believes about a cache growing under it.
+    """
     query = sql.SQL(
-        "SELECT s.k, CASE WHEN c.sha256 IS NULL THEN s.txt END, s.sha, c.sha256 IS NOT NULL "
-        "FROM (SELECT {key}::text AS k, {text} AS txt, "
-        "sha256(convert_to({text}, 'UTF8')) AS sha FROM {table} "
-        "WHERE {key} = ANY(%s::text[]::{key_type}[])) s {cache}"
-    ).format(
-        key=src.key,
-        text=src.text,
-        table=src.table,
-        key_type=sql.SQL(src.key_type),
-        cache=cache,
-    )
+        "SELECT {key}::text, {text}, sha256(convert_to({text}, 'UTF8')) FROM {table} "
+        "WHERE {key} = ANY(%s::text[]::{key_type}[])"
+    ).format(key=src.key, text=src.text, table=src.table, key_type=sql.SQL(src.key_type))
     rows = conn.execute(query, (list(keys),)).fetchall()
-    return [
-        BatchRow(str(r[0]), r[1], bytes(r[2]) if r[2] is not None else None, r[3]) for r in rows
-    ]
+    hits: set[bytes] = set()
+    shas = [bytes(r[2]) for r in rows if r[2] is not None]
+    if use_cache and shas:
+        found = conn.execute(
+            "SELECT sha256 FROM pgdr.embedding_cache WHERE model = %s AND dimension = %s "
+            "AND sha256 = ANY(%s::bytea[])",
+            (model, src.dimension, shas),
+        ).fetchall()
+        hits = {bytes(f[0]) for f in found}
+    out = []
+    for key, text, raw_sha in rows:
+        sha = None if raw_sha is None else bytes(raw_sha)
+        hit = sha is not None and sha in hits
+        out.append(BatchRow(str(key), None if hit else text, sha, hit))
+    return out
 
 
 def _encode_vector(vec: Vector) -> bytes:
@@ -120,34 +133,31 @@ def write_batch(
         ) as copy,
     ):
         copy.write(encode_copy(staged))
-    from_cache = (
-        sql.SQL(
-            "LEFT JOIN pgdr.embedding_cache c ON c.model = {m} AND c.dimension = {d} "
-            "AND c.sha256 = s.sha"
-        ).format(m=sql.Literal(model), d=sql.Literal(src.dimension))
-        if use_cache
-        else sql.SQL("LEFT JOIN (SELECT NULL::real[] AS embedding) c ON false")
-    )
-    # One index probe per staged row, whatever the planner guesses about the unanalysed stage:
-    # a hash join would scan the whole table once per batch.
-    conn.execute("SET LOCAL enable_hashjoin = off")
-    conn.execute("SET LOCAL enable_mergejoin = off")
+    names = {
+        "table": src.table,
+        "vec": sql.Identifier(src.spec.vector),
+        "vtype": sql.SQL(src.vector_type),
+        "stage": stage,
+        "key": src.key,
+        "key_type": sql.SQL(src.key_type),
+        "m": sql.Literal(model),
+        "d": sql.Literal(src.dimension),
+    }
     written = conn.execute(
         sql.SQL(
-            "UPDATE {table} SET {vec} = coalesce(s.v, c.embedding::{vtype}) "
-            "FROM {stage} s {cache} "
-            "WHERE {key} = s.k::{key_type} AND (s.v IS NOT NULL OR c.embedding IS NOT NULL) "
-            "RETURNING {key}::text"
-        ).format(
-            table=src.table,
-            vec=sql.Identifier(src.spec.vector),
-            vtype=sql.SQL(src.vector_type),
-            stage=stage,
-            cache=from_cache,
-            key=src.key,
-            key_type=sql.SQL(src.key_type),
-        )
+            "UPDATE {table} SET {vec} = s.v FROM {stage} s "
+            "WHERE {key} = s.k::{key_type} AND s.v IS NOT NULL RETURNING {key}::text"
+        ).format(**names)
     ).fetchall()
+    if use_cache and any(vec is None for _k, _s, vec in staged):
+        written += conn.execute(
+            sql.SQL(
+                "UPDATE {table} SET {vec} = c.embedding::{vtype} FROM {stage} s "
+                "JOIN pgdr.embedding_cache c ON c.model = {m} AND c.dimension = {d} "
+                "AND c.sha256 = s.sha WHERE {key} = s.k::{key_type} AND s.v IS NULL "
+                "RETURNING {key}::text"
+            ).format(**names)
+        ).fetchall()
     if use_cache:
         conn.execute(
             sql.SQL(
