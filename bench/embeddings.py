@@ -148,7 +148,9 @@ def runbook(conninfo: str, url: str, max_rows: int | None) -> dict[str, float]:
     return {"rows": done, "wall": wall, "db": clock.db, "threads": 10}
 
 
-def pgdr_run(conninfo: str, url: str, workers: int, batch_rows: int) -> dict[str, float]:
+def pgdr_run(
+    conninfo: str, url: str, workers: int, batch_rows: int, drop_indexes: str = "auto"
+) -> dict[str, Any]:
     settings = EmbeddingSettings(OPENAI_BASE_URL=url, OPENAI_API_KEY=API_KEY)  # type: ignore[call-arg]
     provider = OpenAIProvider(settings)
     try:
@@ -156,7 +158,12 @@ def pgdr_run(conninfo: str, url: str, workers: int, batch_rows: int) -> dict[str
             conninfo,
             load_profile("convoai"),
             provider,
-            ReembedOptions(sources=["embeddings"], workers=workers, batch_rows=batch_rows),
+            ReembedOptions(
+                sources=["embeddings"],
+                workers=workers,
+                batch_rows=batch_rows,
+                drop_indexes=drop_indexes,
+            ),
         )
         started = time.perf_counter()
         engine.prepare()
@@ -191,6 +198,7 @@ def main() -> None:
     )
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--skip-baseline", action="store_true", help="only run pgdr")
+    parser.add_argument("--drop-indexes", default="auto", choices=["auto", "always", "never"])
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="pgdr-bench-", dir="/tmp"))
@@ -218,13 +226,13 @@ def main() -> None:
 
         migrate_005(db, args.hnsw)
         api_reset(url)
-        ours = pgdr_run(db, url, args.workers, args.batch_rows)
+        ours = pgdr_run(db, url, args.workers, args.batch_rows, args.drop_indexes)
         ours_api = api_stats(url)
         print(f"pgdr: {json.dumps(ours)} api={ours_api}", flush=True)
 
         migrate_005(db, args.hnsw)
         api_reset(url)
-        warm = pgdr_run(db, url, args.workers, args.batch_rows)
+        warm = pgdr_run(db, url, args.workers, args.batch_rows, args.drop_indexes)
         warm_api = api_stats(url)
         print(f"pgdr warm: {json.dumps(warm)} api={warm_api}", flush=True)
     finally:
