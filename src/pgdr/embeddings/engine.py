@@ -521,27 +521,32 @@ class Reembedder:
         if st is None or src.status_key_type is None:
             return
         table = sql.Identifier(src.schema, st.table)
-        match_key = sql.SQL("{} = %s::{}").format(
-            sql.Identifier(st.key), sql.SQL(src.status_key_type)
-        )
-        for group_key, n_failed, total, reason in finished:
-            if not group_key:
-                continue
-            sets: list[sql.Composable]
-            if n_failed:
-                sets = [sql.SQL("{} = %s").format(sql.Identifier(st.column))]
-                params: list[Any] = [st.failed]
-                if st.reason_column:
-                    sets.append(sql.SQL("{} = %s").format(sql.Identifier(st.reason_column)))
-                    params.append(f"re-embedding failed for {n_failed} of {total} rows: {reason}")
-            else:
-                sets = [sql.SQL("{} = %s").format(sql.Identifier(st.column))]
-                params = [st.ready]
-                if st.reason_column:  # a retried chatbot's old failure reason no longer holds
-                    sets.append(sql.SQL("{} = NULL").format(sql.Identifier(st.reason_column)))
+        col = sql.Identifier(st.column)
+        kt = sql.SQL(src.status_key_type)
+        ready = [g for g, n_failed, _t, _r in finished if g and not n_failed]
+        if ready:  # one statement for every group finished cleanly in this batch
+            reset = (
+                sql.SQL(", {} = NULL").format(sql.Identifier(st.reason_column))
+                if st.reason_column  # a retried chatbot's old failure reason no longer holds
+                else sql.SQL("")
+            )
             conn.execute(
-                sql.SQL("UPDATE {} SET {} WHERE {} AND {} = %s").format(
-                    table, sql.SQL(", ").join(sets), match_key, sql.Identifier(st.column)
+                sql.SQL(
+                    "UPDATE {} SET {} = %s{} WHERE {} = ANY(%s::text[]::{}[]) AND {} = %s"
+                ).format(table, col, reset, sql.Identifier(st.key), kt, col),
+                (st.ready, ready, st.working),
+            )
+        for group_key, n_failed, total, reason in finished:
+            if not group_key or not n_failed:
+                continue
+            sets: list[sql.Composable] = [sql.SQL("{} = %s").format(col)]
+            params: list[Any] = [st.failed]
+            if st.reason_column:
+                sets.append(sql.SQL("{} = %s").format(sql.Identifier(st.reason_column)))
+                params.append(f"re-embedding failed for {n_failed} of {total} rows: {reason}")
+            conn.execute(
+                sql.SQL("UPDATE {} SET {} WHERE {} = %s::{} AND {} = %s").format(
+                    table, sql.SQL(", ").join(sets), sql.Identifier(st.key), kt, col
                 ),
                 [*params, group_key, st.working],
             )
