@@ -402,3 +402,15 @@ def test_status_without_jobs_and_unknown_source(embed_env: dict[str, str], db18:
     r = run_cli("reembed", "--workers", "0", env=embed_env)
     assert r.code == 2
     assert "--workers and --batch-rows must be at least 1" in r.stderr
+
+
+def test_array_column_is_refused_before_any_work(
+    embed_env: dict[str, str], db18: str, fake_api: FakeEmbeddingsAPI
+) -> None:
+    with psycopg.connect(db18) as conn:
+        conn.execute("ALTER TABLE knowledge_base DROP COLUMN embedding")
+        conn.execute("ALTER TABLE knowledge_base ADD COLUMN embedding real[]")
+    r = run_cli("reembed", "--source", "knowledge_base", env=embed_env)
+    assert r.code == 2
+    assert "writes pgvector columns (vector(n)) only" in r.stderr
+    assert fake_api.stats()["requests"] == 0
