@@ -24,7 +24,12 @@ from pgdr.cluster import LocalCluster, choose_installation, find_installations
 from pgdr.config import PgdrSettings
 from pgdr.sample import VectorType, load_sample
 
-pytest_plugins = ["fixtures.backup", "fixtures.s3", "fixtures.wal"]
+pytest_plugins = [
+    "fixtures.backup",
+    "fixtures.embeddings",
+    "fixtures.s3",
+    "fixtures.wal",
+]
 
 TEMPLATE = "convoai_template"
 _counter = itertools.count()

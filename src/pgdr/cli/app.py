@@ -28,6 +28,7 @@ from pgdr.cli import (
     sample,
     wal,
 )
+from pgdr.cli import db, demo, pool, profile, reembed, sample, vector
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -53,6 +54,8 @@ app.command()(repo.prune)
 app.add_typer(key.app, name="key")
 app.add_typer(wal.app, name="wal")
 app.command()(mark.mark)
+app.add_typer(reembed.app, name="reembed")
+app.add_typer(vector.app, name="vector")
 app.command()(pool.health)
 app.command()(demo.demo)
 app.command()(monitor.serve)

@@ -1,0 +1,211 @@
+"""``pgdr reembed``: regenerate embeddings (resumable, shared by workers); ``status`` shows jobs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
+from pgdr.embeddings import Reembedder, ReembedOptions, load_embedding_settings, make_provider
+from pgdr.embeddings.cache import save_cache
+from pgdr.embeddings.jobs import job_statuses
+from pgdr.embeddings.source import resolve_source
+from pgdr.errors import CheckFailed, ConfigError
+from pgdr.pool import connect
+from pgdr.profile import Profile, load_profile
+
+app = typer.Typer(help="Regenerate embeddings: fast, resumable, only what needs it.")
+
+
+class IndexPolicy(StrEnum):
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+def _sources(profile: Profile, source: str) -> list[str]:
+    names = [s.name for s in profile.embeddings]
+    if source == "all":
+        if not names:
+            raise ConfigError(f"Profile {profile.name!r} declares no embedding sources.")
+        return names
+    profile.embedding_source(source)  # a clear error for an unknown name
+    return [source]
+
+
+@app.callback(invoke_without_command=True)
+def reembed(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Option(help="A profile embedding source (embeddings, knowledge_base) or all.")
+    ] = "all",
+    chatbot: Annotated[
+        str | None, typer.Option(help="Only this group (chatbot id) of each source.")
+    ] = None,
+    missing_only: Annotated[
+        bool, typer.Option("--missing-only", help="Only rows whose vector is NULL.")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Batches in flight in this process.")] = 2,
+    batch_rows: Annotated[int, typer.Option(help="Rows per batch (per commit).")] = 1000,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor fill the content-hash cache.")
+    ] = False,
+    save_cache_: Annotated[
+        bool,
+        typer.Option(
+            "--save-cache",
+            help="Only copy the existing vectors into the cache (no API calls), then stop.",
+        ),
+    ] = False,
+    drop_indexes: Annotated[
+        IndexPolicy,
+        typer.Option(help="Drop vector indexes and rebuild them at the end (auto: >= half)."),
+    ] = IndexPolicy.AUTO,
+    maintenance_work_mem: Annotated[
+        str, typer.Option(help="maintenance_work_mem for rebuilding vector indexes.")
+    ] = "1GB",
+    profile_name: Annotated[
+        str | None, typer.Option("--profile", help="Profile name or file (default PGDR_PROFILE).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-embed the profile's sources; run it again after a crash to resume where it stopped."""
+    if ctx.invoked_subcommand is not None:
+        return
+    profile = load_profile(profile_name or settings().profile)
+    names = _sources(profile, source)
+    conninfo = target().conninfo
+    emb_settings = load_embedding_settings()
+    if save_cache_:
+        _save_cache(conninfo, profile, names, emb_settings.model, as_json)
+        return
+    provider = make_provider(emb_settings)
+    try:
+        engine = Reembedder(
+            conninfo,
+            profile,
+            provider,
+            ReembedOptions(
+                sources=names,
+                group=chatbot,
+                missing_only=missing_only,
+                workers=workers,
+                batch_rows=batch_rows,
+                use_cache=not no_cache,
+                drop_indexes=drop_indexes.value,
+                maintenance_work_mem=maintenance_work_mem,
+            ),
+        )
+        engine.prepare()
+        with progress_bar("Re-embedding", engine.pending_rows, enabled=not as_json) as advance:
+            report = engine.run(advance)
+    finally:
+        provider.close()
+
+    def render() -> None:
+        table = Table(title=f"Re-embedding with {report.model}")
+        for col in ("source", "job", "rows", "written", "cache hits", "sent", "failed", "gone"):
+            table.add_column(col, justify="left" if col == "source" else "right")
+        for s in report.sources:
+            job = f"{s.job_id}{' (resumed)' if s.resumed else ''}"
+            table.add_row(
+                s.source,
+                job,
+                f"{s.total_rows:,}",
+                f"{s.written:,}",
+                f"{s.cache_hits:,}",
+                f"{s.api_inputs:,}",
+                f"{s.failed:,}",
+                f"{s.gone:,}",
+            )
+        console.print(table)
+        p = report.provider
+        console.print(
+            f"{p['requests']:,} API requests ({p['retries']} retries) in "
+            f"{report.wall_seconds:.1f} s; database {report.db_seconds:.1f} s over "
+            f"{report.workers} workers."
+        )
+        _render_verification(report.verification)
+
+    emit(report.as_dict(), as_json, render)
+    if not report.ok:
+        unfinished = [s.source for s in report.sources if not s.finished]
+        if unfinished:
+            raise CheckFailed(
+                f"Other workers are still finishing {', '.join(unfinished)}; "
+                "see pgdr reembed status."
+            )
+        raise CheckFailed(
+            f"{report.missing:,} rows still miss an embedding and {report.failures:,} rows "
+            "failed (pgdr reembed status lists why); fix them and run with --missing-only."
+        )
+
+
+def _render_verification(rows: list[dict[str, object]]) -> None:
+    table = Table(title="Verification (runbook)")
+    for col in ("table_name", "total", "with_embedding", "missing"):
+        table.add_column(col, justify="left" if col == "table_name" else "right")
+    for v in rows:
+        table.add_row(
+            str(v["table_name"]), f"{v['total']:,}", f"{v['with_embedding']:,}", f"{v['missing']:,}"
+        )
+    console.print(table)
+
+
+def _save_cache(
+    conninfo: str, profile: Profile, names: list[str], model: str, as_json: bool
+) -> None:
+    with connect(conninfo, autocommit=True) as conn:
+        results = [
+            save_cache(
+                conn, resolve_source(conn, profile.embedding_source(n), profile.schema_name), model
+            )
+            for n in names
+        ]
+
+    def render() -> None:
+        for r in results:
+            console.print(
+                f"{r['source']}: {r['added']:,} vectors added to the cache for {r['model']} "
+                f"({r['cached_for_model']:,} cached in all)."
+            )
+
+    emit({"saved": results}, as_json, render)
+
+
+@app.command()
+def status(
+    limit: Annotated[int, typer.Option(help="How many recent jobs to show.")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Progress, rate, ETA and failures of the recent re-embedding jobs."""
+    with connect(target().conninfo, autocommit=True) as conn:
+        jobs = job_statuses(conn, limit)
+
+    def render() -> None:
+        if not jobs:
+            console.print("No re-embedding jobs in this database.")
+            return
+        table = Table(title="Re-embedding jobs")
+        for col in ("job", "source", "state", "done", "failed", "rate", "ETA", "indexes"):
+            table.add_column(col, justify="left" if col in ("source", "state") else "right")
+        for j in jobs:
+            table.add_row(
+                str(j.id),
+                j.source,
+                j.state,
+                f"{j.done_rows:,}/{j.total_rows:,}",
+                f"{j.failed:,}",
+                f"{j.rows_per_second:,.0f}/s" if j.rows_per_second else "-",
+                f"{j.eta_seconds:,.0f} s" if j.eta_seconds is not None else "-",
+                f"{j.indexes_to_rebuild} to rebuild" if j.indexes_to_rebuild else "-",
+            )
+        console.print(table)
+        for j in jobs:
+            for f in j.failures:
+                console.print(f"job {j.id} row {f['key']} ({f['group']}): {f['reason']}")
+
+    emit({"jobs": [j.as_dict() for j in jobs]}, as_json, render)

@@ -1,0 +1,253 @@
+"""A local HTTP server speaking the OpenAI embeddings API, for tests, benchmarks and demos.
+
+It is the one fake pgdr allows (the real API is paid): ``POST /v1/embeddings`` answers with
+deterministic unit vectors derived from the SHA-256 of each input (:func:`fake_vector`), in
+``float`` or ``base64`` encoding, after a configurable latency. Faults can be queued (``429``,
+``500``, ``timeout``, ``malformed``, one per request), inputs containing :attr:`reject_marker`
+are refused with HTTP 400 as the real API refuses bad inputs, and every request and input is
+counted (``GET /stats``), so tests can prove which texts were sent and how often.
+
+Run it alone with ``python -m pgdr.embeddings.fake_api --port 8765 --latency 0.02``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pgdr.embeddings.providers import estimate_tokens
+
+FAULTS = ("429", "500", "timeout", "malformed")
+
+
+def fake_vector(text: str, dimension: int) -> npt.NDArray[np.float32]:
+    """The unit vector the fake API returns for ``text``: same text, same vector."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+    vec = np.random.default_rng(seed).standard_normal(dimension, dtype=np.float32)
+    vec /= np.linalg.norm(vec)
+    return vec
+
+
+class FakeEmbeddingsAPI:
+    """The server and its knobs; ``with FakeEmbeddingsAPI() as api: api.base_url``."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "test-key",
+        dimension: int = 1536,
+        fixed_dimension: int | None = None,
+        latency: float = 0.0,
+        max_inputs: int = 2048,
+        max_input_tokens: int = 8191,
+        timeout_sleep: float = 3.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.api_key = api_key
+        self.dimension = dimension
+        self.fixed_dimension = fixed_dimension
+        self.latency = latency
+        self.max_inputs = max_inputs
+        self.max_input_tokens = max_input_tokens
+        self.timeout_sleep = timeout_sleep
+        self.reject_marker = "REJECT-ME"
+        self.faults: deque[str] = deque()
+        self.on_request: Callable[[list[str]], None] | None = None
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.inputs = 0
+        self.faults_served = 0
+        self.texts: Counter[str] = Counter()
+        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def start(self) -> FakeEmbeddingsAPI:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeEmbeddingsAPI:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests = self.inputs = self.faults_served = 0
+            self.texts.clear()
+            self.faults.clear()
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "requests": self.requests,
+                "inputs": self.inputs,
+                "faults_served": self.faults_served,
+                "distinct_texts": len(self.texts),
+                "max_sends_per_text": max(self.texts.values(), default=0),
+            }
+
+    # -- the API ------------------------------------------------------------------------------
+    def answer(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Status, extra headers and body for one ``POST /v1/embeddings``."""
+        if headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        with self.lock:
+            fault = self.faults.popleft() if self.faults else None
+            self.requests += 1
+            if fault:
+                self.faults_served += 1
+        if self.latency:
+            time.sleep(self.latency)
+        if fault == "429":
+            status, hdrs, out = _error(429, "Rate limit reached.", "rate_limit_exceeded")
+            return status, hdrs | {"retry-after-ms": "50"}, out
+        if fault == "500":
+            return _error(500, "The server had an error.", "server_error")
+        if fault == "timeout":
+            time.sleep(self.timeout_sleep)
+        if fault == "malformed":
+            return 200, {}, b'{"object": "list", "data": [{"embedd'
+        try:
+            request = json.loads(body)
+            inputs = request["input"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "We could not parse the JSON body of your request.", None)
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if len(inputs) > self.max_inputs:
+            return _error(400, f"Too many inputs: at most {self.max_inputs}.", None)
+        for text in inputs:
+            if not isinstance(text, str) or not text:
+                return _error(400, "'$.input' is invalid.", None)
+            if self.reject_marker and self.reject_marker in text:
+                return _error(400, "The input was flagged as invalid.", None)
+            if estimate_tokens(text) > self.max_input_tokens:
+                return _error(
+                    400,
+                    f"This model's maximum context length is {self.max_input_tokens} tokens.",
+                    None,
+                )
+        if self.on_request is not None:
+            self.on_request(inputs)
+        with self.lock:
+            self.inputs += len(inputs)
+            self.texts.update(inputs)
+        dimension = self.fixed_dimension or int(request.get("dimensions") or self.dimension)
+        as_base64 = request.get("encoding_format") == "base64"
+        data = []
+        for i, text in enumerate(inputs):
+            vec = fake_vector(text, dimension)
+            emb: Any = (
+                base64.b64encode(vec.astype("<f4").tobytes()).decode()
+                if as_base64
+                else (vec.tolist())
+            )
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        reply = {
+            "object": "list",
+            "data": data,
+            "model": request.get("model", ""),
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+        return 200, {}, json.dumps(reply).encode()
+
+
+def _error(status: int, message: str, code: str | None) -> tuple[int, dict[str, str], bytes]:
+    body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+    return status, {}, json.dumps(body).encode()
+
+
+def _handler(api: FakeEmbeddingsAPI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") in ("/stats", "/v1/stats"):
+                self._send(200, {}, json.dumps(api.stats()).encode())
+            else:
+                self._send(*_error(404, "Not found.", None))
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length)
+            path = self.path.rstrip("/")
+            if path == "/v1/embeddings":
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                self._send(*api.answer(headers, body))
+            elif path == "/reset":
+                api.reset()
+                self._send(200, {}, b"{}")
+            elif path == "/faults":
+                with api.lock:
+                    api.faults.extend(json.loads(body or b"[]"))
+                self._send(200, {}, b"{}")
+            else:
+                self._send(*_error(404, "Not found.", None))
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument("--dimension", type=int, default=1536)
+    parser.add_argument("--max-inputs", type=int, default=2048)
+    parser.add_argument("--api-key", default="test-key")
+    args = parser.parse_args()
+    api = FakeEmbeddingsAPI(
+        api_key=args.api_key,
+        dimension=args.dimension,
+        latency=args.latency,
+        max_inputs=args.max_inputs,
+        host=args.host,
+        port=args.port,
+    )
+    print(api.base_url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        api._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Reading a batch's texts and writing its vectors back in bulk.
+
+A batch's texts come out in one query that also computes each text's SHA-256 and looks it up in
+the content-hash cache. Its vectors go back with one binary ``COPY`` into a temporary staging
+table and one ``UPDATE ... FROM`` that takes each row's vector from the stage (fresh from the
+provider) or from the cache; never one ``UPDATE`` per row.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from pgdr.embeddings.providers import Vector
+from pgdr.embeddings.source import ResolvedSource
+
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER = struct.pack("!h", -1)
+
+
+@dataclass
+class BatchRow:
+    key: str
+    text: str | None  # None for cache hits (the text is not needed) or NULL text
+    sha: bytes | None
+    hit: bool
+
+
+def _stage_name(src: ResolvedSource) -> sql.Identifier:
+    return sql.Identifier(f"pgdr_stage_{src.name}")
+
+
+def prefer_index_probes(conn: psycopg.Connection[Any]) -> None:
+    """For the rest of the transaction, join by index probes (one per batch row).
+
+    A batch is a thousand rows out of millions, and the planner's view of the staging table
+    (never analysed) and of a cache that grows during the job is stale: it would scan the whole
+    table or cache once per batch (or, worse, once per row when it believes the cache empty).
+    Every join here is on a primary key, so index probes are always right.
+    """
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    conn.execute("SET LOCAL enable_seqscan = off")
+
+
+def fetch_batch(
+    conn: psycopg.Connection[Any],
+    src: ResolvedSource,
+    keys: Sequence[str],
+    model: str,
+    use_cache: bool,
+) -> list[BatchRow]:
+    """The batch's rows that still exist: text (unless cached), its SHA-256, cache hit or not.
+
+    Two primary-key lookups (rows, then cache entries) rather than one join: the plan stays
+    one index probe per key whatever the planner believes about a cache growing under it.
+    """
+    query = sql.SQL(
+        "SELECT {key}::text, {text}, sha256(convert_to({text}, 'UTF8')) FROM {table} "
+        "WHERE {key} = ANY(%s::text[]::{key_type}[])"
+    ).format(key=src.key, text=src.text, table=src.table, key_type=sql.SQL(src.key_type))
+    rows = conn.execute(query, (list(keys),)).fetchall()
+    hits: set[bytes] = set()
+    shas = [bytes(r[2]) for r in rows if r[2] is not None]
+    if use_cache and shas:
+        found = conn.execute(
+            "SELECT sha256 FROM pgdr.embedding_cache WHERE model = %s AND dimension = %s "
+            "AND sha256 = ANY(%s::bytea[])",
+            (model, src.dimension, shas),
+        ).fetchall()
+        hits = {bytes(f[0]) for f in found}
+    out = []
+    for key, text, raw_sha in rows:
+        sha = None if raw_sha is None else bytes(raw_sha)
+        hit = sha is not None and sha in hits
+        out.append(BatchRow(str(key), None if hit else text, sha, hit))
+    return out
+
+
+def _encode_vector(vec: Vector) -> bytes:
+    return struct.pack("!hh", len(vec), 0) + vec.astype(">f4").tobytes()
+
+
+def encode_copy(rows: Sequence[tuple[str, bytes | None, Vector | None]]) -> bytes:
+    """A binary COPY stream of (key text, sha bytea, vector) rows."""
+    parts = [COPY_HEADER]
+    three = struct.pack("!h", 3)
+    null = struct.pack("!i", -1)
+    for key, sha, vec in rows:
+        k = key.encode("utf-8")
+        parts.append(three + struct.pack("!i", len(k)) + k)
+        parts.append(null if sha is None else struct.pack("!i", len(sha)) + sha)
+        if vec is None:
+            parts.append(null)
+        else:
+            v = _encode_vector(np.asarray(vec, dtype=np.float32))
+            parts.append(struct.pack("!i", len(v)) + v)
+    parts.append(COPY_TRAILER)
+    return b"".join(parts)
+
+
+def write_batch(
+    conn: psycopg.Connection[Any],
+    src: ResolvedSource,
+    staged: Sequence[tuple[str, bytes | None, Vector | None]],
+    model: str,
+    use_cache: bool,
+) -> set[str]:
+    """Write fresh vectors and cache hits for ``staged`` rows; the keys actually updated.
+
+    Rows deleted since the batch was read are simply not updated (and not returned). Fresh
+    vectors also go into the cache, so the same text is never sent to the provider again.
+    Runs inside the caller's transaction.
+    """
+    if not staged:
+        return set()
+    stage = _stage_name(src)
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (k text, sha bytea, v {}) ON COMMIT DELETE ROWS"
+        ).format(stage, sql.SQL(src.vector_type))
+    )
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            sql.SQL("COPY {} (k, sha, v) FROM STDIN WITH (FORMAT BINARY)").format(stage)
+        ) as copy,
+    ):
+        copy.write(encode_copy(staged))
+    names = {
+        "table": src.table,
+        "vec": sql.Identifier(src.spec.vector),
+        "vtype": sql.SQL(src.vector_type),
+        "stage": stage,
+        "key": src.key,
+        "key_type": sql.SQL(src.key_type),
+        "m": sql.Literal(model),
+        "d": sql.Literal(src.dimension),
+    }
+    written = conn.execute(
+        sql.SQL(
+            "UPDATE {table} SET {vec} = s.v FROM {stage} s "
+            "WHERE {key} = s.k::{key_type} AND s.v IS NOT NULL RETURNING {key}::text"
+        ).format(**names)
+    ).fetchall()
+    if use_cache and any(vec is None for _k, _s, vec in staged):
+        written += conn.execute(
+            sql.SQL(
+                "UPDATE {table} SET {vec} = c.embedding::{vtype} FROM {stage} s "
+                "JOIN pgdr.embedding_cache c ON c.model = {m} AND c.dimension = {d} "
+                "AND c.sha256 = s.sha WHERE {key} = s.k::{key_type} AND s.v IS NULL "
+                "RETURNING {key}::text"
+            ).format(**names)
+        ).fetchall()
+    if use_cache:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO pgdr.embedding_cache (model, dimension, sha256, embedding) "
+                "SELECT DISTINCT ON (sha) {m}, {d}, sha, v::real[] FROM {stage} "
+                "WHERE v IS NOT NULL AND sha IS NOT NULL ON CONFLICT DO NOTHING"
+            ).format(m=sql.Literal(model), d=sql.Literal(src.dimension), stage=stage)
+        )
+    return {str(r[0]) for r in written}
