@@ -23,12 +23,13 @@ from pgdr.cli import (
     pool,
     profile,
     readonly,
+    reembed,
     repo,
     restore,
     sample,
+    vector,
     wal,
 )
-from pgdr.cli import db, demo, pool, profile, reembed, sample, vector
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -39,26 +40,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+# Getting started and the database itself
+app.command()(demo.demo)
 app.add_typer(db.app, name="db")
+app.command()(pool.health)
 app.add_typer(pool.app, name="pool")
 app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
-app.add_typer(monitor.app, name="monitor")
-app.add_typer(readonly.app, name="readonly")
-app.add_typer(check.app, name="check")
-app.add_typer(inventory.app, name="inventory")
+# Backups, WAL and recovery
 app.add_typer(backup.app, name="backup")
 app.command()(restore.restore)
+app.add_typer(wal.app, name="wal")
+app.command()(mark.mark)
 app.add_typer(repo.app, name="repo")
 app.command()(repo.prune)
 app.add_typer(key.app, name="key")
-app.add_typer(wal.app, name="wal")
-app.command()(mark.mark)
+# Integrity, incidents and monitoring
+app.add_typer(check.app, name="check")
+app.add_typer(inventory.app, name="inventory")
+app.add_typer(readonly.app, name="readonly")
+app.add_typer(monitor.app, name="monitor")
+app.command()(monitor.serve)
+# Embeddings
 app.add_typer(reembed.app, name="reembed")
 app.add_typer(vector.app, name="vector")
-app.command()(pool.health)
-app.command()(demo.demo)
-app.command()(monitor.serve)
 
 
 @app.command()
