@@ -108,7 +108,7 @@ def test_compare_bad_input_is_one_sentence(
     assert "Traceback" not in none.stderr
     backup = run_cli("check", "compare", "--backup", "b1", env=env)
     assert backup.code == 2
-    assert "backup repository" in backup.stderr
+    assert "holds no backups yet" in backup.stderr
     unset = run_cli("check", "compare", "--against-env", "NOPE_NOT_SET", env=env)
     assert unset.code == 2
     assert "NOPE_NOT_SET is not set" in unset.stderr

@@ -10,20 +10,22 @@ offsets in the manifest, so a damaged chunk is reported as the files it holds, b
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
 from pgdr.backup.manifest import FileEntry, ForgedManifest, Manifest, format_time, now_utc
 from pgdr.backup.repository import BACKUPS, Repository
-from pgdr.cluster import installation_for_major
+from pgdr.cluster import LocalCluster, PgInstallation, installation_for_major
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
 from pgdr.errors import PgdrError
 from pgdr.storage import ObjectNotFound
+
+if TYPE_CHECKING:
+    from pgdr.restore import RestoreResult
 
 Progress = Callable[[int], None]
 
@@ -162,22 +164,17 @@ def _check_pg_manifest(
 
 def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
     """Restore into a throwaway cluster, pg_verifybackup, start, pg_amcheck; record the result."""
-    from pgdr.restore import adopt_restored, restore_backup  # noqa: PLC0415 - restore uses us
+    from pgdr.restore import scratch_cluster  # noqa: PLC0415 - restore uses us
 
-    settings = repo.settings
     began = time.monotonic()
     at = format_time(now_utc())
-    scratch = settings.home / "scratch" / f"restore-test-{backup_id}-{int(time.time())}"
     steps: list[str] = []
     passed = False
     detail = ""
-    cluster = None
-    try:
-        scratch.parent.mkdir(parents=True, exist_ok=True)
-        scratch.parent.chmod(0o711)
-        restored = restore_backup(repo, backup_id, scratch / "data", check_files=True)
+
+    def verify_files(restored: RestoreResult) -> None:
         steps.append("restored")
-        installation = installation_for_major(restored.pg_major, settings.pg_bin)
+        installation = installation_for_major(restored.pg_major, repo.settings.pg_bin)
         verify = subprocess.run(
             [str(installation.tool("pg_verifybackup")), str(restored.data_dir)],
             capture_output=True,
@@ -187,42 +184,18 @@ def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
         if verify.returncode != 0:
             raise DamagedBackup(f"pg_verifybackup failed: {_last_line(verify.stderr)}")
         steps.append("pg_verifybackup")
-        cluster = adopt_restored(settings, restored.data_dir, restored.pg_major, scratch)
-        cluster.start()
-        steps.append("started")
-        amcheck = subprocess.run(
-            [
-                str(installation.tool("pg_amcheck")),
-                "-h",
-                str(cluster.socket_dir),
-                "-p",
-                str(cluster.port),
-                "-U",
-                "postgres",
-                "--all",
-                "--install-missing",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=3600,
-        )
-        if amcheck.returncode != 0:
-            raise DamagedBackup(
-                f"pg_amcheck found problems: {_last_line(amcheck.stdout + amcheck.stderr)}"
-            )
-        steps.append("pg_amcheck")
+
+    try:
+        with scratch_cluster(
+            repo, backup_id, "restore-test", check_files=True, before_start=verify_files
+        ) as (cluster, restored):
+            steps.append("started")
+            _amcheck(cluster, installation_for_major(restored.pg_major, repo.settings.pg_bin))
+            steps.append("pg_amcheck")
         passed = True
         detail = "restored, verified with pg_verifybackup, started, pg_amcheck --all clean"
     except PgdrError as exc:
         detail = exc.message
-    finally:
-        if cluster is not None:
-            try:
-                cluster.destroy()
-            except (PgdrError, OSError):
-                shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
     result = {
         "backup_id": backup_id,
         "passed": passed,
@@ -233,6 +206,30 @@ def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
     }
     result["record"] = repo.record_restore_test(backup_id, result)
     return result
+
+
+def _amcheck(cluster: LocalCluster, installation: PgInstallation) -> None:
+    amcheck = subprocess.run(
+        [
+            str(installation.tool("pg_amcheck")),
+            "-h",
+            str(cluster.socket_dir),
+            "-p",
+            str(cluster.port),
+            "-U",
+            "postgres",
+            "--all",
+            "--install-missing",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
+    )
+    if amcheck.returncode != 0:
+        raise DamagedBackup(
+            f"pg_amcheck found problems: {_last_line(amcheck.stdout + amcheck.stderr)}"
+        )
 
 
 def _last_line(text: str) -> str:

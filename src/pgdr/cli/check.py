@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from pgdr.backup import open_repository
 from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
 from pgdr.errors import CheckFailed, ConfigError
 from pgdr.integrity import CheckOptions, Report, run_check
+from pgdr.integrity.from_backup import snapshot_of_backup
 from pgdr.integrity.records import RecordStore
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.integrity.sqlfunc import install_sql
@@ -188,7 +190,13 @@ def compare(
         ),
     ] = None,
     backup: Annotated[
-        str | None, typer.Option("--backup", metavar="ID", help="Compare with a backup.")
+        str | None,
+        typer.Option(
+            "--backup", metavar="ID", help="Compare with a backup (an id, prefix or 'latest')."
+        ),
+    ] = None,
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="Repository holding the backup.")
     ] = None,
     profile: ProfileOption = None,
     timeout: TimeoutOption = 300.0,
@@ -196,14 +204,15 @@ def compare(
 ) -> None:
     """Tables whose count fell, whose newest row went back, or whose history changed."""
     spec = chosen_profile(profile)
+    chosen = [x for x in (snapshot_ref, against_env, backup) if x is not None]
+    if len(chosen) > 1:
+        raise ConfigError("Give one of SNAPSHOT, --against-env or --backup, not several.")
     if backup is not None:
-        raise ConfigError(
-            "Comparing with a backup needs the backup repository, which this pgdr does not "
-            "have yet; compare with a snapshot or --against-env instead."
+        s = settings()
+        baseline = snapshot_of_backup(
+            open_repository(s, repo), backup, target(s).conninfo, spec, timeout
         )
-    if against_env is not None and snapshot_ref is not None:
-        raise ConfigError("Give either a SNAPSHOT or --against-env, not both.")
-    if against_env is not None:
+    elif against_env is not None:
         url = os.environ.get(against_env)
         if not url:
             raise ConfigError(f"Environment variable {against_env} is not set or empty.")

@@ -2,7 +2,8 @@
 started as a new cluster.
 
 ``restore_backup`` lays the files down (full or an incremental chain via pg_combinebackup);
-``adopt_restored`` makes the directory a pgdr cluster that can be started. Point-in-time recovery
+``adopt_restored`` makes the directory a pgdr cluster that can be started; ``scratch_cluster``
+does both for a throwaway copy that is always removed. Point-in-time recovery
 builds on these by writing recovery settings into the restored directory before starting it.
 """
 
@@ -13,6 +14,7 @@ from pgdr.restore.base import (
     extract_backup,
     restore_backup,
 )
+from pgdr.restore.scratch import scratch_cluster
 from pgdr.restore.start import adopt_restored
 
 __all__ = [
@@ -23,4 +25,5 @@ __all__ = [
     "extract_backup",
     "fetch_chunk",
     "restore_backup",
+    "scratch_cluster",
 ]
