@@ -34,16 +34,8 @@ from pgdr.config import PgdrSettings
 from pgdr.integrity import CheckOptions, run_check
 from pgdr.profile import load_profile
 from pgdr.sample import load_sample
+from pgdr.sample.loader import TABLES
 
-TABLES = (
-    "users",
-    "chatbots",
-    "subscriptions",
-    "conversations",
-    "messages",
-    "embeddings",
-    "knowledge_base",
-)
 RUNBOOK = [
     # Scenario 1, step 4: verify restoration
     "SELECT MAX(created_at) FROM users",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pgdr.backup.manifest import Manifest, format_time, now_utc
+from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.errors import ConfigError, RuntimeFailure
@@ -173,18 +174,8 @@ class LockInfo:
 
     def stale(self) -> bool:
         if self.host == socket.gethostname():
-            return not _pid_alive(self.pid)
+            return not pid_alive(self.pid)
         return time.time() - self.refreshed_at > LOCK_STALE_AFTER_S
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Repository:

@@ -183,18 +183,7 @@ class LocalCluster:
         self._append_config(
             BASE_CONFIG.format(port=port, socket_dir=self.socket_dir) + extra_config
         )
-        self._write_meta(
-            {
-                "name": self.name,
-                "bin_dir": str(inst.bin_dir),
-                "major": inst.major,
-                "version": inst.version,
-                "source": inst.source,
-                "port": port,
-                "checksums": checksums,
-                "created_at": time.time(),
-            }
-        )
+        self._record(inst, port, checksums=checksums)
 
     def adopt(self, installation: PgInstallation, port: int | None = None) -> None:
         """Take over a data directory put in place by someone else (a restore), ready to start."""
@@ -206,6 +195,9 @@ class LocalCluster:
         self.user.own(self.socket_dir, 0o700)
         self._chown_tree(self.data_dir)
         self._append_config(BASE_CONFIG.format(port=port, socket_dir=self.socket_dir))
+        self._record(inst, port, adopted=True)
+
+    def _record(self, inst: PgInstallation, port: int, **extra: Any) -> None:
         self._write_meta(
             {
                 "name": self.name,
@@ -215,7 +207,7 @@ class LocalCluster:
                 "source": inst.source,
                 "port": port,
                 "created_at": time.time(),
-                "adopted": True,
+                **extra,
             }
         )
 
@@ -411,7 +403,8 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=False)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process, whoever owns it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -445,7 +438,7 @@ def _proc_state(pid: int) -> str:
 
 def _is_postgres_for(pid: int, data_dir: Path) -> bool:
     """Whether ``pid`` is a live postgres whose working directory is ``data_dir``."""
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]

@@ -490,12 +490,14 @@ class Reembedder:
             "ORDER BY group_key FOR UPDATE",
             (job.id, names),
         )
-        finished = conn.execute(
+        # One pass over the touched groups; those this batch finished come back with
+        # remaining <= 0 and get their status moved below.
+        updated = conn.execute(
             "UPDATE pgdr.reembed_groups g SET remaining = g.remaining - d.n, "
             "failed = g.failed + d.f, reason = coalesce(g.reason, d.r) "
             "FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS d(k, n, f, r) "
-            "WHERE g.job_id = %s AND g.group_key = d.k AND g.remaining - d.n <= 0 "
-            "RETURNING g.group_key, g.failed, g.total, g.reason",
+            "WHERE g.job_id = %s AND g.group_key = d.k "
+            "RETURNING g.group_key, g.failed, g.total, g.reason, g.remaining",
             (
                 names,
                 [done[g] for g in names],
@@ -504,19 +506,7 @@ class Reembedder:
                 job.id,
             ),
         ).fetchall()
-        conn.execute(
-            "UPDATE pgdr.reembed_groups g SET remaining = g.remaining - d.n, "
-            "failed = g.failed + d.f, reason = coalesce(g.reason, d.r) "
-            "FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS d(k, n, f, r) "
-            "WHERE g.job_id = %s AND g.group_key = d.k AND g.remaining - d.n > 0",
-            (
-                names,
-                [done[g] for g in names],
-                [failed[g] for g in names],
-                [first_reason.get(g) for g in names],
-                job.id,
-            ),
-        )
+        finished = [row[:4] for row in updated if row[4] <= 0]
         st = src.spec.status
         if st is None or src.status_key_type is None:
             return
