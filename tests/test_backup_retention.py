@@ -11,16 +11,12 @@ import pytest
 from conftest import Server, run_cli
 from pgdr.backup import (
     Manifest,
-    Repository,
     RetentionPolicy,
-    choose_backup,
     load_repositories,
-    parse_lsn,
 )
 from pgdr.backup.manifest import format_time
 from pgdr.backup.retention import plan_retention
 from pgdr.config import PgdrSettings
-from pgdr.crypto import DataKey
 from pgdr.errors import ConfigError
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -177,21 +173,3 @@ weekly_days = 90
     )
     assert restored.code == 0, restored.stderr
     assert (scratch / "r" / "PG_VERSION").read_text().strip() == "15"
-
-
-def test_choose_backup_for_a_target(repo: Repository) -> None:
-    ages = (30, 20, 10)
-    for n, age in enumerate(ages):
-        manifest = _m(age)
-        manifest.stop_lsn = f"0/{(n + 1) * 0x1000000:X}"
-        data_key = DataKey.generate()
-        manifest.wrapped_key = repo.master_key.wrap(data_key)
-        manifest.sign_with(data_key)
-        repo.store.put(repo.manifest_key(manifest.id), manifest.to_json())
-    ids = [m.id for m in repo.list_backups()]
-    assert choose_backup(repo).id == ids[-1]
-    assert choose_backup(repo, before_time=NOW - timedelta(days=15)).id == ids[1]
-    assert choose_backup(repo, before_lsn="0/1800000").id == ids[0]
-    assert parse_lsn("1/0") == 1 << 32
-    with pytest.raises(ConfigError, match="no backup that finished before"):
-        choose_backup(repo, before_time=NOW - timedelta(days=40))

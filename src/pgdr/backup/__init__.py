@@ -17,7 +17,6 @@ from pgdr.backup.repository import (
     open_repository,
     repository_at,
 )
-from pgdr.backup.select import choose_backup, parse_lsn
 from pgdr.backup.take import server_facts, take_backup
 
 __all__ = [
@@ -29,10 +28,8 @@ __all__ = [
     "RepoConfig",
     "Repository",
     "RetentionPolicy",
-    "choose_backup",
     "load_repositories",
     "open_repository",
-    "parse_lsn",
     "repository_at",
     "server_facts",
     "take_backup",

@@ -171,10 +171,6 @@ def _fmt(moment: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds") if moment else "unknown"
 
 
-def _lsn(text: str) -> int:
-    return parse_lsn(text)
-
-
 def wait_for_streamer(archive: WalArchive, timeout: float = STREAMER_SETTLE_S) -> str | None:
     """For --latest: let a live streamer of a server that just died upload its last partial."""
     deadline = time.monotonic() + timeout
@@ -260,7 +256,7 @@ def plan_pitr(
 
     def fits(m: Manifest) -> bool:
         if target_lsn is not None:
-            return _lsn(m.stop_lsn) <= target_lsn
+            return parse_lsn(m.stop_lsn) <= target_lsn
         if target_time is not None:
             return m.stop_datetime <= target_time
         return True
@@ -278,20 +274,20 @@ def plan_pitr(
     else:
         fitting = [m for m in backups if fits(m)]
         if not fitting:
-            first = min(backups, key=lambda m: _lsn(m.stop_lsn))
+            first = min(backups, key=lambda m: parse_lsn(m.stop_lsn))
             raise CheckFailed(
                 f"{target.describe()} is before the recovery window: the oldest base backup "
                 f"({first.id}) ends at {first.stop_lsn}, {first.stop_time}."
             )
         chosen = fitting[-1]
-    base_lsn = _lsn(chosen.start_lsn)
+    base_lsn = parse_lsn(chosen.start_lsn)
     tli = choose_timeline(chain, chosen.timeline, base_lsn, timeline)
     if target_lsn is not None and target_lsn < base_lsn:
         raise CheckFailed(f"{target.describe()} is before backup {chosen.id} starts.")
     required_until = segment_of_lsn(target_lsn, archive.segment_size) if target_lsn else None
     segments = chain.needed(tli, base_lsn, None, use_partial=True, required_until=required_until)
     last_seg = segments[-1][0].segno if segments else None
-    stop_seg = segment_of_lsn(_lsn(chosen.stop_lsn), archive.segment_size)
+    stop_seg = segment_of_lsn(parse_lsn(chosen.stop_lsn), archive.segment_size)
     if last_seg is None or last_seg < stop_seg:
         raise CheckFailed(
             f"The WAL of backup {chosen.id} (up to {chosen.stop_lsn}) is not in the repository."
