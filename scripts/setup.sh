@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for pgdr: Debian packages (PostgreSQL 15 for the second-version tests,
-# pgBackRest for the benchmarks) and a virtual environment with pgdr and its dev tools.
+# pgBackRest for the benchmarks, Chromium for the dashboard tests) and a virtual environment with pgdr and its dev tools.
 # Idempotent: a second run installs nothing and takes a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest zstd)
+DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest zstd chromium chromium-driver)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

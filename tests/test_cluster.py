@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from conftest import Server, run_cli
 from pgdr.cluster import LocalCluster, choose_installation, find_installations
+from pgdr.cluster.service_user import resolve_service_user
 from pgdr.config import PgdrSettings
 from pgdr.errors import ConfigError
 
@@ -137,3 +139,63 @@ def test_start_timeout_is_reasonable(pg18: Server) -> None:
     started = time.monotonic()
     assert pg18.cluster.start() == []  # already running: a no-op
     assert time.monotonic() - started < 5
+
+
+def test_binaries_the_service_user_cannot_reach_are_staged(settings: PgdrSettings) -> None:
+    """A venv under root's 0700 home: the server half is copied to PGDR_HOME/runtime."""
+    import shutil
+
+    from pgdr.cluster.installation import PgInstallation, embedded_bin_dir
+    from pgdr.cluster.runtime import reachable_installation
+
+    source = embedded_bin_dir()
+    assert source is not None
+    package = source.parent.parent
+    private = Path(tempfile.mkdtemp(prefix="private-", dir="/tmp"))
+    private.chmod(0o700)
+    try:
+        shutil.copytree(package, private / "site" / package.name, symlinks=True)
+        libs = package.with_name(package.name + ".libs")
+        shutil.copytree(libs, private / "site" / libs.name, symlinks=True)
+        hidden = PgInstallation(
+            private / "site" / package.name / "pginstall" / "bin", 18, "18.6", "embedded"
+        )
+        user = resolve_service_user(settings.service_user)
+        assert not user.can_reach(hidden.bin_dir / "postgres")
+        home = Path(tempfile.mkdtemp(prefix="stage-", dir="/tmp"))
+        home.chmod(0o711)
+        staged = reachable_installation(hidden, user, home / "runtime")
+        assert staged.bin_dir != hidden.bin_dir and user.can_reach(staged.bin_dir / "postgres")
+        assert reachable_installation(hidden, user, home / "runtime") == staged  # copied once
+        cluster = LocalCluster(home / "clusters" / "staged", PgdrSettings(home=home))
+        cluster.create(staged)
+        cluster.start()
+        with psycopg.connect(cluster.conninfo()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        cluster.destroy()
+        shutil.rmtree(home)
+    finally:
+        shutil.rmtree(private)
+
+
+def test_missing_service_user_is_created(tmp_path: Path) -> None:
+    import pwd
+    import subprocess
+
+    name = "pgdr-test-svc"
+    subprocess.run(["userdel", name], capture_output=True)
+    home = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))
+    home.chmod(0o711)
+    settings = PgdrSettings(home=home, service_user=name)
+    cluster = LocalCluster(home / "clusters" / "svc", settings)
+    try:
+        cluster.create(choose_installation(None, 18))
+        cluster.start()
+        pid = cluster.status().pid
+        assert pid is not None
+        assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam(name).pw_uid
+    finally:
+        cluster.destroy()
+        subprocess.run(["userdel", name], capture_output=True)
+    with pytest.raises(ConfigError, match="must not be root"):
+        resolve_service_user("root")

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from pgdr import __version__
-from pgdr.cli import backup, db, demo, key, mark, pool, profile, repo, restore, sample, wal
+from pgdr.cli import backup, check, db, demo, inventory, key, mark, monitor, pool, profile, readonly, repo, restore, sample, wal
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
@@ -33,8 +33,13 @@ app.command()(repo.prune)
 app.add_typer(key.app, name="key")
 app.add_typer(wal.app, name="wal")
 app.command()(mark.mark)
+app.add_typer(monitor.app, name="monitor")
+app.add_typer(readonly.app, name="readonly")
+app.add_typer(check.app, name="check")
+app.add_typer(inventory.app, name="inventory")
 app.command()(pool.health)
 app.command()(demo.demo)
+app.command()(monitor.serve)
 
 
 @app.command()
@@ -51,7 +56,7 @@ def main() -> None:
     try:
         app()
     except PgdrError as exc:
-        err_console.print(f"[red]error:[/] {exc.message}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
         err_console.print("Interrupted.")

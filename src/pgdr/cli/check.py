@@ -1,0 +1,262 @@
+"""``pgdr check``: integrity checks, snapshots and their comparison, the psql function."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
+from pgdr.errors import CheckFailed, ConfigError
+from pgdr.integrity import CheckOptions, Report, run_check
+from pgdr.integrity.records import RecordStore
+from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
+from pgdr.integrity.sqlfunc import install_sql
+from pgdr.profile import Profile, load_profile
+
+app = typer.Typer(
+    help="Integrity checks: orphans, broken embeddings, rules, storage; snapshots.",
+    invoke_without_command=True,
+)
+
+ProfileOption = Annotated[
+    str | None,
+    typer.Option("--profile", help="Built-in profile name or TOML path (default: PGDR_PROFILE)."),
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option("--timeout", help="Statement timeout in seconds for each query.", min=1),
+]
+
+STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def chosen_profile(name: str | None) -> Profile:
+    return load_profile(name or settings().profile)
+
+
+def render_report(report: Report, title: str) -> None:
+    """The human form of any integrity report."""
+    if report.findings:
+        table = Table(title=title, title_justify="left")
+        for column in ("level", "severity", "check", "table", "count", "finding"):
+            table.add_column(column, justify="right" if column == "count" else "left")
+        for f in report.ordered():
+            table.add_row(
+                f.priority,
+                f"[{STYLE[f.severity]}]{f.severity}[/]",
+                f.check,
+                f.table or "",
+                "" if f.count is None else f"{f.count:,}",
+                f.message + (f" e.g. {', '.join(f.samples[:3])}" if f.samples else ""),
+            )
+        console.print(table)
+    _render_embeddings(report)
+    for skipped in report.skipped:
+        label = "partial" if skipped.partial else "skipped"
+        console.print(f"[yellow]{label}:[/] {skipped.reason}", highlight=False)
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    counts = report.counts()
+    verdict = "[bold red]FAILED[/]" if counts["critical"] else "[green]OK[/]"
+    console.print(
+        f"{verdict}: {counts['critical']} critical, {counts['warning']} warning, "
+        f"{counts['info']} info finding(s) in {report.duration_s:.2f} s.",
+        highlight=False,
+    )
+
+
+def _render_embeddings(report: Report) -> None:
+    """Per embedding source: totals, and the chatbots (groups) with the most problems."""
+    codes = ("missing_vector", "wrong_dimension", "non_finite", "zero_vector")
+    for src in report.sections.get("embeddings", []):
+        present = [c for c in codes if c in src]
+        counts = ", ".join(f"{c.replace('_', ' ')} {src[c]:,}" for c in present)
+        console.print(
+            f"embeddings {src['source']}: {src['with_vector']:,} of {src['rows']:,} rows have a "
+            f"vector; {counts}.",
+            highlight=False,
+        )
+        if not src.get("groups"):
+            continue
+        table = Table(title=f"{src['group_by']} with problems (worst first)", title_justify="left")
+        for column in ("group", "rows", "with vector", *present):
+            table.add_column(
+                column.replace("_", " "), justify="left" if column == "group" else "right"
+            )
+        for group in src["groups"][:10]:
+            table.add_row(
+                str(group["group"]),
+                f"{group['rows']:,}",
+                f"{group['with_vector']:,}",
+                *(f"{group.get(c, 0):,}" for c in present),
+            )
+        console.print(table)
+
+
+def fail_on_critical(report: Report) -> None:
+    """Exit 1 (after the report is printed) when anything critical was found."""
+    if report.critical:
+        raise CheckFailed(
+            f"{report.critical} critical finding(s); highest level {report.top_priority}."
+        )
+
+
+@app.callback()
+def check(
+    ctx: typer.Context,
+    profile: ProfileOption = None,
+    vectors: Annotated[
+        bool,
+        typer.Option("--vectors", help="Read every vector: NaN, infinity and zero vectors."),
+    ] = False,
+    deep: Annotated[
+        bool,
+        typer.Option("--deep", help="Also run pg_amcheck over heaps and B-trees (reads all)."),
+    ] = False,
+    timeout: TimeoutOption = 300.0,
+    samples: Annotated[int, typer.Option(help="Sample keys per finding.", min=0)] = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """Run every integrity check of the profile (one pass per table); exit 1 on critical."""
+    if ctx.invoked_subcommand is not None:
+        return
+    options = CheckOptions(vectors=vectors or deep, deep=deep, timeout_s=timeout, samples=samples)
+    spec = chosen_profile(profile)
+    db = target()
+
+    with progress_bar("Checking tables", None, enabled=not as_json) as advance:
+        report = run_check(db.conninfo, spec, options, lambda _table: advance(1))
+    emit(report.as_dict(), as_json, lambda: render_report(report, f"pgdr check ({spec.name})"))
+    fail_on_critical(report)
+
+
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", help="Write to this file instead of PGDR_HOME/records.")
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing file.")]
+
+
+@app.command()
+def snapshot(
+    profile: ProfileOption = None,
+    output: OutputOption = None,
+    force: ForceOption = False,
+    timeout: TimeoutOption = 300.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Record row counts, newest created_at and key fingerprints of the profile's tables."""
+    spec = chosen_profile(profile)
+    report = Report("snapshot", target().redacted(), spec.name)
+    data = take_snapshot(target().conninfo, spec, timeout, report)
+    path = RecordStore(settings().home, "snapshot").save(data, output, force)
+    data["path"] = str(path)
+    data["skipped"] = [s.reason for s in report.skipped]
+
+    def render() -> None:
+        table = Table(title=f"Snapshot {data['id']}", title_justify="left")
+        for column in ("table", "rows", "newest"):
+            table.add_column(column, justify="right" if column == "rows" else "left")
+        for name, t in data["tables"].items():
+            if t.get("missing"):
+                table.add_row(name, "", "[red]missing[/]")
+            else:
+                table.add_row(name, f"{t['rows']:,}", t["newest"] or "")
+        console.print(table)
+        for reason in data["skipped"]:
+            console.print(f"[yellow]skipped:[/] {reason}", highlight=False)
+        console.print(f"Saved to {path}.", highlight=False)
+
+    emit(data, as_json, render)
+
+
+@app.command()
+def compare(
+    snapshot_ref: Annotated[
+        str | None,
+        typer.Argument(metavar="[SNAPSHOT]", help="Snapshot id or file (default: the newest)."),
+    ] = None,
+    against_env: Annotated[
+        str | None,
+        typer.Option(
+            "--against-env",
+            metavar="VAR",
+            help="Compare with the database whose URL is in environment variable VAR.",
+        ),
+    ] = None,
+    backup: Annotated[
+        str | None, typer.Option("--backup", metavar="ID", help="Compare with a backup.")
+    ] = None,
+    profile: ProfileOption = None,
+    timeout: TimeoutOption = 300.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Tables whose count fell, whose newest row went back, or whose history changed."""
+    spec = chosen_profile(profile)
+    if backup is not None:
+        raise ConfigError(
+            "Comparing with a backup needs the backup repository, which this pgdr does not "
+            "have yet; compare with a snapshot or --against-env instead."
+        )
+    if against_env is not None and snapshot_ref is not None:
+        raise ConfigError("Give either a SNAPSHOT or --against-env, not both.")
+    if against_env is not None:
+        url = os.environ.get(against_env)
+        if not url:
+            raise ConfigError(f"Environment variable {against_env} is not set or empty.")
+        baseline = take_snapshot(url, spec, timeout)
+    else:
+        baseline, _path = RecordStore(settings().home, "snapshot").load(snapshot_ref)
+    report = compare_snapshot(target().conninfo, baseline, spec, timeout)
+
+    def render() -> None:
+        base = report.sections["baseline"]
+        table = Table(
+            title=f"Compared with {base['id']} ({base['taken_at']})", title_justify="left"
+        )
+        for column in ("table", "rows then", "rows now", "newest then", "newest now"):
+            table.add_column(column, justify="right" if "rows" in column else "left")
+        for t in report.sections["tables"]:
+            before, now = t["before"], t["now"]
+            table.add_row(
+                t["table"],
+                f"{before['rows']:,}",
+                f"{now['rows']:,}",
+                before.get("newest") or "",
+                now.get("newest") or "",
+            )
+        console.print(table)
+        render_report(report, "Differences")
+
+    emit(report.as_dict(), as_json, render)
+    fail_on_critical(report)
+
+
+@app.command("install-sql")
+def install_sql_command(
+    profile: ProfileOption = None,
+    schema: Annotated[
+        str, typer.Option(help="Schema for the function (public: callable unqualified).")
+    ] = "pgdr",
+    vectors: Annotated[
+        bool, typer.Option("--vectors", help="Also read vector contents (NaN, zero vectors).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Install check_referential_integrity() for psql users; one row per finding."""
+    spec = chosen_profile(profile)
+    installed = install_sql(target().conninfo, spec, schema=schema, vectors=vectors)
+
+    def render() -> None:
+        console.print(
+            f"Installed {installed.function}: {installed.checks} checks over "
+            f"{installed.tables} tables. Run: SELECT * FROM {installed.function};",
+            highlight=False,
+        )
+        for reason in installed.skipped:
+            console.print(f"[yellow]not included:[/] {reason}", highlight=False)
+
+    emit(installed.as_dict(), as_json, render)

@@ -1,0 +1,169 @@
+"""``pgdr monitor`` and ``pgdr serve``: health reports, scheduled checks, incidents, the API."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pgdr.cli.common import JsonOption, console, emit, err_console, pool_settings, settings, target
+from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, MonitorConfig, collect_report
+from pgdr.monitoring.metrics import MetricsSnapshot
+from pgdr.monitoring.monitor import Monitor
+from pgdr.pool import connect
+
+app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
+
+
+def _monitor(interval: float = 120) -> Monitor:
+    s = settings()
+    return Monitor(
+        target(s).conninfo,
+        s.home / "records",
+        pool_settings(s).settings,
+        MonitorConfig(interval_seconds=interval),
+    )
+
+
+def _checks_table(results: list[CheckResult]) -> Table:
+    table = Table(title="Checks")
+    for column in ("check", "result", "severity", "detail"):
+        table.add_column(column)
+    for r in results:
+        result = "skipped" if r.skipped else ("[green]ok[/]" if r.ok else "[red]failed[/]")
+        table.add_row(r.name, result, r.severity.value if r.severity else "", r.message)
+    return table
+
+
+def _emit_round(snap: MetricsSnapshot, as_json: bool) -> None:
+    emit(snap.as_dict(), as_json, lambda: console.print(_checks_table(snap.checks)))
+
+
+@app.command()
+def report(
+    long_query_seconds: Annotated[float, typer.Option(help="Threshold for long queries.")] = 300,
+    as_json: JsonOption = False,
+) -> None:
+    """The runbook's manual health checks: latency, sizes, connections, long queries, bloat."""
+    s = settings()
+    with connect(target(s).conninfo, pool_settings(s).settings) as conn:
+        rep = collect_report(conn, long_query_seconds)
+
+    def render() -> None:
+        console.print(f"Server time {rep.server_time}, round trip {rep.latency_ms} ms")
+        console.print(
+            f"Connections: {rep.connections} of {rep.max_connections} "
+            f"({rep.active} active, {rep.idle_in_transaction} idle in transaction)"
+        )
+        sizes = Table(title="Table sizes")
+        sizes.add_column("table")
+        sizes.add_column("size", justify="right")
+        for t in rep.tables:
+            sizes.add_row(f"{t.schema}.{t.table}", f"{t.bytes / 1e6:,.1f} MB")
+        console.print(sizes)
+        for q in rep.long_queries:
+            console.print(
+                f"[yellow]long query[/] pid {q.pid}: {q.seconds:.0f} s ({q.state}) {q.query}"
+            )
+        for b in rep.bloat:
+            console.print(
+                f"[yellow]bloat[/] {b.schema}.{b.table}: {b.dead_tuples} dead ({b.dead_pct}%)"
+            )
+
+    emit(rep.as_dict(), as_json, render)
+
+
+@app.command()
+def run(
+    once: Annotated[
+        bool, typer.Option("--once", help="One round, then exit (1 if any check failed).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between rounds (runbook: 120).")] = 120,
+    as_json: JsonOption = False,
+) -> None:
+    """Run every check on a schedule, record history and open/resolve incidents."""
+    monitor = _monitor(interval)
+    if once:
+        snap = monitor.run_once()
+        _emit_round(snap, as_json)
+        if any(not c.ok and not c.skipped for c in snap.checks) or not snap.healthy:
+            raise typer.Exit(1)
+        return
+    stop = threading.Event()
+    err_console.print(f"Monitoring every {interval:.0f} s; Ctrl-C to stop.")
+    while not stop.is_set():
+        _emit_round(monitor.run_once(), as_json)
+        stop.wait(interval)
+
+
+@app.command()
+def incidents(
+    include_resolved: Annotated[
+        bool, typer.Option("--all", help="Include resolved incidents.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List incidents opened by the monitor (open ones by default)."""
+    log = _monitor().incidents
+    chosen = log.all() if include_resolved else log.open_incidents()
+
+    def render() -> None:
+        table = Table(title="Incidents")
+        for column in ("id", "severity", "check", "state", "message"):
+            table.add_column(column)
+        for i in chosen:
+            table.add_row(i.id, i.severity, i.check, "open" if i.open else "resolved", i.message)
+        console.print(table)
+
+    emit([i.as_dict() for i in chosen], as_json, render)
+
+
+@app.command()
+def severities(as_json: JsonOption = False) -> None:
+    """The runbook's severity levels and their recovery-time objectives."""
+    data: list[dict[str, Any]] = [
+        {
+            "severity": lvl.severity.value,
+            "name": lvl.name,
+            "rto_hours": lvl.rto.total_seconds() / 3600,
+            "examples": list(lvl.examples),
+            "post_incident_review": lvl.needs_review,
+        }
+        for lvl in SEVERITY_LEVELS.values()
+    ]
+
+    def render() -> None:
+        table = Table(title="Severity levels")
+        for column in ("level", "name", "RTO", "examples"):
+            table.add_column(column)
+        for row in data:
+            table.add_row(
+                str(row["severity"]),
+                str(row["name"]),
+                f"{row['rto_hours']:g} h",
+                "; ".join(row["examples"]),
+            )
+        console.print(table)
+
+    emit(data, as_json, render)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    interval: Annotated[float, typer.Option(help="Seconds between monitor rounds.")] = 120,
+) -> None:
+    """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
+    import uvicorn  # noqa: PLC0415 - only this command needs the server
+
+    from pgdr.api import create_app, load_api_token  # noqa: PLC0415
+
+    s = settings()
+    token, note = load_api_token(s.home)
+    if note:
+        err_console.print(f"[yellow]{note}[/]")
+    monitor = _monitor(interval)
+    err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
+    uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")

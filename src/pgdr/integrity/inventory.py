@@ -1,0 +1,185 @@
+"""Pre-migration inventories: the runbook's embeddings and knowledge-base inventory CSVs.
+
+For every embedding source of the profile: rows and rows with a vector, per group (chatbot), in
+one grouped query per source. ``compare_inventory`` checks a database against a saved inventory
+after a migration or a restore: every group back to its row count, every vector present again.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from pgdr.config.target import redact
+from pgdr.errors import ConfigError
+from pgdr.integrity.catalog import read_catalog
+from pgdr.integrity.findings import Finding, Report
+from pgdr.integrity.records import new_record_id
+from pgdr.integrity.run import database_errors, open_checked
+from pgdr.integrity.snapshot import run_one
+from pgdr.profile import Profile
+
+INVENTORY_VERSION = 1
+SHOWN_GROUPS = 50
+
+
+def take_inventory(
+    conninfo: str, profile: Profile, timeout_s: float = 300.0, report: Report | None = None
+) -> dict[str, Any]:
+    report = report or Report("inventory", redact(conninfo), profile.name)
+    sources: dict[str, Any] = {}
+    with database_errors("The inventory"), open_checked(conninfo, timeout_s) as conn:
+        catalog = read_catalog(conn)
+        for src in profile.embeddings:
+            info = catalog.find(src.table, profile.schema_name)
+            needed = [src.vector] + ([src.group_by] if src.group_by else [])
+            if info is None or any(c not in info.columns for c in needed):
+                report.skip(
+                    "inventory",
+                    f"embedding source {src.name}: table {src.table} or its columns "
+                    f"({', '.join(needed)}) do not exist.",
+                )
+                continue
+            group: sql.Composable = (
+                sql.SQL("{}::text").format(sql.Identifier(src.group_by))
+                if src.group_by
+                else sql.SQL("NULL::text")
+            )
+            query = sql.SQL("SELECT {}, count(*), count({}) FROM {}.{} GROUP BY 1").format(
+                group,
+                sql.Identifier(src.vector),
+                sql.Identifier(info.schema),
+                sql.Identifier(info.name),
+            )
+            rows = run_one(conn, query, report, info.qualified, timeout_s, many=True)
+            if rows is None:
+                continue
+            groups = {str(g): {"rows": int(n), "with_vector": int(v)} for g, n, v in rows}
+            sources[src.name] = {
+                "table": info.qualified,
+                "group_by": src.group_by,
+                "vector": src.vector,
+                "rows": sum(g["rows"] for g in groups.values()),
+                "with_vector": sum(g["with_vector"] for g in groups.values()),
+                "groups": dict(sorted(groups.items())),
+            }
+    return {
+        "version": INVENTORY_VERSION,
+        "kind": "inventory",
+        "id": new_record_id(),
+        "taken_at": datetime.now(UTC).isoformat(),
+        "database": redact(conninfo),
+        "profile": profile.name,
+        "sources": sources,
+    }
+
+
+def write_csv(inventory: dict[str, Any], directory: Path, force: bool = False) -> list[Path]:
+    """``<source>-inventory.csv`` per source: group, rows, rows with a vector."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, src in inventory["sources"].items():
+        path = directory / f"{name}-inventory.csv"
+        if path.exists() and not force:
+            raise ConfigError(f"{path} already exists; pass --force to replace it.")
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([src["group_by"] or "group", "rows", "with_vector"])
+            for group, counts in src["groups"].items():
+                writer.writerow([group, counts["rows"], counts["with_vector"]])
+        paths.append(path)
+    return paths
+
+
+def compare_inventory(
+    conninfo: str, baseline: dict[str, Any], profile: Profile, timeout_s: float = 300.0
+) -> Report:
+    """Every group (chatbot) back to its row count and its vectors, per source."""
+    started = time.perf_counter()
+    report = Report("inventory-compare", redact(conninfo), profile.name)
+    now = take_inventory(conninfo, profile, timeout_s, report)
+    sections = []
+    for name, before in sorted(baseline.get("sources", {}).items()):
+        current = now["sources"].get(name)
+        if current is None:
+            report.add(
+                Finding(
+                    "inventory",
+                    "source_missing",
+                    "critical",
+                    f"Embedding source {name} ({before['table']}) could not be counted now; "
+                    f"it had {before['rows']:,} rows.",
+                    table=before["table"],
+                    name=name,
+                )
+            )
+            continue
+        short_rows: list[dict[str, Any]] = []
+        short_vectors: list[dict[str, Any]] = []
+        for group, was in before["groups"].items():
+            got = current["groups"].get(group, {"rows": 0, "with_vector": 0})
+            entry = {"group": group, "before": was, "now": got}
+            if got["rows"] < was["rows"]:
+                short_rows.append(entry)
+            if got["with_vector"] < was["with_vector"]:
+                short_vectors.append(entry)
+        table = before["table"]
+        group_word = before["group_by"] or "group"
+        if short_rows:
+            missing = sum(e["before"]["rows"] - e["now"]["rows"] for e in short_rows)
+            report.add(
+                Finding(
+                    "inventory",
+                    "rows_short",
+                    "critical",
+                    f"{len(short_rows):,} {group_word} group(s) of {table} have fewer rows than "
+                    f"in the inventory ({missing:,} rows missing).",
+                    table=table,
+                    name=name,
+                    count=missing,
+                    rows=before["rows"],
+                    samples=[e["group"] for e in short_rows[:5]],
+                )
+            )
+        if short_vectors:
+            missing = sum(
+                e["before"]["with_vector"] - e["now"]["with_vector"] for e in short_vectors
+            )
+            report.add(
+                Finding(
+                    "inventory",
+                    "vectors_short",
+                    "critical",
+                    f"{len(short_vectors):,} {group_word} group(s) of {table} have fewer vectors "
+                    f"than in the inventory ({missing:,} vectors missing).",
+                    table=table,
+                    name=name,
+                    count=missing,
+                    rows=before["with_vector"],
+                    samples=[e["group"] for e in short_vectors[:5]],
+                )
+            )
+        incomplete = {e["group"]: e for e in short_rows + short_vectors}
+        sections.append(
+            {
+                "source": name,
+                "table": table,
+                "groups_before": len(before["groups"]),
+                "groups_now": len(current["groups"]),
+                "groups_complete": len(before["groups"]) - len(incomplete),
+                "rows": {"before": before["rows"], "now": current["rows"]},
+                "with_vector": {"before": before["with_vector"], "now": current["with_vector"]},
+                "incomplete": list(incomplete.values())[:SHOWN_GROUPS],
+            }
+        )
+    report.sections = {
+        "baseline": {k: baseline.get(k) for k in ("id", "taken_at", "database", "profile")},
+        "sources": sections,
+    }
+    report.duration_s = time.perf_counter() - started
+    return report

@@ -1,0 +1,588 @@
+"""Turning a profile and the catalog into one aggregate query per table.
+
+Every condition pgdr checks on a table (orphans against each parent, embedding problems, profile
+rules) becomes a ``count(*) FILTER (WHERE ...)`` column of a single query over that table, so a
+table is read once however many rules it has. Parents are joined as (distinct) key sets, vectors
+are judged from their stored size without being read (TOAST stays untouched) unless the caller
+asks for their contents. Only when a pass finds embedding problems does a second, grouped query
+name the groups (chatbots) that have them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from pgdr.integrity.catalog import Catalog, Column, TableInfo
+from pgdr.integrity.findings import Finding, Report
+from pgdr.profile import EmbeddingSource, Profile
+from pgdr.profile.model import Severity
+
+VECTOR_TYPES = {"vector": 4, "_float4": 4, "_float8": 8}
+ARRAY_TYPES = {"_float4": "real[]", "_float8": "double precision[]"}
+SHORT_VARLENA_MAX = 127
+TOAST_TUPLE_TARGET = 2032  # PostgreSQL's default for 8 kB pages
+
+
+@dataclass
+class Condition:
+    """One thing counted in a table's pass; a non-zero count becomes a finding."""
+
+    check: str  # "references", "embeddings" or "rules"
+    code: str
+    name: str
+    severity: Severity
+    predicate: sql.Composable
+    describe: str  # "... rows of T <describe>"
+    details: dict[str, Any] = field(default_factory=dict)
+    joins: tuple[int, ...] = ()  # indexes into TablePass.joins this condition needs
+
+
+@dataclass
+class Metric:
+    """A per-table (and per-group) number that is not a problem by itself."""
+
+    name: str
+    expression: sql.Composable
+
+
+@dataclass
+class TablePass:
+    """The single query that checks one table."""
+
+    table: TableInfo
+    created_at: str | None = None
+    group_by: str | None = None
+    conditions: list[Condition] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    joins: list[sql.Composable] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def alias(self) -> sql.Identifier:
+        return sql.Identifier(self.table.name)
+
+    def column(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(self.alias, sql.Identifier(name))
+
+    def source(self, joins: list[sql.Composable] | None = None) -> sql.Composed:
+        parts: list[sql.Composable] = [
+            sql.SQL("{}.{} AS {}").format(
+                sql.Identifier(self.table.schema), sql.Identifier(self.table.name), self.alias
+            )
+        ]
+        parts.extend(self.joins if joins is None else joins)
+        return sql.SQL(" ").join(parts)
+
+    def select(self) -> sql.Composed:
+        """``rows, newest, metric..., condition...`` over the whole table, in one scan."""
+        newest: sql.Composable = (
+            sql.SQL("max({})").format(self.column(self.created_at))
+            if self.created_at
+            else sql.SQL("NULL::timestamptz")
+        )
+        items: list[sql.Composable] = [
+            sql.SQL("count(*) AS _pgdr_rows"),
+            sql.SQL("{} AS _pgdr_newest").format(newest),
+        ]
+        items += [
+            sql.SQL("{} AS {}").format(m.expression, sql.Identifier(f"_pgdr_m{i}"))
+            for i, m in enumerate(self.metrics)
+        ]
+        items += [
+            sql.SQL("count(*) FILTER (WHERE {}) AS {}").format(
+                c.predicate, sql.Identifier(f"_pgdr_c{i}")
+            )
+            for i, c in enumerate(self.conditions)
+        ]
+        return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(items), self.source())
+
+    def problem_groups(self, conditions: list[int], limit: int) -> sql.Composed:
+        """Per group (chatbot) with a problem: ``group, rows, metric..., condition...``.
+
+        Run only when the table's pass found problems, so a healthy table is read once; the
+        groups are ranked by how many problem rows they have.
+        """
+        assert self.group_by is not None
+        group = self.column(self.group_by)
+        preds = [self.conditions[i].predicate for i in conditions]
+        items: list[sql.Composable] = [sql.SQL("{}::text").format(group), sql.SQL("count(*)")]
+        items += [m.expression for m in self.metrics]
+        items += [sql.SQL("count(*) FILTER (WHERE {})").format(p) for p in preds]
+        return sql.SQL(
+            "SELECT {items} FROM {source} WHERE {group} IN "
+            "(SELECT {group} FROM {source} WHERE {any}) GROUP BY {group} "
+            "ORDER BY {rank} DESC, 1 LIMIT {limit}"
+        ).format(
+            items=sql.SQL(", ").join(items),
+            source=self.source(),
+            group=group,
+            any=sql.SQL(" OR ").join(preds),
+            rank=sql.SQL(" + ").join(
+                sql.SQL("count(*) FILTER (WHERE {})").format(p) for p in preds
+            ),
+            limit=sql.Literal(limit),
+        )
+
+    def samples(self, condition: Condition, limit: int) -> sql.Composed:
+        """Up to ``limit`` keys of rows matching one condition (only run when it found some)."""
+        key_cols = self.table.primary_key or []
+        key: sql.Composable
+        if key_cols:
+            key = sql.SQL("({})::text").format(
+                sql.SQL(" || ',' || ").join(
+                    sql.SQL("{}::text").format(self.column(c)) for c in key_cols
+                )
+            )
+        else:
+            key = sql.SQL("{}.ctid::text").format(self.alias)
+        joins = [self.joins[i] for i in condition.joins]
+        return sql.SQL("SELECT {} FROM {} WHERE {} LIMIT {}").format(
+            key, self.source(joins), condition.predicate, sql.Literal(limit)
+        )
+
+
+@dataclass
+class Plan:
+    passes: list[TablePass]
+    profile_tables: list[str]
+
+
+def qualify(name: str, schema: str) -> str:
+    return name if "." in name else f"{schema}.{name}"
+
+
+def vector_kind(column: Column) -> str | None:
+    return column.type_name if column.type_name in VECTOR_TYPES else None
+
+
+def stored_sizes(kind: str, dimension: int) -> tuple[int, list[int]]:
+    """(size when TOASTed out of line, sizes when inline) of a well-formed value.
+
+    ``pg_column_size`` gives these without reading TOAST: the external size excludes the
+    4-byte varlena header; inline values keep a 4-byte header, or a 1-byte one when short.
+    """
+    element = VECTOR_TYPES[kind]
+    header = 8 if kind == "vector" else 24  # vector: dim+unused; array: ndim,offset,type,dim,lb
+    full = header + element * dimension
+    inline = [full]
+    if full - 3 <= SHORT_VARLENA_MAX:
+        inline.append(full - 3)
+    return full - 4, inline
+
+
+def _wrong_dimension(
+    ref: sql.Composable,
+    table: TableInfo,
+    column: Column,
+    kind: str,
+    dimension: int,
+    server_version: int,
+) -> sql.Composed:
+    """Rows whose vector does not have ``dimension`` components, mostly without reading them.
+
+    A well-formed value has a known stored size (``stored_sizes``); ``pg_column_size`` reads only
+    the tuple, never TOAST. Where the size could also belong to another dimension (compressed
+    values; mid-sized values that may be inline or external, which PostgreSQL 17+ tells apart
+    with ``pg_column_toast_chunk_id``) the value is read and its dimension counted exactly.
+    """
+    external, inline = stored_sizes(kind, dimension)
+    size = sql.SQL("pg_column_size({})").format(ref)
+    plain = (
+        sql.SQL(" AND pg_column_compression({}) IS NULL").format(ref)
+        if column.compressible
+        else sql.SQL("")
+    )
+    inline_sizes = sql.SQL(", ").join(map(sql.Literal, inline))
+    large = (
+        column.storage in ("e", "x")
+        and external > TOAST_TUPLE_TARGET
+        and not any(o.startswith("toast_tuple_target=") for o in table.options)
+    )
+    if large:
+        # Values this large never stay inline uncompressed (the toaster moves them out above
+        # TOAST_TUPLE_TARGET), so the external size of ``dimension`` is unambiguous.
+        fast = sql.SQL("WHEN {size} = {ext}{plain} THEN false").format(
+            size=size, ext=sql.Literal(external), plain=plain
+        )
+    elif server_version >= 170000:
+        chunk = sql.SQL("pg_column_toast_chunk_id({})").format(ref)
+        fast = sql.SQL(
+            "WHEN {size} = {ext} AND {chunk} IS NOT NULL{plain} THEN false "
+            "WHEN {size} IN ({inline}) AND {chunk} IS NULL{plain} THEN false"
+        ).format(
+            size=size, ext=sql.Literal(external), chunk=chunk, plain=plain, inline=inline_sizes
+        )
+    else:
+        # Before PostgreSQL 17 an external value of ``dimension`` and an inline one of
+        # ``dimension - 1`` can have the same size; only short (1-byte header) sizes are certain.
+        short = [n for n in inline if n <= SHORT_VARLENA_MAX]
+        fast = sql.SQL("WHEN {size} IN ({short}){plain} THEN false").format(
+            size=size,
+            short=sql.SQL(", ").join(map(sql.Literal, short)) if short else sql.SQL("NULL"),
+            plain=plain,
+        )
+    if kind == "vector":
+        exact = sql.SQL("{}.vector_dims({}) <> {}").format(
+            sql.Identifier(column.type_schema), ref, sql.Literal(dimension)
+        )
+    else:
+        exact = sql.SQL("(array_ndims({r}) IS DISTINCT FROM 1 OR cardinality({r}) <> {d})").format(
+            r=ref, d=sql.Literal(dimension)
+        )
+    return sql.SQL("({ref} IS NOT NULL AND CASE {fast} ELSE {exact} END)").format(
+        ref=ref, fast=fast, exact=exact
+    )
+
+
+class Planner:
+    """Builds the table passes and records what could not be planned, with the reason."""
+
+    def __init__(
+        self, profile: Profile, catalog: Catalog, report: Report, vectors: bool = False
+    ) -> None:
+        self.profile = profile
+        self.catalog = catalog
+        self.report = report
+        self.vectors = vectors
+        self.passes: dict[str, TablePass] = {}
+
+    # ----- helpers ------------------------------------------------------------------------
+    def _table(self, name: str, check: str, what: str) -> TableInfo | None:
+        info = self.catalog.find(name, self.profile.schema_name)
+        if info is None:
+            self.report.skip(
+                check,
+                f"{what} names table {qualify(name, self.profile.schema_name)}, "
+                "which does not exist.",
+            )
+            return None
+        if not info.readable:
+            self.report.skip(
+                check,
+                f"role {self.catalog.role} may not read {info.qualified} (needs SELECT); "
+                f"{what} was not checked.",
+                table=info.qualified,
+            )
+            return None
+        return info
+
+    def _columns(self, info: TableInfo, columns: list[str], check: str, what: str) -> bool:
+        missing = [c for c in columns if c not in info.columns]
+        if missing:
+            self.report.add(
+                Finding(
+                    check,
+                    "profile_mismatch",
+                    "warning",
+                    f"{what} names column {info.qualified}.{missing[0]}, which does not exist; "
+                    "that check was skipped (fix the profile or the schema).",
+                    table=info.qualified,
+                )
+            )
+            return False
+        return True
+
+    def _pass(self, info: TableInfo) -> TablePass:
+        found = self.passes.get(info.qualified)
+        if found is None:
+            spec = next(
+                (
+                    t
+                    for t in self.profile.tables
+                    if qualify(t.name, t.schema_name) == info.qualified
+                ),
+                None,
+            )
+            created = spec.created_at if spec is not None else None
+            if created is None and spec is None and "created_at" in info.columns:
+                created = "created_at"
+            if created is not None and created not in info.columns:
+                created = None
+            found = TablePass(info, created_at=created)
+            self.passes[info.qualified] = found
+        return found
+
+    # ----- the checks ---------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        names = []
+        for spec in self.profile.tables:
+            qualified = qualify(spec.name, spec.schema_name)
+            names.append(qualified)
+            info = self.catalog.tables.get(qualified)
+            if info is None:
+                self.report.add(
+                    Finding(
+                        "tables",
+                        "table_missing",
+                        "critical" if spec.critical else "warning",
+                        f"Table {qualified} of profile {self.profile.name} does not exist "
+                        "(dropped, renamed, or the wrong database).",
+                        table=qualified,
+                    )
+                )
+                continue
+            if not info.readable:
+                self.report.skip(
+                    "tables",
+                    f"role {self.catalog.role} may not read {qualified} (needs SELECT); "
+                    "its row count and newest row were not checked.",
+                    table=qualified,
+                )
+                continue
+            tp = self._pass(info)
+            if spec.created_at and spec.created_at not in info.columns:
+                self._columns(info, [spec.created_at], "tables", f"Table {qualified}'s created_at")
+            elif spec.created_at:
+                tp.created_at = spec.created_at
+        return names
+
+    def references(self) -> None:
+        relations: dict[tuple[str, tuple[str, ...], str, tuple[str, ...]], dict[str, Any]] = {}
+        for fk in self.catalog.foreign_keys:
+            key = (fk.child, fk.child_columns, fk.parent, fk.parent_columns)
+            relations[key] = {
+                "name": fk.name,
+                "source": "catalog",
+                "validated": fk.validated,
+                "severity": "critical",
+            }
+        for rel in self.profile.relations:
+            child = qualify(rel.child, self.profile.schema_name)
+            parent = qualify(rel.parent, self.profile.schema_name)
+            key = (child, tuple(rel.child_columns), parent, tuple(rel.parent_columns))
+            if key in relations:
+                relations[key]["source"] = "catalog+profile"
+                relations[key]["severity"] = rel.severity
+            else:
+                name = f"{rel.child}({','.join(rel.child_columns)})->{rel.parent}"
+                relations[key] = {
+                    "name": name,
+                    "source": "profile",
+                    "validated": None,
+                    "severity": rel.severity,
+                }
+        for (child, ccols, parent, pcols), meta in relations.items():
+            what = f"Relation {meta['name']}"
+            cinfo = self._table(child, "references", what)
+            pinfo = self._table(parent, "references", what)
+            if cinfo is None or pinfo is None:
+                continue
+            if not (
+                self._columns(cinfo, list(ccols), "references", what)
+                and self._columns(pinfo, list(pcols), "references", what)
+            ):
+                continue
+            self._relation(cinfo, list(ccols), pinfo, list(pcols), meta)
+
+    def _relation(
+        self,
+        child: TableInfo,
+        ccols: list[str],
+        parent: TableInfo,
+        pcols: list[str],
+        meta: dict[str, Any],
+    ) -> None:
+        tp = self._pass(child)
+        index = len(tp.joins)
+        alias = sql.Identifier(f"_pgdr_r{index}")
+        keys = [sql.Identifier(f"_pgdr_k{i}") for i in range(len(pcols))]
+        distinct = sql.SQL("") if parent.is_unique(pcols) else sql.SQL("DISTINCT ")
+        inner = sql.SQL("SELECT {}{}, true AS _pgdr_present FROM {}.{} AS p").format(
+            distinct,
+            sql.SQL(", ").join(
+                sql.SQL("p.{} AS {}").format(sql.Identifier(c), k)
+                for c, k in zip(pcols, keys, strict=True)
+            ),
+            sql.Identifier(parent.schema),
+            sql.Identifier(parent.name),
+        )
+        on = sql.SQL(" AND ").join(
+            sql.SQL("{} = {}.{}").format(tp.column(c), alias, k)
+            for c, k in zip(ccols, keys, strict=True)
+        )
+        tp.joins.append(sql.SQL("LEFT JOIN ({}) AS {} ON {}").format(inner, alias, on))
+        not_null = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT NULL").format(tp.column(c)) for c in ccols
+        )
+        predicate = sql.SQL("({}._pgdr_present IS NULL AND {})").format(alias, not_null)
+        validated = meta["validated"]
+        state = (
+            "declared in the profile, no foreign key"
+            if validated is None
+            else ("foreign key" if validated else "foreign key NOT VALID")
+        )
+        tp.conditions.append(
+            Condition(
+                "references",
+                "orphans",
+                meta["name"],
+                meta["severity"],
+                predicate,
+                f"reference a missing {parent.qualified}({', '.join(pcols)}) through "
+                f"({', '.join(ccols)}) [{meta['name']}, {state}]",
+                details={
+                    "parent": parent.qualified,
+                    "columns": ccols,
+                    "parent_columns": pcols,
+                    "source": meta["source"],
+                    "validated": validated,
+                },
+                joins=(index,),
+            )
+        )
+
+    def embeddings(self) -> None:
+        for src in self.profile.embeddings:
+            what = f"Embedding source {src.name}"
+            info = self._table(src.table, "embeddings", what)
+            if info is None:
+                continue
+            needed = [src.vector, src.key] + ([src.group_by] if src.group_by else [])
+            if not self._columns(info, needed, "embeddings", what):
+                continue
+            column = info.columns[src.vector]
+            kind = vector_kind(column)
+            if kind is None:
+                self.report.skip(
+                    "embeddings",
+                    f"{what}: column {info.qualified}.{src.vector} is of type {column.formatted},"
+                    " not a pgvector vector, real[] or double precision[]; it was not checked.",
+                    table=info.qualified,
+                )
+                continue
+            self._embedding(info, src, column, kind)
+
+    def _embedding(self, info: TableInfo, src: EmbeddingSource, column: Column, kind: str) -> None:
+        tp = self._pass(info)
+        if tp.group_by is None and src.group_by:
+            tp.group_by = src.group_by
+        tp.sources.append(src.name)
+        ref = tp.column(src.vector)
+        ext_schema = column.type_schema if kind == "vector" else None
+        required = src.required_when or src.filter
+        base = {"source": src.name, "vector": src.vector, "dimension": src.dimension}
+        tp.metrics.append(
+            Metric(f"{src.name}:with_vector", sql.SQL("count({})").format(ref)),
+        )
+        missing = sql.SQL("({} IS NULL{})").format(
+            ref, sql.SQL(f" AND ({required})") if required else sql.SQL("")
+        )
+        needs = "where the profile requires one" if required else "(every row needs one)"
+        tp.conditions.append(
+            Condition(
+                "embeddings",
+                "missing_vector",
+                src.name,
+                "critical",
+                missing,
+                f"have no vector in {src.vector} {needs}",
+                details=base | {"required_when": required},
+            )
+        )
+        tp.conditions.append(
+            Condition(
+                "embeddings",
+                "wrong_dimension",
+                src.name,
+                "critical",
+                _wrong_dimension(
+                    ref, info, column, kind, src.dimension, self.catalog.server_version
+                ),
+                f"have a vector in {src.vector} whose dimension is not {src.dimension}",
+                details=base,
+            )
+        )
+        if not self.vectors:
+            return
+        index = len(tp.joins)
+        alias = sql.Identifier(f"_pgdr_v{index}")
+        if kind == "vector":
+            # pgvector rejects NaN and infinity on input, so a non-finite norm means the stored
+            # bytes were damaged; one norm per row (one detoast) answers both questions.
+            value = sql.SQL("{}.vector_norm({})").format(
+                sql.Identifier(ext_schema or "public"), ref
+            )
+            tp.joins.append(
+                sql.SQL("CROSS JOIN LATERAL (SELECT {} AS v OFFSET 0) AS {}").format(value, alias)
+            )
+            v = sql.SQL("{}.v").format(alias)
+            non_finite = sql.SQL("({v} = 'NaN'::float8 OR {v} = 'Infinity'::float8)").format(v=v)
+            zero = sql.SQL("({} = 0)").format(v)
+        else:
+            array_type = sql.SQL(ARRAY_TYPES[kind])
+            # array_cat(x, NULL) returns x detoasted once; the checks below then scan it in memory.
+            tp.joins.append(
+                sql.SQL(
+                    "CROSS JOIN LATERAL (SELECT array_cat({}, NULL::{}) AS v OFFSET 0) AS {}"
+                ).format(ref, array_type, alias)
+            )
+            v = sql.SQL("{}.v").format(alias)
+            non_finite = sql.SQL(
+                "({v} IS NOT NULL AND ('NaN' = ANY({v}) OR 'Infinity' = ANY({v}) "
+                "OR '-Infinity' = ANY({v}) OR array_position({v}, NULL) IS NOT NULL))"
+            ).format(v=v)
+            zero = sql.SQL("(cardinality({v}) > 0 AND {v} <@ '{{0}}'::{t})").format(
+                v=v, t=array_type
+            )
+        tp.conditions.append(
+            Condition(
+                "embeddings",
+                "non_finite",
+                src.name,
+                "critical",
+                non_finite,
+                f"have a vector in {src.vector} with NaN, infinite or NULL components",
+                details=base,
+                joins=(index,),
+            )
+        )
+        tp.conditions.append(
+            Condition(
+                "embeddings",
+                "zero_vector",
+                src.name,
+                "warning",
+                zero,
+                f"have an all-zero vector in {src.vector} (no direction: cosine search "
+                "cannot rank it)",
+                details=base,
+                joins=(index,),
+            )
+        )
+
+    def rules(self) -> None:
+        for rule in self.profile.rules:
+            what = f"Rule {rule.name}"
+            info = self._table(rule.table, "rules", what)
+            if info is None:
+                continue
+            tp = self._pass(info)
+            tp.conditions.append(
+                Condition(
+                    "rules",
+                    "rule",
+                    rule.name,
+                    rule.severity,
+                    sql.SQL(f"({rule.violation})"),
+                    f"break rule {rule.name}: {rule.description or rule.violation}",
+                    details={"violation": rule.violation},
+                )
+            )
+
+
+def build_plan(profile: Profile, catalog: Catalog, report: Report, vectors: bool = False) -> Plan:
+    """All table passes for a profile, in a stable order (profile tables first)."""
+    planner = Planner(profile, catalog, report, vectors)
+    names = planner.tables()
+    planner.references()
+    planner.embeddings()
+    planner.rules()
+    order = {name: i for i, name in enumerate(names)}
+    passes = sorted(
+        planner.passes.values(),
+        key=lambda p: (order.get(p.table.qualified, 1 << 30), p.table.qualified),
+    )
+    return Plan(passes, names)

@@ -1,0 +1,24 @@
+"""Watching the database: the runbook's health SQL, checks with severities, metrics, incidents.
+
+Owns the runbook's "Manual Health Checks" as structured reports, the check registry that turns
+them into results with P0-P3 severities, Prometheus and JSON metrics, the scheduled monitor loop
+(every two minutes by default, as the runbook's uptime check), and incident records kept in
+``$PGDR_HOME/records/incidents`` — never in the database being watched.
+"""
+
+from pgdr.monitoring.checks import CheckResult, MonitorConfig, run_checks
+from pgdr.monitoring.incidents import Incident, IncidentLog
+from pgdr.monitoring.reports import DatabaseReport, collect_report
+from pgdr.monitoring.severity import SEVERITY_LEVELS, Severity
+
+__all__ = [
+    "SEVERITY_LEVELS",
+    "CheckResult",
+    "DatabaseReport",
+    "Incident",
+    "IncidentLog",
+    "MonitorConfig",
+    "Severity",
+    "collect_report",
+    "run_checks",
+]
