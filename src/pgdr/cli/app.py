@@ -11,7 +11,23 @@ import sys
 import typer
 
 from pgdr import __version__
-from pgdr.cli import backup, check, db, demo, inventory, key, mark, monitor, pool, profile, readonly, repo, restore, sample, wal
+from pgdr.cli import (
+    backup,
+    check,
+    db,
+    demo,
+    inventory,
+    key,
+    mark,
+    monitor,
+    pool,
+    profile,
+    readonly,
+    repo,
+    restore,
+    sample,
+    wal,
+)
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
 
