@@ -16,6 +16,7 @@ from pgdr.cli import (
     check,
     db,
     demo,
+    drill,
     inventory,
     key,
     mark,
@@ -23,6 +24,7 @@ from pgdr.cli import (
     pool,
     profile,
     readonly,
+    recover,
     repo,
     restore,
     sample,
@@ -56,6 +58,8 @@ app.add_typer(inventory.app, name="inventory")
 app.command()(pool.health)
 app.command()(demo.demo)
 app.command()(monitor.serve)
+app.add_typer(drill.app, name="drill")
+app.add_typer(recover.app, name="recover")
 
 
 @app.command()

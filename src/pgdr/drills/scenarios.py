@@ -40,7 +40,7 @@ from pgdr.monitoring.incidents import IncidentLog
 from pgdr.pool.health import check_database_health
 from pgdr.profile import Profile, load_profile
 from pgdr.restore.pitr import Target
-from pgdr.restore.rows import recover_rows
+from pgdr.restore.rows import insert_rows, recover_rows
 
 FAULTS = ("streamer-down",)
 TITLES = {
@@ -289,7 +289,9 @@ def scenario2(d: Drill) -> None:
     """Data corruption: orphans and broken embeddings; option A, a full point-in-time restore."""
     sb, r = d.sandbox, d.report
     baseline = _prepare(d)
-    with r.step("Record the last good moment T", "pgdr mark before-change") as step:
+    with r.step(
+        "Record the last good moment T (the application's log)", "date -u +%FT%T.%6NZ"
+    ) as step:
         good = _server_now(sb.url)
         r.facts["last_good_moment"] = good.isoformat()
         step.detail = good.isoformat()
@@ -322,8 +324,8 @@ def scenario2(d: Drill) -> None:
     r.facts["choice"] = (
         "Option A (full point-in-time restore to T into a new cluster that becomes production): "
         "the damage spans parents and vectors of many chatbots, so a table-by-table repair "
-        "(option B) would have to merge every table touched; the commits after T are listed "
-        "for re-application from the damaged server, which is kept."
+        "(option B) would have to merge every table touched; the commits after T are "
+        "re-applied from the damaged server."
     )
     with r.step(
         "Recover (option A): point-in-time restore to T into a new cluster",
@@ -334,15 +336,35 @@ def scenario2(d: Drill) -> None:
         step.detail = f"recovered to {result.recovered_to_time}"
     url = cluster.conninfo(DATABASE)
     _verify(d, url, baseline, "new server")
+    with r.step(
+        "Corruption window: re-apply the application's writes made after T from the damaged "
+        "server (here the workload's ticks)",
+        "export DAMAGED_URL=<damaged server>",
+        "pgdr recover rows --from-env DAMAGED_URL --table drill_ticks --key ID --key ID ...",
+    ) as step:
+        d.writer.stop()  # the application now writes to the new server
+        window = count_loss(url, d.writer.snapshot())
+        with psycopg.connect(sb.url, autocommit=True) as src:
+            after = [
+                row[0]
+                for row in src.execute(
+                    "SELECT to_jsonb(t) FROM drill_ticks t WHERE committed_at > %s", (good,)
+                )
+            ]
+        with psycopg.connect(url, autocommit=True) as dst:
+            applied = insert_rows(dst, ["public.drill_ticks"], {"public.drill_ticks": after})
+        step.detail = (
+            f"{window.missing} acknowledged commit(s) in {window.seconds:.3f} s after T; "
+            f"{applied['public.drill_ticks']} re-applied"
+        )
     r.rto_s = time.monotonic() - disaster
-    d.writer.stop()
-    loss = count_loss(url, d.writer.snapshot())
-    r.rpo = loss.as_dict() | {"corruption_window": True}
+    r.facts["corruption_window"] = window.as_dict()
     r.findings.append(
-        f"Corruption window: {loss.missing} acknowledged commit(s) made after T "
-        f"({loss.seconds:.3f} s) are not in the restored database and must be re-applied "
-        "from the damaged server or the application."
+        f"Corruption window: {window.missing} acknowledged commit(s) made after T "
+        f"({window.seconds:.3f} s) were not in the restored database and were re-applied from "
+        "the damaged server."
     )
+    _loss(d, url)
 
 
 SCENARIOS: dict[str, Callable[[Drill], None]] = {
