@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
-from pgdr.cluster import find_installations
+from pgdr.cluster import LocalCluster, find_installations
+from pgdr.config import PgdrSettings as Settings
 
 
 def drill(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
@@ -95,7 +96,7 @@ def test_a_failing_drill_reports_failure_and_exits_1(
     """The WAL streamer is down before the disaster: acknowledged commits are lost, and with
     an RPO target below that loss the drill fails, says why, and still cleans up."""
     code, data, stderr = drill(
-        cli_env, "scenario1", "--inject", "streamer-down", "--rpo-target", "0.001s"
+        cli_env, "scenario1", "--inject", "streamer-down", "--rpo-target", "0.001s", "--keep"
     )
     assert code == 1, stderr
     assert "The drill failed: scenario1" in " ".join(stderr.split())
@@ -103,6 +104,17 @@ def test_a_failing_drill_reports_failure_and_exits_1(
     assert data["rpo"]["missing_ticks"] > 0 and not data["rpo"]["ok"]
     assert data["rto"]["ok"]  # the recovery itself worked
     assert any("acknowledged commit(s) missing" in f for f in data["findings"])
+
+    # --keep: the recovered server is still there to look at, until `drill clean`
+    assert data["kept"]
+    recovered = LocalCluster(
+        Path(data["sandbox"]) / "clusters" / "recovered", Settings(home=pgdr_home)
+    )
+    assert recovered.status().running
+    cleaned = run_cli("drill", "clean", data["id"], "--json", env=cli_env)
+    assert cleaned.code == 0, cleaned.stderr
+    assert json.loads(cleaned.stdout) == {"removed": [data["id"]]}
+    assert not recovered.status().running
     assert_cleaned_up(data, pgdr_home)
 
 

@@ -13,6 +13,7 @@ from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
 from pgdr.cli.wal import parse_duration
 from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
+from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
 from pgdr.errors import CheckFailed, ConfigError
 from pgdr.integrity.records import new_record_id
@@ -181,3 +182,23 @@ def report(as_json: JsonOption = False) -> None:
         console.print(f"[{style}]{schedule['note']}[/]", highlight=False)
 
     emit(data, as_json, render)
+
+
+@app.command()
+def clean(
+    drill_id: Annotated[
+        str | None, typer.Argument(help="The kept drill to remove (default: every kept one).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop and remove sandboxes kept with ``drill run --keep``."""
+    s = settings()
+    kept = kept_sandboxes(s)
+    if drill_id is not None:
+        kept = [p for p in kept if p.name == drill_id]
+        if not kept:
+            raise ConfigError(f"There is no kept drill sandbox {drill_id!r}.")
+    for root in kept:
+        remove_sandbox(s, root)
+    data = {"removed": [p.name for p in kept]}
+    emit(data, as_json, lambda: console.print(f"Removed {len(kept)} drill sandbox(es)."))

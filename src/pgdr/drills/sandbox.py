@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -167,11 +168,20 @@ class Sandbox:
         if self.writer is not None:
             self.writer.stop()
         self.stop_streamer()
-        if keep:
-            return
-        clusters = self.root / "clusters"
-        if clusters.is_dir():
-            for directory in sorted(clusters.iterdir()):
-                with contextlib.suppress(Exception):
-                    LocalCluster(directory, self.settings).destroy()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not keep:
+            remove_sandbox(self.settings, self.root)
+
+
+def kept_sandboxes(settings: PgdrSettings) -> list[Path]:
+    base = settings.home / "drills"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def remove_sandbox(settings: PgdrSettings, root: Path) -> None:
+    """Stop and delete every cluster of a sandbox, then the sandbox itself."""
+    clusters = root / "clusters"
+    if clusters.is_dir():
+        for directory in sorted(clusters.iterdir()):
+            with contextlib.suppress(Exception):
+                LocalCluster(directory, settings).destroy()
+    shutil.rmtree(root, ignore_errors=True)

@@ -167,6 +167,7 @@ def scenario1(d: Drill) -> None:
     """Complete database loss."""
     sb, r = d.sandbox, d.report
     baseline = _prepare(d)
+    d.writer.wait_for_ticks(50)  # a couple of seconds of workload before the disaster
     if d.options.inject == "streamer-down":
         with r.step(
             "Injected fault: the WAL streamer stops while the workload goes on",
