@@ -82,10 +82,15 @@ def test_scenario2_corruption_restored_to_before_it(
     assert data["passed"]
     assert data["facts"]["incident_severity"] == "P0"  # 25 % of the vectors lost
     assert any("reference a missing public.users" in f for f in data["findings"])
-    assert "Option A" in data["facts"]["choice"]
-    window = data["facts"]["corruption_window"]
+    facts = data["facts"]
+    assert facts["damaged_tables"] == ["public.embeddings", "public.users"]
+    assert facts["choice"].startswith("Option B")
+    # option A was verified too, and its corruption window counted
+    window = facts["option_a"]["corruption_window"]
     assert window["missing_ticks"] > 0 and window["seconds"] > 0
-    assert data["rpo"]["missing_ticks"] == 0  # re-applied from the damaged server
+    assert facts["rows_repaired"]["public.users"] >= 1
+    assert facts["rows_repaired"]["public.embeddings"] >= 1
+    assert data["rpo"]["missing_ticks"] == 0  # production kept everything written after T
     assert_cleaned_up(data, pgdr_home)
 
 

@@ -106,3 +106,43 @@ def test_refusals(pg18: Server, cli_env: dict[str, str]) -> None:
         "recover", "rows", "--table", "nope", "--key", "1", "--from-env", "SCRATCH_URL", env=env
     )
     assert table.code == 2 and "does not exist" in table.stderr
+
+
+def test_recover_tables_repairs_and_keeps_later_rows(pg18: Server, cli_env: dict[str, str]) -> None:
+    """Option B of the corruption scenario: damaged tables repaired from a copy at T."""
+    copy, target = pg18.new_database(), pg18.new_database()
+    expected = contents(copy)
+    with psycopg.connect(target, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("DELETE FROM users WHERE id IN (SELECT user_id FROM chatbots LIMIT 1)")
+            conn.execute("UPDATE embeddings SET embedding = NULL WHERE id % 3 = 0")
+        # written after the copy's moment: must survive the repair
+        conn.execute(
+            "INSERT INTO embeddings (chatbot_id, content) SELECT id, 'later' FROM chatbots LIMIT 1"
+        )
+    env = cli_env | {"DATABASE_URL": target, "COPY_URL": copy}
+    result = run_cli(
+        "recover",
+        "tables",
+        "--from-env",
+        "COPY_URL",
+        "--table",
+        "embeddings",
+        "--table",
+        "users",
+        "--json",
+        env=env,
+    )
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {t["table"] for t in data["tables"]} == {"public.users", "public.embeddings"}
+    changed = {t["table"]: t["changed"] for t in data["tables"]}
+    assert changed["public.users"] == 1 and changed["public.embeddings"] > 1
+    with psycopg.connect(target, autocommit=True) as conn:
+        later = conn.execute("SELECT count(*) FROM embeddings WHERE content = 'later'").fetchone()
+        assert later == (1,)
+        conn.execute("DELETE FROM embeddings WHERE content = 'later'")
+    assert contents(target) == expected
+    check = run_cli("check", env=env)
+    assert check.code == 0, check.stdout

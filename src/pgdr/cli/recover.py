@@ -1,4 +1,4 @@
-"""``pgdr recover rows``: put back deleted rows (and their FK children) from a recovered copy."""
+"""``pgdr recover rows|tables``: put back rows, or repair whole tables, from a recovered copy."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pgdr.cli.common import JsonOption, console, emit, target
 from pgdr.errors import ConfigError
-from pgdr.restore.rows import recover_rows
+from pgdr.restore.rows import recover_rows, repair_tables
 
 app = typer.Typer(help="Recover chosen data from a restored copy into the target database.")
 
@@ -85,3 +85,43 @@ def rows(
         )
 
     emit(result.as_dict(), as_json, render)
+
+
+@app.command()
+def tables(
+    table: Annotated[
+        list[str], typer.Option("--table", help="A damaged table to repair (repeatable).")
+    ],
+    from_env: Annotated[
+        str | None,
+        typer.Option(
+            "--from-env", metavar="VAR", help="Environment variable holding the source's URL."
+        ),
+    ] = None,
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="File holding the source's URL.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Repair tables of the target (DATABASE_URL) from a copy restored to before the damage.
+
+    Rows of the copy missing from the target are inserted, differing rows are updated (by
+    primary key), rows only in the target (written later) are kept; one transaction.
+    """
+    url = source_url(from_env, from_file)
+    repaired = repair_tables(url, target().conninfo, table)
+    data = {
+        "tables": [
+            {"table": t.table, "rows_in_copy": t.found, "changed": t.inserted} for t in repaired
+        ]
+    }
+
+    def render() -> None:
+        out = Table(title="Tables repaired from the copy", title_justify="left")
+        for column in ("table", "rows in the copy", "rows put back or corrected"):
+            out.add_column(column, justify="left" if column == "table" else "right")
+        for t in repaired:
+            out.add_row(t.table, f"{t.found:,}", f"{t.inserted:,}")
+        console.print(out)
+
+    emit(data, as_json, render)

@@ -9,6 +9,10 @@ NOTHING``: rows that still exist are left as they are. Rows travel as ``jsonb`` 
 its type's text form), so vectors and arrays come back exactly. The target's session turns
 ``default_transaction_read_only`` off for itself, so the recovery works while the database is in
 read-only mode (which is when it should run).
+
+``repair_tables`` is the table-wide variant for corruption (the runbook's option B): every row
+of the copy that is missing from the target or differs is put back, by primary key, and rows
+written to the target later are kept.
 """
 
 from __future__ import annotations
@@ -245,3 +249,72 @@ def recover_rows(
     result.tables = [TableRows(t, len(rows[t]), inserted.get(t, 0)) for t in order]
     result.duration_s = time.monotonic() - began
     return result
+
+
+def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[TableRows]:
+    """Make every row of ``tables`` that exists in the source equal to the source's row.
+
+    Missing rows are inserted and differing rows updated, parents first, in one transaction;
+    rows that exist only in the target (written after the source's moment) are kept. This is
+    the runbook's "restore specific tables" without losing the table's later rows. Rows of
+    these tables changed after the source's moment go back to the source's version. Each table
+    needs a primary key, and the whole table is read from the source.
+    """
+    try:
+        with connect(source_url, autocommit=True) as src:
+            src.execute("SET default_transaction_read_only = on")
+            catalog = read_catalog(src)
+            infos = []
+            for name in tables:
+                info = catalog.find(name, "public")
+                if info is None:
+                    raise ConfigError(f"Table {name} does not exist in the source database.")
+                if not info.primary_key:
+                    raise ConfigError(f"{info.qualified} has no primary key to match rows by.")
+                infos.append(info)
+            order = dependency_order(catalog, [i.qualified for i in infos])
+            rows = {
+                i.qualified: [
+                    r[0]
+                    for r in src.execute(
+                        sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
+                            sql.Identifier(i.schema, i.name)
+                        )
+                    )
+                ]
+                for i in infos
+            }
+        keys = {i.qualified: i.primary_key for i in infos}
+        changed: dict[str, int] = {}
+        with connect(target_url, autocommit=True) as dst:
+            dst.execute("SET default_transaction_read_only = off")
+            with dst.transaction():
+                for table in order:
+                    schema, name = table.split(".", 1)
+                    columns = _insertable_columns(dst, table)
+                    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                    updates = sql.SQL(", ").join(
+                        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                        for c in columns
+                        if c not in keys[table]
+                    )
+                    query = sql.SQL(
+                        "INSERT INTO {t} AS old ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
+                        "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT ({k}) DO UPDATE "
+                        "SET {u} WHERE (old.*)::text IS DISTINCT FROM (EXCLUDED.*)::text"
+                    ).format(
+                        t=sql.Identifier(schema, name),
+                        c=cols,
+                        k=sql.SQL(", ").join(sql.Identifier(c) for c in keys[table]),
+                        u=updates,
+                    )
+                    cur = dst.execute(query, (Jsonb(rows[table]),))
+                    changed[table] = max(cur.rowcount, 0)
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise RuntimeFailure(
+            f"The repaired rows reference rows missing from the target ({exc}); repair their "
+            "tables too. Nothing was changed."
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
+    return [TableRows(t, len(rows[t]), changed[t]) for t in order]
