@@ -127,3 +127,8 @@ def test_unknown_scenario_is_a_usage_error(cli_env: dict[str, str]) -> None:
     result = run_cli("drill", "run", "scenario9", env=cli_env)
     assert result.code == 2
     assert "Unknown drill 'scenario9'" in result.stderr
+    result = run_cli("drill", "run", "scenario1", "--pg-version", "9", env=cli_env)
+    assert result.code == 2
+    assert "PostgreSQL 9 is not installed" in result.stderr
+    result = run_cli("drill", "run", "scenario1", "--inject", "nope", env=cli_env)
+    assert result.code == 2 and "Unknown fault 'nope'" in result.stderr

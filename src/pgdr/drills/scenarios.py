@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from pgdr.cluster import find_installations
 from pgdr.config import PgdrSettings
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_report
 from pgdr.drills.sandbox import DATABASE, Sandbox
@@ -403,6 +404,11 @@ def run_drill(
         raise ConfigError(f"Unknown drill {name!r}: choose {', '.join(SCENARIOS)} or all.")
     if options.inject is not None and options.inject not in FAULTS:
         raise ConfigError(f"Unknown fault {options.inject!r}: choose {', '.join(FAULTS)}.")
+    if not any(i.major == options.pg_version for i in find_installations()):
+        raise ConfigError(
+            f"PostgreSQL {options.pg_version} is not installed; a drill needs it for its "
+            "sandbox (see docs/embedded-database.md)."
+        )
     report = DrillReport(
         name,
         TITLES[name],
