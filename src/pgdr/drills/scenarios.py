@@ -45,6 +45,7 @@ from pgdr.restore.pitr import Target
 from pgdr.restore.rows import recover_rows, repair_tables
 
 FAULTS = ("streamer-down",)
+SAMPLE_PROFILE = "convoai"  # the sandbox holds the ConvoAI sample, whatever PGDR_PROFILE says
 TITLES = {
     "scenario1": "Complete database loss",
     "scenario2": "Data corruption",
@@ -423,7 +424,7 @@ def run_drill(
         report.facts["injected_fault"] = options.inject
     sandbox = Sandbox(settings, report.id, options.pg_version, options.scale)
     report.sandbox = str(sandbox.root)
-    drill = Drill(sandbox, report, options, load_profile(settings.profile))
+    drill = Drill(sandbox, report, options, load_profile(SAMPLE_PROFILE))
     try:
         SCENARIOS[name](drill)
         report.verified = not report.issues
