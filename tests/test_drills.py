@@ -132,3 +132,5 @@ def test_unknown_scenario_is_a_usage_error(cli_env: dict[str, str]) -> None:
     assert "PostgreSQL 9 is not installed" in result.stderr
     result = run_cli("drill", "run", "scenario1", "--inject", "nope", env=cli_env)
     assert result.code == 2 and "Unknown fault 'nope'" in result.stderr
+    result = run_cli("drill", "run", "all", "--inject", "streamer-down", env=cli_env)
+    assert result.code == 2 and "scenario1 only" in result.stderr

@@ -108,6 +108,8 @@ def run(
     names = list(SCENARIOS) if scenario == "all" else [scenario]
     if scenario != "all" and scenario not in SCENARIOS:
         raise ConfigError(f"Unknown drill {scenario!r}: choose {', '.join(SCENARIOS)} or all.")
+    if inject is not None and names != ["scenario1"]:
+        raise ConfigError("--inject applies to scenario1 only.")
     s = settings()
     options = DrillOptions(
         scale=scale,

@@ -405,6 +405,8 @@ def run_drill(
         raise ConfigError(f"Unknown drill {name!r}: choose {', '.join(SCENARIOS)} or all.")
     if options.inject is not None and options.inject not in FAULTS:
         raise ConfigError(f"Unknown fault {options.inject!r}: choose {', '.join(FAULTS)}.")
+    if options.inject is not None and name != "scenario1":
+        raise ConfigError("--inject applies to scenario1 only.")
     if not any(i.major == options.pg_version for i in find_installations()):
         raise ConfigError(
             f"PostgreSQL {options.pg_version} is not installed; a drill needs it for its "
