@@ -74,7 +74,7 @@ def test_scenario3_deleted_chatbot_comes_back_exactly(
 
 
 @pytest.mark.slow
-def test_scenario2_corruption_restored_to_before_it(
+def test_scenario2_corruption_repaired_from_a_copy_at_t(
     cli_env: dict[str, str], pgdr_home: Path
 ) -> None:
     code, data, stderr = drill(cli_env, "scenario2")
