@@ -16,6 +16,7 @@ from pgdr.cli import (
     check,
     db,
     demo,
+    drill,
     inventory,
     key,
     mark,
@@ -23,6 +24,7 @@ from pgdr.cli import (
     pool,
     profile,
     readonly,
+    recover,
     reembed,
     repo,
     restore,
@@ -55,12 +57,14 @@ app.command()(mark.mark)
 app.add_typer(repo.app, name="repo")
 app.command()(repo.prune)
 app.add_typer(key.app, name="key")
-# Integrity, incidents and monitoring
+app.add_typer(recover.app, name="recover")
+# Integrity, incidents, monitoring and drills
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(readonly.app, name="readonly")
 app.add_typer(monitor.app, name="monitor")
 app.command()(monitor.serve)
+app.add_typer(drill.app, name="drill")
 # Embeddings
 app.add_typer(reembed.app, name="reembed")
 app.add_typer(vector.app, name="vector")

@@ -1,0 +1,206 @@
+"""``pgdr drill``: run the runbook's disaster scenarios in sandboxes; the drill history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
+from pgdr.cli.wal import parse_duration
+from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
+from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
+from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
+from pgdr.drills.scenarios import FAULTS
+from pgdr.errors import CheckFailed, ConfigError
+from pgdr.integrity.records import new_record_id
+
+app = typer.Typer(help="Disaster drills: the runbook's scenarios end to end, RTO/RPO measured.")
+
+VERDICT = {True: "[green]PASS[/]", False: "[bold red]FAIL[/]"}
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "not measured"
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def render_drill(data: dict[str, Any]) -> None:
+    """The human form of one drill report."""
+    table = Table(
+        title=f"Drill {data['scenario']}: {data['title']} (PostgreSQL {data['pg_version']}, "
+        f"scale {data['scale']:g}) {data['id']}",
+        title_justify="left",
+    )
+    for column in ("step", "took", "", "operator commands", "result"):
+        table.add_column(column, justify="right" if column == "took" else "left")
+    for step in data["steps"]:
+        table.add_row(
+            step["name"],
+            f"{step['duration_s']:.2f} s",
+            "[green]ok[/]" if step["ok"] else "[red]failed[/]",
+            escape("\n".join(step["commands"])),
+            escape(step["detail"]),
+        )
+    console.print(table)
+    rto, rpo = data["rto"], data["rpo"]
+    console.print(
+        f"RTO {_seconds(rto['seconds'])} (target {_seconds(rto['target_seconds'])}) "
+        f"{VERDICT[bool(rto['ok'])]}",
+        highlight=False,
+    )
+    if rpo.get("missing_ticks") is not None:
+        console.print(
+            f"RPO {rpo['missing_ticks']} of {rpo['acknowledged_ticks']} acknowledged commits "
+            f"missing, {_seconds(rpo['seconds'])} (target {_seconds(rpo['target_seconds'])}) "
+            f"{VERDICT[bool(rpo['ok'])]}",
+            highlight=False,
+        )
+    else:
+        console.print("RPO not measured [bold red]FAIL[/]")
+    for finding in data["findings"]:
+        console.print(f"finding: {escape(finding)}", highlight=False)
+    for key in ("choice",):
+        if key in data["facts"]:
+            console.print(f"{key}: {escape(str(data['facts'][key]))}", highlight=False)
+    for issue in data["issues"]:
+        console.print(f"[red]issue:[/] {escape(issue)}", highlight=False)
+    where = f" (kept in {data['sandbox']})" if data["kept"] else ""
+    console.print(f"{VERDICT[bool(data['passed'])]}: drill {data['scenario']}{where}.")
+
+
+@app.command()
+def run(
+    scenario: Annotated[
+        str,
+        typer.Argument(
+            help="scenario1 (database loss), scenario2 (corruption), scenario3 (deletion) or all."
+        ),
+    ],
+    scale: Annotated[
+        float, typer.Option(help="Size of the ConvoAI sample in the sandbox.", min=0.001)
+    ] = 0.02,
+    pg_version: Annotated[
+        int, typer.Option("--pg-version", help="PostgreSQL major of the sandbox (18 or 15).")
+    ] = 18,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the sandbox and its servers for inspection.")
+    ] = False,
+    inject: Annotated[
+        str | None,
+        typer.Option(
+            "--inject", help=f"Rehearse a fault as well: {', '.join(FAULTS)} (scenario 1)."
+        ),
+    ] = None,
+    rto_target: Annotated[
+        str, typer.Option("--rto-target", help="RTO target (the runbook: 1h).")
+    ] = "1h",
+    rpo_target: Annotated[
+        str, typer.Option("--rpo-target", help="RPO target (the runbook: 5m).")
+    ] = "5m",
+    as_json: JsonOption = False,
+) -> None:
+    """Run a disaster drill in a sandbox of its own; exit 1 when it fails."""
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    if scenario != "all" and scenario not in SCENARIOS:
+        raise ConfigError(f"Unknown drill {scenario!r}: choose {', '.join(SCENARIOS)} or all.")
+    if inject is not None and names != ["scenario1"]:
+        raise ConfigError("--inject applies to scenario1 only.")
+    s = settings()
+    options = DrillOptions(
+        scale=scale,
+        pg_version=pg_version,
+        keep=keep,
+        run_id=new_record_id() if scenario == "all" else None,
+        inject=inject,
+        rto_target_s=parse_duration(rto_target, "--rto-target") if rto_target else RTO_TARGET_S,
+        rpo_target_s=parse_duration(rpo_target, "--rpo-target") if rpo_target else RPO_TARGET_S,
+    )
+    reports = []
+    for name in names:
+        with progress_bar(f"Drill {name}", None, enabled=not as_json) as advance:
+            report = run_drill(name, s, options, on_step=lambda _step: advance(1))
+        reports.append(report.as_dict())
+        if not as_json:
+            render_drill(reports[-1])
+    passed = all(r["passed"] for r in reports)
+    if as_json:
+        data: dict[str, Any] = (
+            reports[0]
+            if scenario != "all"
+            else {"run_id": options.run_id, "passed": passed, "drills": reports}
+        )
+        emit(data, True, lambda: None)
+    if not passed:
+        failed = ", ".join(r["scenario"] for r in reports if not r["passed"])
+        raise CheckFailed(f"The drill failed: {failed}; see the issues in the report.")
+
+
+@app.command()
+def report(as_json: JsonOption = False) -> None:
+    """The drills run so far, the last result per scenario and the next quarterly drill."""
+    history = drill_history(settings().home)
+    schedule = next_scheduled(history, datetime.now(UTC))
+    last = last_per_scenario(history)
+    keys = ("id", "scenario", "started_at", "pg_version", "passed", "run_id")
+    data: dict[str, Any] = {
+        "drills": [
+            {k: d.get(k) for k in keys}
+            | {"rto_seconds": d["rto"]["seconds"], "rpo_seconds": d["rpo"].get("seconds")}
+            for d in history
+        ],
+        "last": {
+            name: {k: d.get(k) for k in keys}
+            | {"rto_seconds": d["rto"]["seconds"], "rpo_seconds": d["rpo"].get("seconds")}
+            for name, d in last.items()
+        },
+        "schedule": schedule,
+    }
+
+    def render() -> None:
+        table = Table(title="Disaster drills", title_justify="left")
+        for column in ("drill", "scenario", "PostgreSQL", "RTO", "RPO", "result", "run"):
+            table.add_column(column)
+        for d in data["drills"]:
+            table.add_row(
+                d["id"],
+                d["scenario"],
+                str(d["pg_version"]),
+                _seconds(d["rto_seconds"]),
+                _seconds(d["rpo_seconds"]),
+                VERDICT[bool(d["passed"])],
+                "all" if d["run_id"] else "",
+            )
+        console.print(table)
+        for name in SCENARIOS:
+            d = data["last"].get(name)
+            state = f"{VERDICT[bool(d['passed'])]} on {d['started_at'][:19]}" if d else "never run"
+            console.print(f"{name}: {state}", highlight=False)
+        style = "bold red" if schedule["overdue"] else "green"
+        console.print(f"[{style}]{schedule['note']}[/]", highlight=False)
+
+    emit(data, as_json, render)
+
+
+@app.command()
+def clean(
+    drill_id: Annotated[
+        str | None, typer.Argument(help="The kept drill to remove (default: every kept one).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop and remove sandboxes kept with ``drill run --keep``."""
+    s = settings()
+    kept = kept_sandboxes(s)
+    if drill_id is not None:
+        kept = [p for p in kept if p.name == drill_id]
+        if not kept:
+            raise ConfigError(f"There is no kept drill sandbox {drill_id!r}.")
+    for root in kept:
+        remove_sandbox(s, root)
+    data = {"removed": [p.name for p in kept]}
+    emit(data, as_json, lambda: console.print(f"Removed {len(kept)} drill sandbox(es)."))

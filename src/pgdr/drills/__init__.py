@@ -1,0 +1,21 @@
+"""Disaster drills: the runbook's three disaster scenarios run end to end, RTO and RPO measured.
+
+Each drill runs in a sandbox (sandbox.py) of its own under ``$PGDR_HOME/drills/<id>``: a new
+"production" cluster with the ConvoAI sample, its own repository and key, a base backup, a real
+``pgdr wal stream`` process and a workload writer (workload.py) whose acknowledged commits make
+data loss a count. scenarios.py holds the three scenarios, report.py the drill report, its
+record in ``$PGDR_HOME/records/drills`` and the quarterly schedule. Nothing outside the sandbox
+is touched.
+"""
+
+from pgdr.drills.report import DrillReport, drill_history, next_scheduled
+from pgdr.drills.scenarios import SCENARIOS, DrillOptions, run_drill
+
+__all__ = [
+    "SCENARIOS",
+    "DrillOptions",
+    "DrillReport",
+    "drill_history",
+    "next_scheduled",
+    "run_drill",
+]

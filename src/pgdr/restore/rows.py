@@ -1,0 +1,320 @@
+"""Re-inserting chosen rows, and every row that depends on them, from a recovered copy.
+
+The runbook's alternative to a full restore after an accidental deletion: restore to just before
+it somewhere else, then put back exactly the deleted rows. ``recover_rows`` reads the rows of one
+table by key from the source (a scratch cluster restored to a point), follows every foreign key
+that points at them through the source's catalog (children, grandchildren, ...), and inserts all
+of it into the target in dependency order (parents first) in one transaction, ``ON CONFLICT DO
+NOTHING``: rows that still exist are left as they are. Rows travel as ``jsonb`` (each value in
+its type's text form), so vectors and arrays come back exactly. The target's session turns
+``default_transaction_read_only`` off for itself, so the recovery works while the database is in
+read-only mode (which is when it should run).
+
+``repair_tables`` is the table-wide variant for corruption (the runbook's option B): every row
+of the copy that is missing from the target or differs is put back, by primary key, and rows
+written to the target later are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.integrity.catalog import Catalog, TableInfo, read_catalog
+from pgdr.pool import connect
+
+
+@dataclass
+class TableRows:
+    table: str
+    found: int
+    inserted: int = 0
+
+    @property
+    def already_present(self) -> int:
+        return self.found - self.inserted
+
+
+@dataclass
+class RowsResult:
+    table: str
+    keys: list[str]
+    tables: list[TableRows] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def found(self) -> int:
+        return sum(t.found for t in self.tables)
+
+    @property
+    def inserted(self) -> int:
+        return sum(t.inserted for t in self.tables)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "keys": self.keys,
+            "tables": [asdict(t) | {"already_present": t.already_present} for t in self.tables],
+            "found": self.found,
+            "inserted": self.inserted,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _fetch(
+    conn: psycopg.Connection[Any], info: TableInfo, columns: list[str], values: list[list[str]]
+) -> list[dict[str, Any]]:
+    """Rows of ``info`` whose ``columns`` equal one of ``values`` (as jsonb objects)."""
+    if not values:
+        return []
+    arrays = sql.SQL(", ").join(
+        sql.SQL("%s::{}[]").format(sql.SQL(info.columns[c].formatted)) for c in columns
+    )
+    query = sql.SQL(
+        "SELECT to_jsonb(t) FROM {}.{} AS t WHERE ({}) IN (SELECT * FROM unnest({}))"
+    ).format(
+        sql.Identifier(info.schema),
+        sql.Identifier(info.name),
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+        arrays,
+    )
+    params = [[v[i] for v in values] for i in range(len(columns))]
+    return [row[0] for row in conn.execute(query, params).fetchall()]
+
+
+def _identity(info: TableInfo, row: dict[str, Any]) -> str:
+    key = info.primary_key or sorted(row)
+    return json.dumps([row.get(c) for c in key], default=str)
+
+
+def collect_rows(
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    info: TableInfo,
+    key_column: str,
+    keys: list[str],
+    with_children: bool,
+) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """The chosen rows and (optionally) every row reachable through foreign keys to them."""
+    collected: dict[str, dict[str, dict[str, Any]]] = {}
+    found_order: list[str] = []
+    queue: deque[tuple[str, list[dict[str, Any]]]] = deque()
+
+    def add(table: TableInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        bucket = collected.setdefault(table.qualified, {})
+        if table.qualified not in found_order:
+            found_order.append(table.qualified)
+        new = []
+        for row in rows:
+            ident = _identity(table, row)
+            if ident not in bucket:
+                bucket[ident] = row
+                new.append(row)
+        return new
+
+    first = add(info, _fetch(conn, info, [key_column], [[k] for k in keys]))
+    queue.append((info.qualified, first))
+    while queue and with_children:
+        parent, rows = queue.popleft()
+        for fk in catalog.foreign_keys:
+            if fk.parent != parent or not rows:
+                continue
+            child = catalog.tables[fk.child]
+            values = [
+                [_text(row[c]) for c in fk.parent_columns]
+                for row in rows
+                if all(row.get(c) is not None for c in fk.parent_columns)
+            ]
+            new = add(child, _fetch(conn, child, list(fk.child_columns), values))
+            if new:
+                queue.append((child.qualified, new))
+    return {t: list(collected[t].values()) for t in found_order}, found_order
+
+
+def dependency_order(catalog: Catalog, tables: list[str]) -> list[str]:
+    """Parents before children among ``tables`` (self-references ignored; a cycle keeps the
+    order in which the tables were found)."""
+    wanted = set(tables)
+    parents = {
+        t: {fk.parent for fk in catalog.foreign_keys if fk.child == t and fk.parent in wanted} - {t}
+        for t in tables
+    }
+    ordered: list[str] = []
+    remaining = list(tables)
+    while remaining:
+        ready = [t for t in remaining if parents[t] <= set(ordered)]
+        if not ready:
+            return ordered + remaining
+        ordered.append(ready[0])
+        remaining.remove(ready[0])
+    return ordered
+
+
+def _insertable_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+        (table,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def insert_rows(
+    conn: psycopg.Connection[Any], order: list[str], rows: dict[str, list[dict[str, Any]]]
+) -> dict[str, int]:
+    """Insert every table's rows in ``order`` in one transaction; returns rows inserted per
+    table. ``conn`` must be in autocommit mode."""
+    inserted: dict[str, int] = {}
+    conn.execute("SET default_transaction_read_only = off")
+    with conn.transaction():
+        for table in order:
+            schema, name = table.split(".", 1)
+            ident = sql.Identifier(schema, name)
+            columns = sql.SQL(", ").join(
+                sql.Identifier(c) for c in _insertable_columns(conn, table)
+            )
+            query = sql.SQL(
+                "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
+                "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT DO NOTHING"
+            ).format(t=ident, c=columns)
+            cur = conn.execute(query, (Jsonb(rows[table]),))
+            inserted[table] = max(cur.rowcount, 0)
+    return inserted
+
+
+def recover_rows(
+    source_url: str,
+    target_url: str,
+    table: str,
+    keys: list[str],
+    *,
+    key_column: str | None = None,
+    with_children: bool = False,
+) -> RowsResult:
+    """Copy the rows of ``table`` with these keys (and their FK descendants) from source to
+    target, leaving rows that exist in the target untouched."""
+    began = time.monotonic()
+    if not keys:
+        raise ConfigError("Give at least one --key.")
+    try:
+        with connect(source_url, autocommit=True) as src:
+            src.execute("SET default_transaction_read_only = on")
+            catalog = read_catalog(src)
+            info = catalog.find(table, "public")
+            if info is None:
+                raise ConfigError(f"Table {table} does not exist in the source database.")
+            if key_column is None:
+                if len(info.primary_key) != 1:
+                    raise ConfigError(
+                        f"{info.qualified} has no single-column primary key; name the column "
+                        "with --key-column."
+                    )
+                key_column = info.primary_key[0]
+            if key_column not in info.columns:
+                raise ConfigError(f"{info.qualified} has no column {key_column!r}.")
+            rows, found_order = collect_rows(src, catalog, info, key_column, keys, with_children)
+            order = dependency_order(catalog, found_order)
+        result = RowsResult(info.qualified, list(keys))
+        if not rows.get(info.qualified):
+            raise RuntimeFailure(
+                f"No row of {info.qualified} with {key_column} in ({', '.join(keys)}) exists in "
+                "the source; is it restored to a moment before the deletion?"
+            )
+        with connect(target_url, autocommit=True) as dst:
+            inserted = insert_rows(dst, order, rows)
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise RuntimeFailure(
+            "The rows reference rows that are missing from the target too "
+            f"({exc.diag.message_detail or exc}); recover their parents first. Nothing was "
+            "inserted."
+        ) from exc
+    except psycopg.errors.UndefinedTable as exc:
+        raise RuntimeFailure(
+            f"A table of the source is missing from the target: {exc}. Nothing was inserted."
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
+    result.tables = [TableRows(t, len(rows[t]), inserted.get(t, 0)) for t in order]
+    result.duration_s = time.monotonic() - began
+    return result
+
+
+def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[TableRows]:
+    """Make every row of ``tables`` that exists in the source equal to the source's row.
+
+    Missing rows are inserted and differing rows updated, parents first, in one transaction;
+    rows that exist only in the target (written after the source's moment) are kept. This is
+    the runbook's "restore specific tables" without losing the table's later rows. Rows of
+    these tables changed after the source's moment go back to the source's version. Each table
+    needs a primary key, and the whole table is read from the source.
+    """
+    try:
+        with connect(source_url, autocommit=True) as src:
+            src.execute("SET default_transaction_read_only = on")
+            catalog = read_catalog(src)
+            infos = []
+            for name in tables:
+                info = catalog.find(name, "public")
+                if info is None:
+                    raise ConfigError(f"Table {name} does not exist in the source database.")
+                if not info.primary_key:
+                    raise ConfigError(f"{info.qualified} has no primary key to match rows by.")
+                infos.append(info)
+            order = dependency_order(catalog, [i.qualified for i in infos])
+            rows = {
+                i.qualified: [
+                    r[0]
+                    for r in src.execute(
+                        sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
+                            sql.Identifier(i.schema, i.name)
+                        )
+                    )
+                ]
+                for i in infos
+            }
+        keys = {i.qualified: i.primary_key for i in infos}
+        changed: dict[str, int] = {}
+        with connect(target_url, autocommit=True) as dst:
+            dst.execute("SET default_transaction_read_only = off")
+            with dst.transaction():
+                for table in order:
+                    schema, name = table.split(".", 1)
+                    columns = _insertable_columns(dst, table)
+                    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                    updates = sql.SQL(", ").join(
+                        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                        for c in columns
+                        if c not in keys[table]
+                    )
+                    query = sql.SQL(
+                        "INSERT INTO {t} AS old ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
+                        "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT ({k}) DO UPDATE "
+                        "SET {u} WHERE (old.*)::text IS DISTINCT FROM (EXCLUDED.*)::text"
+                    ).format(
+                        t=sql.Identifier(schema, name),
+                        c=cols,
+                        k=sql.SQL(", ").join(sql.Identifier(c) for c in keys[table]),
+                        u=updates,
+                    )
+                    cur = dst.execute(query, (Jsonb(rows[table]),))
+                    changed[table] = max(cur.rowcount, 0)
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise RuntimeFailure(
+            f"The repaired rows reference rows missing from the target ({exc}); repair their "
+            "tables too. Nothing was changed."
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
+    return [TableRows(t, len(rows[t]), changed[t]) for t in order]
