@@ -35,21 +35,25 @@ def source_url(from_env: str | None, from_file: Path | None) -> str:
     return url
 
 
+FromEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--from-env", metavar="VAR", help="Environment variable holding the source's URL."
+    ),
+]
+FromFileOption = Annotated[
+    Path | None, typer.Option("--from-file", help="File holding the source's URL.")
+]
+
+
 @app.command()
 def rows(
     table: Annotated[str, typer.Option("--table", help="The table whose rows to put back.")],
     key: Annotated[
         list[str], typer.Option("--key", help="Key value of a row to put back (repeatable).")
     ],
-    from_env: Annotated[
-        str | None,
-        typer.Option(
-            "--from-env", metavar="VAR", help="Environment variable holding the source's URL."
-        ),
-    ] = None,
-    from_file: Annotated[
-        Path | None, typer.Option("--from-file", help="File holding the source's URL.")
-    ] = None,
+    from_env: FromEnvOption = None,
+    from_file: FromFileOption = None,
     key_column: Annotated[
         str | None, typer.Option("--key-column", help="Column of --key (default: primary key).")
     ] = None,
@@ -92,15 +96,8 @@ def tables(
     table: Annotated[
         list[str], typer.Option("--table", help="A damaged table to repair (repeatable).")
     ],
-    from_env: Annotated[
-        str | None,
-        typer.Option(
-            "--from-env", metavar="VAR", help="Environment variable holding the source's URL."
-        ),
-    ] = None,
-    from_file: Annotated[
-        Path | None, typer.Option("--from-file", help="File holding the source's URL.")
-    ] = None,
+    from_env: FromEnvOption = None,
+    from_file: FromFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Repair tables of the target (DATABASE_URL) from a copy restored to before the damage.
