@@ -47,6 +47,7 @@ def test_every_report_offers_json() -> None:
         ("demo",),
         ("serve",),
         ("wal", "stream"),
+        ("wal", "fetch"),  # restore_command: its output is the segment file itself
     }
     runner = CliRunner()
     root = get_command(app)
