@@ -12,4 +12,5 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy

@@ -108,3 +108,14 @@ def test_target_resolution_order(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL is not a valid"):
         resolve_target(settings, environ={"DATABASE_URL": "not a conninfo"})
     assert redact("not a url ===") == "<unparseable connection string>"
+
+
+def test_client_programs_get_the_password_through_the_environment() -> None:
+    from pgdr.config import client_environment
+
+    conninfo, env = client_environment("postgresql://app:s3cret@db.example.com:5432/app")
+    assert "s3cret" not in conninfo and "db.example.com" in conninfo
+    assert env["PGPASSWORD"] == "s3cret"
+    bare, env2 = client_environment("postgresql://app@db/app")
+    assert "PGPASSWORD" not in env2 or env2["PGPASSWORD"] != "s3cret"
+    assert "password" not in bare

@@ -41,6 +41,7 @@ from pgdr.backup.manifest import (
 from pgdr.backup.repository import BACKUPS, Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
+from pgdr.config.target import client_environment
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
@@ -217,11 +218,13 @@ def take_backup(
             on_start(backup_id, facts.size_bytes)
         data_key = DataKey.generate()
         start_time = now_utc()
+        # The password goes through the environment: argv is readable by every local user.
+        client_conninfo, client_env = client_environment(conninfo)
         with tempfile.TemporaryDirectory(prefix="pgdr-backup-") as tmp:
             args: list[str] = [
                 str(installation.tool("pg_basebackup")),
                 "-d",
-                conninfo,
+                client_conninfo,
                 "-D",
                 "-",
                 "-Ft",
@@ -244,6 +247,7 @@ def take_backup(
                     data_key,
                     args,
                     stderr_path,
+                    env=client_env,
                     chunk_size=repo.config.chunk_size,
                     progress=progress,
                     workers=workers,
@@ -312,6 +316,7 @@ def _stream(
     args: list[str],
     stderr_path: Path,
     *,
+    env: dict[str, str],
     chunk_size: int,
     progress: Progress | None,
     workers: int | None,
@@ -342,7 +347,12 @@ def _stream(
     chunks: list[ChunkEntry] = []
     with stderr_path.open("wb") as errfile:
         proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=errfile, stdin=subprocess.DEVNULL, bufsize=0
+            args,
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            stdin=subprocess.DEVNULL,
+            bufsize=0,
+            env=env,
         )
         try:
             assert proc.stdout is not None

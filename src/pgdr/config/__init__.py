@@ -12,7 +12,7 @@ from pgdr.config.pool_settings import (
     resolve_pool_settings,
 )
 from pgdr.config.settings import PgdrSettings, load_settings, load_toml
-from pgdr.config.target import Target, resolve_target
+from pgdr.config.target import Target, client_environment, resolve_target
 
 __all__ = [
     "POOL_PROFILES",
@@ -20,6 +20,7 @@ __all__ = [
     "PoolSettings",
     "ResolvedPoolSettings",
     "Target",
+    "client_environment",
     "load_settings",
     "load_toml",
     "resolve_pool_settings",

@@ -38,6 +38,18 @@ class Target:
         return Target(make_conninfo(self.conninfo, dbname=dbname), self.source)
 
 
+def client_environment(conninfo: str) -> tuple[str, dict[str, str]]:
+    """For running a PostgreSQL client program: the connection string without its password,
+    and an environment carrying the password as ``PGPASSWORD``, so it never appears in argv
+    (which every local user can read in ``ps``)."""
+    params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return make_conninfo("", **params), env
+
+
 def redact(conninfo: str) -> str:
     try:
         params = conninfo_to_dict(conninfo)

@@ -7,14 +7,13 @@ version, and installs the ``amcheck`` contrib extension if the database lacks it
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgdr.config.target import client_environment
 from pgdr.errors import PgdrError
 from pgdr.integrity.findings import Finding, Report
 
@@ -49,16 +48,6 @@ def check_checksums(conn: psycopg.Connection[Any], report: Report) -> None:
         )
 
 
-def _client_environment(conninfo: str) -> tuple[str, dict[str, str]]:
-    """A connection string without the password, and an environment carrying it."""
-    params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return make_conninfo("", **params), env
-
-
 def parse_amcheck(output: str) -> dict[str, list[str]]:
     """pg_amcheck's report as ``{relation: [problem, ...]}``."""
     problems: dict[str, list[str]] = {}
@@ -90,7 +79,7 @@ def check_amcheck(conninfo: str, major: int, report: Report, timeout_s: float) -
     except PgdrError as exc:
         report.skip("storage", f"pg_amcheck was not run: {exc.message}")
         return
-    target, env = _client_environment(conninfo)
+    target, env = client_environment(conninfo)
     try:
         proc = subprocess.run(
             [str(tool), "--install-missing", "--no-strict-names", target],

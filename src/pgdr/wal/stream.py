@@ -40,6 +40,7 @@ from typing import IO, Any
 import psycopg
 
 from pgdr.cluster import PgInstallation
+from pgdr.config.target import client_environment
 from pgdr.errors import PgdrError, RuntimeFailure
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.names import (
@@ -273,12 +274,16 @@ class Streamer:
     # ----- pg_receivewal ----------------------------------------------------------------------
     def _start_receiver(self) -> subprocess.Popen[bytes]:
         ensure_slot(self.o.conninfo, self.o.slot)
+        # The password goes through the environment: argv is readable by every local user.
+        client_conninfo, env = client_environment(
+            with_application_name(self.o.conninfo, self.o.application)
+        )
         args = [
             str(self.o.installation.tool("pg_receivewal")),
             "-D",
             str(self.o.spool),
             "-d",
-            with_application_name(self.o.conninfo, self.o.application),
+            client_conninfo,
             "--slot",
             self.o.slot,
             "-n",
@@ -294,6 +299,7 @@ class Streamer:
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                env=env,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
             )
         finally:
