@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from pgdr.cluster import find_installations
+from pgdr.cluster import LocalCluster, find_installations
 from pgdr.config import PgdrSettings
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_report
 from pgdr.drills.sandbox import DATABASE, Sandbox
@@ -166,6 +166,20 @@ def _loss(d: Drill, url: str) -> None:
         )
 
 
+def _restore_at(
+    d: Drill, moment: datetime, streamed_since: float, role: str, title: str
+) -> LocalCluster:
+    """A point-in-time restore step: wait until the WAL up to now is safe, restore to
+    ``moment`` into a new sandbox cluster named ``role``, and record what was recovered."""
+    with d.report.step(
+        title, f"pgdr restore --target-time {moment.isoformat()} --new-cluster"
+    ) as step:
+        d.sandbox.wait_streamed(since=streamed_since)
+        cluster, result = d.sandbox.restore(Target("time", moment.isoformat()), role)
+        step.detail = f"recovered to {result.recovered_to_time}"
+    return cluster
+
+
 def scenario1(d: Drill) -> None:
     """Complete database loss."""
     sb, r = d.sandbox, d.report
@@ -259,14 +273,14 @@ def scenario3(d: Drill) -> None:
         with psycopg.connect(sb.url, autocommit=True) as conn:
             state = set_read_only(conn, True, Scope.DATABASE, terminate=True)
         step.detail = f"read-only; {state.terminated_sessions} session(s) ended"
-    with r.step(
+    scratch = _restore_at(
+        d,
+        before,
+        streamed_since,
+        "scratch",
         "Identify the deletion time (the application's log) and restore to just before it "
         "into a scratch cluster",
-        f"pgdr restore --target-time {before.isoformat()} --new-cluster",
-    ) as step:
-        sb.wait_streamed(since=streamed_since)
-        scratch, result = sb.restore(Target("time", before.isoformat()), "scratch")
-        step.detail = f"recovered to {result.recovered_to_time}"
+    )
     scratch_url = scratch.conninfo(DATABASE)
     with r.step(
         "Re-insert exactly the deleted rows from the scratch copy, parents first",
@@ -343,14 +357,14 @@ def scenario2(d: Drill) -> None:
             f"{checked.critical} critical finding(s), level {checked.top_priority}; damaged: "
             f"{', '.join(damaged)}"
         )
-    with r.step(
+    cluster = _restore_at(
+        d,
+        good,
+        streamed_since,
+        "recovered",
         "Restore the database as it was at T into a new cluster (option A's new production, "
         "option B's source)",
-        f"pgdr restore --target-time {good.isoformat()} --new-cluster",
-    ) as step:
-        sb.wait_streamed(since=streamed_since)
-        cluster, result = sb.restore(Target("time", good.isoformat()), "recovered")
-        step.detail = f"recovered to {result.recovered_to_time}"
+    )
     url = cluster.conninfo(DATABASE)
     _verify(d, url, baseline, "copy at T")
     option_a = time.monotonic() - disaster
