@@ -31,6 +31,7 @@ import psycopg
 from pgdr import __version__
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import (
+    BACKUPS,
     ChunkEntry,
     FileEntry,
     Manifest,
@@ -38,7 +39,7 @@ from pgdr.backup.manifest import (
     format_time,
     now_utc,
 )
-from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.config.target import client_environment
@@ -160,9 +161,12 @@ def _widen_pipe(stream: IO[bytes]) -> None:
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
 
 
-def new_backup_id(repo: Repository, kind: str) -> str:
-    suffix = "full" if kind == "full" else "incr"
-    existing = set(repo.backup_dirs())
+ID_SUFFIXES = {"full": "full", "incremental": "incr", "dump": "dump", "schema-dump": "schema"}
+
+
+def new_backup_id(repo: Repository, kind: str, area: str = BACKUPS) -> str:
+    suffix = ID_SUFFIXES[kind]
+    existing = set(repo.backup_dirs(area))
     while True:
         stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
         candidate = f"{stamp}-{suffix}"
@@ -323,16 +327,63 @@ def _stream(
     level: int,
     refresh: Callable[[], None],
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
+    hasher = _Hasher()
+    try:
+        chunks, stream_size = stream_into_chunks(
+            repo,
+            lambda index: chunk_key(backup_id, index),
+            data_key,
+            args,
+            stderr_path,
+            env=env,
+            chunk_size=chunk_size,
+            feed=hasher.feed,
+            progress=progress,
+            workers=workers,
+            level=level,
+            refresh=refresh,
+        )
+    except BaseException:
+        hasher.abandon()
+        raise
+    hasher.close()
+    hasher.finish()
+    for name in CAPTURED:
+        if name not in hasher.captured:
+            raise RuntimeFailure(f"pg_basebackup's archive has no {name}")
+    return hasher, chunks, stream_size
+
+
+def stream_into_chunks(
+    repo: Repository,
+    key_of: Callable[[int], str],
+    data_key: DataKey,
+    args: list[str],
+    stderr_path: Path,
+    *,
+    env: dict[str, str],
+    chunk_size: int,
+    feed: Callable[[bytearray], None],
+    progress: Progress | None,
+    workers: int | None,
+    level: int,
+    refresh: Callable[[], None],
+) -> tuple[list[ChunkEntry], int]:
+    """Run a PostgreSQL client program (``args``) and store its stdout as sealed chunks.
+
+    Every chunk is passed to ``feed`` (in order) before it is sealed under ``key_of(index)``;
+    returns the chunk entries and the stream's size. The program's failure is one sentence
+    (the last line of its stderr) and nothing is returned.
+    """
     store = repo.store
     cpus = os.cpu_count() or 1
     workers = workers or (cpus * 2 if isinstance(store, S3Store) else cpus)
-    hasher = _Hasher()
     stream_size = 0
     last_refresh = time.monotonic()
 
     def seal_and_store(item: tuple[int, bytearray]) -> ChunkEntry:
         index, plain = item
-        key = chunk_key(backup_id, index)
+        key = key_of(index)
         sealed = seal(data_key, key, plain, level=level)
         store.put(key, sealed)
         return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
@@ -340,7 +391,7 @@ def _stream(
     def numbered(stdout: IO[bytes]) -> Iterator[tuple[int, bytearray]]:
         nonlocal stream_size
         for index, chunk in enumerate(_read_chunks(stdout, chunk_size)):
-            hasher.feed(chunk)
+            feed(chunk)
             stream_size += len(chunk)
             yield index, chunk
 
@@ -365,23 +416,14 @@ def _stream(
                     refresh()
                     last_refresh = time.monotonic()
             code = proc.wait()
-        except BaseException:
-            hasher.abandon()
-            raise
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     if code != 0:
-        hasher.abandon()
         reason = _last_line(stderr_path.read_text(errors="replace"))
-        raise RuntimeFailure(f"pg_basebackup failed: {reason}")
-    hasher.close()
-    hasher.finish()
-    for name in CAPTURED:
-        if name not in hasher.captured:
-            raise RuntimeFailure(f"pg_basebackup's archive has no {name}")
-    return hasher, chunks, stream_size
+        raise RuntimeFailure(f"{Path(args[0]).name} failed: {reason}")
+    return chunks, stream_size
 
 
 def _finish(

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
-from pgdr.backup.manifest import FileEntry, ForgedManifest, Manifest, format_time, now_utc
-from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.manifest import BACKUPS, FileEntry, ForgedManifest, Manifest, format_time, now_utc
+from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster, PgInstallation, installation_for_major
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
 from pgdr.errors import PgdrError

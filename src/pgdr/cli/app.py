@@ -17,6 +17,7 @@ from pgdr.cli import (
     db,
     demo,
     drill,
+    dump,
     inventory,
     key,
     mark,
@@ -51,6 +52,7 @@ app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
 # Backups, WAL and recovery
 app.add_typer(backup.app, name="backup")
+app.add_typer(dump.app, name="dump")
 app.command()(restore.restore)
 app.add_typer(wal.app, name="wal")
 app.command()(mark.mark)
