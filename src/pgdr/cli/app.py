@@ -32,6 +32,7 @@ from pgdr.cli import (
     sample,
     vector,
     wal,
+    walfind,
 )
 from pgdr.cli.common import err_console
 from pgdr.errors import PgdrError
@@ -55,6 +56,7 @@ app.add_typer(backup.app, name="backup")
 app.add_typer(dump.app, name="dump")
 app.command()(restore.restore)
 app.add_typer(wal.app, name="wal")
+wal.app.command("find")(walfind.find)
 app.command()(mark.mark)
 app.add_typer(repo.app, name="repo")
 app.command()(repo.prune)

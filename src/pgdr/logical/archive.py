@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgdr.backup.chunks import DamagedBackup, fetch_chunk
+from pgdr.backup.chunks import DamagedBackup, fetch_chunk, private_dir
 from pgdr.backup.manifest import DUMPS, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster import PgInstallation
@@ -61,15 +61,6 @@ def plaintext(dump: OpenDump) -> Iterator[bytes]:
     expected = dump.manifest.files[0].sha256 if dump.manifest.files else None
     if digest.hexdigest() != expected:
         raise DamagedBackup(f"Dump {dump.id} does not match its recorded SHA-256.")
-
-
-@contextlib.contextmanager
-def private_dir(prefix: str) -> Iterator[Path]:
-    """A 0700 temporary directory, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        path = Path(tmp)
-        path.chmod(0o700)
-        yield path
 
 
 def feed_pg_restore(

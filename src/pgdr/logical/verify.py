@@ -15,14 +15,14 @@ import time
 from contextlib import suppress
 from typing import Any
 
-from pgdr.backup.chunks import DamagedBackup
+from pgdr.backup.chunks import DamagedBackup, private_dir
 from pgdr.backup.manifest import DUMPS, Manifest, format_time, now_utc
 from pgdr.backup.repository import Repository, RetentionPolicy
 from pgdr.backup.retention import PruneReport, prune
 from pgdr.cluster import LocalCluster
 from pgdr.errors import PgdrError
 from pgdr.integrity.run import run_check
-from pgdr.logical.archive import OpenDump, feed_pg_restore, open_dump, private_dir, read_toc
+from pgdr.logical.archive import OpenDump, feed_pg_restore, open_dump, read_toc
 from pgdr.profile import Profile
 
 TOC_TABLE_KINDS = ("TABLE", "TABLE DATA")
