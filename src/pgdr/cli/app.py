@@ -20,6 +20,7 @@ from pgdr.cli import (
     dump,
     inventory,
     key,
+    logical,
     mark,
     monitor,
     pool,
@@ -62,6 +63,7 @@ app.add_typer(repo.app, name="repo")
 app.command()(repo.prune)
 app.add_typer(key.app, name="key")
 app.add_typer(recover.app, name="recover")
+app.command()(logical.undelete)
 # Integrity, incidents, monitoring and drills
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")

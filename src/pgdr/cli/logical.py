@@ -1,0 +1,80 @@
+"""``pgdr undelete``, ``pgdr restore-table`` and ``pgdr export``: the runbook's surgical and
+logical recoveries, each one call into ``pgdr.logical``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pgdr.cli.backup import RepoOption, open_repo
+from pgdr.cli.common import JsonOption, console, emit, err_console, target
+from pgdr.logical.undelete import UndeleteResult
+from pgdr.logical.undelete import undelete as run_undelete
+
+
+def _show_preview(preview: dict[str, int], title: str) -> None:
+    out = Table(title=title, title_justify="left")
+    out.add_column("table")
+    out.add_column("rows", justify="right")
+    for table, rows in preview.items():
+        out.add_row(escape(table), f"{rows:,}")
+    err_console.print(out)
+
+
+def undelete(
+    table: Annotated[str, typer.Option("--table", help="The table rows were deleted from.")],
+    key: Annotated[list[str], typer.Option("--key", help="Key of a deleted row (repeatable).")],
+    at: Annotated[
+        str,
+        typer.Option(help="'auto' (find the deleting transaction in the WAL) or a time before it."),
+    ] = "auto",
+    key_column: Annotated[
+        str | None, typer.Option("--key-column", help="Column of --key (default: primary key).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Insert without asking.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only show what would be inserted.")
+    ] = False,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Put deleted rows and their children back from a throwaway point-in-time copy.
+
+    Dry run unless --yes (on a terminal pgdr shows the rows and asks).
+    """
+    ask = sys.stdin.isatty() and not as_json and not dry_run and not yes
+
+    def confirm(preview: dict[str, int]) -> bool:
+        _show_preview(preview, "Rows to put back (from the copy)")
+        return typer.confirm("Insert them?", default=False, err=True)
+
+    result = run_undelete(
+        open_repo(repo_name),
+        target().conninfo,
+        table,
+        key,
+        at=at,
+        key_column=key_column,
+        apply=yes and not dry_run,
+        confirm=confirm if ask else None,
+    )
+    emit(result.as_dict(), as_json, lambda: _render_undelete(result))
+
+
+def _render_undelete(result: UndeleteResult) -> None:
+    for note in result.notes:
+        console.print(escape(note), highlight=False)
+    if not result.applied:
+        _show_preview(result.preview, "Rows that would be put back (dry run: nothing inserted)")
+        console.print("Pass --yes to insert them.")
+        return
+    total = sum(result.inserted.values())
+    console.print(
+        f"{total:,} row(s) put back into {len(result.inserted)} table(s) in "
+        f"{result.duration_s:.1f} s; the throwaway cluster was removed.",
+        highlight=False,
+    )
