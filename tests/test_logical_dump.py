@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, run_cli
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 from pgdr.logical.tools import binaries_for
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, open_sealed_pieces
-from pgdr.errors import RuntimeFailure
 from pgdr.storage import ObjectNotFound
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from pgdr.backup.manifest import Manifest
 from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
 from pgdr.cli.check import chosen_profile
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, target
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.cli.common import JsonOption, target
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, escape, progress_bar
 from pgdr.logical.dump import schema_sql, take_dump
 from pgdr.logical.verify import dump_summary, list_dumps, prune_dumps, verify_dump
 

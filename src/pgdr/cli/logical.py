@@ -7,11 +7,11 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from pgdr.cli.backup import RepoOption, open_repo
-from pgdr.cli.common import JsonOption, console, emit, err_console, target
+from pgdr.cli.common import JsonOption, target
+from pgdr.core.output import console, emit, err_console, escape
 from pgdr.logical.undelete import UndeleteResult
 from pgdr.logical.undelete import undelete as run_undelete
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, console, emit, settings, target
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.output import console, emit, escape
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.find import FindReport, find_changes, parse_moment
 

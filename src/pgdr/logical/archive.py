@@ -20,9 +20,10 @@ from pgdr.backup.chunks import DamagedBackup, fetch_chunk, private_dir
 from pgdr.backup.manifest import DUMPS, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster import PgInstallation
+from pgdr.core.errors import RuntimeFailure
+from pgdr.core.runner import last_line
 from pgdr.crypto import DataKey
-from pgdr.errors import RuntimeFailure
-from pgdr.logical.tools import binaries_for, last_line
+from pgdr.logical.tools import binaries_for
 
 
 @dataclass(frozen=True)

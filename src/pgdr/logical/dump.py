@@ -28,11 +28,12 @@ from pgdr import __version__
 from pgdr.backup.manifest import DUMPS, FileEntry, Manifest, chunk_key, format_time, now_utc
 from pgdr.backup.repository import Repository
 from pgdr.backup.take import ServerFacts, new_backup_id, server_facts, stream_into_chunks
-from pgdr.config.target import client_environment
+from pgdr.core import runner
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import DataKey
 from pgdr.crypto.envelope import DEFAULT_LEVEL
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
-from pgdr.logical.tools import binaries_for, run_tool
+from pgdr.logical.tools import binaries_for
 
 Progress = Callable[[int], None]
 
@@ -162,7 +163,7 @@ def schema_sql(conninfo: str, out: Path, *, force: bool = False) -> dict[str, ob
         raise ConfigError(f"The directory {out.parent} does not exist.")
     source = dump_source(conninfo)
     args, env = _pg_dump_args(conninfo, source, schema_only=True)
-    text = run_tool([*args, "--no-owner", "--no-privileges"], env=env)
+    text = runner.run([*args, "--no-owner", "--no-privileges"], env=env).stdout
     tmp = out.with_name(f".{out.name}.pgdr-tmp")
     tmp.write_text(text)
     tmp.replace(out)

@@ -7,11 +7,10 @@ uses whatever is on ``PATH``: it picks the installation of exactly that major ve
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from pgdr.cluster import PgInstallation, find_installations, installation_for_major
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError
 
 
 def binaries_for(major: int, what: str, pg_bin: Path | None = None) -> PgInstallation:
@@ -23,18 +22,3 @@ def binaries_for(major: int, what: str, pg_bin: Path | None = None) -> PgInstall
             f"binaries (newest: {newest or 'none'}); install PostgreSQL {major}'s client programs."
         )
     return installation_for_major(major, pg_bin)
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def run_tool(args: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> str:
-    """Run a client program; its stdout, or its last stderr line as one sentence."""
-    done = subprocess.run(
-        args, capture_output=True, text=True, check=False, env=env, timeout=timeout
-    )
-    if done.returncode != 0:
-        raise RuntimeFailure(f"{Path(args[0]).name} failed: {last_line(done.stderr)}")
-    return done.stdout

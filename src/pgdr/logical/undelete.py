@@ -25,7 +25,7 @@ import psycopg
 
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
-from pgdr.errors import CheckFailed, ConfigError, PgdrError
+from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
 from pgdr.integrity.catalog import read_catalog
 from pgdr.pool import connect
 from pgdr.restore.pitr import Target, make_target, plan_pitr, run_pitr

@@ -20,7 +20,7 @@ from pgdr.backup.manifest import DUMPS, Manifest, format_time, now_utc
 from pgdr.backup.repository import Repository, RetentionPolicy
 from pgdr.backup.retention import PruneReport, prune
 from pgdr.cluster import LocalCluster
-from pgdr.errors import PgdrError
+from pgdr.core.errors import PgdrError
 from pgdr.integrity.run import run_check
 from pgdr.logical.archive import OpenDump, feed_pg_restore, open_dump, read_toc
 from pgdr.profile import Profile

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +34,8 @@ import psycopg
 from pgdr.backup.chunks import private_dir
 from pgdr.backup.manifest import Manifest
 from pgdr.cluster import installation_for_major
-from pgdr.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.core import runner
+from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.chain import Chain
 from pgdr.wal.names import Segment, parse_lsn
@@ -175,18 +175,17 @@ def fetch_window(
 def waldump_lines(tool: Path, directory: Path, first: str, last: str) -> Iterator[str]:
     """``pg_waldump``'s records from ``first`` to ``last``; the end of valid WAL (zeros of a
     partial segment, a segment still being written) ends the listing, anything else is an error."""
-    env = dict(os.environ, TZ="UTC")
-    with subprocess.Popen(
-        [str(tool), "--path", str(directory), first, last],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        yield from proc.stdout
-        error = proc.stderr.read()
+    proc = runner.start(
+        [tool, "--path", str(directory), first, last], env=dict(os.environ, TZ="UTC")
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        for raw in proc.stdout:
+            yield raw.decode("utf-8", errors="replace")
+        error = proc.stderr.read().decode("utf-8", errors="replace")
         code = proc.wait()
+    finally:
+        runner.stop(proc)
     harmless = (
         "invalid record length",
         "could not find file",
@@ -195,7 +194,7 @@ def waldump_lines(tool: Path, directory: Path, first: str, last: str) -> Iterato
         "record with incorrect prev-link",
     )
     if code != 0 and not any(h in error for h in harmless):
-        raise RuntimeFailure(f"pg_waldump failed: {error.strip().splitlines()[-1:]}")
+        raise RuntimeFailure(runner.sentence("pg_waldump", error))
 
 
 class _Reader:
