@@ -12,6 +12,7 @@ from rich.table import Table
 from pgdr.cli.backup import RepoOption, open_repo
 from pgdr.cli.common import JsonOption, target
 from pgdr.core.output import console, emit, err_console, escape
+from pgdr.logical.table import restore_table as run_restore_table
 from pgdr.logical.undelete import UndeleteResult
 from pgdr.logical.undelete import undelete as run_undelete
 
@@ -78,3 +79,61 @@ def _render_undelete(result: UndeleteResult) -> None:
         f"{result.duration_s:.1f} s; the throwaway cluster was removed.",
         highlight=False,
     )
+
+
+def restore_table(
+    table: Annotated[str, typer.Argument(help="The table to restore (schema.name or name).")],
+    from_dump: Annotated[str, typer.Option("--from", help="Dump id, unique prefix or 'latest'.")],
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="Name of the restored table (default: NAME_<date>).")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Make the live table hold the dump's rows.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Confirm --replace, or overwrite the --as table.")
+    ] = False,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Restore one table from a dump: beside the live table by default, or --replace --force."""
+    result = run_restore_table(
+        open_repo(repo_name),
+        target().conninfo,
+        table,
+        from_dump,
+        as_name=as_name,
+        replace=replace,
+        force=force,
+    )
+
+    def render() -> None:
+        if result.replaced:
+            console.print(
+                f"{escape(result.table)} now holds the {result.rows:,} rows of dump "
+                f"{result.dump_id}: {result.deleted:,} deleted, {result.upserted:,} inserted or "
+                "updated, in one transaction.",
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"{result.rows:,} rows of {escape(result.table)} from dump {result.dump_id} "
+                f"restored as {escape(result.restored_as)}.",
+                highlight=False,
+            )
+        if result.unmapped:
+            console.print(
+                "Columns in the dump but no longer in the table (not restored): "
+                + escape(", ".join(result.unmapped)),
+                highlight=False,
+            )
+        if result.defaulted:
+            console.print(
+                "Columns added since the dump (left to their defaults): "
+                + escape(", ".join(result.defaulted)),
+                highlight=False,
+            )
+        for note in result.notes:
+            console.print(escape(note), highlight=False)
+
+    emit(result.as_dict(), as_json, render)
