@@ -24,7 +24,7 @@ FORMAT = 1
 SIGNING_PURPOSE = "manifest/v1"
 BACKUPS = "backups/"
 DUMPS = "dumps/"
-DUMP_KINDS = ("dump", "schema-dump")  # logical backups (pgdr.logical), stored under dumps/
+DUMP_KINDS = ("dump", "schema-dump", "export")  # logical (pgdr.logical), under dumps/
 
 
 class ForgedManifest(RuntimeFailure):

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -162,7 +162,13 @@ def _widen_pipe(stream: IO[bytes]) -> None:
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
 
 
-ID_SUFFIXES = {"full": "full", "incremental": "incr", "dump": "dump", "schema-dump": "schema"}
+ID_SUFFIXES = {
+    "full": "full",
+    "incremental": "incr",
+    "dump": "dump",
+    "schema-dump": "schema",
+    "export": "csv",
+}
 
 
 def new_backup_id(repo: Repository, kind: str, area: str = BACKUPS) -> str:
@@ -376,6 +382,53 @@ def stream_into_chunks(
     returns the chunk entries and the stream's size. The program's failure is one sentence
     (the last line of its stderr) and nothing is returned.
     """
+    with stderr_path.open("wb") as errfile:
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            stdin=subprocess.DEVNULL,
+            bufsize=0,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            _widen_pipe(proc.stdout)
+            stored = store_chunks(
+                repo,
+                key_of,
+                data_key,
+                _read_chunks(proc.stdout, chunk_size),
+                feed=feed,
+                progress=progress,
+                workers=workers,
+                level=level,
+                refresh=refresh,
+            )
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if code != 0:
+        reason = last_line(stderr_path.read_text(errors="replace"))
+        raise RuntimeFailure(f"{Path(args[0]).name} failed: {reason}")
+    return stored
+
+
+def store_chunks(
+    repo: Repository,
+    key_of: Callable[[int], str],
+    data_key: DataKey,
+    pieces: Iterable[bytearray],
+    *,
+    feed: Callable[[bytearray], None],
+    progress: Progress | None,
+    workers: int | None,
+    level: int,
+    refresh: Callable[[], None],
+) -> tuple[list[ChunkEntry], int]:
+    """Seal and store consecutive chunks (each a new buffer) in parallel, in order."""
     store = repo.store
     cpus = os.cpu_count() or 1
     workers = workers or (cpus * 2 if isinstance(store, S3Store) else cpus)
@@ -389,41 +442,21 @@ def stream_into_chunks(
         store.put(key, sealed)
         return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
 
-    def numbered(stdout: IO[bytes]) -> Iterator[tuple[int, bytearray]]:
+    def numbered() -> Iterator[tuple[int, bytearray]]:
         nonlocal stream_size
-        for index, chunk in enumerate(_read_chunks(stdout, chunk_size)):
+        for index, chunk in enumerate(pieces):
             feed(chunk)
             stream_size += len(chunk)
             yield index, chunk
 
     chunks: list[ChunkEntry] = []
-    with stderr_path.open("wb") as errfile:
-        proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=errfile,
-            stdin=subprocess.DEVNULL,
-            bufsize=0,
-            env=env,
-        )
-        try:
-            assert proc.stdout is not None
-            _widen_pipe(proc.stdout)
-            for entry in parallel_map(seal_and_store, numbered(proc.stdout), workers):
-                chunks.append(entry)
-                if progress:
-                    progress(entry.size)
-                if time.monotonic() - last_refresh > LOCK_REFRESH_S:
-                    refresh()
-                    last_refresh = time.monotonic()
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if code != 0:
-        reason = last_line(stderr_path.read_text(errors="replace"))
-        raise RuntimeFailure(f"{Path(args[0]).name} failed: {reason}")
+    for entry in parallel_map(seal_and_store, numbered(), workers):
+        chunks.append(entry)
+        if progress:
+            progress(entry.size)
+        if time.monotonic() - last_refresh > LOCK_REFRESH_S:
+            refresh()
+            last_refresh = time.monotonic()
     return chunks, stream_size
 
 

@@ -90,6 +90,7 @@ app.add_typer(key.app, name="key")
 app.add_typer(recover.app, name="recover")
 app.command()(logical.undelete)
 app.command("restore-table")(logical.restore_table)
+app.command()(logical.export)
 # Integrity, incidents, monitoring and drills
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")

@@ -4,14 +4,17 @@ logical recoveries, each one call into ``pgdr.logical``."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from pgdr.cli.backup import RepoOption, open_repo
+from pgdr.cli.check import chosen_profile
 from pgdr.cli.common import JsonOption, target
 from pgdr.core.output import console, emit, err_console, escape
+from pgdr.logical.export import export_tables, export_to_directory, export_to_repository
 from pgdr.logical.table import restore_table as run_restore_table
 from pgdr.logical.undelete import UndeleteResult
 from pgdr.logical.undelete import undelete as run_undelete
@@ -135,5 +138,41 @@ def restore_table(
             )
         for note in result.notes:
             console.print(escape(note), highlight=False)
+
+    emit(result.as_dict(), as_json, render)
+
+
+def export(
+    tables: Annotated[
+        list[str] | None,
+        typer.Option("--tables", help="A table to export (repeatable; default: the profile's)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write plain CSV files here instead.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out.")] = False,
+    profile: Annotated[str | None, typer.Option(help="Profile naming the tables.")] = None,
+    label: Annotated[str | None, typer.Option(help="A note stored with the export.")] = None,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export critical tables as CSV from one snapshot, into the repository (encrypted)."""
+    chosen = export_tables(chosen_profile(profile), tables)
+    conninfo = target().conninfo
+    if out is not None:
+        result = export_to_directory(conninfo, chosen, out, force=force)
+    else:
+        result, _manifest = export_to_repository(
+            open_repo(repo_name), conninfo, chosen, label=label
+        )
+
+    def render() -> None:
+        shown = Table(title=f"Exported to {escape(result.stored_as)}", title_justify="left")
+        for column in ("table", "rows", "bytes", "sha256"):
+            shown.add_column(column, justify="right" if column in ("rows", "bytes") else "left")
+        for name, info in result.tables.items():
+            shown.add_row(escape(name), f"{info['rows']:,}", f"{info['bytes']:,}", info["sha256"])
+        console.print(shown)
+        console.print(f"All tables from {result.snapshot}.")
 
     emit(result.as_dict(), as_json, render)

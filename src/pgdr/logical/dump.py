@@ -25,7 +25,15 @@ from pathlib import Path
 import psycopg
 
 from pgdr import __version__
-from pgdr.backup.manifest import DUMPS, FileEntry, Manifest, chunk_key, format_time, now_utc
+from pgdr.backup.manifest import (
+    DUMPS,
+    ChunkEntry,
+    FileEntry,
+    Manifest,
+    chunk_key,
+    format_time,
+    now_utc,
+)
 from pgdr.backup.repository import Repository
 from pgdr.backup.take import ServerFacts, new_backup_id, server_facts, stream_into_chunks
 from pgdr.core import runner
@@ -72,47 +80,47 @@ def _pg_dump_args(
     return args + (["--schema-only"] if schema_only else []), env
 
 
-def take_dump(
+@dataclass(frozen=True)
+class Sink:
+    """Where a logical backup's bytes go: chunk keys, data key, lock refresh (for producers)."""
+
+    repo: Repository
+    object_id: str
+    data_key: DataKey
+    refresh: Callable[[], None]
+
+    def key_of(self, index: int) -> str:
+        return chunk_key(self.object_id, index, DUMPS)
+
+
+Producer = Callable[[Sink], tuple[list[ChunkEntry], int, list[FileEntry]]]
+
+
+def store_logical(
     repo: Repository,
-    conninfo: str,
+    source: DumpSource,
+    kind: str,
+    produce: Producer,
     *,
-    schema_only: bool = False,
-    label: str | None = None,
-    keep: bool = False,
-    progress: Progress | None = None,
-    level: int = DEFAULT_LEVEL,
+    label: str | None,
+    keep: bool,
+    level: int,
 ) -> Manifest:
-    """Dump the database at ``conninfo`` into ``repo``; returns the dump's manifest."""
-    source = dump_source(conninfo)
-    args, env = _pg_dump_args(conninfo, source, schema_only)
-    args += ["-Fc", "-Z0"]
+    """Store what ``produce`` writes as a ``dumps/<id>/`` object set; the manifest is written
+    last, authenticated; on any failure the partial object set is removed."""
     repo.store.check_writable()
-    kind = "schema-dump" if schema_only else "dump"
-    with repo.locked("dump") as lock:
+    with repo.locked(kind) as lock:
         repo.check_system_identifier(source.facts.system_identifier)
         repo.clean_incomplete(area=DUMPS)
-        dump_id = new_backup_id(repo, kind, DUMPS)
+        object_id = new_backup_id(repo, kind, DUMPS)
         data_key = DataKey.generate()
         start = now_utc()
-        digest = hashlib.sha256()
         try:
-            with tempfile.TemporaryDirectory(prefix="pgdr-dump-") as tmp:
-                chunks, size = stream_into_chunks(
-                    repo,
-                    lambda index: chunk_key(dump_id, index, DUMPS),
-                    data_key,
-                    args,
-                    Path(tmp) / "stderr",
-                    env=env,
-                    chunk_size=repo.config.chunk_size,
-                    feed=digest.update,
-                    progress=progress,
-                    workers=None,
-                    level=level,
-                    refresh=lambda: repo.refresh_lock(lock),
-                )
+            chunks, size, files = produce(
+                Sink(repo, object_id, data_key, lambda: repo.refresh_lock(lock))
+            )
             manifest = Manifest(
-                id=dump_id,
+                id=object_id,
                 kind=kind,
                 parent=None,
                 label=label,
@@ -133,26 +141,63 @@ def take_dump(
                 host=socket.gethostname(),
                 pgdr_version=__version__,
                 chunks=chunks,
-                files=[
-                    FileEntry(f"{source.database}.dump", "file", size, 0o600, digest.hexdigest(), 0)
-                ],
+                files=files,
                 database=source.database,
             )
             manifest.wrapped_key = repo.master_key.wrap(data_key)
             manifest.sign_with(data_key)
-            repo.store.put(repo.manifest_key(dump_id, DUMPS), manifest.to_json())
+            repo.store.put(repo.manifest_key(object_id, DUMPS), manifest.to_json())
         except BaseException as exc:
             with contextlib.suppress(PgdrError, OSError):
-                repo.store.delete_prefix(f"{DUMPS}{dump_id}/")
+                repo.store.delete_prefix(f"{DUMPS}{object_id}/")
             if isinstance(exc, PgdrError):
                 wrapped = PgdrError(
-                    f"{exc.message.rstrip('.')}; dump {dump_id} was abandoned and earlier "
-                    "dumps are intact."
+                    f"{exc.message.rstrip('.')}; {kind} {object_id} was abandoned and earlier "
+                    "ones are intact."
                 )
                 wrapped.exit_code = exc.exit_code
                 raise wrapped from exc
             raise
     return manifest
+
+
+def take_dump(
+    repo: Repository,
+    conninfo: str,
+    *,
+    schema_only: bool = False,
+    label: str | None = None,
+    keep: bool = False,
+    progress: Progress | None = None,
+    level: int = DEFAULT_LEVEL,
+) -> Manifest:
+    """Dump the database at ``conninfo`` into ``repo``; returns the dump's manifest."""
+    source = dump_source(conninfo)
+    args, env = _pg_dump_args(conninfo, source, schema_only)
+    args += ["-Fc", "-Z0"]
+
+    def produce(sink: Sink) -> tuple[list[ChunkEntry], int, list[FileEntry]]:
+        digest = hashlib.sha256()
+        with tempfile.TemporaryDirectory(prefix="pgdr-dump-") as tmp:
+            chunks, size = stream_into_chunks(
+                repo,
+                sink.key_of,
+                sink.data_key,
+                args,
+                Path(tmp) / "stderr",
+                env=env,
+                chunk_size=repo.config.chunk_size,
+                feed=digest.update,
+                progress=progress,
+                workers=None,
+                level=level,
+                refresh=sink.refresh,
+            )
+        name = f"{source.database}.dump"
+        return chunks, size, [FileEntry(name, "file", size, 0o600, digest.hexdigest(), 0)]
+
+    kind = "schema-dump" if schema_only else "dump"
+    return store_logical(repo, source, kind, produce, label=label, keep=keep, level=level)
 
 
 def schema_sql(conninfo: str, out: Path, *, force: bool = False) -> dict[str, object]:
