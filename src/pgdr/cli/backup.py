@@ -13,7 +13,7 @@ from pgdr.backup.repository import Repository
 from pgdr.backup.verify import VerifyReport, verify_backup
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
-from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar
+from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
 from pgdr.restore.tested import restore_test as run_restore_test
 
 RepoOption = Annotated[
@@ -41,7 +41,7 @@ def open_repo(name: str | None, writable: bool = False) -> Repository:
 
 def show_key_note(repo: Repository) -> None:
     if repo.key_note:
-        err_console.print(f"[yellow]{repo.key_note}[/]", highlight=False)
+        err_console.print(styled(repo.key_note, "yellow"), highlight=False)
 
 
 @app.callback()
@@ -215,11 +215,12 @@ def verify(
                 if r.restore_test:
                     extra = f"; restore test passed in {r.restore_test['duration_s']:.1f} s"
                 console.print(
-                    f"[green]ok[/] {r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
-                    f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}."
+                    styled("ok", "green"),
+                    f"{r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
+                    f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}.",
                 )
                 continue
-            console.print(f"[red]DAMAGED[/] {r.backup_id}:")
+            console.print(styled("DAMAGED", "red"), f"{r.backup_id}:")
             for problem in r.problems:
                 console.print(f"  {problem}", highlight=False)
             for path in r.damaged_files:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-import psycopg
 import typer
 from rich.table import Table
 
@@ -22,8 +21,9 @@ from pgdr.backup.verify import verify_backup
 from pgdr.cli.common import pool_settings, settings
 from pgdr.cluster import choose_installation, default_cluster
 from pgdr.config import PgdrSettings
+from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed
-from pgdr.core.output import console, err_console, progress_bar
+from pgdr.core.output import console, err_console, progress_bar, styled
 from pgdr.drills import SCENARIOS, DrillOptions, run_drill
 from pgdr.integrity import run_check
 from pgdr.pool import check_database_health
@@ -40,18 +40,18 @@ class DemoStep:
 
 
 def _has_sample(conninfo: str) -> bool:
-    with psycopg.connect(conninfo) as conn:
+    with connect(conninfo) as conn:
         row = conn.execute("SELECT to_regclass('public.embeddings') IS NOT NULL").fetchone()
         return bool(row and row[0])
 
 
 def _timed(steps: list[DemoStep], name: str, work: Callable[[], tuple[bool, str]]) -> None:
-    console.print(f"[bold]{name}[/] ...")
+    console.print(styled(name, "bold"), "...")
     began = time.monotonic()
     ok, detail = work()
     steps.append(DemoStep(name, ok, detail, round(time.monotonic() - began, 1)))
     colour = "green" if ok else "red"
-    console.print(f"  [{colour}]{'ok' if ok else 'FAILED'}[/] {detail}", highlight=False)
+    console.print(" ", styled("ok" if ok else "FAILED", colour), detail, highlight=False)
 
 
 def _start(s: PgdrSettings) -> tuple[bool, str]:
@@ -88,7 +88,7 @@ def _backup(s: PgdrSettings, conninfo: str) -> tuple[bool, str]:
     repo = open_repository(s)
     manifest = take_backup(repo, conninfo, label="pgdr demo")
     if repo.key_note:
-        err_console.print(f"[yellow]{repo.key_note}[/]")
+        err_console.print(styled(repo.key_note, "yellow"))
     verified = verify_backup(repo, manifest.id)
     detail = (
         f"{manifest.id} in {repo.url}: {len(manifest.files)} files, "
@@ -136,7 +136,7 @@ def demo(
     for column in ("step", "result", "seconds", "detail"):
         table.add_column(column)
     for step in steps:
-        result = "[green]ok[/]" if step.ok else "[red]failed[/]"
+        result = styled("ok", "green") if step.ok else styled("failed", "red")
         table.add_row(step.name, result, f"{step.seconds:.1f}", step.detail)
     console.print(table)
     failed = [step.name for step in steps if not step.ok]

@@ -11,7 +11,7 @@ from pgdr.backup import open_repository
 from pgdr.backup.repository import Repository
 from pgdr.cli.common import settings as load_settings
 from pgdr.core.errors import ConfigError
-from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar
+from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
 from pgdr.restore.pitr import (
     Target,
     make_target,
@@ -117,7 +117,7 @@ def restore_to_point(
             rows.append(("URL", result.url))
         console.print(key_value_table("Point-in-time restore", rows))
         for note in result.notes:
-            err_console.print(f"[yellow]{note}[/]", highlight=False)
+            err_console.print(styled(note, "yellow"), highlight=False)
         if not result.running:
             console.print(
                 "The server was stopped after promotion; start it with --start next time."

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
@@ -20,7 +21,9 @@ from pgdr.cli.common import target as resolve_target
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.output import console, emit, err_console, key_value_table
+from pgdr.core.incidents import IncidentStore
+from pgdr.core.log import logger
+from pgdr.core.output import console, emit, key_value_table, styled
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (
@@ -33,6 +36,8 @@ from pgdr.wal.setup import (
 from pgdr.wal.status import wal_status
 from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
+
+log = logger(__name__)
 
 app = typer.Typer(
     help="Continuous WAL: streaming, archiving, setup and status.", no_args_is_help=True
@@ -140,15 +145,15 @@ def stream(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    def log(message: str) -> None:
-        err_console.print(f"{_stamp(time.time())} {message}", highlight=False)
-
-    log(
-        f"Streaming WAL of system {info.system_identifier} (PostgreSQL {info.major}) into "
-        f"{archive.store.url}{' synchronously' if synchronous else ''}."
+    log.info(
+        "Streaming WAL of system %s (PostgreSQL %s) into %s%s.",
+        info.system_identifier,
+        info.major,
+        archive.store.url,
+        " synchronously" if synchronous else "",
     )
-    Streamer(options, archive, log).run(stop)
-    log("Stopped; everything received is in the repository.")
+    Streamer(options, archive, IncidentStore.at_home(s.home)).run(stop)
+    log.info("Stopped; everything received is in the repository.")
 
 
 @app.command()
@@ -207,8 +212,10 @@ def setup(
         for column in ("setting", "current", "wanted", "why"):
             table.add_column(column)
         for change in plan.changes:
-            mark = "" if change.ok else "[yellow]*[/] "
-            table.add_row(mark + change.name, change.current or "", change.wanted, change.why)
+            mark = "" if change.ok else styled("* ", "yellow")
+            table.add_row(
+                Text.assemble(mark, change.name), change.current or "", change.wanted, change.why
+            )
         console.print(table)
         if plan.slot:
             console.print(f"Slot {plan.slot}: {'exists' if plan.slot_exists else 'missing'}.")
@@ -301,6 +308,6 @@ def sync(
         lambda: console.print(
             "Commits now wait for pgdr (RPO 0)."
             if state == "on"
-            else "[yellow]Commits no longer wait for pgdr: RPO is the streamer's lag.[/]"
+            else styled("Commits no longer wait for pgdr: RPO is the streamer's lag.", "yellow")
         ),
     )

@@ -21,7 +21,6 @@ import ctypes
 import ctypes.util
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
+from pgdr.core import runner
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey, parallel_map
 from pgdr.storage import S3Store
@@ -494,17 +494,7 @@ def _restore_chain(
         part.mkdir(mode=0o700)
         lay_down(repo, member, part, None, progress, workers, check_files=check_files)
         dirs.append(part)
-    result = subprocess.run(
-        [str(installation.tool("pg_combinebackup")), *map(str, dirs), "-o", str(staging)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise RuntimeFailure(
-            f"pg_combinebackup failed: {lines[-1] if lines else 'no output'}".rstrip(".") + "."
-        )
+    runner.run([installation.tool("pg_combinebackup"), *dirs, "-o", staging])
     written = 0
     files = 0
     for path in [staging, *staging.rglob("*")]:
