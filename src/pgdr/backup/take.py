@@ -45,7 +45,6 @@ from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
-from pgdr.storage import S3Store
 
 Progress = Callable[[int], None]
 CAPTURED = ("backup_label", "backup_manifest")
@@ -325,7 +324,7 @@ def _stream(
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
     store = repo.store
     cpus = os.cpu_count() or 1
-    workers = workers or (cpus * 2 if isinstance(store, S3Store) else cpus)
+    workers = workers or store.workers(cpus)
     hasher = _Hasher()
     stream_size = 0
     last_refresh = time.monotonic()

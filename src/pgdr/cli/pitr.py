@@ -19,7 +19,7 @@ from pgdr.restore.pitr import (
     run_pitr,
     wait_for_streamer,
 )
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import repository_archive
 
 __all__ = ["make_target", "restore_to_point"]
 
@@ -79,7 +79,7 @@ def restore_to_point(
     if (to is None) == (not new_cluster):
         raise ConfigError("Give exactly one of --to DIR or --new-cluster.")
     repo = open_repository(load_settings(), repo_name)
-    archive = WalArchive.open(repo.store, repo.master_key)
+    archive = repository_archive(repo)
     notes: list[str] = []
     if target.kind == "latest":
         note = wait_for_streamer(archive)

@@ -24,7 +24,7 @@ from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
 from pgdr.core.output import console, emit, key_value_table, styled
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (
     apply_setup,
@@ -71,14 +71,8 @@ def open_archive(
     segment_size: int | None = None,
 ) -> WalArchive:
     """The WAL archive of repository ``repo_name``; created for a server when it has none."""
-    repo = open_repository(settings(), repo_name)
-    if system_identifier is not None:
-        repo.check_system_identifier(str(system_identifier))
-    return WalArchive.open(
-        repo.store,
-        repo.master_key,
-        system_identifier=system_identifier,
-        segment_size=segment_size,
+    return repository_archive(
+        open_repository(settings(), repo_name), system_identifier, segment_size
     )
 
 

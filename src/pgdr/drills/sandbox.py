@@ -28,7 +28,7 @@ from pgdr.crypto.keys import decode_key, generate_key_text, write_key_file
 from pgdr.drills.workload import WorkloadWriter
 from pgdr.restore.pitr import PitrResult, Target, plan_pitr, run_pitr, wait_for_streamer
 from pgdr.sample import VectorType, load_sample
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.status import newest_wal_time
 
 DATABASE = "convoai"
@@ -116,7 +116,7 @@ class Sandbox:
             runner.stop(self.streamer, grace_s=30)
 
     def archive(self) -> WalArchive:
-        return WalArchive.open(self.repo.store, self.repo.master_key)
+        return repository_archive(self.repo)
 
     def wait_streamed(self, since: float | None = None, timeout: float = STREAM_WAIT_S) -> None:
         """Until the repository holds WAL read after ``since`` (default: now)."""

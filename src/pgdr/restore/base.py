@@ -37,7 +37,6 @@ from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core import runner
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey, parallel_map
-from pgdr.storage import S3Store
 
 Progress = Callable[[int], None]
 
@@ -320,7 +319,7 @@ def write_backup(
     files = _create_layout(manifest, target, owner)
     writer = _ChunkWriter(repo, manifest, data_key, target, files)
     cpus = os.cpu_count() or 1
-    workers = workers or (cpus * 2 if isinstance(repo.store, S3Store) else cpus)
+    workers = workers or repo.store.workers(cpus)
     for size in parallel_map(writer, range(len(manifest.chunks)), workers):
         if progress:
             progress(size)
