@@ -14,6 +14,7 @@ from pgdr.backup.verify import VerifyReport, verify_backup
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
 from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
+from pgdr.core.units import human_size
 from pgdr.restore.tested import restore_test as run_restore_test
 
 RepoOption = Annotated[
@@ -24,15 +25,6 @@ app = typer.Typer(
     help="Take base backups (no sub-command) and inspect the repository's backups.",
     invoke_without_command=True,
 )
-
-
-def human_size(n: int | float) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1000
-    return f"{value:,.1f} TB"
 
 
 def open_repo(name: str | None, writable: bool = False) -> Repository:

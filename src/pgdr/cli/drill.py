@@ -10,10 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from pgdr.cli.common import JsonOption, settings
-from pgdr.cli.wal import parse_duration
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, markup, progress_bar, styled
 from pgdr.core.records import new_record_id
+from pgdr.core.units import parse_duration
 from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox

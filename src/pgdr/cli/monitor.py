@@ -110,11 +110,7 @@ def run(
         if any(not c.ok and not c.skipped for c in snap.checks) or not snap.healthy:
             raise typer.Exit(1)
         return
-    stop = threading.Event()
-    err_console.print(f"Monitoring every {interval:.0f} s; Ctrl-C to stop.")
-    while not stop.is_set():
-        _emit_round(monitor.run_once(), as_json)
-        stop.wait(interval)
+    monitor.run_forever(threading.Event(), on_round=lambda snap: _emit_round(snap, as_json))
 
 
 @app.command()

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from pgdr.backup import open_repository
-from pgdr.backup.repository import Repository
 from pgdr.cli.common import settings as load_settings
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
+from pgdr.restore import new_cluster_dir
 from pgdr.restore.pitr import (
     Target,
     make_target,
@@ -53,15 +53,6 @@ NewClusterOption = Annotated[
 ]
 
 
-def _cluster_dir(repo: Repository, backup_id: str) -> Path:
-    base = repo.settings.home / "clusters" / f"pitr-{backup_id}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
 def restore_to_point(
     target: Target | None,
     backup_id: str | None,
@@ -86,7 +77,7 @@ def restore_to_point(
         if note:
             notes.append(note)
     plan = plan_pitr(repo, archive, target, backup_id, timeline)
-    cluster_dir = _cluster_dir(repo, plan.backup.id)
+    cluster_dir = new_cluster_dir(repo.settings, "pitr", plan.backup.id)
     data_dir = to if to is not None else cluster_dir / "data"
     total = plan.total_bytes(repo, archive.segment_size)
     with progress_bar("Restoring (WAL, then base backup)", total, enabled=not as_json) as advance:

@@ -11,10 +11,11 @@ from pgdr.backup import load_repositories
 from pgdr.backup.copy import copy_backup
 from pgdr.backup.repository import DEFAULT_REPOSITORY
 from pgdr.backup.retention import prune as apply_retention
-from pgdr.cli.backup import RepoOption, human_size, open_repo
+from pgdr.cli.backup import RepoOption, open_repo
 from pgdr.cli.common import JsonOption, settings
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, key_value_table, progress_bar, styled
+from pgdr.core.units import human_size
 from pgdr.wal.retention import prune_repository_wal
 
 app = typer.Typer(

@@ -24,6 +24,7 @@ from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
 from pgdr.core.output import console, emit, key_value_table, styled
+from pgdr.core.units import parse_duration
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (
@@ -33,7 +34,7 @@ from pgdr.wal.setup import (
     pgdr_executable,
     plan_setup,
 )
-from pgdr.wal.status import wal_status
+from pgdr.wal.status import repository_wal_status
 from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 
@@ -48,21 +49,6 @@ def _stamp(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-
-
-def parse_duration(text: str, option: str) -> float:
-    """``30``, ``30s``, ``2m`` or ``1h`` in seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value = text.strip().lower()
-    factor = units.get(value[-1:], 1) if value else 1
-    number = value[:-1] if value[-1:] in units else value
-    try:
-        seconds = float(number) * factor
-    except ValueError:
-        raise ConfigError(f"{option} {text!r} is not a duration (e.g. 30s, 2m).") from None
-    if seconds <= 0:
-        raise ConfigError(f"{option} must be longer than 0 s.")
-    return seconds
 
 
 def open_archive(
@@ -226,14 +212,7 @@ def setup(
 @app.command()
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """What WAL the repository holds, gaps, the streamer's state and lag."""
-    archive = open_archive(repo_name)
-    repo = open_repository(settings(), repo_name)
-    stops = [
-        m.stop_datetime.timestamp()
-        for m in repo.list_backups()
-        if m.system_identifier == str(archive.system_identifier)
-    ]
-    report = wal_status(archive, window_start=min(stops) if stops else None)
+    report = repository_wal_status(open_repository(settings(), repo_name))
     data = report.as_dict()
 
     def render() -> None:
