@@ -41,11 +41,13 @@ from pgdr.backup.repository import BACKUPS, Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.core import runner
-from pgdr.core.connect import client_environment, connect
+from pgdr.core.connect import client_environment, connect, redact
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 
+log = logger(__name__)
 Progress = Callable[[int], None]
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
@@ -280,6 +282,7 @@ def take_backup(
                     wrapped.exit_code = exc.exit_code
                     raise wrapped from exc
                 raise
+    log.info("Backup %s of %s written to %s.", manifest.id, redact(conninfo), repo.url)
     return manifest
 
 
