@@ -18,7 +18,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,13 +41,14 @@ from pgdr.backup.manifest import (
 from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
-from pgdr.core.connect import client_environment
+from pgdr.core import runner
+from pgdr.core.connect import client_environment, connect, redact
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
-from pgdr.core.runner import last_line
+from pgdr.core.log import logger
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
-from pgdr.storage import S3Store
 
+log = logger(__name__)
 Progress = Callable[[int], None]
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
@@ -67,7 +67,7 @@ class ServerFacts:
 
 def server_facts(conninfo: str) -> ServerFacts:
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
             num = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
             sysid = str(
@@ -214,7 +214,7 @@ def take_backup(
     bars); ``progress(n)`` after each ``n`` bytes of the archive are stored.
     """
     facts = facts or server_facts(conninfo)
-    installation = installation_for_major(facts.major, pg_bin)
+    installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
     store = repo.store
     store.check_writable()
     master = repo.master_key
@@ -292,6 +292,7 @@ def take_backup(
                     wrapped.exit_code = exc.exit_code
                     raise wrapped from exc
                 raise
+    log.info("Backup %s of %s written to %s.", manifest.id, redact(conninfo), repo.url)
     return manifest
 
 
@@ -383,14 +384,7 @@ def stream_into_chunks(
     (the last line of its stderr) and nothing is returned.
     """
     with stderr_path.open("wb") as errfile:
-        proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=errfile,
-            stdin=subprocess.DEVNULL,
-            bufsize=0,
-            env=env,
-        )
+        proc = runner.start(args, env=env, stderr=errfile, unbuffered=True)
         try:
             assert proc.stdout is not None
             _widen_pipe(proc.stdout)
@@ -407,12 +401,9 @@ def stream_into_chunks(
             )
             code = proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            runner.stop(proc, grace_s=0)
     if code != 0:
-        reason = last_line(stderr_path.read_text(errors="replace"))
-        raise RuntimeFailure(f"{Path(args[0]).name} failed: {reason}")
+        raise RuntimeFailure(runner.sentence(Path(args[0]).name, stderr_path.read_bytes()))
     return stored
 
 
@@ -430,8 +421,7 @@ def store_chunks(
 ) -> tuple[list[ChunkEntry], int]:
     """Seal and store consecutive chunks (each a new buffer) in parallel, in order."""
     store = repo.store
-    cpus = os.cpu_count() or 1
-    workers = workers or (cpus * 2 if isinstance(store, S3Store) else cpus)
+    workers = workers or store.workers(os.cpu_count() or 1)
     stream_size = 0
     last_refresh = time.monotonic()
 

@@ -10,11 +10,12 @@ import typer
 from rich.table import Table
 
 from pgdr.backup.manifest import Manifest
-from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
+from pgdr.cli.backup import RepoOption, open_repo, show_key_note
 from pgdr.cli.check import chosen_profile
 from pgdr.cli.common import JsonOption, target
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, escape, progress_bar
+from pgdr.core.units import human_size
 from pgdr.logical.dump import schema_sql, take_dump
 from pgdr.logical.verify import dump_summary, list_dumps, prune_dumps, verify_dump
 
