@@ -58,7 +58,7 @@ def test_health_is_public_and_internals_need_the_token(api: str) -> None:
     assert {"database", "pool", "queries", "errors", "checks"} <= set(body)
     prom = httpx.get(api + "/metrics", headers=auth, timeout=30)
     assert prom.headers["content-type"].startswith("text/plain")
-    assert "pgdr_database_up 1.0" in prom.text
+    assert 'pgdr_up{database="default"} 1.0' in prom.text
     assert httpx.get(api + "/api/incidents", headers=auth).json() == []
 
 

@@ -273,6 +273,7 @@ def take_backup(
                 store.put(repo.manifest_key(backup_id), manifest.to_json())
             except BaseException as exc:
                 _abandon(repo, backup_id)
+                repo.record_backup_failure(backup_id, str(exc) or type(exc).__name__)
                 if isinstance(exc, PgdrError):
                     wrapped = PgdrError(
                         f"{exc.message.rstrip('.')}; backup {backup_id} was abandoned and "

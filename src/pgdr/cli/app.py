@@ -17,6 +17,7 @@ from pgdr.cli import (
     db,
     demo,
     drill,
+    incident,
     inventory,
     key,
     mark,
@@ -62,6 +63,7 @@ app.add_typer(recover.app, name="recover")
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(readonly.app, name="readonly")
+app.add_typer(incident.app, name="incident")
 app.add_typer(monitor.app, name="monitor")
 app.command()(monitor.serve)
 app.add_typer(drill.app, name="drill")

@@ -6,25 +6,26 @@ import threading
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pgdr.cli.common import JsonOption, console, emit, err_console, pool_settings, settings, target
-from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, MonitorConfig, collect_report
+from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
+from pgdr.watch import build_monitor
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
 
-def _monitor(interval: float = 120) -> Monitor:
+def _monitor(interval: float = 120, with_pool: bool = False) -> Monitor:
+    """The monitor with the protection checks and the notifier (see pgdr.watch)."""
     s = settings()
-    return Monitor(
-        target(s).conninfo,
-        s.home / "records",
-        pool_settings(s).settings,
-        MonitorConfig(interval_seconds=interval),
+    setup = build_monitor(
+        s, target(s).conninfo, pool_settings(s).settings, interval, with_pool=with_pool
     )
+    return setup.monitor
 
 
 def _checks_table(results: list[CheckResult]) -> Table:
@@ -33,7 +34,7 @@ def _checks_table(results: list[CheckResult]) -> Table:
         table.add_column(column)
     for r in results:
         result = "skipped" if r.skipped else ("[green]ok[/]" if r.ok else "[red]failed[/]")
-        table.add_row(r.name, result, r.severity.value if r.severity else "", r.message)
+        table.add_row(r.name, result, r.severity.value if r.severity else "", escape(r.message))
     return table
 
 
@@ -164,6 +165,6 @@ def serve(
     token, note = load_api_token(s.home)
     if note:
         err_console.print(f"[yellow]{note}[/]")
-    monitor = _monitor(interval)
+    monitor = _monitor(interval, with_pool=True)
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
     uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")

@@ -29,7 +29,7 @@ from pgdr.wal.setup import (
     pgdr_executable,
     plan_setup,
 )
-from pgdr.wal.status import wal_status
+from pgdr.wal.status import observe_wal
 from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 
@@ -223,7 +223,7 @@ def setup(
 
 @app.command()
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
-    """What WAL the repository holds, gaps, the streamer's state and lag."""
+    """What WAL the repository holds, gaps, the streamer's state and lag (exit 1 on a problem)."""
     archive = open_archive(repo_name)
     repo = open_repository(settings(), repo_name)
     stops = [
@@ -231,7 +231,11 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
         for m in repo.list_backups()
         if m.system_identifier == str(archive.system_identifier)
     ]
-    report = wal_status(archive, window_start=min(stops) if stops else None)
+    try:
+        conninfo: str | None = resolve_target(settings()).conninfo
+    except ConfigError:
+        conninfo = None  # no server configured: the lag is reported as not measured
+    report = observe_wal(archive, min(stops) if stops else None, conninfo)
     data = report.as_dict()
 
     def render() -> None:
@@ -247,14 +251,19 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
                 else "none yet: take a base backup (`pgdr backup`)",
             ),
             ("gaps", ", ".join(report.gaps) or "none"),
+            ("repository at", report.repository_lsn),
+            (
+                "server at",
+                report.server_lsn
+                or f"not measured: {report.server_error or 'no server configured'}",
+            ),
+            ("behind by", None if report.lag_bytes is None else f"{report.lag_bytes:,} bytes"),
         ]
         if report.streamer:
             st = report.streamer
             rows += [
                 ("streamer", f"{st['state']} ({'alive' if report.streamer_alive else 'silent'})"),
                 ("received", st.get("received_lsn")),
-                ("server at", st.get("server_lsn")),
-                ("lag", f"{st['lag_bytes']:,} bytes" if st.get("lag_bytes") is not None else None),
                 ("sync", st.get("sync_state")),
             ]
         console.print(key_value_table("WAL", rows))
@@ -266,11 +275,8 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
         console.print(table)
 
     emit(data, as_json, render)
-    if report.gaps:
-        raise CheckFailed(
-            f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
-            "no restore can cross a gap; take a new base backup after it."
-        )
+    if report.problems:
+        raise CheckFailed(" ".join(report.problems))
 
 
 @app.command()

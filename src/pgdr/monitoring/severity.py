@@ -70,3 +70,9 @@ SEVERITY_LEVELS: dict[Severity, SeverityLevel] = {
 def worst(severities: list[Severity]) -> Severity | None:
     """The most severe of ``severities`` (P0 is worst), or None for an empty list."""
     return min(severities, key=lambda s: s.rank) if severities else None
+
+
+def describe(severity: str) -> str:
+    """``P1 (High, RTO 4 h)``: how a message names a severity."""
+    level = SEVERITY_LEVELS[Severity(severity)]
+    return f"{level.severity.value} ({level.name}, RTO {level.rto.total_seconds() / 3600:g} h)"

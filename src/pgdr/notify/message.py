@@ -1,0 +1,56 @@
+"""What a notification says: what broke, since when, severity, the runbook action, a link."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pgdr.monitoring.incidents import Incident
+from pgdr.monitoring.severity import describe
+
+HEADLINES = {
+    "opened": "OPEN",
+    "escalated": "WORSE",
+    "escalation": "ESCALATED (unacknowledged)",
+    "acknowledged": "ACKNOWLEDGED",
+    "resolved": "RESOLVED",
+}
+NOTIFIED_EVENTS = tuple(HEADLINES)
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+@dataclass(frozen=True)
+class Message:
+    subject: str
+    text: str
+    payload: dict[str, Any]
+
+
+def compose(incident: Incident, event: dict[str, Any], dashboard_url: str) -> Message:
+    headline = HEADLINES.get(str(event["event"]), str(event["event"]).upper())
+    subject = f"[pgdr {incident.severity}] {headline}: {incident.check}"
+    action = incident.action or "Follow the runbook's incident response."
+    lines = [
+        subject,
+        f"What broke: {incident.message}",
+        f"Since: {_utc(incident.opened_at)}",
+        f"Severity: {describe(incident.severity)}",
+        f"Runbook action: {action}",
+        f"Event: {event['event']} at {_utc(float(event['at']))}: {event.get('message', '')}",
+        f"Dashboard: {dashboard_url}",
+        f"Acknowledge: pgdr incident ack {incident.id}",
+    ]
+    text = "\n".join(lines)
+    payload = {
+        "event": event["event"],
+        "at": event["at"],
+        "incident": incident.as_dict(),
+        "summary": subject,
+        "text": text,
+        "dashboard": dashboard_url,
+    }
+    return Message(subject, text, payload)
