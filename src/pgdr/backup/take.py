@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec
 
 import psycopg
 
@@ -48,6 +49,7 @@ from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.storage import S3Store
 
 Progress = Callable[[int], None]
+P = ParamSpec("P")
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
 
@@ -183,6 +185,24 @@ def fetch_pg_manifest(repo: Repository, manifest: Manifest) -> bytes:
     return open_sealed(data_key, key, repo.store.get(key))
 
 
+def records_failure(take: Callable[P, Manifest]) -> Callable[P, Manifest]:
+    """A backup that fails for any anticipated reason (server down, tool failed, repository busy)
+    is recorded in the repository, so the monitor's ``backup_failed`` check sees it."""
+
+    @functools.wraps(take)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Manifest:
+        try:
+            return take(*args, **kwargs)
+        except PgdrError as exc:
+            repo = kwargs.get("repo", args[0] if args else None)
+            if isinstance(repo, Repository):
+                repo.record_backup_failure(time.strftime("%Y%m%dT%H%M%SZ"), exc.message)
+            raise
+
+    return wrapper
+
+
+@records_failure
 def take_backup(
     repo: Repository,
     conninfo: str,
@@ -273,7 +293,6 @@ def take_backup(
                 store.put(repo.manifest_key(backup_id), manifest.to_json())
             except BaseException as exc:
                 _abandon(repo, backup_id)
-                repo.record_backup_failure(backup_id, str(exc) or type(exc).__name__)
                 if isinstance(exc, PgdrError):
                     wrapped = PgdrError(
                         f"{exc.message.rstrip('.')}; backup {backup_id} was abandoned and "

@@ -141,7 +141,7 @@ class Dispatcher:
         try:
             deliver(channel, message, self.config.smtp, self.config.timeout_seconds)
         except DeliveryFailed as exc:
-            entry["status"], entry["error"] = "failed", str(exc)
+            entry["status"], entry["error"] = "failed", str(exc).rstrip(".")
             log.warning(
                 "Notifying %s of incident %s (%s) via %s failed (attempt %d): %s; "
                 "it will be retried.",
