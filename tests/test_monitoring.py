@@ -12,7 +12,8 @@ import psycopg
 from conftest import Server, run_cli
 from pgdr.cluster import LocalCluster, choose_installation, find_free_port
 from pgdr.config import PgdrSettings
-from pgdr.monitoring import IncidentLog, MonitorConfig, Severity, collect_report, run_checks
+from pgdr.incident.store import IncidentLog
+from pgdr.monitoring import MonitorConfig, Severity, collect_report, run_checks
 from pgdr.monitoring.checks import CheckResult
 from pgdr.monitoring.metrics import render_prometheus
 from pgdr.monitoring.monitor import Monitor

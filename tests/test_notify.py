@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from fixtures.receivers import HttpReceiver, SmtpSink
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.severity import Severity
+from pgdr.incident.store import FlapPolicy, IncidentLog
 from pgdr.monitoring.checks import CheckResult
-from pgdr.monitoring.incidents import FlapPolicy, IncidentLog
-from pgdr.monitoring.severity import Severity
 from pgdr.notify import Dispatcher
 from pgdr.notify.config import from_table
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, settings
-from pgdr.monitoring.incidents import Incident
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.output import console, emit, escape
+from pgdr.incident.store import Incident
 from pgdr.notify import Outcome
 from pgdr.watch import acknowledge, finish_review, incident_log, resolve, start_review
 

@@ -7,16 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import (
-    JsonOption,
-    console,
-    emit,
-    key_value_table,
-    pool_settings,
-    settings,
-    target,
-)
+from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.config.pool_settings import POOL_VARIABLES
+from pgdr.core.output import console, emit, key_value_table
 from pgdr.pool import advise_pool, check_database_health, connect, make_pool
 
 app = typer.Typer(help="Connection-pool settings and sizing.", no_args_is_help=True)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import JsonOption, console, emit, settings
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.output import console, emit
 from pgdr.profile import load_profile
 
 app = typer.Typer(

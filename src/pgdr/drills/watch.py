@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pgdr.core.severity import Severity
 from pgdr.drills.report import drill_history, next_scheduled
 from pgdr.monitoring.checks import CheckResult, failed, passed
-from pgdr.monitoring.severity import Severity
 
 
 def check_drill_overdue(home: Path) -> CheckResult:

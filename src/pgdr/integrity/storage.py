@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 
-from pgdr.config.target import client_environment
-from pgdr.errors import PgdrError
+from pgdr.cluster import installation_for_major
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import PgdrError
 from pgdr.integrity.findings import Finding, Report
 
 _HEADER = re.compile(r'^(heap table|btree index|toast table)\s+"([^"]+)"(.*?):?\s*$')
@@ -72,8 +73,6 @@ def parse_amcheck(output: str) -> dict[str, list[str]]:
 
 def check_amcheck(conninfo: str, major: int, report: Report, timeout_s: float) -> None:
     """Run pg_amcheck over the whole database; each damaged relation is a critical finding."""
-    from pgdr.cluster import installation_for_major  # noqa: PLC0415 - only --deep needs it
-
     try:
         tool = installation_for_major(major).tool("pg_amcheck")
     except PgdrError as exc:

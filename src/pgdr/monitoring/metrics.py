@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult
 from pgdr.monitoring.reports import DatabaseReport
-from pgdr.monitoring.severity import Severity
 
 DATABASE_STATS = """
 SELECT xact_commit, xact_rollback, deadlocks, temp_bytes,

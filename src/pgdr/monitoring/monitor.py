@@ -21,8 +21,8 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
+from pgdr.incident.store import FlapPolicy, IncidentLog
 from pgdr.monitoring.checks import ExtraCheck, MonitorConfig, run_checks
-from pgdr.monitoring.incidents import FlapPolicy, IncidentLog
 from pgdr.monitoring.metrics import MetricsSnapshot, collect_query_stats
 from pgdr.pool import connect
 

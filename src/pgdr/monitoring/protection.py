@@ -19,9 +19,9 @@ from typing import Any
 
 from pgdr.backup import Repository, open_repository
 from pgdr.config import PgdrSettings
-from pgdr.errors import PgdrError
+from pgdr.core.errors import PgdrError
+from pgdr.core.severity import Severity, worst
 from pgdr.monitoring.checks import CheckResult, failed, passed, skipped
-from pgdr.monitoring.severity import Severity, worst
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import connect
 from pgdr.wal.status import LagLimits, WalStatus, observe_wal

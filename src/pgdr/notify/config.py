@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pgdr.config import PgdrSettings
 from pgdr.config.settings import load_toml
-from pgdr.errors import ConfigError
-from pgdr.monitoring.severity import Severity
+from pgdr.core.errors import ConfigError
+from pgdr.core.severity import Severity
 
 CHANNEL_KINDS = ("webhook", "slack", "email")
 ENV_WEBHOOK = "PGDR_NOTIFY_WEBHOOK"

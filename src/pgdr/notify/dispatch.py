@@ -12,15 +12,16 @@ escalation appends an ``escalation`` event to an open, unacknowledged incident o
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pgdr.monitoring.incidents import Incident, IncidentLog, write_atomic
-from pgdr.monitoring.severity import Severity
+from pgdr.core.errors import ConfigError
+from pgdr.core.records import read_json, write_json
+from pgdr.core.severity import Severity
+from pgdr.incident.store import Incident, IncidentLog
 from pgdr.notify.config import Channel, Contact, NotifyConfig
 from pgdr.notify.message import NOTIFIED_EVENTS, compose
 from pgdr.notify.senders import DeliveryFailed, deliver, safe_url
@@ -60,11 +61,13 @@ class Dispatcher:
         self.directory = records / "notifications"
 
     def _outbox(self, incident_id: str) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads((self.directory / f"{incident_id}.json").read_text())
-        except (OSError, ValueError):
+        path = self.directory / f"{incident_id}.json"
+        if not path.is_file():
             return {}
-        return data if isinstance(data, dict) else {}
+        try:
+            return read_json(path, "delivery record")
+        except ConfigError:
+            return {}
 
     def recipients(self, incident: Incident, upto: int) -> list[Contact]:
         """Who hears about event ``upto`` of ``incident``."""
@@ -122,7 +125,7 @@ class Dispatcher:
                     outbox[key] = entry
                     outcomes.append(outcome)
         if outcomes:
-            write_atomic(self.directory / f"{incident.id}.json", outbox)
+            write_json(self.directory / f"{incident.id}.json", outbox, force=True)
         return outcomes
 
     def _attempt(

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pgdr.monitoring.incidents import Incident
-from pgdr.monitoring.severity import describe
+from pgdr.core.severity import describe
+from pgdr.incident.store import Incident
 
 HEADLINES = {
     "opened": "OPEN",

@@ -15,7 +15,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
-from pgdr.pool.factory import connect_kwargs, describe_connect_error
+from pgdr.core.connect import describe_connect_error
+from pgdr.pool.factory import connect_kwargs
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from pgdr.errors import PgdrError
+from pgdr.core.errors import PgdrError
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.chain import Chain
 from pgdr.wal.names import Segment, format_lsn, parse_segment

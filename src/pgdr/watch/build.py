@@ -11,10 +11,10 @@ from pgdr.backup import Repository, open_repository
 from pgdr.config import PgdrSettings
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.config.settings import load_toml
+from pgdr.core.errors import PgdrError
 from pgdr.drills.watch import check_drill_overdue
-from pgdr.errors import PgdrError
+from pgdr.incident.store import FlapPolicy
 from pgdr.monitoring.checks import ExtraCheck, MonitorConfig
-from pgdr.monitoring.incidents import FlapPolicy
 from pgdr.monitoring.monitor import Monitor
 from pgdr.monitoring.protection import ProtectionConfig, protection_checks
 from pgdr.notify import Dispatcher, load_notify_config

@@ -17,10 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from pgdr.backup import Repository
+from pgdr.core.errors import PgdrError
+from pgdr.core.severity import Severity
 from pgdr.drills.report import drill_history
-from pgdr.errors import PgdrError
-from pgdr.monitoring.incidents import Incident, IncidentLog
-from pgdr.monitoring.severity import Severity
+from pgdr.incident.store import Incident, IncidentLog
 from pgdr.storage import ObjectNotFound
 
 STREAMER_PREFIX = "incidents/"

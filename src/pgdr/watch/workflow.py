@@ -6,8 +6,8 @@ import getpass
 from pathlib import Path
 
 from pgdr.config import PgdrSettings
-from pgdr.monitoring.incidents import Incident, IncidentLog
-from pgdr.monitoring.review import complete_review, draft_review
+from pgdr.incident.review import complete_review, draft_review
+from pgdr.incident.store import Incident, IncidentLog
 from pgdr.notify import Dispatcher, Outcome, load_notify_config
 
 

@@ -1,7 +1,7 @@
 """Incidents: one store for every source (monitor checks, the WAL streamer, drills).
 
-Kept as JSON files in ``$PGDR_HOME/records/incidents`` (never in the database being watched).
-Invariants:
+Kept as JSON records in ``$PGDR_HOME/records/incidents`` (never in the database being watched),
+written through :mod:`pgdr.core.records` (atomic, mode 0600). Invariants:
 
 * one open incident per check at a time; its severity is raised if the failure gets worse;
 * a flapping check does not flap the incident: it opens after ``open_after`` failed rounds in a
@@ -16,18 +16,27 @@ Invariants:
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pgdr.errors import ConfigError
-from pgdr.monitoring.checks import CheckResult
-from pgdr.monitoring.severity import SEVERITY_LEVELS, Severity
+from pgdr.core.errors import ConfigError
+from pgdr.core.records import read_json, write_json
+from pgdr.core.severity import SEVERITY_LEVELS, Severity
+
+
+class Observation(Protocol):
+    """One check's outcome (pgdr.monitoring's CheckResult is one)."""
+
+    name: str
+    ok: bool
+    severity: Severity | None
+    message: str
+    skipped: bool
+
 
 REVIEW_STEPS = (
     "Document what happened",
@@ -118,14 +127,6 @@ class Incident:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def write_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    Path(tmp).replace(path)
-
-
 class IncidentLog:
     """Incident records in a directory (``$PGDR_HOME/records/incidents``)."""
 
@@ -137,7 +138,7 @@ class IncidentLog:
         return self.directory / f"{incident_id}.json"
 
     def save(self, incident: Incident) -> None:
-        write_atomic(self._path(incident.id), asdict(incident))
+        write_json(self._path(incident.id), asdict(incident) | {"kind": "incident"}, force=True)
 
     def all(self) -> list[Incident]:
         if not self.directory.is_dir():
@@ -145,8 +146,8 @@ class IncidentLog:
         incidents = []
         for path in self.directory.glob("*.json"):
             try:
-                incidents.append(Incident.from_dict(json.loads(path.read_text())))
-            except (OSError, ValueError, TypeError):
+                incidents.append(Incident.from_dict(read_json(path, "incident")))
+            except (ConfigError, TypeError):
                 continue  # a damaged record must not hide the others
         return sorted(incidents, key=lambda i: i.opened_at, reverse=True)
 
@@ -168,13 +169,15 @@ class IncidentLog:
         return self.directory / "state" / "streaks.json"
 
     def _streaks(self) -> dict[str, int]:
-        try:
-            data = json.loads(self._streaks_path().read_text())
-        except (OSError, ValueError):
+        if not self._streaks_path().is_file():
             return {}
-        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        try:
+            data = read_json(self._streaks_path(), "streak record")
+        except ConfigError:
+            return {}
+        return {str(k): int(v) for k, v in data.items()}
 
-    def _counted(self, results: list[CheckResult]) -> dict[str, int]:
+    def _counted(self, results: Sequence[Observation]) -> dict[str, int]:
         """Consecutive failures (>0) or passes (<0) per check, this round included."""
         streaks = self._streaks()
         for r in results:
@@ -185,11 +188,11 @@ class IncidentLog:
                 streaks[r.name] = min(before, 0) - 1
             else:
                 streaks[r.name] = max(before, 0) + 1
-        write_atomic(self._streaks_path(), streaks)
+        write_json(self._streaks_path(), dict(streaks), force=True)
         return streaks
 
     # ----- changes ----------------------------------------------------------------------
-    def update(self, results: list[CheckResult], now: float | None = None) -> list[Incident]:
+    def update(self, results: Sequence[Observation], now: float | None = None) -> list[Incident]:
         """Open, escalate or resolve incidents from one round of checks; returns the changed."""
         now = now or time.time()
         current = {i.check: i for i in self.open_incidents()}

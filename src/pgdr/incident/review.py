@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pgdr.errors import ConfigError
-from pgdr.monitoring.incidents import REVIEW_STEPS, Incident, IncidentLog
-from pgdr.monitoring.severity import describe
+from pgdr.core.errors import ConfigError
+from pgdr.core.severity import describe
+from pgdr.incident.store import REVIEW_STEPS, Incident, IncidentLog
 
 PLACEHOLDER = "_(to be completed)_"
 SECTIONS = (
