@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -22,8 +22,16 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI:
-    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health."""
+def create_app(
+    monitor: Monitor,
+    token: str,
+    background: bool = True,
+    board: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health.
+
+    ``board`` gives the dashboard's data (protection state, incidents, backups, history).
+    """
     stop = threading.Event()
 
     @asynccontextmanager
@@ -79,6 +87,12 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
         log = monitor.incidents
         chosen = log.all() if include_resolved else log.open_incidents()
         return [i.as_dict() for i in chosen]
+
+    @app.get("/api/dashboard", dependencies=guarded)
+    def dashboard_data() -> dict[str, Any]:
+        if board is None:
+            return {"databases": [snapshot().as_dict()]}
+        return board()
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:

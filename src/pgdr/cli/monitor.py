@@ -17,18 +17,21 @@ from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
-from pgdr.watch import build_monitor
+from pgdr.watch import MonitorSetup, build_monitor, dashboard_data
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
 
-def _monitor(interval: float = 120, with_pool: bool = False) -> Monitor:
+def _setup(interval: float = 120, with_pool: bool = False) -> MonitorSetup:
     """The monitor with the protection checks and the notifier (see pgdr.watch)."""
     s = settings()
-    setup = build_monitor(
+    return build_monitor(
         s, target(s).conninfo, pool_settings(s).settings, interval, with_pool=with_pool
     )
-    return setup.monitor
+
+
+def _monitor(interval: float = 120) -> Monitor:
+    return _setup(interval).monitor
 
 
 def _checks_table(results: list[CheckResult]) -> Table:
@@ -164,6 +167,7 @@ def serve(
     token, note = load_api_token(s.home)
     if note:
         err_console.print(f"[yellow]{note}[/]")
-    monitor = _monitor(interval, with_pool=True)
+    setup = _setup(interval, with_pool=True)
+    app = create_app(setup.monitor, token, board=lambda: dashboard_data(setup))
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
-    uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -9,12 +9,14 @@ Nothing here connects to the watched database except the checks themselves.
 """
 
 from pgdr.watch.build import MonitorSetup, build_monitor, flap_policy, watch_checks
+from pgdr.watch.dashboard import dashboard_data
 from pgdr.watch.workflow import acknowledge, finish_review, incident_log, resolve, start_review
 
 __all__ = [
     "MonitorSetup",
     "acknowledge",
     "build_monitor",
+    "dashboard_data",
     "finish_review",
     "flap_policy",
     "incident_log",

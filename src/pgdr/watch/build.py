@@ -49,9 +49,11 @@ class MonitorSetup:
 
     monitor: Monitor
     dispatcher: Dispatcher
+    settings: PgdrSettings
+    repo_name: str | None = None
 
 
-def _repository(settings: PgdrSettings, repo_name: str | None) -> Repository | None:
+def repository(settings: PgdrSettings, repo_name: str | None) -> Repository | None:
     with contextlib.suppress(PgdrError):
         return open_repository(settings, repo_name)
     return None
@@ -87,8 +89,8 @@ def build_monitor(
     dispatcher = Dispatcher(load_notify_config(settings), monitor.incidents, records)
 
     def after_round() -> list[dict[str, Any]]:
-        import_sources(monitor.incidents, _repository(settings, repo_name), settings.home)
+        import_sources(monitor.incidents, repository(settings, repo_name), settings.home)
         return [o.as_dict() for o in dispatcher.run()]
 
     monitor.after_round = after_round
-    return MonitorSetup(monitor, dispatcher)
+    return MonitorSetup(monitor, dispatcher, settings, repo_name)
