@@ -39,7 +39,7 @@ from pgdr.cli import (
 from pgdr.core import log
 from pgdr.core.connect import translate
 from pgdr.core.errors import PgdrError
-from pgdr.core.output import err_console, escape
+from pgdr.core.output import err_console, markup
 
 app = typer.Typer(
     name="pgdr",
@@ -122,5 +122,5 @@ def main() -> None:
 
 def fail(exc: PgdrError) -> NoReturn:
     """Print the error's one sentence (escaped: it may quote user text) and exit with its code."""
-    err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+    err_console.print(markup("[red]error:[/] {}", exc.message), highlight=False, soft_wrap=True)
     sys.exit(int(exc.exit_code))

@@ -10,7 +10,6 @@ outcomes are kept in the snapshot. History is one JSON line per round in
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,12 +20,13 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
+from pgdr.core.log import logger
 from pgdr.incident.store import FlapPolicy, IncidentLog
 from pgdr.monitoring.checks import ExtraCheck, MonitorConfig, run_checks
 from pgdr.monitoring.metrics import MetricsSnapshot, collect_query_stats
 from pgdr.pool import connect
 
-log = logging.getLogger("pgdr.monitor")
+log = logger(__name__)
 AfterRound = Callable[[], list[dict[str, Any]]]
 
 
@@ -117,12 +117,29 @@ class Monitor:
                 continue
         return out
 
-    def run_forever(self, stop: threading.Event, rounds: int | None = None) -> None:
+    def run_forever(
+        self,
+        stop: threading.Event,
+        rounds: int | None = None,
+        on_round: Callable[[MetricsSnapshot], None] | None = None,
+    ) -> None:
+        """Rounds every ``interval_seconds`` until ``stop`` (or ``rounds`` are done)."""
         done = 0
+        log.info("Monitoring every %g s.", self.config.interval_seconds)
         while not stop.is_set() and (rounds is None or done < rounds):
             try:
-                self.run_once()
+                snapshot = self.run_once()
             except Exception as exc:
                 log.error("A monitor round failed (%s); the next one runs as scheduled.", exc)
+                done += 1
+                stop.wait(self.config.interval_seconds)
+                continue
+            failed = [c.name for c in snapshot.checks if not c.ok and not c.skipped]
+            if failed:
+                log.warning("Checks failed: %s.", ", ".join(failed))
+            else:
+                log.info("All checks passed.")
+            if on_round is not None:
+                on_round(snapshot)
             done += 1
             stop.wait(self.config.interval_seconds)

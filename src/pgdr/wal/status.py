@@ -16,8 +16,9 @@ from typing import Any
 
 import psycopg
 
+from pgdr.backup.repository import Repository
 from pgdr.core.errors import PgdrError
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain
 from pgdr.wal.names import Segment, format_lsn, parse_segment
 from pgdr.wal.server import connect
@@ -215,3 +216,21 @@ def observe_wal(
     report.synchronous = streamer.get("sync_state") in SYNCHRONOUS_STATES
     report.problems = wal_problems(report, limits or LagLimits())
     return report
+
+
+def repository_wal_status(
+    repo: Repository, conninfo: str | None = None, limits: LagLimits | None = None
+) -> WalStatus:
+    """``pgdr wal status`` of ``repo``: its archive, and the recovery window its backups open.
+
+    The window starts at the oldest base backup of this database system (WAL before it is of
+    no use) and ends at the newest WAL stored; with ``conninfo`` the lag is measured against
+    the server and the problems are listed.
+    """
+    archive = repository_archive(repo)
+    stops = [
+        m.stop_datetime.timestamp()
+        for m in repo.list_backups()
+        if m.system_identifier == str(archive.system_identifier)
+    ]
+    return observe_wal(archive, min(stops) if stops else None, conninfo, limits)

@@ -89,7 +89,7 @@ def build_monitor(
     dispatcher = Dispatcher(load_notify_config(settings), monitor.incidents, records)
 
     def after_round() -> list[dict[str, Any]]:
-        import_sources(monitor.incidents, repository(settings, repo_name), settings.home)
+        import_sources(monitor.incidents, settings.home)
         return [o.as_dict() for o in dispatcher.run()]
 
     monitor.after_round = after_round

@@ -1,29 +1,20 @@
 """Incidents recorded elsewhere, imported once into the one store.
 
-* the WAL streamer writes ``incidents/<stamp>-wal-sync-degraded.json`` (P0: commits were switched
-  to asynchronous) and ``...-wal-sync-restored.json`` into the repository;
-* a drill record that did not pass opens ``drill:<scenario>`` (P2), resolved by the next passing
-  drill of that scenario.
-
-Each record is imported once: its reference is kept on the incident (``source_ref`` or the
-``ref`` of the resolving event). A repository that cannot be read is skipped this round.
+A drill record that did not pass opens ``drill:<scenario>`` (P2), resolved by the next passing
+drill of that scenario. Each record is imported once: its reference is kept on the incident
+(``source_ref`` or the ``ref`` of the resolving event). The WAL streamer needs no import: it
+writes its degrade/restore incidents into the same store itself (:mod:`pgdr.core.incidents`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from pgdr.backup import Repository
-from pgdr.core.errors import PgdrError
 from pgdr.core.severity import Severity
 from pgdr.drills.report import drill_history
 from pgdr.incident.store import Incident, IncidentLog
-from pgdr.storage import ObjectNotFound
-
-STREAMER_PREFIX = "incidents/"
 
 
 def _open_for(log: IncidentLog, check: str) -> Incident | None:
@@ -38,22 +29,10 @@ def _apply(log: IncidentLog, check: str, record: dict[str, Any], ref: str, opens
         severity = Severity(record.get("severity", "P0"))
         log.open(check, severity, message, at, source=record["source"], source_ref=ref)
     elif not opens and current is not None:
-        log.resolve(current, message, at, ref=ref)
+        log.close(current, message, at, ref=ref)
 
 
-def import_streamer(log: IncidentLog, repo: Repository, done: set[str]) -> None:
-    with contextlib.suppress(PgdrError):
-        for info in sorted(repo.store.list(STREAMER_PREFIX), key=lambda i: i.key):
-            if info.key in done:
-                continue
-            with contextlib.suppress(ObjectNotFound, ValueError):
-                record = json.loads(repo.store.get(info.key))
-                opens = record.get("kind") == "wal-sync-degraded"
-                record |= {"source": "wal-streamer", "severity": "P0"}
-                _apply(log, "wal_sync", record, info.key, opens)
-
-
-def import_drills(log: IncidentLog, home: Any, done: set[str]) -> None:
+def import_drills(log: IncidentLog, home: Path, done: set[str]) -> None:
     for data in drill_history(home):
         ref = f"drill:{data.get('id')}"
         if ref in done or not data.get("finished_at"):
@@ -68,9 +47,6 @@ def import_drills(log: IncidentLog, home: Any, done: set[str]) -> None:
         _apply(log, f"drill:{data.get('scenario')}", record, ref, not data.get("passed"))
 
 
-def import_sources(log: IncidentLog, repo: Repository | None, home: Any) -> None:
-    """Bring the streamer's and the drills' incidents into ``log`` (idempotent)."""
-    done = log.imported()
-    if repo is not None:
-        import_streamer(log, repo, done)
-    import_drills(log, home, done)
+def import_sources(log: IncidentLog, home: Path) -> None:
+    """Bring the drills' incidents into ``log`` (idempotent)."""
+    import_drills(log, home, log.imported())

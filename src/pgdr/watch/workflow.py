@@ -38,7 +38,7 @@ def resolve(
 ) -> tuple[Incident, list[Outcome]]:
     """Close an incident by hand (a monitor check resolves its own when it passes again)."""
     log = incident_log(settings)
-    incident = log.resolve(log.get(ref), note or f"resolved by {_who(by)}", by=_who(by))
+    incident = log.close(log.get(ref), note or f"resolved by {_who(by)}", by=_who(by))
     return incident, _notify(settings, log, incident)
 
 
