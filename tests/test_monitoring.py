@@ -111,6 +111,7 @@ def test_monitor_cli(pg18: Server, cli_env: dict[str, str]) -> None:
     result = run_cli("monitor", "run", "--once", "--json", env=env)
     # the database is fine, but nothing protects it yet: no backup, no WAL, no restore test
     assert result.code == 1, result.stderr
+    assert result.stdout, result.stderr
     round_ = json.loads(result.stdout)
     assert round_["database"]["healthy"] is True and round_["state"] == "red"
     failing = {c["name"] for c in round_["checks"] if not c["ok"] and not c["skipped"]}

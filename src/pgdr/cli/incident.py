@@ -5,7 +5,6 @@ Read commands (list, show) never connect to the database, so they work while it 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from rich.table import Table
 
 from pgdr.cli.common import JsonOption, settings
 from pgdr.core.output import console, emit, escape
+from pgdr.core.time import utc_text
 from pgdr.incident.store import Incident
 from pgdr.notify import Outcome
 from pgdr.watch import acknowledge, finish_review, incident_log, resolve, start_review
@@ -25,17 +25,13 @@ ByOption = Annotated[str | None, typer.Option("--by", help="Who (default: your u
 NoteOption = Annotated[str, typer.Option("--note", help="A sentence for the timeline.")]
 
 
-def _utc(at: float | None) -> str:
-    return "" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
-
-
 def incidents_table(chosen: list[Incident]) -> Table:
     table = Table(title="Incidents")
     for column in ("id", "severity", "check", "state", "since (UTC)", "message"):
         table.add_column(column)
     for i in chosen:
         table.add_row(
-            i.id, i.severity, escape(i.check), i.state, _utc(i.opened_at), escape(i.message)
+            i.id, i.severity, escape(i.check), i.state, utc_text(i.opened_at), escape(i.message)
         )
     return table
 
@@ -70,7 +66,7 @@ def show(ref: IdArgument, as_json: JsonOption = False) -> None:
         for e in incident.events:
             who = f" ({escape(str(e['by']))})" if e.get("by") else ""
             console.print(
-                f"  {_utc(e['at'])} {e['event']}{who}: {escape(str(e.get('message', '')))}"
+                f"  {utc_text(e['at'])} {e['event']}{who}: {escape(str(e.get('message', '')))}"
             )
         if incident.review_status:
             console.print(f"Review: {incident.review_status} {incident.review_path or ''}")

@@ -9,11 +9,11 @@ then a P0/P1 incident stays "review pending".
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from pgdr.core.errors import ConfigError
 from pgdr.core.severity import describe
+from pgdr.core.time import utc_text
 from pgdr.incident.store import REVIEW_STEPS, Incident, IncidentLog
 
 PLACEHOLDER = "_(to be completed)_"
@@ -26,26 +26,22 @@ SECTIONS = (
 )
 
 
-def _utc(at: float | None) -> str:
-    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
-
-
 def review_document(incident: Incident) -> str:
     lines = [
         f"# Post-incident review: {incident.id}",
         "",
         f"- Severity: {describe(incident.severity)}",
         f"- Check: {incident.check} (source: {incident.source})",
-        f"- Opened: {_utc(incident.opened_at)}",
-        f"- Acknowledged: {_utc(incident.acknowledged_at)}"
+        f"- Opened: {utc_text(incident.opened_at)}",
+        f"- Acknowledged: {utc_text(incident.acknowledged_at)}"
         + (f" by {incident.acknowledged_by}" if incident.acknowledged_by else ""),
-        f"- Resolved: {_utc(incident.resolved_at)}",
+        f"- Resolved: {utc_text(incident.resolved_at)}",
         f"- Runbook action: {incident.action}",
         "",
         "## Timeline",
         "",
         *[
-            f"- {_utc(float(e['at']))} **{e['event']}**: {e.get('message', '')}"
+            f"- {utc_text(float(e['at']))} **{e['event']}**: {e.get('message', '')}"
             + (f" ({e['by']})" if e.get("by") else "")
             for e in incident.events
         ],

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from pgdr.core.severity import describe
+from pgdr.core.time import utc_text
 from pgdr.incident.store import Incident
 
 HEADLINES = {
@@ -17,10 +17,6 @@ HEADLINES = {
     "resolved": "RESOLVED",
 }
 NOTIFIED_EVENTS = tuple(HEADLINES)
-
-
-def _utc(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 @dataclass(frozen=True)
@@ -37,10 +33,10 @@ def compose(incident: Incident, event: dict[str, Any], dashboard_url: str) -> Me
     lines = [
         subject,
         f"What broke: {incident.message}",
-        f"Since: {_utc(incident.opened_at)}",
+        f"Since: {utc_text(incident.opened_at)}",
         f"Severity: {describe(incident.severity)}",
         f"Runbook action: {action}",
-        f"Event: {event['event']} at {_utc(float(event['at']))}: {event.get('message', '')}",
+        f"Event: {event['event']} at {utc_text(float(event['at']))}: {event.get('message', '')}",
         f"Dashboard: {dashboard_url}",
         f"Acknowledge: pgdr incident ack {incident.id}",
     ]
