@@ -520,9 +520,13 @@ class Planner:
                 ).format(ref, array_type, alias)
             )
             v = sql.SQL("{}.v").format(alias)
+            # array_position() refuses multi-dimensional arrays (an error would lose the whole
+            # pass); ``NULL = ANY`` is never true, so NULL elements are found by counting them.
             non_finite = sql.SQL(
                 "({v} IS NOT NULL AND ('NaN' = ANY({v}) OR 'Infinity' = ANY({v}) "
-                "OR '-Infinity' = ANY({v}) OR array_position({v}, NULL) IS NOT NULL))"
+                "OR '-Infinity' = ANY({v}) OR CASE WHEN array_ndims({v}) = 1 "
+                "THEN array_position({v}, NULL) IS NOT NULL "
+                "ELSE EXISTS (SELECT FROM unnest({v}) AS _e(x) WHERE _e.x IS NULL) END))"
             ).format(v=v)
             zero = sql.SQL("(cardinality({v}) > 0 AND {v} <@ '{{0}}'::{t})").format(
                 v=v, t=array_type
