@@ -2,12 +2,17 @@
 
 The probe runs in a daemon thread and the caller waits at most the connection timeout, so a
 server that is down, unreachable, or accepting connections but never answering cannot hang it.
+
+:class:`SharedProbe` is what a public endpoint uses: at most one probe is in flight, concurrent
+callers wait for that one and share its result, and a result younger than ``ttl_s`` is reused, so
+no number of requests can open more than one connection at a time.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,3 +99,39 @@ def _pool_stats(pool: ConnectionPool | None) -> dict[str, int] | None:
     if pool is None:
         return None
     return {k: int(v) for k, v in pool.get_stats().items()}
+
+
+class SharedProbe:
+    """Single-flight health probing with a short reuse window (see the module docstring)."""
+
+    def __init__(self, probe: Callable[[], HealthReport], ttl_s: float = 1.0) -> None:
+        self._probe = probe
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._done: threading.Event | None = None  # set when the probe in flight finishes
+        self._last: HealthReport | None = None
+        self._last_at = 0.0
+        self.probes = 0  # how many probes actually ran
+
+    def get(self) -> HealthReport:
+        with self._lock:
+            fresh = self._last is not None and time.monotonic() - self._last_at < self._ttl_s
+            if fresh and self._last is not None:
+                return self._last
+            done, leader = self._done, self._done is None
+            if leader:
+                done = self._done = threading.Event()
+        assert done is not None
+        if not leader:
+            done.wait()
+            assert self._last is not None
+            return self._last
+        try:
+            report = self._probe()
+        except Exception as exc:  # the probe itself never raises; be safe for the followers
+            report = HealthReport(False, None, f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            self._last, self._last_at, self._done = report, time.monotonic(), None
+            self.probes += 1
+        done.set()
+        return report
