@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pgdr.cli.common import (
@@ -17,7 +18,9 @@ from pgdr.cli.common import (
     target,
 )
 from pgdr.config.pool_settings import POOL_VARIABLES
-from pgdr.pool import advise_pool, check_database_health, connect, make_pool
+from pgdr.pool import advise_pool, connect
+from pgdr.pool.advice import plan_limit
+from pgdr.pool.health import target_health
 
 app = typer.Typer(help="Connection-pool settings and sizing.", no_args_is_help=True)
 
@@ -51,13 +54,22 @@ def advise(
     instances: Annotated[
         int, typer.Option(min=1, help="Application instances sharing the server.")
     ] = 1,
+    limit: Annotated[
+        str | None,
+        typer.Option(
+            "--limit",
+            help="The plan's connection limit: a number, free (60) or pro (200); "
+            "default: the server's max_connections minus reserved slots.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Check DB_POOL_MAX against 60-70% of the server's connections; exit 1 when over."""
+    """Check DB_POOL_MAX against 60-70% of the connection limit; exit 1 when over."""
     s = settings()
     resolved = pool_settings(s)
+    plan = plan_limit(limit) if limit is not None else None
     with connect(target(s).conninfo, resolved.settings) as conn:
-        advice = advise_pool(conn, resolved.settings, instances)
+        advice = advise_pool(conn, resolved.settings, instances, plan)
 
     def render() -> None:
         console.print(
@@ -84,13 +96,7 @@ def health(
 ) -> None:
     """Probe the database (the runbook's checkDatabaseHealth); exit 1 when unhealthy."""
     s = settings()
-    resolved = pool_settings(s)
-    conninfo = target(s).conninfo
-    if use_pool:
-        with make_pool(conninfo, resolved.settings, open_now=False) as pool:
-            report = check_database_health(conninfo, resolved.settings, pool)
-    else:
-        report = check_database_health(conninfo, resolved.settings)
+    report = target_health(s, pool_settings(s).settings, use_pool)
 
     def render() -> None:
         if report.healthy:
@@ -99,7 +105,7 @@ def health(
                 f"(PostgreSQL {report.server_version})"
             )
         else:
-            console.print(f"[red]unhealthy[/] {report.error}")
+            console.print(f"[red]unhealthy[/] {escape(report.error or '')}", highlight=False)
         if report.pool:
             console.print(key_value_table("Pool", list(report.pool.items())))
 
