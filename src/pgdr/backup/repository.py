@@ -34,8 +34,8 @@ from typing import Any
 from pgdr.backup.manifest import Manifest, format_time, now_utc
 from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import MasterKey, load_master_key
-from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.storage import LocalStore, ObjectNotFound, ObjectStore, S3Store, open_store
 
 DEFAULT_REPOSITORY = "primary"
@@ -103,7 +103,7 @@ def _retention(name: str, table: Mapping[str, Any]) -> RetentionPolicy:
 
 def _chunk_size(name: str, table: Mapping[str, Any]) -> int:
     value = table.get("chunk_size_mb", DEFAULT_CHUNK_MB)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 256:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 1 <= value <= 256:
         raise ConfigError(f"repositories.{name}.chunk_size_mb must be between 1 and 256.")
     return int(value * 1024 * 1024)
 

@@ -41,10 +41,11 @@ from pgdr.backup.manifest import (
 from pgdr.backup.repository import BACKUPS, Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
-from pgdr.config.target import client_environment
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.runner import last_line
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.storage import S3Store
 
 Progress = Callable[[int], None]
@@ -374,7 +375,7 @@ def _stream(
                 proc.wait()
     if code != 0:
         hasher.abandon()
-        reason = _last_line(stderr_path.read_text(errors="replace"))
+        reason = last_line(stderr_path.read_text(errors="replace"))
         raise RuntimeFailure(f"pg_basebackup failed: {reason}")
     hasher.close()
     hasher.finish()
@@ -440,8 +441,3 @@ def _abandon(repo: Repository, backup_id: str) -> None:
     """Best effort: remove what an abandoned backup stored (the next run cleans the rest)."""
     with contextlib.suppress(PgdrError, OSError):
         repo.store.delete_prefix(f"{BACKUPS}{backup_id}/")
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"

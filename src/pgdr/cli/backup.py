@@ -11,18 +11,10 @@ from rich.table import Table
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
 from pgdr.backup.verify import VerifyReport, verify_backup
-from pgdr.backup.verify import restore_test as run_restore_test
-from pgdr.cli.common import (
-    JsonOption,
-    console,
-    emit,
-    err_console,
-    key_value_table,
-    progress_bar,
-    settings,
-    target,
-)
-from pgdr.errors import CheckFailed, ConfigError, PgdrError
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
+from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar
+from pgdr.restore.tested import restore_test as run_restore_test
 
 RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Repository name (default: primary).")

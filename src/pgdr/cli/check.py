@@ -11,15 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from pgdr.backup import open_repository
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, progress_bar
+from pgdr.core.records import RecordStore
 from pgdr.integrity import CheckOptions, Report, run_check
 from pgdr.integrity.discover import profile_for
-from pgdr.integrity.from_backup import snapshot_of_backup
-from pgdr.integrity.records import RecordStore
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.integrity.sqlfunc import install_sql
 from pgdr.profile import Profile, load_profile
+from pgdr.restore.snapshot import snapshot_of_backup
 
 app = typer.Typer(
     help="Integrity checks: orphans, broken embeddings, rules, storage; snapshots.",

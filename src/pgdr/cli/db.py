@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.cluster import LocalCluster, choose_installation, default_cluster
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, err_console, key_value_table
 
 app = typer.Typer(
     help="Manage the embedded default PostgreSQL that pgdr runs itself.", no_args_is_help=True

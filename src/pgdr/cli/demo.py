@@ -19,11 +19,12 @@ from rich.table import Table
 
 from pgdr.backup import open_repository, take_backup
 from pgdr.backup.verify import verify_backup
-from pgdr.cli.common import console, err_console, pool_settings, progress_bar, settings
+from pgdr.cli.common import pool_settings, settings
 from pgdr.cluster import choose_installation, default_cluster
 from pgdr.config import PgdrSettings
+from pgdr.core.errors import CheckFailed
+from pgdr.core.output import console, err_console, progress_bar
 from pgdr.drills import SCENARIOS, DrillOptions, run_drill
-from pgdr.errors import CheckFailed
 from pgdr.integrity import run_check
 from pgdr.pool import check_database_health
 from pgdr.profile import load_profile

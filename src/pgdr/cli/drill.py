@@ -9,14 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.wal import parse_duration
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, progress_bar
+from pgdr.core.records import new_record_id
 from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
-from pgdr.errors import CheckFailed, ConfigError
-from pgdr.integrity.records import new_record_id
 
 app = typer.Typer(help="Disaster drills: the runbook's scenarios end to end, RTO/RPO measured.")
 

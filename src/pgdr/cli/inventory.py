@@ -16,10 +16,11 @@ from pgdr.cli.check import (
     fail_on_critical,
     render_report,
 )
-from pgdr.cli.common import JsonOption, console, emit, settings, target
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.output import console, emit
+from pgdr.core.records import RecordStore
 from pgdr.integrity.findings import Report
 from pgdr.integrity.inventory import compare_inventory, take_inventory, write_csv
-from pgdr.integrity.records import RecordStore
 
 app = typer.Typer(
     help="Embeddings per chatbot before a migration, and the check afterwards.",

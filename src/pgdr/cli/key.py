@@ -9,7 +9,8 @@ import typer
 
 from pgdr.backup import load_repositories, open_repository
 from pgdr.backup.keys import rotate_master_key
-from pgdr.cli.common import JsonOption, console, emit, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.output import console, emit, key_value_table
 from pgdr.crypto import load_master_key
 
 app = typer.Typer(help="The master encryption key.", no_args_is_help=True)

@@ -8,9 +8,10 @@ import typer
 
 from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, console, emit
+from pgdr.cli.common import JsonOption
 from pgdr.cli.common import settings as load_settings
 from pgdr.cli.common import target as resolve_target
+from pgdr.core.output import console, emit
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.marks import create_mark
 from pgdr.wal.server import server_info

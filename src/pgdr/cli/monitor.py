@@ -6,9 +6,12 @@ import threading
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, err_console, pool_settings, settings, target
+from pgdr.api import create_app, load_api_token
+from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.core.output import console, emit, err_console
 from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, MonitorConfig, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
@@ -156,10 +159,6 @@ def serve(
     interval: Annotated[float, typer.Option(help="Seconds between monitor rounds.")] = 120,
 ) -> None:
     """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
-    import uvicorn  # noqa: PLC0415 - only this command needs the server
-
-    from pgdr.api import create_app, load_api_token  # noqa: PLC0415
-
     s = settings()
     token, note = load_api_token(s.home)
     if note:

@@ -9,9 +9,9 @@ import typer
 
 from pgdr.backup import open_repository
 from pgdr.backup.repository import Repository
-from pgdr.cli.common import console, emit, err_console, key_value_table, progress_bar
 from pgdr.cli.common import settings as load_settings
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar
 from pgdr.restore.pitr import (
     Target,
     make_target,

@@ -8,16 +8,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pgdr.cli.common import (
-    JsonOption,
-    console,
-    emit,
-    key_value_table,
-    pool_settings,
-    settings,
-    target,
-)
+from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.config.pool_settings import POOL_VARIABLES
+from pgdr.core.output import console, emit, key_value_table
 from pgdr.pool import advise_pool, connect
 from pgdr.pool.advice import plan_limit
 from pgdr.pool.health import target_health
@@ -96,7 +89,7 @@ def health(
 ) -> None:
     """Probe the database (the runbook's checkDatabaseHealth); exit 1 when unhealthy."""
     s = settings()
-    report = target_health(s, pool_settings(s).settings, use_pool)
+    report = target_health(lambda: target(s).conninfo, pool_settings(s).settings, use_pool)
 
     def render() -> None:
         if report.healthy:

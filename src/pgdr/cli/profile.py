@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from pgdr.cli.common import JsonOption, console, emit, settings, target
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.output import console, emit
 from pgdr.integrity.discover import write_discovered
 from pgdr.profile import load_profile
 

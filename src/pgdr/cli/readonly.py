@@ -7,16 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from pgdr.cli.common import (
-    JsonOption,
-    console,
-    emit,
-    key_value_table,
-    pool_settings,
-    settings,
-    target,
-)
-from pgdr.errors import CheckFailed
+from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.core.errors import CheckFailed
+from pgdr.core.output import console, emit, key_value_table
 from pgdr.incident import ReadOnlyState, read_only_status, set_read_only
 from pgdr.incident.readonly import Scope
 from pgdr.pool import connect

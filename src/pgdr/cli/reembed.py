@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, progress_bar
 from pgdr.embeddings import Reembedder, ReembedOptions, load_embedding_settings, make_provider
 from pgdr.embeddings.cache import save_cache
 from pgdr.embeddings.jobs import job_statuses
 from pgdr.embeddings.source import resolve_source
-from pgdr.errors import CheckFailed, ConfigError
 from pgdr.pool import connect
 from pgdr.profile import Profile, load_profile
 

@@ -12,8 +12,9 @@ from pgdr.backup.copy import copy_backup
 from pgdr.backup.repository import DEFAULT_REPOSITORY
 from pgdr.backup.retention import prune as apply_retention
 from pgdr.cli.backup import RepoOption, human_size, open_repo
-from pgdr.cli.common import JsonOption, console, emit, key_value_table, progress_bar, settings
-from pgdr.errors import ConfigError
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit, key_value_table, progress_bar
 from pgdr.wal.retention import prune_repository_wal
 
 app = typer.Typer(

@@ -9,8 +9,9 @@ import typer
 
 from pgdr.cli import pitr
 from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
-from pgdr.errors import ConfigError
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit, progress_bar
 from pgdr.restore import adopt_restored, backup_chain, restore_backup
 
 

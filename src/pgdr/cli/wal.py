@@ -15,11 +15,12 @@ from rich.table import Table
 
 from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.common import target as resolve_target
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import resolve_service_user
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, err_console, key_value_table
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _VERSION_RE = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")

@@ -23,10 +23,10 @@ import psycopg
 from pgdr.backup import Manifest, Repository, repository_at, take_backup
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import MasterKey
 from pgdr.crypto.keys import decode_key, generate_key_text, write_key_file
 from pgdr.drills.workload import WorkloadWriter
-from pgdr.errors import RuntimeFailure
 from pgdr.restore.pitr import PitrResult, Target, plan_pitr, run_pitr, wait_for_streamer
 from pgdr.sample import VectorType, load_sample
 from pgdr.wal.archive import WalArchive

@@ -29,13 +29,13 @@ import psycopg
 
 from pgdr.cluster import LocalCluster, find_installations
 from pgdr.config import PgdrSettings
+from pgdr.core.errors import ConfigError, PgdrError
+from pgdr.core.records import RecordStore
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_report
 from pgdr.drills.sandbox import DATABASE, Sandbox
 from pgdr.drills.workload import WorkloadWriter, count_loss
-from pgdr.errors import ConfigError, PgdrError
 from pgdr.incident.readonly import Scope, set_read_only
 from pgdr.integrity import CheckOptions, Report, run_check
-from pgdr.integrity.records import RecordStore
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.monitoring.checks import check_up
 from pgdr.monitoring.incidents import IncidentLog

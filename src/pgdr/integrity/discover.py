@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 from pgdr.integrity.catalog import Catalog, Column, TableInfo, read_catalog
 from pgdr.pool import connect
 from pgdr.profile import EmbeddingSource, Profile, Relation, TableSpec, load_profile

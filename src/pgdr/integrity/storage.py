@@ -16,10 +16,11 @@ from typing import Any
 
 import psycopg
 
-from pgdr.config.target import client_environment
-from pgdr.errors import PgdrError
+from pgdr.cluster import installation_for_major
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import PgdrError
+from pgdr.core.severity import Severity
 from pgdr.integrity.findings import Finding, Report
-from pgdr.monitoring.severity import Severity as Priority
 
 _HEADER = re.compile(r'^(heap table|btree index|toast table)\s+"([^"]+)"(.*?):?\s*$')
 
@@ -85,8 +86,6 @@ def check_amcheck(
     conninfo: str, major: int, report: Report, timeout_s: float
 ) -> dict[str, list[str]]:
     """Run pg_amcheck over the whole database: ``{"heap table db.s.t": [problem, ...]}``."""
-    from pgdr.cluster import installation_for_major  # noqa: PLC0415 - only --deep needs it
-
     try:
         tool = installation_for_major(major).tool("pg_amcheck")
     except PgdrError as exc:
@@ -164,7 +163,7 @@ def damaged_tables(
                 count=len(lines) or 1,
                 samples=lines[:5],
                 details={"relation": name},
-                level=Priority.P0,
+                level=Severity.P0,
             )
         )
     return set(owners.values())

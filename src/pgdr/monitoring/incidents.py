@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgdr.core.severity import SEVERITY_LEVELS, Severity
 from pgdr.monitoring.checks import CheckResult
-from pgdr.monitoring.severity import SEVERITY_LEVELS, Severity
 
 REVIEW_STEPS = (
     "Document what happened",

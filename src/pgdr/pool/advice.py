@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from pgdr.config.pool_settings import PoolSettings
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 LOW_SHARE = 0.60
 HIGH_SHARE = 0.70

@@ -26,10 +26,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
-from pgdr.config.settings import PgdrSettings
-from pgdr.config.target import resolve_target
-from pgdr.errors import RuntimeFailure
-from pgdr.pool.factory import connect_kwargs, describe_connect_error, make_pool
+from pgdr.core.connect import describe_connect_error
+from pgdr.core.errors import RuntimeFailure
+from pgdr.pool.factory import connect_kwargs, make_pool
 
 
 @dataclass
@@ -117,12 +116,12 @@ def check_database_health(
 
 
 def target_health(
-    settings: PgdrSettings, pool_settings: PoolSettings, use_pool: bool = False
+    resolve: Callable[[], str], pool_settings: PoolSettings, use_pool: bool = False
 ) -> HealthReport:
-    """``pgdr health``: the target's health; a target that cannot be reached at all (the
-    embedded database stopped) is unhealthy, never an error of the command."""
+    """``pgdr health``: the health of the database ``resolve()`` names; one it cannot name at
+    all (the embedded database stopped) is unhealthy, never an error of the command."""
     try:
-        conninfo = resolve_target(settings).conninfo
+        conninfo = resolve()
     except RuntimeFailure as exc:
         return HealthReport(False, None, exc.message)
     if not use_pool:

@@ -35,8 +35,8 @@ from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey, parallel_map
-from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.storage import S3Store
 
 Progress = Callable[[int], None]

@@ -42,8 +42,8 @@ import psycopg
 from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
+from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
 from pgdr.crypto import CorruptObject, parallel_map
-from pgdr.errors import CheckFailed, ConfigError, RuntimeFailure
 from pgdr.restore.base import backup_chain, restore_backup
 from pgdr.restore.start import adopt_restored
 from pgdr.storage import ObjectNotFound

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgdr.errors import RuntimeFailure
+from pgdr.core.errors import RuntimeFailure
 
 
 class ObjectNotFound(RuntimeFailure):

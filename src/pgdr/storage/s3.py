@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
 
 

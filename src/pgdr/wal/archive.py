@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import (
     CorruptObject,
     DataKey,
@@ -35,7 +36,6 @@ from pgdr.crypto import (
     sign,
     verify_signature,
 )
-from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.storage import ObjectNotFound, ObjectStore
 from pgdr.wal.names import (
     is_backup_history,

@@ -9,8 +9,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgdr.config.target import redact
-from pgdr.errors import RuntimeFailure
+from pgdr.core.connect import redact
+from pgdr.core.errors import RuntimeFailure
 
 DEFAULT_SLOT = "pgdr"
 DEFAULT_APPLICATION = "pgdr"

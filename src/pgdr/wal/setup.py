@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pgdr.cluster.service_user import ServiceUser
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 from pgdr.wal.server import DEFAULT_SLOT, connect, ensure_slot, set_system
 
 

@@ -40,8 +40,8 @@ from typing import IO, Any
 import psycopg
 
 from pgdr.cluster import PgInstallation
-from pgdr.config.target import client_environment
-from pgdr.errors import PgdrError, RuntimeFailure
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import PgdrError, RuntimeFailure
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.names import (
     format_lsn,
