@@ -275,8 +275,9 @@ def compare(
 def install_sql_command(
     profile: ProfileOption = None,
     schema: Annotated[
-        str, typer.Option(help="Schema for the function (public: callable unqualified).")
-    ] = "pgdr",
+        str,
+        typer.Option(help="Schema for the function (default public: callable unqualified)."),
+    ] = "public",
     vectors: Annotated[
         bool, typer.Option("--vectors", help="Also read vector contents (NaN, zero vectors).")
     ] = False,

@@ -41,8 +41,10 @@ from pgdr.embeddings.source import ResolvedSource, resolve_source
 from pgdr.embeddings.writer import BatchRow, fetch_batch, prefer_index_probes, write_batch
 from pgdr.pool import connect
 from pgdr.profile import Profile
+from pgdr.profile.required import not_required_causes
 
 PROBE_TEXT = "pgdr dimension probe"
+REEMBED_FAILURE = "re-embedding failed"  # how a failure reason set by pgdr starts
 
 
 @dataclass
@@ -140,10 +142,12 @@ class ReembedReport:
 def verify(
     conn: psycopg.Connection[Any], sources: list[ResolvedSource], group: str | None = None
 ) -> list[dict[str, Any]]:
-    """The runbook's verification query, per source: total, with embedding, missing.
+    """The verification query, per source: total, with embedding, missing, not required.
 
-    "Missing" counts NULL vectors of rows the profile requires (``required_when``); with
-    ``group`` (``--chatbot``) only that group's rows are counted.
+    One definition (profile/required.py): "missing" counts NULL vectors of rows the profile
+    requires; NULL vectors of other rows are ``not_required``, explained ``by_cause`` ("35 vectors
+    of 3 chatbots in status failed were not regenerated"). The runbook's raw count of NULL
+    vectors is their sum. With ``group`` (``--chatbot``) only that group's rows are counted.
     """
     out = []
     for src in sources:
@@ -154,17 +158,24 @@ def verify(
         )
         row = conn.execute(
             sql.SQL(
-                "SELECT count(*), count({vec}), count(*) FILTER (WHERE {vec} IS NULL AND {req}) "
+                "SELECT count(*), count({vec}), "
+                "count(*) FILTER (WHERE {vec} IS NULL AND coalesce({req}, false)), "
+                "count(*) FILTER (WHERE {vec} IS NULL AND NOT coalesce({req}, false)) "
                 "FROM {table} WHERE {scope}"
             ).format(vec=src.vector, req=src.required, table=src.table, scope=scope)
         ).fetchone()
         assert row is not None
+        not_required = int(row[3])
         out.append(
             {
                 "table_name": src.spec.table,
                 "total": int(row[0]),
                 "with_embedding": int(row[1]),
                 "missing": int(row[2]),
+                "not_required": not_required,
+                "by_cause": (
+                    not_required_causes(conn, src.spec, src.schema, scope) if not_required else []
+                ),
             }
         )
     return out
@@ -447,26 +458,35 @@ class Reembedder:
     def _mark_working(
         self, status_conn: psycopg.Connection[Any], src: ResolvedSource, groups: list[str]
     ) -> None:
-        """Runbook step: the chatbot's status goes ``ready -> embedding`` as its work starts."""
+        """Runbook step: the chatbot's status goes ``ready -> embedding`` as its work starts.
+
+        A chatbot named with ``--chatbot`` may be retried from ``failed`` only when pgdr's own
+        re-embedding failed it (its reason says so): a chatbot failed for another reason (the
+        crawl, HTTP 503) gets its vectors but keeps its status, so it never turns ``ready``.
+        """
         st = src.spec.status
         if st is None or not src.spec.group_by or src.status_key_type is None:
             return
+        retry: sql.Composable = sql.SQL("false")
+        if self.options.group is not None and st.reason_column:
+            retry = sql.SQL("({col} = {failed} AND starts_with({reason}, {ours}))").format(
+                col=sql.Identifier(st.column),
+                failed=sql.Literal(st.failed),
+                reason=sql.Identifier(st.reason_column),
+                ours=sql.Literal(REEMBED_FAILURE),
+            )
         status_conn.execute(
             sql.SQL(
                 "UPDATE {table} SET {col} = %s WHERE {key} = ANY(%s::text[]::{kt}[]) "
-                "AND {col} = ANY(%s)"
+                "AND ({col} = %s OR {retry})"
             ).format(
                 table=sql.Identifier(src.schema, st.table),
                 col=sql.Identifier(st.column),
                 key=sql.Identifier(st.key),
                 kt=sql.SQL(src.status_key_type),
+                retry=retry,
             ),
-            # A chatbot named with --chatbot may be retried from "failed".
-            (
-                st.working,
-                groups,
-                [st.ready] if self.options.group is None else [st.ready, st.failed],
-            ),
+            (st.working, groups, st.ready),
         )
 
     def _count_groups(
@@ -533,7 +553,7 @@ class Reembedder:
             params: list[Any] = [st.failed]
             if st.reason_column:
                 sets.append(sql.SQL("{} = %s").format(sql.Identifier(st.reason_column)))
-                params.append(f"re-embedding failed for {n_failed} of {total} rows: {reason}")
+                params.append(f"{REEMBED_FAILURE} for {n_failed} of {total} rows: {reason}")
             conn.execute(
                 sql.SQL("UPDATE {} SET {} WHERE {} = %s::{} AND {} = %s").format(
                     table, sql.SQL(", ").join(sets), sql.Identifier(st.key), kt, col

@@ -19,6 +19,7 @@ from pgdr.core.severity import FindingLevel
 from pgdr.integrity.catalog import Catalog, Column, TableInfo
 from pgdr.integrity.findings import Finding, Report
 from pgdr.profile import EmbeddingSource, Profile
+from pgdr.profile.required import required_sql
 
 VECTOR_TYPES = {"vector": 4, "_float4": 4, "_float8": 8}
 ARRAY_TYPES = {"_float4": "real[]", "_float8": "double precision[]"}
@@ -467,8 +468,8 @@ class Planner:
         tp.metrics.append(
             Metric(f"{src.name}:with_vector", sql.SQL("count({})").format(ref)),
         )
-        missing = sql.SQL("({} IS NULL{})").format(
-            ref, sql.SQL(f" AND ({required})") if required else sql.SQL("")
+        missing = sql.SQL("({} IS NULL AND coalesce({}, false))").format(
+            ref, sql.SQL(required_sql(src))
         )
         needs = "where the profile requires one" if required else "(every row needs one)"
         tp.conditions.append(
