@@ -111,3 +111,24 @@ def test_pool_advise_takes_the_plan_limit(db18: str, cli_env: dict[str, str]) ->
     assert "0-0" not in tiny.stdout and "less than one connection per instance" in tiny.stdout
     bad = run_cli("pool", "advise", "--limit", "gold", env=env)
     assert bad.code == 2 and "free (60)" in bad.stderr
+
+
+def test_monitor_works_while_the_database_is_down(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = cli_env | {"PGDR_HOME": str(tmp_path / "home")}
+    started = run_cli("db", "start", env=env)
+    assert started.code == 0, started.stderr
+    assert run_cli("db", "stop", env=env).code == 0
+    try:
+        health = run_cli("health", env=env)
+        assert health.code == 1 and "not running" in health.stdout
+        round_ = run_cli("monitor", "run", "--once", "--json", env=env)
+        assert round_.code == 1, round_.stderr
+        listed = run_cli("monitor", "incidents", "--json", env=env)
+        assert listed.code == 0, listed.stderr
+        incidents = json.loads(listed.stdout)
+        assert any(i["severity"] == "P0" for i in incidents), incidents
+        records = tmp_path / "home" / "records"
+        for path in [*records.glob("incidents/*.json"), *records.glob("checks/*.jsonl")]:
+            assert path.stat().st_mode & 0o077 == 0, path
+    finally:
+        run_cli("db", "destroy", "--yes", env=env)

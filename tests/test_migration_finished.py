@@ -79,3 +79,25 @@ def test_one_definition_of_a_finished_migration(embed_env: dict[str, str], db18:
         failed[0],
     )
     assert nulls == 0
+
+
+def test_reembed_checks_everything_before_writing(embed_env: dict[str, str], db18: str) -> None:
+    migrate_005(db18)
+    indexes = _rows(db18, "SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%hnsw%'")
+    bad = run_cli(
+        "reembed", "--drop-indexes", "always", "--maintenance-work-mem", "lots", env=embed_env
+    )
+    assert bad.code == 2, bad.stderr
+    assert "--maintenance-work-mem 'lots' is not a valid" in bad.stderr
+    assert _rows(db18, "SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%hnsw%'") == indexes
+
+    readonly = run_cli("readonly", "on", env=embed_env)
+    assert readonly.code == 0, readonly.stderr
+    try:
+        stopped = run_cli("reembed", env=embed_env)
+    finally:
+        assert run_cli("readonly", "off", env=embed_env).code == 0
+    assert stopped.code == 3
+    lines = [ln for ln in stopped.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "read-only mode" in lines[0], stopped.stderr
+    assert "Traceback" not in stopped.stderr

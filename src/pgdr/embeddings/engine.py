@@ -35,6 +35,7 @@ from pgdr.embeddings.jobs import (
     ensure_schema,
     find_or_create_job,
     rebuild_indexes,
+    worker_tag,
 )
 from pgdr.embeddings.providers import Provider, Vector
 from pgdr.embeddings.source import ResolvedSource, resolve_source
@@ -181,6 +182,28 @@ def verify(
     return out
 
 
+def _preflight(conn: psycopg.Connection[Any], options: ReembedOptions) -> None:
+    """Everything that would stop the run half-way, checked before anything is written or any
+    index dropped: read-only mode, and every server setting the run will use."""
+    row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
+    if row and row[0] == "on":
+        raise RuntimeFailure(
+            "The database is in read-only mode (pgdr readonly status), and re-embedding writes "
+            "vectors: turn it off first (pgdr readonly off), then run pgdr reembed again."
+        )
+    try:
+        with conn.transaction():
+            conn.execute(
+                "SELECT set_config('maintenance_work_mem', %s, true)",
+                (options.maintenance_work_mem,),
+            )
+    except psycopg.DataError as exc:
+        raise ConfigError(
+            f"--maintenance-work-mem {options.maintenance_work_mem!r} is not a valid "
+            f"maintenance_work_mem ({str(exc).splitlines()[0]}); nothing was changed."
+        ) from exc
+
+
 def _elapsed(start: float) -> float:
     return time.perf_counter() - start
 
@@ -206,6 +229,7 @@ class Reembedder:
         if self.options.workers < 1 or self.options.batch_rows < 1:
             raise ConfigError("--workers and --batch-rows must be at least 1.")
         with connect(self.conninfo, autocommit=True) as conn:
+            _preflight(conn, self.options)
             ensure_schema(conn)
             resolved = [
                 resolve_source(conn, self.profile.embedding_source(name), self.profile.schema_name)
@@ -336,6 +360,11 @@ class Reembedder:
                 connect(self.conninfo) as conn,
                 connect(self.conninfo, autocommit=True) as status_conn,
             ):
+                # the heartbeat `reembed status` reads: a live worker's session carries the job
+                conn.execute(
+                    "SELECT set_config('application_name', %s, false)", (worker_tag(job.id),)
+                )
+                conn.commit()
                 while not self._stop.is_set():
                     n = self._one_batch(conn, status_conn, src, job, report)
                     if n is None:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgdr.core.records import write_json
 from pgdr.core.severity import SEVERITY_LEVELS, Severity
 from pgdr.monitoring.checks import CheckResult
 
@@ -59,9 +60,8 @@ class IncidentLog:
 
     def _save(self, incident: Incident) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(incident.id).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(incident), indent=2))
-        tmp.replace(self._path(incident.id))
+        # 0600: an incident may quote the text of a long-running query
+        write_json(self._path(incident.id), asdict(incident), force=True)
 
     def all(self) -> list[Incident]:
         if not self.directory.is_dir():
