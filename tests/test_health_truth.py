@@ -113,8 +113,9 @@ def test_pool_advise_takes_the_plan_limit(db18: str, cli_env: dict[str, str]) ->
     assert bad.code == 2 and "free (60)" in bad.stderr
 
 
-def test_monitor_works_while_the_database_is_down(cli_env: dict[str, str], tmp_path: Path) -> None:
-    env = cli_env | {"PGDR_HOME": str(tmp_path / "home")}
+def test_monitor_works_while_the_database_is_down(cli_env: dict[str, str]) -> None:
+    home = Path(cli_env["PGDR_HOME"]) / f"down-home{os.getpid()}"  # the service user can enter
+    env = cli_env | {"PGDR_HOME": str(home)}
     started = run_cli("db", "start", env=env)
     assert started.code == 0, started.stderr
     assert run_cli("db", "stop", env=env).code == 0
@@ -127,7 +128,7 @@ def test_monitor_works_while_the_database_is_down(cli_env: dict[str, str], tmp_p
         assert listed.code == 0, listed.stderr
         incidents = json.loads(listed.stdout)
         assert any(i["severity"] == "P0" for i in incidents), incidents
-        records = tmp_path / "home" / "records"
+        records = home / "records"
         for path in [*records.glob("incidents/*.json"), *records.glob("checks/*.jsonl")]:
             assert path.stat().st_mode & 0o077 == 0, path
     finally:
