@@ -20,8 +20,10 @@ from pgdr.cli import (
     db,
     demo,
     drill,
+    dump,
     inventory,
     key,
+    logical,
     mark,
     monitor,
     pool,
@@ -34,11 +36,12 @@ from pgdr.cli import (
     sample,
     vector,
     wal,
+    walfind,
 )
 from pgdr.core import log
 from pgdr.core.connect import translate
 from pgdr.core.errors import PgdrError
-from pgdr.core.output import err_console, escape
+from pgdr.core.output import err_console, markup
 
 app = typer.Typer(
     name="pgdr",
@@ -76,13 +79,18 @@ app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
 # Backups, WAL and recovery
 app.add_typer(backup.app, name="backup")
+app.add_typer(dump.app, name="dump")
 app.command()(restore.restore)
 app.add_typer(wal.app, name="wal")
+wal.app.command("find")(walfind.find)
 app.command()(mark.mark)
 app.add_typer(repo.app, name="repo")
 app.command()(repo.prune)
 app.add_typer(key.app, name="key")
 app.add_typer(recover.app, name="recover")
+app.command()(logical.undelete)
+app.command("restore-table")(logical.restore_table)
+app.command()(logical.export)
 # Integrity, incidents, monitoring and drills
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")
@@ -120,5 +128,5 @@ def main() -> None:
 
 def fail(exc: PgdrError) -> NoReturn:
     """Print the error's one sentence (escaped: it may quote user text) and exit with its code."""
-    err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+    err_console.print(markup("[red]error:[/] {}", exc.message), highlight=False, soft_wrap=True)
     sys.exit(int(exc.exit_code))

@@ -13,7 +13,7 @@ from rich.table import Table
 from pgdr.backup import open_repository
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.output import console, emit, progress_bar
+from pgdr.core.output import console, emit, markup, progress_bar, styled
 from pgdr.core.records import RecordStore
 from pgdr.integrity import CheckOptions, Report, run_check
 from pgdr.integrity.discover import profile_for
@@ -61,7 +61,7 @@ def render_report(report: Report, title: str) -> None:
         for f in report.ordered():
             table.add_row(
                 f.priority,
-                f"[{STYLE[f.severity]}]{f.severity}[/]",
+                styled(f.severity, STYLE[f.severity]),
                 f.check,
                 f.table or "",
                 "" if f.count is None else f"{f.count:,}",
@@ -71,14 +71,14 @@ def render_report(report: Report, title: str) -> None:
     _render_embeddings(report)
     for skipped in report.skipped:
         label = "not checked" if skipped.incomplete else "skipped"
-        console.print(f"[yellow]{label}:[/] {escape(skipped.reason)}", highlight=False)
+        console.print(markup("[yellow]{}:[/] {}", label, skipped.reason), highlight=False)
     for note in report.notes:
-        console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+        console.print(styled(f"note: {note}", "dim"), highlight=False)
     counts = report.counts()
     verdict = {
-        "failed": "[bold red]FAILED[/]",
-        "incomplete": "[bold yellow]INCOMPLETE[/]",
-        "ok": "[green]OK[/]",
+        "failed": styled("FAILED", "bold red"),
+        "incomplete": styled("INCOMPLETE", "bold yellow"),
+        "ok": styled("OK", "green"),
     }[report.status]
     console.print(
         f"{verdict}: {counts['critical']} critical, {counts['warning']} warning, "
@@ -191,12 +191,12 @@ def snapshot(
             table.add_column(column, justify="right" if column == "rows" else "left")
         for name, t in data["tables"].items():
             if t.get("missing"):
-                table.add_row(name, "", "[red]missing[/]")
+                table.add_row(name, "", styled("missing", "red"))
             else:
                 table.add_row(name, f"{t['rows']:,}", t["newest"] or "")
         console.print(table)
         for reason in data["skipped"]:
-            console.print(f"[yellow]skipped:[/] {reason}", highlight=False)
+            console.print(markup("[yellow]skipped:[/] {}", reason), highlight=False)
         console.print(f"Saved to {path}.", highlight=False)
 
     emit(data, as_json, render)
@@ -294,6 +294,6 @@ def install_sql_command(
             highlight=False,
         )
         for reason in installed.skipped:
-            console.print(f"[yellow]not included:[/] {reason}", highlight=False)
+            console.print(markup("[yellow]not included:[/] {}", reason), highlight=False)
 
     emit(installed.as_dict(), as_json, render)

@@ -11,9 +11,8 @@ from pgdr.config import (
     PgdrSettings,
     ResolvedPoolSettings,
     Target,
+    load_pool_settings,
     load_settings,
-    load_toml,
-    resolve_pool_settings,
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
@@ -24,9 +23,7 @@ def settings() -> PgdrSettings:
 
 
 def pool_settings(s: PgdrSettings | None = None) -> ResolvedPoolSettings:
-    s = s or settings()
-    toml, path = load_toml(s)
-    return resolve_pool_settings(toml, toml_path=path)
+    return load_pool_settings(s or settings())
 
 
 def target(s: PgdrSettings | None = None) -> Target:

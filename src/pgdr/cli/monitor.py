@@ -14,7 +14,7 @@ from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.cluster.manager import default_cluster
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
-from pgdr.core.output import console, emit, err_console
+from pgdr.core.output import console, emit, err_console, markup, styled
 from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, MonitorConfig, collect_report
 from pgdr.monitoring.incidents import IncidentLog
 from pgdr.monitoring.metrics import MetricsSnapshot
@@ -51,7 +51,11 @@ def _checks_table(results: list[CheckResult]) -> Table:
     for column in ("check", "result", "severity", "detail"):
         table.add_column(column)
     for r in results:
-        result = "skipped" if r.skipped else ("[green]ok[/]" if r.ok else "[red]failed[/]")
+        result = (
+            styled("skipped", "")
+            if r.skipped
+            else (styled("ok", "green") if r.ok else styled("failed", "red"))
+        )
         table.add_row(r.name, result, r.severity.value if r.severity else "", r.message)
     return table
 
@@ -84,11 +88,23 @@ def report(
         console.print(sizes)
         for q in rep.long_queries:
             console.print(
-                f"[yellow]long query[/] pid {q.pid}: {q.seconds:.0f} s ({q.state}) {q.query}"
+                markup(
+                    "[yellow]long query[/] pid {}: {:.0f} s ({}) {}",
+                    q.pid,
+                    q.seconds,
+                    q.state,
+                    q.query,
+                )
             )
         for b in rep.bloat:
             console.print(
-                f"[yellow]bloat[/] {b.schema}.{b.table}: {b.dead_tuples} dead ({b.dead_pct}%)"
+                markup(
+                    "[yellow]bloat[/] {}.{}: {} dead ({}%)",
+                    b.schema,
+                    b.table,
+                    b.dead_tuples,
+                    b.dead_pct,
+                )
             )
 
     emit(rep.as_dict(), as_json, render)
@@ -110,11 +126,7 @@ def run(
         if any(not c.ok and not c.skipped for c in snap.checks) or not snap.healthy:
             raise typer.Exit(1)
         return
-    stop = threading.Event()
-    err_console.print(f"Monitoring every {interval:.0f} s; Ctrl-C to stop.")
-    while not stop.is_set():
-        _emit_round(monitor.run_once(), as_json)
-        stop.wait(interval)
+    monitor.run_forever(threading.Event(), on_round=lambda snap: _emit_round(snap, as_json))
 
 
 @app.command()
@@ -125,7 +137,7 @@ def incidents(
     as_json: JsonOption = False,
 ) -> None:
     """List incidents opened by the monitor (open ones by default)."""
-    log = IncidentLog(settings().home / "records" / "incidents")  # local: works while down
+    log = IncidentLog.at_home(settings().home)  # local records: works while the DB is down
     chosen = log.all() if include_resolved else log.open_incidents()
 
     def render() -> None:
@@ -178,7 +190,7 @@ def serve(
     s = settings()
     token, note = load_api_token(s.home)
     if note:
-        err_console.print(f"[yellow]{note}[/]")
+        err_console.print(styled(note, "yellow"))
     monitor = _monitor(interval)
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
     uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.config.pool_settings import POOL_VARIABLES
-from pgdr.core.output import console, emit, key_value_table
+from pgdr.core.output import console, emit, key_value_table, markup, styled
 from pgdr.pool import advise_pool, connect
 from pgdr.pool.advice import plan_limit
 from pgdr.pool.health import target_health
@@ -71,7 +70,7 @@ def advise(
             )
         )
         style = "red" if advice.over_limit else "green"
-        console.print(f"[{style}]{advice.message}[/]")
+        console.print(styled(advice.message, style))
 
     emit(advice.as_dict(), as_json, render)
     if advice.over_limit:
@@ -94,11 +93,14 @@ def health(
     def render() -> None:
         if report.healthy:
             console.print(
-                f"[green]healthy[/] latency {report.latency_ms} ms "
-                f"(PostgreSQL {report.server_version})"
+                markup(
+                    "[green]healthy[/] latency {} ms (PostgreSQL {})",
+                    report.latency_ms,
+                    report.server_version,
+                )
             )
         else:
-            console.print(f"[red]unhealthy[/] {escape(report.error or '')}", highlight=False)
+            console.print(markup("[red]unhealthy[/] {}", report.error))
         if report.pool:
             console.print(key_value_table("Pool", list(report.pool.items())))
 

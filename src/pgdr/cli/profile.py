@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.output import console, emit
@@ -30,7 +31,7 @@ def show(
     profile = load_profile(name or settings().profile)
 
     def render() -> None:
-        console.print(f"[bold]{profile.name}[/]: {profile.description}")
+        console.print(Text.assemble((profile.name, "bold"), f": {profile.description}"))
         console.print("tables: " + ", ".join(t.name for t in profile.tables))
         for rel in profile.relations:
             console.print(f"relation: {rel.child}({', '.join(rel.child_columns)}) -> {rel.parent}")

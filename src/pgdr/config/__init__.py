@@ -9,6 +9,7 @@ from pgdr.config.pool_settings import (
     POOL_PROFILES,
     PoolSettings,
     ResolvedPoolSettings,
+    load_pool_settings,
     resolve_pool_settings,
 )
 from pgdr.config.settings import PgdrSettings, load_settings, load_toml
@@ -21,6 +22,7 @@ __all__ = [
     "ResolvedPoolSettings",
     "Target",
     "configured_target",
+    "load_pool_settings",
     "load_settings",
     "load_toml",
     "resolve_pool_settings",

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pgdr.config.settings import PgdrSettings, load_toml
 from pgdr.core.errors import ConfigError
 
 # field name -> (environment variable, key in pgdr.toml's [pool] table)
@@ -140,3 +141,9 @@ def resolve_pool_settings(
             values[field] = _parse_int(env[variable], variable)
             sources[field] = f"env {variable}"
     return ResolvedPoolSettings(_validate(values), sources, environment)
+
+
+def load_pool_settings(settings: PgdrSettings) -> ResolvedPoolSettings:
+    """The effective pool settings: ``pgdr.toml`` (if any) and the environment, validated."""
+    toml, path = load_toml(settings)
+    return resolve_pool_settings(toml, toml_path=path)

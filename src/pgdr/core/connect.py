@@ -48,13 +48,20 @@ def connect(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     application_name: str = APPLICATION_NAME,
+    raw_errors: bool = False,
     **kwargs: Any,
 ) -> psycopg.Connection[TupleRow]:
-    """One connection, or a one-sentence RuntimeFailure saying why there is none."""
+    """One connection, or a one-sentence RuntimeFailure saying why there is none.
+
+    ``raw_errors`` lets a caller that classifies failures itself (a retry loop, a workload
+    counting them) see the psycopg error instead.
+    """
     params = connect_kwargs(timeout_s, application_name) | kwargs
     try:
         return psycopg.connect(conninfo, **params)
     except psycopg.Error as exc:
+        if raw_errors:
+            raise
         raise translate(exc, connecting=True) from exc
 
 

@@ -2,8 +2,8 @@
 
 Invariants:
 - user and database text (a backup label, a table name, an error message, profile text) never
-  reaches rich as markup: :func:`escape` it, or hand it over as a :func:`cell`/``Text``;
-  :func:`say`, :func:`key_value_table` and :func:`table` do that for every value they are given;
+  reaches rich as markup: the consoles have markup off, so a plain string prints as it is; pgdr's
+  own colours are :func:`markup` templates whose fields are escaped, or :func:`styled` text;
 - JSON goes to stdout as one document; datetimes are ISO 8601 (see :mod:`pgdr.core.time`);
 - progress bars and notes go to stderr, and bars only on a terminal.
 
@@ -14,6 +14,7 @@ A writer is picked by name (:data:`WRITERS`); a new form of output (e.g. Nagios)
 from __future__ import annotations
 
 import json
+import string
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,13 +36,35 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+# markup=False: a plain string is printed as it is, whatever brackets it holds. pgdr's own
+# styling goes through Text objects (:func:`markup`, :func:`styled`), never through user text.
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
 
 
 def escape(value: object) -> str:
     """``value`` as text rich prints literally (``[/]`` stays ``[/]``)."""
     return _rich_escape("" if value is None else str(value))
+
+
+def markup(template: str, *values: object) -> Text:
+    """pgdr's own markup ``template`` with ``{}`` fields filled by escaped ``values``.
+
+    ``markup("[yellow]skipped:[/] {}", reason)`` styles the label, never the reason.
+    """
+    parts: list[str] = []
+    index = 0
+    for literal, field_name, spec, _conversion in string.Formatter().parse(template):
+        parts.append(literal)
+        if field_name is not None:
+            parts.append(escape(format(values[index], spec or "")))
+            index += 1
+    return Text.from_markup("".join(parts), emoji=False)
+
+
+def styled(text: object, style: str) -> Text:
+    """``text`` shown literally in ``style``."""
+    return Text(str(text), style=style)
 
 
 def cell(value: object) -> Text:

@@ -66,6 +66,13 @@ class RecordStore:
         base = home / "records" if database is None else home / "records" / database
         self.directory = base / DIRECTORIES.get(kind, kind + "s")
 
+    @classmethod
+    def at(cls, directory: Path, kind: str) -> RecordStore:
+        """A store of ``kind`` records kept in ``directory`` (a sandbox's, a test's)."""
+        store = cls(directory, kind)
+        store.directory = directory
+        return store
+
     def path(self, record_id: str) -> Path:
         return self.directory / f"{record_id}.json"
 

@@ -16,14 +16,21 @@ Which binary: the caller passes the program's path, chosen for the server's majo
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from pgdr.core.errors import PgdrError, RuntimeFailure
 
 STOP_GRACE_S = 10.0
+
+
+class TimedOut(RuntimeFailure):
+    """A program ran past its timeout and was stopped."""
+
+
 Argv = Sequence[str | Path]
 
 
@@ -63,9 +70,16 @@ def run(
     error: type[PgdrError] = RuntimeFailure,
     cwd: Path | None = None,
     input_text: str | None = None,
+    as_user: tuple[int, int] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a program to completion; with ``check``, a non-zero exit raises ``error``."""
+    """Run a program to completion; with ``check``, a non-zero exit raises ``error``.
+
+    ``as_user`` (uid, gid) runs it as another OS user (servers refuse to run as root).
+    """
     name = program_name(argv)
+    identity: dict[str, Any] = {}
+    if as_user is not None:
+        identity = {"user": as_user[0], "group": as_user[1], "extra_groups": []}
     try:
         result = subprocess.run(
             [str(a) for a in argv],
@@ -78,9 +92,10 @@ def run(
             timeout=timeout_s,
             input=input_text,
             stdin=subprocess.DEVNULL if input_text is None else None,
+            **identity,
         )
     except subprocess.TimeoutExpired as exc:
-        raise error(f"{name} did not finish within {timeout_s:g} s and was stopped.") from exc
+        raise TimedOut(f"{name} did not finish within {timeout_s:g} s and was stopped.") from exc
     except OSError as exc:
         raise error(f"Cannot run {name}: {exc.strerror or exc}.") from exc
     if check and result.returncode != 0:
@@ -97,6 +112,8 @@ def start(
     stderr: int | IO[Any] | None = subprocess.PIPE,
     cwd: Path | None = None,
     new_session: bool = False,
+    unbuffered: bool = False,
+    preexec: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running program; the caller reads it and ends it with :func:`stop`."""
     try:
@@ -108,15 +125,19 @@ def start(
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             start_new_session=new_session,
+            bufsize=0 if unbuffered else -1,
+            preexec_fn=preexec,  # noqa: PLW1509 - callers pass async-signal-safe work (prctl)
         )
     except OSError as exc:
         raise RuntimeFailure(f"Cannot run {program_name(argv)}: {exc.strerror or exc}.") from exc
 
 
-def stop(proc: subprocess.Popen[Any], grace_s: float = STOP_GRACE_S) -> int:
-    """Cancel a running program: SIGTERM, then SIGKILL after ``grace_s``; its exit status."""
+def stop(
+    proc: subprocess.Popen[Any], grace_s: float = STOP_GRACE_S, sig: int = signal.SIGTERM
+) -> int:
+    """Cancel a running program: ``sig``, then SIGKILL after ``grace_s``; its exit status."""
     if proc.poll() is None:
-        proc.terminate()
+        proc.send_signal(sig)
         try:
             return proc.wait(grace_s)
         except subprocess.TimeoutExpired:

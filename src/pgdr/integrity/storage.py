@@ -11,12 +11,12 @@ the database lacks it. Every relation it finds damaged is a P0 finding on the ta
 from __future__ import annotations
 
 import re
-import subprocess
 from typing import Any
 
 import psycopg
 
 from pgdr.cluster import installation_for_major
+from pgdr.core import runner
 from pgdr.core.connect import client_environment
 from pgdr.core.errors import PgdrError
 from pgdr.core.severity import Severity
@@ -93,16 +93,13 @@ def check_amcheck(
         return {}
     target, env = client_environment(conninfo)
     try:
-        proc = subprocess.run(
-            [str(tool), "--install-missing", "--no-strict-names", target],
+        proc = runner.run(
+            [tool, "--install-missing", "--no-strict-names", target],
             env=env,
             check=False,
-            capture_output=True,
-            text=True,
-            timeout=max(timeout_s, 60.0),
-            stdin=subprocess.DEVNULL,
+            timeout_s=max(timeout_s, 60.0),
         )
-    except subprocess.TimeoutExpired:
+    except runner.TimedOut:
         report.skip(
             "storage",
             f"pg_amcheck did not finish within {max(timeout_s, 60.0):g} s; "
@@ -117,8 +114,9 @@ def check_amcheck(
     problems = parse_amcheck(proc.stdout)
     lowered = output.lower()
     if not problems or "permission denied" in lowered or "must be superuser" in lowered:
-        last = next((ln for ln in reversed(output.splitlines()) if ln.strip()), "no output")
-        report.skip("storage", f"pg_amcheck could not check this database: {last.strip()}")
+        report.skip(
+            "storage", f"pg_amcheck could not check this database: {runner.last_line(output)}"
+        )
         return {}
     return problems
 

@@ -26,9 +26,10 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
+from pgdr.core.connect import connect as core_connect
 from pgdr.core.connect import describe_connect_error
 from pgdr.core.errors import RuntimeFailure
-from pgdr.pool.factory import connect_kwargs, make_pool
+from pgdr.pool.factory import make_pool
 
 
 @dataclass
@@ -67,7 +68,9 @@ def _probe_once(
             conn.execute(statement_timeout)
             row = conn.execute(_SLOTS).fetchone()
     else:
-        with psycopg.connect(conninfo, **connect_kwargs(settings)) as conn:
+        with core_connect(
+            conninfo, timeout_s=settings.connection_timeout_s, raw_errors=True
+        ) as conn:
             conn.execute(statement_timeout)
             row = conn.execute(_SLOTS).fetchone()
     latency = (time.perf_counter() - started) * 1000
