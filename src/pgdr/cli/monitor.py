@@ -185,6 +185,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     interval: Annotated[float, typer.Option(help="Seconds between monitor rounds.")] = 120,
+    health_cache: Annotated[
+        float,
+        typer.Option(
+            "--health-cache", min=0, help="Seconds a /api/health result is reused (one probe)."
+        ),
+    ] = 1.0,
 ) -> None:
     """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
     s = settings()
@@ -193,4 +199,5 @@ def serve(
         err_console.print(styled(note, "yellow"))
     monitor = _monitor(interval)
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
-    uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")
+    app = create_app(monitor, token, health_ttl_s=health_cache)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
