@@ -10,6 +10,7 @@ outcomes are kept in the snapshot. History is one JSON line per round in
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -100,7 +101,10 @@ class Monitor:
             "latency_ms": snapshot.latency_ms,
             "checks": [c.as_dict() for c in snapshot.checks],
         }
-        with (directory / f"{day}.jsonl").open("a") as handle:
+        # 0600: the long-running-queries check keeps (truncated) query text
+        fd = os.open(directory / f"{day}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(line, default=str) + "\n")
 
     def history(self, limit: int = 200) -> list[dict[str, Any]]:
