@@ -133,6 +133,7 @@ def test_streamer_then_database_down_reach_a_human(
     assert drafted.code == 0, drafted.stderr
     draft = Path(json.loads(drafted.stdout)["path"])
     text = draft.read_text()
+    assert draft.stat().st_mode & 0o077 == 0  # it quotes incident messages: private
     assert "**opened**" in text and "**escalation**" in text and "**resolved**" in text
     early = run_cli("incident", "review", outage["id"], "--done", env=env)
     assert early.code == 2 and "still lacks: What happened" in early.stderr

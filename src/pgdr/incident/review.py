@@ -9,6 +9,7 @@ then a P0/P1 incident stays "review pending".
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pgdr.core.errors import ConfigError
@@ -52,6 +53,15 @@ def review_document(incident: Incident) -> str:
     return "\n".join(lines)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Reviews quote incident messages (which may hold query text): mode 0600, like records."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def reviews_directory(incidents: IncidentLog) -> Path:
     return incidents.directory.parent / "reviews"
 
@@ -64,8 +74,7 @@ def draft_review(incidents: IncidentLog, ref: str, force: bool = False) -> Path:
             f"{path} already exists: complete it and run `pgdr incident review {incident.id} "
             "--done`, or pass --force to draft it again."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(review_document(incident))
+    _write_private(path, review_document(incident))
     return path
 
 
@@ -101,6 +110,5 @@ def complete_review(incidents: IncidentLog, ref: str, source: Path | None, by: s
     if missing:
         raise ConfigError(f"The review in {given} still lacks: {', '.join(missing)}.")
     if given != path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        _write_private(path, text)
     return incidents.mark_reviewed(incident, path, by)
