@@ -173,7 +173,7 @@ def main() -> None:
         if not options.keep:
             cluster.destroy()
             shutil.rmtree(home, ignore_errors=True)
-    print(f"scale {options.scale}: {total:,} rows in the five tables, 1,000 chatbots undeleted")
+    print(f"scale {options.scale}: {total:,} rows in the five tables, {len(keys):,} chatbots")
     print(
         f"rows: before {total:,}, after the deletion {after_delete:,}, "
         f"pgdr undelete {restored:,}, runbook way {runbook_rows:,}"
