@@ -80,11 +80,14 @@ def runbook_undelete(cluster: LocalCluster, dump: Path, keys: list[str]) -> floa
     with psycopg.connect(cluster.conninfo("scratch"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     tables = [arg for t in TABLES for arg in ("--table", t)]
-    subprocess.run(
+    restored = subprocess.run(
         [str(tools.tool("pg_restore")), "-d", cluster.conninfo("scratch"), *tables, str(dump)],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if restored.returncode != 0:  # pg_restore goes on after errors; say which
+        print("runbook pg_restore: " + restored.stderr.strip().splitlines()[-1])
     with (
         psycopg.connect(cluster.conninfo("scratch")) as src,
         psycopg.connect(cluster.conninfo()) as dst,
