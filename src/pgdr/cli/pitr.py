@@ -47,6 +47,14 @@ TimelineOption = Annotated[
         "the newest timeline holding WAL).",
     ),
 ]
+ExclusiveOption = Annotated[
+    bool,
+    typer.Option(
+        "--exclusive",
+        help="Stop just before the target transaction, time or LSN (e.g. the xid of a bad "
+        "DELETE), instead of just after it.",
+    ),
+]
 NewClusterOption = Annotated[
     bool,
     typer.Option("--new-cluster", help="Restore into a new pgdr cluster left running."),

@@ -36,6 +36,7 @@ def restore(
     target_xid: pitr.TargetXidOption = None,
     target_name: pitr.TargetNameOption = None,
     latest: pitr.LatestOption = False,
+    exclusive: pitr.ExclusiveOption = False,
     timeline: pitr.TimelineOption = None,
     new_cluster: pitr.NewClusterOption = False,
     check_files: Annotated[
@@ -53,7 +54,7 @@ def restore(
     --target-lsn, --target-xid, --target-name or --latest: point-in-time recovery (see
     docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running.
     """
-    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest)
+    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     if target is not None or new_cluster:
         pitr.restore_to_point(
             target, backup_id, to, repo_name, new_cluster, start, force, port, timeline, as_json

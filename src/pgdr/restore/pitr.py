@@ -77,13 +77,16 @@ class Target:
 
     kind: str
     value: str | None = None
+    exclusive: bool = False  # stop just before the target (recovery_target_inclusive = false)
 
     @property
     def moment(self) -> datetime | None:
         return parse_target_time(self.value) if self.kind == "time" and self.value else None
 
     def describe(self) -> str:
-        return "the latest WAL" if self.kind == "latest" else f"{self.kind} {self.value}"
+        if self.kind == "latest":
+            return "the latest WAL"
+        return ("just before " if self.exclusive else "") + f"{self.kind} {self.value}"
 
 
 def parse_target_time(text: str) -> datetime:
@@ -98,7 +101,12 @@ def parse_target_time(text: str) -> datetime:
 
 
 def make_target(
-    time_: str | None, lsn: str | None, xid: str | None, name: str | None, latest: bool
+    time_: str | None,
+    lsn: str | None,
+    xid: str | None,
+    name: str | None,
+    latest: bool,
+    exclusive: bool = False,
 ) -> Target | None:
     given: list[tuple[str, str | None]] = [
         (k, v)
@@ -110,15 +118,19 @@ def make_target(
     if len(given) > 1:
         raise ConfigError("Give one recovery target: --target-time, -lsn, -xid, -name or --latest.")
     if not given:
+        if exclusive:
+            raise ConfigError("--exclusive goes with --target-xid, --target-time or --target-lsn.")
         return None
     kind, value = given[0]
+    if exclusive and kind not in ("xid", "time", "lsn"):
+        raise ConfigError("--exclusive goes with --target-xid, --target-time or --target-lsn.")
     if kind == "time" and value is not None:
         parse_target_time(value)
     if kind == "lsn" and value is not None:
         parse_lsn(value)
     if kind == "xid" and value is not None and not value.isdigit():
         raise ConfigError(f"--target-xid {value!r} is not a transaction id.")
-    return Target(kind, value)
+    return Target(kind, value, exclusive)
 
 
 @dataclass
@@ -371,6 +383,8 @@ def recovery_settings(plan: PitrPlan, spool: Path, with_target: bool = True) -> 
         if t.kind == "time" and t.moment is not None:
             value = t.moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
         lines.append(f"{setting} = {_quote_conf(value)}")
+        if t.exclusive:
+            lines.append("recovery_target_inclusive = false")
     return "\n".join(lines) + "\n"
 
 
