@@ -103,7 +103,7 @@ def _retention(name: str, table: Mapping[str, Any]) -> RetentionPolicy:
 
 def _chunk_size(name: str, table: Mapping[str, Any]) -> int:
     value = table.get("chunk_size_mb", DEFAULT_CHUNK_MB)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 256:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 1 <= value <= 256:
         raise ConfigError(f"repositories.{name}.chunk_size_mb must be between 1 and 256.")
     return int(value * 1024 * 1024)
 

@@ -30,7 +30,9 @@ def restore(
         bool,
         typer.Option("--start", help="Start it on a free port and print its connection URL."),
     ] = False,
-    port: Annotated[int | None, typer.Option(help="Port for --start (default: free).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port for --start (default: free).", min=1, max=65535)
+    ] = None,
     target_time: pitr.TargetTimeOption = None,
     target_lsn: pitr.TargetLsnOption = None,
     target_xid: pitr.TargetXidOption = None,
