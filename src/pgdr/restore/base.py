@@ -38,6 +38,13 @@ from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.crypto import DataKey, parallel_map
 from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.restore.beneath import Beneath, check_layout
+from pgdr.restore.staging import (
+    check_space,
+    remove_stale,
+    restore_record,
+    staging_dir,
+    write_failure,
+)
 from pgdr.storage import S3Store
 
 Progress = Callable[[int], None]
@@ -423,17 +430,48 @@ def restore_backup(
     chain = backup_chain(repo, manifest)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     total = sum(m.stream_size for m in chain)
+    remove_stale(target.parent)
+    check_space(target.parent, total, "restore")
     if on_start:
         on_start(manifest, total)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.pgdr-restore-{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with restore_record(repo.settings, target):
+            written, files, notes = _restore_into(
+                repo, chain, target, owner, progress, workers, check_files, force
+            )
+    except OSError as exc:
+        raise write_failure(exc, target.parent, "restore") from exc
+    return RestoreResult(
+        backup_id=manifest.id,
+        data_dir=target,
+        chain=[m.id for m in chain],
+        pg_major=manifest.pg_major,
+        pg_version=manifest.pg_version,
+        bytes_restored=written,
+        files=files,
+        duration_s=time.monotonic() - began,
+        notes=notes,
+    )
+
+
+def _restore_into(
+    repo: Repository,
+    chain: list[Manifest],
+    target: Path,
+    owner: ServiceUser,
+    progress: Progress | None,
+    workers: int | None,
+    check_files: bool,
+    force: bool,
+) -> tuple[int, int, list[str]]:
+    """Write ``chain`` into a staging sibling of ``target``, then rename it into place; the
+    staging (and any chain scratch) is removed whatever happens."""
+    manifest = chain[-1]
+    staging = staging_dir(target)
     scratch: list[Path] = []
     notes: list[str] = []
-    written = 0
-    files = 0
     try:
-        if staging.exists():
-            shutil.rmtree(staging)
         if len(chain) == 1:
             staging.mkdir(mode=0o700)
             owner.own(staging, 0o700)
@@ -447,13 +485,15 @@ def restore_backup(
             )
             notes.append(f"Combined {len(chain)} backups with pg_combinebackup.")
         os.sync()
-        if target.exists():
-            aside = target.with_name(f".{target.name}.pgdr-replaced-{os.getpid()}")
+        if target.exists() and force:
+            aside = staging_dir(target, "replaced")
             target.rename(aside)
             staging.rename(target)
             shutil.rmtree(aside, ignore_errors=True)
             notes.append(f"Replaced the previous contents of {target} (--force).")
         else:
+            if target.exists():
+                target.rmdir()  # an empty directory (checked): never anything else
             staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -461,17 +501,7 @@ def restore_backup(
     finally:
         for path in scratch:
             shutil.rmtree(path, ignore_errors=True)
-    return RestoreResult(
-        backup_id=manifest.id,
-        data_dir=target,
-        chain=[m.id for m in chain],
-        pg_major=manifest.pg_major,
-        pg_version=manifest.pg_version,
-        bytes_restored=written,
-        files=files,
-        duration_s=time.monotonic() - began,
-        notes=notes,
-    )
+    return written, files, notes
 
 
 def _restore_chain(

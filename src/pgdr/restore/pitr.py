@@ -28,7 +28,6 @@ been replayed, so pgdr restarts recovery to the end of the WAL and says so.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -43,8 +42,15 @@ from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
 from pgdr.crypto import CorruptObject, parallel_map
-from pgdr.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.errors import CheckFailed, ConfigError, PgdrError, RuntimeFailure
 from pgdr.restore.base import backup_chain, restore_backup
+from pgdr.restore.staging import (
+    check_space,
+    remove_stale,
+    restore_record,
+    staging_dir,
+    write_failure,
+)
 from pgdr.restore.start import adopt_restored
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import WalArchive
@@ -388,14 +394,22 @@ def recovery_settings(plan: PitrPlan, spool: Path, with_target: bool = True) -> 
     return "\n".join(lines) + "\n"
 
 
-def _drop_auto_conf(data_dir: Path, names: tuple[str, ...]) -> None:
-    auto = data_dir / "postgresql.auto.conf"
-    if not auto.is_file():
-        return
-    kept = [
-        line for line in auto.read_text().splitlines() if line.split("=")[0].strip() not in names
-    ]
-    auto.write_text("\n".join(kept) + "\n")
+INCLUDE_LINE = f"include_if_exists = '{RECOVERY_CONF}'  # pgdr restore: removed after promotion\n"
+
+
+def _configure_recovery(data_dir: Path, plan: PitrPlan, spool: Path) -> None:
+    """Recovery settings in a file of pgdr's own, included by one line pgdr takes out again."""
+    (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool))
+    with (data_dir / "postgresql.conf").open("a") as handle:
+        handle.write("\n" + INCLUDE_LINE)
+    (data_dir / "recovery.signal").touch()
+
+
+def _unconfigure_recovery(data_dir: Path) -> None:
+    """After promotion: the data directory's configuration is the original's again."""
+    conf = data_dir / "postgresql.conf"
+    conf.write_text(conf.read_text().replace("\n" + INCLUDE_LINE, "", 1))
+    (data_dir / RECOVERY_CONF).unlink(missing_ok=True)
 
 
 def _wait_promoted(cluster: LocalCluster, timeout: float) -> None:
@@ -464,8 +478,12 @@ def run_pitr(
     progress: Progress | None = None,
     timeout: float = RECOVERY_TIMEOUT_S,
 ) -> PitrResult:
-    """Carry out a checked plan: fetch WAL, restore, recover, promote, report."""
-    began = time.monotonic()
+    """Carry out a checked plan: fetch WAL, restore, recover, promote, report.
+
+    Before writing anything it checks what must be writable (the repository, which receives
+    the new timeline's history, and room for the WAL and the base backup next to the target);
+    on any failure it removes everything it made (spool, data directory, cluster directory).
+    """
     data_dir = data_dir.resolve()
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
         raise ConfigError(
@@ -475,10 +493,53 @@ def run_pitr(
     if (cluster_dir / "cluster.json").exists():
         raise ConfigError(f"{cluster_dir} already holds a cluster; choose another place.")
     check_backup_stored(repo, plan.backup)
-    staging = data_dir.with_name(f".{data_dir.name}.pgdr-wal-{os.getpid()}")
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    created = False
+    try:
+        repo.store.check_writable()
+    except PgdrError as exc:
+        raise RuntimeFailure(
+            f"{exc.message.rstrip('.')}: a point-in-time restore records the new timeline "
+            "there; nothing was restored."
+        ) from exc
+    remove_stale(data_dir.parent)
+    check_space(
+        data_dir.parent, plan.total_bytes(repo, archive.segment_size), "point-in-time restore"
+    )
+    made = [cluster_dir] if not cluster_dir.exists() else []
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with restore_record(repo.settings, data_dir, cluster_dir if made else None):
+            return _run(
+                repo,
+                archive,
+                plan,
+                data_dir,
+                cluster_dir,
+                made,
+                keep_running,
+                force,
+                port,
+                progress,
+                timeout,
+            )
+    except OSError as exc:
+        raise write_failure(exc, data_dir.parent, "point-in-time restore") from exc
+
+
+def _run(
+    repo: Repository,
+    archive: WalArchive,
+    plan: PitrPlan,
+    data_dir: Path,
+    cluster_dir: Path,
+    made: list[Path],
+    keep_running: bool,
+    force: bool,
+    port: int | None,
+    progress: Progress | None,
+    timeout: float,
+) -> PitrResult:
+    began = time.monotonic()
+    staging = staging_dir(data_dir, "wal")
     try:
         wal_bytes = fetch_wal(archive, plan, staging, progress)
         restore_backup(
@@ -488,14 +549,10 @@ def run_pitr(
             force=force,
             progress=(lambda n: progress("base backup", n)) if progress else None,
         )
-        created = True
+        made.append(data_dir)
         spool = data_dir / SPOOL_DIR
         staging.rename(spool)
-        _drop_auto_conf(data_dir, ("synchronous_standby_names", "primary_conninfo"))
-        (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool))
-        with (data_dir / "postgresql.conf").open("a") as handle:
-            handle.write(f"\ninclude_if_exists = '{RECOVERY_CONF}'\n")
-        (data_dir / "recovery.signal").touch()
+        _configure_recovery(data_dir, plan, spool)
         cluster = adopt_restored(
             repo.settings, data_dir, plan.backup.pg_major, cluster_dir, port=port
         )
@@ -513,7 +570,7 @@ def run_pitr(
         history = data_dir / "pg_wal" / history_name(new_tli)
         if new_tli > 1 and history.is_file():
             archive.push(history.name, history.read_bytes())
-        (data_dir / RECOVERY_CONF).write_text("# recovery finished; see pgdr restore\n")
+        _unconfigure_recovery(data_dir)
         shutil.rmtree(spool, ignore_errors=True)
         running = keep_running
         if not keep_running:
@@ -537,7 +594,9 @@ def run_pitr(
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
+        if data_dir in made:
             with contextlib.suppress(Exception):
                 LocalCluster(cluster_dir, repo.settings, data_dir=data_dir).stop("immediate")
+        for path in reversed(made):
+            shutil.rmtree(path, ignore_errors=True)
         raise
