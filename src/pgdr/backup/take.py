@@ -39,6 +39,7 @@ from pgdr.backup.manifest import (
     now_utc,
 )
 from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.seen import remember_backup
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.config.target import client_environment
@@ -271,6 +272,7 @@ def take_backup(
                 manifest.wrapped_key = master.wrap(data_key)
                 manifest.sign_with(data_key)
                 store.put(repo.manifest_key(backup_id), manifest.to_json())
+                remember_backup(repo, backup_id, manifest.stop_lsn, manifest.stop_time)
             except BaseException as exc:
                 _abandon(repo, backup_id)
                 if isinstance(exc, PgdrError):

@@ -15,6 +15,7 @@ from pgdr import __version__
 from pgdr.cli import (
     backup,
     check,
+    cluster,
     db,
     demo,
     drill,
@@ -46,6 +47,7 @@ app = typer.Typer(
 # Getting started and the database itself
 app.command()(demo.demo)
 app.add_typer(db.app, name="db")
+app.add_typer(cluster.app, name="cluster")
 app.command()(pool.health)
 app.add_typer(pool.app, name="pool")
 app.add_typer(sample.app, name="sample")
@@ -53,6 +55,7 @@ app.add_typer(profile.app, name="profile")
 # Backups, WAL and recovery
 app.add_typer(backup.app, name="backup")
 app.command()(restore.restore)
+app.command()(cluster.cleanup)
 app.add_typer(wal.app, name="wal")
 app.command()(mark.mark)
 app.add_typer(repo.app, name="repo")

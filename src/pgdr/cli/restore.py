@@ -39,6 +39,7 @@ def restore(
     target_name: pitr.TargetNameOption = None,
     latest: pitr.LatestOption = False,
     exclusive: pitr.ExclusiveOption = False,
+    accept_rollback: pitr.AcceptRollbackOption = False,
     timeline: pitr.TimelineOption = None,
     new_cluster: pitr.NewClusterOption = False,
     check_files: Annotated[
@@ -59,7 +60,17 @@ def restore(
     target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     if target is not None or new_cluster:
         pitr.restore_to_point(
-            target, backup_id, to, repo_name, new_cluster, start, force, port, timeline, as_json
+            target,
+            backup_id,
+            to,
+            repo_name,
+            new_cluster,
+            start,
+            force,
+            port,
+            timeline,
+            as_json,
+            accept_rollback,
         )
         return
     if backup_id is None or to is None:

@@ -203,8 +203,12 @@ class LocalCluster:
             raise RuntimeFailure(f"{self.data_dir} is not a PostgreSQL data directory.")
         inst = reachable_installation(installation, self.user, self.settings.home / "runtime")
         port = port or find_free_port()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o711)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self.user.own(self.socket_dir, 0o700)
+        self.log_file.touch()
+        self.user.own(self.log_file, 0o600)
         self._chown_tree(self.data_dir)
         server_options = {
             "listen_addresses": "127.0.0.1",

@@ -18,9 +18,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from pgdr.cluster.installation import choose_installation, installation_for_major
 from pgdr.cluster.manager import DEFAULT_CLUSTER, ClusterStatus, LocalCluster, named_cluster
 from pgdr.config.settings import PgdrSettings
 from pgdr.errors import ConfigError
@@ -80,8 +80,10 @@ def lost_default(settings: PgdrSettings) -> str | None:
     """When pgdr initialised the embedded default and its data is gone: what to do instead of
     initialising an empty one (one sentence); otherwise None."""
     record = settings.home / DEFAULT_RECORD
-    data_dir = settings.home / "clusters" / DEFAULT_CLUSTER / "data"
-    if not record.is_file() or (data_dir / "PG_VERSION").is_file():
+    directory = settings.home / "clusters" / DEFAULT_CLUSTER
+    data_dir = directory / "data"
+    existed = record.is_file() or (directory / "cluster.json").is_file()
+    if not existed or (data_dir / "PG_VERSION").is_file():
         return None
     try:
         created = float(json.loads(record.read_text())["created_at"])
@@ -96,11 +98,26 @@ def lost_default(settings: PgdrSettings) -> str | None:
     )
 
 
-def adoptable(cluster: LocalCluster) -> bool:
-    """A data directory restored into the default's place whose cluster record is gone."""
-    return not cluster.meta_file.is_file() and (cluster.data_dir / "PG_VERSION").is_file()
+def prepare_default(
+    cluster: LocalCluster, port: int | None, pg_version: int | None, checksums: bool, new: bool
+) -> bool:
+    """Make the embedded default ready to start; True when an empty one was created now.
 
-
-def restored_version(data_dir: Path) -> int:
-    """The PostgreSQL major version of a data directory (its ``PG_VERSION``)."""
-    return int((data_dir / "PG_VERSION").read_text().strip())
+    A data directory restored into its place without the cluster record is taken over; where
+    pgdr created one before and the data is gone, it refuses (one sentence naming the restore
+    command) unless ``new``.
+    """
+    if cluster.exists:
+        return False
+    s = cluster.settings
+    version_file = cluster.data_dir / "PG_VERSION"
+    if not cluster.meta_file.is_file() and version_file.is_file():
+        major = int(version_file.read_text().strip())
+        cluster.adopt(installation_for_major(major, s.pg_bin), port=port)
+        return False
+    lost = lost_default(s)
+    if lost and not new:
+        raise ConfigError(lost)
+    cluster.create(choose_installation(s.pg_bin, pg_version or s.pg_version), port, checksums)
+    record_default(cluster)
+    return True

@@ -72,8 +72,12 @@ def resolve_target(
     if any(env.get(name) for name in LIBPQ_SELECTORS):
         return Target("", "PG* variables")
     from pgdr.cluster.manager import default_cluster  # noqa: PLC0415 - avoids an import cycle
+    from pgdr.cluster.registry import lost_default  # noqa: PLC0415 - avoids an import cycle
 
     cluster = default_cluster(settings)
+    lost = lost_default(settings)
+    if lost:
+        raise RuntimeFailure(lost)
     if not cluster.exists:
         raise RuntimeFailure(
             "No database is configured and the embedded default does not exist yet; "

@@ -40,6 +40,7 @@ import psycopg
 
 from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
+from pgdr.backup.seen import remember_wal, seen
 from pgdr.cluster import LocalCluster
 from pgdr.crypto import CorruptObject, parallel_map
 from pgdr.errors import CheckFailed, ConfigError, PgdrError, RuntimeFailure
@@ -61,7 +62,9 @@ from pgdr.wal.names import (
     format_lsn,
     history_name,
     is_history,
+    is_segment,
     parse_lsn,
+    parse_segment,
     segment_of_lsn,
 )
 from pgdr.wal.server import current_timeline
@@ -238,14 +241,91 @@ def _resolve_target(archive: WalArchive, target: Target) -> tuple[int | None, da
     return None, None
 
 
+def _recorded_wal(repo: Repository, archive: WalArchive) -> dict[int, int]:
+    """The newest WAL segment per timeline that pgdr recorded: this machine's memory and the
+    streamer's and archiver's states in the repository."""
+    recorded = {int(k): int(v) for k, v in seen(repo).get("wal", {}).items()}
+    names = []
+    for state, fields in (("streamer", ("last_segment", "partial")), ("partial", ("name",))):
+        values = archive.get_state(state) or {}
+        names += [str(values[f]) for f in fields if values.get(f)]
+    names.append(str((archive.get_state("archive") or {}).get("last_segment") or ""))
+    for name in names:
+        if is_segment(name[:24]):
+            seg = parse_segment(name[:24], archive.segment_size)
+            recorded[seg.timeline] = max(recorded.get(seg.timeline, -1), seg.segno)
+    return recorded
+
+
+def rollback_findings(
+    repo: Repository, archive: WalArchive, plan: PitrPlan, backups: list[Manifest], follow: bool
+) -> list[str]:
+    """What pgdr recorded of the repository that it no longer holds (empty when nothing):
+    a restore of "the latest" state would silently go back to an older one."""
+    found = []
+    record = seen(repo)
+    size = archive.segment_size
+    last = record.get("last_backup")
+    if last and last not in {m.id for m in backups}:
+        found.append(
+            f"backup {last} (taken from this machine, ending {record.get('last_backup_at')}) "
+            "is missing from the repository"
+        )
+    reached = plan.segments[-1][0] if plan.segments else None
+    recorded = _recorded_wal(repo, archive)
+    if reached is None:
+        return found
+    newest_tli = max(recorded, default=0)
+    if follow and newest_tli > plan.timeline:
+        seg = Segment(newest_tli, recorded[newest_tli])
+        found.append(f"the WAL of timeline {newest_tli} (up to {seg.name(size)}) is missing")
+    elif recorded.get(plan.timeline, -1) > reached.segno:
+        seg = Segment(plan.timeline, recorded[plan.timeline])
+        found.append(
+            f"the WAL ends at {reached.name(size)} although pgdr recorded WAL up to "
+            f"{seg.name(size)}"
+        )
+    lsn = record.get("last_backup_lsn")
+    if not found and lsn and segment_of_lsn(parse_lsn(str(lsn)), size) > reached.segno:
+        found.append(f"the WAL up to the end of backup {last} ({lsn}) is missing")
+    return found
+
+
+def _check_rollback(
+    repo: Repository,
+    archive: WalArchive,
+    plan: PitrPlan,
+    backups: list[Manifest],
+    follow: bool,
+    accept: bool,
+) -> None:
+    findings = rollback_findings(repo, archive, plan, backups, follow)
+    if not findings:
+        return
+    reached = f"{_fmt(plan.window_end)} (WAL up to {plan.segment_names(archive.segment_size)[-1]})"
+    text = (
+        f"The repository {repo.name} lost recent data: {'; '.join(findings)}. The latest "
+        f"state it can restore is from {reached}, OLDER than what pgdr recorded"
+    )
+    if not accept:
+        raise CheckFailed(f"{text}; nothing was restored (pass --accept-rollback to restore it).")
+    plan.notes.append(f"ROLLBACK: {text}; restored anyway (--accept-rollback).")
+
+
 def plan_pitr(
     repo: Repository,
     archive: WalArchive,
     target: Target,
     backup_id: str | None = None,
     timeline: str | None = None,
+    accept_rollback: bool = False,
 ) -> PitrPlan:
-    """Choose the backup and the WAL, and check both; raises before anything is written."""
+    """Choose the backup and the WAL, and check both; raises before anything is written.
+
+    For the latest state, the repository is also compared with what pgdr recorded of it
+    (:mod:`pgdr.backup.seen`, the streamer's state): a repository that lost its newest backups
+    or WAL is refused (CheckFailed) unless ``accept_rollback``, and then loudly noted.
+    """
     chain = Chain.load(archive)
     sysid = str(archive.system_identifier)
     backups = [m for m in repo.list_backups() if m.system_identifier == sysid]
@@ -316,7 +396,7 @@ def plan_pitr(
             f"(up to {format_lsn((last_seg + 1) * archive.segment_size)})."
         )
     histories = sorted(n for n, _s in archive.names() if is_history(n))
-    return PitrPlan(
+    plan = PitrPlan(
         target=target,
         backup=chosen,
         timeline=tli,
@@ -327,6 +407,9 @@ def plan_pitr(
         target_lsn=target_lsn,
         notes=notes,
     )
+    if target.kind == "latest":
+        _check_rollback(repo, archive, plan, backups, timeline is None, accept_rollback)
+    return plan
 
 
 def fetch_wal(
@@ -571,10 +654,20 @@ def _run(
         if new_tli > 1 and history.is_file():
             archive.push(history.name, history.read_bytes())
         _unconfigure_recovery(data_dir)
+        if plan.segments:
+            remember_wal(repo, plan.segments[-1][0].timeline, plan.segments[-1][0].segno)
         shutil.rmtree(spool, ignore_errors=True)
         running = keep_running
+        port = cluster.port
+        kept_dir: Path | None = cluster_dir
         if not keep_running:
             cluster.stop()
+            if cluster_dir in made and not data_dir.is_relative_to(cluster_dir):
+                # --to DIR: the cluster was only the vehicle of recovery; DIR stays a plain
+                # data directory with its own configuration.
+                shutil.rmtree(cluster_dir)
+                (data_dir / "postmaster.opts").unlink(missing_ok=True)
+                kept_dir = None
         return PitrResult(
             backup_id=plan.backup.id,
             data_dir=str(data_dir),
@@ -587,8 +680,8 @@ def _run(
             duration_s=time.monotonic() - began,
             recovery_s=recovery_s,
             url=cluster.conninfo() if running else None,
-            port=cluster.port,
-            cluster_dir=str(cluster_dir),
+            port=port,
+            cluster_dir=str(kept_dir) if kept_dir else None,
             running=running,
             notes=notes,
         )

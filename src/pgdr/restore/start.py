@@ -31,10 +31,6 @@ def adopt_restored(
         settings,
         data_dir=None if data_dir.resolve() == default_data.resolve() else data_dir,
     )
-    cluster_dir.mkdir(parents=True, exist_ok=True)
-    cluster_dir.chmod(0o711)
     installation = installation_for_major(pg_major, settings.pg_bin)
     cluster.adopt(installation, port=port, options=SAFE_OPTIONS)
-    cluster.log_file.touch()
-    cluster.user.own(cluster.log_file, 0o600)
     return cluster
