@@ -9,10 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, err_console, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.cluster.manager import named_cluster
 from pgdr.cluster.registry import list_clusters, remove_cluster
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, err_console
 from pgdr.restore.staging import cleanup as cleanup_restores
 
 app = typer.Typer(

@@ -23,7 +23,7 @@ from typing import Any
 from pgdr.cluster.installation import choose_installation, installation_for_major
 from pgdr.cluster.manager import DEFAULT_CLUSTER, ClusterStatus, LocalCluster, named_cluster
 from pgdr.config.settings import PgdrSettings
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 DEFAULT_RECORD = "default-cluster.json"
 

@@ -16,7 +16,7 @@ import platformdirs
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 SYSTEM_HOME = Path("/var/lib/pgdr")
 

@@ -31,7 +31,7 @@ from typing import Any
 from pgdr.cluster import LocalCluster
 from pgdr.cluster.manager import pid_alive
 from pgdr.config import PgdrSettings
-from pgdr.errors import PgdrError, RuntimeFailure
+from pgdr.core.errors import PgdrError, RuntimeFailure
 
 STAGING = re.compile(r"\..+\.pgdr-(?:restore|wal|replaced)-(?P<pid>[0-9]+)(?:-.+)?")
 RECORDS = "restores"
