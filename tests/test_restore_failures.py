@@ -19,7 +19,7 @@ import pytest
 
 from conftest import run_cli
 from fixtures.wal import WalEnv
-from test_pitr import backup, wait_streamed
+from test_restore_pitr_trust import streamed_backup
 
 
 @contextmanager
@@ -45,11 +45,7 @@ def _failed(result: object, *fragments: str) -> None:
 @pytest.mark.slow
 def test_disk_full_and_read_only_repository(walenv18: WalEnv, scratch: Path) -> None:
     w = walenv18
-    stream = w.start_stream()
-    w.insert(10)
-    backup_id = backup(w)
-    wait_streamed(w)
-    w.stop_stream(stream)
+    backup_id = streamed_backup(w)
     clusters = w.cluster.settings.home / "clusters"
     before = set(clusters.iterdir())
 

@@ -19,6 +19,16 @@ from pgdr.wal.names import parse_lsn, parse_segment, segment_of_lsn
 from test_pitr import backup, ids, restore, stop_restored, wait_streamed
 
 
+def streamed_backup(w: WalEnv) -> str:
+    """Rows, a base backup and the WAL after it in the repository; the streamer stopped."""
+    stream = w.start_stream()
+    w.insert(10)
+    backup_id = backup(w)
+    wait_streamed(w)
+    w.stop_stream(stream)
+    return backup_id
+
+
 def _delete_in_one_transaction(w: WalEnv, below: int) -> str:
     """DELETE rows in one transaction; returns its transaction id."""
     with psycopg.connect(w.conninfo) as conn:
@@ -97,11 +107,7 @@ def test_latest_says_loudly_when_the_repository_lost_its_newest(walenv18: WalEnv
 @pytest.mark.slow
 def test_unreached_xid_and_stale_staging_leave_nothing(walenv18: WalEnv, scratch: Path) -> None:
     w = walenv18
-    stream = w.start_stream()
-    w.insert(10)
-    backup_id = backup(w)
-    wait_streamed(w)
-    w.stop_stream(stream)
+    backup_id = streamed_backup(w)
     clusters = w.cluster.settings.home / "clusters"
     before = set(clusters.iterdir())
 
