@@ -17,14 +17,22 @@ from pgdr import __version__
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
+from pgdr.pool.health import SharedProbe
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI:
-    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health."""
+def create_app(
+    monitor: Monitor, token: str, background: bool = True, health_ttl_s: float = 1.0
+) -> FastAPI:
+    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health, whose
+    probe is single-flight and reused for ``health_ttl_s`` (requests cannot exhaust the DB)."""
     stop = threading.Event()
+    probe = SharedProbe(
+        lambda: check_database_health(monitor.conninfo, monitor.settings, monitor.pool),
+        health_ttl_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +65,7 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
 
     @app.get("/api/health")
     def health() -> JSONResponse:
-        report = check_database_health(monitor.conninfo, monitor.settings, monitor.pool)
+        report = probe.get()
         body = {"healthy": report.healthy, "latency": report.latency_ms}
         code = status.HTTP_200_OK if report.healthy else status.HTTP_503_SERVICE_UNAVAILABLE
         return JSONResponse(body, status_code=code)

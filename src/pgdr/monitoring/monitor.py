@@ -6,6 +6,7 @@ History is one JSON line per round in ``$PGDR_HOME/records/checks/<date>.jsonl``
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -71,7 +72,10 @@ class Monitor:
         directory.mkdir(parents=True, exist_ok=True)
         day = time.strftime("%Y-%m-%d", time.gmtime(snapshot.collected_at))
         line = {"at": snapshot.collected_at, "checks": [c.as_dict() for c in snapshot.checks]}
-        with (directory / f"{day}.jsonl").open("a") as handle:
+        # 0600: the long-running-queries check keeps (truncated) query text
+        fd = os.open(directory / f"{day}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(line, default=str) + "\n")
 
     def run_forever(

@@ -44,6 +44,7 @@ from pgdr.backup.seen import remember_wal, seen
 from pgdr.cluster import LocalCluster
 from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import CorruptObject, parallel_map
 from pgdr.restore.base import backup_chain, restore_backup
 from pgdr.restore.staging import (
@@ -71,6 +72,8 @@ from pgdr.wal.names import (
 from pgdr.wal.server import current_timeline
 from pgdr.wal.status import newest_wal_time
 from pgdr.wal.transfer import fetch_bytes
+
+log = logger(__name__)
 
 SPOOL_DIR = "pgdr_restore_wal"
 RECOVERY_CONF = "pgdr-recovery.conf"
@@ -568,6 +571,7 @@ def run_pitr(
     the new timeline's history, and room for the WAL and the base backup next to the target);
     on any failure it removes everything it made (spool, data directory, cluster directory).
     """
+    log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     data_dir = data_dir.resolve()
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
         raise ConfigError(

@@ -47,3 +47,13 @@ def adopt_restored(
     installation = installation_for_major(pg_major, settings.pg_bin)
     cluster.adopt(installation, port=port, options=SAFE_OPTIONS)
     return cluster
+
+
+def start_restored(
+    settings: PgdrSettings, backup_id: str, data_dir: Path, pg_major: int, port: int | None
+) -> dict[str, str | int]:
+    """Adopt a restored directory as a new cluster and start it; where it runs."""
+    cluster_dir = new_cluster_dir(settings, "restore", backup_id)
+    cluster = adopt_restored(settings, data_dir, pg_major, cluster_dir, port=port)
+    cluster.start()
+    return {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}
