@@ -12,6 +12,7 @@ import typer
 
 from pgdr import __version__
 from pgdr.cli import (
+    agent,
     backup,
     check,
     db,
@@ -65,6 +66,8 @@ app.add_typer(readonly.app, name="readonly")
 app.add_typer(monitor.app, name="monitor")
 app.command()(monitor.serve)
 app.add_typer(drill.app, name="drill")
+app.add_typer(agent.app, name="agent")
+app.command()(agent.status)
 # Embeddings
 app.add_typer(reembed.app, name="reembed")
 app.add_typer(vector.app, name="vector")
