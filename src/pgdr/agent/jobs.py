@@ -17,6 +17,7 @@ records that and retries. A restore test that ran but found damage returns ``pas
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from pgdr.restore.scratch import scratch_cluster
 from pgdr.wal.archive import KEYRING, WalArchive
 from pgdr.wal.retention import prune_repository_wal
 
-SCRATCH_PREFIX = "agent-restore-test-"
+SCRATCH_PREFIX = "rt-"  # short: the server's socket path must stay under 107 bytes
 
 
 def _retention(repo: Repository) -> dict[str, Any]:
@@ -164,7 +165,8 @@ def restore_test_job(handle: DatabaseHandle) -> dict[str, Any]:
 
 def _test_with_wal(handle: DatabaseHandle, repo: Repository, steps: list[str]) -> dict[str, Any]:
     archive = WalArchive.open(repo.store, repo.master_key)
-    root = handle.settings.home / "scratch" / f"{SCRATCH_PREFIX}{handle.name}-{time.time_ns()}"
+    unique = f"{os.getpid() % 100000}{int(time.time()) % 100000}"
+    root = handle.settings.home / "scratch" / f"{SCRATCH_PREFIX}{handle.name}-{unique}"
     root.parent.mkdir(parents=True, exist_ok=True)
     root.parent.chmod(0o711)
     try:
@@ -173,8 +175,20 @@ def _test_with_wal(handle: DatabaseHandle, repo: Repository, steps: list[str]) -
         major = repo.read_manifest(str(facts["backup_id"])).pg_major
         facts["integrity"] = _checks(handle, cluster, major, steps)
         return facts
+    except PgdrError as exc:
+        tail = _server_log_tail(root)
+        raise type(exc)(f"{exc.message} Server log: {tail}" if tail else exc.message) from exc
     finally:
         remove_scratch(handle, root)
+
+
+def _server_log_tail(root: Path, lines: int = 3) -> str:
+    """The end of a throwaway cluster's log, kept in the record before the cluster goes."""
+    try:
+        text = (root / "server.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
 
 def remove_scratch(handle: DatabaseHandle, root: Path) -> None:

@@ -253,7 +253,8 @@ class DatabaseWorker:
     def run_job(self, job: Job, state: JobState) -> None:
         due = state.next_due if state.next_due is not None else time.time()
         started = time.time()
-        self._record_skipped(job, state, due, started, due, "the agent was down or busy")
+        counted_to = max(due, state.last_started or due)  # a retry counts from its last attempt
+        self._record_skipped(job, state, counted_to, started, due, "the agent was down or busy")
         state.running_since, state.running_due, state.last_started = started, due, started
         self.store.save()
         self.store.record(job.name, "started", due=due)
