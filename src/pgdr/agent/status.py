@@ -6,10 +6,10 @@ never creates or changes anything. Each database is:
 * ``unprotected`` (exit 2, Nagios CRITICAL) when it has no complete backup, or the agent
   refused it;
 * ``degraded`` (exit 1, Nagios WARNING) when anything below holds: WAL is configured but no
-  streamer is alive; the newest backup is older than twice its schedule; no restore test has
-  passed yet, or the newest failed, or it is older than twice its schedule; the repository
-  cannot be read; the agent reports the database unreachable or a job failing; an incident is
-  open;
+  streamer is alive; the newest backup is older than twice its schedule plus 5 minutes; no
+  restore test has passed yet, or the newest failed, or it is older than twice its schedule
+  plus 5 minutes; the repository cannot be read; the agent reports the database unreachable
+  or a job failing; an incident is open;
 * ``protected`` (exit 0, Nagios OK) otherwise.
 
 Every ``reasons`` entry is a sentence; ``not_checked`` says what could not be looked at and why.
@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from pgdr.agent.database import DatabaseHandle
-from pgdr.agent.state import DatabaseState, StateStore
+from pgdr.agent.state import DatabaseState, StateStore, read_history
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import RESTORE_TESTS, Repository
 from pgdr.config.fleet import when
@@ -38,6 +38,7 @@ PROTECTED, DEGRADED, UNPROTECTED = "protected", "degraded", "unprotected"
 EXIT_CODES = {PROTECTED: 0, DEGRADED: 1, UNPROTECTED: 2}
 NAGIOS = {PROTECTED: "OK", DEGRADED: "WARNING", UNPROTECTED: "CRITICAL"}
 AGENT_STALE_S = 30.0
+OVERDUE_GRACE_S = 300.0  # a job is overdue after twice its period plus this (slow runs)
 
 
 @dataclass
@@ -90,6 +91,19 @@ def restore_test_records(repo: Repository) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: str(r.get("at", "")))
 
 
+def _with_agent_history(
+    tests: list[dict[str, Any]], handle: DatabaseHandle
+) -> list[dict[str, Any]]:
+    """The repository's records plus the agent's own (retention removes a pruned backup's)."""
+    seen = {t.get("record") for t in tests}
+    for event in read_history(handle.records):
+        summary = event.get("summary")
+        if event.get("job") == "restore_test" and summary and summary.get("record") not in seen:
+            tests.append(summary)
+            seen.add(summary.get("record"))
+    return sorted(tests, key=lambda r: str(r.get("at", "")))
+
+
 def _period(handle: DatabaseHandle, *jobs: str) -> float | None:
     periods = [s.period_s() for j in jobs if (s := handle.db.schedules.get(j)) is not None]
     return min(periods) if periods else None
@@ -98,7 +112,7 @@ def _period(handle: DatabaseHandle, *jobs: str) -> float | None:
 def _repository_part(handle: DatabaseHandle, status: DatabaseStatus, now: float) -> None:
     repo = handle.repository()
     backups = repo.list_backups()
-    tests = restore_test_records(repo)
+    tests = _with_agent_history(restore_test_records(repo), handle)
     status.data["repository"] = repo.url
     newest = backups[-1] if backups else None
     status.data["last_backup"] = _backup(newest, now, tests) if newest else None
@@ -109,7 +123,7 @@ def _repository_part(handle: DatabaseHandle, status: DatabaseStatus, now: float)
     else:
         period = _period(handle, "full", "incremental")
         age = now - newest.stop_datetime.timestamp()
-        if period is not None and age > 2 * period:
+        if period is not None and age > 2 * period + OVERDUE_GRACE_S:
             status.degrade(
                 f"The newest backup is {age:.0f} s old (schedule: every {period:.0f} s)."
             )
@@ -120,7 +134,7 @@ def _repository_part(handle: DatabaseHandle, status: DatabaseStatus, now: float)
     else:
         period = _period(handle, "restore_test")
         tested = datetime.fromisoformat(str(last_test["at"])).timestamp()
-        if period is not None and now - tested > 2 * period:
+        if period is not None and now - tested > 2 * period + OVERDUE_GRACE_S:
             status.degrade(f"The last passing restore test is {now - tested:.0f} s old.")
     _wal_part(handle, repo, backups, status, now)
 
