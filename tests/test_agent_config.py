@@ -16,7 +16,7 @@ import pytest
 
 from conftest import run_cli
 from pgdr.config.fleet import Schedule, parse_agent_config, parse_fleet
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 
 def fleet_error(toml: dict[str, object]) -> str:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from pgdr.agent.database import DatabaseHandle
 from pgdr.config.pool_settings import PoolSettings
-from pgdr.errors import PgdrError
+from pgdr.core.errors import PgdrError
+from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult, MonitorConfig, run_checks
 from pgdr.monitoring.incidents import IncidentLog
-from pgdr.monitoring.severity import Severity
 
 Check = Callable[[DatabaseHandle], list[CheckResult]]
 Sink = Callable[[DatabaseHandle, list[CheckResult]], None]

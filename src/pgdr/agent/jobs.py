@@ -31,15 +31,15 @@ from pgdr.backup.manifest import format_time, now_utc
 from pgdr.backup.repository import Repository
 from pgdr.backup.retention import prune
 from pgdr.backup.take import take_backup
-from pgdr.backup.verify import amcheck_cluster
 from pgdr.cluster import LocalCluster, installation_for_major
+from pgdr.core.errors import CheckFailed, PgdrError
 from pgdr.drills.scenarios import SCENARIOS, DrillOptions, run_drill
-from pgdr.errors import CheckFailed, PgdrError
 from pgdr.integrity.run import run_check
 from pgdr.profile import load_profile
 from pgdr.restore.pitr import Target, plan_pitr, run_pitr
 from pgdr.restore.scratch import scratch_cluster
-from pgdr.wal.archive import KEYRING, WalArchive
+from pgdr.restore.tested import amcheck_cluster
+from pgdr.wal.archive import KEYRING, WalArchive, repository_archive
 from pgdr.wal.retention import prune_repository_wal
 
 SCRATCH_PREFIX = "rt-"  # short: the server's socket path must stay under 107 bytes
@@ -164,7 +164,7 @@ def restore_test_job(handle: DatabaseHandle) -> dict[str, Any]:
 
 
 def _test_with_wal(handle: DatabaseHandle, repo: Repository, steps: list[str]) -> dict[str, Any]:
-    archive = WalArchive.open(repo.store, repo.master_key)
+    archive = repository_archive(repo)
     unique = f"{os.getpid() % 100000}{int(time.time()) % 100000}"
     root = handle.settings.home / "scratch" / f"{SCRATCH_PREFIX}{handle.name}-{unique}"
     root.parent.mkdir(parents=True, exist_ok=True)

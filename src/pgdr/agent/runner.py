@@ -38,13 +38,15 @@ from pgdr.agent.state import JobState, StateStore
 from pgdr.backup.repository import RESTORE_TESTS
 from pgdr.cluster import installation_for_major
 from pgdr.config.fleet import AgentConfig, Schedule
+from pgdr.core.errors import PgdrError
+from pgdr.core.incidents import IncidentStore
+from pgdr.core.log import logger
 from pgdr.drills.report import drill_history, next_scheduled
-from pgdr.errors import PgdrError
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import repository_archive
 from pgdr.wal.server import ServerInfo, server_info
 from pgdr.wal.stream import Streamer, StreamOptions
 
-log = logging.getLogger("pgdr.agent")
+log = logger("pgdr.agent")
 
 JOB_ORDER = ("backup_full", "backup_incremental", "restore_test", "drill")
 HEARTBEAT_S = 5.0
@@ -353,21 +355,15 @@ class DatabaseWorker:
     def _streamer(self) -> Streamer:
         assert self.info is not None
         info = self.info
-        repo = self.handle.repository()
-        repo.check_system_identifier(str(info.system_identifier))
-        archive = WalArchive.open(
-            repo.store,
-            repo.master_key,
-            system_identifier=info.system_identifier,
-            segment_size=info.segment_size,
+        archive = repository_archive(
+            self.handle.repository(), info.system_identifier, info.segment_size
         )
         options = StreamOptions(
             conninfo=self.handle.target().conninfo,
             spool=self.handle.settings.home / "wal-spool" / str(info.system_identifier),
             installation=installation_for_major(info.major, self.handle.settings.pg_bin),
         )
-        name = self.name
-        return Streamer(options, archive, lambda message: log.info("%s: %s", name, message))
+        return Streamer(options, archive, IncidentStore(self.handle.records / "incidents"))
 
     def check(self, stop: threading.Event) -> None:
         schedule = self.handle.db.schedules["uptime"]

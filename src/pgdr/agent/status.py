@@ -28,11 +28,11 @@ from pgdr.agent.state import DatabaseState, StateStore, read_history
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import RESTORE_TESTS, Repository
 from pgdr.config.fleet import when
-from pgdr.errors import PgdrError
+from pgdr.core.errors import PgdrError
 from pgdr.monitoring.incidents import IncidentLog
 from pgdr.storage import ObjectNotFound
-from pgdr.wal.archive import KEYRING, WalArchive
-from pgdr.wal.status import wal_status
+from pgdr.wal.archive import KEYRING
+from pgdr.wal.status import repository_wal_status
 
 PROTECTED, DEGRADED, UNPROTECTED = "protected", "degraded", "unprotected"
 EXIT_CODES = {PROTECTED: 0, DEGRADED: 1, UNPROTECTED: 2}
@@ -136,16 +136,10 @@ def _repository_part(handle: DatabaseHandle, status: DatabaseStatus, now: float)
         tested = datetime.fromisoformat(str(last_test["at"])).timestamp()
         if period is not None and now - tested > 2 * period + OVERDUE_GRACE_S:
             status.degrade(f"The last passing restore test is {now - tested:.0f} s old.")
-    _wal_part(handle, repo, backups, status, now)
+    _wal_part(handle, repo, status, now)
 
 
-def _wal_part(
-    handle: DatabaseHandle,
-    repo: Repository,
-    backups: list[Manifest],
-    status: DatabaseStatus,
-    now: float,
-) -> None:
+def _wal_part(handle: DatabaseHandle, repo: Repository, status: DatabaseStatus, now: float) -> None:
     wal: dict[str, Any] = {"configured": handle.db.config.wal, "streaming": False}
     status.data["wal"] = wal
     status.data["recovery_window"] = None
@@ -153,9 +147,7 @@ def _wal_part(
         if handle.db.config.wal:
             status.degrade("The repository holds no WAL: point-in-time recovery is impossible.")
         return
-    archive = WalArchive.open(repo.store, repo.master_key)
-    start = min(m.stop_datetime.timestamp() for m in backups) if backups else None
-    report = wal_status(archive, start)
+    report = repository_wal_status(repo)
     streamer = report.streamer or {}
     wal.update(
         streaming=report.streamer_alive,

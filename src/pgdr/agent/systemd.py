@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 
 UNIT_PATH = Path("/etc/systemd/system/pgdr-agent.service")
 ENVIRONMENT_FILE = Path("/etc/pgdr/agent.env")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
 import threading
@@ -12,15 +10,15 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from pgdr.agent import Agent, AgentOptions, database_handles, fleet_status, nagios_line
 from pgdr.agent.status import EXIT_CODES
 from pgdr.agent.systemd import UNIT_PATH, UnitOptions, install_unit, unit_text
-from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.config import PgdrSettings
 from pgdr.config.fleet import load_agent_config
-from pgdr.errors import ConfigError, PgdrError
+from pgdr.core.errors import ConfigError, PgdrError
+from pgdr.core.output import console, emit, key_value_table, say
 
 DbOption = Annotated[
     str | None,
@@ -46,16 +44,6 @@ def _settings(config: Path | None) -> PgdrSettings:
     return s
 
 
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
-    root = logging.getLogger("pgdr")
-    root.addHandler(handler)
-    root.setLevel(os.environ.get("PGDR_LOG_LEVEL", "INFO").upper())
-
-
 @app.callback()
 def agent(
     ctx: typer.Context,
@@ -72,7 +60,6 @@ def agent(
         return
     s = _settings(config)
     handles = database_handles(s, db)
-    _setup_logging()
     stop = threading.Event()
     agent_ = Agent(handles, AgentOptions.from_config(load_agent_config(s)))
     if serve:
@@ -96,7 +83,7 @@ def _serve(agent_: Agent, stop: threading.Event, host: str, port: int) -> None:
     first = agent_.workers[0].handle
     token, note = load_api_token(first.settings.home)
     if note:
-        err_console.print(f"[yellow]{escape(note)}[/]")
+        say(note, style="yellow", err=True)
     monitor = Monitor(first.target().conninfo, first.records)
     agent_.start(stop)
     try:
@@ -130,20 +117,18 @@ def install(
         sys.stdout.write(text)
         return
     path = install_unit(text, unit, force)
-    console.print(
-        f"Wrote {escape(str(path))}. Start it with: systemctl daemon-reload && "
-        "systemctl enable --now pgdr-agent"
+    say(
+        f"Wrote {path}. Start it with: systemctl daemon-reload && systemctl enable --now pgdr-agent"
     )
 
 
 def _render_database(name: str, db: dict[str, Any]) -> None:
-    colour = {"protected": "green", "degraded": "yellow", "unprotected": "red"}[db["state"]]
     backup = db.get("last_backup")
     wal = db.get("wal") or {}
     test = db.get("last_restore_test")
     window = db.get("recovery_window") or {}
     rows: list[tuple[str, Any]] = [
-        ("state", f"[{colour}]{db['state']}[/]"),
+        ("state", db["state"]),
         (
             "last backup",
             f"{backup['id']} ({backup['kind']}), {backup['age_seconds']:.0f} s ago, "
@@ -170,11 +155,12 @@ def _render_database(name: str, db: dict[str, Any]) -> None:
     for job, info in (db.get("next_jobs") or {}).items():
         rows.append((f"next {job}", f"{info['next_due']} (last ok: {info['last_ok']})"))
     rows.append(("open incidents", len(db.get("incidents", []))))
-    console.print(key_value_table(f"Database {escape(name)}", [(k, v) for k, v in rows]))
+    console.print(key_value_table(f"Database {name}", rows))
+    colour = {"protected": "green", "degraded": "yellow", "unprotected": "red"}[db["state"]]
     for reason in db["reasons"]:
-        console.print(f"  - {escape(reason)}", highlight=False)
+        say(f"  - {reason}", style=colour)
     for note in db["not_checked"]:
-        console.print(f"  not checked: {escape(note)}", highlight=False)
+        say(f"  not checked: {note}")
 
 
 def status(

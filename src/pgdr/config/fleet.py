@@ -29,7 +29,9 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pgdr.config.settings import PgdrSettings, load_toml
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.secrets import read_secret_file
+from pgdr.core.time import iso
 
 DEFAULT_DATABASE = "default"
 ALL = "all"
@@ -178,7 +180,7 @@ class Database:
                 raise ConfigError(f"{key}.url_env names {self.config.url_env}, which is not set.")
             return value
         if self.config.url_file is not None:
-            return read_secret_file(self.config.url_file, f"{key}.url_file")
+            return read_private_file(self.config.url_file, f"{key}.url_file")
         return None
 
     def records_dir(self, settings: PgdrSettings) -> Path:
@@ -187,21 +189,15 @@ class Database:
         return base if not self.declared else base / "databases" / self.name
 
 
-def read_secret_file(path: Path, key: str) -> str:
-    """A secret from a file only its owner may read."""
+def read_private_file(path: Path, key: str) -> str:
+    """A secret from a file only its owner may read (a connection string may hold a password)."""
     try:
-        info = path.stat()
+        mode = stat.S_IMODE(path.stat().st_mode)
     except OSError as exc:
         raise ConfigError(f"{key} {path} cannot be read: {exc.strerror}.") from exc
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise ConfigError(
-            f"{key} {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}); "
-            "chmod 600 it."
-        )
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{key} {path} cannot be read: {exc.strerror}.") from exc
+    if mode & 0o077:
+        raise ConfigError(f"{key} {path} is readable by others (mode {mode:o}); chmod 600 it.")
+    return read_secret_file(path, key).strip()
 
 
 def _sentence(name: str, exc: ValidationError) -> str:
@@ -327,7 +323,5 @@ def resolve_database(settings: PgdrSettings, name: str | None) -> Database:
 
 
 def when(moment: float | None) -> str | None:
-    """An epoch time as ISO 8601 UTC (seconds)."""
-    if moment is None:
-        return None
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+    """An epoch time as ISO 8601 UTC; None stays None."""
+    return None if moment is None else iso(moment)
