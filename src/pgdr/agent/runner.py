@@ -43,7 +43,7 @@ from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
 from pgdr.drills.report import drill_history, next_scheduled
 from pgdr.wal.archive import repository_archive
-from pgdr.wal.server import ServerInfo, server_info
+from pgdr.wal.server import DEFAULT_SLOT, ServerInfo, ensure_slot, server_info
 from pgdr.wal.stream import Streamer, StreamOptions
 
 log = logger("pgdr.agent")
@@ -51,6 +51,7 @@ log = logger("pgdr.agent")
 JOB_ORDER = ("backup_full", "backup_incremental", "restore_test", "drill")
 HEARTBEAT_S = 5.0
 TICK_S = 0.5
+STREAM_WAIT_S = 60.0
 
 
 @dataclass
@@ -109,6 +110,7 @@ class DatabaseWorker:
         self._identified = threading.Event()
         self.jobs = self._jobs()
         self.threads: list[threading.Thread] = []
+        self.streamer: Streamer | None = None
 
     def _jobs(self) -> dict[str, Job]:
         s = self.handle.db.schedules
@@ -313,10 +315,30 @@ class DatabaseWorker:
             self.store.record(job.name, "skipped", count=count, reason=why)
             log.warning("%s: %s skipped %d occurrence(s): %s.", self.name, job.name, count, why)
 
+    def _wait_for_streaming(self, stop: threading.Event) -> None:
+        """Before the first job: the slot exists and pg_receivewal runs (or a bounded wait).
+
+        A backup that began before the slot existed would start at WAL the streamer never
+        receives: the recovery window would have a gap right after it.
+        """
+        try:
+            ensure_slot(self.handle.target().conninfo, DEFAULT_SLOT)
+        except PgdrError as exc:
+            log.warning("%s: cannot create the replication slot: %s", self.name, exc.message)
+        deadline = time.monotonic() + STREAM_WAIT_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            streamer = self.streamer
+            if streamer is not None and streamer.status.state == "streaming":
+                return
+            stop.wait(TICK_S)
+        log.warning("%s: WAL streaming is not running yet; jobs start anyway.", self.name)
+
     def work(self, stop: threading.Event) -> None:
         """The job loop: identify, then run whatever is due, one job at a time."""
         if not self.identify(stop):
             return
+        if self.handle.db.config.wal:
+            self._wait_for_streaming(stop)
         beat = 0.0
         while not stop.is_set():
             now = time.time()
@@ -363,7 +385,8 @@ class DatabaseWorker:
             spool=self.handle.settings.home / "wal-spool" / str(info.system_identifier),
             installation=installation_for_major(info.major, self.handle.settings.pg_bin),
         )
-        return Streamer(options, archive, IncidentStore(self.handle.records / "incidents"))
+        self.streamer = Streamer(options, archive, IncidentStore(self.handle.records / "incidents"))
+        return self.streamer
 
     def check(self, stop: threading.Event) -> None:
         schedule = self.handle.db.schedules["uptime"]
