@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import run_cli
@@ -198,3 +202,51 @@ def test_systemd_unit(tmp_path: Path, cli_env: dict[str, str]) -> None:
     assert again.code == 2 and "already exists; pass --force" in again.stderr
     assert run_cli(*args, "--force", env=cli_env).code == 0
     assert os.path.exists(unit)
+
+
+def test_agent_serve_answers_and_stops_cleanly(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """`pgdr agent --serve` with a database that is down: the API answers, SIGTERM exits 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "pgdr.toml"
+    config.write_text(
+        f'[agent]\nconnect_retry_max_s = 1\n[repositories.primary]\nurl = "{tmp_path / "repo"}"\n'
+        '[databases.x]\nurl_env = "X_URL"\n'
+    )
+    env = cli_env | {"PGDR_HOME": str(tmp_path / "home"), "X_URL": "postgresql://127.0.0.1:1/x"}
+    log = (tmp_path / "agent.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgdr",
+            "agent",
+            "--config",
+            str(config),
+            "--serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        health = None
+        deadline = time.monotonic() + 90
+        while health is None and time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=3).json()
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert health is not None and health["healthy"] is False
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        text = (tmp_path / "agent.log").read_text()
+        assert "The database is unreachable, retrying" in text
+        assert "pgdr agent stopped cleanly" in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

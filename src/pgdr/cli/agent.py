@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -59,22 +60,24 @@ def agent(
     if ctx.invoked_subcommand is not None:
         return
     s = _settings(config)
-    handles = database_handles(s, db)
+    agent_ = Agent(database_handles(s, db), AgentOptions.from_config(load_agent_config(s)))
     stop = threading.Event()
-    agent_ = Agent(handles, AgentOptions.from_config(load_agent_config(s)))
-    if serve:
-        _serve(agent_, stop, host, port)
-        return
+    on_stop: list[Callable[[], None]] = []
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
+        for callback in on_stop:
+            callback()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if serve:
+        on_stop.append(_serve(agent_, host, port))
     agent_.run(stop)
 
 
-def _serve(agent_: Agent, stop: threading.Event, host: str, port: int) -> None:
+def _serve(agent_: Agent, host: str, port: int) -> Callable[[], None]:
+    """Start `pgdr serve`'s app on a thread (the agent owns the signals); returns its stopper."""
     import uvicorn  # noqa: PLC0415 - only --serve needs the server
 
     from pgdr.api import create_app, load_api_token  # noqa: PLC0415
@@ -85,12 +88,14 @@ def _serve(agent_: Agent, stop: threading.Event, host: str, port: int) -> None:
     if note:
         say(note, style="yellow", err=True)
     monitor = Monitor(first.target().conninfo, first.records)
-    agent_.start(stop)
-    try:
-        uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")
-    finally:  # uvicorn returns on SIGTERM/SIGINT
-        stop.set()
-        agent_.join()
+    config = uvicorn.Config(create_app(monitor, token), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, name="pgdr-api", daemon=True).start()
+
+    def stop_server() -> None:
+        server.should_exit = True
+
+    return stop_server
 
 
 @app.command()
