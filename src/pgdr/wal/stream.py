@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -168,7 +167,7 @@ class Streamer:
         self.archive = archive
         self.incidents = incidents
         self.status = StreamState()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: runner.Process | None = None
         self._partial_sig: tuple[str, int] | None = None
         self._partial_stat: tuple[str, int, int] | None = None
         self._partial_end: dict[str, int] = {}  # segment -> bytes uploaded in this run
@@ -282,7 +281,7 @@ class Streamer:
             self._record_partial(name, read_at, size)
 
     # ----- pg_receivewal ----------------------------------------------------------------------
-    def _start_receiver(self) -> subprocess.Popen[bytes]:
+    def _start_receiver(self) -> runner.Process:
         ensure_slot(self.o.conninfo, self.o.slot)
         # The password goes through the environment: argv is readable by every local user.
         client_conninfo, env = client_environment(
