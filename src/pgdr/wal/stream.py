@@ -219,7 +219,7 @@ class Streamer:
             self.status.repository_error = None
         except PgdrError as exc:
             if self.status.repository_error != exc.message:
-                log.warning("Upload failed, keeping WAL in the spool: %s", exc.message)
+                log.warning("upload failed, keeping WAL in the spool: %s", exc.message)
             self.status.repository_error = exc.message
 
     def _upload_partial(self, name: str, force: bool) -> None:
