@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgdr.core.errors import ConfigError
 from pgdr.core.records import RecordStore, read_json
 from pgdr.core.severity import SEVERITY_LEVELS, Severity
 
@@ -94,9 +95,13 @@ class IncidentStore:
         self._records.put(incident.id, asdict(incident))
 
     def all(self) -> list[Incident]:
-        incidents = [
-            Incident(**read_json(self._records.path(i), "incident")) for i in self._records.ids()
-        ]
+        """Every incident, newest first; a record that is not an incident is skipped."""
+        incidents = []
+        for record_id in self._records.ids():
+            try:
+                incidents.append(Incident(**read_json(self._records.path(record_id), "incident")))
+            except (ConfigError, TypeError):
+                continue
         return sorted(incidents, key=lambda i: i.opened_at, reverse=True)
 
     def open_incidents(self) -> list[Incident]:

@@ -370,7 +370,10 @@ class Streamer:
                 log.info("Caught up: synchronous commits are back on (RPO 0).")
                 self._incident("wal-sync-restored", "the streamer caught up; commits wait again")
                 if self.incidents is not None:
-                    self.incidents.resolve(DEGRADED, "The streamer caught up; commits wait again.")
+                    with contextlib.suppress(PgdrError, OSError):
+                        self.incidents.resolve(
+                            DEGRADED, "The streamer caught up; commits wait again."
+                        )
             return
         if current != wanted and connected:
             set_system(conn, "synchronous_standby_names", wanted)
