@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec
 
 import psycopg
 
@@ -50,6 +51,7 @@ from pgdr.crypto.envelope import DEFAULT_LEVEL
 
 log = logger(__name__)
 Progress = Callable[[int], None]
+P = ParamSpec("P")
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
 
@@ -194,6 +196,24 @@ def fetch_pg_manifest(repo: Repository, manifest: Manifest) -> bytes:
     return open_sealed(data_key, key, repo.store.get(key))
 
 
+def records_failure(take: Callable[P, Manifest]) -> Callable[P, Manifest]:
+    """A backup that fails for any anticipated reason (server down, tool failed, repository busy)
+    is recorded in the repository, so the monitor's ``backup_failed`` check sees it."""
+
+    @functools.wraps(take)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Manifest:
+        try:
+            return take(*args, **kwargs)
+        except PgdrError as exc:
+            repo = kwargs.get("repo", args[0] if args else None)
+            if isinstance(repo, Repository):
+                repo.record_backup_failure(time.strftime("%Y%m%dT%H%M%SZ"), exc.message)
+            raise
+
+    return wrapper
+
+
+@records_failure
 def take_backup(
     repo: Repository,
     conninfo: str,

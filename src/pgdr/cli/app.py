@@ -21,6 +21,7 @@ from pgdr.cli import (
     demo,
     drill,
     dump,
+    incident,
     inventory,
     key,
     logical,
@@ -95,6 +96,7 @@ app.command()(logical.export)
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(readonly.app, name="readonly")
+app.add_typer(incident.app, name="incident")
 app.add_typer(monitor.app, name="monitor")
 app.command()(monitor.serve)
 app.add_typer(drill.app, name="drill")
