@@ -22,8 +22,8 @@ from pgdr.agent.database import DatabaseHandle
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.errors import PgdrError
 from pgdr.core.severity import Severity
+from pgdr.incident.store import IncidentLog
 from pgdr.monitoring.checks import CheckResult, MonitorConfig, run_checks
-from pgdr.monitoring.incidents import IncidentLog
 
 Check = Callable[[DatabaseHandle], list[CheckResult]]
 Sink = Callable[[DatabaseHandle, list[CheckResult]], None]

@@ -29,7 +29,7 @@ from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import RESTORE_TESTS, Repository
 from pgdr.config.fleet import when
 from pgdr.core.errors import PgdrError
-from pgdr.monitoring.incidents import IncidentLog
+from pgdr.incident.store import IncidentLog
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import KEYRING
 from pgdr.wal.status import repository_wal_status
