@@ -12,6 +12,7 @@ from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
 from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
 from pgdr.errors import ConfigError
 from pgdr.restore import adopt_restored, backup_chain, restore_backup
+from pgdr.restore.delta import delta_restore
 
 
 def restore(
@@ -45,6 +46,13 @@ def restore(
             help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
         ),
     ] = False,
+    delta: Annotated[
+        bool,
+        typer.Option(
+            "--delta",
+            help="Rewrite only what differs in the existing data directory --to (with --force).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a base backup, or (with a target) the database as it was at a moment.
@@ -69,9 +77,12 @@ def restore(
     total = sum(m.stream_size for m in backup_chain(repo, manifest))
 
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
-        result = restore_backup(
-            repo, manifest.id, to, force=force, progress=advance, check_files=check_files
-        )
+        if delta:
+            result = delta_restore(repo, manifest.id, to, force=force, progress=advance)
+        else:
+            result = restore_backup(
+                repo, manifest.id, to, force=force, progress=advance, check_files=check_files
+            )
     data: dict[str, Any] = result.as_dict()
     if start:
         cluster_dir = s.home / "clusters" / f"restore-{manifest.id}"
