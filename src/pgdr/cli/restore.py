@@ -53,6 +53,9 @@ def restore(
             help="Rewrite only what differs in the existing data directory --to (with --force).",
         ),
     ] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a base backup, or (with a target) the database as it was at a moment.
@@ -78,10 +81,18 @@ def restore(
 
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
         if delta:
-            result = delta_restore(repo, manifest.id, to, force=force, progress=advance)
+            result = delta_restore(
+                repo, manifest.id, to, force=force, progress=advance, workers=workers
+            )
         else:
             result = restore_backup(
-                repo, manifest.id, to, force=force, progress=advance, check_files=check_files
+                repo,
+                manifest.id,
+                to,
+                force=force,
+                progress=advance,
+                check_files=check_files,
+                workers=workers,
             )
     data: dict[str, Any] = result.as_dict()
     if start:
