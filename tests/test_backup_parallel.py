@@ -25,7 +25,7 @@ from pgdr.backup import Repository, take_backup
 from pgdr.backup.files import Locality, choose_method, locate
 from pgdr.cluster import LocalCluster, choose_installation, installation_for_major
 from pgdr.config import PgdrSettings
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 from pgdr.restore import adopt_restored, restore_backup
 from pgdr.restore.delta import delta_restore
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pgdr.core.errors import ConfigError
 from pgdr.crypto import CorruptObject, DataKey, MasterKey, load_master_key, open_sealed, seal
 from pgdr.crypto.keys import generate_key_text
-from pgdr.errors import ConfigError
 from pgdr.storage import LocalStore, ObjectNotFound, open_store
 
 

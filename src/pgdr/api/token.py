@@ -7,7 +7,8 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.secrets import read_secret_file
 
 MIN_TOKEN_LENGTH = 16
 
@@ -19,12 +20,7 @@ def load_api_token(home: Path, environ: Mapping[str, str] | None = None) -> tupl
     origin = "PGDR_API_TOKEN"
     if not token and env.get("PGDR_API_TOKEN_FILE"):
         path = Path(env["PGDR_API_TOKEN_FILE"])
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"PGDR_API_TOKEN_FILE {path} cannot be read: {exc.strerror}."
-            ) from exc
+        token = read_secret_file(path, "PGDR_API_TOKEN_FILE").strip()
         origin = str(path)
     if token:
         if len(token) < MIN_TOKEN_LENGTH:
@@ -32,7 +28,7 @@ def load_api_token(home: Path, environ: Mapping[str, str] | None = None) -> tupl
         return token, None
     path = home / "api-token"
     if path.is_file():
-        return path.read_text().strip(), None
+        return read_secret_file(path, "The API token file").strip(), None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

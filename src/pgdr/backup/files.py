@@ -43,8 +43,9 @@ import psycopg
 
 from pgdr.backup.manifest import ChunkEntry, FileEntry, chunk_key
 from pgdr.backup.repository import Repository
+from pgdr.core.connect import connect
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey, parallel_map, seal
-from pgdr.errors import ConfigError, RuntimeFailure
 
 METHODS = ("auto", "files", "stream")
 BLOCK = 512
@@ -95,7 +96,7 @@ def locate(conninfo: str, system_identifier: str, major: int) -> Locality:
     if major < 15:
         return Locality(None, f"PostgreSQL {major} has no pg_backup_start (15 or later needed)")
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             row = conn.execute("SHOW data_directory").fetchone()
     except psycopg.Error as exc:
         return Locality(None, f"the server does not show its data_directory ({exc})".strip())
@@ -515,10 +516,7 @@ def _lsn(text: str) -> int:
 @contextlib.contextmanager
 def _held_backup(conninfo: str, backup_id: str, label: str) -> Iterator[_Session]:
     """``pg_backup_start`` with a temporary slot holding the WAL; the backup ends with us."""
-    try:
-        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
-    except psycopg.Error as exc:
-        raise RuntimeFailure(f"Cannot connect to the database to back it up: {exc}") from exc
+    conn = connect(conninfo, autocommit=True)
     try:
         slot = "pgdr_backup_" + "".join(c for c in backup_id.lower() if c.isalnum())
         conn.execute("SELECT pg_create_physical_replication_slot(%s, true, true)", [slot])

@@ -15,9 +15,10 @@ from typing import Any
 
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
+from pgdr.core.errors import ConfigError
+from pgdr.core.secrets import read_secret_file
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.crypto.keys import decode_key, generate_key_text, write_key_file
-from pgdr.errors import ConfigError
 
 PENDING_NAME = "master.key.new"
 
@@ -68,12 +69,7 @@ def rotate_master_key(
     pending = default_file.with_name(PENDING_NAME)
     uses_default = old.origin == str(default_file)
     if new_key_file is not None:
-        try:
-            text = new_key_file.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"The new key file {new_key_file} cannot be read: {exc.strerror}."
-            ) from exc
+        text = read_secret_file(new_key_file, "The new key file")
         new = MasterKey(decode_key(text, f"The new key file {new_key_file}"), str(new_key_file))
     elif uses_default:
         if not pending.exists():

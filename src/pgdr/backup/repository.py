@@ -28,15 +28,14 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pgdr.backup.manifest import Manifest, format_time, now_utc
 from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import MasterKey, load_master_key
-from pgdr.errors import ConfigError, RuntimeFailure
-from pgdr.storage import LocalStore, ObjectNotFound, ObjectStore, S3Store, open_store
+from pgdr.storage import ObjectNotFound, ObjectStore, open_store
 
 DEFAULT_REPOSITORY = "primary"
 REPOSITORY_FORMAT = 1
@@ -103,7 +102,7 @@ def _retention(name: str, table: Mapping[str, Any]) -> RetentionPolicy:
 
 def _chunk_size(name: str, table: Mapping[str, Any]) -> int:
     value = table.get("chunk_size_mb", DEFAULT_CHUNK_MB)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 256:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 1 <= value <= 256:
         raise ConfigError(f"repositories.{name}.chunk_size_mb must be between 1 and 256.")
     return int(value * 1024 * 1024)
 
@@ -218,8 +217,7 @@ class Repository:
 
     def initialise(self) -> bool:
         """Create the repository (and bucket); False when it already existed."""
-        if isinstance(self.store, S3Store):
-            self.store.ensure_bucket()
+        self.store.prepare()
         if self.info_record() is not None:
             return False
         self.store.put(
@@ -330,9 +328,8 @@ class Repository:
             if backup_id != keep:
                 self.store.delete_prefix(f"{BACKUPS}{backup_id}/")
                 removed.append(backup_id)
-        if isinstance(self.store, LocalStore):
-            # Not the temporaries of writers without the lock (the WAL streamer, wal push).
-            self.store.clean_temporary(older_than_s=LOCK_STALE_AFTER_S)
+        # Not the temporaries of writers without the lock (the WAL streamer, wal push).
+        self.store.clean_temporary(older_than_s=LOCK_STALE_AFTER_S)
         return removed
 
     # ----- records --------------------------------------------------------------------------
@@ -411,7 +408,3 @@ def repository_at(url: str, settings: PgdrSettings, name: str = "adhoc") -> Repo
     """A repository by URL, with default retention (for tests and scripts)."""
     config = RepoConfig(name, url)
     return Repository(config, open_store(url), settings)
-
-
-def path_of(repo: Repository) -> Path | None:
-    return repo.store.root if isinstance(repo.store, LocalStore) else None

@@ -16,7 +16,7 @@ from typing import Any
 
 from pgdr.backup.manifest import Manifest, now_utc
 from pgdr.backup.repository import Repository, RetentionPolicy
-from pgdr.errors import PgdrError
+from pgdr.core.errors import PgdrError
 
 
 @dataclass

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,11 +41,11 @@ from pgdr.backup.manifest import (
 from pgdr.backup.repository import BACKUPS, Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
-from pgdr.config.target import client_environment
+from pgdr.core import runner
+from pgdr.core.connect import client_environment, connect
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
-from pgdr.storage import S3Store
 
 Progress = Callable[[int], None]
 CAPTURED = ("backup_label", "backup_manifest")
@@ -66,7 +65,7 @@ class ServerFacts:
 
 def server_facts(conninfo: str) -> ServerFacts:
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
             num = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
             sysid = str(
@@ -213,7 +212,7 @@ def take_backup(
     chosen, note = choose_method(method, locality, incremental)
     if on_method:
         on_method(chosen, note)
-    installation = installation_for_major(facts.major, pg_bin)
+    installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
     store = repo.store
     store.check_writable()
     master = repo.master_key
@@ -353,7 +352,7 @@ def _stream(
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
     store = repo.store
     cpus = os.cpu_count() or 1
-    workers = workers or (cpus * 2 if isinstance(store, S3Store) else cpus)
+    workers = workers or store.workers(cpus)
     hasher = _Hasher()
     stream_size = 0
     last_refresh = time.monotonic()
@@ -374,14 +373,7 @@ def _stream(
 
     chunks: list[ChunkEntry] = []
     with stderr_path.open("wb") as errfile:
-        proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=errfile,
-            stdin=subprocess.DEVNULL,
-            bufsize=0,
-            env=env,
-        )
+        proc = runner.start(args, env=env, stderr=errfile, unbuffered=True)
         try:
             assert proc.stdout is not None
             _widen_pipe(proc.stdout)
@@ -397,13 +389,10 @@ def _stream(
             hasher.abandon()
             raise
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            runner.stop(proc, grace_s=0)
     if code != 0:
         hasher.abandon()
-        reason = _last_line(stderr_path.read_text(errors="replace"))
-        raise RuntimeFailure(f"pg_basebackup failed: {reason}")
+        raise RuntimeFailure(runner.sentence("pg_basebackup", stderr_path.read_bytes()))
     hasher.close()
     hasher.finish()
     for name in CAPTURED:
@@ -468,8 +457,3 @@ def _abandon(repo: Repository, backup_id: str) -> None:
     """Best effort: remove what an abandoned backup stored (the next run cleans the rest)."""
     with contextlib.suppress(PgdrError, OSError):
         repo.store.delete_prefix(f"{BACKUPS}{backup_id}/")
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"

@@ -9,7 +9,8 @@ import typer
 
 from pgdr.backup import load_repositories, open_repository
 from pgdr.backup.keys import rotate_master_key
-from pgdr.cli.common import JsonOption, console, emit, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.output import console, emit, key_value_table, styled
 from pgdr.crypto import load_master_key
 
 app = typer.Typer(help="The master encryption key.", no_args_is_help=True)
@@ -23,7 +24,7 @@ def show(as_json: JsonOption = False) -> None:
 
     def render() -> None:
         if note:
-            console.print(f"[yellow]{note}[/]")
+            console.print(styled(note, "yellow"))
         console.print(key_value_table("Master key", list(data.items())))
 
     emit(data, as_json, render)

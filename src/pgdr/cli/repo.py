@@ -11,9 +11,11 @@ from pgdr.backup import load_repositories
 from pgdr.backup.copy import copy_backup
 from pgdr.backup.repository import DEFAULT_REPOSITORY
 from pgdr.backup.retention import prune as apply_retention
-from pgdr.cli.backup import RepoOption, human_size, open_repo
-from pgdr.cli.common import JsonOption, console, emit, key_value_table, progress_bar, settings
-from pgdr.errors import ConfigError
+from pgdr.cli.backup import RepoOption, open_repo
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit, key_value_table, progress_bar, styled
+from pgdr.core.units import human_size
 from pgdr.wal.retention import prune_repository_wal
 
 app = typer.Typer(
@@ -161,7 +163,9 @@ def prune(
             )
         console.print(table)
         for bid in report.invalid:
-            console.print(f"[red]{bid} fails authentication: left alone; run backup verify.[/]")
+            console.print(
+                styled(f"{bid} fails authentication: left alone; run backup verify.", "red")
+            )
         if report.incomplete_removed:
             verb = "Would remove" if dry_run else "Removed"
             console.print(

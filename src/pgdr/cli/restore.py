@@ -8,10 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from pgdr.cli import pitr
-from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
-from pgdr.errors import ConfigError
-from pgdr.restore import adopt_restored, backup_chain, restore_backup
+from pgdr.cli.backup import RepoOption, open_repo, show_key_note
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit, progress_bar
+from pgdr.core.units import human_size
+from pgdr.restore import adopt_restored, backup_chain, new_cluster_dir, restore_backup
 from pgdr.restore.delta import delta_restore
 
 
@@ -96,11 +98,7 @@ def restore(
             )
     data: dict[str, Any] = result.as_dict()
     if start:
-        cluster_dir = s.home / "clusters" / f"restore-{manifest.id}"
-        suffix = 1
-        while cluster_dir.exists():
-            suffix += 1
-            cluster_dir = s.home / "clusters" / f"restore-{manifest.id}-{suffix}"
+        cluster_dir = new_cluster_dir(s, "restore", manifest.id)
         cluster = adopt_restored(s, result.data_dir, result.pg_major, cluster_dir, port=port)
         cluster.start()
         data |= {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}

@@ -12,15 +12,20 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.common import target as resolve_target
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import resolve_service_user
-from pgdr.errors import CheckFailed, ConfigError
-from pgdr.wal.archive import WalArchive
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.incidents import IncidentStore
+from pgdr.core.log import logger
+from pgdr.core.output import console, emit, key_value_table, styled
+from pgdr.core.units import parse_duration
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (
     apply_setup,
@@ -29,9 +34,11 @@ from pgdr.wal.setup import (
     pgdr_executable,
     plan_setup,
 )
-from pgdr.wal.status import wal_status
+from pgdr.wal.status import repository_wal_status
 from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
+
+log = logger(__name__)
 
 app = typer.Typer(
     help="Continuous WAL: streaming, archiving, setup and status.", no_args_is_help=True
@@ -44,35 +51,14 @@ def _stamp(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def parse_duration(text: str, option: str) -> float:
-    """``30``, ``30s``, ``2m`` or ``1h`` in seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value = text.strip().lower()
-    factor = units.get(value[-1:], 1) if value else 1
-    number = value[:-1] if value[-1:] in units else value
-    try:
-        seconds = float(number) * factor
-    except ValueError:
-        raise ConfigError(f"{option} {text!r} is not a duration (e.g. 30s, 2m).") from None
-    if seconds <= 0:
-        raise ConfigError(f"{option} must be longer than 0 s.")
-    return seconds
-
-
 def open_archive(
     repo_name: str | None,
     system_identifier: int | None = None,
     segment_size: int | None = None,
 ) -> WalArchive:
     """The WAL archive of repository ``repo_name``; created for a server when it has none."""
-    repo = open_repository(settings(), repo_name)
-    if system_identifier is not None:
-        repo.check_system_identifier(str(system_identifier))
-    return WalArchive.open(
-        repo.store,
-        repo.master_key,
-        system_identifier=system_identifier,
-        segment_size=segment_size,
+    return repository_archive(
+        open_repository(settings(), repo_name), system_identifier, segment_size
     )
 
 
@@ -139,15 +125,15 @@ def stream(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    def log(message: str) -> None:
-        err_console.print(f"{_stamp(time.time())} {message}", highlight=False)
-
-    log(
-        f"Streaming WAL of system {info.system_identifier} (PostgreSQL {info.major}) into "
-        f"{archive.store.url}{' synchronously' if synchronous else ''}."
+    log.info(
+        "Streaming WAL of system %s (PostgreSQL %s) into %s%s.",
+        info.system_identifier,
+        info.major,
+        archive.store.url,
+        " synchronously" if synchronous else "",
     )
-    Streamer(options, archive, log).run(stop)
-    log("Stopped; everything received is in the repository.")
+    Streamer(options, archive, IncidentStore.at_home(s.home)).run(stop)
+    log.info("Stopped; everything received is in the repository.")
 
 
 @app.command()
@@ -206,8 +192,10 @@ def setup(
         for column in ("setting", "current", "wanted", "why"):
             table.add_column(column)
         for change in plan.changes:
-            mark = "" if change.ok else "[yellow]*[/] "
-            table.add_row(mark + change.name, change.current or "", change.wanted, change.why)
+            mark = "" if change.ok else styled("* ", "yellow")
+            table.add_row(
+                Text.assemble(mark, change.name), change.current or "", change.wanted, change.why
+            )
         console.print(table)
         if plan.slot:
             console.print(f"Slot {plan.slot}: {'exists' if plan.slot_exists else 'missing'}.")
@@ -224,14 +212,7 @@ def setup(
 @app.command()
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """What WAL the repository holds, gaps, the streamer's state and lag."""
-    archive = open_archive(repo_name)
-    repo = open_repository(settings(), repo_name)
-    stops = [
-        m.stop_datetime.timestamp()
-        for m in repo.list_backups()
-        if m.system_identifier == str(archive.system_identifier)
-    ]
-    report = wal_status(archive, window_start=min(stops) if stops else None)
+    report = repository_wal_status(open_repository(settings(), repo_name))
     data = report.as_dict()
 
     def render() -> None:
@@ -300,6 +281,6 @@ def sync(
         lambda: console.print(
             "Commits now wait for pgdr (RPO 0)."
             if state == "on"
-            else "[yellow]Commits no longer wait for pgdr: RPO is the streamer's lag.[/]"
+            else styled("Commits no longer wait for pgdr: RPO is the streamer's lag.", "yellow")
         ),
     )

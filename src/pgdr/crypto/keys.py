@@ -20,7 +20,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.secrets import read_secret_file
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -139,17 +140,13 @@ def load_master_key(
         ), None
     if env.get("PGDR_ENCRYPTION_KEY_FILE"):
         path = Path(env["PGDR_ENCRYPTION_KEY_FILE"])
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"PGDR_ENCRYPTION_KEY_FILE {path} cannot be read: {exc.strerror}."
-            ) from exc
+        text = read_secret_file(path, "PGDR_ENCRYPTION_KEY_FILE")
         return MasterKey(decode_key(text, f"The key file {path}"), str(path)), None
     default = home / "keys" / "master.key"
     if default.is_file():
         return MasterKey(
-            decode_key(default.read_text(), f"The key file {default}"), str(default)
+            decode_key(read_secret_file(default, "The key file"), f"The key file {default}"),
+            str(default),
         ), None
     if not generate:
         raise ConfigError(

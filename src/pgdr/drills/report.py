@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pgdr.errors import ConfigError
-from pgdr.integrity.records import RecordStore, new_record_id
+from pgdr.core.errors import ConfigError
+from pgdr.core.records import RecordStore, new_record_id
 
 RTO_TARGET_S = 3600.0  # the runbook: RTO 1 hour
 RPO_TARGET_S = 300.0  # the runbook: RPO 5 minutes

@@ -26,8 +26,8 @@ from pgdr.backup.chunks import DamagedBackup
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
+from pgdr.core.errors import ConfigError
 from pgdr.crypto import parallel_map
-from pgdr.errors import ConfigError
 from pgdr.restore.base import RestoreResult, _ChunkWriter, _safe_path, backup_chain
 
 PAGE = 8192

@@ -18,6 +18,19 @@ archive_mode = off
 """
 
 
+def new_cluster_dir(settings: PgdrSettings, kind: str, backup_id: str) -> Path:
+    """A fresh ``$PGDR_HOME/clusters/<kind>-<backup id>[-N]`` for a restored cluster.
+
+    ``kind`` is ``restore`` or ``pitr``; an existing directory is never reused.
+    """
+    base = settings.home / "clusters" / f"{kind}-{backup_id}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def adopt_restored(
     settings: PgdrSettings,
     data_dir: Path,

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgdr.errors import RuntimeFailure
+from pgdr.core.errors import RuntimeFailure
 
 
 class ObjectNotFound(RuntimeFailure):
@@ -28,9 +28,26 @@ def check_key(key: str) -> str:
 
 
 class ObjectStore(ABC):
-    """A flat namespace of immutable-ish objects addressed by slash-separated keys."""
+    """A flat namespace of immutable-ish objects addressed by slash-separated keys.
+
+    Callers never test a store's class: what differs between backends is a capability here
+    (``remote``, :meth:`workers`, :meth:`prepare`, :meth:`clean_temporary`).
+    """
 
     url: str
+    remote: bool = False
+    """Objects travel over a network (worth more parallel transfers than there are CPUs)."""
+
+    def workers(self, cpus: int) -> int:
+        """How many transfers to run at once on ``cpus`` CPUs."""
+        return cpus * 2 if self.remote else cpus
+
+    def prepare(self) -> None:  # noqa: B027 - most stores need nothing
+        """Create what the store itself needs before the first write (an S3 bucket)."""
+
+    def clean_temporary(self, older_than_s: float = 0.0) -> int:
+        """Remove leftovers of interrupted writes older than ``older_than_s``; how many."""
+        return 0
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:

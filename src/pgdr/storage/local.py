@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pgdr.errors import RuntimeFailure
+from pgdr.core.errors import RuntimeFailure
 from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
 
 TMP_PREFIX = ".tmp-"

@@ -15,11 +15,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
 
 
 class S3Store(ObjectStore):
+    remote = True
+
     def __init__(
         self,
         bucket: str,
@@ -123,7 +125,7 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "deleting", key) from exc
 
-    def ensure_bucket(self) -> None:
+    def prepare(self) -> None:
         """Create the bucket if it does not exist (for ``pgdr repo init``)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)

@@ -13,6 +13,9 @@ Every object is sealed (zstd + AES-256-GCM) under its own key name with one data
 repository, so a segment moved, truncated or altered fails authentication and is named. The
 keyring also records the database system identifier and segment size: WAL of another cluster is
 refused instead of silently mixed in.
+
+A repository's archive is reached through :func:`repository_archive` (the repository's store,
+master key and system identifier together); nothing else assembles :meth:`WalArchive.open`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pgdr.backup.repository import Repository
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import (
     CorruptObject,
     DataKey,
@@ -35,7 +40,6 @@ from pgdr.crypto import (
     sign,
     verify_signature,
 )
-from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.storage import ObjectNotFound, ObjectStore
 from pgdr.wal.names import (
     is_backup_history,
@@ -295,3 +299,17 @@ class WalArchive:
             if state is not None:
                 found[name] = state
         return found
+
+
+def repository_archive(
+    repo: Repository, system_identifier: int | None = None, segment_size: int | None = None
+) -> WalArchive:
+    """The WAL archive of ``repo``; created for a server (and checked against it) when given."""
+    if system_identifier is not None:
+        repo.check_system_identifier(str(system_identifier))
+    return WalArchive.open(
+        repo.store,
+        repo.master_key,
+        system_identifier=system_identifier,
+        segment_size=segment_size,
+    )

@@ -6,7 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pgdr.wal.archive import WalArchive
+from pgdr.backup.repository import Repository
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain
 from pgdr.wal.names import Segment
 
@@ -89,3 +90,18 @@ def wal_status(archive: WalArchive, window_start: float | None = None) -> WalSta
     report.window_start = window_start
     report.window_end = report.newest_wal_at if window_start is not None else None
     return report
+
+
+def repository_wal_status(repo: Repository) -> WalStatus:
+    """``pgdr wal status`` of ``repo``: its archive, and the recovery window its backups open.
+
+    The window starts at the oldest base backup of this database system (WAL before it is of
+    no use) and ends at the newest WAL stored.
+    """
+    archive = repository_archive(repo)
+    stops = [
+        m.stop_datetime.timestamp()
+        for m in repo.list_backups()
+        if m.system_identifier == str(archive.system_identifier)
+    ]
+    return wal_status(archive, window_start=min(stops) if stops else None)

@@ -32,7 +32,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -40,8 +39,12 @@ from typing import IO, Any
 import psycopg
 
 from pgdr.cluster import PgInstallation
-from pgdr.config.target import client_environment
-from pgdr.errors import PgdrError, RuntimeFailure
+from pgdr.core import runner
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import PgdrError, RuntimeFailure
+from pgdr.core.incidents import IncidentStore
+from pgdr.core.log import logger
+from pgdr.core.severity import Severity
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.names import (
     format_lsn,
@@ -61,6 +64,9 @@ from pgdr.wal.server import (
     setting,
     with_application_name,
 )
+
+log = logger(__name__)
+DEGRADED = "wal-sync-degraded"
 
 PR_SET_PDEATHSIG = 1
 SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
@@ -152,11 +158,11 @@ class Streamer:
         self,
         options: StreamOptions,
         archive: WalArchive,
-        log: Callable[[str], None] = print,
+        incidents: IncidentStore | None = None,
     ) -> None:
         self.o = options
         self.archive = archive
-        self.log = log
+        self.incidents = incidents
         self.status = StreamState()
         self.proc: subprocess.Popen[bytes] | None = None
         self._partial_sig: tuple[str, int] | None = None
@@ -210,7 +216,7 @@ class Streamer:
             self.status.repository_error = None
         except PgdrError as exc:
             if self.status.repository_error != exc.message:
-                self.log(f"WARNING: upload failed, keeping WAL in the spool: {exc.message}")
+                log.warning("Upload failed, keeping WAL in the spool: %s", exc.message)
             self.status.repository_error = exc.message
 
     def _upload_partial(self, name: str, force: bool) -> None:
@@ -292,25 +298,19 @@ class Streamer:
         ]
         if self.o.synchronous:
             args.append("--synchronous")
-        log = (self.o.spool / "pg_receivewal.log").open("ab")
+        logfile = (self.o.spool / "pg_receivewal.log").open("ab")
         try:
-            return subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
+            return runner.start(
+                args, env=env, stdout=logfile, stderr=logfile, preexec=_die_with_parent
             )
         finally:
-            log.close()
+            logfile.close()
 
     def _receiver_reason(self) -> str:
         try:
-            lines = (self.o.spool / "pg_receivewal.log").read_text(errors="replace").splitlines()
+            return runner.last_line((self.o.spool / "pg_receivewal.log").read_bytes())
         except OSError:
             return "no log"
-        return lines[-1] if lines else "no output"
 
     # ----- the server side --------------------------------------------------------------------
     def _observe_server(self) -> bool:
@@ -364,12 +364,14 @@ class Streamer:
             if caught_up:
                 set_system(conn, "synchronous_standby_names", wanted)
                 self.status.degraded = False
-                self.log("Caught up: synchronous commits are back on (RPO 0).")
+                log.info("Caught up: synchronous commits are back on (RPO 0).")
                 self._incident("wal-sync-restored", "the streamer caught up; commits wait again")
+                if self.incidents is not None:
+                    self.incidents.resolve(DEGRADED, "The streamer caught up; commits wait again.")
             return
         if current != wanted and connected:
             set_system(conn, "synchronous_standby_names", wanted)
-            self.log(f"synchronous_standby_names = '{wanted}': commits now wait for pgdr.")
+            log.info("synchronous_standby_names = '%s': commits now wait for pgdr.", wanted)
             return
         if (
             self.o.degrade_after is not None
@@ -384,8 +386,11 @@ class Streamer:
                 "the server to ASYNCHRONOUS commits so the application is not blocked. RPO is "
                 "no longer 0 until pgdr catches up."
             )
-            self.log(f"WARNING: {message}")
-            self._incident("wal-sync-degraded", message)
+            log.warning(message)
+            self._incident(DEGRADED, message)
+            if self.incidents is not None:
+                with contextlib.suppress(PgdrError, OSError):
+                    self.incidents.raise_(DEGRADED, Severity.P1, message)
 
     def _incident(self, kind: str, message: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -416,9 +421,11 @@ class Streamer:
             return
         for path in self.o.spool.glob("*.partial"):
             if int(path.name[:8], 16) != timeline:
-                self.log(
-                    f"Dropping {path.name} from the spool: it is in the repository and "
-                    f"the server now writes timeline {timeline}."
+                log.info(
+                    "Dropping %s from the spool: it is in the repository and "
+                    "the server now writes timeline %d.",
+                    path.name,
+                    timeline,
                 )
                 path.unlink()
 
@@ -435,10 +442,10 @@ class Streamer:
                     try:
                         self.proc = self._start_receiver()
                         self.status.state = "streaming"
-                        self.log(f"pg_receivewal started (slot {self.o.slot}).")
+                        log.info("pg_receivewal started (slot %s).", self.o.slot)
                     except PgdrError as exc:
                         self.status.state = "server unreachable"
-                        self.log(f"Waiting for the server: {exc.message}")
+                        log.warning("Waiting for the server: %s", exc.message)
                         next_start = now + backoff
                         backoff = min(backoff * 2, MAX_BACKOFF_S)
                 if self.proc is not None and self.proc.poll() is not None:
@@ -447,9 +454,11 @@ class Streamer:
                     self.status.state = "disconnected"
                     self.status.restarts += 1
                     self.upload_spool(final=True)
-                    self.log(
-                        f"pg_receivewal exited ({code}): {self._receiver_reason()}; "
-                        f"restarting in {backoff:g} s."
+                    log.warning(
+                        "pg_receivewal exited (%s): %s; restarting in %g s.",
+                        code,
+                        self._receiver_reason(),
+                        backoff,
                     )
                     next_start = time.monotonic() + backoff
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -467,13 +476,8 @@ class Streamer:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            runner.stop(self.proc, grace_s=10, sig=signal.SIGINT)
         self.proc = None
         self.upload_spool(final=True)
         self.status.state = "stopped"
