@@ -1,10 +1,12 @@
 """Delta restore: bring an existing data directory back to a backup, rewriting only what differs.
 
 pgBackRest's ``--delta``: the quick way to rebuild a failed primary or a lagging replica. Files
-whose size and SHA-256 match the (authenticated) manifest are left alone; for the others, only
-the chunks holding them are fetched, checked and opened, and only the 8 KiB pages that differ
-are written. Files, directories and links the backup does not hold are removed, so the result
-is byte for byte the backup (hence starts, and replays WAL, like a full restore).
+smaller than 1 MiB whose size and SHA-256 match the (authenticated) manifest are left alone;
+larger files and the others are compared with the chunks holding them (fetched, checked and
+opened), and only the 8 KiB pages that differ are written: a large file is read once, not
+hashed and then read again. Files, directories and links the backup does not hold are
+removed, so the result is byte for byte the backup (hence starts, and replays WAL, like a
+full restore).
 
 Invariants: an existing directory is changed only with ``force``; a directory a live server
 runs on (its ``postmaster.pid`` names a live process) is refused even with ``force``; a
@@ -31,6 +33,7 @@ from pgdr.crypto import parallel_map
 from pgdr.restore.base import RestoreResult, _ChunkWriter, _safe_path, backup_chain
 
 PAGE = 8192
+HASH_BELOW = 1 << 20  # smaller files are hashed first; larger ones compared chunk by chunk
 Progress = Callable[[int], None]
 
 
@@ -127,6 +130,8 @@ def _differs(target: Path, entry: FileEntry, owner: ServiceUser) -> bool:
             os.fchown(fd, owner.uid, owner.gid)
         os.close(fd)
         size = 0
+    if size == entry.size and size > HASH_BELOW:
+        return True  # compared page by page against its chunks: one read instead of two
     if size == entry.size:
         with path.open("rb") as handle:
             if hashlib.file_digest(handle, "sha256").hexdigest() == entry.sha256:
