@@ -27,6 +27,7 @@ from pgdr.sample import VectorType, load_sample
 pytest_plugins = [
     "fixtures.backup",
     "fixtures.embeddings",
+    "fixtures.receivers",
     "fixtures.s3",
     "fixtures.wal",
 ]

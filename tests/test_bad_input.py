@@ -79,6 +79,7 @@ def test_every_subcommand_help_without_traceback() -> None:
             MARKUP,
         ),
         ({}, {"PGDR_LOG_FORMAT": "[/]"}, ("version",), 2, MARKUP),
+        ({}, {}, ("check", "--profile", "[bold]x[/]"), 2, "'[bold]x[/]'"),
         ({}, {}, ("--log-level", "[/]", "version"), 2, MARKUP),
         (
             {},

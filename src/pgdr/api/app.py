@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -17,14 +17,29 @@ from pgdr import __version__
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
+from pgdr.pool.health import SharedProbe
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI:
-    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health."""
+def create_app(
+    monitor: Monitor,
+    token: str,
+    background: bool = True,
+    health_ttl_s: float = 1.0,
+    board: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health, whose
+    probe is single-flight and reused for ``health_ttl_s`` (requests cannot exhaust the DB).
+
+    ``board`` gives the dashboard's data (protection state, incidents, backups, history).
+    """
     stop = threading.Event()
+    probe = SharedProbe(
+        lambda: check_database_health(monitor.conninfo, monitor.settings, monitor.pool),
+        health_ttl_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +72,7 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
 
     @app.get("/api/health")
     def health() -> JSONResponse:
-        report = check_database_health(monitor.conninfo, monitor.settings, monitor.pool)
+        report = probe.get()
         body = {"healthy": report.healthy, "latency": report.latency_ms}
         code = status.HTTP_200_OK if report.healthy else status.HTTP_503_SERVICE_UNAVAILABLE
         return JSONResponse(body, status_code=code)
@@ -79,6 +94,12 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
         log = monitor.incidents
         chosen = log.all() if include_resolved else log.open_incidents()
         return [i.as_dict() for i in chosen]
+
+    @app.get("/api/dashboard", dependencies=guarded)
+    def dashboard_data() -> dict[str, Any]:
+        if board is None:
+            return {"databases": [snapshot().as_dict()]}
+        return board()
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -20,10 +21,10 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec
 
 import psycopg
 
@@ -31,6 +32,7 @@ from pgdr import __version__
 from pgdr.backup.files import Collected, choose_method, files_backup, locate
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import (
+    BACKUPS,
     ChunkEntry,
     FileEntry,
     Manifest,
@@ -38,16 +40,19 @@ from pgdr.backup.manifest import (
     format_time,
     now_utc,
 )
-from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.core import runner
-from pgdr.core.connect import client_environment, connect
+from pgdr.core.connect import client_environment, connect, redact
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 
+log = logger(__name__)
 Progress = Callable[[int], None]
+P = ParamSpec("P")
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
 
@@ -160,9 +165,18 @@ def _widen_pipe(stream: IO[bytes]) -> None:
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
 
 
-def new_backup_id(repo: Repository, kind: str) -> str:
-    suffix = "full" if kind == "full" else "incr"
-    existing = set(repo.backup_dirs())
+ID_SUFFIXES = {
+    "full": "full",
+    "incremental": "incr",
+    "dump": "dump",
+    "schema-dump": "schema",
+    "export": "csv",
+}
+
+
+def new_backup_id(repo: Repository, kind: str, area: str = BACKUPS) -> str:
+    suffix = ID_SUFFIXES[kind]
+    existing = set(repo.backup_dirs(area))
     while True:
         stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
         candidate = f"{stamp}-{suffix}"
@@ -183,6 +197,24 @@ def fetch_pg_manifest(repo: Repository, manifest: Manifest) -> bytes:
     return open_sealed(data_key, key, repo.store.get(key))
 
 
+def records_failure(take: Callable[P, Manifest]) -> Callable[P, Manifest]:
+    """A backup that fails for any anticipated reason (server down, tool failed, repository busy)
+    is recorded in the repository, so the monitor's ``backup_failed`` check sees it."""
+
+    @functools.wraps(take)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Manifest:
+        try:
+            return take(*args, **kwargs)
+        except PgdrError as exc:
+            repo = kwargs.get("repo", args[0] if args else None)
+            if isinstance(repo, Repository):
+                repo.record_backup_failure(time.strftime("%Y%m%dT%H%M%SZ"), exc.message)
+            raise
+
+    return wrapper
+
+
+@records_failure
 def take_backup(
     repo: Repository,
     conninfo: str,
@@ -308,6 +340,7 @@ def take_backup(
                     wrapped.exit_code = exc.exit_code
                     raise wrapped from exc
                 raise
+    log.info("Backup %s of %s written to %s.", manifest.id, redact(conninfo), repo.url)
     return manifest
 
 
@@ -350,55 +383,119 @@ def _stream(
     level: int,
     refresh: Callable[[], None],
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
-    store = repo.store
-    cpus = os.cpu_count() or 1
-    workers = workers or store.workers(cpus)
     hasher = _Hasher()
-    stream_size = 0
-    last_refresh = time.monotonic()
-
-    def seal_and_store(item: tuple[int, bytearray]) -> ChunkEntry:
-        index, plain = item
-        key = chunk_key(backup_id, index)
-        sealed = seal(data_key, key, plain, level=level)
-        store.put(key, sealed)
-        return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
-
-    def numbered(stdout: IO[bytes]) -> Iterator[tuple[int, bytearray]]:
-        nonlocal stream_size
-        for index, chunk in enumerate(_read_chunks(stdout, chunk_size)):
-            hasher.feed(chunk)
-            stream_size += len(chunk)
-            yield index, chunk
-
-    chunks: list[ChunkEntry] = []
-    with stderr_path.open("wb") as errfile:
-        proc = runner.start(args, env=env, stderr=errfile, unbuffered=True)
-        try:
-            assert proc.stdout is not None
-            _widen_pipe(proc.stdout)
-            for entry in parallel_map(seal_and_store, numbered(proc.stdout), workers):
-                chunks.append(entry)
-                if progress:
-                    progress(entry.size)
-                if time.monotonic() - last_refresh > LOCK_REFRESH_S:
-                    refresh()
-                    last_refresh = time.monotonic()
-            code = proc.wait()
-        except BaseException:
-            hasher.abandon()
-            raise
-        finally:
-            runner.stop(proc, grace_s=0)
-    if code != 0:
+    try:
+        chunks, stream_size = stream_into_chunks(
+            repo,
+            lambda index: chunk_key(backup_id, index),
+            data_key,
+            args,
+            stderr_path,
+            env=env,
+            chunk_size=chunk_size,
+            feed=hasher.feed,
+            progress=progress,
+            workers=workers,
+            level=level,
+            refresh=refresh,
+        )
+    except BaseException:
         hasher.abandon()
-        raise RuntimeFailure(runner.sentence("pg_basebackup", stderr_path.read_bytes()))
+        raise
     hasher.close()
     hasher.finish()
     for name in CAPTURED:
         if name not in hasher.captured:
             raise RuntimeFailure(f"pg_basebackup's archive has no {name}")
     return hasher, chunks, stream_size
+
+
+def stream_into_chunks(
+    repo: Repository,
+    key_of: Callable[[int], str],
+    data_key: DataKey,
+    args: list[str],
+    stderr_path: Path,
+    *,
+    env: dict[str, str],
+    chunk_size: int,
+    feed: Callable[[bytearray], None],
+    progress: Progress | None,
+    workers: int | None,
+    level: int,
+    refresh: Callable[[], None],
+) -> tuple[list[ChunkEntry], int]:
+    """Run a PostgreSQL client program (``args``) and store its stdout as sealed chunks.
+
+    Every chunk is passed to ``feed`` (in order) before it is sealed under ``key_of(index)``;
+    returns the chunk entries and the stream's size. The program's failure is one sentence
+    (the last line of its stderr) and nothing is returned.
+    """
+    with stderr_path.open("wb") as errfile:
+        proc = runner.start(args, env=env, stderr=errfile, unbuffered=True)
+        try:
+            assert proc.stdout is not None
+            _widen_pipe(proc.stdout)
+            stored = store_chunks(
+                repo,
+                key_of,
+                data_key,
+                _read_chunks(proc.stdout, chunk_size),
+                feed=feed,
+                progress=progress,
+                workers=workers,
+                level=level,
+                refresh=refresh,
+            )
+            code = proc.wait()
+        finally:
+            runner.stop(proc, grace_s=0)
+    if code != 0:
+        raise RuntimeFailure(runner.sentence(Path(args[0]).name, stderr_path.read_bytes()))
+    return stored
+
+
+def store_chunks(
+    repo: Repository,
+    key_of: Callable[[int], str],
+    data_key: DataKey,
+    pieces: Iterable[bytearray],
+    *,
+    feed: Callable[[bytearray], None],
+    progress: Progress | None,
+    workers: int | None,
+    level: int,
+    refresh: Callable[[], None],
+) -> tuple[list[ChunkEntry], int]:
+    """Seal and store consecutive chunks (each a new buffer) in parallel, in order."""
+    store = repo.store
+    workers = workers or store.workers(os.cpu_count() or 1)
+    stream_size = 0
+    last_refresh = time.monotonic()
+
+    def seal_and_store(item: tuple[int, bytearray]) -> ChunkEntry:
+        index, plain = item
+        key = key_of(index)
+        sealed = seal(data_key, key, plain, level=level)
+        store.put(key, sealed)
+        return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
+
+    def numbered() -> Iterator[tuple[int, bytearray]]:
+        nonlocal stream_size
+        for index, chunk in enumerate(pieces):
+            feed(chunk)
+            stream_size += len(chunk)
+            yield index, chunk
+
+    chunks: list[ChunkEntry] = []
+    for entry in parallel_map(seal_and_store, numbered(), workers):
+        chunks.append(entry)
+        if progress:
+            progress(entry.size)
+        if time.monotonic() - last_refresh > LOCK_REFRESH_S:
+            refresh()
+            last_refresh = time.monotonic()
+    return chunks, stream_size
 
 
 def _finish(

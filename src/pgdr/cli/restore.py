@@ -13,7 +13,11 @@ from pgdr.cli.common import JsonOption, settings
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, progress_bar
 from pgdr.core.units import human_size
-from pgdr.restore import adopt_restored, backup_chain, new_cluster_dir, restore_backup
+from pgdr.restore import (
+    backup_chain,
+    restore_backup,
+    start_restored,
+)
 from pgdr.restore.delta import delta_restore
 
 
@@ -98,10 +102,7 @@ def restore(
             )
     data: dict[str, Any] = result.as_dict()
     if start:
-        cluster_dir = new_cluster_dir(s, "restore", manifest.id)
-        cluster = adopt_restored(s, result.data_dir, result.pg_major, cluster_dir, port=port)
-        cluster.start()
-        data |= {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}
+        data |= start_restored(s, manifest.id, result.data_dir, result.pg_major, port)
 
     show_key_note(repo)
 

@@ -18,11 +18,8 @@ from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
 from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.common import target as resolve_target
-from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.incidents import IncidentStore
-from pgdr.core.log import logger
 from pgdr.core.output import console, emit, key_value_table, styled
 from pgdr.core.units import parse_duration
 from pgdr.wal.archive import WalArchive, repository_archive
@@ -35,10 +32,13 @@ from pgdr.wal.setup import (
     plan_setup,
 )
 from pgdr.wal.status import repository_wal_status
-from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
+from pgdr.wal.stream import (
+    SYNC_SWITCH,
+    StreamRequest,
+    stream_until_stopped,
+    sync_names_value,
+)
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
-
-log = logger(__name__)
 
 app = typer.Typer(
     help="Continuous WAL: streaming, archiving, setup and status.", no_args_is_help=True
@@ -99,22 +99,13 @@ def stream(
     repo_name: RepoOption = None,
 ) -> None:
     """Stream WAL continuously into the repository until stopped (SIGTERM/SIGINT)."""
-    if degrade_after is not None and not synchronous:
-        raise ConfigError("--degrade-after only makes sense with --synchronous.")
-    degrade_s = parse_duration(degrade_after, "--degrade-after") if degrade_after else None
-    s = settings()
-    conninfo = resolve_target(s).conninfo
-    info = server_info(conninfo)
-    archive = open_archive(repo_name, info.system_identifier, info.segment_size)
-    options = StreamOptions(
-        conninfo=conninfo,
-        spool=spool or s.home / "wal-spool" / str(info.system_identifier),
-        installation=installation_for_major(info.major, s.pg_bin),
+    ask = StreamRequest(
+        spool=spool,
         slot=slot,
         application=application,
         synchronous=synchronous,
-        quorum_with=list(quorum_with or []),
-        degrade_after=degrade_s,
+        quorum_with=tuple(quorum_with or ()),
+        degrade_after=parse_duration(degrade_after, "--degrade-after") if degrade_after else None,
         partial_interval=partial_interval,
     )
     stop = threading.Event()
@@ -124,16 +115,9 @@ def stream(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    log.info(
-        "Streaming WAL of system %s (PostgreSQL %s) into %s%s.",
-        info.system_identifier,
-        info.major,
-        archive.store.url,
-        " synchronously" if synchronous else "",
-    )
-    Streamer(options, archive, IncidentStore.at_home(s.home)).run(stop)
-    log.info("Stopped; everything received is in the repository.")
+    s = settings()
+    repo = open_repository(s, repo_name)
+    stream_until_stopped(s, repo, resolve_target(s).conninfo, ask, stop)
 
 
 @app.command()
@@ -211,8 +195,12 @@ def setup(
 
 @app.command()
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
-    """What WAL the repository holds, gaps, the streamer's state and lag."""
-    report = repository_wal_status(open_repository(settings(), repo_name))
+    """What WAL the repository holds, gaps, the streamer's state and lag (exit 1 on a problem)."""
+    try:
+        conninfo: str | None = resolve_target(settings()).conninfo
+    except ConfigError:
+        conninfo = None  # no server configured: the lag is reported as not measured
+    report = repository_wal_status(open_repository(settings(), repo_name), conninfo)
     data = report.as_dict()
 
     def render() -> None:
@@ -228,14 +216,19 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
                 else "none yet: take a base backup (`pgdr backup`)",
             ),
             ("gaps", ", ".join(report.gaps) or "none"),
+            ("repository at", report.repository_lsn),
+            (
+                "server at",
+                report.server_lsn
+                or f"not measured: {report.server_error or 'no server configured'}",
+            ),
+            ("behind by", None if report.lag_bytes is None else f"{report.lag_bytes:,} bytes"),
         ]
         if report.streamer:
             st = report.streamer
             rows += [
                 ("streamer", f"{st['state']} ({'alive' if report.streamer_alive else 'silent'})"),
                 ("received", st.get("received_lsn")),
-                ("server at", st.get("server_lsn")),
-                ("lag", f"{st['lag_bytes']:,} bytes" if st.get("lag_bytes") is not None else None),
                 ("sync", st.get("sync_state")),
             ]
         console.print(key_value_table("WAL", rows))
@@ -247,11 +240,8 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
         console.print(table)
 
     emit(data, as_json, render)
-    if report.gaps:
-        raise CheckFailed(
-            f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
-            "no restore can cross a gap; take a new base backup after it."
-        )
+    if report.problems:
+        raise CheckFailed(" ".join(report.problems))
 
 
 @app.command()

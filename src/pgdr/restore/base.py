@@ -36,7 +36,10 @@ from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core import runner
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import DataKey, parallel_map
+
+log = logger(__name__)
 
 Progress = Callable[[int], None]
 
@@ -417,6 +420,7 @@ def restore_backup(
     its bytes are written, and every file's size afterwards; ``check_files`` also recomputes
     each file's SHA-256 while extracting the archive in order (one stream, slower).
     """
+    log.info("Restoring backup %s from %s into %s.", backup_id, repo.url, target)
     began = time.monotonic()
     target = target.resolve()
     _check_target(target, force)

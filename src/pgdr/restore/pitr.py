@@ -44,6 +44,7 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
 from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import CorruptObject, parallel_map
 from pgdr.restore.base import backup_chain, restore_backup
 from pgdr.restore.start import adopt_restored
@@ -62,6 +63,8 @@ from pgdr.wal.names import (
 from pgdr.wal.server import current_timeline
 from pgdr.wal.status import newest_wal_time
 from pgdr.wal.transfer import fetch_bytes
+
+log = logger(__name__)
 
 SPOOL_DIR = "pgdr_restore_wal"
 RECOVERY_CONF = "pgdr-recovery.conf"
@@ -452,6 +455,7 @@ def run_pitr(
     timeout: float = RECOVERY_TIMEOUT_S,
 ) -> PitrResult:
     """Carry out a checked plan: fetch WAL, restore, recover, promote, report."""
+    log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     began = time.monotonic()
     data_dir = data_dir.resolve()
     if data_dir.exists() and any(data_dir.iterdir()) and not force:

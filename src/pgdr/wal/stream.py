@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,14 +37,17 @@ from typing import IO, Any
 
 import psycopg
 
-from pgdr.cluster import PgInstallation
+from pgdr.backup.repository import Repository
+from pgdr.cluster import PgInstallation, installation_for_major
+from pgdr.config import PgdrSettings
 from pgdr.core import runner
+from pgdr.core import time as clock
 from pgdr.core.connect import client_environment
-from pgdr.core.errors import PgdrError, RuntimeFailure
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
 from pgdr.core.severity import Severity
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.names import (
     format_lsn,
     is_history,
@@ -60,6 +62,7 @@ from pgdr.wal.server import (
     connect,
     current_timeline,
     ensure_slot,
+    server_info,
     set_system,
     setting,
     with_application_name,
@@ -164,7 +167,7 @@ class Streamer:
         self.archive = archive
         self.incidents = incidents
         self.status = StreamState()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: runner.Process | None = None
         self._partial_sig: tuple[str, int] | None = None
         self._partial_stat: tuple[str, int, int] | None = None
         self._partial_end: dict[str, int] = {}  # segment -> bytes uploaded in this run
@@ -216,7 +219,7 @@ class Streamer:
             self.status.repository_error = None
         except PgdrError as exc:
             if self.status.repository_error != exc.message:
-                log.warning("Upload failed, keeping WAL in the spool: %s", exc.message)
+                log.warning("upload failed, keeping WAL in the spool: %s", exc.message)
             self.status.repository_error = exc.message
 
     def _upload_partial(self, name: str, force: bool) -> None:
@@ -278,7 +281,7 @@ class Streamer:
             self._record_partial(name, read_at, size)
 
     # ----- pg_receivewal ----------------------------------------------------------------------
-    def _start_receiver(self) -> subprocess.Popen[bytes]:
+    def _start_receiver(self) -> runner.Process:
         ensure_slot(self.o.conninfo, self.o.slot)
         # The password goes through the environment: argv is readable by every local user.
         client_conninfo, env = client_environment(
@@ -367,7 +370,10 @@ class Streamer:
                 log.info("Caught up: synchronous commits are back on (RPO 0).")
                 self._incident("wal-sync-restored", "the streamer caught up; commits wait again")
                 if self.incidents is not None:
-                    self.incidents.resolve(DEGRADED, "The streamer caught up; commits wait again.")
+                    with contextlib.suppress(PgdrError, OSError):
+                        self.incidents.resolve(
+                            DEGRADED, "The streamer caught up; commits wait again."
+                        )
             return
         if current != wanted and connected:
             set_system(conn, "synchronous_standby_names", wanted)
@@ -393,8 +399,9 @@ class Streamer:
                     self.incidents.raise_(DEGRADED, Severity.P1, message)
 
     def _incident(self, kind: str, message: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        record = {"kind": kind, "message": message, "at": time.time(), "severity": "critical"}
+        moment = clock.now()
+        stamp = moment.strftime("%Y%m%dT%H%M%SZ")
+        record = {"kind": kind, "message": message, "at": clock.iso(moment), "severity": "critical"}
         with contextlib.suppress(PgdrError):
             self.archive.store.put(
                 f"incidents/{stamp}-{kind}.json", json.dumps(record, indent=2).encode()
@@ -484,3 +491,50 @@ class Streamer:
         self._heartbeat()
         if self._lock_handle is not None:
             self._lock_handle.close()
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What ``pgdr wal stream`` was asked for; the rest is learnt from the server."""
+
+    spool: Path | None = None
+    slot: str = DEFAULT_SLOT
+    application: str = DEFAULT_APPLICATION
+    synchronous: bool = False
+    quorum_with: tuple[str, ...] = ()
+    degrade_after: float | None = None
+    partial_interval: float = 0.25
+
+
+def stream_until_stopped(
+    settings: PgdrSettings,
+    repo: Repository,
+    conninfo: str,
+    ask: StreamRequest,
+    stop: threading.Event,
+) -> None:
+    """Stream the server's WAL into ``repo`` until ``stop`` is set; incidents go to PGDR_HOME."""
+    if ask.degrade_after is not None and not ask.synchronous:
+        raise ConfigError("--degrade-after only makes sense with --synchronous.")
+    info = server_info(conninfo)
+    archive = repository_archive(repo, info.system_identifier, info.segment_size)
+    options = StreamOptions(
+        conninfo=conninfo,
+        spool=ask.spool or settings.home / "wal-spool" / str(info.system_identifier),
+        installation=installation_for_major(info.major, settings.pg_bin),
+        slot=ask.slot,
+        application=ask.application,
+        synchronous=ask.synchronous,
+        quorum_with=list(ask.quorum_with),
+        degrade_after=ask.degrade_after,
+        partial_interval=ask.partial_interval,
+    )
+    log.info(
+        "Streaming WAL of system %s (PostgreSQL %s) into %s%s.",
+        info.system_identifier,
+        info.major,
+        archive.store.url,
+        " synchronously" if ask.synchronous else "",
+    )
+    Streamer(options, archive, IncidentStore.at_home(settings.home)).run(stop)
+    log.info("Stopped; everything received is in the repository.")
