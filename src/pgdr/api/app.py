@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -24,10 +24,17 @@ bearer = HTTPBearer(auto_error=False)
 
 
 def create_app(
-    monitor: Monitor, token: str, background: bool = True, health_ttl_s: float = 1.0
+    monitor: Monitor,
+    token: str,
+    background: bool = True,
+    health_ttl_s: float = 1.0,
+    board: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health, whose
-    probe is single-flight and reused for ``health_ttl_s`` (requests cannot exhaust the DB)."""
+    probe is single-flight and reused for ``health_ttl_s`` (requests cannot exhaust the DB).
+
+    ``board`` gives the dashboard's data (protection state, incidents, backups, history).
+    """
     stop = threading.Event()
     probe = SharedProbe(
         lambda: check_database_health(monitor.conninfo, monitor.settings, monitor.pool),
@@ -87,6 +94,12 @@ def create_app(
         log = monitor.incidents
         chosen = log.all() if include_resolved else log.open_incidents()
         return [i.as_dict() for i in chosen]
+
+    @app.get("/api/dashboard", dependencies=guarded)
+    def dashboard_data() -> dict[str, Any]:
+        if board is None:
+            return {"databases": [snapshot().as_dict()]}
+        return board()
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:

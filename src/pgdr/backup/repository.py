@@ -15,6 +15,7 @@ Layout of a repository (object keys)::
     backups/<id>/manifest.json           written last: the backup exists once this exists
     dumps/<id>/chunks/... manifest.json  logical dumps (``pgdr dump``), laid out like backups
     records/restore-tests/<id>/<time>.json   results of ``backup verify --restore-test``
+    records/backup-failures/<id>.json        backups that failed, for the monitor
 
 A backup directory without ``manifest.json`` is incomplete: never listed, never restored, and
 removed by the next ``pgdr backup`` or ``pgdr prune`` when no other writer holds the lock.
@@ -22,6 +23,7 @@ removed by the next ``pgdr backup`` or ``pgdr prune`` when no other writer holds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -34,7 +36,7 @@ from typing import Any
 from pgdr.backup.manifest import BACKUPS, DUMPS, Manifest, format_time, now_utc
 from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
-from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.storage import ObjectNotFound, ObjectStore, open_store
 
@@ -44,6 +46,7 @@ LOCK_KEY = "lock.json"
 INFO_KEY = "repository.json"
 NOUNS = {BACKUPS: ("backup", "pgdr backup list"), DUMPS: ("dump", "pgdr dump list")}
 RESTORE_TESTS = "records/restore-tests/"
+BACKUP_FAILURES = "records/backup-failures/"
 LOCK_STALE_AFTER_S = 15 * 60  # a lock from another host not refreshed for this long is stale
 DEFAULT_CHUNK_MB = 8
 
@@ -342,6 +345,20 @@ class Repository:
         key = f"{RESTORE_TESTS}{backup_id}/{result['at'].replace(':', '')}.json"
         self.store.put(key, json.dumps(dict(result), indent=1, sort_keys=True).encode())
         return key
+
+    def record_backup_failure(self, backup_id: str, error: str) -> None:
+        """Note a failed backup (for the monitor's ``backup_failed`` check); best effort."""
+        record = {"backup_id": backup_id, "at": time.time(), "error": error}
+        with contextlib.suppress(PgdrError):
+            self.store.put(f"{BACKUP_FAILURES}{backup_id}.json", json.dumps(record).encode())
+
+    def backup_failures(self) -> list[dict[str, Any]]:
+        """Recorded backup failures, oldest first."""
+        out = []
+        for info in self.store.list(BACKUP_FAILURES):
+            with contextlib.suppress(ValueError, ObjectNotFound):
+                out.append(json.loads(self.store.get(info.key)))
+        return sorted(out, key=lambda r: float(r.get("at", 0)))
 
     def restore_tests(self, backup_id: str) -> list[dict[str, Any]]:
         results = []

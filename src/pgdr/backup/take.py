@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -23,11 +24,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec
 
 import psycopg
 
 from pgdr import __version__
+from pgdr.backup.files import Collected, choose_method, files_backup, locate
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import (
     BACKUPS,
@@ -51,6 +53,7 @@ from pgdr.crypto.envelope import DEFAULT_LEVEL
 
 log = logger(__name__)
 Progress = Callable[[int], None]
+P = ParamSpec("P")
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
 
@@ -195,6 +198,24 @@ def fetch_pg_manifest(repo: Repository, manifest: Manifest) -> bytes:
     return open_sealed(data_key, key, repo.store.get(key))
 
 
+def records_failure(take: Callable[P, Manifest]) -> Callable[P, Manifest]:
+    """A backup that fails for any anticipated reason (server down, tool failed, repository busy)
+    is recorded in the repository, so the monitor's ``backup_failed`` check sees it."""
+
+    @functools.wraps(take)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Manifest:
+        try:
+            return take(*args, **kwargs)
+        except PgdrError as exc:
+            repo = kwargs.get("repo", args[0] if args else None)
+            if isinstance(repo, Repository):
+                repo.record_backup_failure(time.strftime("%Y%m%dT%H%M%SZ"), exc.message)
+            raise
+
+    return wrapper
+
+
+@records_failure
 def take_backup(
     repo: Repository,
     conninfo: str,
@@ -208,13 +229,22 @@ def take_backup(
     level: int = DEFAULT_LEVEL,
     pg_bin: Path | None = None,
     facts: ServerFacts | None = None,
+    method: str = "auto",
+    on_method: Callable[[str, str], None] | None = None,
 ) -> Manifest:
     """Take a base backup of the server at ``conninfo`` into ``repo``; returns its manifest.
 
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
-    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored.
+    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``method`` is
+    ``files`` (parallel workers reading the data directory, see :mod:`pgdr.backup.files`),
+    ``stream`` (``pg_basebackup``) or ``auto`` (files when the data directory is readable here);
+    ``on_method(method, note)`` learns the choice and why ``auto`` fell back.
     """
     facts = facts or server_facts(conninfo)
+    locality = locate(conninfo, facts.system_identifier, facts.major)
+    chosen, note = choose_method(method, locality, incremental)
+    if on_method:
+        on_method(chosen, note)
     installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
     store = repo.store
     store.check_writable()
@@ -252,20 +282,38 @@ def take_backup(
                 parent_manifest.write_bytes(fetch_pg_manifest(repo, parent))
                 args.append(f"--incremental={parent_manifest}")
             stderr_path = Path(tmp) / "stderr"
+            hasher: _Hasher | Collected
             try:
-                hasher, chunks, stream_size = _stream(
-                    repo,
-                    backup_id,
-                    data_key,
-                    args,
-                    stderr_path,
-                    env=client_env,
-                    chunk_size=repo.config.chunk_size,
-                    progress=progress,
-                    workers=workers,
-                    level=level,
-                    refresh=lambda: repo.refresh_lock(lock),
-                )
+                if chosen == "files":
+                    assert locality.data_dir is not None
+                    hasher, chunks, stream_size = files_backup(
+                        repo,
+                        conninfo,
+                        locality.data_dir,
+                        backup_id,
+                        data_key,
+                        label=args[-1],
+                        system_identifier=facts.system_identifier,
+                        major=facts.major,
+                        workers=workers,
+                        level=level,
+                        progress=progress,
+                        refresh=lambda: repo.refresh_lock(lock),
+                    )
+                else:
+                    hasher, chunks, stream_size = _stream(
+                        repo,
+                        backup_id,
+                        data_key,
+                        args,
+                        stderr_path,
+                        env=client_env,
+                        chunk_size=repo.config.chunk_size,
+                        progress=progress,
+                        workers=workers,
+                        level=level,
+                        refresh=lambda: repo.refresh_lock(lock),
+                    )
                 manifest = _finish(
                     repo,
                     backup_id,
@@ -456,7 +504,7 @@ def _finish(
     repo: Repository,
     backup_id: str,
     data_key: DataKey,
-    hasher: _Hasher,
+    hasher: _Hasher | Collected,
     chunks: list[ChunkEntry],
     stream_size: int,
     *,

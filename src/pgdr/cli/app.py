@@ -15,6 +15,7 @@ import typer
 
 from pgdr import __version__
 from pgdr.cli import (
+    agent,
     backup,
     check,
     cluster,
@@ -22,6 +23,7 @@ from pgdr.cli import (
     demo,
     drill,
     dump,
+    incident,
     inventory,
     key,
     logical,
@@ -98,9 +100,12 @@ app.command()(logical.export)
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(readonly.app, name="readonly")
+app.add_typer(incident.app, name="incident")
 app.add_typer(monitor.app, name="monitor")
 app.command()(monitor.serve)
 app.add_typer(drill.app, name="drill")
+app.add_typer(agent.app, name="agent")
+app.command()(agent.status)
 # Embeddings
 app.add_typer(reembed.app, name="reembed")
 app.add_typer(vector.app, name="vector")

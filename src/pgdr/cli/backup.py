@@ -13,7 +13,15 @@ from pgdr.backup.repository import Repository
 from pgdr.backup.verify import VerifyReport, verify_backup
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
-from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
+from pgdr.core.output import (
+    console,
+    emit,
+    err_console,
+    key_value_table,
+    progress_bar,
+    say,
+    styled,
+)
 from pgdr.core.units import human_size
 from pgdr.restore.tested import restore_test as run_restore_test
 
@@ -50,6 +58,18 @@ def backup(
             "--incremental", help="Block-level incremental on the latest backup (PostgreSQL 17+)."
         ),
     ] = False,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            envvar="PGDR_BACKUP_METHOD",
+            help="files: parallel workers read the data directory (pgdr beside the server); "
+            "stream: pg_basebackup; auto: files when the data directory is readable here.",
+        ),
+    ] = "auto",
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Take a base backup of the target database into a repository."""
@@ -59,6 +79,13 @@ def backup(
     conninfo = target().conninfo
     facts = server_facts(conninfo)
     began = time.monotonic()
+    chosen: dict[str, str] = {}
+
+    def on_method(name: str, note: str) -> None:
+        chosen.update(method=name, note=note)
+        if note:
+            say(note, err=True)
+
     with progress_bar("Backing up", facts.size_bytes, enabled=not as_json) as advance:
         manifest = take_backup(
             repo,
@@ -68,9 +95,16 @@ def backup(
             incremental=incremental,
             progress=advance,
             facts=facts,
+            method=method,
+            on_method=on_method,
+            workers=workers,
         )
     duration = time.monotonic() - began
-    data = manifest.summary() | {"repository": repo.name, "duration_s": round(duration, 3)}
+    data = manifest.summary() | {
+        "repository": repo.name,
+        "duration_s": round(duration, 3),
+        "method": chosen.get("method", method),
+    }
 
     show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is
 
@@ -79,7 +113,7 @@ def backup(
             f"Backup {manifest.id} ({manifest.kind}) of PostgreSQL {manifest.pg_version} "
             f"stored in {repo.name}: {human_size(manifest.stream_size)} in "
             f"{len(manifest.chunks)} chunks, {human_size(manifest.stored_size)} stored, "
-            f"{duration:.1f} s."
+            f"{duration:.1f} s ({data['method']})."
         )
 
     emit(data, as_json, render)

@@ -15,11 +15,12 @@ from pgdr.cluster.manager import default_cluster
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
 from pgdr.core.output import console, emit, err_console, markup, styled
-from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, MonitorConfig, collect_report
-from pgdr.monitoring.incidents import IncidentLog
+from pgdr.incident.store import IncidentLog
+from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
+from pgdr.watch import MonitorSetup, build_monitor, dashboard_data
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
@@ -36,14 +37,14 @@ def _monitored(s: PgdrSettings) -> str:
         return cluster.conninfo()
 
 
-def _monitor(interval: float = 120) -> Monitor:
+def _setup(interval: float = 120, with_pool: bool = False) -> MonitorSetup:
+    """The monitor with the protection checks and the notifier (see pgdr.watch)."""
     s = settings()
-    return Monitor(
-        _monitored(s),
-        s.home / "records",
-        pool_settings(s).settings,
-        MonitorConfig(interval_seconds=interval),
-    )
+    return build_monitor(s, _monitored(s), pool_settings(s).settings, interval, with_pool=with_pool)
+
+
+def _monitor(interval: float = 120) -> Monitor:
+    return _setup(interval).monitor
 
 
 def _checks_table(results: list[CheckResult]) -> Table:
@@ -197,7 +198,9 @@ def serve(
     token, note = load_api_token(s.home)
     if note:
         err_console.print(styled(note, "yellow"))
-    monitor = _monitor(interval)
+    setup = _setup(interval, with_pool=True)
+    app = create_app(
+        setup.monitor, token, health_ttl_s=health_cache, board=lambda: dashboard_data(setup)
+    )
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
-    app = create_app(monitor, token, health_ttl_s=health_cache)
     uvicorn.run(app, host=host, port=port, log_level="warning")

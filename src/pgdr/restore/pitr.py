@@ -564,12 +564,16 @@ def run_pitr(
     port: int | None = None,
     progress: Progress | None = None,
     timeout: float = RECOVERY_TIMEOUT_S,
+    publish_timeline: bool = True,
 ) -> PitrResult:
     """Carry out a checked plan: fetch WAL, restore, recover, promote, report.
 
     Before writing anything it checks what must be writable (the repository, which receives
-    the new timeline's history, and room for the WAL and the base backup next to the target);
-    on any failure it removes everything it made (spool, data directory, cluster directory).
+    the new timeline's history unless ``publish_timeline`` is off, and room for the WAL and
+    the base backup next to the target); on any failure it removes everything it made (spool,
+    data directory, cluster directory).
+    ``publish_timeline=False`` (a throwaway restore test) keeps the new timeline's history file
+    out of the repository, so the production server's WAL history is not touched.
     """
     log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     data_dir = data_dir.resolve()
@@ -582,7 +586,8 @@ def run_pitr(
         raise ConfigError(f"{cluster_dir} already holds a cluster; choose another place.")
     check_backup_stored(repo, plan.backup)
     try:
-        repo.store.check_writable()
+        if publish_timeline:
+            repo.store.check_writable()
     except PgdrError as exc:
         raise RuntimeFailure(
             f"{exc.message.rstrip('.')}: a point-in-time restore records the new timeline "
@@ -608,6 +613,7 @@ def run_pitr(
                 port,
                 progress,
                 timeout,
+                publish_timeline,
             )
     except OSError as exc:
         raise write_failure(exc, data_dir.parent, "point-in-time restore") from exc
@@ -625,6 +631,7 @@ def _run(
     port: int | None,
     progress: Progress | None,
     timeout: float,
+    publish_timeline: bool,
 ) -> PitrResult:
     began = time.monotonic()
     staging = staging_dir(data_dir, "wal")
@@ -656,7 +663,7 @@ def _run(
             new_tli = current_timeline(conn)
         replayed_at: datetime | None = row[0]
         history = data_dir / "pg_wal" / history_name(new_tli)
-        if new_tli > 1 and history.is_file():
+        if publish_timeline and new_tli > 1 and history.is_file():
             archive.push(history.name, history.read_bytes())
         _unconfigure_recovery(data_dir)
         if plan.segments:
