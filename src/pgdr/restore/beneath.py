@@ -34,6 +34,11 @@ def _parts(path: str, backup_id: str) -> tuple[str, ...]:
     return pure.parts
 
 
+def joined(root: Path, path: str, backup_id: str) -> Path:
+    """``root`` joined with a member path that was checked to be relative and without ``..``."""
+    return root.joinpath(*_parts(path, backup_id))
+
+
 def check_layout(entries: Iterable[FileEntry], backup_id: str) -> None:
     """Refuse a member list that could make a restore write outside its target."""
     links: set[tuple[str, ...]] = set()
