@@ -10,10 +10,12 @@ from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Response, status
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pgdr import __version__
+from pgdr.api.token import check_token
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
@@ -23,7 +25,12 @@ bearer = HTTPBearer(auto_error=False)
 
 
 def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI:
-    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health."""
+    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health.
+
+    The OpenAPI schema and its documentation page describe the internals too, so they sit
+    behind the token like everything else (the dashboard page itself holds no data).
+    """
+    check_token(token, "the caller")
     stop = threading.Event()
 
     @asynccontextmanager
@@ -37,7 +44,14 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
         if thread is not None:
             thread.join(timeout=monitor.settings.connection_timeout_s + 5)
 
-    app = FastAPI(title="pgdr", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="pgdr",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
 
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -79,6 +93,14 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
         log = monitor.incidents
         chosen = log.all() if include_resolved else log.open_incidents()
         return [i.as_dict() for i in chosen]
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="pgdr API")
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:
