@@ -16,7 +16,6 @@ from typing import Any
 
 from pgdr.backup.manifest import Manifest, now_utc
 from pgdr.backup.repository import Repository, RetentionPolicy
-from pgdr.errors import PgdrError
 
 
 @dataclass
@@ -127,17 +126,9 @@ class PruneReport:
 
 
 def valid_backups(repo: Repository) -> tuple[list[Manifest], list[str]]:
-    """Authenticated manifests, and the ids of those that fail authentication."""
-    valid: list[Manifest] = []
-    invalid: list[str] = []
-    for manifest in repo.list_backups():
-        try:
-            manifest.authenticate(repo.master_key, f"of backup {manifest.id}")
-        except PgdrError:
-            invalid.append(manifest.id)
-            continue
-        valid.append(manifest)
-    return valid, invalid
+    """Authenticated manifests, and the ids of the damaged ones (never pruned)."""
+    good, damaged = repo.scan_backups()
+    return good, [d.backup_id for d in damaged]
 
 
 def prune(repo: Repository, *, dry_run: bool = False, now: datetime | None = None) -> PruneReport:

@@ -196,17 +196,19 @@ def take_backup(
     level: int = DEFAULT_LEVEL,
     pg_bin: Path | None = None,
     facts: ServerFacts | None = None,
+    new_key: bool = False,
 ) -> Manifest:
     """Take a base backup of the server at ``conninfo`` into ``repo``; returns its manifest.
 
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
-    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored.
+    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key``
+    allows sealing with a key other than the one of the repository's existing backups.
     """
     facts = facts or server_facts(conninfo)
     installation = installation_for_major(facts.major, pg_bin)
     store = repo.store
     store.check_writable()
-    master = repo.master_key
+    master = repo.writing_key(new_key)
     with repo.locked("backup") as lock:
         repo.check_system_identifier(facts.system_identifier)
         repo.clean_incomplete()

@@ -32,7 +32,7 @@ def mark(
     repo.check_system_identifier(str(info.system_identifier))
     archive = WalArchive.open(
         repo.store,
-        repo.master_key,
+        repo.writing_key(),
         system_identifier=info.system_identifier,
         segment_size=info.segment_size,
     )

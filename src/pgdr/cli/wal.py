@@ -70,7 +70,7 @@ def open_archive(
         repo.check_system_identifier(str(system_identifier))
     return WalArchive.open(
         repo.store,
-        repo.master_key,
+        repo.master_key if system_identifier is None else repo.writing_key(),
         system_identifier=system_identifier,
         segment_size=segment_size,
     )

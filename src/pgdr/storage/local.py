@@ -18,6 +18,7 @@ from pgdr.errors import RuntimeFailure
 from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
 
 TMP_PREFIX = ".tmp-"
+HIDDEN_PREFIX = ".pgdr-"  # the lock file and probes: never objects
 
 
 def _describe_os_error(exc: OSError, action: str, path: Path) -> RuntimeFailure:
@@ -78,7 +79,7 @@ class LocalStore(ObjectStore):
         found: list[ObjectInfo] = []
         for dirpath, _dirnames, filenames in os.walk(base):
             for name in filenames:
-                if name.startswith(TMP_PREFIX):
+                if name.startswith((TMP_PREFIX, HIDDEN_PREFIX)):
                     continue
                 full = Path(dirpath) / name
                 key = full.relative_to(base).as_posix()

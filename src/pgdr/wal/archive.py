@@ -3,6 +3,7 @@
 Layout under the repository root::
 
     wal/keyring.json                   the WAL data key wrapped by the master key, signed
+                                       (``pgdr key rotate`` re-wraps it with the backups')
     wal/history/TTTTTTTT.history       timeline histories
     wal/TTTTTTTT/<segment>             completed segments (and ``.backup`` history files)
     wal/TTTTTTTT/<segment>.partial.OOOOOOOO   the segment being written: its bytes from offset
@@ -162,9 +163,7 @@ class WalArchive:
             "wal_key": master.wrap(data_key).as_dict(),
             "created_at": time.time(),
         }
-        payload = json.dumps(body, sort_keys=True).encode()
-        signature = sign(derive_subkey(data_key, "wal-keyring"), payload)
-        store.put(KEYRING, json.dumps({"body": body, "signature": signature}).encode())
+        WalArchive._write_keyring(store, data_key, body)
 
     @staticmethod
     def _load(store: ObjectStore, master: MasterKey, raw: bytes) -> tuple[DataKey, dict[str, Any]]:
@@ -180,6 +179,35 @@ class WalArchive:
         if not verify_signature(derive_subkey(data_key, "wal-keyring"), payload, signature):
             raise CorruptObject(KEYRING, "its signature does not match (altered)")
         return data_key, body
+
+    @classmethod
+    def rewrap_keyring(cls, store: ObjectStore, old: MasterKey, new: MasterKey) -> str:
+        """Re-wrap the WAL data key under ``new`` (no WAL rewritten) and check ``new`` opens it.
+
+        Returns "rewrapped", "already" (wrapped by ``new`` before) or "absent" (no WAL).
+        """
+        try:
+            raw = store.get(KEYRING)
+        except ObjectNotFound:
+            return "absent"
+        outcome = "already"
+        try:
+            current = str(json.loads(raw)["body"]["wal_key"]["master_key_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptObject(KEYRING, "it is not a pgdr WAL keyring") from exc
+        if current != new.key_id:
+            data_key, body = cls._load(store, old, raw)
+            body["wal_key"] = new.wrap(data_key).as_dict()
+            cls._write_keyring(store, data_key, body)
+            outcome = "rewrapped"
+        cls._load(store, new, store.get(KEYRING))
+        return outcome
+
+    @staticmethod
+    def _write_keyring(store: ObjectStore, data_key: DataKey, body: dict[str, Any]) -> None:
+        payload = json.dumps(body, sort_keys=True).encode()
+        signature = sign(derive_subkey(data_key, "wal-keyring"), payload)
+        store.put(KEYRING, json.dumps({"body": body, "signature": signature}).encode())
 
     # ----- files ------------------------------------------------------------------------------
     def check_segment(self, name: str, data: bytes) -> None:
