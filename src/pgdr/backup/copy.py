@@ -3,7 +3,9 @@
 Every chunk is read from the source, checked (size, SHA-256, AES-GCM authentication), written to
 the destination and read back there to confirm its SHA-256; the manifest is written last, so an
 interrupted copy leaves an incomplete backup that the destination's next backup or prune removes.
-An incremental backup brings its parents along when the destination lacks them.
+An incremental backup brings its parents along when the destination lacks them, and the WAL
+the destination's backups need comes along too (``tier_wal``), so a tier that receives copies
+can restore to a point in time, up to the newest WAL of its last copy.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from pgdr.backup.chunks import damaged_chunk
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.tier_wal import WalCopyReport, copy_wal
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
 from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.storage import ObjectNotFound
@@ -31,9 +34,12 @@ class CopyReport:
     copied: list[str] = field(default_factory=list)
     already_present: list[str] = field(default_factory=list)
     bytes_copied: int = 0
+    wal: WalCopyReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        data = self.__dict__.copy()
+        data["wal"] = self.wal.as_dict() if self.wal else None
+        return data
 
 
 def copy_backup(
@@ -63,6 +69,7 @@ def copy_backup(
                 continue
             report.bytes_copied += _copy_one(source, destination, member, progress, workers)
             report.copied.append(member.id)
+        report.wal = copy_wal(source, destination)
     return report
 
 

@@ -2,7 +2,7 @@
 
 Configuration: ``[repositories.NAME]`` tables in ``pgdr.toml`` (``url``, S3 ``endpoint``,
 ``region``, ``access_key_id_file``, ``secret_access_key_file``, ``chunk_size_mb`` and the
-retention keys ``recovery_window_days``, ``daily_days``, ``weekly_days``). With none, the
+retention keys ``recovery_window_days``, ``daily_days``, ``weekly_days``, ``keep_days``). With none, the
 repository ``primary`` is ``$PGDR_HOME/repository``; ``PGDR_REPO=URL`` overrides the URL of
 ``primary`` (environment wins over the file, as everywhere in pgdr).
 
@@ -68,21 +68,27 @@ DEFAULT_CHUNK_MB = 8
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """The runbook's terms: PITR window, daily and weekly snapshots (all in days)."""
+    """The runbook's terms: PITR window, daily and weekly snapshots (all in days).
+
+    ``keep_days`` is how long a backup taken with ``--keep`` (before a major change) stays in
+    this tier: 0 means forever.
+    """
 
     recovery_window_days: int = 7
     daily_days: int = 30
     weekly_days: int = 0
+    keep_days: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "recovery_window_days": self.recovery_window_days,
             "daily_days": self.daily_days,
             "weekly_days": self.weekly_days,
+            "keep_days": self.keep_days,
         }
 
 
-RETENTION_KEYS = ("recovery_window_days", "daily_days", "weekly_days")
+RETENTION_KEYS = ("recovery_window_days", "daily_days", "weekly_days", "keep_days")
 KNOWN_KEYS = {
     "url",
     "endpoint",

@@ -125,6 +125,17 @@ def copy(
             )
         if report.already_present:
             console.print(f"Already in {dst.name}: {', '.join(report.already_present)}.")
+        wal = report.wal
+        if wal is not None and wal.source_has_wal:
+            console.print(
+                f"WAL: copied {wal.files_copied} file(s) ({human_size(wal.bytes_copied)}) from "
+                f"segment {wal.from_segment} on; {wal.files_present} already there."
+            )
+        elif wal is not None:
+            console.print(
+                f"[yellow]{src.name} holds no WAL, so {dst.name} can restore these backups "
+                "only as they were taken, not to a point in time.[/]"
+            )
 
     emit(report.as_dict(), as_json, render)
 

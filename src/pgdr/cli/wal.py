@@ -29,7 +29,7 @@ from pgdr.wal.setup import (
     pgdr_executable,
     plan_setup,
 )
-from pgdr.wal.status import wal_status
+from pgdr.wal.status import repository_wal_status
 from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 
@@ -225,13 +225,7 @@ def setup(
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """What WAL the repository holds, gaps, the streamer's state and lag."""
     archive = open_archive(repo_name)
-    repo = open_repository(settings(), repo_name)
-    stops = [
-        m.stop_datetime.timestamp()
-        for m in repo.list_backups()
-        if m.system_identifier == str(archive.system_identifier)
-    ]
-    report = wal_status(archive, window_start=min(stops) if stops else None)
+    report = repository_wal_status(open_repository(settings(), repo_name), archive)
     data = report.as_dict()
 
     def render() -> None:
@@ -244,10 +238,15 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
                 "recovery window",
                 f"{_stamp(report.window_start)} .. {_stamp(report.window_end)}"
                 if report.window_start
-                else "none yet: take a base backup (`pgdr backup`)",
+                else (
+                    "none: no backup has all the WAL it needs here"
+                    if report.backups_without_wal
+                    else "none yet: take a base backup (`pgdr backup`)"
+                ),
             ),
             ("gaps", ", ".join(report.gaps) or "none"),
         ]
+        rows += [("without its WAL", line) for line in report.backups_without_wal]
         if report.streamer:
             st = report.streamer
             rows += [

@@ -1,4 +1,10 @@
-"""``pgdr wal status``: what is archived, gaps, the streamer's lag, the recovery window."""
+"""``pgdr wal status``: what is archived, gaps, the streamer's lag, the recovery window.
+
+The recovery window is what this repository can really restore: it starts at the oldest backup
+for which the repository holds every WAL segment from the backup's start to its end (and on),
+and a backup lacking any of them is listed as without its WAL instead. A repository with
+backups but none of their WAL has no window, whatever another tier holds.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pgdr.backup.repository import Repository
+from pgdr.errors import CheckFailed
 from pgdr.wal.archive import WalArchive
-from pgdr.wal.chain import Chain
-from pgdr.wal.names import Segment
+from pgdr.wal.chain import Chain, choose_timeline
+from pgdr.wal.names import Segment, parse_lsn, segment_of_lsn
 
 STALE_HEARTBEAT_S = 10.0
 
@@ -36,6 +44,7 @@ class WalStatus:
     window_start: float | None = None
     window_end: float | None = None
     stored_bytes: int = 0
+    backups_without_wal: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +65,46 @@ def newest_wal_time(archive: WalArchive) -> float | None:
     return max(times) if times else None
 
 
-def wal_status(archive: WalArchive, window_start: float | None = None) -> WalStatus:
+def usable_backup_stops(
+    chain: Chain, backups: list[tuple[str, int, str, str, float]]
+) -> tuple[list[float], list[str]]:
+    """Stop times of the backups whose WAL is all here, and why the others are not usable.
+
+    ``backups`` are (id, timeline, start LSN, stop LSN, stop time as a timestamp).
+    """
+    stops: list[float] = []
+    missing: list[str] = []
+    for backup_id, tli, start, stop, stop_at in backups:
+        start_lsn = parse_lsn(start)
+        try:
+            target = choose_timeline(chain, tli, start_lsn, None)
+            chain.needed(
+                target,
+                start_lsn,
+                None,
+                use_partial=True,
+                required_until=segment_of_lsn(parse_lsn(stop), chain.segment_size),
+            )
+        except CheckFailed as exc:
+            missing.append(f"backup {backup_id}: {exc.message}")
+            continue
+        stops.append(stop_at)
+    return stops, missing
+
+
+def repository_wal_status(repo: Repository, archive: WalArchive) -> WalStatus:
+    """``wal status`` of ``repo``: its WAL, and the window its own backups and WAL give."""
+    backups = [
+        (m.id, m.timeline, m.start_lsn, m.stop_lsn, m.stop_datetime.timestamp())
+        for m in repo.list_backups()
+        if m.system_identifier == str(archive.system_identifier)
+    ]
+    return wal_status(archive, backups)
+
+
+def wal_status(
+    archive: WalArchive, backups: list[tuple[str, int, str, str, float]] | None = None
+) -> WalStatus:
     chain = Chain.load(archive)
     size = archive.segment_size
     report = WalStatus(
@@ -86,6 +134,7 @@ def wal_status(archive: WalArchive, window_start: float | None = None) -> WalSta
         report.streamer_alive = age < STALE_HEARTBEAT_S and report.streamer["state"] != "stopped"
     report.archive = archive.get_state("archive")
     report.newest_wal_at = newest_wal_time(archive)
-    report.window_start = window_start
-    report.window_end = report.newest_wal_at if window_start is not None else None
+    stops, report.backups_without_wal = usable_backup_stops(chain, backups or [])
+    report.window_start = min(stops) if stops else None
+    report.window_end = report.newest_wal_at if stops else None
     return report
