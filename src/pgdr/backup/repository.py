@@ -2,9 +2,9 @@
 
 Configuration: ``[repositories.NAME]`` tables in ``pgdr.toml`` (``url``, S3 ``endpoint``,
 ``region``, ``access_key_id_file``, ``secret_access_key_file``, ``chunk_size_mb`` and the
-retention keys ``recovery_window_days``, ``daily_days``, ``weekly_days``, ``keep_days``). With none, the
-repository ``primary`` is ``$PGDR_HOME/repository``; ``PGDR_REPO=URL`` overrides the URL of
-``primary`` (environment wins over the file, as everywhere in pgdr).
+retention keys ``recovery_window_days``, ``daily_days``, ``weekly_days``, ``keep_days``).
+With none, the repository ``primary`` is ``$PGDR_HOME/repository``; ``PGDR_REPO=URL``
+overrides the URL of ``primary`` (environment wins over the file, as everywhere in pgdr).
 
 Layout of a repository (object keys)::
 
