@@ -17,7 +17,7 @@ from pgdr.backup import (
 from pgdr.backup.manifest import format_time
 from pgdr.backup.retention import plan_retention
 from pgdr.config import PgdrSettings
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ from conftest import Server, run_cli
 from pgdr.cluster import LocalCluster, choose_installation, find_installations
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.config import PgdrSettings
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 
 def test_cluster_runs_with_checksums_socket_and_tcp(server: Server) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from pgdr.cluster import resolve_target
 from pgdr.config import POOL_PROFILES, resolve_pool_settings
 from pgdr.config.settings import PgdrSettings
-from pgdr.config.target import redact, resolve_target
-from pgdr.errors import ConfigError
+from pgdr.core.connect import redact
+from pgdr.core.errors import ConfigError
 
 
 def test_runbook_defaults() -> None:
@@ -111,7 +112,7 @@ def test_target_resolution_order(tmp_path: Path) -> None:
 
 
 def test_client_programs_get_the_password_through_the_environment() -> None:
-    from pgdr.config import client_environment
+    from pgdr.core.connect import client_environment
 
     conninfo, env = client_environment("postgresql://app:s3cret@db.example.com:5432/app")
     assert "s3cret" not in conninfo and "db.example.com" in conninfo

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fixtures.embeddings import API_KEY
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.embeddings import EmbeddingSettings, OpenAIProvider, make_provider
 from pgdr.embeddings.fake_api import FakeEmbeddingsAPI, fake_vector
-from pgdr.errors import ConfigError, RuntimeFailure
 
 
 def _settings(api: FakeEmbeddingsAPI, **overrides: object) -> EmbeddingSettings:

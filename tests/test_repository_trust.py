@@ -19,9 +19,9 @@ from conftest import CliResult, Server, run_cli
 from fixtures.s3 import S3Server
 from pgdr.backup import Repository, repository_at
 from pgdr.config import PgdrSettings
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import MasterKey
 from pgdr.crypto.keys import decode_key, generate_key_text
-from pgdr.errors import RuntimeFailure
 from pgdr.storage import S3Store
 
 BUCKET = "pgdr-trust"

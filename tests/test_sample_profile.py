@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from conftest import Server, run_cli
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.profile import load_profile
 from pgdr.sample import VectorType, load_sample, scale_counts
 

@@ -12,16 +12,14 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.secrets import read_secret_file
 
 MIN_TOKEN_LENGTH = 16
 
 
 def _read_token_file(path: Path, origin: str) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{origin} {path} cannot be read: {exc.strerror}.") from exc
+    token = read_secret_file(path, origin).strip()
     if not token:
         raise ConfigError(
             f"The API token file {path} is empty; put a token of at least "

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, open_sealed_pieces
-from pgdr.errors import RuntimeFailure
 from pgdr.storage import ObjectNotFound
 
 

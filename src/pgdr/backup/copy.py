@@ -3,9 +3,9 @@
 Every chunk is read from the source, checked (size, SHA-256, AES-GCM authentication), written to
 the destination and read back there to confirm its SHA-256; the manifest is written last, so an
 interrupted copy leaves an incomplete backup that the destination's next backup or prune removes.
-An incremental backup brings its parents along when the destination lacks them, and the WAL
-the destination's backups need comes along too (``tier_wal``), so a tier that receives copies
-can restore to a point in time, up to the newest WAL of its last copy.
+An incremental backup brings its parents along when the destination lacks them. ``also`` runs
+under the destination's lock once the backups are there: ``pgdr.wal.tier`` uses it to bring the
+WAL those backups need, so a tier that receives copies can restore to a point in time.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from typing import Any
 from pgdr.backup.chunks import damaged_chunk
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import BACKUPS, Repository
-from pgdr.backup.tier_wal import WalCopyReport, copy_wal
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.storage import ObjectNotFound
 
 Progress = Callable[[int], None]
@@ -34,12 +33,10 @@ class CopyReport:
     copied: list[str] = field(default_factory=list)
     already_present: list[str] = field(default_factory=list)
     bytes_copied: int = 0
-    wal: WalCopyReport | None = None
+    wal: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        data = self.__dict__.copy()
-        data["wal"] = self.wal.as_dict() if self.wal else None
-        return data
+        return self.__dict__.copy()
 
 
 def copy_backup(
@@ -49,6 +46,7 @@ def copy_backup(
     *,
     progress: Progress | None = None,
     workers: int | None = None,
+    also: Callable[[], dict[str, Any]] | None = None,
 ) -> CopyReport:
     """Copy ``backup_id`` (and any parents the destination lacks), verified."""
     if source.url == destination.url:
@@ -69,7 +67,8 @@ def copy_backup(
                 continue
             report.bytes_copied += _copy_one(source, destination, member, progress, workers)
             report.copied.append(member.id)
-        report.wal = copy_wal(source, destination)
+        if also is not None:
+            report.wal = also()
     return report
 
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import DataKey, MasterKey, WrappedKey, derive_subkey, sign, verify_signature
-from pgdr.errors import RuntimeFailure
 
 FORMAT = 1
 SIGNING_PURPOSE = "manifest/v1"

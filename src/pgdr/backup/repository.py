@@ -43,24 +43,23 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pgdr.backup.manifest import Manifest, format_time, now_utc
 from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.crypto.keys import MissingMasterKey
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
-from pgdr.storage import LocalStore, ObjectNotFound, ObjectStore, S3Store, open_store
-from pgdr.storage import lock as store_lock
-from pgdr.wal.archive import KEYRING as WAL_KEYRING
+from pgdr.storage import ObjectNotFound, ObjectStore, open_store
+from pgdr.storage.base import HeldLock, LockBusy
 
 DEFAULT_REPOSITORY = "primary"
 REPOSITORY_FORMAT = 1
 LOCK_KEY = "lock.json"
 INFO_KEY = "repository.json"
 BACKUPS = "backups/"
+WAL_KEYRING = "wal/keyring.json"  # the WAL data key, wrapped by the master key (see pgdr.wal)
 RESTORE_TESTS = "records/restore-tests/"
 LOCK_STALE_AFTER_S = 15 * 60  # a lock from another host not refreshed for this long is stale
 DEFAULT_CHUNK_MB = 8
@@ -127,7 +126,7 @@ def _retention(name: str, table: Mapping[str, Any]) -> RetentionPolicy:
 
 def _chunk_size(name: str, table: Mapping[str, Any]) -> int:
     value = table.get("chunk_size_mb", DEFAULT_CHUNK_MB)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 256:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 1 <= value <= 256:
         raise ConfigError(f"repositories.{name}.chunk_size_mb must be between 1 and 256.")
     return int(value * 1024 * 1024)
 
@@ -318,8 +317,7 @@ class Repository:
 
     def initialise(self) -> bool:
         """Create the repository (and bucket); False when it already existed."""
-        if isinstance(self.store, S3Store):
-            self.store.ensure_bucket()
+        self.store.prepare()
         if self.info_record() is not None:
             return False
         self.store.put(
@@ -463,9 +461,8 @@ class Repository:
             if backup_id != keep:
                 self.store.delete_prefix(f"{BACKUPS}{backup_id}/")
                 removed.append(backup_id)
-        if isinstance(self.store, LocalStore):
-            # Not the temporaries of writers without the lock (the WAL streamer, wal push).
-            self.store.clean_temporary(older_than_s=LOCK_STALE_AFTER_S)
+        # Not the temporaries of writers without the lock (the WAL streamer, wal push).
+        self.store.clean_temporary(older_than_s=LOCK_STALE_AFTER_S)
         return removed
 
     # ----- records --------------------------------------------------------------------------
@@ -500,9 +497,9 @@ class Repository:
         now = time.time()
         mine = LockInfo(os.getpid(), socket.gethostname(), operation, now, now)
         try:
-            with store_lock.hold(self.store, LOCK_KEY, _lock_body(mine), _stale_lock) as held:
+            with self.store.hold_lock(LOCK_KEY, _lock_body(mine), _stale_lock) as held:
                 yield HeldRepositoryLock(mine, held)
-        except store_lock.LockBusy as exc:
+        except LockBusy as exc:
             current = _parse_lock(exc.holder) if exc.holder else None
             if current is None:
                 raise RuntimeFailure(
@@ -524,7 +521,7 @@ class HeldRepositoryLock:
     """The lock a writer holds: its description and the store lock behind it."""
 
     info: LockInfo
-    held: store_lock.HeldLock
+    held: HeldLock
 
 
 def _lock_body(info: LockInfo) -> bytes:
@@ -559,7 +556,3 @@ def repository_at(url: str, settings: PgdrSettings, name: str = "adhoc") -> Repo
     """A repository by URL, with default retention (for tests and scripts)."""
     config = RepoConfig(name, url)
     return Repository(config, open_store(url), settings)
-
-
-def path_of(repo: Repository) -> Path | None:
-    return repo.store.root if isinstance(repo.store, LocalStore) else None

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,12 +40,14 @@ from pgdr.backup.manifest import (
 from pgdr.backup.repository import BACKUPS, Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
-from pgdr.config.target import client_environment
+from pgdr.core import runner
+from pgdr.core.connect import client_environment, connect, redact
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
-from pgdr.storage import S3Store
 
+log = logger(__name__)
 Progress = Callable[[int], None]
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
@@ -65,7 +66,7 @@ class ServerFacts:
 
 def server_facts(conninfo: str) -> ServerFacts:
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
             num = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
             sysid = str(
@@ -205,7 +206,7 @@ def take_backup(
     allows sealing with a key other than the one of the repository's existing backups.
     """
     facts = facts or server_facts(conninfo)
-    installation = installation_for_major(facts.major, pg_bin)
+    installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
     store = repo.store
     store.check_writable()
     master = repo.writing_key(new_key)
@@ -283,6 +284,7 @@ def take_backup(
                     wrapped.exit_code = exc.exit_code
                     raise wrapped from exc
                 raise
+    log.info("Backup %s of %s written to %s.", manifest.id, redact(conninfo), repo.url)
     return manifest
 
 
@@ -327,7 +329,7 @@ def _stream(
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
     store = repo.store
     cpus = os.cpu_count() or 1
-    workers = workers or (cpus * 2 if isinstance(store, S3Store) else cpus)
+    workers = workers or store.workers(cpus)
     hasher = _Hasher()
     stream_size = 0
     last_refresh = time.monotonic()
@@ -348,14 +350,7 @@ def _stream(
 
     chunks: list[ChunkEntry] = []
     with stderr_path.open("wb") as errfile:
-        proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=errfile,
-            stdin=subprocess.DEVNULL,
-            bufsize=0,
-            env=env,
-        )
+        proc = runner.start(args, env=env, stderr=errfile, unbuffered=True)
         try:
             assert proc.stdout is not None
             _widen_pipe(proc.stdout)
@@ -371,13 +366,10 @@ def _stream(
             hasher.abandon()
             raise
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            runner.stop(proc, grace_s=0)
     if code != 0:
         hasher.abandon()
-        reason = _last_line(stderr_path.read_text(errors="replace"))
-        raise RuntimeFailure(f"pg_basebackup failed: {reason}")
+        raise RuntimeFailure(runner.sentence("pg_basebackup", stderr_path.read_bytes()))
     hasher.close()
     hasher.finish()
     for name in CAPTURED:
@@ -442,8 +434,3 @@ def _abandon(repo: Repository, backup_id: str) -> None:
     """Best effort: remove what an abandoned backup stored (the next run cleans the rest)."""
     with contextlib.suppress(PgdrError, OSError):
         repo.store.delete_prefix(f"{BACKUPS}{backup_id}/")
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgdr.errors import RuntimeFailure
+from pgdr.core.errors import RuntimeFailure
 
 BLOCK = 512
 

@@ -6,29 +6,24 @@ offsets in the manifest, so a damaged chunk is reported as the files it holds, b
 incremental backup passes only if the whole chain a restore would combine passes: each parent,
 down to the full backup, is verified the same way (a missing parent fails it). A backup whose
 manifest cannot be trusted (``Repository.scan_backups``) is a failed report, never skipped.
-``restore_test`` restores into a throwaway cluster, runs ``pg_verifybackup``, starts it and runs
-``pg_amcheck --all``; the result is recorded in the repository.
+The restore test (a restore into a throwaway cluster) lives in ``pgdr.restore.tested``, above
+this package.
 """
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
-from pgdr.backup.manifest import FileEntry, ForgedManifest, Manifest, format_time, now_utc
+from pgdr.backup.manifest import FileEntry, ForgedManifest, Manifest
 from pgdr.backup.repository import BACKUPS, DamagedManifest, Repository
-from pgdr.cluster import LocalCluster, PgInstallation, installation_for_major
+from pgdr.core.errors import PgdrError
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
-from pgdr.errors import PgdrError
 from pgdr.storage import ObjectNotFound
-
-if TYPE_CHECKING:
-    from pgdr.restore import RestoreResult
 
 Progress = Callable[[int], None]
 
@@ -192,78 +187,3 @@ def _check_pg_manifest(
         report.fail("PostgreSQL's backup_manifest is missing")
     except CorruptObject:
         report.fail("PostgreSQL's backup_manifest is damaged")
-
-
-def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
-    """Restore into a throwaway cluster, pg_verifybackup, start, pg_amcheck; record the result."""
-    from pgdr.restore import scratch_cluster  # noqa: PLC0415 - restore uses us
-
-    began = time.monotonic()
-    at = format_time(now_utc())
-    steps: list[str] = []
-    passed = False
-    detail = ""
-
-    def verify_files(restored: RestoreResult) -> None:
-        steps.append("restored")
-        installation = installation_for_major(restored.pg_major, repo.settings.pg_bin)
-        verify = subprocess.run(
-            [str(installation.tool("pg_verifybackup")), str(restored.data_dir)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if verify.returncode != 0:
-            raise DamagedBackup(f"pg_verifybackup failed: {_last_line(verify.stderr)}")
-        steps.append("pg_verifybackup")
-
-    try:
-        with scratch_cluster(
-            repo, backup_id, "restore-test", check_files=True, before_start=verify_files
-        ) as (cluster, restored):
-            steps.append("started")
-            _amcheck(cluster, installation_for_major(restored.pg_major, repo.settings.pg_bin))
-            steps.append("pg_amcheck")
-        passed = True
-        detail = "restored, verified with pg_verifybackup, started, pg_amcheck --all clean"
-    except PgdrError as exc:
-        detail = exc.message
-    result = {
-        "backup_id": backup_id,
-        "passed": passed,
-        "duration_s": round(time.monotonic() - began, 3),
-        "at": at,
-        "steps": steps,
-        "detail": detail,
-    }
-    result["record"] = repo.record_restore_test(backup_id, result)
-    return result
-
-
-def _amcheck(cluster: LocalCluster, installation: PgInstallation) -> None:
-    amcheck = subprocess.run(
-        [
-            str(installation.tool("pg_amcheck")),
-            "-h",
-            str(cluster.socket_dir),
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            "--all",
-            "--install-missing",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=3600,
-    )
-    if amcheck.returncode != 0:
-        raise DamagedBackup(
-            f"pg_amcheck found problems: {_last_line(amcheck.stdout + amcheck.stderr)}"
-        )
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"

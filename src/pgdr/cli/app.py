@@ -7,7 +7,10 @@ configuration, or an unconfirmed destructive action; 3 the work could not be don
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
 
+import psycopg
 import typer
 
 from pgdr import __version__
@@ -32,8 +35,10 @@ from pgdr.cli import (
     vector,
     wal,
 )
-from pgdr.cli.common import err_console
-from pgdr.errors import PgdrError
+from pgdr.core import log
+from pgdr.core.connect import translate
+from pgdr.core.errors import PgdrError
+from pgdr.core.output import err_console, markup
 
 app = typer.Typer(
     name="pgdr",
@@ -42,6 +47,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def root(
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO).")
+    ] = "INFO",
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log-file", help="Also append log records to this file (mode 0600)."),
+    ] = None,
+) -> None:
+    """Backups, point-in-time recovery, integrity checks and drills for PostgreSQL + pgvector.
+
+    Long-running commands log through Python logging: rich on a terminal, plain lines
+    otherwise, JSON lines with PGDR_LOG_FORMAT=json.
+    """
+    log.configure(log_level, log_file)
+
+
 # Getting started and the database itself
 app.command()(demo.demo)
 app.add_typer(db.app, name="db")
@@ -79,13 +104,21 @@ def version() -> None:
 def main() -> None:
     """Entry point: run the CLI, turning anticipated failures into one sentence and an exit code.
 
-    typer itself reports usage errors (exit 2); everything pgdr anticipates is a PgdrError.
+    typer itself reports usage errors (exit 2); everything pgdr anticipates is a PgdrError, and a
+    psycopg error that escapes a command is translated into one (pgdr.core.connect.translate).
     """
     try:
         app()
     except PgdrError as exc:
-        err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        sys.exit(int(exc.exit_code))
+        fail(exc)
+    except psycopg.Error as exc:
+        fail(translate(exc))
     except KeyboardInterrupt:
         err_console.print("Interrupted.")
         sys.exit(130)
+
+
+def fail(exc: PgdrError) -> NoReturn:
+    """Print the error's one sentence (escaped: it may quote user text) and exit with its code."""
+    err_console.print(markup("[red]error:[/] {}", exc.message), highlight=False, soft_wrap=True)
+    sys.exit(int(exc.exit_code))

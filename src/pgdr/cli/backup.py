@@ -6,24 +6,24 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
 from pgdr.backup.verify import VerifyReport, damaged_report, verify_backup
-from pgdr.backup.verify import restore_test as run_restore_test
-from pgdr.cli.common import (
-    JsonOption,
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
+from pgdr.core.output import (
     console,
     emit,
     err_console,
     key_value_table,
+    markup,
     progress_bar,
-    settings,
-    target,
+    styled,
 )
-from pgdr.errors import CheckFailed, ConfigError, PgdrError
+from pgdr.core.units import human_size
+from pgdr.restore.tested import restore_test as run_restore_test
 
 RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Repository name (default: primary).")
@@ -35,22 +35,13 @@ app = typer.Typer(
 )
 
 
-def human_size(n: int | float) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1000
-    return f"{value:,.1f} TB"
-
-
 def open_repo(name: str | None, writable: bool = False) -> Repository:
     return open_repository(settings(), name, check_writable=writable)
 
 
 def show_key_note(repo: Repository) -> None:
     if repo.key_note:
-        err_console.print(f"[yellow]{repo.key_note}[/]", highlight=False)
+        err_console.print(styled(repo.key_note, "yellow"), highlight=False)
 
 
 @app.callback()
@@ -138,9 +129,7 @@ def list_backups(repo_name: RepoOption = None, as_json: JsonOption = False) -> N
 
     def render() -> None:
         for d in damaged:
-            console.print(
-                f"[red]DAMAGED[/] {escape(d.backup_id)}: {escape(d.problem)}", highlight=False
-            )
+            console.print(markup("[red]DAMAGED[/] {}: {}", d.backup_id, d.problem))
         if not backups:
             console.print(f"The repository {repo.name} ({repo.url}) holds no usable backups.")
             return
@@ -244,11 +233,12 @@ def verify(
                 if r.restore_test:
                     extra = f"; restore test passed in {r.restore_test['duration_s']:.1f} s"
                 console.print(
-                    f"[green]ok[/] {r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
-                    f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}."
+                    styled("ok", "green"),
+                    f"{r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
+                    f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}.",
                 )
                 continue
-            console.print(f"[red]DAMAGED[/] {r.backup_id}:")
+            console.print(styled("DAMAGED", "red"), f"{r.backup_id}:")
             for problem in r.problems:
                 console.print(f"  {problem}", highlight=False)
             for path in r.damaged_files:

@@ -10,14 +10,15 @@ import typer
 from rich.table import Table
 
 from pgdr.backup import open_repository
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, markup, progress_bar, styled
+from pgdr.core.records import RecordStore
 from pgdr.integrity import CheckOptions, Report, run_check
-from pgdr.integrity.from_backup import snapshot_of_backup
-from pgdr.integrity.records import RecordStore
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.integrity.sqlfunc import install_sql
 from pgdr.profile import Profile, load_profile
+from pgdr.restore.snapshot import snapshot_of_backup
 
 app = typer.Typer(
     help="Integrity checks: orphans, broken embeddings, rules, storage; snapshots.",
@@ -49,7 +50,7 @@ def render_report(report: Report, title: str) -> None:
         for f in report.ordered():
             table.add_row(
                 f.priority,
-                f"[{STYLE[f.severity]}]{f.severity}[/]",
+                styled(f.severity, STYLE[f.severity]),
                 f.check,
                 f.table or "",
                 "" if f.count is None else f"{f.count:,}",
@@ -59,11 +60,11 @@ def render_report(report: Report, title: str) -> None:
     _render_embeddings(report)
     for skipped in report.skipped:
         label = "partial" if skipped.partial else "skipped"
-        console.print(f"[yellow]{label}:[/] {skipped.reason}", highlight=False)
+        console.print(markup("[yellow]{}:[/] {}", label, skipped.reason), highlight=False)
     for note in report.notes:
-        console.print(f"[dim]note: {note}[/]", highlight=False)
+        console.print(styled(f"note: {note}", "dim"), highlight=False)
     counts = report.counts()
-    verdict = "[bold red]FAILED[/]" if counts["critical"] else "[green]OK[/]"
+    verdict = styled("FAILED", "bold red") if counts["critical"] else styled("OK", "green")
     console.print(
         f"{verdict}: {counts['critical']} critical, {counts['warning']} warning, "
         f"{counts['info']} info finding(s) in {report.duration_s:.2f} s.",
@@ -164,12 +165,12 @@ def snapshot(
             table.add_column(column, justify="right" if column == "rows" else "left")
         for name, t in data["tables"].items():
             if t.get("missing"):
-                table.add_row(name, "", "[red]missing[/]")
+                table.add_row(name, "", styled("missing", "red"))
             else:
                 table.add_row(name, f"{t['rows']:,}", t["newest"] or "")
         console.print(table)
         for reason in data["skipped"]:
-            console.print(f"[yellow]skipped:[/] {reason}", highlight=False)
+            console.print(markup("[yellow]skipped:[/] {}", reason), highlight=False)
         console.print(f"Saved to {path}.", highlight=False)
 
     emit(data, as_json, render)
@@ -266,6 +267,6 @@ def install_sql_command(
             highlight=False,
         )
         for reason in installed.skipped:
-            console.print(f"[yellow]not included:[/] {reason}", highlight=False)
+            console.print(markup("[yellow]not included:[/] {}", reason), highlight=False)
 
     emit(installed.as_dict(), as_json, render)

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.cluster import LocalCluster, choose_installation, default_cluster
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, err_console, key_value_table, styled
 
 app = typer.Typer(
     help="Manage the embedded default PostgreSQL that pgdr runs itself.", no_args_is_help=True
@@ -52,7 +53,7 @@ def start(
 
     def render() -> None:
         for note in notes:
-            err_console.print(f"[yellow]{note}[/]")
+            err_console.print(styled(note, "yellow"))
         verb = "Created and started" if created else "Started"
         console.print(f"{verb} PostgreSQL {status.version} on port {status.port}.")
         console.print(f"URL: {cluster.conninfo()}")

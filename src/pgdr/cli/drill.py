@@ -6,21 +6,22 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
-from pgdr.cli.wal import parse_duration
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, markup, progress_bar, styled
+from pgdr.core.records import new_record_id
+from pgdr.core.units import parse_duration
 from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
-from pgdr.errors import CheckFailed, ConfigError
-from pgdr.integrity.records import new_record_id
 
 app = typer.Typer(help="Disaster drills: the runbook's scenarios end to end, RTO/RPO measured.")
 
-VERDICT = {True: "[green]PASS[/]", False: "[bold red]FAIL[/]"}
+VERDICT = {True: styled("PASS", "green"), False: styled("FAIL", "bold red")}
 
 
 def _seconds(value: float | None) -> str:
@@ -42,35 +43,37 @@ def render_drill(data: dict[str, Any]) -> None:
         table.add_row(
             step["name"],
             f"{step['duration_s']:.2f} s",
-            "[green]ok[/]" if step["ok"] else "[red]failed[/]",
-            escape("\n".join(step["commands"])),
-            escape(step["detail"]),
+            styled("ok", "green") if step["ok"] else styled("failed", "red"),
+            "\n".join(step["commands"]),
+            step["detail"],
         )
     console.print(table)
     rto, rpo = data["rto"], data["rpo"]
     console.print(
-        f"RTO {_seconds(rto['seconds'])} (target {_seconds(rto['target_seconds'])}) "
-        f"{VERDICT[bool(rto['ok'])]}",
+        f"RTO {_seconds(rto['seconds'])} (target {_seconds(rto['target_seconds'])})",
+        VERDICT[bool(rto["ok"])],
         highlight=False,
     )
     if rpo.get("missing_ticks") is not None:
         console.print(
             f"RPO {rpo['missing_ticks']} of {rpo['acknowledged_ticks']} acknowledged commits "
-            f"missing, {_seconds(rpo['seconds'])} (target {_seconds(rpo['target_seconds'])}) "
-            f"{VERDICT[bool(rpo['ok'])]}",
+            f"missing, {_seconds(rpo['seconds'])} (target {_seconds(rpo['target_seconds'])})",
+            VERDICT[bool(rpo["ok"])],
             highlight=False,
         )
     else:
-        console.print("RPO not measured [bold red]FAIL[/]")
+        console.print("RPO not measured", VERDICT[False])
     for finding in data["findings"]:
-        console.print(f"finding: {escape(finding)}", highlight=False)
+        console.print(f"finding: {finding}", highlight=False)
     for key in ("choice",):
         if key in data["facts"]:
-            console.print(f"{key}: {escape(str(data['facts'][key]))}", highlight=False)
+            console.print(f"{key}: {data['facts'][key]}", highlight=False)
     for issue in data["issues"]:
-        console.print(f"[red]issue:[/] {escape(issue)}", highlight=False)
+        console.print(markup("[red]issue:[/] {}", issue), highlight=False)
     where = f" (kept in {data['sandbox']})" if data["kept"] else ""
-    console.print(f"{VERDICT[bool(data['passed'])]}: drill {data['scenario']}{where}.")
+    console.print(
+        Text.assemble(VERDICT[bool(data["passed"])], f": drill {data['scenario']}{where}.")
+    )
 
 
 @app.command()
@@ -178,10 +181,14 @@ def report(as_json: JsonOption = False) -> None:
         console.print(table)
         for name in SCENARIOS:
             d = data["last"].get(name)
-            state = f"{VERDICT[bool(d['passed'])]} on {d['started_at'][:19]}" if d else "never run"
-            console.print(f"{name}: {state}", highlight=False)
+            state = (
+                Text.assemble(VERDICT[bool(d["passed"])], f" on {d['started_at'][:19]}")
+                if d
+                else Text("never run")
+            )
+            console.print(Text.assemble(f"{name}: ", state), highlight=False)
         style = "bold red" if schedule["overdue"] else "green"
-        console.print(f"[{style}]{schedule['note']}[/]", highlight=False)
+        console.print(styled(schedule["note"], style), highlight=False)
 
     emit(data, as_json, render)
 

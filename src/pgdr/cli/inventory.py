@@ -16,10 +16,11 @@ from pgdr.cli.check import (
     fail_on_critical,
     render_report,
 )
-from pgdr.cli.common import JsonOption, console, emit, settings, target
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.output import console, emit, markup
+from pgdr.core.records import RecordStore
 from pgdr.integrity.findings import Report
 from pgdr.integrity.inventory import compare_inventory, take_inventory, write_csv
-from pgdr.integrity.records import RecordStore
 
 app = typer.Typer(
     help="Embeddings per chatbot before a migration, and the check afterwards.",
@@ -68,7 +69,7 @@ def inventory(
             )
         console.print(table)
         for reason in data["skipped"]:
-            console.print(f"[yellow]skipped:[/] {reason}", highlight=False)
+            console.print(markup("[yellow]skipped:[/] {}", reason), highlight=False)
         if "path" in data:
             console.print(f"Saved to {data['path']}.", highlight=False)
         for path in data.get("csv", []):

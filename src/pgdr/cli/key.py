@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from pgdr.backup import load_repositories, open_repository
-from pgdr.backup.keys import describe_master_key, rotate_master_key
-from pgdr.cli.common import JsonOption, console, emit, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.output import console, emit, key_value_table, markup
+from pgdr.wal.rotation import describe_master_key, rotate_master_key
 
 app = typer.Typer(help="The master encryption key.", no_args_is_help=True)
 
@@ -62,7 +62,7 @@ def rotate(
         )
         for name, damaged in report.damaged.items():
             for line in damaged:
-                console.print(f"[red]not re-wrapped[/] ({name}) {escape(line)}", highlight=False)
+                console.print(markup("[red]not re-wrapped[/] ({}) {}", name, line))
         console.print(report.note)
 
     emit(report.as_dict(), as_json, render)

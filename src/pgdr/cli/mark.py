@@ -8,10 +8,11 @@ import typer
 
 from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, console, emit
+from pgdr.cli.common import JsonOption
 from pgdr.cli.common import settings as load_settings
 from pgdr.cli.common import target as resolve_target
-from pgdr.wal.archive import WalArchive
+from pgdr.core.output import console, emit
+from pgdr.wal.archive import repository_archive
 from pgdr.wal.marks import create_mark
 from pgdr.wal.server import server_info
 
@@ -29,13 +30,7 @@ def mark(
     conninfo = resolve_target(s).conninfo
     info = server_info(conninfo)
     repo = open_repository(s, repo_name)
-    repo.check_system_identifier(str(info.system_identifier))
-    archive = WalArchive.open(
-        repo.store,
-        repo.writing_key(),
-        system_identifier=info.system_identifier,
-        segment_size=info.segment_size,
-    )
+    archive = repository_archive(repo, info.system_identifier, info.segment_size)
     record = create_mark(conninfo, archive, name, force=force)
     emit(
         record,

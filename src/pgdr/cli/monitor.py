@@ -6,9 +6,12 @@ import threading
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, err_console, pool_settings, settings, target
+from pgdr.api import create_app, load_api_token
+from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.core.output import console, emit, err_console, markup, styled
 from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, MonitorConfig, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
@@ -32,7 +35,11 @@ def _checks_table(results: list[CheckResult]) -> Table:
     for column in ("check", "result", "severity", "detail"):
         table.add_column(column)
     for r in results:
-        result = "skipped" if r.skipped else ("[green]ok[/]" if r.ok else "[red]failed[/]")
+        result = (
+            styled("skipped", "")
+            if r.skipped
+            else (styled("ok", "green") if r.ok else styled("failed", "red"))
+        )
         table.add_row(r.name, result, r.severity.value if r.severity else "", r.message)
     return table
 
@@ -65,11 +72,23 @@ def report(
         console.print(sizes)
         for q in rep.long_queries:
             console.print(
-                f"[yellow]long query[/] pid {q.pid}: {q.seconds:.0f} s ({q.state}) {q.query}"
+                markup(
+                    "[yellow]long query[/] pid {}: {:.0f} s ({}) {}",
+                    q.pid,
+                    q.seconds,
+                    q.state,
+                    q.query,
+                )
             )
         for b in rep.bloat:
             console.print(
-                f"[yellow]bloat[/] {b.schema}.{b.table}: {b.dead_tuples} dead ({b.dead_pct}%)"
+                markup(
+                    "[yellow]bloat[/] {}.{}: {} dead ({}%)",
+                    b.schema,
+                    b.table,
+                    b.dead_tuples,
+                    b.dead_pct,
+                )
             )
 
     emit(rep.as_dict(), as_json, render)
@@ -91,11 +110,7 @@ def run(
         if any(not c.ok and not c.skipped for c in snap.checks) or not snap.healthy:
             raise typer.Exit(1)
         return
-    stop = threading.Event()
-    err_console.print(f"Monitoring every {interval:.0f} s; Ctrl-C to stop.")
-    while not stop.is_set():
-        _emit_round(monitor.run_once(), as_json)
-        stop.wait(interval)
+    monitor.run_forever(threading.Event(), on_round=lambda snap: _emit_round(snap, as_json))
 
 
 @app.command()
@@ -156,14 +171,10 @@ def serve(
     interval: Annotated[float, typer.Option(help="Seconds between monitor rounds.")] = 120,
 ) -> None:
     """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
-    import uvicorn  # noqa: PLC0415 - only this command needs the server
-
-    from pgdr.api import create_app, load_api_token  # noqa: PLC0415
-
     s = settings()
     token, note = load_api_token(s.home)
     if note:
-        err_console.print(f"[yellow]{note}[/]")
+        err_console.print(styled(note, "yellow"))
     monitor = _monitor(interval)
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
     uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")

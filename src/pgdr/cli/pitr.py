@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from pgdr.backup import open_repository
-from pgdr.backup.repository import Repository
-from pgdr.cli.common import console, emit, err_console, key_value_table, progress_bar
 from pgdr.cli.common import settings as load_settings
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
+from pgdr.restore import new_cluster_dir
 from pgdr.restore.pitr import (
     Target,
     make_target,
@@ -19,7 +19,7 @@ from pgdr.restore.pitr import (
     run_pitr,
     wait_for_streamer,
 )
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import repository_archive
 
 __all__ = ["make_target", "restore_to_point"]
 
@@ -53,15 +53,6 @@ NewClusterOption = Annotated[
 ]
 
 
-def _cluster_dir(repo: Repository, backup_id: str) -> Path:
-    base = repo.settings.home / "clusters" / f"pitr-{backup_id}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
 def restore_to_point(
     target: Target | None,
     backup_id: str | None,
@@ -79,14 +70,14 @@ def restore_to_point(
     if (to is None) == (not new_cluster):
         raise ConfigError("Give exactly one of --to DIR or --new-cluster.")
     repo = open_repository(load_settings(), repo_name)
-    archive = WalArchive.open(repo.store, repo.master_key)
+    archive = repository_archive(repo)
     notes: list[str] = []
     if target.kind == "latest":
         note = wait_for_streamer(archive)
         if note:
             notes.append(note)
     plan = plan_pitr(repo, archive, target, backup_id, timeline)
-    cluster_dir = _cluster_dir(repo, plan.backup.id)
+    cluster_dir = new_cluster_dir(repo.settings, "pitr", plan.backup.id)
     data_dir = to if to is not None else cluster_dir / "data"
     total = plan.total_bytes(repo, archive.segment_size)
     with progress_bar("Restoring (WAL, then base backup)", total, enabled=not as_json) as advance:
@@ -117,7 +108,7 @@ def restore_to_point(
             rows.append(("URL", result.url))
         console.print(key_value_table("Point-in-time restore", rows))
         for note in result.notes:
-            err_console.print(f"[yellow]{note}[/]", highlight=False)
+            err_console.print(styled(note, "yellow"), highlight=False)
         if not result.running:
             console.print(
                 "The server was stopped after promotion; start it with --start next time."

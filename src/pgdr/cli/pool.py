@@ -7,16 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import (
-    JsonOption,
-    console,
-    emit,
-    key_value_table,
-    pool_settings,
-    settings,
-    target,
-)
+from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.config.pool_settings import POOL_VARIABLES
+from pgdr.core.output import console, emit, key_value_table, markup, styled
 from pgdr.pool import advise_pool, check_database_health, connect, make_pool
 
 app = typer.Typer(help="Connection-pool settings and sizing.", no_args_is_help=True)
@@ -66,7 +59,7 @@ def advise(
             )
         )
         style = "red" if advice.over_limit else "green"
-        console.print(f"[{style}]{advice.message}[/]")
+        console.print(styled(advice.message, style))
 
     emit(advice.as_dict(), as_json, render)
     if advice.over_limit:
@@ -95,11 +88,14 @@ def health(
     def render() -> None:
         if report.healthy:
             console.print(
-                f"[green]healthy[/] latency {report.latency_ms} ms "
-                f"(PostgreSQL {report.server_version})"
+                markup(
+                    "[green]healthy[/] latency {} ms (PostgreSQL {})",
+                    report.latency_ms,
+                    report.server_version,
+                )
             )
         else:
-            console.print(f"[red]unhealthy[/] {report.error}")
+            console.print(markup("[red]unhealthy[/] {}", report.error))
         if report.pool:
             console.print(key_value_table("Pool", list(report.pool.items())))
 

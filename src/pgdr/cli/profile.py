@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from pgdr.cli.common import JsonOption, console, emit, settings
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.output import console, emit
 from pgdr.profile import load_profile
 
 app = typer.Typer(
@@ -26,7 +28,7 @@ def show(
     profile = load_profile(name or settings().profile)
 
     def render() -> None:
-        console.print(f"[bold]{profile.name}[/]: {profile.description}")
+        console.print(Text.assemble((profile.name, "bold"), f": {profile.description}"))
         console.print("tables: " + ", ".join(t.name for t in profile.tables))
         for rel in profile.relations:
             console.print(f"relation: {rel.child}({', '.join(rel.child_columns)}) -> {rel.parent}")

@@ -6,15 +6,8 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import (
-    JsonOption,
-    console,
-    emit,
-    key_value_table,
-    pool_settings,
-    settings,
-    target,
-)
+from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.core.output import console, emit, key_value_table
 from pgdr.incident import ReadOnlyState, read_only_status, set_read_only
 from pgdr.incident.readonly import Scope
 from pgdr.pool import connect

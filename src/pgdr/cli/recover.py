@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, target
-from pgdr.errors import ConfigError
+from pgdr.cli.common import JsonOption, target
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit
 from pgdr.restore.rows import recover_rows, repair_tables
 
 app = typer.Typer(help="Recover chosen data from a restored copy into the target database.")

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings, target
-from pgdr.embeddings import Reembedder, ReembedOptions, load_embedding_settings, make_provider
-from pgdr.embeddings.cache import save_cache
+from pgdr.cli.common import JsonOption, settings, target
+from pgdr.core.output import console, emit, progress_bar
+from pgdr.embeddings import ReembedOptions, ReembedReport, load_embedding_settings
 from pgdr.embeddings.jobs import job_statuses
-from pgdr.embeddings.source import resolve_source
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.embeddings.run import profile_sources, require_finished, save_caches
+from pgdr.embeddings.run import reembed as run_reembed
 from pgdr.pool import connect
-from pgdr.profile import Profile, load_profile
+from pgdr.profile import load_profile
 
 app = typer.Typer(help="Regenerate embeddings: fast, resumable, only what needs it.")
 
@@ -24,16 +24,6 @@ class IndexPolicy(StrEnum):
     AUTO = "auto"
     ALWAYS = "always"
     NEVER = "never"
-
-
-def _sources(profile: Profile, source: str) -> list[str]:
-    names = [s.name for s in profile.embeddings]
-    if source == "all":
-        if not names:
-            raise ConfigError(f"Profile {profile.name!r} declares no embedding sources.")
-        return names
-    profile.embedding_source(source)  # a clear error for an unknown name
-    return [source]
 
 
 @app.callback(invoke_without_command=True)
@@ -76,72 +66,57 @@ def reembed(
     if ctx.invoked_subcommand is not None:
         return
     profile = load_profile(profile_name or settings().profile)
-    names = _sources(profile, source)
+    names = profile_sources(profile, source)
     conninfo = target().conninfo
     emb_settings = load_embedding_settings()
     if save_cache_:
-        _save_cache(conninfo, profile, names, emb_settings.model, as_json)
+        _render_saved(save_caches(conninfo, profile, names, emb_settings.model), as_json)
         return
-    provider = make_provider(emb_settings)
-    try:
-        engine = Reembedder(
-            conninfo,
-            profile,
-            provider,
-            ReembedOptions(
-                sources=names,
-                group=chatbot,
-                missing_only=missing_only,
-                workers=workers,
-                batch_rows=batch_rows,
-                use_cache=not no_cache,
-                drop_indexes=drop_indexes.value,
-                maintenance_work_mem=maintenance_work_mem,
-            ),
-        )
-        engine.prepare()
-        with progress_bar("Re-embedding", engine.pending_rows, enabled=not as_json) as advance:
-            report = engine.run(advance)
-    finally:
-        provider.close()
+    options = ReembedOptions(
+        sources=names,
+        group=chatbot,
+        missing_only=missing_only,
+        workers=workers,
+        batch_rows=batch_rows,
+        use_cache=not no_cache,
+        drop_indexes=drop_indexes.value,
+        maintenance_work_mem=maintenance_work_mem,
+    )
+    report = run_reembed(
+        conninfo,
+        profile,
+        options,
+        emb_settings,
+        lambda total: progress_bar("Re-embedding", total, enabled=not as_json),
+    )
+    emit(report.as_dict(), as_json, lambda: _render_report(report))
+    require_finished(report)
 
-    def render() -> None:
-        table = Table(title=f"Re-embedding with {report.model}")
-        for col in ("source", "job", "rows", "written", "cache hits", "sent", "failed", "gone"):
-            table.add_column(col, justify="left" if col == "source" else "right")
-        for s in report.sources:
-            job = f"{s.job_id}{' (resumed)' if s.resumed else ''}"
-            table.add_row(
-                s.source,
-                job,
-                f"{s.total_rows:,}",
-                f"{s.written:,}",
-                f"{s.cache_hits:,}",
-                f"{s.api_inputs:,}",
-                f"{s.failed:,}",
-                f"{s.gone:,}",
-            )
-        console.print(table)
-        p = report.provider
-        console.print(
-            f"{p['requests']:,} API requests ({p['retries']} retries) in "
-            f"{report.wall_seconds:.1f} s; database {report.db_seconds:.1f} s over "
-            f"{report.workers} workers."
-        )
-        _render_verification(report.verification)
 
-    emit(report.as_dict(), as_json, render)
-    if not report.ok:
-        unfinished = [s.source for s in report.sources if not s.finished]
-        if unfinished:
-            raise CheckFailed(
-                f"Other workers are still finishing {', '.join(unfinished)}; "
-                "see pgdr reembed status."
-            )
-        raise CheckFailed(
-            f"{report.missing:,} rows still miss an embedding and {report.failures:,} rows "
-            "failed (pgdr reembed status lists why); fix them and run with --missing-only."
+def _render_report(report: ReembedReport) -> None:
+    table = Table(title=f"Re-embedding with {report.model}")
+    for col in ("source", "job", "rows", "written", "cache hits", "sent", "failed", "gone"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for s in report.sources:
+        job = f"{s.job_id}{' (resumed)' if s.resumed else ''}"
+        table.add_row(
+            s.source,
+            job,
+            f"{s.total_rows:,}",
+            f"{s.written:,}",
+            f"{s.cache_hits:,}",
+            f"{s.api_inputs:,}",
+            f"{s.failed:,}",
+            f"{s.gone:,}",
         )
+    console.print(table)
+    p = report.provider
+    console.print(
+        f"{p['requests']:,} API requests ({p['retries']} retries) in "
+        f"{report.wall_seconds:.1f} s; database {report.db_seconds:.1f} s over "
+        f"{report.workers} workers."
+    )
+    _render_verification(report.verification)
 
 
 def _render_verification(rows: list[dict[str, object]]) -> None:
@@ -155,17 +130,7 @@ def _render_verification(rows: list[dict[str, object]]) -> None:
     console.print(table)
 
 
-def _save_cache(
-    conninfo: str, profile: Profile, names: list[str], model: str, as_json: bool
-) -> None:
-    with connect(conninfo, autocommit=True) as conn:
-        results = [
-            save_cache(
-                conn, resolve_source(conn, profile.embedding_source(n), profile.schema_name), model
-            )
-            for n in names
-        ]
-
+def _render_saved(results: list[dict[str, Any]], as_json: bool) -> None:
     def render() -> None:
         for r in results:
             console.print(

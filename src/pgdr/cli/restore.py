@@ -8,10 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from pgdr.cli import pitr
-from pgdr.cli.backup import RepoOption, human_size, open_repo, show_key_note
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, settings
-from pgdr.errors import ConfigError
-from pgdr.restore import adopt_restored, backup_chain, restore_backup
+from pgdr.cli.backup import RepoOption, open_repo, show_key_note
+from pgdr.cli.common import JsonOption, settings
+from pgdr.core.errors import ConfigError
+from pgdr.core.output import console, emit, progress_bar
+from pgdr.core.units import human_size
+from pgdr.restore import (
+    backup_chain,
+    restore_backup,
+    start_restored,
+)
 
 
 def restore(
@@ -74,14 +80,7 @@ def restore(
         )
     data: dict[str, Any] = result.as_dict()
     if start:
-        cluster_dir = s.home / "clusters" / f"restore-{manifest.id}"
-        suffix = 1
-        while cluster_dir.exists():
-            suffix += 1
-            cluster_dir = s.home / "clusters" / f"restore-{manifest.id}-{suffix}"
-        cluster = adopt_restored(s, result.data_dir, result.pg_major, cluster_dir, port=port)
-        cluster.start()
-        data |= {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}
+        data |= start_restored(s, manifest.id, result.data_dir, result.pg_major, port)
 
     show_key_note(repo)
 

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, console, emit, progress_bar, target
+from pgdr.cli.common import JsonOption, target
+from pgdr.core.output import console, emit, progress_bar
 from pgdr.sample import VectorType, load_sample, scale_counts
 
 app = typer.Typer(help="ConvoAI reference schema and demo data.", no_args_is_help=True)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import JsonOption, console, emit, err_console, target
+from pgdr.cli.common import JsonOption, target
+from pgdr.core.output import console, emit, err_console, styled
 from pgdr.embeddings.relocate import relocate_vector
 from pgdr.pool import connect
 
@@ -33,9 +34,12 @@ def relocate(
             console.print(f"{report.extension} is already in schema {report.to_schema!r}.")
         if not report.search_path_ok:
             err_console.print(
-                f"[yellow]The database search_path ({report.search_path}) lacks "
-                f"{report.to_schema!r}: unqualified 'vector' will not resolve; run "
-                f"ALTER DATABASE ... SET search_path = ..., {report.to_schema}.[/]"
+                styled(
+                    f"The database search_path ({report.search_path}) lacks "
+                    f"{report.to_schema!r}: unqualified 'vector' will not resolve; run "
+                    f"ALTER DATABASE ... SET search_path = ..., {report.to_schema}.",
+                    "yellow",
+                )
             )
 
     emit(report.as_dict(), as_json, render)

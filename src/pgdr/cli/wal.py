@@ -12,15 +12,17 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from pgdr.backup import open_repository
 from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, console, emit, err_console, key_value_table, settings
+from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.common import target as resolve_target
-from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import resolve_service_user
-from pgdr.errors import CheckFailed, ConfigError
-from pgdr.wal.archive import WalArchive
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, key_value_table, styled
+from pgdr.core.units import parse_duration
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.server import DEFAULT_APPLICATION, DEFAULT_SLOT, connect, server_info, set_system
 from pgdr.wal.setup import (
     apply_setup,
@@ -30,7 +32,12 @@ from pgdr.wal.setup import (
     plan_setup,
 )
 from pgdr.wal.status import repository_wal_status
-from pgdr.wal.stream import SYNC_SWITCH, Streamer, StreamOptions, sync_names_value
+from pgdr.wal.stream import (
+    SYNC_SWITCH,
+    StreamRequest,
+    stream_until_stopped,
+    sync_names_value,
+)
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 
 app = typer.Typer(
@@ -44,35 +51,14 @@ def _stamp(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def parse_duration(text: str, option: str) -> float:
-    """``30``, ``30s``, ``2m`` or ``1h`` in seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value = text.strip().lower()
-    factor = units.get(value[-1:], 1) if value else 1
-    number = value[:-1] if value[-1:] in units else value
-    try:
-        seconds = float(number) * factor
-    except ValueError:
-        raise ConfigError(f"{option} {text!r} is not a duration (e.g. 30s, 2m).") from None
-    if seconds <= 0:
-        raise ConfigError(f"{option} must be longer than 0 s.")
-    return seconds
-
-
 def open_archive(
     repo_name: str | None,
     system_identifier: int | None = None,
     segment_size: int | None = None,
 ) -> WalArchive:
     """The WAL archive of repository ``repo_name``; created for a server when it has none."""
-    repo = open_repository(settings(), repo_name)
-    if system_identifier is not None:
-        repo.check_system_identifier(str(system_identifier))
-    return WalArchive.open(
-        repo.store,
-        repo.master_key if system_identifier is None else repo.writing_key(),
-        system_identifier=system_identifier,
-        segment_size=segment_size,
+    return repository_archive(
+        open_repository(settings(), repo_name), system_identifier, segment_size
     )
 
 
@@ -113,22 +99,13 @@ def stream(
     repo_name: RepoOption = None,
 ) -> None:
     """Stream WAL continuously into the repository until stopped (SIGTERM/SIGINT)."""
-    if degrade_after is not None and not synchronous:
-        raise ConfigError("--degrade-after only makes sense with --synchronous.")
-    degrade_s = parse_duration(degrade_after, "--degrade-after") if degrade_after else None
-    s = settings()
-    conninfo = resolve_target(s).conninfo
-    info = server_info(conninfo)
-    archive = open_archive(repo_name, info.system_identifier, info.segment_size)
-    options = StreamOptions(
-        conninfo=conninfo,
-        spool=spool or s.home / "wal-spool" / str(info.system_identifier),
-        installation=installation_for_major(info.major, s.pg_bin),
+    ask = StreamRequest(
+        spool=spool,
         slot=slot,
         application=application,
         synchronous=synchronous,
-        quorum_with=list(quorum_with or []),
-        degrade_after=degrade_s,
+        quorum_with=tuple(quorum_with or ()),
+        degrade_after=parse_duration(degrade_after, "--degrade-after") if degrade_after else None,
         partial_interval=partial_interval,
     )
     stop = threading.Event()
@@ -138,16 +115,9 @@ def stream(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    def log(message: str) -> None:
-        err_console.print(f"{_stamp(time.time())} {message}", highlight=False)
-
-    log(
-        f"Streaming WAL of system {info.system_identifier} (PostgreSQL {info.major}) into "
-        f"{archive.store.url}{' synchronously' if synchronous else ''}."
-    )
-    Streamer(options, archive, log).run(stop)
-    log("Stopped; everything received is in the repository.")
+    s = settings()
+    repo = open_repository(s, repo_name)
+    stream_until_stopped(s, repo, resolve_target(s).conninfo, ask, stop)
 
 
 @app.command()
@@ -206,8 +176,10 @@ def setup(
         for column in ("setting", "current", "wanted", "why"):
             table.add_column(column)
         for change in plan.changes:
-            mark = "" if change.ok else "[yellow]*[/] "
-            table.add_row(mark + change.name, change.current or "", change.wanted, change.why)
+            mark = "" if change.ok else styled("* ", "yellow")
+            table.add_row(
+                Text.assemble(mark, change.name), change.current or "", change.wanted, change.why
+            )
         console.print(table)
         if plan.slot:
             console.print(f"Slot {plan.slot}: {'exists' if plan.slot_exists else 'missing'}.")
@@ -224,8 +196,7 @@ def setup(
 @app.command()
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """What WAL the repository holds, gaps, the streamer's state and lag."""
-    archive = open_archive(repo_name)
-    report = repository_wal_status(open_repository(settings(), repo_name), archive)
+    report = repository_wal_status(open_repository(settings(), repo_name))
     data = report.as_dict()
 
     def render() -> None:
@@ -299,6 +270,6 @@ def sync(
         lambda: console.print(
             "Commits now wait for pgdr (RPO 0)."
             if state == "on"
-            else "[yellow]Commits no longer wait for pgdr: RPO is the streamer's lag.[/]"
+            else styled("Commits no longer wait for pgdr: RPO is the streamer's lag.", "yellow")
         ),
     )

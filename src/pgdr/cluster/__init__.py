@@ -15,6 +15,7 @@ from pgdr.cluster.installation import (
 )
 from pgdr.cluster.manager import ClusterStatus, LocalCluster, default_cluster
 from pgdr.cluster.ports import find_free_port, port_in_use
+from pgdr.cluster.target import resolve_target
 
 __all__ = [
     "ClusterStatus",
@@ -26,4 +27,5 @@ __all__ = [
     "find_installations",
     "installation_for_major",
     "port_in_use",
+    "resolve_target",
 ]

@@ -10,14 +10,15 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core import runner
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
+PROBE_TIMEOUT_S = 30.0
 _VERSION_RE = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 
 
@@ -57,10 +58,7 @@ class PgInstallation:
 
 @cache
 def _pg_config(bin_dir: Path, flag: str) -> str:
-    result = subprocess.run(
-        [str(bin_dir / "pg_config"), flag], capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
+    return runner.run([bin_dir / "pg_config", flag], timeout_s=PROBE_TIMEOUT_S).stdout.strip()
 
 
 @cache
@@ -69,10 +67,8 @@ def _probe(bin_dir: Path, source: str) -> PgInstallation | None:
     if not postgres.is_file():
         return None
     try:
-        out = subprocess.run(
-            [str(postgres), "--version"], capture_output=True, text=True, check=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+        out = runner.run([postgres, "--version"], timeout_s=PROBE_TIMEOUT_S).stdout
+    except PgdrError:
         return None
     match = _VERSION_RE.search(out)
     if match is None:
@@ -95,10 +91,8 @@ def _pg_config_bin_dir() -> Path | None:
     if pg_config is None:
         return None
     try:
-        out = subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        out = runner.run([pg_config, "--bindir"], timeout_s=PROBE_TIMEOUT_S).stdout.strip()
+    except PgdrError:
         return None
     return Path(out) if out else None
 

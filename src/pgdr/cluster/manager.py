@@ -29,7 +29,8 @@ from pgdr.cluster.ports import find_free_port, port_in_use
 from pgdr.cluster.runtime import reachable_installation
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.config.settings import PgdrSettings
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.runner import last_line
 
 SUPERUSER = "postgres"
 DEFAULT_CLUSTER = "default"
@@ -257,7 +258,7 @@ class LocalCluster:
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
-            raise RuntimeFailure(f"initdb failed: {_last_line(result.stderr)}")
+            raise RuntimeFailure(f"initdb failed: {last_line(result.stderr)}")
 
     def _append_config(self, text: str) -> None:
         conf = self.data_dir / "postgresql.conf"
@@ -354,7 +355,7 @@ class LocalCluster:
             timeout=timeout + 30,
         )
         if result.returncode != 0:
-            raise RuntimeFailure(f"pg_ctl stop failed: {_last_line(result.stderr)}")
+            raise RuntimeFailure(f"pg_ctl stop failed: {last_line(result.stderr)}")
         return True
 
     def kill(self) -> None:
@@ -446,11 +447,6 @@ def _is_postgres_for(pid: int, data_dir: Path) -> bool:
     except OSError:
         return True  # cannot inspect (another user's process): assume it is ours
     return cmdline.endswith(b"postgres") and cwd.resolve() == data_dir.resolve()
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
 
 
 def default_cluster(settings: PgdrSettings) -> LocalCluster:

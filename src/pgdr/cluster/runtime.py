@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pgdr.cluster.installation import PgInstallation
 from pgdr.cluster.service_user import ServiceUser
-from pgdr.errors import RuntimeFailure
+from pgdr.core.errors import RuntimeFailure
 
 
 def _copy_tree_atomically(pairs: list[tuple[Path, Path]], target: Path) -> None:

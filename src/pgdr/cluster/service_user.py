@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core import runner
+from pgdr.core.errors import ConfigError, RuntimeFailure
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,14 @@ class ServiceUser:
         env: dict[str, str] | None = None,
         check: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a program as this user, capturing its output."""
-        return subprocess.run(
-            [str(a) for a in args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        """Run a program as this user, capturing its output (``pgdr.core.runner``)."""
+        return runner.run(
+            args,
+            timeout_s=timeout,
             env=env,
             check=check,
-            cwd="/",
-            user=self.uid if self.switch else None,
-            group=self.gid if self.switch else None,
-            extra_groups=[] if self.switch else None,
+            cwd=Path("/"),
+            as_user=(self.uid, self.gid) if self.switch else None,
         )
 
     def can_reach(self, path: Path) -> bool:
@@ -71,10 +68,8 @@ def _create_system_user(name: str) -> None:
             f"The OS user {name!r} does not exist and useradd is not available to create it; "
             "create it or set PGDR_SERVICE_USER to an existing unprivileged user."
         )
-    result = subprocess.run(
+    result = runner.run(
         [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True,
-        text=True,
         check=False,
     )
     if result.returncode not in (0, 9):  # 9: created meanwhile by someone else

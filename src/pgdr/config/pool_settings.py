@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pgdr.errors import ConfigError
+from pgdr.config.settings import PgdrSettings, load_toml
+from pgdr.core.errors import ConfigError
 
 # field name -> (environment variable, key in pgdr.toml's [pool] table)
 POOL_VARIABLES: dict[str, tuple[str, str]] = {
@@ -25,6 +26,10 @@ POOL_VARIABLES: dict[str, tuple[str, str]] = {
     "idle_timeout_ms": ("DB_IDLE_TIMEOUT", "idle_timeout"),
     "max_lifetime_ms": ("DB_MAX_LIFETIME", "max_lifetime"),
 }
+
+
+# PostgreSQL's own limit for a timeout in milliseconds (a 32-bit int); also far above any sane pool.
+MAX_VALUE = 2_147_483_647
 
 
 class PoolSettings(BaseModel):
@@ -78,6 +83,8 @@ def _parse_int(raw: Any, variable: str) -> int:
             raise ConfigError(f"{variable} must be a whole number, not {text!r}.") from None
     if value < 0:
         raise ConfigError(f"{variable} must not be negative (got {value}).")
+    if value > MAX_VALUE:
+        raise ConfigError(f"{variable} must be at most {MAX_VALUE} (got {value}).")
     return value
 
 
@@ -134,3 +141,9 @@ def resolve_pool_settings(
             values[field] = _parse_int(env[variable], variable)
             sources[field] = f"env {variable}"
     return ResolvedPoolSettings(_validate(values), sources, environment)
+
+
+def load_pool_settings(settings: PgdrSettings) -> ResolvedPoolSettings:
+    """The effective pool settings: ``pgdr.toml`` (if any) and the environment, validated."""
+    toml, path = load_toml(settings)
+    return resolve_pool_settings(toml, toml_path=path)

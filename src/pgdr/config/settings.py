@@ -16,7 +16,7 @@ import platformdirs
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 SYSTEM_HOME = Path("/var/lib/pgdr")
 
@@ -79,5 +79,7 @@ def load_toml(settings: PgdrSettings) -> tuple[dict[str, Any], Path | None]:
             return tomllib.load(handle), path
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not valid TOML: it is not UTF-8 text.") from None
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read: {exc.strerror}.") from exc

@@ -1,7 +1,8 @@
 """Which database a command works on.
 
 ``DATABASE_URL`` first, then the libpq ``PG*`` variables (``PGHOST``, ``PGSERVICE``, ...), then
-the embedded default cluster under ``PGDR_HOME``. Passwords stay in the URL or in libpq's own
+the embedded default cluster under ``PGDR_HOME`` (resolved by ``pgdr.cluster.resolve_target``,
+which owns clusters). Passwords stay in the URL or in libpq's own
 files; pgdr never prints them.
 """
 
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgdr.config.settings import PgdrSettings
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.connect import redact
+from pgdr.core.errors import ConfigError
 
 LIBPQ_SELECTORS = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGPORT", "PGDATABASE")
 
@@ -38,32 +39,14 @@ class Target:
         return Target(make_conninfo(self.conninfo, dbname=dbname), self.source)
 
 
-def client_environment(conninfo: str) -> tuple[str, dict[str, str]]:
-    """For running a PostgreSQL client program: the connection string without its password,
-    and an environment carrying the password as ``PGPASSWORD``, so it never appears in argv
-    (which every local user can read in ``ps``)."""
-    params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return make_conninfo("", **params), env
+def configured_target(
+    url: str | None = None, environ: Mapping[str, str] | None = None
+) -> Target | None:
+    """The database the settings name (``url``, ``DATABASE_URL``, ``PG*``), or None when none does.
 
-
-def redact(conninfo: str) -> str:
-    try:
-        params = conninfo_to_dict(conninfo)
-    except Exception:  # a malformed string: print nothing of it
-        return "<unparseable connection string>"
-    if "password" in params:
-        params["password"] = "***"  # noqa: S105 - a mask, not a secret
-    return make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
-
-
-def resolve_target(
-    settings: PgdrSettings, url: str | None = None, environ: Mapping[str, str] | None = None
-) -> Target:
-    """The target database; ``url`` (from a trusted source, never argv) wins over everything."""
+    ``url`` comes from a trusted source, never argv. With None, the caller falls back to the
+    embedded default cluster (``pgdr.cluster.resolve_target``).
+    """
     env = os.environ if environ is None else environ
     if url:
         return Target(_checked(url, "the given URL"), "explicit")
@@ -71,19 +54,7 @@ def resolve_target(
         return Target(_checked(env["DATABASE_URL"], "DATABASE_URL"), "DATABASE_URL")
     if any(env.get(name) for name in LIBPQ_SELECTORS):
         return Target("", "PG* variables")
-    from pgdr.cluster.manager import default_cluster  # noqa: PLC0415 - avoids an import cycle
-
-    cluster = default_cluster(settings)
-    if not cluster.exists:
-        raise RuntimeFailure(
-            "No database is configured and the embedded default does not exist yet; "
-            "run `pgdr db start` or set DATABASE_URL."
-        )
-    if not cluster.status().running:
-        raise RuntimeFailure(
-            "The embedded default database is not running; start it with `pgdr db start`."
-        )
-    return Target(cluster.conninfo(), "embedded")
+    return None
 
 
 def _checked(url: str, origin: str) -> str:

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto.keys import DataKey
-from pgdr.errors import RuntimeFailure
 
 MAGIC = b"PGDR"
 VERSION = 1

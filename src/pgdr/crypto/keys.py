@@ -23,7 +23,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.secrets import read_secret_file
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -141,11 +142,8 @@ def write_key_file(path: Path, key_text: str) -> None:
 
 def read_key_file(path: Path, origin: str) -> bytes:
     """The key in ``path``; refused when group or others may read or write it."""
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{origin} {path} cannot be read: {exc.strerror}.") from exc
+    text = read_secret_file(path, origin)
+    mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"The key file {path} is accessible by group or others (mode "

@@ -19,8 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pgdr.errors import ConfigError
-from pgdr.integrity.records import RecordStore, new_record_id
+from pgdr.core.errors import ConfigError
+from pgdr.core.log import logger
+from pgdr.core.records import RecordStore, new_record_id
+
+log = logger(__name__)
 
 RTO_TARGET_S = 3600.0  # the runbook: RTO 1 hour
 RPO_TARGET_S = 300.0  # the runbook: RPO 5 minutes
@@ -72,6 +75,7 @@ class DrillReport:
     def step(self, name: str, *commands: str) -> Iterator[Step]:
         """Time one step; a failure marks it and propagates."""
         current = Step(name, list(commands), time.monotonic() - self._began)
+        log.info("Drill %s: %s", self.scenario, name)
         if self.listener is not None:
             self.listener(name)
         self.steps.append(current)
@@ -81,6 +85,7 @@ class DrillReport:
         except BaseException as exc:
             current.ok = False
             current.detail = current.detail or str(getattr(exc, "message", exc))
+            log.warning("Drill %s: %s failed: %s", self.scenario, name, current.detail)
             raise
         finally:
             current.duration_s = time.monotonic() - began

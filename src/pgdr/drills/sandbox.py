@@ -12,24 +12,23 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psycopg
-
 from pgdr.backup import Manifest, Repository, repository_at, take_backup
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
+from pgdr.core import runner
+from pgdr.core.connect import connect
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import MasterKey
 from pgdr.crypto.keys import decode_key, generate_key_text, write_key_file
 from pgdr.drills.workload import WorkloadWriter
-from pgdr.errors import RuntimeFailure
 from pgdr.restore.pitr import PitrResult, Target, plan_pitr, run_pitr, wait_for_streamer
 from pgdr.sample import VectorType, load_sample
-from pgdr.wal.archive import WalArchive
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.status import newest_wal_time
 
 DATABASE = "convoai"
@@ -67,7 +66,7 @@ class Sandbox:
         self._repo = repo
         self.production.create(choose_installation(None, self.major))
         self.production.start()
-        with psycopg.connect(self.production.conninfo(), autocommit=True) as conn:
+        with connect(self.production.conninfo(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
         vectors = VectorType.VECTOR if self.major >= 18 else VectorType.ARRAY
         load_sample(self.url, scale=self.scale, vector_type=vectors)
@@ -104,29 +103,20 @@ class Sandbox:
         return take_backup(self.repo, self.url, label="drill")
 
     def start_streamer(self) -> None:
-        log = (self.root / "streamer.log").open("ab")
-        self.streamer = subprocess.Popen(
-            [sys.executable, "-m", "pgdr", "wal", "stream", "--spool", str(self.spool)],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        with (self.root / "streamer.log").open("ab") as logfile:
+            self.streamer = runner.start(
+                [sys.executable, "-m", "pgdr", "wal", "stream", "--spool", self.spool],
+                env=self.env(),
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+            )
 
     def stop_streamer(self) -> None:
-        proc = self.streamer
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if self.streamer is not None:
+            runner.stop(self.streamer, grace_s=30)
 
     def archive(self) -> WalArchive:
-        return WalArchive.open(self.repo.store, self.repo.master_key)
+        return repository_archive(self.repo)
 
     def wait_streamed(self, since: float | None = None, timeout: float = STREAM_WAIT_S) -> None:
         """Until the repository holds WAL read after ``since`` (default: now)."""

@@ -29,13 +29,14 @@ import psycopg
 
 from pgdr.cluster import LocalCluster, find_installations
 from pgdr.config import PgdrSettings
+from pgdr.core.connect import connect
+from pgdr.core.errors import ConfigError, PgdrError
+from pgdr.core.records import RecordStore
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_report
 from pgdr.drills.sandbox import DATABASE, Sandbox
 from pgdr.drills.workload import WorkloadWriter, count_loss
-from pgdr.errors import ConfigError, PgdrError
 from pgdr.incident.readonly import Scope, set_read_only
 from pgdr.integrity import CheckOptions, Report, run_check
-from pgdr.integrity.records import RecordStore
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.monitoring.checks import check_up
 from pgdr.monitoring.incidents import IncidentLog
@@ -80,7 +81,7 @@ class Drill:
 
 
 def _server_now(url: str) -> datetime:
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT clock_timestamp()").fetchone()
     assert row is not None
     moment: datetime = row[0]
@@ -235,7 +236,7 @@ def scenario3(d: Drill) -> None:
     """Accidental deletion of a chatbot and everything under it."""
     sb, r = d.sandbox, d.report
     baseline = _prepare(d)
-    with psycopg.connect(sb.url, autocommit=True) as conn:
+    with connect(sb.url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT c.id::text FROM chatbots c ORDER BY "
             "(SELECT count(*) FROM conversations v WHERE v.chatbot_id = c.id) + "
@@ -252,7 +253,7 @@ def scenario3(d: Drill) -> None:
         f"DELETE FROM chatbots WHERE id = '{chatbot}'",
     ) as step:
         before = _server_now(sb.url)
-        with psycopg.connect(sb.url, autocommit=True) as conn:
+        with connect(sb.url, autocommit=True) as conn:
             deleted = conn.execute("DELETE FROM chatbots WHERE id = %s", (chatbot,)).rowcount
         disaster = time.monotonic()
         streamed_since = time.time()
@@ -270,7 +271,7 @@ def scenario3(d: Drill) -> None:
         r.facts["rows_deleted"] = {f.table: f.count for f in fell}
         step.detail = ", ".join(f"{f.table} -{f.count}" for f in fell)
     with r.step("Stop further writes: read-only mode on", "pgdr readonly on --terminate") as step:
-        with psycopg.connect(sb.url, autocommit=True) as conn:
+        with connect(sb.url, autocommit=True) as conn:
             state = set_read_only(conn, True, Scope.DATABASE, terminate=True)
         step.detail = f"read-only; {state.terminated_sessions} session(s) ended"
     scratch = _restore_at(
@@ -293,7 +294,7 @@ def scenario3(d: Drill) -> None:
         step.detail = ", ".join(f"{t.table} {t.inserted}" for t in rows.tables)
     with (
         r.step("Read-only mode off", "pgdr readonly off"),
-        psycopg.connect(sb.url, autocommit=True) as conn,
+        connect(sb.url, autocommit=True) as conn,
     ):
         set_read_only(conn, False, Scope.DATABASE)
     _verify(d, sb.url, baseline, "production", health=False)
@@ -332,7 +333,7 @@ def scenario2(d: Drill) -> None:
         "SET session_replication_role = replica; DELETE FROM users WHERE ...",
         "UPDATE embeddings SET embedding = NULL WHERE ...",
     ) as step:
-        with psycopg.connect(sb.url, autocommit=True) as conn, conn.transaction():
+        with connect(sb.url, autocommit=True) as conn, conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
             users = conn.execute(
                 "DELETE FROM users WHERE id IN (SELECT user_id FROM chatbots "

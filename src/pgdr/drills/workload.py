@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 
+from pgdr.core.connect import connect
+
 TICKS_TABLE = """
 CREATE TABLE IF NOT EXISTS drill_ticks (
     id bigint PRIMARY KEY,
@@ -46,7 +48,7 @@ class WorkloadWriter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def prepare(self) -> None:
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+        with connect(self.conninfo, autocommit=True) as conn:
             conn.execute(TICKS_TABLE)
 
     def start(self) -> None:
@@ -76,7 +78,7 @@ class WorkloadWriter:
             time.sleep(0.02)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.conninfo, autocommit=True, connect_timeout=2)
+        return connect(self.conninfo, autocommit=True, timeout_s=2, raw_errors=True)
 
     def _run(self) -> None:
         conn: psycopg.Connection[Any] | None = None
@@ -134,7 +136,7 @@ def count_loss(conninfo: str, acked: list[Tick]) -> LossCount:
     ``seconds`` is the span from the newest acknowledged tick still present to the newest
     missing one: how much acknowledged work was lost, in time (0 when nothing is missing).
     """
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with connect(conninfo, autocommit=True) as conn:
         present = {int(r[0]) for r in conn.execute("SELECT id FROM drill_ticks").fetchall()}
     missing = [t for t in acked if t.id not in present]
     kept = [t for t in acked if t.id in present]

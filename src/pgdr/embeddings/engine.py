@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.embeddings.cache import cached_dimension_known
 from pgdr.embeddings.jobs import (
     Job,
@@ -38,7 +39,6 @@ from pgdr.embeddings.jobs import (
 from pgdr.embeddings.providers import Provider, Vector
 from pgdr.embeddings.source import ResolvedSource, resolve_source
 from pgdr.embeddings.writer import BatchRow, fetch_batch, prefer_index_probes, write_batch
-from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.pool import connect
 from pgdr.profile import Profile
 

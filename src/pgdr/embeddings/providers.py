@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.embeddings.settings import LOCAL_MODEL, EmbeddingSettings
-from pgdr.errors import ConfigError, RuntimeFailure
 
 Vector = npt.NDArray[np.float32]
 BYTES_PER_TOKEN = 4

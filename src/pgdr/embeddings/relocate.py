@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 
 
 @dataclass

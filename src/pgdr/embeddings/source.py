@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 from pgdr.profile import EmbeddingSource
 
 

@@ -7,8 +7,8 @@ inventory.py, the psql-callable ``pgdr.check_referential_integrity()`` in sqlfun
 pgdr keeps these records in records.py.
 """
 
-from pgdr.integrity.findings import Finding, Report, priority
+from pgdr.core.severity import FindingLevel, priority
+from pgdr.integrity.findings import Finding, Report
 from pgdr.integrity.run import CheckOptions, run_check
-from pgdr.profile.model import Severity
 
-__all__ = ["CheckOptions", "Finding", "Report", "Severity", "priority", "run_check"]
+__all__ = ["CheckOptions", "Finding", "FindingLevel", "Report", "priority", "run_check"]

@@ -11,11 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pgdr.monitoring.severity import Severity as Priority
-from pgdr.profile.model import Severity
+from pgdr.core.severity import FINDING_LEVELS, FindingLevel, Severity, priority
 
-SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
-P0_FRACTION = 0.10
 REPORT_VERSION = 1
 
 
@@ -26,20 +23,13 @@ def iso(value: Any) -> str | None:
     return str(value.isoformat()) if hasattr(value, "isoformat") else str(value)
 
 
-def priority(severity: Severity, fraction: float | None) -> Priority:
-    """The runbook's incident level for a finding."""
-    if severity == "critical":
-        return Priority.P0 if fraction is not None and fraction > P0_FRACTION else Priority.P1
-    return Priority.P2 if severity == "warning" else Priority.P3
-
-
 @dataclass
 class Finding:
     """One problem: ``count`` of ``rows`` in ``table`` (when it is about rows)."""
 
     check: str
     code: str
-    severity: Severity
+    severity: FindingLevel
     message: str
     table: str | None = None
     name: str | None = None
@@ -55,7 +45,7 @@ class Finding:
         return self.count / self.rows
 
     @property
-    def priority(self) -> Priority:
+    def priority(self) -> Severity:
         return priority(self.severity, self.fraction)
 
     def as_dict(self) -> dict[str, Any]:
@@ -98,7 +88,7 @@ class Report:
         self.skipped.append(Skipped(check, reason, table, partial))
 
     def counts(self) -> dict[str, int]:
-        return {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
+        return {s: sum(1 for f in self.findings if f.severity == s) for s in FINDING_LEVELS}
 
     @property
     def critical(self) -> int:
@@ -109,12 +99,12 @@ class Report:
         return any(s.partial for s in self.skipped)
 
     @property
-    def top_priority(self) -> Priority | None:
+    def top_priority(self) -> Severity | None:
         levels = sorted(f.priority for f in self.findings)
         return levels[0] if levels else None
 
     def ordered(self) -> list[Finding]:
-        rank = {s: i for i, s in enumerate(SEVERITIES)}
+        rank = {s: i for i, s in enumerate(FINDING_LEVELS)}
         return sorted(
             self.findings,
             key=lambda f: (f.priority, rank[f.severity], f.check, f.table or "", f.name or ""),

@@ -15,11 +15,11 @@ from typing import Any
 
 from psycopg import sql
 
-from pgdr.config.target import redact
-from pgdr.errors import ConfigError
+from pgdr.core.connect import redact
+from pgdr.core.errors import ConfigError
+from pgdr.core.records import new_record_id
 from pgdr.integrity.catalog import read_catalog
 from pgdr.integrity.findings import Finding, Report
-from pgdr.integrity.records import new_record_id
 from pgdr.integrity.run import database_errors, open_checked
 from pgdr.integrity.snapshot import run_one
 from pgdr.profile import Profile

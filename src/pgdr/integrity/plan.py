@@ -15,10 +15,10 @@ from typing import Any
 
 from psycopg import sql
 
+from pgdr.core.severity import FindingLevel
 from pgdr.integrity.catalog import Catalog, Column, TableInfo
 from pgdr.integrity.findings import Finding, Report
 from pgdr.profile import EmbeddingSource, Profile
-from pgdr.profile.model import Severity
 
 VECTOR_TYPES = {"vector": 4, "_float4": 4, "_float8": 8}
 ARRAY_TYPES = {"_float4": "real[]", "_float8": "double precision[]"}
@@ -33,7 +33,7 @@ class Condition:
     check: str  # "references", "embeddings" or "rules"
     code: str
     name: str
-    severity: Severity
+    severity: FindingLevel
     predicate: sql.Composable
     describe: str  # "... rows of T <describe>"
     details: dict[str, Any] = field(default_factory=dict)

@@ -16,11 +16,11 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from pgdr.config.target import redact
+from pgdr.core.connect import redact
+from pgdr.core.records import new_record_id
 from pgdr.integrity.catalog import read_catalog
 from pgdr.integrity.findings import Finding, Report, iso
 from pgdr.integrity.plan import qualify
-from pgdr.integrity.records import new_record_id
 from pgdr.integrity.run import database_errors, open_checked
 from pgdr.profile import Profile
 

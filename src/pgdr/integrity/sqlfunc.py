@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from pgdr.config.target import redact
-from pgdr.errors import RuntimeFailure
+from pgdr.core.connect import redact
+from pgdr.core.errors import RuntimeFailure
 from pgdr.integrity.catalog import read_catalog
 from pgdr.integrity.findings import Report
 from pgdr.integrity.plan import TablePass, build_plan

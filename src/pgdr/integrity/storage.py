@@ -8,13 +8,14 @@ version, and installs the ``amcheck`` contrib extension if the database lacks it
 from __future__ import annotations
 
 import re
-import subprocess
 from typing import Any
 
 import psycopg
 
-from pgdr.config.target import client_environment
-from pgdr.errors import PgdrError
+from pgdr.cluster import installation_for_major
+from pgdr.core import runner
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import PgdrError
 from pgdr.integrity.findings import Finding, Report
 
 _HEADER = re.compile(r'^(heap table|btree index|toast table)\s+"([^"]+)"(.*?):?\s*$')
@@ -72,8 +73,6 @@ def parse_amcheck(output: str) -> dict[str, list[str]]:
 
 def check_amcheck(conninfo: str, major: int, report: Report, timeout_s: float) -> None:
     """Run pg_amcheck over the whole database; each damaged relation is a critical finding."""
-    from pgdr.cluster import installation_for_major  # noqa: PLC0415 - only --deep needs it
-
     try:
         tool = installation_for_major(major).tool("pg_amcheck")
     except PgdrError as exc:
@@ -81,16 +80,13 @@ def check_amcheck(conninfo: str, major: int, report: Report, timeout_s: float) -
         return
     target, env = client_environment(conninfo)
     try:
-        proc = subprocess.run(
-            [str(tool), "--install-missing", "--no-strict-names", target],
+        proc = runner.run(
+            [tool, "--install-missing", "--no-strict-names", target],
             env=env,
             check=False,
-            capture_output=True,
-            text=True,
-            timeout=max(timeout_s, 60.0),
-            stdin=subprocess.DEVNULL,
+            timeout_s=max(timeout_s, 60.0),
         )
-    except subprocess.TimeoutExpired:
+    except runner.TimedOut:
         report.skip(
             "storage",
             f"pg_amcheck did not finish within {max(timeout_s, 60.0):g} s; "
@@ -105,8 +101,9 @@ def check_amcheck(conninfo: str, major: int, report: Report, timeout_s: float) -
     problems = parse_amcheck(proc.stdout)
     lowered = output.lower()
     if not problems or "permission denied" in lowered or "must be superuser" in lowered:
-        last = next((ln for ln in reversed(output.splitlines()) if ln.strip()), "no output")
-        report.skip("storage", f"pg_amcheck could not check this database: {last.strip()}")
+        report.skip(
+            "storage", f"pg_amcheck could not check this database: {runner.last_line(output)}"
+        )
         return
     for relation, lines in problems.items():
         kind, _, name = relation.partition(" ")

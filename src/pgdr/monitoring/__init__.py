@@ -6,10 +6,11 @@ them into results with P0-P3 severities, Prometheus and JSON metrics, the schedu
 ``$PGDR_HOME/records/incidents`` — never in the database being watched.
 """
 
+from pgdr.core.incidents import Incident
+from pgdr.core.severity import SEVERITY_LEVELS, Severity
 from pgdr.monitoring.checks import CheckResult, MonitorConfig, run_checks
-from pgdr.monitoring.incidents import Incident, IncidentLog
+from pgdr.monitoring.incidents import IncidentLog
 from pgdr.monitoring.reports import DatabaseReport, collect_report
-from pgdr.monitoring.severity import SEVERITY_LEVELS, Severity
 
 __all__ = [
     "SEVERITY_LEVELS",

@@ -12,8 +12,8 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
+from pgdr.core.severity import Severity
 from pgdr.monitoring.reports import DatabaseReport, collect_report
-from pgdr.monitoring.severity import Severity
 from pgdr.pool import HealthReport, check_database_health, connect
 
 

@@ -1,76 +1,21 @@
-"""Incidents: opened when a check fails, resolved when it passes again, kept as JSON files.
+"""Incidents from monitor checks: opened when a check fails, resolved when it passes again.
 
-One open incident per check at a time; its severity is raised if the failure gets worse. P0
-and P1 incidents carry the runbook's post-incident review checklist until someone records it.
+The records and their store are ``pgdr.core.incidents`` (shared with the WAL streamer, so
+``pgdr monitor incidents`` shows every incident); this module applies one round of check results
+to them. One open incident per check at a time; its severity is raised if the failure gets worse.
 """
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
+from pgdr.core.incidents import Incident, IncidentStore, new_incident
+from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult
-from pgdr.monitoring.severity import SEVERITY_LEVELS, Severity
-
-REVIEW_STEPS = (
-    "Document what happened",
-    "Identify root cause",
-    "Implement preventive measures",
-    "Update runbooks",
-    "Conduct team retrospective",
-)
 
 
-@dataclass
-class Incident:
-    id: str
-    check: str
-    severity: str
-    opened_at: float
-    message: str
-    resolved_at: float | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    review_required: bool = False
-    review_steps: list[str] = field(default_factory=list)
-
-    @property
-    def open(self) -> bool:
-        return self.resolved_at is None
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["open"] = self.open
-        data["rto_seconds"] = SEVERITY_LEVELS[Severity(self.severity)].rto.total_seconds()
-        return data
-
-
-class IncidentLog:
-    """Incident records in a directory (``$PGDR_HOME/records/incidents``)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, incident_id: str) -> Path:
-        return self.directory / f"{incident_id}.json"
-
-    def _save(self, incident: Incident) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(incident.id).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(incident), indent=2))
-        tmp.replace(self._path(incident.id))
-
-    def all(self) -> list[Incident]:
-        if not self.directory.is_dir():
-            return []
-        incidents = [Incident(**json.loads(p.read_text())) for p in self.directory.glob("*.json")]
-        return sorted(incidents, key=lambda i: i.opened_at, reverse=True)
-
-    def open_incidents(self) -> list[Incident]:
-        return [i for i in self.all() if i.open]
+class IncidentLog(IncidentStore):
+    """The incident store, fed by rounds of monitor checks."""
 
     def update(self, results: list[CheckResult], now: float | None = None) -> list[Incident]:
         """Open, escalate or resolve incidents from one round of checks; returns the changed."""
@@ -83,38 +28,15 @@ class IncidentLog:
                 continue
             if not result.ok and result.severity is not None:
                 if incident is None:
-                    incident = self._open(result, now)
+                    incident = new_incident(result.name, result.severity, result.message, now)
                 elif Severity(incident.severity).rank > result.severity.rank:
-                    incident.severity = result.severity.value
-                    incident.events.append(
-                        {"at": now, "event": "escalated", "message": result.message}
-                    )
+                    incident.escalate(result.severity, result.message, now)
                 else:
                     continue
-                self._review_if_needed(incident)
-                self._save(incident)
+                self.save(incident)
                 changed.append(incident)
             elif result.ok and incident is not None:
-                incident.resolved_at = now
-                incident.events.append({"at": now, "event": "resolved", "message": result.message})
-                self._save(incident)
+                incident.resolve(result.message, now)
+                self.save(incident)
                 changed.append(incident)
         return changed
-
-    def _open(self, result: CheckResult, now: float) -> Incident:
-        assert result.severity is not None
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        return Incident(
-            id=f"{stamp}-{result.name}-{uuid.uuid4().hex[:6]}",
-            check=result.name,
-            severity=result.severity.value,
-            opened_at=now,
-            message=result.message,
-            events=[{"at": now, "event": "opened", "message": result.message}],
-        )
-
-    @staticmethod
-    def _review_if_needed(incident: Incident) -> None:
-        if SEVERITY_LEVELS[Severity(incident.severity)].needs_review:
-            incident.review_required = True
-            incident.review_steps = list(REVIEW_STEPS)

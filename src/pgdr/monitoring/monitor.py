@@ -8,16 +8,20 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
+from pgdr.core.log import logger
 from pgdr.monitoring.checks import MonitorConfig, run_checks
 from pgdr.monitoring.incidents import IncidentLog
 from pgdr.monitoring.metrics import MetricsSnapshot, collect_query_stats
 from pgdr.pool import connect
+
+log = logger(__name__)
 
 
 @dataclass
@@ -70,9 +74,23 @@ class Monitor:
         with (directory / f"{day}.jsonl").open("a") as handle:
             handle.write(json.dumps(line, default=str) + "\n")
 
-    def run_forever(self, stop: threading.Event, rounds: int | None = None) -> None:
+    def run_forever(
+        self,
+        stop: threading.Event,
+        rounds: int | None = None,
+        on_round: Callable[[MetricsSnapshot], None] | None = None,
+    ) -> None:
+        """Rounds every ``interval_seconds`` until ``stop`` (or ``rounds`` are done)."""
         done = 0
+        log.info("Monitoring every %g s.", self.config.interval_seconds)
         while not stop.is_set() and (rounds is None or done < rounds):
-            self.run_once()
+            snapshot = self.run_once()
+            failed = [c.name for c in snapshot.checks if not c.ok and not c.skipped]
+            if failed:
+                log.warning("Checks failed: %s.", ", ".join(failed))
+            else:
+                log.info("All checks passed.")
+            if on_round is not None:
+                on_round(snapshot)
             done += 1
             stop.wait(self.config.interval_seconds)

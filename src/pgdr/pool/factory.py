@@ -1,8 +1,12 @@
-"""psycopg connections and psycopg_pool pools configured from :class:`PoolSettings`."""
+"""psycopg connections and psycopg_pool pools configured from :class:`PoolSettings`.
+
+Both go through ``pgdr.core.connect``: the same ``application_name``, the same libpq
+``connect_timeout`` (``DB_CONNECTION_TIMEOUT`` rounded up to whole seconds, at least 2) and the
+same one-sentence errors.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import psycopg
@@ -10,47 +14,20 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
-from pgdr.errors import RuntimeFailure
-
-APPLICATION_NAME = "pgdr"
+from pgdr.core import connect as core_connect
 
 
 def connect_kwargs(settings: PoolSettings) -> dict[str, Any]:
-    """libpq parameters every pgdr connection carries."""
-    return {
-        "connect_timeout": max(2, math.ceil(settings.connection_timeout_s)),
-        "application_name": APPLICATION_NAME,
-    }
+    """libpq parameters every pgdr connection carries, timed by the runbook's settings."""
+    return core_connect.connect_kwargs(settings.connection_timeout_s)
 
 
 def connect(
     conninfo: str, settings: PoolSettings | None = None, **kwargs: Any
 ) -> psycopg.Connection[TupleRow]:
-    """One connection, with a clear error instead of a libpq message dump on failure."""
-    params = connect_kwargs(settings or PoolSettings()) | kwargs
-    try:
-        return psycopg.connect(conninfo, **params)
-    except psycopg.OperationalError as exc:
-        raise RuntimeFailure(
-            f"Cannot connect to the database: {describe_connect_error(exc)}"
-        ) from exc
-
-
-def describe_connect_error(exc: BaseException) -> str:
-    """libpq's multi-line error reduced to its most telling sentence."""
-    text = str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        lowered = line.lower()
-        if "password authentication failed" in lowered:
-            return "the password was rejected (password authentication failed)."
-        if "timeout expired" in lowered:
-            return "the server did not answer before the connection timeout."
-        if "connection refused" in lowered:
-            return "the server refused the connection (is it running, on that port?)."
-        if "does not exist" in lowered:
-            return line.split("FATAL:", 1)[-1].strip().rstrip(".") + "."
-    return (lines[-1] if lines else "unknown error").rstrip(".") + "."
+    """One connection timed by ``settings``; a one-sentence error instead of libpq's dump."""
+    timeout = (settings or PoolSettings()).connection_timeout_s
+    return core_connect.connect(conninfo, timeout_s=timeout, **kwargs)
 
 
 def make_pool(

@@ -15,7 +15,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pgdr.config.pool_settings import PoolSettings
-from pgdr.pool.factory import connect_kwargs, describe_connect_error
+from pgdr.core.connect import connect as core_connect
+from pgdr.core.connect import describe_connect_error
 
 
 @dataclass
@@ -43,7 +44,9 @@ def _probe_once(
             conn.execute(statement_timeout)
             row = conn.execute("SELECT current_setting('server_version')").fetchone()
     else:
-        with psycopg.connect(conninfo, **connect_kwargs(settings)) as conn:
+        with core_connect(
+            conninfo, timeout_s=settings.connection_timeout_s, raw_errors=True
+        ) as conn:
             conn.execute(statement_timeout)
             row = conn.execute("SELECT current_setting('server_version')").fetchone()
     latency = (time.perf_counter() - started) * 1000

@@ -9,13 +9,12 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.severity import FindingLevel
 
-Severity = Literal["critical", "warning", "info"]
 BUILTIN_PROFILES = ("convoai",)
 
 
@@ -44,7 +43,7 @@ class Relation(_Strict):
     child_columns: list[str]
     parent: str
     parent_columns: list[str] = ["id"]
-    severity: Severity = "critical"
+    severity: FindingLevel = "critical"
 
     @model_validator(mode="after")
     def _same_arity(self) -> Relation:
@@ -86,7 +85,7 @@ class Rule(_Strict):
     name: str
     table: str
     violation: str
-    severity: Severity = "warning"
+    severity: FindingLevel = "warning"
     description: str = ""
 
 
@@ -139,4 +138,8 @@ def load_profile(name_or_path: str) -> Profile:
         raise ConfigError(
             f"Profile {name_or_path!r} is neither a built-in profile ({known}) nor a file."
         )
-    return _read(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Profile {path} cannot be read as UTF-8 text: {exc}.") from exc
+    return _read(text, str(path))

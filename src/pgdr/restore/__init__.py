@@ -15,7 +15,7 @@ from pgdr.restore.base import (
     restore_backup,
 )
 from pgdr.restore.scratch import scratch_cluster
-from pgdr.restore.start import adopt_restored
+from pgdr.restore.start import adopt_restored, new_cluster_dir, start_restored
 
 __all__ = [
     "DamagedBackup",
@@ -24,6 +24,8 @@ __all__ = [
     "backup_chain",
     "extract_backup",
     "fetch_chunk",
+    "new_cluster_dir",
     "restore_backup",
     "scratch_cluster",
+    "start_restored",
 ]

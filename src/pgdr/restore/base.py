@@ -21,7 +21,6 @@ import ctypes
 import ctypes.util
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,9 +34,12 @@ from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
+from pgdr.core import runner
+from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import DataKey, parallel_map
-from pgdr.errors import ConfigError, RuntimeFailure
-from pgdr.storage import S3Store
+
+log = logger(__name__)
 
 Progress = Callable[[int], None]
 
@@ -320,7 +322,7 @@ def write_backup(
     files = _create_layout(manifest, target, owner)
     writer = _ChunkWriter(repo, manifest, data_key, target, files)
     cpus = os.cpu_count() or 1
-    workers = workers or (cpus * 2 if isinstance(repo.store, S3Store) else cpus)
+    workers = workers or repo.store.workers(cpus)
     for size in parallel_map(writer, range(len(manifest.chunks)), workers):
         if progress:
             progress(size)
@@ -418,6 +420,7 @@ def restore_backup(
     its bytes are written, and every file's size afterwards; ``check_files`` also recomputes
     each file's SHA-256 while extracting the archive in order (one stream, slower).
     """
+    log.info("Restoring backup %s from %s into %s.", backup_id, repo.url, target)
     began = time.monotonic()
     target = target.resolve()
     _check_target(target, force)
@@ -494,17 +497,7 @@ def _restore_chain(
         part.mkdir(mode=0o700)
         lay_down(repo, member, part, None, progress, workers, check_files=check_files)
         dirs.append(part)
-    result = subprocess.run(
-        [str(installation.tool("pg_combinebackup")), *map(str, dirs), "-o", str(staging)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise RuntimeFailure(
-            f"pg_combinebackup failed: {lines[-1] if lines else 'no output'}".rstrip(".") + "."
-        )
+    runner.run([installation.tool("pg_combinebackup"), *dirs, "-o", staging])
     written = 0
     files = 0
     for path in [staging, *staging.rglob("*")]:

@@ -42,8 +42,10 @@ import psycopg
 from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
+from pgdr.core.connect import connect
+from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import CorruptObject, parallel_map
-from pgdr.errors import CheckFailed, ConfigError, RuntimeFailure
 from pgdr.restore.base import backup_chain, restore_backup
 from pgdr.restore.start import adopt_restored
 from pgdr.storage import ObjectNotFound
@@ -61,6 +63,8 @@ from pgdr.wal.names import (
 from pgdr.wal.server import current_timeline
 from pgdr.wal.status import newest_wal_time
 from pgdr.wal.transfer import fetch_bytes
+
+log = logger(__name__)
 
 SPOOL_DIR = "pgdr_restore_wal"
 RECOVERY_CONF = "pgdr-recovery.conf"
@@ -391,7 +395,7 @@ def _wait_promoted(cluster: LocalCluster, timeout: float) -> None:
             raise RuntimeFailure("stopped")
         with (
             contextlib.suppress(psycopg.Error),
-            psycopg.connect(cluster.conninfo(), autocommit=True, connect_timeout=5) as conn,
+            connect(cluster.conninfo(), autocommit=True, timeout_s=5, raw_errors=True) as conn,
         ):
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             if row is not None and not row[0]:
@@ -451,6 +455,7 @@ def run_pitr(
     timeout: float = RECOVERY_TIMEOUT_S,
 ) -> PitrResult:
     """Carry out a checked plan: fetch WAL, restore, recover, promote, report."""
+    log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     began = time.monotonic()
     data_dir = data_dir.resolve()
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
@@ -489,7 +494,7 @@ def run_pitr(
         notes = list(plan.notes)
         _recover(cluster, plan, spool, timeout, notes)
         recovery_s = time.monotonic() - recovering
-        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        with connect(cluster.conninfo(), autocommit=True) as conn:
             row = conn.execute(
                 "SELECT pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text"
             ).fetchone()

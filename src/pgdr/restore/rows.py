@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.integrity.catalog import Catalog, TableInfo, read_catalog
 from pgdr.pool import connect
 

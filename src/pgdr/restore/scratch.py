@@ -14,7 +14,7 @@ from contextlib import contextmanager, suppress
 
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
-from pgdr.errors import PgdrError
+from pgdr.core.errors import PgdrError
 from pgdr.restore.base import RestoreResult, restore_backup
 from pgdr.restore.start import adopt_restored
 

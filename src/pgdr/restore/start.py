@@ -18,6 +18,19 @@ archive_mode = off
 """
 
 
+def new_cluster_dir(settings: PgdrSettings, kind: str, backup_id: str) -> Path:
+    """A fresh ``$PGDR_HOME/clusters/<kind>-<backup id>[-N]`` for a restored cluster.
+
+    ``kind`` is ``restore`` or ``pitr``; an existing directory is never reused.
+    """
+    base = settings.home / "clusters" / f"{kind}-{backup_id}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def adopt_restored(
     settings: PgdrSettings,
     data_dir: Path,
@@ -42,3 +55,13 @@ def adopt_restored(
     cluster.log_file.touch()
     cluster.user.own(cluster.log_file, 0o600)
     return cluster
+
+
+def start_restored(
+    settings: PgdrSettings, backup_id: str, data_dir: Path, pg_major: int, port: int | None
+) -> dict[str, str | int]:
+    """Adopt a restored directory as a new cluster and start it; where it runs."""
+    cluster_dir = new_cluster_dir(settings, "restore", backup_id)
+    cluster = adopt_restored(settings, data_dir, pg_major, cluster_dir, port=port)
+    cluster.start()
+    return {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}

@@ -20,7 +20,8 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from pgdr.errors import ConfigError, RuntimeFailure
+from pgdr.core.connect import connect
+from pgdr.core.errors import ConfigError, RuntimeFailure
 
 DIMENSION = 1536
 BATCH = 1000
@@ -443,7 +444,7 @@ def load_sample(
     counts = scale_counts(scale)
     gen = _Generator(seed, counts)
     as_array = vector_type is VectorType.ARRAY
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with connect(conninfo, autocommit=True) as conn:
         with conn.transaction():
             _prepare_schema(conn, vector_type, force)
         if not as_array:

@@ -1,4 +1,4 @@
-"""An exclusive lock on a store, for one writer at a time.
+"""The exclusive writer lock each store offers (``ObjectStore.hold_lock``).
 
 Local store: an ``flock`` (via ``filelock``) on ``<root>/.pgdr-lock``, held for the operation;
 the kernel drops it when the process dies, so a local lock is never stale. The holder's
@@ -18,76 +18,58 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import filelock
 
-from pgdr.errors import ConfigError, RuntimeFailure
-from pgdr.storage.base import ObjectNotFound, ObjectStore
-from pgdr.storage.local import LocalStore
-from pgdr.storage.s3 import S3Store
+from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.storage.base import HeldLock, LockBusy, ObjectNotFound, ObjectStore
 
 LOCAL_LOCK_NAME = ".pgdr-lock"
 
 
-class LockBusy(RuntimeFailure):
-    """Another live writer holds the lock; ``holder`` is what it wrote (None if unknown)."""
+class ConditionalStore(Protocol):
+    """What a store needs to offer for a lock made of conditional writes."""
 
-    def __init__(self, holder: bytes | None) -> None:
-        super().__init__("The lock is held by another process.")
-        self.holder = holder
+    url: str
+
+    def get(self, key: str) -> bytes: ...
+    def create(self, key: str, data: bytes) -> str | None: ...
+    def replace_if(self, key: str, data: bytes, etag: str) -> str | None: ...
+    def get_tagged(self, key: str) -> tuple[bytes, str]: ...
+    def delete_if(self, key: str, etag: str) -> bool: ...
+    def conditional_writes(self) -> bool: ...
 
 
-class HeldLock:
-    """What the holder may do with its lock: refresh its description."""
+class ConditionalLock(HeldLock):
+    """A lock that is the object itself: refreshed only while it is still ours."""
 
-    def __init__(self, store: ObjectStore, key: str, etag: str | None) -> None:
-        self.store = store
+    def __init__(self, store: ConditionalStore, key: str, etag: str) -> None:
+        self.conditional = store
         self.key = key
-        self.etag = etag
+        self.etag = etag  # the holder's description is the lock: no separate store object
 
     def refresh(self, data: bytes) -> None:
-        if isinstance(self.store, S3Store) and self.etag is not None:
-            etag = self.store.replace_if(self.key, data, self.etag)
-            if etag is None:
-                raise RuntimeFailure(
-                    f"The lock on {self.store.url} was taken over by another process."
-                )
-            self.etag = etag
-        else:
-            self.store.put(self.key, data)
+        etag = self.conditional.replace_if(self.key, data, self.etag)
+        if etag is None:
+            raise RuntimeFailure(
+                f"The lock on {self.conditional.url} was taken over by another process."
+            )
+        self.etag = etag
 
 
 @contextmanager
-def hold(
-    store: ObjectStore, key: str, data: bytes, is_stale: Callable[[bytes], bool]
-) -> Iterator[HeldLock]:
-    """Hold the store's lock while the block runs; :class:`LockBusy` when another does."""
-    if isinstance(store, LocalStore):
-        with _hold_local(store, key, data) as held:
-            yield held
-    elif isinstance(store, S3Store):
-        etag = _acquire_s3(store, key, data, is_stale)
-        held = HeldLock(store, key, etag)
-        try:
-            yield held
-        finally:
-            with contextlib.suppress(RuntimeFailure):  # unreachable: it goes stale by itself
-                store.delete_if(key, held.etag or "")
-    else:
-        raise ConfigError(f"The store {store.url} offers no exclusive lock.")
-
-
-@contextmanager
-def _hold_local(store: LocalStore, key: str, data: bytes) -> Iterator[HeldLock]:
-    store.root.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(Path(store.root) / LOCAL_LOCK_NAME, timeout=0)
+def hold_with_flock(store: ObjectStore, path: Path, key: str, data: bytes) -> Iterator[HeldLock]:
+    """Hold an ``flock`` on ``path`` and describe the holder under ``key``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(path, timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise LockBusy(_read(store, key)) from None
+        raise LockBusy(_read(store.get, key)) from None
     try:
         store.put(key, data)
-        yield HeldLock(store, key, None)
+        yield HeldLock(store, key)
     finally:
         try:
             store.delete(key)
@@ -95,7 +77,22 @@ def _hold_local(store: LocalStore, key: str, data: bytes) -> Iterator[HeldLock]:
             lock.release()
 
 
-def _acquire_s3(store: S3Store, key: str, data: bytes, is_stale: Callable[[bytes], bool]) -> str:
+@contextmanager
+def hold_with_conditional_writes(
+    store: ConditionalStore, key: str, data: bytes, is_stale: Callable[[bytes], bool]
+) -> Iterator[HeldLock]:
+    """Hold the lock object ``key``, created (or taken over) with conditional writes."""
+    held = ConditionalLock(store, key, _acquire(store, key, data, is_stale))
+    try:
+        yield held
+    finally:
+        with contextlib.suppress(RuntimeFailure):  # unreachable: it goes stale by itself
+            store.delete_if(key, held.etag)
+
+
+def _acquire(
+    store: ConditionalStore, key: str, data: bytes, is_stale: Callable[[bytes], bool]
+) -> str:
     if not store.conditional_writes():
         raise ConfigError(
             f"The S3 store {store.url} ignores conditional writes (If-None-Match), so pgdr "
@@ -111,15 +108,15 @@ def _acquire_s3(store: S3Store, key: str, data: bytes, is_stale: Callable[[bytes
     if current and not is_stale(current):
         raise LockBusy(current)
     if current and not store.delete_if(key, current_tag):
-        raise LockBusy(_read(store, key))
+        raise LockBusy(_read(store.get, key))
     etag = store.create(key, data)
     if etag is None:
-        raise LockBusy(_read(store, key))
+        raise LockBusy(_read(store.get, key))
     return etag
 
 
-def _read(store: ObjectStore, key: str) -> bytes | None:
+def _read(get: Callable[[str], bytes], key: str) -> bytes | None:
     try:
-        return store.get(key)
+        return get(key)
     except ObjectNotFound:
         return None

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
+from pgdr.core.secrets import read_secret_file
 from pgdr.storage.base import ObjectStore
 from pgdr.storage.local import LocalStore
 from pgdr.storage.s3 import S3Store
@@ -18,10 +19,7 @@ def _secret(options: Mapping[str, Any], name: str, env_name: str) -> str | None:
     """A credential from ``<name>_file`` in the options, else from the environment."""
     file_option = options.get(f"{name}_file")
     if file_option:
-        try:
-            return Path(str(file_option)).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"Cannot read {name}_file {file_option}: {exc.strerror}.") from exc
+        return read_secret_file(Path(str(file_option)), f"{name}_file").strip()
     return os.environ.get(env_name)
 
 

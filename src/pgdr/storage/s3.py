@@ -11,18 +11,22 @@ botocore (standard mode) before a clear error is raised.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
-from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.storage.base import HeldLock, ObjectInfo, ObjectNotFound, ObjectStore, check_key
+from pgdr.storage.lock import hold_with_conditional_writes
 
 
 class S3Store(ObjectStore):
+    remote = True
+
     def __init__(
         self,
         bucket: str,
@@ -200,7 +204,12 @@ class S3Store(ObjectStore):
             self._conditional = first is not None and second is None
         return self._conditional
 
-    def ensure_bucket(self) -> None:
+    def hold_lock(
+        self, key: str, data: bytes, is_stale: Callable[[bytes], bool]
+    ) -> AbstractContextManager[HeldLock]:
+        return hold_with_conditional_writes(self, key, data, is_stale)
+
+    def prepare(self) -> None:
         """Create the bucket if it does not exist (for ``pgdr repo init``)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)

@@ -14,6 +14,9 @@ Every object is sealed (zstd + AES-256-GCM) under its own key name with one data
 repository, so a segment moved, truncated or altered fails authentication and is named. The
 keyring also records the database system identifier and segment size: WAL of another cluster is
 refused instead of silently mixed in.
+
+A repository's archive is reached through :func:`repository_archive` (the repository's store,
+master key and system identifier together); nothing else assembles :meth:`WalArchive.open`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pgdr.backup.repository import WAL_KEYRING, Repository
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import (
     CorruptObject,
     DataKey,
@@ -36,7 +41,6 @@ from pgdr.crypto import (
     sign,
     verify_signature,
 )
-from pgdr.errors import ConfigError, RuntimeFailure
 from pgdr.storage import ObjectNotFound, ObjectStore
 from pgdr.wal.names import (
     is_backup_history,
@@ -49,7 +53,7 @@ from pgdr.wal.names import (
 )
 
 PREFIX = "wal/"
-KEYRING = "wal/keyring.json"
+KEYRING = WAL_KEYRING
 STATE_PREFIX = "wal/state/"
 XLP_LONG_HEADER = struct.Struct("<HHIQIIQII")  # magic, info, tli, pageaddr, rem_len, pad, ...
 PARTIAL_LEVEL = 1
@@ -323,3 +327,20 @@ class WalArchive:
             if state is not None:
                 found[name] = state
         return found
+
+
+def repository_archive(
+    repo: Repository, system_identifier: int | None = None, segment_size: int | None = None
+) -> WalArchive:
+    """The WAL archive of ``repo``; created for a server (and checked against it) when given.
+
+    Reading (no server given) never creates a master key; a writer may, into an empty repository.
+    """
+    if system_identifier is not None:
+        repo.check_system_identifier(str(system_identifier))
+    return WalArchive.open(
+        repo.store,
+        repo.master_key if system_identifier is None else repo.writing_key(),
+        system_identifier=system_identifier,
+        segment_size=segment_size,
+    )

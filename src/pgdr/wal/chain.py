@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgdr.errors import CheckFailed, ConfigError
+from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.names import (
     Segment,

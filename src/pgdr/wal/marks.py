@@ -12,8 +12,8 @@ import re
 import time
 from typing import Any
 
+from pgdr.core.errors import ConfigError
 from pgdr.crypto import open_sealed, seal
-from pgdr.errors import ConfigError
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import connect, current_timeline

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pgdr.errors import ConfigError
+from pgdr.core.errors import ConfigError
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")

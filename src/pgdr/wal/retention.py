@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pgdr.backup.repository import Repository
-from pgdr.wal.archive import KEYRING, WalArchive
+from pgdr.wal.archive import KEYRING, WalArchive, repository_archive
 from pgdr.wal.marks import MARKS, list_marks
 from pgdr.wal.names import (
     Segment,
@@ -78,6 +78,6 @@ def prune_repository_wal(
     """``pgdr prune``'s WAL half; None when the repository holds no WAL."""
     if not repo.store.exists(KEYRING):
         return None
-    archive = WalArchive.open(repo.store, repo.master_key)
+    archive = repository_archive(repo)
     starts = [repo.read_manifest(bid).start_lsn for bid in kept_backup_ids]
     return prune_wal(archive, starts, dry_run)

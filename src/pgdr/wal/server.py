@@ -9,8 +9,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgdr.config.target import redact
-from pgdr.errors import RuntimeFailure
+from pgdr.core.connect import connect as core_connect
+from pgdr.core.connect import redact
+from pgdr.core.errors import RuntimeFailure
+from pgdr.core.runner import last_line
 
 DEFAULT_SLOT = "pgdr"
 DEFAULT_APPLICATION = "pgdr"
@@ -27,11 +29,12 @@ class ServerInfo:
 
 
 def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection for the WAL commands (autocommit); one sentence naming the server on failure."""
     try:
-        return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **kwargs)
+        return core_connect(conninfo, autocommit=True, raw_errors=True, **kwargs)
     except psycopg.OperationalError as exc:
         raise RuntimeFailure(
-            f"Cannot connect to {redact(conninfo)}: {str(exc).strip().splitlines()[-1]}"
+            f"Cannot connect to {redact(conninfo)}: {last_line(str(exc))}"
         ) from exc
 
 

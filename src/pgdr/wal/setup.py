@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pgdr.cluster.service_user import ServiceUser
-from pgdr.errors import ConfigError
+from pgdr.core import runner
+from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.wal.server import DEFAULT_SLOT, connect, ensure_slot, set_system
 
 
@@ -171,10 +172,9 @@ def check_archive_reachable(user: ServiceUser, env: dict[str, str], executable: 
     # Run it for real: a script can be reachable while its interpreter (e.g. under /root) is not.
     try:
         probe = user.run([str(executable), "version"], timeout=60)
-        lines = (probe.stderr or probe.stdout).strip().splitlines()
-        reason = (lines[-1] if lines else f"exit {probe.returncode}") if probe.returncode else ""
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = runner.last_line(probe.stderr or probe.stdout) if probe.returncode else ""
+    except PgdrError as exc:
+        reason = exc.message
     if reason:
         raise ConfigError(
             f"The server's OS user {user.name!r} cannot run {executable} ({reason}); "

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pgdr.backup.repository import Repository
-from pgdr.errors import CheckFailed
-from pgdr.wal.archive import WalArchive
+from pgdr.core.errors import CheckFailed
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain, choose_timeline
 from pgdr.wal.names import Segment, parse_lsn, segment_of_lsn
 
@@ -92,8 +92,9 @@ def usable_backup_stops(
     return stops, missing
 
 
-def repository_wal_status(repo: Repository, archive: WalArchive) -> WalStatus:
-    """``wal status`` of ``repo``: its WAL, and the window its own backups and WAL give."""
+def repository_wal_status(repo: Repository) -> WalStatus:
+    """``pgdr wal status`` of ``repo``: its WAL, and the window its own backups and WAL give."""
+    archive = repository_archive(repo)
     backups = [
         (m.id, m.timeline, m.start_lsn, m.stop_lsn, m.stop_datetime.timestamp())
         for m in repo.list_backups()

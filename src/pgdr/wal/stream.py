@@ -32,17 +32,23 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import psycopg
 
-from pgdr.cluster import PgInstallation
-from pgdr.config.target import client_environment
-from pgdr.errors import PgdrError, RuntimeFailure
-from pgdr.wal.archive import WalArchive
+from pgdr.backup.repository import Repository
+from pgdr.cluster import PgInstallation, installation_for_major
+from pgdr.config import PgdrSettings
+from pgdr.core import runner
+from pgdr.core import time as clock
+from pgdr.core.connect import client_environment
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.incidents import IncidentStore
+from pgdr.core.log import logger
+from pgdr.core.severity import Severity
+from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.names import (
     format_lsn,
     is_history,
@@ -57,10 +63,14 @@ from pgdr.wal.server import (
     connect,
     current_timeline,
     ensure_slot,
+    server_info,
     set_system,
     setting,
     with_application_name,
 )
+
+log = logger(__name__)
+DEGRADED = "wal-sync-degraded"
 
 PR_SET_PDEATHSIG = 1
 SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
@@ -152,11 +162,11 @@ class Streamer:
         self,
         options: StreamOptions,
         archive: WalArchive,
-        log: Callable[[str], None] = print,
+        incidents: IncidentStore | None = None,
     ) -> None:
         self.o = options
         self.archive = archive
-        self.log = log
+        self.incidents = incidents
         self.status = StreamState()
         self.proc: subprocess.Popen[bytes] | None = None
         self._partial_sig: tuple[str, int] | None = None
@@ -210,7 +220,7 @@ class Streamer:
             self.status.repository_error = None
         except PgdrError as exc:
             if self.status.repository_error != exc.message:
-                self.log(f"WARNING: upload failed, keeping WAL in the spool: {exc.message}")
+                log.warning("Upload failed, keeping WAL in the spool: %s", exc.message)
             self.status.repository_error = exc.message
 
     def _upload_partial(self, name: str, force: bool) -> None:
@@ -292,25 +302,19 @@ class Streamer:
         ]
         if self.o.synchronous:
             args.append("--synchronous")
-        log = (self.o.spool / "pg_receivewal.log").open("ab")
+        logfile = (self.o.spool / "pg_receivewal.log").open("ab")
         try:
-            return subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
+            return runner.start(
+                args, env=env, stdout=logfile, stderr=logfile, preexec=_die_with_parent
             )
         finally:
-            log.close()
+            logfile.close()
 
     def _receiver_reason(self) -> str:
         try:
-            lines = (self.o.spool / "pg_receivewal.log").read_text(errors="replace").splitlines()
+            return runner.last_line((self.o.spool / "pg_receivewal.log").read_bytes())
         except OSError:
             return "no log"
-        return lines[-1] if lines else "no output"
 
     # ----- the server side --------------------------------------------------------------------
     def _observe_server(self) -> bool:
@@ -364,12 +368,14 @@ class Streamer:
             if caught_up:
                 set_system(conn, "synchronous_standby_names", wanted)
                 self.status.degraded = False
-                self.log("Caught up: synchronous commits are back on (RPO 0).")
+                log.info("Caught up: synchronous commits are back on (RPO 0).")
                 self._incident("wal-sync-restored", "the streamer caught up; commits wait again")
+                if self.incidents is not None:
+                    self.incidents.resolve(DEGRADED, "The streamer caught up; commits wait again.")
             return
         if current != wanted and connected:
             set_system(conn, "synchronous_standby_names", wanted)
-            self.log(f"synchronous_standby_names = '{wanted}': commits now wait for pgdr.")
+            log.info("synchronous_standby_names = '%s': commits now wait for pgdr.", wanted)
             return
         if (
             self.o.degrade_after is not None
@@ -384,12 +390,16 @@ class Streamer:
                 "the server to ASYNCHRONOUS commits so the application is not blocked. RPO is "
                 "no longer 0 until pgdr catches up."
             )
-            self.log(f"WARNING: {message}")
-            self._incident("wal-sync-degraded", message)
+            log.warning(message)
+            self._incident(DEGRADED, message)
+            if self.incidents is not None:
+                with contextlib.suppress(PgdrError, OSError):
+                    self.incidents.raise_(DEGRADED, Severity.P1, message)
 
     def _incident(self, kind: str, message: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        record = {"kind": kind, "message": message, "at": time.time(), "severity": "critical"}
+        moment = clock.now()
+        stamp = moment.strftime("%Y%m%dT%H%M%SZ")
+        record = {"kind": kind, "message": message, "at": clock.iso(moment), "severity": "critical"}
         with contextlib.suppress(PgdrError):
             self.archive.store.put(
                 f"incidents/{stamp}-{kind}.json", json.dumps(record, indent=2).encode()
@@ -416,9 +426,11 @@ class Streamer:
             return
         for path in self.o.spool.glob("*.partial"):
             if int(path.name[:8], 16) != timeline:
-                self.log(
-                    f"Dropping {path.name} from the spool: it is in the repository and "
-                    f"the server now writes timeline {timeline}."
+                log.info(
+                    "Dropping %s from the spool: it is in the repository and "
+                    "the server now writes timeline %d.",
+                    path.name,
+                    timeline,
                 )
                 path.unlink()
 
@@ -435,10 +447,10 @@ class Streamer:
                     try:
                         self.proc = self._start_receiver()
                         self.status.state = "streaming"
-                        self.log(f"pg_receivewal started (slot {self.o.slot}).")
+                        log.info("pg_receivewal started (slot %s).", self.o.slot)
                     except PgdrError as exc:
                         self.status.state = "server unreachable"
-                        self.log(f"Waiting for the server: {exc.message}")
+                        log.warning("Waiting for the server: %s", exc.message)
                         next_start = now + backoff
                         backoff = min(backoff * 2, MAX_BACKOFF_S)
                 if self.proc is not None and self.proc.poll() is not None:
@@ -447,9 +459,11 @@ class Streamer:
                     self.status.state = "disconnected"
                     self.status.restarts += 1
                     self.upload_spool(final=True)
-                    self.log(
-                        f"pg_receivewal exited ({code}): {self._receiver_reason()}; "
-                        f"restarting in {backoff:g} s."
+                    log.warning(
+                        "pg_receivewal exited (%s): %s; restarting in %g s.",
+                        code,
+                        self._receiver_reason(),
+                        backoff,
                     )
                     next_start = time.monotonic() + backoff
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -467,16 +481,58 @@ class Streamer:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            runner.stop(self.proc, grace_s=10, sig=signal.SIGINT)
         self.proc = None
         self.upload_spool(final=True)
         self.status.state = "stopped"
         self._heartbeat()
         if self._lock_handle is not None:
             self._lock_handle.close()
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What ``pgdr wal stream`` was asked for; the rest is learnt from the server."""
+
+    spool: Path | None = None
+    slot: str = DEFAULT_SLOT
+    application: str = DEFAULT_APPLICATION
+    synchronous: bool = False
+    quorum_with: tuple[str, ...] = ()
+    degrade_after: float | None = None
+    partial_interval: float = 0.25
+
+
+def stream_until_stopped(
+    settings: PgdrSettings,
+    repo: Repository,
+    conninfo: str,
+    ask: StreamRequest,
+    stop: threading.Event,
+) -> None:
+    """Stream the server's WAL into ``repo`` until ``stop`` is set; incidents go to PGDR_HOME."""
+    if ask.degrade_after is not None and not ask.synchronous:
+        raise ConfigError("--degrade-after only makes sense with --synchronous.")
+    info = server_info(conninfo)
+    archive = repository_archive(repo, info.system_identifier, info.segment_size)
+    options = StreamOptions(
+        conninfo=conninfo,
+        spool=ask.spool or settings.home / "wal-spool" / str(info.system_identifier),
+        installation=installation_for_major(info.major, settings.pg_bin),
+        slot=ask.slot,
+        application=ask.application,
+        synchronous=ask.synchronous,
+        quorum_with=list(ask.quorum_with),
+        degrade_after=ask.degrade_after,
+        partial_interval=ask.partial_interval,
+    )
+    log.info(
+        "Streaming WAL of system %s (PostgreSQL %s) into %s%s.",
+        info.system_identifier,
+        info.major,
+        archive.store.url,
+        " synchronously" if ask.synchronous else "",
+    )
+    Streamer(options, archive, IncidentStore.at_home(settings.home)).run(stop)
+    log.info("Stopped; everything received is in the repository.")

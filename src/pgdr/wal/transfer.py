@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pgdr.errors import CheckFailed, RuntimeFailure
+from pgdr.core.errors import CheckFailed, RuntimeFailure
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import PushResult, WalArchive, read_segment_header
 from pgdr.wal.names import is_partial, is_segment

@@ -1,5 +1,7 @@
 """``pgdr key``: the master key in force, and rotating it without rewriting data.
 
+It lives with the WAL because it re-wraps both the backups' data keys and the WAL keyring.
+
 Rotation re-wraps every object sealed under the master key: each backup's data key (stored in
 its manifest outside the authenticated fields, so only ``wrapped_key`` is rewritten after the
 manifest is checked with the old key) and the WAL keyring ``wal/keyring.json`` (re-signed with
@@ -19,9 +21,9 @@ from typing import Any
 
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.crypto.keys import default_key_path, generate_key_text, read_key_file, write_key_file
-from pgdr.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.wal.archive import WalArchive
 
 PENDING_NAME = "master.key.new"

@@ -13,7 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pgdr.backup.repository import Repository
 from pgdr.integrity.snapshot import take_snapshot
 from pgdr.profile import Profile
-from pgdr.restore import scratch_cluster
+from pgdr.restore.scratch import scratch_cluster
 
 
 def snapshot_of_backup(

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from pgdr.backup.copy import CopyReport, Progress, copy_backup
 from pgdr.backup.repository import Repository
+from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import open_sealed, seal
-from pgdr.errors import RuntimeFailure
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import KEYRING, PREFIX, STATE_PREFIX, WalArchive, name_of_key
 from pgdr.wal.names import is_history, parse_lsn, parse_segment, segment_of_lsn
@@ -38,8 +40,27 @@ class WalCopyReport:
     resealed: bool = False
     source_has_wal: bool = True
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def copy_to_tier(
+    source: Repository,
+    destination: Repository,
+    backup_id: str,
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> CopyReport:
+    """``pgdr repo copy``: the backup (with its parents), then the WAL, under one lock."""
+    return copy_backup(
+        source,
+        destination,
+        backup_id,
+        progress=progress,
+        workers=workers,
+        also=lambda: copy_wal(source, destination).as_dict(),
+    )
 
 
 def copy_wal(source: Repository, destination: Repository) -> WalCopyReport:
