@@ -25,8 +25,10 @@ from pgdr.config import PgdrSettings
 from pgdr.sample import VectorType, load_sample
 
 pytest_plugins = [
+    "fixtures.agent",
     "fixtures.backup",
     "fixtures.embeddings",
+    "fixtures.receivers",
     "fixtures.s3",
     "fixtures.wal",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,12 +17,19 @@ from conftest import Server
 from pgdr.cluster import find_free_port
 
 TOKEN = "test-token-0123456789abcdef"
+ARTIFACTS = Path(
+    os.environ.get("PGDR_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+)
 
 
 @pytest.fixture
-def api(pg18: Server, cli_env: dict[str, str]) -> Iterator[str]:
+def api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     port = find_free_port()
-    env = cli_env | {"DATABASE_URL": pg18.new_database(), "PGDR_API_TOKEN": TOKEN}
+    env = cli_env | {
+        "DATABASE_URL": pg18.new_database(),
+        "PGDR_API_TOKEN": TOKEN,
+        "PGDR_HOME": str(tmp_path / "home"),  # its own records: no backup protects this database
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgdr", "serve", "--port", str(port), "--interval", "5"],
         env=env,
@@ -54,12 +62,18 @@ def test_health_is_public_and_internals_need_the_token(api: str) -> None:
     metrics = httpx.get(api + "/api/monitoring/metrics", headers=auth, timeout=30)
     assert metrics.status_code == 200
     body = metrics.json()
-    assert body["database"]["healthy"] is True and body["pool"] is None
+    assert body["database"]["healthy"] is True and body["pool"]["pool_size"] >= 0
     assert {"database", "pool", "queries", "errors", "checks"} <= set(body)
     prom = httpx.get(api + "/metrics", headers=auth, timeout=30)
     assert prom.headers["content-type"].startswith("text/plain")
-    assert "pgdr_database_up 1.0" in prom.text
-    assert httpx.get(api + "/api/incidents", headers=auth).json() == []
+    assert 'pgdr_up{database="default"} 1.0' in prom.text
+    if shutil.which("promtool"):
+        checked = subprocess.run(
+            ["promtool", "check", "metrics"], input=prom.text, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    incidents = httpx.get(api + "/api/incidents", headers=auth).json()
+    assert "backup_age" in {i["check"] for i in incidents}
     assert "/metrics" in httpx.get(api + "/openapi.json", headers=auth).json()["paths"]
     assert httpx.get(api + "/docs", headers=auth).status_code == 200
 
@@ -107,7 +121,7 @@ def test_dashboard_in_chromium(api: str, tmp_path: Path) -> None:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1100,800",
+        "--window-size=1200,1400",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -126,6 +140,21 @@ def test_dashboard_in_chromium(api: str, tmp_path: Path) -> None:
         rows = driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")
         assert any("database_up" in r.text for r in rows)
         assert driver.find_element(By.ID, "latency").text.endswith("ms")
-        driver.save_screenshot(str(tmp_path.joinpath("dashboard.png")))
+        # nothing protects this database: red, with the open incident and its runbook action
+        assert "red" in driver.find_element(By.ID, "state-default").get_attribute("class")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "incident-table"), "backup_age"))
+        incident = next(
+            r
+            for r in driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr")
+            if "backup_age" in r.text
+        )
+        assert "P1" in incident.text and "pgdr backup" in incident.text
+        assert "No backup yet" in driver.find_element(By.ID, "backups-note").text
+        # it refreshes itself: a new round shows up without a reload
+        first = driver.find_element(By.ID, "updated").text
+        wait.until(lambda d: d.find_element(By.ID, "updated").text != first)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     finally:
         driver.quit()

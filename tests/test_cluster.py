@@ -98,8 +98,8 @@ def test_cli_db_lifecycle(
     assert result.code == 1
     assert json.loads(result.stdout)["exists"] is False
     result = run_cli("health", env=env)
-    assert result.code == 3
-    assert "pgdr db start" in result.stderr
+    assert result.code == 1  # no database: unhealthy, with the reason
+    assert "pgdr db start" in result.stdout
     result = run_cli("db", "start", "--json", env=env)
     assert result.code == 0, result.stderr
     started = json.loads(result.stdout)

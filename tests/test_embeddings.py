@@ -205,6 +205,10 @@ def test_killed_mid_batch_resumes_without_resending_finished_rows(
         )
     }
     time.sleep(0.5)  # let the server finish answering the dead process's request
+    # no live worker session: the job is dead, not "running, ETA 16 s"
+    status = run_cli("reembed", "status", "--json", env=embed_env)
+    [job] = json.loads(status.stdout)["jobs"]
+    assert (job["state"], job["eta_seconds"]) == ("dead", None)
     fake_api.reset()
     fake_api.latency = 0.0
 

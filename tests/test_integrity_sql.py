@@ -25,9 +25,9 @@ def test_install_sql_finds_orphans_and_missing_vectors(
     result = run_cli("check", "install-sql", *flags, "--json", env=env)
     assert result.code == 0, result.stderr
     installed = json.loads(result.stdout)
-    assert installed["function"] == "pgdr.check_referential_integrity()"
+    assert installed["function"] == "public.check_referential_integrity()"
     assert installed["checks"] > 5
-    assert rows(db, "SELECT * FROM pgdr.check_referential_integrity()") == []
+    assert rows(db, "SELECT * FROM check_referential_integrity()") == []
 
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
@@ -36,7 +36,7 @@ def test_install_sql_finds_orphans_and_missing_vectors(
     found = rows(
         db,
         "SELECT check_name, finding, severity, priority, table_name, finding_count "
-        "FROM pgdr.check_referential_integrity()",
+        "FROM check_referential_integrity()",
     )
     by_kind = {(r[0], r[1], r[4]): r for r in found}
     orphan = by_kind[("references", "orphans", "public.chatbots")]
@@ -64,5 +64,20 @@ def test_install_sql_without_privilege_is_one_sentence(
     env = cli_env | {"DATABASE_URL": db.replace("postgres@", "pgdr_plain@")}
     result = run_cli("check", "install-sql", env=env)
     assert result.code == 3
-    assert "may not create schema pgdr" in result.stderr
+    assert "may not create schema public" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_install_sql_after_a_column_rename_says_to_reinstall(
+    server: Server, cli_env: dict[str, str]
+) -> None:
+    db = server.new_database()
+    result = run_cli("check", "install-sql", env=cli_env | {"DATABASE_URL": db})
+    assert result.code == 0, result.stderr
+    assert rows(db, "SELECT * FROM check_referential_integrity()") == []
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE chatbots RENAME COLUMN user_id TO owner_id")
+    with pytest.raises(psycopg.Error) as failed:
+        rows(db, "SELECT * FROM check_referential_integrity()")
+    message = str(failed.value)
+    assert "out of date" in message and "re-run `pgdr check install-sql`" in message

@@ -12,7 +12,8 @@ import psycopg
 from conftest import Server, run_cli
 from pgdr.cluster import LocalCluster, choose_installation, find_free_port
 from pgdr.config import PgdrSettings
-from pgdr.monitoring import IncidentLog, MonitorConfig, Severity, collect_report, run_checks
+from pgdr.incident.store import IncidentLog
+from pgdr.monitoring import MonitorConfig, Severity, collect_report, run_checks
 from pgdr.monitoring.checks import CheckResult
 from pgdr.monitoring.metrics import render_prometheus
 from pgdr.monitoring.monitor import Monitor
@@ -67,7 +68,8 @@ def test_outage_opens_a_p0_incident_that_resolves(settings: PgdrSettings, tmp_pa
         assert incident.severity == "P0" and incident.review_required
         assert "Identify root cause" in incident.review_steps
         metrics = render_prometheus(snap).decode()
-        assert "pgdr_database_up 0.0" in metrics and "pgdr_open_incidents 1.0" in metrics
+        assert 'pgdr_up{database="default"} 0.0' in metrics
+        assert 'pgdr_incidents_open{database="default",severity="P0"} 1.0' in metrics
         cluster.start()
         snap = monitor.run_once()
         assert snap.healthy and monitor.incidents.open_incidents() == []
@@ -99,16 +101,21 @@ def test_metrics_json_and_prometheus(pg18: Server, tmp_path: Path) -> None:
     assert data["database"]["healthy"] is True
     assert data["queries"]["commits"] > 0 and "rollback_pct" in data["errors"]
     text = render_prometheus(snap).decode()
-    assert "pgdr_database_up 1.0" in text
-    assert 'pgdr_table_bytes{table="embeddings"}' in text
-    assert 'pgdr_check_ok{check="database_up"} 1.0' in text
+    assert 'pgdr_up{database="default"} 1.0' in text
+    assert 'pgdr_table_size_bytes{database="default",table="embeddings"}' in text
+    assert 'pgdr_check_ok{check="database_up",database="default"} 1.0' in text
 
 
 def test_monitor_cli(pg18: Server, cli_env: dict[str, str]) -> None:
     env = cli_env | {"DATABASE_URL": pg18.new_database()}
     result = run_cli("monitor", "run", "--once", "--json", env=env)
-    assert result.code == 0, result.stderr
-    assert json.loads(result.stdout)["database"]["healthy"] is True
+    # the database is fine, but nothing protects it yet: no backup, no WAL, no restore test
+    assert result.code == 1, result.stderr
+    assert result.stdout, result.stderr
+    round_ = json.loads(result.stdout)
+    assert round_["database"]["healthy"] is True and round_["state"] == "red"
+    failing = {c["name"] for c in round_["checks"] if not c["ok"] and not c["skipped"]}
+    assert {"backup_age", "restore_test", "drill_overdue"} <= failing
     report = run_cli("monitor", "report", "--json", env=env)
     assert report.code == 0 and json.loads(report.stdout)["max_connections"] == 100
     levels = json.loads(run_cli("monitor", "severities", "--json", env=env).stdout)

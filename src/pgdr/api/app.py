@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -19,19 +19,32 @@ from pgdr.api.token import check_token
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
+from pgdr.pool.health import SharedProbe
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI:
-    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health.
+def create_app(
+    monitor: Monitor,
+    token: str,
+    background: bool = True,
+    health_ttl_s: float = 1.0,
+    board: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health, whose
+    probe is single-flight and reused for ``health_ttl_s`` (requests cannot exhaust the DB).
 
-    The OpenAPI schema and its documentation page describe the internals too, so they sit
-    behind the token like everything else (the dashboard page itself holds no data).
+    ``board`` gives the dashboard's data (protection state, incidents, backups, history). The
+    OpenAPI schema and its documentation page describe the internals too, so they sit behind
+    the token like everything else (the dashboard page itself holds no data).
     """
     check_token(token, "the caller")
     stop = threading.Event()
+    probe = SharedProbe(
+        lambda: check_database_health(monitor.conninfo, monitor.settings, monitor.pool),
+        health_ttl_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +84,7 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
 
     @app.get("/api/health")
     def health() -> JSONResponse:
-        report = check_database_health(monitor.conninfo, monitor.settings, monitor.pool)
+        report = probe.get()
         body = {"healthy": report.healthy, "latency": report.latency_ms}
         code = status.HTTP_200_OK if report.healthy else status.HTTP_503_SERVICE_UNAVAILABLE
         return JSONResponse(body, status_code=code)
@@ -101,6 +114,12 @@ def create_app(monitor: Monitor, token: str, background: bool = True) -> FastAPI
     @app.get("/docs", dependencies=guarded, include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="pgdr API")
+
+    @app.get("/api/dashboard", dependencies=guarded)
+    def dashboard_data() -> dict[str, Any]:
+        if board is None:
+            return {"databases": [snapshot().as_dict()]}
+        return board()
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:

@@ -6,8 +6,11 @@ Every check names what is wrong in terms a person can act on: which chunk of whi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
@@ -78,3 +81,12 @@ def fetch_chunk_pieces(
         raise damaged_chunk(manifest, index, "it fails authentication") from exc
     if total != manifest.chunks[index].size:
         raise damaged_chunk(manifest, index, "it has the wrong size")
+
+
+@contextlib.contextmanager
+def private_dir(prefix: str) -> Iterator[Path]:
+    """A 0700 temporary directory for opened (plaintext) chunks or WAL, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = Path(tmp)
+        path.chmod(0o700)
+        yield path

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgdr.backup.chunks import damaged_chunk
-from pgdr.backup.manifest import Manifest
-from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.manifest import BACKUPS, Manifest
+from pgdr.backup.repository import Repository
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
 from pgdr.storage import ObjectNotFound

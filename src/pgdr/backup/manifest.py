@@ -22,6 +22,9 @@ from pgdr.crypto import DataKey, MasterKey, WrappedKey, derive_subkey, sign, ver
 
 FORMAT = 1
 SIGNING_PURPOSE = "manifest/v1"
+BACKUPS = "backups/"
+DUMPS = "dumps/"
+DUMP_KINDS = ("dump", "schema-dump", "export")  # logical (pgdr.logical), under dumps/
 
 
 class ForgedManifest(RuntimeFailure):
@@ -77,6 +80,7 @@ class Manifest:
     wrapped_key: WrappedKey | None = None
     hmac: str = ""
     format: int = FORMAT
+    database: str = ""  # the database of a dump; base backups hold the whole cluster
 
     # ----- derived --------------------------------------------------------------------------
     @property
@@ -91,8 +95,13 @@ class Manifest:
     def start_datetime(self) -> datetime:
         return parse_time(self.start_time)
 
+    @property
+    def area(self) -> str:
+        """Where the object lives: ``dumps/`` for logical dumps, ``backups/`` otherwise."""
+        return DUMPS if self.kind in DUMP_KINDS else BACKUPS
+
     def chunk_key(self, index: int) -> str:
-        return chunk_key(self.id, index)
+        return chunk_key(self.id, index, self.area)
 
     def chunks_of(self, entry: FileEntry) -> range:
         """The chunk indexes (0-based) that hold ``entry``'s data."""
@@ -115,6 +124,8 @@ class Manifest:
         data = asdict(self)
         data.pop("wrapped_key")
         data.pop("hmac")
+        if not data["database"]:
+            data.pop("database")  # base backups keep the encoding they were signed with
         return data
 
     def canonical(self) -> bytes:
@@ -191,8 +202,8 @@ def _is_instance(value: object, expected: tuple[type, ...]) -> bool:
     return isinstance(value, expected)
 
 
-def chunk_key(backup_id: str, index: int) -> str:
-    return f"backups/{backup_id}/chunks/{index + 1:06d}"
+def chunk_key(backup_id: str, index: int, area: str = BACKUPS) -> str:
+    return f"{area}{backup_id}/chunks/{index + 1:06d}"
 
 
 def now_utc() -> datetime:

@@ -13,7 +13,9 @@ Layout of a repository (object keys)::
     backups/<id>/chunks/000001 ...       sealed pieces of the pg_basebackup tar stream
     backups/<id>/backup_manifest         sealed copy of PostgreSQL's backup_manifest
     backups/<id>/manifest.json           written last: the backup exists once this exists
+    dumps/<id>/chunks/... manifest.json  logical dumps (``pgdr dump``), laid out like backups
     records/restore-tests/<id>/<time>.json   results of ``backup verify --restore-test``
+    records/backup-failures/<id>.json        backups that failed, for the monitor
 
 A backup directory without ``manifest.json`` is incomplete: never listed, never restored, and
 removed by the next ``pgdr backup`` or ``pgdr prune`` while they hold the lock (so never while
@@ -36,6 +38,7 @@ is refused for writing, with one sentence.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgdr.backup.manifest import Manifest, format_time, now_utc
+from pgdr.backup.manifest import BACKUPS, DUMPS, Manifest, format_time, now_utc
 from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
@@ -58,9 +61,10 @@ DEFAULT_REPOSITORY = "primary"
 REPOSITORY_FORMAT = 1
 LOCK_KEY = "lock.json"
 INFO_KEY = "repository.json"
-BACKUPS = "backups/"
+NOUNS = {BACKUPS: ("backup", "pgdr backup list"), DUMPS: ("dump", "pgdr dump list")}
 WAL_KEYRING = "wal/keyring.json"  # the WAL data key, wrapped by the master key (see pgdr.wal)
 RESTORE_TESTS = "records/restore-tests/"
+BACKUP_FAILURES = "records/backup-failures/"
 LOCK_STALE_AFTER_S = 15 * 60  # a lock from another host not refreshed for this long is stale
 DEFAULT_CHUNK_MB = 8
 
@@ -355,36 +359,39 @@ class Repository:
                 "another repository for it."
             )
 
-    # ----- backups --------------------------------------------------------------------------
-    def backup_dirs(self) -> dict[str, set[str]]:
+    # ----- backups (and dumps: ``area`` is ``backups/`` or ``dumps/``) ------------------------
+    def backup_dirs(self, area: str = BACKUPS) -> dict[str, set[str]]:
         """Every backup id with stored objects, and the names of those objects."""
         found: dict[str, set[str]] = {}
-        for info in self.store.list(BACKUPS):
+        for info in self.store.list(area):
             parts = info.key.split("/")
             if len(parts) >= 3:
                 found.setdefault(parts[1], set()).add("/".join(parts[2:]))
         return found
 
-    def manifest_key(self, backup_id: str) -> str:
-        return f"{BACKUPS}{backup_id}/manifest.json"
+    def manifest_key(self, backup_id: str, area: str = BACKUPS) -> str:
+        return f"{area}{backup_id}/manifest.json"
 
-    def read_manifest(self, backup_id: str, authenticate: bool = True) -> Manifest:
-        where = f"of backup {backup_id} in {self.name}"
+    def read_manifest(
+        self, backup_id: str, authenticate: bool = True, area: str = BACKUPS
+    ) -> Manifest:
+        noun, listing = NOUNS[area]
+        where = f"of {noun} {backup_id} in {self.name}"
         try:
-            raw = self.store.get(self.manifest_key(backup_id))
+            raw = self.store.get(self.manifest_key(backup_id, area))
         except ObjectNotFound:
             raise ConfigError(
-                f"There is no complete backup {backup_id} in the repository {self.name} "
-                f"({self.url}); see `pgdr backup list`."
+                f"There is no complete {noun} {backup_id} in the repository {self.name} "
+                f"({self.url}); see `{listing}`."
             ) from None
         manifest = Manifest.from_json(raw, where)
-        if manifest.id != backup_id:
-            raise RuntimeFailure(f"The manifest {where} names another backup ({manifest.id}).")
+        if manifest.id != backup_id or manifest.area != area:
+            raise RuntimeFailure(f"The manifest {where} names another {noun} ({manifest.id}).")
         if authenticate:
             manifest.authenticate(self.master_key, where)
         return manifest
 
-    def scan_backups(self) -> tuple[list[Manifest], list[DamagedManifest]]:
+    def scan_backups(self, area: str = BACKUPS) -> tuple[list[Manifest], list[DamagedManifest]]:
         """Complete backups whose manifest authenticates (oldest first), and the damaged ones.
 
         A manifest that does not parse, fails authentication, names another backup or another
@@ -394,14 +401,14 @@ class Repository:
         damaged: list[DamagedManifest] = []
         record = self.info_record() if self.store.exists(INFO_KEY) else None
         system = record.get("system_identifier") if record else None
-        dirs = sorted(self.backup_dirs().items())
+        dirs = sorted(self.backup_dirs(area).items())
         if any("manifest.json" in names for _id, names in dirs):
             _ = self.master_key  # no key at all is the user's problem, not damage
         for backup_id, names in dirs:
             if "manifest.json" not in names:
                 continue
             try:
-                manifest = self.read_manifest(backup_id)
+                manifest = self.read_manifest(backup_id, area=area)
             except PgdrError as exc:  # unparseable, forged, replayed, another key
                 wrong_key = isinstance(exc, ConfigError)
                 damaged.append(DamagedManifest(backup_id, exc.message, wrong_key))
@@ -418,23 +425,24 @@ class Repository:
             good.append(manifest)
         return good, damaged
 
-    def list_backups(self) -> list[Manifest]:
-        """Complete backups whose manifest authenticates, oldest first."""
-        return self.scan_backups()[0]
+    def list_backups(self, area: str = BACKUPS) -> list[Manifest]:
+        """Complete backups (or dumps) whose manifest authenticates, oldest first."""
+        return self.scan_backups(area)[0]
 
-    def incomplete_backups(self) -> list[str]:
+    def incomplete_backups(self, area: str = BACKUPS) -> list[str]:
         return sorted(
-            bid for bid, names in self.backup_dirs().items() if "manifest.json" not in names
+            bid for bid, names in self.backup_dirs(area).items() if "manifest.json" not in names
         )
 
-    def resolve_id(self, backup_id: str) -> str:
+    def resolve_id(self, backup_id: str, area: str = BACKUPS) -> str:
         """Accept ``latest`` or a unique prefix of an id."""
-        backups, damaged = self.scan_backups()
+        noun, listing = NOUNS[area]
+        backups, damaged = self.scan_backups(area)
         for bad in damaged:
             if bad.backup_id == backup_id or (backup_id == "latest" and not backups):
                 raise bad.error()
         if not backups:
-            raise ConfigError(f"The repository {self.name} ({self.url}) holds no backups yet.")
+            raise ConfigError(f"The repository {self.name} ({self.url}) holds no {noun}s yet.")
         if backup_id == "latest":
             return backups[-1].id
         matches = [m.id for m in backups if m.id.startswith(backup_id)]
@@ -442,24 +450,24 @@ class Repository:
             return matches[0]
         if not matches:
             raise ConfigError(
-                f"There is no complete backup {backup_id} in the repository {self.name}; "
-                "see `pgdr backup list`."
+                f"There is no complete {noun} {backup_id} in the repository {self.name}; "
+                f"see `{listing}`."
             )
-        raise ConfigError(f"{backup_id!r} matches several backups: {', '.join(matches)}.")
+        raise ConfigError(f"{backup_id!r} matches several {noun}s: {', '.join(matches)}.")
 
-    def delete_backup(self, backup_id: str) -> int:
+    def delete_backup(self, backup_id: str, area: str = BACKUPS) -> int:
         """Remove a backup: its manifest first (so it stops existing), then its chunks."""
-        self.store.delete(self.manifest_key(backup_id))
-        removed = self.store.delete_prefix(f"{BACKUPS}{backup_id}/")
+        self.store.delete(self.manifest_key(backup_id, area))
+        removed = self.store.delete_prefix(f"{area}{backup_id}/")
         self.store.delete_prefix(f"{RESTORE_TESTS}{backup_id}/")
         return removed + 1
 
-    def clean_incomplete(self, keep: str | None = None) -> list[str]:
+    def clean_incomplete(self, keep: str | None = None, area: str = BACKUPS) -> list[str]:
         """Remove leftovers of interrupted backups (call only while holding the lock)."""
         removed = []
-        for backup_id in self.incomplete_backups():
+        for backup_id in self.incomplete_backups(area):
             if backup_id != keep:
-                self.store.delete_prefix(f"{BACKUPS}{backup_id}/")
+                self.store.delete_prefix(f"{area}{backup_id}/")
                 removed.append(backup_id)
         # Not the temporaries of writers without the lock (the WAL streamer, wal push).
         self.store.clean_temporary(older_than_s=LOCK_STALE_AFTER_S)
@@ -470,6 +478,20 @@ class Repository:
         key = f"{RESTORE_TESTS}{backup_id}/{result['at'].replace(':', '')}.json"
         self.store.put(key, json.dumps(dict(result), indent=1, sort_keys=True).encode())
         return key
+
+    def record_backup_failure(self, backup_id: str, error: str) -> None:
+        """Note a failed backup (for the monitor's ``backup_failed`` check); best effort."""
+        record = {"backup_id": backup_id, "at": time.time(), "error": error}
+        with contextlib.suppress(PgdrError):
+            self.store.put(f"{BACKUP_FAILURES}{backup_id}.json", json.dumps(record).encode())
+
+    def backup_failures(self) -> list[dict[str, Any]]:
+        """Recorded backup failures, oldest first."""
+        out = []
+        for info in self.store.list(BACKUP_FAILURES):
+            with contextlib.suppress(ValueError, ObjectNotFound):
+                out.append(json.loads(self.store.get(info.key)))
+        return sorted(out, key=lambda r: float(r.get("at", 0)))
 
     def restore_tests(self, backup_id: str) -> list[dict[str, Any]]:
         results = []

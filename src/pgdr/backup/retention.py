@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pgdr.backup.manifest import Manifest, now_utc
+from pgdr.backup.manifest import BACKUPS, Manifest, now_utc
 from pgdr.backup.repository import Repository, RetentionPolicy
 
 
@@ -129,23 +129,32 @@ class PruneReport:
         }
 
 
-def valid_backups(repo: Repository) -> tuple[list[Manifest], list[str]]:
+def valid_backups(repo: Repository, area: str = BACKUPS) -> tuple[list[Manifest], list[str]]:
     """Authenticated manifests, and the ids of the damaged ones (never pruned)."""
-    good, damaged = repo.scan_backups()
+    good, damaged = repo.scan_backups(area)
     return good, [d.backup_id for d in damaged]
 
 
-def prune(repo: Repository, *, dry_run: bool = False, now: datetime | None = None) -> PruneReport:
-    """Apply the repository's retention policy (or only show it with ``dry_run``)."""
+def prune(
+    repo: Repository,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    area: str = BACKUPS,
+    policy: RetentionPolicy | None = None,
+) -> PruneReport:
+    """Apply the repository's retention policy (or only show it with ``dry_run``); dumps
+    (``area=DUMPS``) pass their own ``policy``."""
+    policy = policy or repo.config.retention
     if dry_run:
-        valid, invalid = valid_backups(repo)
-        decisions = plan_retention(valid, repo.config.retention, now)
-        return PruneReport(repo.name, True, decisions, invalid, repo.incomplete_backups())
+        valid, invalid = valid_backups(repo, area)
+        decisions = plan_retention(valid, policy, now)
+        return PruneReport(repo.name, True, decisions, invalid, repo.incomplete_backups(area))
     with repo.locked("prune"):
-        valid, invalid = valid_backups(repo)
-        decisions = plan_retention(valid, repo.config.retention, now)
-        incomplete = repo.clean_incomplete()
+        valid, invalid = valid_backups(repo, area)
+        decisions = plan_retention(valid, policy, now)
+        incomplete = repo.clean_incomplete(area=area)
         for decision in decisions:
             if not decision.keep:
-                repo.delete_backup(decision.backup_id)
+                repo.delete_backup(decision.backup_id, area)
     return PruneReport(repo.name, False, decisions, invalid, incomplete)

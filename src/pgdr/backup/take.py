@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -20,16 +21,18 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec
 
 import psycopg
 
 from pgdr import __version__
+from pgdr.backup.files import Collected, choose_method, files_backup, locate
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import (
+    BACKUPS,
     ChunkEntry,
     FileEntry,
     Manifest,
@@ -37,7 +40,7 @@ from pgdr.backup.manifest import (
     format_time,
     now_utc,
 )
-from pgdr.backup.repository import BACKUPS, Repository
+from pgdr.backup.repository import Repository
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.core import runner
@@ -49,6 +52,7 @@ from pgdr.crypto.envelope import DEFAULT_LEVEL
 
 log = logger(__name__)
 Progress = Callable[[int], None]
+P = ParamSpec("P")
 CAPTURED = ("backup_label", "backup_manifest")
 LOCK_REFRESH_S = 60
 
@@ -161,9 +165,18 @@ def _widen_pipe(stream: IO[bytes]) -> None:
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
 
 
-def new_backup_id(repo: Repository, kind: str) -> str:
-    suffix = "full" if kind == "full" else "incr"
-    existing = set(repo.backup_dirs())
+ID_SUFFIXES = {
+    "full": "full",
+    "incremental": "incr",
+    "dump": "dump",
+    "schema-dump": "schema",
+    "export": "csv",
+}
+
+
+def new_backup_id(repo: Repository, kind: str, area: str = BACKUPS) -> str:
+    suffix = ID_SUFFIXES[kind]
+    existing = set(repo.backup_dirs(area))
     while True:
         stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
         candidate = f"{stamp}-{suffix}"
@@ -184,6 +197,24 @@ def fetch_pg_manifest(repo: Repository, manifest: Manifest) -> bytes:
     return open_sealed(data_key, key, repo.store.get(key))
 
 
+def records_failure(take: Callable[P, Manifest]) -> Callable[P, Manifest]:
+    """A backup that fails for any anticipated reason (server down, tool failed, repository busy)
+    is recorded in the repository, so the monitor's ``backup_failed`` check sees it."""
+
+    @functools.wraps(take)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Manifest:
+        try:
+            return take(*args, **kwargs)
+        except PgdrError as exc:
+            repo = kwargs.get("repo", args[0] if args else None)
+            if isinstance(repo, Repository):
+                repo.record_backup_failure(time.strftime("%Y%m%dT%H%M%SZ"), exc.message)
+            raise
+
+    return wrapper
+
+
+@records_failure
 def take_backup(
     repo: Repository,
     conninfo: str,
@@ -198,14 +229,24 @@ def take_backup(
     pg_bin: Path | None = None,
     facts: ServerFacts | None = None,
     new_key: bool = False,
+    method: str = "auto",
+    on_method: Callable[[str, str], None] | None = None,
 ) -> Manifest:
     """Take a base backup of the server at ``conninfo`` into ``repo``; returns its manifest.
 
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
     bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key``
     allows sealing with a key other than the one of the repository's existing backups.
+    ``method`` is
+    ``files`` (parallel workers reading the data directory, see :mod:`pgdr.backup.files`),
+    ``stream`` (``pg_basebackup``) or ``auto`` (files when the data directory is readable here);
+    ``on_method(method, note)`` learns the choice and why ``auto`` fell back.
     """
     facts = facts or server_facts(conninfo)
+    locality = locate(conninfo, facts.system_identifier, facts.major)
+    chosen, note = choose_method(method, locality, incremental)
+    if on_method:
+        on_method(chosen, note)
     installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
     store = repo.store
     store.check_writable()
@@ -243,20 +284,38 @@ def take_backup(
                 parent_manifest.write_bytes(fetch_pg_manifest(repo, parent))
                 args.append(f"--incremental={parent_manifest}")
             stderr_path = Path(tmp) / "stderr"
+            hasher: _Hasher | Collected
             try:
-                hasher, chunks, stream_size = _stream(
-                    repo,
-                    backup_id,
-                    data_key,
-                    args,
-                    stderr_path,
-                    env=client_env,
-                    chunk_size=repo.config.chunk_size,
-                    progress=progress,
-                    workers=workers,
-                    level=level,
-                    refresh=lambda: repo.refresh_lock(lock),
-                )
+                if chosen == "files":
+                    assert locality.data_dir is not None
+                    hasher, chunks, stream_size = files_backup(
+                        repo,
+                        conninfo,
+                        locality.data_dir,
+                        backup_id,
+                        data_key,
+                        label=args[-1],
+                        system_identifier=facts.system_identifier,
+                        major=facts.major,
+                        workers=workers,
+                        level=level,
+                        progress=progress,
+                        refresh=lambda: repo.refresh_lock(lock),
+                    )
+                else:
+                    hasher, chunks, stream_size = _stream(
+                        repo,
+                        backup_id,
+                        data_key,
+                        args,
+                        stderr_path,
+                        env=client_env,
+                        chunk_size=repo.config.chunk_size,
+                        progress=progress,
+                        workers=workers,
+                        level=level,
+                        refresh=lambda: repo.refresh_lock(lock),
+                    )
                 manifest = _finish(
                     repo,
                     backup_id,
@@ -327,49 +386,25 @@ def _stream(
     level: int,
     refresh: Callable[[], None],
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
-    store = repo.store
-    cpus = os.cpu_count() or 1
-    workers = workers or store.workers(cpus)
     hasher = _Hasher()
-    stream_size = 0
-    last_refresh = time.monotonic()
-
-    def seal_and_store(item: tuple[int, bytearray]) -> ChunkEntry:
-        index, plain = item
-        key = chunk_key(backup_id, index)
-        sealed = seal(data_key, key, plain, level=level)
-        store.put(key, sealed)
-        return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
-
-    def numbered(stdout: IO[bytes]) -> Iterator[tuple[int, bytearray]]:
-        nonlocal stream_size
-        for index, chunk in enumerate(_read_chunks(stdout, chunk_size)):
-            hasher.feed(chunk)
-            stream_size += len(chunk)
-            yield index, chunk
-
-    chunks: list[ChunkEntry] = []
-    with stderr_path.open("wb") as errfile:
-        proc = runner.start(args, env=env, stderr=errfile, unbuffered=True)
-        try:
-            assert proc.stdout is not None
-            _widen_pipe(proc.stdout)
-            for entry in parallel_map(seal_and_store, numbered(proc.stdout), workers):
-                chunks.append(entry)
-                if progress:
-                    progress(entry.size)
-                if time.monotonic() - last_refresh > LOCK_REFRESH_S:
-                    refresh()
-                    last_refresh = time.monotonic()
-            code = proc.wait()
-        except BaseException:
-            hasher.abandon()
-            raise
-        finally:
-            runner.stop(proc, grace_s=0)
-    if code != 0:
+    try:
+        chunks, stream_size = stream_into_chunks(
+            repo,
+            lambda index: chunk_key(backup_id, index),
+            data_key,
+            args,
+            stderr_path,
+            env=env,
+            chunk_size=chunk_size,
+            feed=hasher.feed,
+            progress=progress,
+            workers=workers,
+            level=level,
+            refresh=refresh,
+        )
+    except BaseException:
         hasher.abandon()
-        raise RuntimeFailure(runner.sentence("pg_basebackup", stderr_path.read_bytes()))
+        raise
     hasher.close()
     hasher.finish()
     for name in CAPTURED:
@@ -378,11 +413,99 @@ def _stream(
     return hasher, chunks, stream_size
 
 
+def stream_into_chunks(
+    repo: Repository,
+    key_of: Callable[[int], str],
+    data_key: DataKey,
+    args: list[str],
+    stderr_path: Path,
+    *,
+    env: dict[str, str],
+    chunk_size: int,
+    feed: Callable[[bytearray], None],
+    progress: Progress | None,
+    workers: int | None,
+    level: int,
+    refresh: Callable[[], None],
+) -> tuple[list[ChunkEntry], int]:
+    """Run a PostgreSQL client program (``args``) and store its stdout as sealed chunks.
+
+    Every chunk is passed to ``feed`` (in order) before it is sealed under ``key_of(index)``;
+    returns the chunk entries and the stream's size. The program's failure is one sentence
+    (the last line of its stderr) and nothing is returned.
+    """
+    with stderr_path.open("wb") as errfile:
+        proc = runner.start(args, env=env, stderr=errfile, unbuffered=True)
+        try:
+            assert proc.stdout is not None
+            _widen_pipe(proc.stdout)
+            stored = store_chunks(
+                repo,
+                key_of,
+                data_key,
+                _read_chunks(proc.stdout, chunk_size),
+                feed=feed,
+                progress=progress,
+                workers=workers,
+                level=level,
+                refresh=refresh,
+            )
+            code = proc.wait()
+        finally:
+            runner.stop(proc, grace_s=0)
+    if code != 0:
+        raise RuntimeFailure(runner.sentence(Path(args[0]).name, stderr_path.read_bytes()))
+    return stored
+
+
+def store_chunks(
+    repo: Repository,
+    key_of: Callable[[int], str],
+    data_key: DataKey,
+    pieces: Iterable[bytearray],
+    *,
+    feed: Callable[[bytearray], None],
+    progress: Progress | None,
+    workers: int | None,
+    level: int,
+    refresh: Callable[[], None],
+) -> tuple[list[ChunkEntry], int]:
+    """Seal and store consecutive chunks (each a new buffer) in parallel, in order."""
+    store = repo.store
+    workers = workers or store.workers(os.cpu_count() or 1)
+    stream_size = 0
+    last_refresh = time.monotonic()
+
+    def seal_and_store(item: tuple[int, bytearray]) -> ChunkEntry:
+        index, plain = item
+        key = key_of(index)
+        sealed = seal(data_key, key, plain, level=level)
+        store.put(key, sealed)
+        return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
+
+    def numbered() -> Iterator[tuple[int, bytearray]]:
+        nonlocal stream_size
+        for index, chunk in enumerate(pieces):
+            feed(chunk)
+            stream_size += len(chunk)
+            yield index, chunk
+
+    chunks: list[ChunkEntry] = []
+    for entry in parallel_map(seal_and_store, numbered(), workers):
+        chunks.append(entry)
+        if progress:
+            progress(entry.size)
+        if time.monotonic() - last_refresh > LOCK_REFRESH_S:
+            refresh()
+            last_refresh = time.monotonic()
+    return chunks, stream_size
+
+
 def _finish(
     repo: Repository,
     backup_id: str,
     data_key: DataKey,
-    hasher: _Hasher,
+    hasher: _Hasher | Collected,
     chunks: list[ChunkEntry],
     stream_size: int,
     *,

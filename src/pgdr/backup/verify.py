@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
-from pgdr.backup.manifest import FileEntry, ForgedManifest, Manifest
-from pgdr.backup.repository import BACKUPS, DamagedManifest, Repository
+from pgdr.backup.manifest import BACKUPS, FileEntry, ForgedManifest, Manifest
+from pgdr.backup.repository import DamagedManifest, Repository
 from pgdr.core.errors import PgdrError
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
 from pgdr.storage import ObjectNotFound

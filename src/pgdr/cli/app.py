@@ -15,13 +15,17 @@ import typer
 
 from pgdr import __version__
 from pgdr.cli import (
+    agent,
     backup,
     check,
     db,
     demo,
     drill,
+    dump,
+    incident,
     inventory,
     key,
+    logical,
     mark,
     monitor,
     pool,
@@ -34,6 +38,7 @@ from pgdr.cli import (
     sample,
     vector,
     wal,
+    walfind,
 )
 from pgdr.core import log
 from pgdr.core.connect import translate
@@ -76,20 +81,28 @@ app.add_typer(sample.app, name="sample")
 app.add_typer(profile.app, name="profile")
 # Backups, WAL and recovery
 app.add_typer(backup.app, name="backup")
+app.add_typer(dump.app, name="dump")
 app.command()(restore.restore)
 app.add_typer(wal.app, name="wal")
+wal.app.command("find")(walfind.find)
 app.command()(mark.mark)
 app.add_typer(repo.app, name="repo")
 app.command()(repo.prune)
 app.add_typer(key.app, name="key")
 app.add_typer(recover.app, name="recover")
+app.command()(logical.undelete)
+app.command("restore-table")(logical.restore_table)
+app.command()(logical.export)
 # Integrity, incidents, monitoring and drills
 app.add_typer(check.app, name="check")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(readonly.app, name="readonly")
+app.add_typer(incident.app, name="incident")
 app.add_typer(monitor.app, name="monitor")
 app.command()(monitor.serve)
 app.add_typer(drill.app, name="drill")
+app.add_typer(agent.app, name="agent")
+app.command()(agent.status)
 # Embeddings
 app.add_typer(reembed.app, name="reembed")
 app.add_typer(vector.app, name="vector")

@@ -20,6 +20,7 @@ from pgdr.core.output import (
     key_value_table,
     markup,
     progress_bar,
+    say,
     styled,
 )
 from pgdr.core.units import human_size
@@ -66,6 +67,18 @@ def backup(
             "(or generate one when the key file is missing).",
         ),
     ] = False,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            envvar="PGDR_BACKUP_METHOD",
+            help="files: parallel workers read the data directory (pgdr beside the server); "
+            "stream: pg_basebackup; auto: files when the data directory is readable here.",
+        ),
+    ] = "auto",
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Take a base backup of the target database into a repository."""
@@ -75,6 +88,13 @@ def backup(
     conninfo = target().conninfo
     facts = server_facts(conninfo)
     began = time.monotonic()
+    chosen: dict[str, str] = {}
+
+    def on_method(name: str, note: str) -> None:
+        chosen.update(method=name, note=note)
+        if note:
+            say(note, err=True)
+
     with progress_bar("Backing up", facts.size_bytes, enabled=not as_json) as advance:
         manifest = take_backup(
             repo,
@@ -85,9 +105,16 @@ def backup(
             progress=advance,
             facts=facts,
             new_key=new_key,
+            method=method,
+            on_method=on_method,
+            workers=workers,
         )
     duration = time.monotonic() - began
-    data = manifest.summary() | {"repository": repo.name, "duration_s": round(duration, 3)}
+    data = manifest.summary() | {
+        "repository": repo.name,
+        "duration_s": round(duration, 3),
+        "method": chosen.get("method", method),
+    }
 
     show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is
 
@@ -96,7 +123,7 @@ def backup(
             f"Backup {manifest.id} ({manifest.kind}) of PostgreSQL {manifest.pg_version} "
             f"stored in {repo.name}: {human_size(manifest.stream_size)} in "
             f"{len(manifest.chunks)} chunks, {human_size(manifest.stored_size)} stored, "
-            f"{duration:.1f} s."
+            f"{duration:.1f} s ({data['method']})."
         )
 
     emit(data, as_json, render)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pgdr.backup import open_repository
@@ -15,6 +16,7 @@ from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, markup, progress_bar, styled
 from pgdr.core.records import RecordStore
 from pgdr.integrity import CheckOptions, Report, run_check
+from pgdr.integrity.discover import profile_for
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.integrity.sqlfunc import install_sql
 from pgdr.profile import Profile, load_profile
@@ -37,8 +39,17 @@ TimeoutOption = Annotated[
 STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
+def named_profile(name: str | None) -> Profile | None:
+    """The profile the user named (``--profile`` or PGDR_PROFILE), or None: discover one."""
+    s = settings()
+    if name is None and "profile" not in s.model_fields_set:
+        return None
+    return load_profile(name or s.profile)
+
+
 def chosen_profile(name: str | None) -> Profile:
-    return load_profile(name or settings().profile)
+    """The named profile, or the one the target database's catalog gives (discover.py)."""
+    return named_profile(name) or profile_for(target().conninfo).profile
 
 
 def render_report(report: Report, title: str) -> None:
@@ -54,17 +65,21 @@ def render_report(report: Report, title: str) -> None:
                 f.check,
                 f.table or "",
                 "" if f.count is None else f"{f.count:,}",
-                f.message + (f" e.g. {', '.join(f.samples[:3])}" if f.samples else ""),
+                escape(f.message + (f" e.g. {', '.join(f.samples[:3])}" if f.samples else "")),
             )
         console.print(table)
     _render_embeddings(report)
     for skipped in report.skipped:
-        label = "partial" if skipped.partial else "skipped"
+        label = "not checked" if skipped.incomplete else "skipped"
         console.print(markup("[yellow]{}:[/] {}", label, skipped.reason), highlight=False)
     for note in report.notes:
         console.print(styled(f"note: {note}", "dim"), highlight=False)
     counts = report.counts()
-    verdict = styled("FAILED", "bold red") if counts["critical"] else styled("OK", "green")
+    verdict = {
+        "failed": styled("FAILED", "bold red"),
+        "incomplete": styled("INCOMPLETE", "bold yellow"),
+        "ok": styled("OK", "green"),
+    }[report.status]
     console.print(
         f"{verdict}: {counts['critical']} critical, {counts['warning']} warning, "
         f"{counts['info']} info finding(s) in {report.duration_s:.2f} s.",
@@ -101,10 +116,17 @@ def _render_embeddings(report: Report) -> None:
 
 
 def fail_on_critical(report: Report) -> None:
-    """Exit 1 (after the report is printed) when anything critical was found."""
+    """Exit 1 (after the report is printed) when anything critical was found, or when anything
+    was not checked: a partial run is never a pass."""
+    gaps = sum(1 for s in report.skipped if s.incomplete)
     if report.critical:
+        more = f"; {gaps} thing(s) not checked" if gaps else ""
         raise CheckFailed(
-            f"{report.critical} critical finding(s); highest level {report.top_priority}."
+            f"{report.critical} critical finding(s); highest level {report.top_priority}{more}."
+        )
+    if gaps:
+        raise CheckFailed(
+            f"INCOMPLETE: {gaps} thing(s) were not checked (listed above); this run is not a pass."
         )
 
 
@@ -118,7 +140,11 @@ def check(
     ] = False,
     deep: Annotated[
         bool,
-        typer.Option("--deep", help="Also run pg_amcheck over heaps and B-trees (reads all)."),
+        typer.Option(
+            "--deep",
+            help="First run pg_amcheck over heaps and B-trees (installs the amcheck extension "
+            "if missing); damaged tables are never read.",
+        ),
     ] = False,
     timeout: TimeoutOption = 300.0,
     samples: Annotated[int, typer.Option(help="Sample keys per finding.", min=0)] = 5,
@@ -128,12 +154,12 @@ def check(
     if ctx.invoked_subcommand is not None:
         return
     options = CheckOptions(vectors=vectors or deep, deep=deep, timeout_s=timeout, samples=samples)
-    spec = chosen_profile(profile)
+    spec = named_profile(profile)
     db = target()
 
     with progress_bar("Checking tables", None, enabled=not as_json) as advance:
         report = run_check(db.conninfo, spec, options, lambda _table: advance(1))
-    emit(report.as_dict(), as_json, lambda: render_report(report, f"pgdr check ({spec.name})"))
+    emit(report.as_dict(), as_json, lambda: render_report(report, f"pgdr check ({report.profile})"))
     fail_on_critical(report)
 
 
@@ -249,8 +275,9 @@ def compare(
 def install_sql_command(
     profile: ProfileOption = None,
     schema: Annotated[
-        str, typer.Option(help="Schema for the function (public: callable unqualified).")
-    ] = "pgdr",
+        str,
+        typer.Option(help="Schema for the function (default public: callable unqualified)."),
+    ] = "public",
     vectors: Annotated[
         bool, typer.Option("--vectors", help="Also read vector contents (NaN, zero vectors).")
     ] = False,

@@ -11,23 +11,40 @@ from rich.table import Table
 
 from pgdr.api import create_app, load_api_token
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.cluster.manager import default_cluster
+from pgdr.config import PgdrSettings
+from pgdr.core.errors import RuntimeFailure
 from pgdr.core.output import console, emit, err_console, markup, styled
-from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, MonitorConfig, collect_report
+from pgdr.incident.store import IncidentLog
+from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
+from pgdr.watch import MonitorSetup, build_monitor, dashboard_data
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
 
-def _monitor(interval: float = 120) -> Monitor:
+def _monitored(s: PgdrSettings) -> str:
+    """The target; the embedded cluster even while it is stopped, so that the monitor records
+    the outage (its records are local) instead of failing to start."""
+    try:
+        return target(s).conninfo
+    except RuntimeFailure:
+        cluster = default_cluster(s)
+        if not cluster.exists:
+            raise
+        return cluster.conninfo()
+
+
+def _setup(interval: float = 120, with_pool: bool = False) -> MonitorSetup:
+    """The monitor with the protection checks and the notifier (see pgdr.watch)."""
     s = settings()
-    return Monitor(
-        target(s).conninfo,
-        s.home / "records",
-        pool_settings(s).settings,
-        MonitorConfig(interval_seconds=interval),
-    )
+    return build_monitor(s, _monitored(s), pool_settings(s).settings, interval, with_pool=with_pool)
+
+
+def _monitor(interval: float = 120) -> Monitor:
+    return _setup(interval).monitor
 
 
 def _checks_table(results: list[CheckResult]) -> Table:
@@ -121,7 +138,7 @@ def incidents(
     as_json: JsonOption = False,
 ) -> None:
     """List incidents opened by the monitor (open ones by default)."""
-    log = _monitor().incidents
+    log = IncidentLog.at_home(settings().home)  # local records: works while the DB is down
     chosen = log.all() if include_resolved else log.open_incidents()
 
     def render() -> None:
@@ -169,12 +186,21 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     interval: Annotated[float, typer.Option(help="Seconds between monitor rounds.")] = 120,
+    health_cache: Annotated[
+        float,
+        typer.Option(
+            "--health-cache", min=0, help="Seconds a /api/health result is reused (one probe)."
+        ),
+    ] = 1.0,
 ) -> None:
     """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
     s = settings()
     token, note = load_api_token(s.home)
     if note:
         err_console.print(styled(note, "yellow"))
-    monitor = _monitor(interval)
+    setup = _setup(interval, with_pool=True)
+    app = create_app(
+        setup.monitor, token, health_ttl_s=health_cache, board=lambda: dashboard_data(setup)
+    )
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
-    uvicorn.run(create_app(monitor, token), host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

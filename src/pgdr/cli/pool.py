@@ -10,7 +10,9 @@ from rich.table import Table
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.config.pool_settings import POOL_VARIABLES
 from pgdr.core.output import console, emit, key_value_table, markup, styled
-from pgdr.pool import advise_pool, check_database_health, connect, make_pool
+from pgdr.pool import advise_pool, connect
+from pgdr.pool.advice import plan_limit
+from pgdr.pool.health import target_health
 
 app = typer.Typer(help="Connection-pool settings and sizing.", no_args_is_help=True)
 
@@ -44,13 +46,22 @@ def advise(
     instances: Annotated[
         int, typer.Option(min=1, help="Application instances sharing the server.")
     ] = 1,
+    limit: Annotated[
+        str | None,
+        typer.Option(
+            "--limit",
+            help="The plan's connection limit: a number, free (60) or pro (200); "
+            "default: the server's max_connections minus reserved slots.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Check DB_POOL_MAX against 60-70% of the server's connections; exit 1 when over."""
+    """Check DB_POOL_MAX against 60-70% of the connection limit; exit 1 when over."""
     s = settings()
     resolved = pool_settings(s)
+    plan = plan_limit(limit) if limit is not None else None
     with connect(target(s).conninfo, resolved.settings) as conn:
-        advice = advise_pool(conn, resolved.settings, instances)
+        advice = advise_pool(conn, resolved.settings, instances, plan)
 
     def render() -> None:
         console.print(
@@ -77,13 +88,7 @@ def health(
 ) -> None:
     """Probe the database (the runbook's checkDatabaseHealth); exit 1 when unhealthy."""
     s = settings()
-    resolved = pool_settings(s)
-    conninfo = target(s).conninfo
-    if use_pool:
-        with make_pool(conninfo, resolved.settings, open_now=False) as pool:
-            report = check_database_health(conninfo, resolved.settings, pool)
-    else:
-        report = check_database_health(conninfo, resolved.settings)
+    report = target_health(lambda: target(s).conninfo, pool_settings(s).settings, use_pool)
 
     def render() -> None:
         if report.healthy:

@@ -1,14 +1,17 @@
-"""``pgdr profile``: show or validate an application profile."""
+"""``pgdr profile``: show or validate an application profile; ``init`` discovers one."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.text import Text
 
-from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.output import console, emit
+from pgdr.integrity.discover import write_discovered
 from pgdr.profile import load_profile
 
 app = typer.Typer(
@@ -41,3 +44,37 @@ def show(
             console.print(f"rule: {rule.name} [{rule.severity}] on {rule.table}")
 
     emit(profile.model_dump(by_alias=True), as_json, render)
+
+
+@app.command()
+def init(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the TOML here (default: print it).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Discover a profile from the database's catalog and write it as TOML to edit."""
+    found = write_discovered(target().conninfo, out, force)
+
+    def render() -> None:
+        if out is None:
+            console.print(escape(found.toml), highlight=False, markup=False)
+            return
+        for note in found.notes:
+            console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+        console.print(
+            f"Wrote profile {escape(found.profile.name)} to {escape(str(out))}; edit it, then "
+            f"use it with --profile {escape(str(out))} or PGDR_PROFILE.",
+            highlight=False,
+        )
+
+    emit(
+        {
+            "profile": found.profile.model_dump(by_alias=True),
+            "notes": found.notes,
+            "path": str(out) if out else None,
+        },
+        as_json,
+        render,
+    )

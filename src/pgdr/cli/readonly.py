@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.core.errors import CheckFailed
 from pgdr.core.output import console, emit, key_value_table
 from pgdr.incident import ReadOnlyState, read_only_status, set_read_only
 from pgdr.incident.readonly import Scope
@@ -30,6 +32,10 @@ def _switch(enabled: bool, scope: Scope, terminate: bool, as_json: bool) -> None
     with connect(target(s).conninfo, pool_settings(s).settings, autocommit=True) as conn:
         state = set_read_only(conn, enabled, scope, terminate)
     _show(state, as_json)
+    if not as_json:
+        console.print(escape(state.message), highlight=False)
+    if not enabled and state.effective and not state.kept_read_only:
+        raise CheckFailed(state.message)
 
 
 @app.command()

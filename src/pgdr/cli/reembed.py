@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pgdr.cli.common import JsonOption, settings, target
@@ -119,15 +120,19 @@ def _render_report(report: ReembedReport) -> None:
     _render_verification(report.verification)
 
 
-def _render_verification(rows: list[dict[str, object]]) -> None:
-    table = Table(title="Verification (runbook)")
-    for col in ("table_name", "total", "with_embedding", "missing"):
+def _render_verification(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Verification (missing = required by the profile and still NULL)")
+    for col in ("table_name", "total", "with_embedding", "missing", "not_required"):
         table.add_column(col, justify="left" if col == "table_name" else "right")
     for v in rows:
         table.add_row(
-            str(v["table_name"]), f"{v['total']:,}", f"{v['with_embedding']:,}", f"{v['missing']:,}"
+            str(v["table_name"]),
+            *(f"{v[c]:,}" for c in ("total", "with_embedding", "missing", "not_required")),
         )
     console.print(table)
+    for v in rows:
+        for cause in v.get("by_cause", []):
+            console.print(escape(cause["sentence"]), highlight=False)
 
 
 def _render_saved(results: list[dict[str, Any]], as_json: bool) -> None:

@@ -18,6 +18,7 @@ from pgdr.restore import (
     restore_backup,
     start_restored,
 )
+from pgdr.restore.delta import delta_restore
 
 
 def restore(
@@ -51,6 +52,16 @@ def restore(
             help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
         ),
     ] = False,
+    delta: Annotated[
+        bool,
+        typer.Option(
+            "--delta",
+            help="Rewrite only what differs in the existing data directory --to (with --force).",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a base backup, or (with a target) the database as it was at a moment.
@@ -75,9 +86,20 @@ def restore(
     total = sum(m.stream_size for m in backup_chain(repo, manifest))
 
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
-        result = restore_backup(
-            repo, manifest.id, to, force=force, progress=advance, check_files=check_files
-        )
+        if delta:
+            result = delta_restore(
+                repo, manifest.id, to, force=force, progress=advance, workers=workers
+            )
+        else:
+            result = restore_backup(
+                repo,
+                manifest.id,
+                to,
+                force=force,
+                progress=advance,
+                check_files=check_files,
+                workers=workers,
+            )
     data: dict[str, Any] = result.as_dict()
     if start:
         data |= start_restored(s, manifest.id, result.data_dir, result.pg_major, port)

@@ -195,8 +195,12 @@ def setup(
 
 @app.command()
 def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
-    """What WAL the repository holds, gaps, the streamer's state and lag."""
-    report = repository_wal_status(open_repository(settings(), repo_name))
+    """What WAL the repository holds, gaps, the streamer's state and lag (exit 1 on a problem)."""
+    try:
+        conninfo: str | None = resolve_target(settings()).conninfo
+    except ConfigError:
+        conninfo = None  # no server configured: the lag is reported as not measured
+    report = repository_wal_status(open_repository(settings(), repo_name), conninfo)
     data = report.as_dict()
 
     def render() -> None:
@@ -216,6 +220,13 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
                 ),
             ),
             ("gaps", ", ".join(report.gaps) or "none"),
+            ("repository at", report.repository_lsn),
+            (
+                "server at",
+                report.server_lsn
+                or f"not measured: {report.server_error or 'no server configured'}",
+            ),
+            ("behind by", None if report.lag_bytes is None else f"{report.lag_bytes:,} bytes"),
         ]
         rows += [("without its WAL", line) for line in report.backups_without_wal]
         if report.streamer:
@@ -223,8 +234,6 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
             rows += [
                 ("streamer", f"{st['state']} ({'alive' if report.streamer_alive else 'silent'})"),
                 ("received", st.get("received_lsn")),
-                ("server at", st.get("server_lsn")),
-                ("lag", f"{st['lag_bytes']:,} bytes" if st.get("lag_bytes") is not None else None),
                 ("sync", st.get("sync_state")),
             ]
         console.print(key_value_table("WAL", rows))
@@ -236,11 +245,8 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
         console.print(table)
 
     emit(data, as_json, render)
-    if report.gaps:
-        raise CheckFailed(
-            f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
-            "no restore can cross a gap; take a new base backup after it."
-        )
+    if report.problems:
+        raise CheckFailed(" ".join(report.problems))
 
 
 @app.command()

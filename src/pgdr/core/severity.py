@@ -88,6 +88,12 @@ def worst(severities: list[Severity]) -> Severity | None:
     return min(severities, key=lambda s: s.rank) if severities else None
 
 
+def describe(severity: str) -> str:
+    """``P1 (High, RTO 4 h)``: how a message names a severity."""
+    level = SEVERITY_LEVELS[Severity(severity)]
+    return f"{level.severity.value} ({level.name}, RTO {level.rto.total_seconds() / 3600:g} h)"
+
+
 def priority(level: FindingLevel, fraction: float | None) -> Severity:
     """The P0–P3 of a finding: its level, and for critical ones the share of rows affected."""
     if level == "critical":

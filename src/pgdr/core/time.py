@@ -49,3 +49,8 @@ def epoch(moment: datetime | float | str) -> float:
 def stamp(moment: datetime | None = None) -> str:
     """A sortable, filename-safe UTC stamp (``20261130T204107123456Z``) for record ids."""
     return (moment or now()).astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def utc_text(moment: datetime | float | str | None) -> str:
+    """``2026-11-30 20:41:07 UTC`` for people (messages, reports); ``-`` when absent."""
+    return "-" if moment is None else to_datetime(moment).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -36,10 +36,10 @@ from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_rep
 from pgdr.drills.sandbox import DATABASE, Sandbox
 from pgdr.drills.workload import WorkloadWriter, count_loss
 from pgdr.incident.readonly import Scope, set_read_only
+from pgdr.incident.store import IncidentLog
 from pgdr.integrity import CheckOptions, Report, run_check
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.monitoring.checks import check_up
-from pgdr.monitoring.incidents import IncidentLog
 from pgdr.pool.health import check_database_health
 from pgdr.profile import Profile, load_profile
 from pgdr.restore.pitr import Target

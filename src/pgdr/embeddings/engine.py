@@ -35,14 +35,17 @@ from pgdr.embeddings.jobs import (
     ensure_schema,
     find_or_create_job,
     rebuild_indexes,
+    worker_tag,
 )
 from pgdr.embeddings.providers import Provider, Vector
 from pgdr.embeddings.source import ResolvedSource, resolve_source
 from pgdr.embeddings.writer import BatchRow, fetch_batch, prefer_index_probes, write_batch
 from pgdr.pool import connect
 from pgdr.profile import Profile
+from pgdr.profile.required import not_required_causes
 
 PROBE_TEXT = "pgdr dimension probe"
+REEMBED_FAILURE = "re-embedding failed"  # how a failure reason set by pgdr starts
 
 
 @dataclass
@@ -140,10 +143,12 @@ class ReembedReport:
 def verify(
     conn: psycopg.Connection[Any], sources: list[ResolvedSource], group: str | None = None
 ) -> list[dict[str, Any]]:
-    """The runbook's verification query, per source: total, with embedding, missing.
+    """The verification query, per source: total, with embedding, missing, not required.
 
-    "Missing" counts NULL vectors of rows the profile requires (``required_when``); with
-    ``group`` (``--chatbot``) only that group's rows are counted.
+    One definition (profile/required.py): "missing" counts NULL vectors of rows the profile
+    requires; NULL vectors of other rows are ``not_required``, explained ``by_cause`` ("35 vectors
+    of 3 chatbots in status failed were not regenerated"). The runbook's raw count of NULL
+    vectors is their sum. With ``group`` (``--chatbot``) only that group's rows are counted.
     """
     out = []
     for src in sources:
@@ -154,20 +159,49 @@ def verify(
         )
         row = conn.execute(
             sql.SQL(
-                "SELECT count(*), count({vec}), count(*) FILTER (WHERE {vec} IS NULL AND {req}) "
+                "SELECT count(*), count({vec}), "
+                "count(*) FILTER (WHERE {vec} IS NULL AND coalesce({req}, false)), "
+                "count(*) FILTER (WHERE {vec} IS NULL AND NOT coalesce({req}, false)) "
                 "FROM {table} WHERE {scope}"
             ).format(vec=src.vector, req=src.required, table=src.table, scope=scope)
         ).fetchone()
         assert row is not None
+        not_required = int(row[3])
         out.append(
             {
                 "table_name": src.spec.table,
                 "total": int(row[0]),
                 "with_embedding": int(row[1]),
                 "missing": int(row[2]),
+                "not_required": not_required,
+                "by_cause": (
+                    not_required_causes(conn, src.spec, src.schema, scope) if not_required else []
+                ),
             }
         )
     return out
+
+
+def _preflight(conn: psycopg.Connection[Any], options: ReembedOptions) -> None:
+    """Everything that would stop the run half-way, checked before anything is written or any
+    index dropped: read-only mode, and every server setting the run will use."""
+    row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
+    if row and row[0] == "on":
+        raise RuntimeFailure(
+            "The database is in read-only mode (pgdr readonly status), and re-embedding writes "
+            "vectors: turn it off first (pgdr readonly off), then run pgdr reembed again."
+        )
+    try:
+        with conn.transaction():
+            conn.execute(
+                "SELECT set_config('maintenance_work_mem', %s, true)",
+                (options.maintenance_work_mem,),
+            )
+    except psycopg.DataError as exc:
+        raise ConfigError(
+            f"--maintenance-work-mem {options.maintenance_work_mem!r} is not a valid "
+            f"maintenance_work_mem ({str(exc).splitlines()[0]}); nothing was changed."
+        ) from exc
 
 
 def _elapsed(start: float) -> float:
@@ -195,6 +229,7 @@ class Reembedder:
         if self.options.workers < 1 or self.options.batch_rows < 1:
             raise ConfigError("--workers and --batch-rows must be at least 1.")
         with connect(self.conninfo, autocommit=True) as conn:
+            _preflight(conn, self.options)
             ensure_schema(conn)
             resolved = [
                 resolve_source(conn, self.profile.embedding_source(name), self.profile.schema_name)
@@ -325,6 +360,11 @@ class Reembedder:
                 connect(self.conninfo) as conn,
                 connect(self.conninfo, autocommit=True) as status_conn,
             ):
+                # the heartbeat `reembed status` reads: a live worker's session carries the job
+                conn.execute(
+                    "SELECT set_config('application_name', %s, false)", (worker_tag(job.id),)
+                )
+                conn.commit()
                 while not self._stop.is_set():
                     n = self._one_batch(conn, status_conn, src, job, report)
                     if n is None:
@@ -447,26 +487,35 @@ class Reembedder:
     def _mark_working(
         self, status_conn: psycopg.Connection[Any], src: ResolvedSource, groups: list[str]
     ) -> None:
-        """Runbook step: the chatbot's status goes ``ready -> embedding`` as its work starts."""
+        """Runbook step: the chatbot's status goes ``ready -> embedding`` as its work starts.
+
+        A chatbot named with ``--chatbot`` may be retried from ``failed`` only when pgdr's own
+        re-embedding failed it (its reason says so): a chatbot failed for another reason (the
+        crawl, HTTP 503) gets its vectors but keeps its status, so it never turns ``ready``.
+        """
         st = src.spec.status
         if st is None or not src.spec.group_by or src.status_key_type is None:
             return
+        retry: sql.Composable = sql.SQL("false")
+        if self.options.group is not None and st.reason_column:
+            retry = sql.SQL("({col} = {failed} AND starts_with({reason}, {ours}))").format(
+                col=sql.Identifier(st.column),
+                failed=sql.Literal(st.failed),
+                reason=sql.Identifier(st.reason_column),
+                ours=sql.Literal(REEMBED_FAILURE),
+            )
         status_conn.execute(
             sql.SQL(
                 "UPDATE {table} SET {col} = %s WHERE {key} = ANY(%s::text[]::{kt}[]) "
-                "AND {col} = ANY(%s)"
+                "AND ({col} = %s OR {retry})"
             ).format(
                 table=sql.Identifier(src.schema, st.table),
                 col=sql.Identifier(st.column),
                 key=sql.Identifier(st.key),
                 kt=sql.SQL(src.status_key_type),
+                retry=retry,
             ),
-            # A chatbot named with --chatbot may be retried from "failed".
-            (
-                st.working,
-                groups,
-                [st.ready] if self.options.group is None else [st.ready, st.failed],
-            ),
+            (st.working, groups, st.ready),
         )
 
     def _count_groups(
@@ -533,7 +582,7 @@ class Reembedder:
             params: list[Any] = [st.failed]
             if st.reason_column:
                 sets.append(sql.SQL("{} = %s").format(sql.Identifier(st.reason_column)))
-                params.append(f"re-embedding failed for {n_failed} of {total} rows: {reason}")
+                params.append(f"{REEMBED_FAILURE} for {n_failed} of {total} rows: {reason}")
             conn.execute(
                 sql.SQL("UPDATE {} SET {} WHERE {} = %s::{} AND {} = %s").format(
                     table, sql.SQL(", ").join(sets), sql.Identifier(st.key), kt, col

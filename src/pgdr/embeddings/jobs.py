@@ -269,8 +269,18 @@ class JobStatus:
         return self.__dict__.copy()
 
 
+def worker_tag(job_id: int) -> str:
+    """The application_name of a worker's session: its heartbeat, as the server sees it."""
+    return f"pgdr reembed job {job_id}"
+
+
 def job_statuses(conn: psycopg.Connection[Any], limit: int = 10) -> list[JobStatus]:
-    """The most recent jobs with progress, rate, ETA and their first failures."""
+    """The most recent jobs with progress, rate, ETA and their first failures.
+
+    A ``running`` job with no live worker session (``worker_tag``: a worker that died, was
+    killed or lost its connection) is shown as ``dead``, without an ETA; running ``pgdr reembed``
+    again resumes it.
+    """
     exists = conn.execute("SELECT to_regclass('pgdr.reembed_jobs')").fetchone()
     if exists is None or exists[0] is None:
         return []
@@ -283,7 +293,9 @@ def job_statuses(conn: psycopg.Connection[Any], limit: int = 10) -> list[JobStat
                count(b.batch_no), count(b.batch_no) FILTER (WHERE b.state = 'done'),
                extract(epoch FROM max(b.finished_at) - j.created_at),
                cardinality(j.dropped_indexes) * (j.state = 'running')::int,
-               j.created_at, j.finished_at
+               j.created_at, j.finished_at,
+               (SELECT count(*) FROM pg_stat_activity a
+                WHERE a.application_name = 'pgdr reembed job ' || j.id)
         FROM pgdr.reembed_jobs j LEFT JOIN pgdr.reembed_batches b ON b.job_id = j.id
         GROUP BY j.id ORDER BY j.id DESC LIMIT %s
         """,
@@ -292,8 +304,9 @@ def job_statuses(conn: psycopg.Connection[Any], limit: int = 10) -> list[JobStat
     out = []
     for r in rows:
         total, done, elapsed = int(r[6]), int(r[7]), r[15]
+        state = "dead" if r[2] == "running" and not r[19] else str(r[2])
         rate = done / float(elapsed) if elapsed and done else None
-        eta = (total - done) / rate if rate and r[2] == "running" else None
+        eta = (total - done) / rate if rate and state == "running" else None
         failures = conn.execute(
             "SELECT row_key, group_key, reason FROM pgdr.reembed_failures WHERE job_id = %s "
             "ORDER BY at, row_key LIMIT 20",
@@ -303,7 +316,7 @@ def job_statuses(conn: psycopg.Connection[Any], limit: int = 10) -> list[JobStat
             JobStatus(
                 id=int(r[0]),
                 source=str(r[1]),
-                state=str(r[2]),
+                state=state,
                 model=str(r[3]),
                 missing_only=bool(r[4]),
                 group_filter=r[5],

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from pgdr.core.errors import ConfigError
 from pgdr.profile import EmbeddingSource
+from pgdr.profile.required import required_sql
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,7 @@ class ResolvedSource:
 
     @property
     def required(self) -> sql.Composable:
-        when = self.spec.required_when or self.spec.filter
-        return sql.SQL("(" + when + ")") if when else sql.SQL("true")
+        return sql.SQL(required_sql(self.spec))
 
 
 def _column_type(

@@ -3,7 +3,12 @@
 A finding is one thing wrong (or worth knowing) about the database: which check found it, how
 severe it is, how many rows it touches and a few sample keys. Severities map onto the runbook's
 incident levels: a critical finding touching more than 10% of a table's rows is P0, any other
-critical finding P1, a warning P2 and an info P3.
+critical finding P1, a warning P2 and an info P3 (a finding may name its level outright, e.g. a
+damaged relation is P0 whatever its size).
+
+A report is never a pass when something was not checked: every :class:`Skipped` entry (unless it
+is marked ``incomplete=False``, like sample keys that could not be fetched for a finding that is
+already counted) makes the report ``incomplete``, its status "incomplete" and its exit code 1.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Finding:
     rows: int | None = None
     samples: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    level: Severity | None = None  # an explicit P-level instead of the one the size gives
 
     @property
     def fraction(self) -> float | None:
@@ -46,10 +52,11 @@ class Finding:
 
     @property
     def priority(self) -> Severity:
-        return priority(self.severity, self.fraction)
+        return self.level or priority(self.severity, self.fraction)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["level"]
         fraction = self.fraction
         data["fraction"] = None if fraction is None else round(fraction, 6)
         data["priority"] = self.priority
@@ -58,12 +65,17 @@ class Finding:
 
 @dataclass
 class Skipped:
-    """A check that did not run (or ran partly), and the sentence saying why."""
+    """A check that did not run (or ran partly), and the sentence saying why.
+
+    ``partial``: a table was only partly checked (timeout, lock). ``incomplete``: this gap keeps
+    the run from being a pass (everything except extras such as sample keys).
+    """
 
     check: str
     reason: str
     table: str | None = None
     partial: bool = False
+    incomplete: bool = True
 
 
 @dataclass
@@ -83,9 +95,14 @@ class Report:
         self.findings.append(finding)
 
     def skip(
-        self, check: str, reason: str, table: str | None = None, partial: bool = False
+        self,
+        check: str,
+        reason: str,
+        table: str | None = None,
+        partial: bool = False,
+        incomplete: bool = True,
     ) -> None:
-        self.skipped.append(Skipped(check, reason, table, partial))
+        self.skipped.append(Skipped(check, reason, table, partial, incomplete))
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for f in self.findings if f.severity == s) for s in FINDING_LEVELS}
@@ -97,6 +114,17 @@ class Report:
     @property
     def partial(self) -> bool:
         return any(s.partial for s in self.skipped)
+
+    @property
+    def incomplete(self) -> bool:
+        """Something was not checked: the run is not a pass, whatever it found."""
+        return any(s.incomplete for s in self.skipped)
+
+    @property
+    def status(self) -> str:
+        if self.critical:
+            return "failed"
+        return "incomplete" if self.incomplete else "ok"
 
     @property
     def top_priority(self) -> Severity | None:
@@ -117,8 +145,14 @@ class Report:
             "kind": self.kind,
             "database": self.database,
             "profile": self.profile,
-            "status": "failed" if counts["critical"] else "ok",
-            "summary": {**counts, "priority": self.top_priority, "partial": self.partial},
+            "status": self.status,
+            "summary": {
+                **counts,
+                "priority": self.top_priority,
+                "partial": self.partial,
+                "incomplete": self.incomplete,
+                "not_checked": [s.reason for s in self.skipped if s.incomplete],
+            },
             "findings": [f.as_dict() for f in self.ordered()],
             "skipped": [asdict(s) for s in self.skipped],
             "notes": list(self.notes),

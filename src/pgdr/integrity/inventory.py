@@ -1,8 +1,11 @@
 """Pre-migration inventories: the runbook's embeddings and knowledge-base inventory CSVs.
 
-For every embedding source of the profile: rows and rows with a vector, per group (chatbot), in
-one grouped query per source. ``compare_inventory`` checks a database against a saved inventory
-after a migration or a restore: every group back to its row count, every vector present again.
+For every embedding source of the profile: rows, rows with a vector, required vectors missing
+and vectors not required, per group (chatbot), in one grouped query per source (the shared
+definition of profile/required.py). ``compare_inventory`` checks a database against a saved
+inventory after a migration or a restore: every group back to its row count, and every vector the
+profile **requires** present again. Vectors that are not required (chatbots that are not
+``ready``, disabled entries) never keep the comparison failing; they are reported by cause.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql
-
 from pgdr.core.connect import redact
 from pgdr.core.errors import ConfigError
 from pgdr.core.records import new_record_id
@@ -23,6 +24,7 @@ from pgdr.integrity.findings import Finding, Report
 from pgdr.integrity.run import database_errors, open_checked
 from pgdr.integrity.snapshot import run_one
 from pgdr.profile import Profile
+from pgdr.profile.required import counts_query, not_required_causes
 
 INVENTORY_VERSION = 1
 SHOWN_GROUPS = 50
@@ -45,22 +47,20 @@ def take_inventory(
                     f"({', '.join(needed)}) do not exist.",
                 )
                 continue
-            group: sql.Composable = (
-                sql.SQL("{}::text").format(sql.Identifier(src.group_by))
-                if src.group_by
-                else sql.SQL("NULL::text")
-            )
-            query = sql.SQL("SELECT {}, count(*), count({}) FROM {}.{} GROUP BY 1").format(
-                group,
-                sql.Identifier(src.vector),
-                sql.Identifier(info.schema),
-                sql.Identifier(info.name),
-            )
+            query = counts_query(src, profile.schema_name)
             rows = run_one(conn, query, report, info.qualified, timeout_s, many=True)
             if rows is None:
                 continue
-            groups = {str(g): {"rows": int(n), "with_vector": int(v)} for g, n, v in rows}
+            groups = {
+                str(g): {"rows": int(n), "with_vector": int(v), "missing": int(m)}
+                for g, n, v, m, _free in rows
+            }
+            not_required = sum(int(r[4]) for r in rows)
             sources[src.name] = {
+                "not_required": not_required,
+                "by_cause": (
+                    not_required_causes(conn, src, profile.schema_name) if not_required else []
+                ),
                 "table": info.qualified,
                 "group_by": src.group_by,
                 "vector": src.vector,
@@ -126,7 +126,7 @@ def compare_inventory(
             entry = {"group": group, "before": was, "now": got}
             if got["rows"] < was["rows"]:
                 short_rows.append(entry)
-            if got["with_vector"] < was["with_vector"]:
+            if got.get("missing", got["rows"] - got["with_vector"]) > 0:
                 short_vectors.append(entry)
         table = before["table"]
         group_word = before["group_by"] or "group"
@@ -147,21 +147,32 @@ def compare_inventory(
                 )
             )
         if short_vectors:
-            missing = sum(
-                e["before"]["with_vector"] - e["now"]["with_vector"] for e in short_vectors
-            )
+            missing = sum(e["now"]["missing"] for e in short_vectors)
             report.add(
                 Finding(
                     "inventory",
                     "vectors_short",
                     "critical",
-                    f"{len(short_vectors):,} {group_word} group(s) of {table} have fewer vectors "
-                    f"than in the inventory ({missing:,} vectors missing).",
+                    f"{len(short_vectors):,} {group_word} group(s) of {table} lack vectors the "
+                    f"profile requires ({missing:,} vectors missing).",
                     table=table,
                     name=name,
                     count=missing,
                     rows=before["with_vector"],
                     samples=[e["group"] for e in short_vectors[:5]],
+                )
+            )
+        for cause in current["by_cause"]:
+            report.add(
+                Finding(
+                    "inventory",
+                    "not_required",
+                    "info",
+                    cause["sentence"],
+                    table=table,
+                    name=name,
+                    count=cause["vectors"],
+                    details={"cause": cause["cause"], "groups": cause["groups"]},
                 )
             )
         incomplete = {e["group"]: e for e in short_rows + short_vectors}
@@ -174,6 +185,7 @@ def compare_inventory(
                 "groups_complete": len(before["groups"]) - len(incomplete),
                 "rows": {"before": before["rows"], "now": current["rows"]},
                 "with_vector": {"before": before["with_vector"], "now": current["with_vector"]},
+                "not_required": current["not_required"],
                 "incomplete": list(incomplete.values())[:SHOWN_GROUPS],
             }
         )

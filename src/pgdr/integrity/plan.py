@@ -19,6 +19,7 @@ from pgdr.core.severity import FindingLevel
 from pgdr.integrity.catalog import Catalog, Column, TableInfo
 from pgdr.integrity.findings import Finding, Report
 from pgdr.profile import EmbeddingSource, Profile
+from pgdr.profile.required import required_sql
 
 VECTOR_TYPES = {"vector": 4, "_float4": 4, "_float8": 8}
 ARRAY_TYPES = {"_float4": "real[]", "_float8": "double precision[]"}
@@ -467,8 +468,8 @@ class Planner:
         tp.metrics.append(
             Metric(f"{src.name}:with_vector", sql.SQL("count({})").format(ref)),
         )
-        missing = sql.SQL("({} IS NULL{})").format(
-            ref, sql.SQL(f" AND ({required})") if required else sql.SQL("")
+        missing = sql.SQL("({} IS NULL AND coalesce({}, false))").format(
+            ref, sql.SQL(required_sql(src))
         )
         needs = "where the profile requires one" if required else "(every row needs one)"
         tp.conditions.append(
@@ -520,9 +521,13 @@ class Planner:
                 ).format(ref, array_type, alias)
             )
             v = sql.SQL("{}.v").format(alias)
+            # array_position() refuses multi-dimensional arrays (an error would lose the whole
+            # pass); ``NULL = ANY`` is never true, so NULL elements are found by counting them.
             non_finite = sql.SQL(
                 "({v} IS NOT NULL AND ('NaN' = ANY({v}) OR 'Infinity' = ANY({v}) "
-                "OR '-Infinity' = ANY({v}) OR array_position({v}, NULL) IS NOT NULL))"
+                "OR '-Infinity' = ANY({v}) OR CASE WHEN array_ndims({v}) = 1 "
+                "THEN array_position({v}, NULL) IS NOT NULL "
+                "ELSE EXISTS (SELECT FROM unnest({v}) AS _e(x) WHERE _e.x IS NULL) END))"
             ).format(v=v)
             zero = sql.SQL("(cardinality({v}) > 0 AND {v} <@ '{{0}}'::{t})").format(
                 v=v, t=array_type

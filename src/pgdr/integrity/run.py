@@ -3,6 +3,11 @@
 One connection, read-only, with a statement timeout per query: a table whose pass hits the
 timeout is reported as partial and the run goes on. Sample keys are fetched only for conditions
 that found something, so a healthy database costs exactly one query per table.
+
+With ``deep``, ``pg_amcheck`` runs **before** any query that reads table contents: a damaged heap
+page on a cluster without data checksums can crash the backend that reads it, so tables found
+damaged (their heap, TOAST or an index) are never read by pgdr; they are P0 findings and listed
+as not checked. Without ``deep`` nothing but the catalog and the planned passes is read.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from psycopg import errors, sql
 from pgdr.core.connect import redact
 from pgdr.core.errors import RuntimeFailure
 from pgdr.integrity.catalog import Catalog, read_catalog
+from pgdr.integrity.discover import resolve
 from pgdr.integrity.findings import Finding, Report, iso
 from pgdr.integrity.plan import Condition, TablePass, build_plan
-from pgdr.integrity.storage import check_amcheck, check_checksums
+from pgdr.integrity.storage import check_amcheck, check_checksums, damaged_tables
 from pgdr.pool import connect
 from pgdr.profile import Profile
 
@@ -57,24 +63,29 @@ def open_checked(conninfo: str, timeout_s: float) -> psycopg.Connection[Any]:
     conn.execute(
         sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
     )
-    conn.execute(
-        sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(min(timeout_s, 10) * 1000)}ms"))
-    )
+    # below the statement timeout, so that a lock held by a migration is reported as a lock
+    lock_ms = int(min(timeout_s / 2, 10) * 1000)
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
     return conn
 
 
 def run_check(
     conninfo: str,
-    profile: Profile,
+    profile: Profile | None,
     options: CheckOptions | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """Every check of ``pgdr check`` against one database."""
+    """Every check of ``pgdr check`` against one database; without a profile, the ConvoAI one
+    when its tables exist, otherwise one discovered from the catalog (discover.py)."""
     options = options or CheckOptions()
     started = time.perf_counter()
-    report = Report("check", redact(conninfo), profile.name)
+    report = Report("check", redact(conninfo), profile.name if profile else None)
     with database_errors("The integrity check"), open_checked(conninfo, options.timeout_s) as conn:
         catalog = read_catalog(conn)
+        if profile is None:
+            found = resolve(conn, catalog)
+            profile, report.profile = found.profile, found.profile.name
+            report.notes.extend(found.notes)
         if not catalog.has_pgvector:
             report.notes.append(
                 "pgvector is not installed in this database; vector columns are checked as "
@@ -86,6 +97,7 @@ def run_check(
                 "(or --deep) to read every vector."
             )
         plan = build_plan(profile, catalog, report, vectors=options.vectors)
+        damaged = _deep_first(conn, catalog, report, options, conninfo)
         # Every pass reads its whole table: sequential scans and hash joins are the right plan,
         # while the planner, seeing GROUP BY or correlated rule subqueries, may pick index scans
         # over millions of rows. Index-only scans stay allowed for the rules' subqueries.
@@ -96,28 +108,65 @@ def run_check(
         for tp in plan.passes:
             if progress:
                 progress(tp.table.qualified)
+            if not _avoid_damaged(tp, damaged, report):
+                continue
             result = _run_pass(conn, tp, report, options)
             if result is None:
                 continue
             tables.append(result["table"])
             sources.extend(result["embeddings"])
-        _storage(conn, catalog, report, options, conninfo)
+        # after pg_amcheck, so that pages it found failing their checksums are counted too
+        check_checksums(conn, report)
     report.sections = {"tables": tables, "embeddings": sources}
     report.duration_s = time.perf_counter() - started
     return report
 
 
-def _storage(
+def _deep_first(
     conn: psycopg.Connection[Any],
     catalog: Catalog,
     report: Report,
     options: CheckOptions,
     conninfo: str,
-) -> None:
-    if options.deep:
-        check_amcheck(conninfo, catalog.server_version // 10000, report, options.timeout_s)
-    # after pg_amcheck, so that pages it found failing their checksums are counted too
-    check_checksums(conn, report)
+) -> set[str]:
+    """With ``deep``: pg_amcheck before anything reads a table; the tables found damaged."""
+    if not options.deep:
+        return set()
+    if "amcheck" not in catalog.extensions:
+        report.notes.append(
+            "--deep installed the amcheck extension in this database (pg_amcheck "
+            "--install-missing); DROP EXTENSION amcheck removes it."
+        )
+    problems = check_amcheck(conninfo, catalog.server_version // 10000, report, options.timeout_s)
+    return damaged_tables(conn, problems, report)
+
+
+def _avoid_damaged(tp: TablePass, damaged: set[str], report: Report) -> bool:
+    """Never read a damaged table: skip its pass, or the conditions that join a damaged parent."""
+    if tp.table.qualified in damaged:
+        report.skip(
+            "table pass",
+            f"{tp.table.qualified} was not read because pg_amcheck found it damaged "
+            "(reading a damaged page can crash the server); restore it from a backup.",
+            tp.table.qualified,
+            True,
+        )
+        return False
+    keep: list[Condition] = []
+    for cond in tp.conditions:
+        parent = cond.details.get("parent")
+        if parent in damaged:
+            report.skip(
+                cond.check,
+                f"{cond.name} on {tp.table.qualified} was not checked: its parent {parent} "
+                "is damaged and was not read.",
+                tp.table.qualified,
+                True,
+            )
+        else:
+            keep.append(cond)
+    tp.conditions = keep
+    return True
 
 
 def _timeout_sentence(tp: TablePass, options: CheckOptions) -> str:
@@ -176,9 +225,10 @@ def _drop_bad_conditions(conn: psycopg.Connection[Any], tp: TablePass, report: R
             )
             report.skip(
                 cond.check,
-                f"{cond.check} check {cond.name} on {tp.table.qualified} was skipped: {reason}"
+                f"{cond.check} check {cond.name} on {tp.table.qualified} could not run: {reason}"
                 f" ({_first_line(exc)})",
                 tp.table.qualified,
+                True,
             )
             continue
         keep.append(cond)
@@ -246,9 +296,10 @@ def _samples(
             "samples",
             f"sample keys for {cond.name} on {tp.table.qualified} timed out.",
             tp.table.qualified,
+            incomplete=False,
         )
     except psycopg.Error as exc:
-        report.skip("samples", f"sample keys for {cond.name}: {_first_line(exc)}")
+        report.skip("samples", f"sample keys for {cond.name}: {_first_line(exc)}", incomplete=False)
     return []
 
 
@@ -288,7 +339,11 @@ def _source_summary(
     try:
         rows = conn.execute(tp.problem_groups(bad, options.groups)).fetchall()
     except psycopg.Error as exc:
-        report.skip("embeddings", f"per-{tp.group_by} summary of {source}: {_first_line(exc)}")
+        report.skip(
+            "embeddings",
+            f"per-{tp.group_by} summary of {source}: {_first_line(exc)}",
+            incomplete=False,
+        )
         return summary
     n_metrics = len(tp.metrics)
     codes = [c for c, i in cond_index.items() if i in bad]

@@ -2,7 +2,10 @@
 
 The function is generated from the same plan as ``pgdr check`` (the catalog's foreign keys at
 install time, the profile's relations, embedding and rule checks), one aggregate query per table
-joined by UNION ALL, and returns one row per finding. Re-run install-sql after schema changes.
+joined by UNION ALL, and returns one row per finding. It goes into ``public`` by default, so the
+runbook's unqualified ``SELECT * FROM check_referential_integrity();`` works. The body is frozen
+at install time: when a later migration renames or drops a column or table it names, calling it
+fails with one sentence saying to re-run ``pgdr check install-sql`` (never a silent partial run).
 """
 
 from __future__ import annotations
@@ -73,6 +76,21 @@ def _pass_sql(tp: TablePass) -> sql.Composed:
     )
 
 
+# The result columns are OUT parameters in PL/pgSQL: the queries' own column names win.
+_PLPGSQL = """
+#variable_conflict use_column
+BEGIN
+RETURN QUERY
+{query};
+EXCEPTION WHEN undefined_column OR undefined_table OR undefined_function THEN
+  RAISE EXCEPTION USING
+    MESSAGE = 'check_referential_integrity() is out of date: the schema changed since it was '
+      || 'installed (' || SQLERRM || '); re-run `pgdr check install-sql`.',
+    ERRCODE = 'object_not_in_prerequisite_state';
+END
+"""
+
+
 def function_sql(
     conn: psycopg.Connection[Any],
     passes: list[TablePass],
@@ -91,14 +109,14 @@ def function_sql(
     path = sql.SQL(", ").join(sql.Identifier(p) for p in search_path)
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {schema}.{fn}() RETURNS TABLE ({columns}) "
-        "LANGUAGE sql STABLE SET search_path = {path} AS {body}; "
+        "LANGUAGE plpgsql STABLE SET search_path = {path} AS {body}; "
         "COMMENT ON FUNCTION {schema}.{fn}() IS {comment}"
     ).format(
         schema=sql.Identifier(schema),
         fn=sql.Identifier(FUNCTION),
         columns=sql.SQL(COLUMNS),
         path=path,
-        body=sql.Literal("\n" + body.as_string(conn) + "\n"),
+        body=sql.Literal(_PLPGSQL.format(query=body.as_string(conn))),
         comment=sql.Literal(
             f"pgdr integrity checks generated from {origin}; one row per finding. "
             "Re-run `pgdr check install-sql` after schema changes."
@@ -107,7 +125,7 @@ def function_sql(
 
 
 def install_sql(
-    conninfo: str, profile: Profile, schema: str = "pgdr", vectors: bool = False
+    conninfo: str, profile: Profile, schema: str = "public", vectors: bool = False
 ) -> Installed:
     """Create (or replace) ``schema.check_referential_integrity()`` in the target database."""
     report = Report("install-sql", redact(conninfo), profile.name)

@@ -2,22 +2,18 @@
 
 Owns the runbook's "Manual Health Checks" as structured reports, the check registry that turns
 them into results with P0-P3 severities, Prometheus and JSON metrics, the scheduled monitor loop
-(every two minutes by default, as the runbook's uptime check), and incident records kept in
-``$PGDR_HOME/records/incidents`` — never in the database being watched.
+(every two minutes by default, as the runbook's uptime check) feeding the incident store of
+:mod:`pgdr.incident`, and the checks of the protection itself (backups, WAL, restore tests).
 """
 
-from pgdr.core.incidents import Incident
 from pgdr.core.severity import SEVERITY_LEVELS, Severity
 from pgdr.monitoring.checks import CheckResult, MonitorConfig, run_checks
-from pgdr.monitoring.incidents import IncidentLog
 from pgdr.monitoring.reports import DatabaseReport, collect_report
 
 __all__ = [
     "SEVERITY_LEVELS",
     "CheckResult",
     "DatabaseReport",
-    "Incident",
-    "IncidentLog",
     "MonitorConfig",
     "Severity",
     "collect_report",

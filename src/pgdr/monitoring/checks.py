@@ -45,11 +45,16 @@ class CheckResult:
         return data
 
 
-def _passed(name: str, message: str, value: float | None = None) -> CheckResult:
+def passed(name: str, message: str, value: float | None = None) -> CheckResult:
     return CheckResult(name, True, None, message, value)
 
 
-def _failed(
+def skipped(name: str, reason: str) -> CheckResult:
+    """A check that could not run: neither a pass nor a failure."""
+    return CheckResult(name, False, None, f"skipped: {reason}", skipped=True)
+
+
+def failed(
     name: str,
     severity: Severity,
     message: str,
@@ -61,28 +66,28 @@ def _failed(
 
 def check_up(health: HealthReport) -> CheckResult:
     if health.healthy:
-        return _passed("database_up", "the database answers", 1)
-    return _failed("database_up", Severity.P0, f"complete database outage: {health.error}", 0)
+        return passed("database_up", "the database answers", 1)
+    return failed("database_up", Severity.P0, f"complete database outage: {health.error}", 0)
 
 
 def check_latency(health: HealthReport, config: MonitorConfig) -> CheckResult:
     latency = health.latency_ms or 0.0
     if latency > config.slow_latency_ms:
-        return _failed(
+        return failed(
             "latency",
             Severity.P1,
             f"degraded performance: a trivial query took {latency:.0f} ms",
             latency,
         )
-    return _passed("latency", f"{latency:.1f} ms", latency)
+    return passed("latency", f"{latency:.1f} ms", latency)
 
 
 def check_connections(report: DatabaseReport, config: MonitorConfig) -> CheckResult:
     pct = 100.0 * report.connections / max(1, report.max_connections)
     message = f"{report.connections} of {report.max_connections} connections in use"
     if pct >= config.connections_high_pct:
-        return _failed("connections", Severity.P1, message + " (exhaustion near)", pct)
-    return _passed("connections", message, pct)
+        return failed("connections", Severity.P1, message + " (exhaustion near)", pct)
+    return passed("connections", message, pct)
 
 
 def check_pool(stats: dict[str, int] | None) -> CheckResult | None:
@@ -90,16 +95,16 @@ def check_pool(stats: dict[str, int] | None) -> CheckResult | None:
         return None
     waiting = stats.get("requests_waiting", 0)
     if waiting > 0 and stats.get("pool_available", 0) == 0:
-        return _failed(
+        return failed(
             "pool", Severity.P1, f"connection pool exhausted: {waiting} requests waiting", waiting
         )
-    return _passed("pool", f"{stats.get('pool_size', 0)} of {stats.get('pool_max', 0)} open", 0)
+    return passed("pool", f"{stats.get('pool_size', 0)} of {stats.get('pool_max', 0)} open", 0)
 
 
 def check_long_queries(report: DatabaseReport, config: MonitorConfig) -> CheckResult:
     if report.long_queries:
         longest = report.long_queries[0]
-        return _failed(
+        return failed(
             "long_running_queries",
             Severity.P2,
             f"{len(report.long_queries)} queries running over {config.long_query_seconds:.0f} s "
@@ -107,21 +112,21 @@ def check_long_queries(report: DatabaseReport, config: MonitorConfig) -> CheckRe
             len(report.long_queries),
             [asdict(q) for q in report.long_queries],
         )
-    return _passed("long_running_queries", "none", 0)
+    return passed("long_running_queries", "none", 0)
 
 
 def check_bloat(report: DatabaseReport, config: MonitorConfig) -> CheckResult:
     bloated = [b for b in report.bloat if (b.dead_pct or 0) >= config.bloat_pct]
     if bloated:
         names = ", ".join(f"{b.table} ({b.dead_pct}% dead)" for b in bloated)
-        return _failed(
+        return failed(
             "bloat",
             Severity.P3,
             f"tables to vacuum: {names}",
             len(bloated),
             [asdict(b) for b in bloated],
         )
-    return _passed("bloat", "no table over the bloat threshold", 0)
+    return passed("bloat", "no table over the bloat threshold", 0)
 
 
 ExtraCheck = Callable[[], CheckResult]
@@ -154,8 +159,6 @@ def run_checks(
             results.append(pool_result)
     else:
         for name in ("latency", "connections", "long_running_queries", "bloat"):
-            results.append(
-                CheckResult(name, False, None, "skipped: database unreachable", skipped=True)
-            )
+            results.append(skipped(name, "database unreachable"))
     results += [check() for check in extra or []]
     return results, report

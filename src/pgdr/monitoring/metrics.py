@@ -1,17 +1,24 @@
-"""Metrics for dashboards and Prometheus: latency, pool, query performance, error rates.
+"""Metrics for dashboards and Prometheus: latency, pool, query performance, protection, incidents.
 
 The same snapshot feeds ``GET /api/monitoring/metrics`` (JSON, the runbook's endpoint) and
-``GET /metrics`` (Prometheus text format), so the two never disagree.
+``GET /metrics`` (Prometheus text format), so the two never disagree. The Prometheus names follow
+its conventions (checked by ``promtool check metrics`` in the tests): everything under ``pgdr_``,
+base units (``_seconds``, ``_bytes``, ratios 0-1), counters end in ``_total``, and every series
+carries a ``database`` label. A value pgdr could not observe is left out, never reported as 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult
 from pgdr.monitoring.reports import DatabaseReport
 
@@ -72,7 +79,17 @@ class MetricsSnapshot:
     checks: list[CheckResult]
     open_incidents: int = 0
     failed_checks_total: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    database: str = "default"
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def facts(self, check: str) -> dict[str, Any]:
+        """The numbers a check carried (first detail), or {} when it did not run."""
+        for result in self.checks:
+            if result.name == check and result.details:
+                return dict(result.details[0])
+        return {}
 
     def as_dict(self) -> dict[str, Any]:
         queries = asdict(self.queries) if self.queries else None
@@ -98,54 +115,186 @@ class MetricsSnapshot:
             },
             "checks": [c.as_dict() for c in self.checks],
             "open_incidents": self.open_incidents,
+            "database_name": self.database,
+            "incidents": self.incidents,
+            "notifications": self.notifications,
+            "counters": self.counters,
+            "state": protection_state(self),
         }
+
+
+def protection_state(snapshot: MetricsSnapshot) -> str:
+    """green: every check passed; amber: a P2/P3 failure or a check skipped; red: P0/P1."""
+    failing = [c for c in snapshot.checks if not c.ok and not c.skipped]
+    if not snapshot.healthy or any(c.severity and c.severity.rank <= 1 for c in failing):
+        return "red"
+    if failing or any(c.skipped for c in snapshot.checks):
+        return "amber"
+    return "green"
+
+
+class SnapshotCollector(Collector):
+    """Turns one snapshot into metric families (a fresh registry per scrape)."""
+
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
+        self.snap = snapshot
+        self.db = snapshot.database
+        self.families: list[Metric] = []
+
+    def gauge(
+        self, name: str, doc: str, value: float | None, labels: dict[str, str] | None = None
+    ) -> None:
+        if value is None:
+            return
+        extra = labels or {}
+        family = GaugeMetricFamily(name, doc, labels=["database", *extra])
+        family.add_metric([self.db, *extra.values()], float(value))
+        self.families.append(family)
+
+    def counter(self, name: str, doc: str, value: float | None) -> None:
+        if value is None:
+            return
+        family = CounterMetricFamily(name, doc, labels=["database"])
+        family.add_metric([self.db], float(value))
+        self.families.append(family)
+
+    def labelled(self, name: str, doc: str, label: str, values: Mapping[str, float]) -> None:
+        family = GaugeMetricFamily(name, doc, labels=["database", label])
+        for key, value in values.items():
+            family.add_metric([self.db, key], float(value))
+        self.families.append(family)
+
+    def collect(self) -> Any:
+        self.families = []
+        self._database()
+        self._queries()
+        self._protection()
+        self._incidents()
+        return iter(self.families)
+
+    def _database(self) -> None:
+        s = self.snap
+        self.gauge("pgdr_up", "1 when the database answers the health check", int(s.healthy))
+        latency = s.latency_ms / 1000 if s.latency_ms is not None else None
+        self.gauge("pgdr_latency_seconds", "Health check round trip", latency)
+        if s.pool:
+            in_use = s.pool.get("pool_size", 0) - s.pool.get("pool_available", 0)
+            self.labelled(
+                "pgdr_pool_connections",
+                "pgdr pool connections by state",
+                "state",
+                {"in_use": in_use, "idle": s.pool.get("pool_available", 0)},
+            )
+            self.gauge(
+                "pgdr_pool_requests_waiting",
+                "Requests waiting for a connection",
+                s.pool.get("requests_waiting", 0),
+            )
+        if s.report is not None:
+            self.gauge("pgdr_connections", "Client connections", s.report.connections)
+            self.gauge("pgdr_max_connections", "Server max_connections", s.report.max_connections)
+            self.gauge(
+                "pgdr_long_running_queries",
+                "Queries over the long-query threshold",
+                len(s.report.long_queries),
+            )
+            self.labelled(
+                "pgdr_table_size_bytes",
+                "Total relation size",
+                "table",
+                {t.table: t.bytes for t in s.report.tables},
+            )
+        checks = {c.name: int(c.ok) for c in s.checks if not c.skipped}
+        self.labelled("pgdr_check_ok", "1 when the check passed", "check", checks)
+        self.counter(
+            "pgdr_check_failures_total", "Failed checks since start", s.failed_checks_total
+        )
+        self.counter("pgdr_monitor_rounds_total", "Monitor rounds", s.counters.get("rounds"))
+        self.counter(
+            "pgdr_notifications_failed_total",
+            "Notification deliveries that failed (each is retried)",
+            s.counters.get("notifications_failed"),
+        )
+
+    def _queries(self) -> None:
+        q = self.snap.queries
+        if q is None:
+            return
+        self.counter("pgdr_transactions_committed_total", "pg_stat_database.xact_commit", q.commits)
+        self.counter(
+            "pgdr_transactions_rolled_back_total", "pg_stat_database.xact_rollback", q.rollbacks
+        )
+        self.counter("pgdr_deadlocks_total", "pg_stat_database.deadlocks", q.deadlocks)
+        hit = q.cache_hit_pct / 100 if q.cache_hit_pct is not None else None
+        self.gauge("pgdr_cache_hit_ratio", "Buffer cache hit ratio (0-1)", hit)
+
+    def _protection(self) -> None:
+        backup = self.snap.facts("backup_age")
+        self.gauge(
+            "pgdr_last_backup_age_seconds", "Age of the newest backup", backup.get("age_seconds")
+        )
+        self.gauge(
+            "pgdr_last_backup_size_bytes",
+            "Stored size of the newest backup",
+            backup.get("size_bytes"),
+        )
+        self.gauge(
+            "pgdr_last_backup_duration_seconds",
+            "Duration of the newest backup",
+            backup.get("duration_seconds"),
+        )
+        failed = next(
+            (c for c in self.snap.checks if c.name == "backup_failed" and not c.skipped), None
+        )
+        if failed is not None:
+            self.gauge(
+                "pgdr_last_backup_success", "1 when the last backup succeeded", int(failed.ok)
+            )
+        wal = self.snap.facts("wal_streamer")
+        self.gauge("pgdr_wal_streamer_up", "1 when the WAL streamer is alive", wal.get("up"))
+        self.gauge(
+            "pgdr_wal_lag_bytes", "How far the repository trails the server", wal.get("lag_bytes")
+        )
+        self.gauge(
+            "pgdr_wal_lag_seconds", "Age of the newest WAL while behind", wal.get("lag_seconds")
+        )
+        self.gauge(
+            "pgdr_recovery_window_seconds",
+            "Span a point-in-time restore can reach",
+            wal.get("window_seconds"),
+        )
+        restore = self.snap.facts("restore_test")
+        self.gauge(
+            "pgdr_last_restore_test_age_seconds",
+            "Age of the last restore test",
+            restore.get("age_seconds"),
+        )
+        self.gauge(
+            "pgdr_restore_test_rto_seconds",
+            "Duration of the last passing restore test",
+            restore.get("rto_seconds"),
+        )
+        drill = self.snap.facts("drill_overdue")
+        self.gauge(
+            "pgdr_last_drill_rto_seconds",
+            "RTO measured by the last drill",
+            drill.get("rto_seconds"),
+        )
+        self.gauge(
+            "pgdr_last_drill_rpo_seconds",
+            "RPO measured by the last drill",
+            drill.get("rpo_seconds"),
+        )
+
+    def _incidents(self) -> None:
+        counts = {s.value: 0.0 for s in Severity}
+        for incident in self.snap.incidents:
+            counts[str(incident["severity"])] += 1
+        self.labelled("pgdr_incidents_open", "Open incidents by severity", "severity", counts)
 
 
 def render_prometheus(snapshot: MetricsSnapshot) -> bytes:
     """The snapshot in Prometheus' text exposition format (a fresh registry each time)."""
     registry = CollectorRegistry()
-
-    def gauge(
-        name: str, doc: str, value: float | None, labels: dict[str, str] | None = None
-    ) -> None:
-        if value is None:
-            return
-        metric = Gauge(name, doc, list(labels or {}), registry=registry)
-        (metric.labels(**labels) if labels else metric).set(value)
-
-    gauge("pgdr_database_up", "1 when the database answers the health check", int(snapshot.healthy))
-    gauge(
-        "pgdr_database_latency_ms", "Health check round trip in milliseconds", snapshot.latency_ms
-    )
-    gauge("pgdr_open_incidents", "Incidents not yet resolved", snapshot.open_incidents)
-    gauge(
-        "pgdr_failed_checks_total",
-        "Failed checks since the monitor started",
-        snapshot.failed_checks_total,
-    )
-    if snapshot.report is not None:
-        gauge("pgdr_connections", "Client connections", snapshot.report.connections)
-        gauge("pgdr_max_connections", "Server max_connections", snapshot.report.max_connections)
-        gauge(
-            "pgdr_long_running_queries",
-            "Queries over the long-query threshold",
-            len(snapshot.report.long_queries),
-        )
-        sizes = Gauge("pgdr_table_bytes", "Total relation size", ["table"], registry=registry)
-        for table in snapshot.report.tables:
-            sizes.labels(table=table.table).set(table.bytes)
-    if snapshot.pool:
-        pool = Gauge("pgdr_pool", "psycopg_pool statistics", ["stat"], registry=registry)
-        for key, value in snapshot.pool.items():
-            pool.labels(stat=key).set(value)
-    if snapshot.queries is not None:
-        q = snapshot.queries
-        gauge("pgdr_transactions_committed", "pg_stat_database.xact_commit", q.commits)
-        gauge("pgdr_transactions_rolled_back", "pg_stat_database.xact_rollback", q.rollbacks)
-        gauge("pgdr_deadlocks", "pg_stat_database.deadlocks", q.deadlocks)
-        gauge("pgdr_cache_hit_pct", "Buffer cache hit ratio", q.cache_hit_pct)
-    checks = Gauge("pgdr_check_ok", "1 when the check passed", ["check"], registry=registry)
-    for check in snapshot.checks:
-        if not check.skipped:
-            checks.labels(check=check.name).set(int(check.ok))
+    registry.register(SnapshotCollector(snapshot))
     return generate_latest(registry)

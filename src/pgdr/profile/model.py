@@ -114,6 +114,11 @@ class Profile(_Strict):
         )
 
 
+def load_text(text: str, origin: str) -> Profile:
+    """A profile from TOML text (``origin`` names it in error sentences)."""
+    return _read(text, origin)
+
+
 def _read(text: str, origin: str) -> Profile:
     try:
         data = tomllib.loads(text)

@@ -453,8 +453,13 @@ def run_pitr(
     port: int | None = None,
     progress: Progress | None = None,
     timeout: float = RECOVERY_TIMEOUT_S,
+    publish_timeline: bool = True,
 ) -> PitrResult:
-    """Carry out a checked plan: fetch WAL, restore, recover, promote, report."""
+    """Carry out a checked plan: fetch WAL, restore, recover, promote, report.
+
+    ``publish_timeline=False`` (a throwaway restore test) keeps the new timeline's history file
+    out of the repository, so the production server's WAL history is not touched.
+    """
     log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     began = time.monotonic()
     data_dir = data_dir.resolve()
@@ -502,7 +507,7 @@ def run_pitr(
             new_tli = current_timeline(conn)
         replayed_at: datetime | None = row[0]
         history = data_dir / "pg_wal" / history_name(new_tli)
-        if new_tli > 1 and history.is_file():
+        if publish_timeline and new_tli > 1 and history.is_file():
             archive.push(history.name, history.read_bytes())
         (data_dir / RECOVERY_CONF).write_text("# recovery finished; see pgdr restore\n")
         shutil.rmtree(spool, ignore_errors=True)

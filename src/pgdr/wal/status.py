@@ -1,5 +1,11 @@
 """``pgdr wal status``: what is archived, gaps, the streamer's lag, the recovery window.
 
+The lag is measured against the server itself (``pg_current_wal_lsn()``) whenever it can be
+reached, never taken from the streamer's own last heartbeat alone: a stopped streamer reports no
+lag because it reports nothing. :func:`wal_problems` turns a status into the sentences that make
+``wal status`` exit 1 (a gap, a silent streamer, a repository behind the server), and the
+monitor's WAL checks use the same function, so the two never disagree.
+
 The recovery window is what this repository can really restore: it starts at the oldest backup
 for which the repository holds every WAL segment from the backup's start to its end (and on),
 and a backup lacking any of them is listed as without its WAL instead. A repository with
@@ -8,17 +14,30 @@ backups but none of their WAL has no window, whatever another tier holds.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
+
 from pgdr.backup.repository import Repository
-from pgdr.core.errors import CheckFailed
+from pgdr.core.errors import CheckFailed, PgdrError
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain, choose_timeline
-from pgdr.wal.names import Segment, parse_lsn, segment_of_lsn
+from pgdr.wal.names import Segment, format_lsn, parse_lsn, parse_segment, segment_of_lsn
+from pgdr.wal.server import connect
 
 STALE_HEARTBEAT_S = 10.0
+SYNCHRONOUS_STATES = ("sync", "quorum")
+
+
+@dataclass(frozen=True)
+class LagLimits:
+    """How far the repository may trail the server before it is a problem."""
+
+    max_bytes: int = 16 * 1024 * 1024  # one default WAL segment
+    max_seconds: float = 300.0
 
 
 @dataclass
@@ -44,6 +63,13 @@ class WalStatus:
     window_start: float | None = None
     window_end: float | None = None
     stored_bytes: int = 0
+    repository_lsn: str | None = None
+    server_lsn: str | None = None
+    server_error: str | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    synchronous: bool = False
+    problems: list[str] = field(default_factory=list)
     backups_without_wal: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,6 +89,43 @@ def newest_wal_time(archive: WalArchive) -> float | None:
     if pushed:
         times.append(float(pushed["mtime"]))
     return max(times) if times else None
+
+
+def wal_status(
+    archive: WalArchive, window_start: float | None = None, chain: Chain | None = None
+) -> WalStatus:
+    chain = chain or Chain.load(archive)
+    size = archive.segment_size
+    report = WalStatus(
+        repository=archive.store.url,
+        system_identifier=str(archive.system_identifier),
+        segment_size=size,
+    )
+    report.stored_bytes = sum(s for _n, s in archive.names())
+    for tli in chain.timelines:
+        segs = sorted(chain.segments.get(tli, set()))
+        partials = sorted(chain.partials.get(tli, set()))
+        if not segs and not partials:
+            continue
+        report.timelines.append(
+            TimelineSummary(
+                timeline=tli,
+                first=Segment(tli, segs[0]).name(size) if segs else None,
+                last=Segment(tli, segs[-1]).name(size) if segs else None,
+                segments=len(segs),
+                partial=Segment(tli, partials[-1]).name(size) + ".partial" if partials else None,
+            )
+        )
+    report.gaps = chain.gaps()
+    report.streamer = archive.get_state("streamer")
+    if report.streamer:
+        age = time.time() - float(report.streamer.get("heartbeat_at", 0))
+        report.streamer_alive = age < STALE_HEARTBEAT_S and report.streamer["state"] != "stopped"
+    report.archive = archive.get_state("archive")
+    report.newest_wal_at = newest_wal_time(archive)
+    report.window_start = window_start
+    report.window_end = report.newest_wal_at if window_start is not None else None
+    return report
 
 
 def usable_backup_stops(
@@ -92,50 +155,119 @@ def usable_backup_stops(
     return stops, missing
 
 
-def repository_wal_status(repo: Repository) -> WalStatus:
-    """``pgdr wal status`` of ``repo``: its WAL, and the window its own backups and WAL give."""
+def repository_end(archive: WalArchive, chain: Chain) -> int | None:
+    """The byte position up to which the repository holds WAL (segments and the partial)."""
+    size = archive.segment_size
+    ends = [(max(segs) + 1) * size for segs in chain.segments.values() if segs]
+    partial = archive.get_state("partial")
+    if partial and partial.get("bytes") is not None:
+        with contextlib.suppress(PgdrError):
+            seg = parse_segment(str(partial["name"])[:24], size)
+            ends.append(seg.start_lsn(size) + int(partial["bytes"]))
+    return max(ends) if ends else None
+
+
+def server_position(conninfo: str) -> tuple[int | None, str | None]:
+    """The server's current WAL position, or why it could not be read."""
+    try:
+        with connect(conninfo) as conn:
+            row = conn.execute(
+                "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn WHERE NOT pg_is_in_recovery()"
+            ).fetchone()
+    except PgdrError as exc:
+        return None, exc.message
+    except psycopg.Error as exc:  # the server went away mid-query: "not measured"
+        return None, str(exc).strip() or type(exc).__name__
+    if row is None:
+        return None, "the server is in recovery; lag is measured on the primary"
+    return int(row[0]), None
+
+
+def measure_lag(
+    report: WalStatus, archive: WalArchive, chain: Chain, server_lsn: int | None
+) -> None:
+    """Fill in the repository's position and how far it trails ``server_lsn``."""
+    end = repository_end(archive, chain)
+    report.repository_lsn = format_lsn(end) if end is not None else None
+    if server_lsn is None:
+        return
+    report.server_lsn = format_lsn(server_lsn)
+    report.lag_bytes = max(0, server_lsn - (end or 0))
+    if report.lag_bytes == 0:
+        report.lag_seconds = 0.0
+    elif report.newest_wal_at is not None:
+        report.lag_seconds = round(max(0.0, time.time() - report.newest_wal_at), 3)
+
+
+def wal_problems(report: WalStatus, limits: LagLimits) -> list[str]:
+    """One sentence per reason the WAL protection is not in order; empty when it is."""
+    problems: list[str] = []
+    if report.gaps:
+        problems.append(
+            f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
+            "no restore can cross a gap; take a new base backup after it."
+        )
+    if report.streamer and not report.streamer_alive:
+        beat = float(report.streamer.get("heartbeat_at", 0))
+        problems.append(
+            f"The WAL streamer is {report.streamer.get('state')} and silent since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(beat))} UTC: "
+            "restart `pgdr wal stream`."
+        )
+    if report.lag_bytes is not None and report.lag_bytes > limits.max_bytes:
+        problems.append(
+            f"The repository is {report.lag_bytes:,} bytes behind the server "
+            f"(limit {limits.max_bytes:,}): WAL is not reaching pgdr."
+        )
+    elif (
+        report.lag_seconds is not None
+        and report.lag_bytes
+        and report.lag_seconds > limits.max_seconds
+    ):
+        problems.append(
+            f"The repository's newest WAL is {report.lag_seconds:.0f} s old while the server "
+            f"has {report.lag_bytes:,} bytes more (limit {limits.max_seconds:.0f} s)."
+        )
+    return problems
+
+
+def observe_wal(
+    archive: WalArchive,
+    window_start: float | None,
+    conninfo: str | None,
+    limits: LagLimits | None = None,
+) -> WalStatus:
+    """The status with the server's position (when reachable) and its problems."""
+    chain = Chain.load(archive)
+    report = wal_status(archive, window_start, chain)
+    server_lsn: int | None = None
+    if conninfo is not None:
+        server_lsn, report.server_error = server_position(conninfo)
+    measure_lag(report, archive, chain, server_lsn)
+    streamer = report.streamer or {}
+    # commits block while a synchronous streamer is away (until it degrades them to async)
+    report.synchronous = streamer.get("sync_state") in SYNCHRONOUS_STATES
+    report.problems = wal_problems(report, limits or LagLimits())
+    return report
+
+
+def repository_wal_status(
+    repo: Repository, conninfo: str | None = None, limits: LagLimits | None = None
+) -> WalStatus:
+    """``pgdr wal status`` of ``repo``: its archive, and the recovery window its backups open.
+
+    The window starts at the oldest base backup of this database system whose WAL this
+    repository holds in full (the others are listed as without their WAL) and ends at the
+    newest WAL stored; with ``conninfo`` the lag is measured against the server and the
+    problems are listed.
+    """
     archive = repository_archive(repo)
     backups = [
         (m.id, m.timeline, m.start_lsn, m.stop_lsn, m.stop_datetime.timestamp())
         for m in repo.list_backups()
         if m.system_identifier == str(archive.system_identifier)
     ]
-    return wal_status(archive, backups)
-
-
-def wal_status(
-    archive: WalArchive, backups: list[tuple[str, int, str, str, float]] | None = None
-) -> WalStatus:
-    chain = Chain.load(archive)
-    size = archive.segment_size
-    report = WalStatus(
-        repository=archive.store.url,
-        system_identifier=str(archive.system_identifier),
-        segment_size=size,
-    )
-    report.stored_bytes = sum(s for _n, s in archive.names())
-    for tli in chain.timelines:
-        segs = sorted(chain.segments.get(tli, set()))
-        partials = sorted(chain.partials.get(tli, set()))
-        if not segs and not partials:
-            continue
-        report.timelines.append(
-            TimelineSummary(
-                timeline=tli,
-                first=Segment(tli, segs[0]).name(size) if segs else None,
-                last=Segment(tli, segs[-1]).name(size) if segs else None,
-                segments=len(segs),
-                partial=Segment(tli, partials[-1]).name(size) + ".partial" if partials else None,
-            )
-        )
-    report.gaps = chain.gaps()
-    report.streamer = archive.get_state("streamer")
-    if report.streamer:
-        age = time.time() - float(report.streamer.get("heartbeat_at", 0))
-        report.streamer_alive = age < STALE_HEARTBEAT_S and report.streamer["state"] != "stopped"
-    report.archive = archive.get_state("archive")
-    report.newest_wal_at = newest_wal_time(archive)
-    stops, report.backups_without_wal = usable_backup_stops(chain, backups or [])
-    report.window_start = min(stops) if stops else None
-    report.window_end = report.newest_wal_at if stops else None
+    stops, without = usable_backup_stops(Chain.load(archive), backups)
+    report = observe_wal(archive, min(stops) if stops else None, conninfo, limits)
+    report.backups_without_wal = without
     return report

@@ -1,0 +1,195 @@
+"""``pgdr dump``: logical dumps into the repository; ``list``, ``verify`` and ``prune`` them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pgdr.backup.manifest import Manifest
+from pgdr.cli.backup import RepoOption, open_repo, show_key_note
+from pgdr.cli.check import chosen_profile
+from pgdr.cli.common import JsonOption, target
+from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.output import console, emit, escape, progress_bar
+from pgdr.core.units import human_size
+from pgdr.logical.dump import schema_sql, take_dump
+from pgdr.logical.verify import dump_summary, list_dumps, prune_dumps, verify_dump
+
+app = typer.Typer(
+    help="Logical dumps (pg_dump) into the repository (no sub-command); list, verify, prune.",
+    invoke_without_command=True,
+)
+
+
+@app.callback()
+def dump(
+    ctx: typer.Context,
+    schema_only: Annotated[
+        bool, typer.Option("--schema-only", help="Only the schema (with --out: plain SQL).")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write plain SQL here instead (needs --schema-only)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
+    repo_name: RepoOption = None,
+    label: Annotated[str | None, typer.Option(help="A note stored with the dump.")] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Never expire this dump (before a major change).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Dump the target database with its own major version's pg_dump into a repository."""
+    if ctx.invoked_subcommand is not None:
+        return
+    conninfo = target().conninfo
+    if out is not None:
+        if not schema_only:
+            raise ConfigError("--out writes plain SQL of the schema only; add --schema-only.")
+        data: dict[str, Any] = schema_sql(conninfo, out, force=force)
+        emit(
+            data,
+            as_json,
+            lambda: console.print(
+                f"Schema of {escape(str(data['database']))} (PostgreSQL {data['pg_version']}) "
+                f"written to {escape(str(out))}: {human_size(int(data['bytes']))}.",
+                highlight=False,
+            ),
+        )
+        return
+    repo = open_repo(repo_name)
+    began = time.monotonic()
+    with progress_bar("Dumping", None, enabled=not as_json) as advance:
+        manifest = take_dump(
+            repo, conninfo, schema_only=schema_only, label=label, keep=keep, progress=advance
+        )
+    duration = time.monotonic() - began
+    data = dump_summary(manifest) | {"repository": repo.name, "duration_s": round(duration, 3)}
+    show_key_note(repo)
+    emit(
+        data,
+        as_json,
+        lambda: console.print(
+            f"Dump {manifest.id} ({manifest.kind}) of {escape(manifest.database)} "
+            f"(PostgreSQL {manifest.pg_version}) stored in {repo.name}: "
+            f"{human_size(manifest.stream_size)}, {human_size(manifest.stored_size)} stored, "
+            f"{duration:.1f} s.",
+            highlight=False,
+        ),
+    )
+
+
+def _row(m: Manifest) -> list[str]:
+    return [
+        m.id,
+        m.kind,
+        m.database,
+        m.stop_time[:19].replace("T", " "),
+        m.pg_version,
+        human_size(m.stream_size),
+        human_size(m.stored_size),
+        "yes" if m.keep else "",
+        m.label or "",
+    ]
+
+
+@app.command("list")
+def list_command(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
+    """List the complete dumps in a repository, oldest first."""
+    repo = open_repo(repo_name)
+    dumps = list_dumps(repo)
+    data = {"repository": repo.name, "url": repo.url, "dumps": [dump_summary(m) for m in dumps]}
+
+    def render() -> None:
+        if not dumps:
+            console.print(f"The repository {repo.name} ({escape(repo.url)}) holds no dumps.")
+            return
+        table = Table(title=f"Dumps in {repo.name}", title_justify="left")
+        for column in (
+            "id",
+            "kind",
+            "database",
+            "finished (UTC)",
+            "pg",
+            "size",
+            "stored",
+            "keep",
+            "label",
+        ):
+            table.add_column(column)
+        for m in dumps:
+            table.add_row(*[escape(v) for v in _row(m)])
+        console.print(table)
+
+    emit(data, as_json, render)
+
+
+@app.command()
+def verify(
+    dump_id: Annotated[str, typer.Argument(help="Dump id, unique prefix, or 'latest'.")],
+    restore_test: Annotated[
+        bool,
+        typer.Option(
+            "--restore-test",
+            help="Also restore into a throwaway cluster and run the profile's integrity check.",
+        ),
+    ] = False,
+    profile: Annotated[str | None, typer.Option(help="Profile for the integrity check.")] = None,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every chunk and the archive's hash, list it with pg_restore; exit 1 if damaged."""
+    repo = open_repo(repo_name)
+    result = verify_dump(
+        repo,
+        dump_id,
+        restore_test=restore_test,
+        profile=chosen_profile(profile) if restore_test else None,
+    )
+
+    def render() -> None:
+        if result["passed"]:
+            test = result.get("restore_test")
+            console.print(
+                f"[green]ok[/] {result['dump_id']}: {result['chunks_checked']} chunks, "
+                f"{result['toc_entries']} entries listed by pg_restore, "
+                f"{len(result['tables'])} tables"
+                + (f"; restore test: {escape(test['detail'])}" if test else "")
+                + ".",
+                highlight=False,
+            )
+        else:
+            detail = result.get("problem") or result["restore_test"]["detail"]
+            console.print(f"[red]FAILED[/] {result['dump_id']}: {escape(detail)}", highlight=False)
+        for note in result["not_checked"]:
+            console.print(f"not checked: {escape(note)}", highlight=False)
+
+    emit(result, as_json, render)
+    if not result["passed"]:
+        raise CheckFailed(f"Dump {result['dump_id']} failed verification.")
+
+
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    repo_name: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Expire dumps: the newest of each week for 90 days, and every --keep dump, stay."""
+    repo = open_repo(repo_name, writable=not dry_run)
+    report = prune_dumps(repo, dry_run=dry_run)
+    data = report.as_dict()
+
+    def render() -> None:
+        verb = "would remove" if dry_run else "removed"
+        console.print(
+            f"{len(report.removed)} dump(s) {verb}: "
+            + (", ".join(d.backup_id for d in report.removed) or "none")
+            + "."
+        )
+
+    emit(data, as_json, render)

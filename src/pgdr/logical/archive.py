@@ -1,0 +1,149 @@
+"""Reading a stored dump back: every chunk checked, the whole archive's SHA-256 compared, and
+the plaintext fed to the matching ``pg_restore`` on its stdin.
+
+The plaintext never lands in a shared place: ``pg_restore`` reads it from a pipe, and its output
+(a table's rows, a TOC listing) goes to a private (0700) temporary directory that is removed
+afterwards. A damaged chunk stops the read with the chunk's number and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgdr.backup.chunks import DamagedBackup, fetch_chunk, private_dir
+from pgdr.backup.manifest import DUMPS, Manifest
+from pgdr.backup.repository import Repository
+from pgdr.cluster import PgInstallation
+from pgdr.core import runner
+from pgdr.core.errors import RuntimeFailure
+from pgdr.core.runner import last_line
+from pgdr.crypto import DataKey
+from pgdr.logical.tools import binaries_for
+
+
+@dataclass(frozen=True)
+class OpenDump:
+    """A dump whose manifest was authenticated, with its data key."""
+
+    repo: Repository
+    manifest: Manifest
+    data_key: DataKey
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    def pg_restore_installation(self) -> PgInstallation:
+        return binaries_for(self.manifest.pg_major, f"Dump {self.id}")
+
+    def pg_restore(self) -> Path:
+        return self.pg_restore_installation().tool("pg_restore")
+
+
+def open_dump(repo: Repository, dump_id: str) -> OpenDump:
+    resolved = repo.resolve_id(dump_id, area=DUMPS)
+    manifest = repo.read_manifest(resolved, authenticate=False, area=DUMPS)
+    data_key = manifest.authenticate(repo.master_key, f"of dump {resolved} in {repo.name}")
+    return OpenDump(repo, manifest, data_key)
+
+
+def plaintext(dump: OpenDump) -> Iterator[bytes]:
+    """The archive's bytes, chunk by chunk, each checked; a dump's (single file's) SHA-256 is
+    compared at the end (an export's files are checked one by one by their reader)."""
+    digest = hashlib.sha256()
+    for index in range(len(dump.manifest.chunks)):
+        piece = fetch_chunk(dump.repo, dump.manifest, dump.data_key, index)
+        digest.update(piece)
+        yield piece
+    files = dump.manifest.files
+    if len(files) == 1 and digest.hexdigest() != files[0].sha256:
+        raise DamagedBackup(f"Dump {dump.id} does not match its recorded SHA-256.")
+
+
+def feed_pg_restore(
+    dump: OpenDump, args: list[str], out: Path, env: dict[str, str] | None = None
+) -> None:
+    """Run ``pg_restore ARGS`` (its own binary prepended) reading the dump from stdin, with
+    stdout into ``out``. Every chunk is read and checked even when pg_restore stops reading
+    early (``--list`` only needs the table of contents)."""
+    with out.open("wb") as stdout, tempfile.TemporaryFile() as stderr:
+        proc = runner.start(
+            [dump.pg_restore(), *args], env=env, stdout=stdout, stderr=stderr, stdin_pipe=True
+        )
+        assert proc.stdin is not None
+        accepting = True
+        try:
+            for piece in plaintext(dump):
+                if accepting:
+                    try:
+                        proc.stdin.write(piece)
+                    except BrokenPipeError:
+                        accepting = False
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            code = proc.wait()
+        finally:
+            runner.stop(proc, grace_s=0)
+        stderr.seek(0)
+        message = stderr.read().decode(errors="replace")
+    if code != 0:
+        raise RuntimeFailure(f"pg_restore failed on dump {dump.id}: {last_line(message)}")
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One line of ``pg_restore --list``: dump id, kind (TABLE, TABLE DATA, ...), schema, name."""
+
+    line: str
+    kind: str
+    schema: str
+    name: str
+
+
+TOC_KINDS = (
+    "TABLE DATA",
+    "SEQUENCE SET",
+    "SEQUENCE OWNED BY",
+    "FK CONSTRAINT",
+    "INDEX",
+    "CONSTRAINT",
+    "DEFAULT",
+    "EXTENSION",
+    "SCHEMA",
+    "SEQUENCE",
+    "TABLE",
+    "TYPE",
+    "DOMAIN",
+    "FUNCTION",
+    "COMMENT",
+    "ACL",
+)
+
+
+def parse_toc(text: str) -> list[TocEntry]:
+    """``pg_restore --list`` lines: ``id; oid oid KIND schema name owner``."""
+    entries = []
+    for line in text.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        rest = line.split(" ", 3)[-1] if line.count(" ") >= 3 else ""
+        for kind in TOC_KINDS:
+            if rest.startswith(kind + " "):
+                parts = rest[len(kind) + 1 :].split(" ")
+                schema, name = ([*parts, "", ""])[:2]
+                entries.append(TocEntry(line, kind, schema, name))
+                break
+    return entries
+
+
+def read_toc(dump: OpenDump) -> list[TocEntry]:
+    """The dump's table of contents (every chunk checked on the way)."""
+    with private_dir("pgdr-toc-") as tmp:
+        out = tmp / "toc"
+        feed_pg_restore(dump, ["--list"], out)
+        return parse_toc(out.read_text(errors="replace"))

@@ -1,0 +1,301 @@
+"""``pgdr restore-table``: one table back from a dump (or a point-in-time copy), beside the live
+one or in its place.
+
+The runbook restores a single table with ``pg_restore --table``. pgdr does it without a scratch
+database: the dump's ``TABLE DATA`` entry alone is read by the dump's own major version of
+``pg_restore`` (``-L`` with that one entry) and its ``COPY`` rows go straight into the live
+database under a new name, ``CREATE TABLE new (LIKE live INCLUDING ALL)``. Columns are mapped by
+name: a column the dump has and the live table lost is listed as unmapped (its values are not
+restored), a column added since is left to its default and listed too.
+
+``--replace --force`` then makes the live table equal to the restored rows in the same
+transaction: rows missing from the dump are deleted, the others inserted or updated by primary
+key. The live table keeps its identity (OID, grants, triggers, dependent foreign keys), and the
+foreign keys pointing at it are checked as usual: if a child still references a row the dump
+does not have, the transaction is rolled back and nothing changed.
+
+A table missing from the live database (dropped) comes back under its own name (or ``--as``)
+with the dump's definition and rows. Refused in one sentence, nothing changed: a table not in
+the dump, a dump of another database, a schema-only dump, a target name that exists (without
+``--force``), ``--replace`` without ``--force``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgdr.backup.chunks import private_dir
+from pgdr.backup.repository import Repository
+from pgdr.core.connect import client_environment, connect
+from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.logical.archive import OpenDump, TocEntry, feed_pg_restore, open_dump, read_toc
+
+
+@dataclass
+class TableRestore:
+    table: str
+    restored_as: str
+    dump_id: str
+    rows: int = 0
+    mapped: list[str] = field(default_factory=list)
+    unmapped: list[str] = field(default_factory=list)  # in the dump, not in the live table
+    defaulted: list[str] = field(default_factory=list)  # in the live table, not in the dump
+    replaced: bool = False
+    deleted: int = 0
+    upserted: int = 0
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def split_name(table: str) -> tuple[str, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or "public").strip('"'), name.strip('"')
+
+
+def _check_same_database(dump: OpenDump, conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(
+        "SELECT current_database(), (SELECT system_identifier::text FROM pg_control_system())"
+    ).fetchone()
+    assert row is not None
+    manifest = dump.manifest
+    if (manifest.database, manifest.system_identifier) != (str(row[0]), str(row[1])):
+        raise ConfigError(
+            f"Dump {dump.id} is of database {manifest.database} on system "
+            f"{manifest.system_identifier}, not of this database ({row[0]} on {row[1]})."
+        )
+    if manifest.kind != "dump":
+        raise ConfigError(f"Dump {dump.id} holds the schema only, no rows.")
+
+
+def _entries(dump: OpenDump, schema: str, name: str) -> tuple[TocEntry, TocEntry]:
+    toc = read_toc(dump)
+    found = {e.kind: e for e in toc if (e.schema, e.name) == (schema, name)}
+    if "TABLE" not in found or "TABLE DATA" not in found:
+        raise ConfigError(f"Table {schema}.{name} is not in dump {dump.id}.")
+    return found["TABLE"], found["TABLE DATA"]
+
+
+def copy_rows(path: Path) -> tuple[list[str], Iterator[str]]:
+    """The column names and the text-format rows of the one ``COPY`` block in ``path``."""
+    lines = path.open(encoding="utf-8")
+    for line in lines:
+        if line.startswith("COPY "):
+            columns = line.split("(", 1)[1].rsplit(")", 1)[0]
+            names = [c.strip().strip('"') for c in columns.split(",")]
+
+            def rows() -> Iterator[str]:
+                with lines:
+                    for row in lines:
+                        if row == "\\.\n":
+                            return
+                        yield row
+
+            return names, rows()
+    lines.close()
+    return [], iter(())
+
+
+def _live_columns(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str] | None:
+    """The table's insertable columns in order; None when there is no such table."""
+    name = ident.as_string(conn)
+    exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+    if exists is None or exists[0] is None:
+        return None
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+        (name,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _load(
+    conn: psycopg.Connection[Any],
+    new: sql.Composable,
+    dump_columns: list[str],
+    mapped: list[str],
+    rows: Iterator[str],
+) -> int:
+    """COPY the mapped fields of ``rows`` (text format, one row a line) into ``new``."""
+    picks = [dump_columns.index(c) for c in mapped]
+    whole = picks == list(range(len(dump_columns)))
+    count = 0
+    copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        new, sql.SQL(", ").join(sql.Identifier(c) for c in mapped)
+    )
+    with conn.cursor().copy(copy) as out:
+        for line in rows:
+            if whole:
+                out.write(line.encode())
+            else:
+                fields = line.rstrip("\n").split("\t")
+                out.write(("\t".join(fields[i] for i in picks) + "\n").encode())
+            count += 1
+    return count
+
+
+def _replace(
+    conn: psycopg.Connection[Any],
+    live: sql.Composable,
+    new: sql.Composable,
+    columns: list[str],
+    key: list[str],
+) -> tuple[int, int]:
+    """Make ``live`` hold exactly ``new``'s rows, by primary key; (deleted, upserted)."""
+    match = sql.SQL(" AND ").join(sql.SQL("n.{c} = l.{c}").format(c=sql.Identifier(c)) for c in key)
+    deleted = conn.execute(
+        sql.SQL("DELETE FROM {} l WHERE NOT EXISTS (SELECT 1 FROM {} n WHERE {})").format(
+            live, new, match
+        )
+    ).rowcount
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    updates = [c for c in columns if c not in key]
+    action = (
+        sql.SQL("DO UPDATE SET {} WHERE (l.*)::text IS DISTINCT FROM (EXCLUDED.*)::text").format(
+            sql.SQL(", ").join(
+                sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updates
+            )
+        )
+        if updates
+        else sql.SQL("DO NOTHING")
+    )
+    upserted = conn.execute(
+        sql.SQL(
+            "INSERT INTO {} AS l ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT ({}) {}"
+        ).format(live, cols, cols, new, sql.SQL(", ").join(sql.Identifier(c) for c in key), action)
+    ).rowcount
+    return max(deleted, 0), max(upserted, 0)
+
+
+def _primary_key(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str]:
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
+        (ident.as_string(conn),),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def restore_table(
+    repo: Repository,
+    conninfo: str,
+    table: str,
+    dump_id: str,
+    *,
+    as_name: str | None = None,
+    replace: bool = False,
+    force: bool = False,
+) -> TableRestore:
+    """Restore ``table`` from a dump beside the live table (or in its place with ``replace``)."""
+    began = time.monotonic()
+    if replace and not force:
+        raise ConfigError("--replace overwrites the live table's rows; add --force to confirm.")
+    if replace and as_name:
+        raise ConfigError("Give --as or --replace, not both.")
+    schema, name = split_name(table)
+    dump = open_dump(repo, dump_id)
+    with connect(conninfo, autocommit=True, raw_errors=True) as conn:
+        _check_same_database(dump, conn)
+        table_entry, data_entry = _entries(dump, schema, name)
+        live = sql.Identifier(schema, name)
+        live_columns = _live_columns(conn, live)
+        if live_columns is None:
+            entries = f"{table_entry.line}\n{data_entry.line}\n"
+            return _restore_dropped(dump, conninfo, conn, (schema, name), entries, as_name, force)
+        new_name = as_name or f"{name}_{dump.id.split('-')[0].lower()}"
+        new = sql.Identifier(schema, new_name)
+        result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", dump.id)
+        if replace:
+            new = sql.Identifier(f"pgdr_replace_{name}")
+            result.restored_as = f"{schema}.{name}"
+        elif _live_columns(conn, new) is not None and not force:
+            raise ConfigError(f"{schema}.{new_name} exists; pass --force to replace it.")
+        key = _primary_key(conn, live)
+        if replace and not key:
+            raise ConfigError(f"{schema}.{name} has no primary key to match rows by.")
+        with private_dir("pgdr-table-") as tmp:
+            (tmp / "list").write_text(data_entry.line + "\n")
+            feed_pg_restore(dump, ["-L", str(tmp / "list"), "-f", str(tmp / "rows")], tmp / "out")
+            dump_columns, rows = copy_rows(tmp / "rows")
+            result.mapped = [c for c in dump_columns if c in live_columns]
+            result.unmapped = [c for c in dump_columns if c not in live_columns]
+            result.defaulted = [c for c in live_columns if c not in dump_columns]
+            conn.execute("SET default_transaction_read_only = off")  # works in read-only mode
+            try:
+                with conn.transaction():
+                    if not replace:
+                        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(new))
+                    temp = sql.SQL("TEMP ") if replace else sql.SQL("")
+                    conn.execute(
+                        sql.SQL("CREATE {}TABLE {} (LIKE {} INCLUDING ALL)").format(temp, new, live)
+                    )
+                    result.rows = _load(conn, new, dump_columns, result.mapped, rows)
+                    if replace:
+                        result.deleted, result.upserted = _replace(
+                            conn, live, new, result.mapped, key
+                        )
+                        conn.execute(sql.SQL("DROP TABLE {}").format(new))
+                        result.replaced = True
+            except psycopg.Error as exc:
+                raise RuntimeFailure(
+                    f"Restoring {schema}.{name} from dump {dump.id} failed and was rolled back, "
+                    f"nothing changed: {str(exc).strip().splitlines()[0]}"
+                ) from exc
+    result.duration_s = round(time.monotonic() - began, 3)
+    return result
+
+
+def _restore_dropped(
+    dump: OpenDump,
+    conninfo: str,
+    conn: psycopg.Connection[Any],
+    qualified: tuple[str, str],
+    entries: str,
+    as_name: str | None,
+    force: bool,
+) -> TableRestore:
+    """The table is gone from the live database: its definition and rows from the dump."""
+    began = time.monotonic()
+    schema, name = qualified
+    if as_name and _live_columns(conn, sql.Identifier(schema, as_name)) is not None:
+        raise ConfigError(f"{schema}.{as_name} exists; choose another --as.")
+    client, env = client_environment(conninfo)
+    with private_dir("pgdr-table-") as tmp:
+        (tmp / "list").write_text(entries)
+        args = [
+            "-L",
+            str(tmp / "list"),
+            "--no-owner",
+            "--single-transaction",
+            "--exit-on-error",
+            "-d",
+            client,
+        ]
+        feed_pg_restore(dump, args, tmp / "out", env=env)
+    result = TableRestore(f"{schema}.{name}", f"{schema}.{as_name or name}", dump.id)
+    if as_name:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(schema, name), sql.Identifier(as_name)
+            )
+        )
+    count = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, as_name or name))
+    ).fetchone()
+    result.rows = int(count[0]) if count else 0
+    result.notes.append(
+        f"{schema}.{name} did not exist in the database: it was created from the dump's "
+        "definition (without its indexes, constraints and triggers) with the dump's rows."
+    )
+    result.duration_s = round(time.monotonic() - began, 3)
+    return result

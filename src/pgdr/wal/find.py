@@ -1,0 +1,432 @@
+"""``pgdr wal find``: the moment of damage, read from the archived WAL with ``pg_waldump``.
+
+No triggers or audit tables: every change to a table's rows is in the WAL. The segments of the
+window (from the newest base backup that ended before ``--since``, or the oldest segment, to the
+newest WAL, the streamer's partial segment included) are opened and authenticated into a private
+(0700) temporary directory, removed afterwards, and read by the ``pg_waldump`` of the server's
+major version. Heap records touching the table's files count rows per transaction (DELETE,
+UPDATE/HOT_UPDATE, INSERT/MULTI_INSERT); commit and abort records give each transaction's fate
+and commit time (subtransactions folded into their top transaction).
+
+The table's file is resolved as of the window, not only as of now: when a transaction in the
+window created the table's current file (``Storage CREATE``) and its commit dropped the table's
+original file (its OID, ``rels:``), that transaction was a TRUNCATE (new file empty) or a rewrite
+such as VACUUM FULL (new file written), and the records of the original file are counted too. A
+file rewritten more than once in the window is followed one step; the report says so.
+
+Invariants: nothing is written anywhere but the private temporary directory; a window the
+repository cannot cover (``--since`` before its WAL, ``--until`` after it) is refused in one
+sentence; the report names the transaction that stands out and the exact restore commands.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgdr.backup.chunks import private_dir
+from pgdr.backup.manifest import Manifest
+from pgdr.cluster import installation_for_major
+from pgdr.core import runner
+from pgdr.core.connect import connect
+from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.wal.archive import WalArchive
+from pgdr.wal.chain import Chain
+from pgdr.wal.names import Segment, parse_lsn
+from pgdr.wal.server import ServerInfo, server_info
+from pgdr.wal.status import newest_wal_time
+from pgdr.wal.transfer import fetch_bytes
+
+OPS = ("delete", "update", "insert", "truncate")
+RECORD_RE = re.compile(
+    r"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*\d+, tx:\s*(\d+), lsn: ([0-9A-F]+/[0-9A-F]+),"
+    r" prev [0-9A-F]+/[0-9A-F]+, desc: (.*)$"
+)
+BLOCK_RE = re.compile(r"rel (\d+)/(\d+)/(\d+)( fork \w+)?")
+END_RE = re.compile(r"^(COMMIT|ABORT)(?:_PREPARED)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+HEAP_OPS = {
+    "DELETE": "delete",
+    "UPDATE": "update",
+    "HOT_UPDATE": "update",
+    "INSERT": "insert",
+    "INSERT+INIT": "insert",
+    "MULTI_INSERT": "insert",
+    "MULTI_INSERT+INIT": "insert",
+}
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """Where a table's rows live: the database's OID and the table's OID and current file."""
+
+    qualified: str
+    oid: int
+    database_oid: int
+    filenode: int
+
+
+@dataclass
+class Transaction:
+    xid: int
+    status: str = "in progress"  # committed, aborted
+    commit_time: str | None = None
+    first_lsn: str = ""
+    end_lsn: str | None = None
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS[:3], 0))
+    truncate: bool = False
+    rewrite: bool = False
+
+    @property
+    def ops(self) -> list[str]:
+        found = [op for op in OPS[:3] if self.rows[op]]
+        return found + (["truncate"] if self.truncate else [])
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ops": self.ops}
+
+
+@dataclass
+class FindReport:
+    table: str
+    since: str | None
+    until: str | None
+    timeline: int
+    segments: list[str]
+    filenodes: list[int]
+    transactions: list[Transaction]
+    suspect: int | None = None
+    restore_commands: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def suspect_transaction(self) -> Transaction | None:
+        return next((t for t in self.transactions if t.xid == self.suspect), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["transactions"] = [t.as_dict() for t in self.transactions]
+        return data
+
+
+def parse_moment(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise ConfigError(
+            f"{option} {text!r} is not a time (ISO 8601, e.g. 2026-11-25T09:30Z)."
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def table_file(conninfo: str, table: str) -> TableFile:
+    """The table's OID and current file, as the live database knows them."""
+    try:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
+            row = conn.execute(
+                "SELECT c.oid::regclass::text, c.oid, d.oid, pg_relation_filenode(c.oid)"
+                " FROM pg_class c, pg_database d"
+                " WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')"
+                " AND d.datname = current_database()",
+                (table,),
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise RuntimeFailure(f"Cannot read the table's catalog entry: {exc}".strip()) from exc
+    if row is None or row[3] is None:
+        raise ConfigError(
+            f"Table {table} does not exist in the database now; wal find follows tables that "
+            "exist (restore a copy from before it was dropped to look at it)."
+        )
+    return TableFile(str(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def _start_segment(chain: Chain, tli: int, backups: list[Manifest], since: datetime | None) -> int:
+    """Where reading starts: the newest backup that ended before ``since``, else the oldest WAL."""
+    size = chain.segment_size
+    before = [
+        m for m in backups if since is not None and m.stop_datetime <= since and m.timeline <= tli
+    ]
+    if before:
+        return parse_lsn(before[-1].start_lsn) // size
+    stored = chain.segments.get(tli, set()) | chain.partials.get(tli, set())
+    if not stored:
+        raise CheckFailed(f"The repository holds no WAL of timeline {tli}.")
+    return min(stored)
+
+
+def fetch_window(
+    archive: WalArchive, segments: list[tuple[Segment, bool]], into: Path
+) -> list[str]:
+    """Open every segment (authenticated) into ``into``; returns their names."""
+    names = []
+    for segment, partial in segments:
+        name = segment.name(archive.segment_size)
+        (into / name).write_bytes(fetch_bytes(archive, name, allow_partial=partial))
+        names.append(name)
+    return names
+
+
+def waldump_lines(tool: Path, directory: Path, first: str, last: str) -> Iterator[str]:
+    """``pg_waldump``'s records from ``first`` to ``last``; the end of valid WAL (zeros of a
+    partial segment, a segment still being written) ends the listing, anything else is an error."""
+    proc = runner.start(
+        [tool, "--path", str(directory), first, last], env=dict(os.environ, TZ="UTC")
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        for raw in proc.stdout:
+            yield raw.decode("utf-8", errors="replace")
+        error = proc.stderr.read().decode("utf-8", errors="replace")
+        code = proc.wait()
+    finally:
+        runner.stop(proc)
+    harmless = (
+        "invalid record length",
+        "could not find file",
+        "missing contrecord",
+        "invalid magic number 0000",
+        "record with incorrect prev-link",
+    )
+    if code != 0 and not any(h in error for h in harmless):
+        raise RuntimeFailure(runner.sentence("pg_waldump", error))
+
+
+class _Reader:
+    """Folds pg_waldump records into per-transaction row counts for the table's files."""
+
+    def __init__(self, table: TableFile) -> None:
+        self.table = table
+        self.files = {table.filenode}
+        self.counts: dict[int, dict[tuple[str, int], int]] = {}  # xid -> (op, file) -> rows
+        self.first: dict[int, str] = {}  # xid -> LSN of its first record touching the table
+        self.ends: dict[int, tuple[str, str, str, list[int]]] = {}  # xid: status, time, lsn, rels
+        self.parent: dict[int, int] = {}
+        self.created: dict[int, int] = {}  # filenode -> xid that created it
+        self.written: dict[int, set[int]] = {}  # filenode -> xids that wrote a full page image
+        self.first_time: str | None = None
+
+    def feed(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            match = RECORD_RE.match(line.rstrip("\n"))
+            if match is None:
+                continue
+            rmgr, xid, lsn, desc = (
+                match.group(1),
+                int(match.group(2)),
+                match.group(3),
+                match.group(4),
+            )
+            if rmgr == "Transaction":
+                self._end(xid, lsn, desc)
+            elif rmgr == "Storage" and desc.startswith("CREATE "):
+                node = desc.split()[1].rsplit("/", 1)[-1]
+                if node.isdigit():
+                    self.created[int(node)] = xid
+            elif rmgr in ("Heap", "Heap2"):
+                self._heap(xid, lsn, desc)
+            elif rmgr == "XLOG" and desc.startswith("FPI"):
+                for node in self._nodes(desc):
+                    self.written.setdefault(node, set()).add(xid)
+
+    def _nodes(self, desc: str) -> set[int]:
+        return {
+            int(m.group(3))
+            for m in BLOCK_RE.finditer(desc)
+            if int(m.group(2)) == self.table.database_oid and not m.group(4)
+        }
+
+    def _heap(self, xid: int, lsn: str, desc: str) -> None:
+        op = HEAP_OPS.get(desc.split(" ", 1)[0])
+        nodes = self._nodes(desc)
+        if op is None or xid == 0 or not nodes:
+            return
+        self.first.setdefault(xid, lsn)
+        count = 1
+        if "ntuples:" in desc:
+            count = int(desc.split("ntuples:", 1)[1].split(",", 1)[0])
+        counts = self.counts.setdefault(xid, {})
+        key = (op, min(nodes))
+        counts[key] = counts.get(key, 0) + count
+
+    def _end(self, xid: int, lsn: str, desc: str) -> None:
+        match = END_RE.match(desc)
+        if match is None:
+            return
+        status = "committed" if match.group(1) == "COMMIT" else "aborted"
+        moment = match.group(2).replace(" ", "T") + "Z"
+        if self.first_time is None:
+            self.first_time = moment
+        rels = []
+        if "; rels:" in desc:
+            for item in desc.split("; rels:", 1)[1].split(";", 1)[0].split():
+                node = item.rsplit("/", 1)[-1]
+                if node.isdigit():
+                    rels.append(int(node))
+        if "; subxacts:" in desc:
+            for sub in desc.split("; subxacts:", 1)[1].split(";", 1)[0].split():
+                if sub.isdigit():
+                    self.parent[int(sub)] = xid
+        self.ends[xid] = (status, moment, lsn, rels)
+
+    def follow_files(self, notes: list[str]) -> dict[int, str]:
+        """The table's files in the window, and the transactions that truncated/rewrote it."""
+        changes: dict[int, str] = {}
+        node = self.table.filenode
+        creator = self.created.get(node)
+        if creator is not None:
+            dropped = self.ends.get(creator, ("", "", "", []))[3]
+            if self.table.oid in dropped and self.table.oid != node:
+                self.files.add(self.table.oid)
+                changes[creator] = (
+                    "rewrite" if creator in self.written.get(node, set()) else "truncate"
+                )
+                if self.table.oid in self.created:
+                    notes.append(
+                        "The table's original file was itself created in the window; "
+                        "older rewrites were not followed."
+                    )
+            elif self.table.oid == node or not dropped:
+                notes.append(
+                    f"{self.table.qualified} was created in the window (transaction "
+                    f"{creator}); nothing before it concerns this table."
+                )
+            else:
+                notes.append(
+                    f"{self.table.qualified} was rewritten more than once; only its "
+                    f"current file ({node}) was read."
+                )
+        return changes
+
+    def transactions(self, notes: list[str]) -> list[Transaction]:
+        changes = self.follow_files(notes)
+        merged: dict[int, Transaction] = {}
+        for xid in set(self.counts) | set(changes):
+            top = self.parent.get(xid, xid)
+            tx = merged.setdefault(top, Transaction(top))
+            first = self.first.get(xid) or self.ends[xid][2]
+            if not tx.first_lsn or parse_lsn(first) < parse_lsn(tx.first_lsn):
+                tx.first_lsn = first
+            for (op, node), rows in self.counts.get(xid, {}).items():
+                if node in self.files:
+                    tx.rows[op] += rows
+            tx.truncate = tx.truncate or changes.get(xid) == "truncate"
+            tx.rewrite = tx.rewrite or changes.get(xid) == "rewrite"
+        result = []
+        for tx in merged.values():
+            if not tx.ops and not tx.rewrite:
+                continue
+            end = self.ends.get(tx.xid)
+            if end is not None:
+                tx.status, tx.commit_time, tx.end_lsn = end[0], end[1], end[2]
+            result.append(tx)
+        return sorted(result, key=lambda t: parse_lsn(t.first_lsn))
+
+
+def _in_window(tx: Transaction, since: datetime | None, until: datetime | None) -> bool:
+    if tx.commit_time is None:
+        return until is None
+    moment = datetime.fromisoformat(tx.commit_time.replace("Z", "+00:00"))
+    return (since is None or moment >= since) and (until is None or moment <= until)
+
+
+def _suspect(transactions: list[Transaction], op: str | None) -> Transaction | None:
+    committed = [t for t in transactions if t.status == "committed"]
+    if not committed:
+        return None
+    if op in (None, "delete", "truncate") and any(t.truncate for t in committed):
+        return next(t for t in committed if t.truncate)
+    key = "update" if op == "update" else "insert" if op == "insert" else "delete"
+    best = max(committed, key=lambda t: t.rows[key])
+    return best if best.rows[key] else None
+
+
+def _check_window(
+    archive: WalArchive,
+    reader: _Reader,
+    since: datetime | None,
+    until: datetime | None,
+    covered_from_start: bool,
+) -> None:
+    """Refuse a window the repository's WAL does not cover. The start is covered when reading
+    began at a base backup that ended before ``since``, at the cluster's first segment, or at
+    a commit no later than ``since``."""
+    newest = newest_wal_time(archive)
+    if until is not None and newest is not None and until.timestamp() > newest:
+        end = datetime.fromtimestamp(newest, UTC)
+        raise CheckFailed(
+            f"The repository holds WAL up to {end:%Y-%m-%d %H:%M:%S} UTC; --until is later, "
+            "so that part of the window is not in the repository."
+        )
+    if since is None or covered_from_start:
+        return
+    first = reader.first_time
+    if first is None or datetime.fromisoformat(first.replace("Z", "+00:00")) > since:
+        raise CheckFailed(
+            f"The repository's WAL begins {'at ' + first if first else 'after --since'} (its "
+            "first commit), later than --since; that part of the window is not in the repository."
+        )
+
+
+def find_changes(
+    archive: WalArchive,
+    backups: list[Manifest],
+    conninfo: str,
+    table: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    op: str | None = None,
+) -> FindReport:
+    """Every transaction in the window that changed ``table``'s rows; the one standing out."""
+    if op is not None and op not in OPS:
+        raise ConfigError(f"--op must be one of {', '.join(OPS)}.")
+    if since and until and since >= until:
+        raise ConfigError("--since must be before --until.")
+    info: ServerInfo = server_info(conninfo)
+    if info.system_identifier != archive.system_identifier:
+        raise ConfigError(
+            f"The repository holds WAL of database system {archive.system_identifier}, not of "
+            f"this server ({info.system_identifier})."
+        )
+    file = table_file(conninfo, table)
+    chain = Chain.load(archive)
+    tli = info.timeline
+    start = _start_segment(chain, tli, backups, since)
+    segments = chain.needed(tli, start * chain.segment_size, None, use_partial=True)
+    tool = installation_for_major(info.major).tool("pg_waldump")
+    reader = _Reader(file)
+    with private_dir("pgdr-walfind-") as tmp:
+        names = fetch_window(archive, segments, tmp)
+        reader.feed(waldump_lines(tool, tmp, names[0], names[-1]))
+    from_start = segments[0][0].segno == 1 and segments[0][0].timeline == 1
+    from_backup = any(since is not None and m.stop_datetime <= since for m in backups)
+    _check_window(archive, reader, since, until, from_start or from_backup)
+    notes: list[str] = []
+    found = [t for t in reader.transactions(notes) if _in_window(t, since, until)]
+    if op is not None:
+        found = [t for t in found if op in t.ops]
+    report = FindReport(
+        file.qualified,
+        since.isoformat() if since else None,
+        until.isoformat() if until else None,
+        tli,
+        names,
+        sorted(reader.files),
+        found,
+        notes=notes,
+    )
+    suspect = _suspect(found, op)
+    if suspect is not None:
+        report.suspect = suspect.xid
+        report.restore_commands = [
+            f"pgdr restore --target-xid {suspect.xid} --exclusive --new-cluster",
+            f"pgdr restore --target-lsn {suspect.first_lsn} --new-cluster",
+        ]
+    return report

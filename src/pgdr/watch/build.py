@@ -1,0 +1,96 @@
+"""The monitor with everything it watches and whom it tells."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pgdr.backup import Repository, open_repository
+from pgdr.config import PgdrSettings
+from pgdr.config.pool_settings import PoolSettings
+from pgdr.config.settings import load_toml
+from pgdr.core.errors import PgdrError
+from pgdr.drills.watch import check_drill_overdue
+from pgdr.incident.store import FlapPolicy
+from pgdr.monitoring.checks import ExtraCheck, MonitorConfig
+from pgdr.monitoring.monitor import Monitor
+from pgdr.monitoring.protection import ProtectionConfig, protection_checks
+from pgdr.notify import Dispatcher, load_notify_config
+from pgdr.pool import make_pool
+from pgdr.watch.sources import import_sources
+
+
+def _monitor_table(settings: PgdrSettings) -> dict[str, Any]:
+    table, _path = load_toml(settings)
+    monitor = table.get("monitor", {})
+    return monitor if isinstance(monitor, dict) else {}
+
+
+def flap_policy(settings: PgdrSettings) -> FlapPolicy:
+    """``open_after``/``resolve_after`` from ``[monitor]``: N failures open, M passes resolve."""
+    table = _monitor_table(settings)
+    return FlapPolicy(int(table.get("open_after", 1)), int(table.get("resolve_after", 1)))
+
+
+def watch_checks(
+    settings: PgdrSettings, conninfo: str | None, repo_name: str | None = None
+) -> list[ExtraCheck]:
+    """The protection checks and the drill check, as callables to run every interval."""
+    config = ProtectionConfig.from_toml(_monitor_table(settings))
+    checks = protection_checks(settings, conninfo, config, repo_name, dict(os.environ))
+    return [*checks, lambda: check_drill_overdue(settings.home)]
+
+
+@dataclass
+class MonitorSetup:
+    """What a caller needs besides the monitor itself."""
+
+    monitor: Monitor
+    dispatcher: Dispatcher
+    settings: PgdrSettings
+    repo_name: str | None = None
+
+
+def repository(settings: PgdrSettings, repo_name: str | None) -> Repository | None:
+    with contextlib.suppress(PgdrError):
+        return open_repository(settings, repo_name)
+    return None
+
+
+def build_monitor(
+    settings: PgdrSettings,
+    conninfo: str,
+    pool_settings: PoolSettings,
+    interval: float = 120,
+    repo_name: str | None = None,
+    with_pool: bool = False,
+) -> MonitorSetup:
+    """The monitor that ``monitor run``, ``serve`` and the agent run each ``interval``.
+
+    ``with_pool`` opens a pgdr connection pool in the background (for ``serve``) so its in-use,
+    idle and waiting counts are measured; it never blocks on a database that is down.
+    """
+    records = settings.home / "records"
+    pool = None
+    if with_pool:
+        pool = make_pool(conninfo, pool_settings, open_now=False, name="pgdr-monitor")
+        pool.open(wait=False)
+    monitor = Monitor(
+        conninfo,
+        records,
+        pool_settings,
+        MonitorConfig(interval_seconds=interval),
+        pool=pool,
+        extra=watch_checks(settings, conninfo, repo_name),
+        policy=flap_policy(settings),
+    )
+    dispatcher = Dispatcher(load_notify_config(settings), monitor.incidents, records)
+
+    def after_round() -> list[dict[str, Any]]:
+        import_sources(monitor.incidents, settings.home)
+        return [o.as_dict() for o in dispatcher.run()]
+
+    monitor.after_round = after_round
+    return MonitorSetup(monitor, dispatcher, settings, repo_name)

@@ -1,0 +1,75 @@
+"""``pgdr dump``: pg_dump of the server's own major version into the repository, read back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import Server, run_cli
+from pgdr.core.errors import ConfigError
+from pgdr.logical.tools import binaries_for
+
+
+def test_dump_list_verify_and_restore_test(
+    server: Server, backup_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = backup_env | {"DATABASE_URL": server.new_database()}
+    made = run_cli("dump", "--label", "before migration 006", "--keep", "--json", env=env)
+    assert made.code == 0, made.stderr
+    dump = json.loads(made.stdout)
+    assert dump["kind"] == "dump" and dump["pg_major"] == server.major
+    assert dump["database"] and dump["label"] == "before migration 006"
+    assert list((tmp_path / "repo" / "dumps" / dump["id"]).glob("chunks/*"))
+    assert not (tmp_path / "repo" / "backups").exists()  # a second kind, beside base backups
+
+    listed = json.loads(run_cli("dump", "list", "--json", env=env).stdout)
+    assert [d["id"] for d in listed["dumps"]] == [dump["id"]]
+    backups = run_cli("backup", "list", "--json", env=env)
+    assert json.loads(backups.stdout)["backups"] == []
+
+    checked = run_cli("dump", "verify", "latest", "--restore-test", "--json", env=env)
+    assert checked.code == 0, checked.stdout + checked.stderr
+    result = json.loads(checked.stdout)
+    assert result["passed"] and "public.chatbots" in result["tables"]
+    assert result["restore_test"]["passed"], result["restore_test"]
+    assert not list((Path(env["PGDR_HOME"]) / "scratch").glob("dump-test-*"))
+
+
+def test_a_damaged_chunk_fails_verification(
+    pg18: Server, backup_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = backup_env | {"DATABASE_URL": pg18.new_database()}
+    dump = json.loads(run_cli("dump", "--json", env=env).stdout)
+    quick = run_cli("dump", "verify", dump["id"], "--json", env=env)
+    assert quick.code == 0, quick.stderr
+    assert json.loads(quick.stdout)["not_checked"]  # says the restore was not tried
+    chunk = sorted((tmp_path / "repo" / "dumps" / dump["id"] / "chunks").iterdir())[0]
+    data = bytearray(chunk.read_bytes())
+    data[100] ^= 1
+    chunk.write_bytes(bytes(data))
+    bad = run_cli("dump", "verify", dump["id"], "--json", env=env)
+    assert bad.code == 1
+    assert "Chunk 1" in json.loads(bad.stdout)["problem"]
+
+
+def test_schema_only_as_sql_for_version_control(
+    server: Server, backup_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = backup_env | {"DATABASE_URL": server.new_database()}
+    out = tmp_path / "schema.sql"
+    made = run_cli("dump", "--schema-only", "--out", str(out), env=env)
+    assert made.code == 0, made.stderr
+    text = out.read_text()
+    assert "CREATE TABLE public.chatbots" in text and "COPY " not in text
+    again = run_cli("dump", "--schema-only", "--out", str(out), env=env)
+    assert again.code == 2 and "--force" in again.stderr
+    assert run_cli("dump", "--out", str(out), env=env).code == 2
+    stored = json.loads(run_cli("dump", "--schema-only", "--json", env=env).stdout)
+    assert stored["kind"] == "schema-dump"
+
+
+def test_a_dump_from_a_newer_postgresql_is_refused() -> None:
+    with pytest.raises(ConfigError, match="newer than any installed"):
+        binaries_for(99, "Dump x")

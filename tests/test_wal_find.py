@@ -1,0 +1,102 @@
+"""``pgdr wal find``: the transaction that damaged a table, found in the archived WAL."""
+
+from __future__ import annotations
+
+import glob
+import json
+import tempfile
+from typing import Any
+
+import psycopg
+
+from fixtures.wal import WalEnv
+from test_pitr import backup, wait_streamed
+
+
+def in_one_transaction(w: WalEnv, *statements: str) -> int:
+    """Run ``statements`` in one transaction; returns its xid."""
+    with psycopg.connect(w.conninfo) as conn:
+        for statement in statements:
+            conn.execute(statement)
+        row = conn.execute("SELECT txid_current()").fetchone()
+        assert row is not None
+        conn.commit()
+    return int(row[0])
+
+
+def find(w: WalEnv, *args: str) -> dict[str, Any]:
+    result = w.cli("wal", "find", *args, "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_the_mass_deletion_stands_out(walenv: WalEnv) -> None:
+    w = walenv
+    stream = w.start_stream()
+    w.sql("CREATE TABLE items (id int PRIMARY KEY, note text)")
+    w.sql("INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 300) g")
+    backup(w)
+    since = w.sql("SELECT now()")[0][0]
+    one = in_one_transaction(w, "DELETE FROM items WHERE id = 1")
+    updated = in_one_transaction(w, "UPDATE items SET note = 'x' WHERE id BETWEEN 2 AND 4")
+    w.insert(20)  # other tables' work does not show up
+    mass = in_one_transaction(w, "DELETE FROM items WHERE id > 150")
+    in_one_transaction(w, "INSERT INTO items VALUES (1000, 'new')")
+    wait_streamed(w)
+
+    data = find(w, "--table", "items", "--since", since.isoformat())
+    by_xid = {t["xid"]: t for t in data["transactions"]}
+    assert set(by_xid) == {one, updated, mass, max(by_xid)}
+    assert by_xid[mass]["rows"]["delete"] == 150 and by_xid[mass]["status"] == "committed"
+    assert by_xid[one]["rows"]["delete"] == 1 and by_xid[updated]["rows"]["update"] == 3
+    assert data["suspect"] == mass
+    assert f"pgdr restore --target-xid {mass} --exclusive --new-cluster" in data["restore_commands"]
+    assert by_xid[mass]["commit_time"] >= since.isoformat()[:19]
+
+    updates = find(w, "--table", "items", "--op", "update")
+    assert [t["xid"] for t in updates["transactions"]] == [updated]
+    assert updates["suspect"] == updated
+    assert not glob.glob(f"{tempfile.gettempdir()}/pgdr-walfind-*")  # the plaintext WAL is gone
+    w.stop_stream(stream)
+
+
+def test_truncate_is_followed_through_the_new_file(walenv: WalEnv) -> None:
+    w = walenv
+    stream = w.start_stream()
+    w.sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    w.sql("INSERT INTO notes SELECT g, 'n' FROM generate_series(1, 50) g")
+    backup(w)
+    deleted = in_one_transaction(w, "DELETE FROM notes WHERE id <= 2")
+    truncated = in_one_transaction(w, "TRUNCATE notes")
+    w.sql("INSERT INTO notes VALUES (1, 'again')")
+    wait_streamed(w)
+
+    data = find(w, "--table", "notes")
+    by_xid = {t["xid"]: t for t in data["transactions"]}
+    assert by_xid[deleted]["rows"]["delete"] == 2  # in the table's file before the TRUNCATE
+    assert by_xid[truncated]["truncate"] and "truncate" in by_xid[truncated]["ops"]
+    assert data["suspect"] == truncated
+    assert len(data["filenodes"]) == 2
+    w.stop_stream(stream)
+
+
+def test_bad_windows_and_tables_are_one_sentence(walenv18: WalEnv) -> None:
+    w = walenv18
+    stream = w.start_stream()
+    w.insert(3)
+    w.sql("SELECT pg_switch_wal()")
+    w.insert(3)
+    backup(w)
+    wait_streamed(w)
+    # WAL retention removed the oldest segment: the repository's WAL begins after it
+    (w.repo / "wal" / "00000001" / "000000010000000000000001").unlink()
+    missing = w.cli("wal", "find", "--table", "nosuchtable")
+    assert missing.code == 2 and "does not exist" in missing.stderr
+    late = w.cli("wal", "find", "--table", "txlog", "--until", "2999-01-01T00:00:00Z")
+    assert late.code == 1 and "not in the repository" in late.stderr
+    early = w.cli("wal", "find", "--table", "txlog", "--since", "2000-01-01T00:00:00Z")
+    assert early.code == 1 and "not in the repository" in early.stderr
+    bad_op = w.cli("wal", "find", "--table", "txlog", "--op", "drop")
+    assert bad_op.code == 2
+    w.stop_stream(stream)
