@@ -229,13 +229,16 @@ def take_backup(
     level: int = DEFAULT_LEVEL,
     pg_bin: Path | None = None,
     facts: ServerFacts | None = None,
+    new_key: bool = False,
     method: str = "auto",
     on_method: Callable[[str, str], None] | None = None,
 ) -> Manifest:
     """Take a base backup of the server at ``conninfo`` into ``repo``; returns its manifest.
 
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
-    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``method`` is
+    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key``
+    allows sealing with a key other than the one of the repository's existing backups.
+    ``method`` is
     ``files`` (parallel workers reading the data directory, see :mod:`pgdr.backup.files`),
     ``stream`` (``pg_basebackup``) or ``auto`` (files when the data directory is readable here);
     ``on_method(method, note)`` learns the choice and why ``auto`` fell back.
@@ -248,7 +251,7 @@ def take_backup(
     installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
     store = repo.store
     store.check_writable()
-    master = repo.master_key
+    master = repo.writing_key(new_key)
     with repo.locked("backup") as lock:
         repo.check_system_identifier(facts.system_identifier)
         repo.clean_incomplete()
