@@ -238,10 +238,10 @@ def take_backup(
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
     bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key``
     allows sealing with a key other than the one of the repository's existing backups.
-    ``method`` is
-    ``files`` (parallel workers reading the data directory, see :mod:`pgdr.backup.files`),
-    ``stream`` (``pg_basebackup``) or ``auto`` (files when the data directory is readable here);
-    ``on_method(method, note)`` learns the choice and why ``auto`` fell back.
+    ``method`` is ``files`` (parallel workers reading the data directory, see
+    :mod:`pgdr.backup.files`), ``stream`` (``pg_basebackup``) or ``auto`` (files when the data
+    directory is readable here); ``on_method(method, note)`` learns the choice and why ``auto``
+    fell back.
     """
     facts = facts or server_facts(conninfo)
     locality = locate(conninfo, facts.system_identifier, facts.major)
