@@ -32,6 +32,8 @@ class TimedOut(RuntimeFailure):
 
 
 Argv = Sequence[str | Path]
+Process = subprocess.Popen[bytes]
+"""A running program started by :func:`start`."""
 
 
 def last_line(text: str | bytes | None) -> str:
@@ -114,6 +116,7 @@ def start(
     new_session: bool = False,
     unbuffered: bool = False,
     preexec: Callable[[], None] | None = None,
+    stdin_pipe: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running program; the caller reads it and ends it with :func:`stop`."""
     try:
@@ -123,7 +126,7 @@ def start(
             cwd=cwd,
             stdout=stdout,
             stderr=stderr,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             start_new_session=new_session,
             bufsize=0 if unbuffered else -1,
             preexec_fn=preexec,  # noqa: PLW1509 - callers pass async-signal-safe work (prctl)

@@ -48,7 +48,7 @@ class Sandbox:
         self.spool = self.root / "wal-spool"
         self.records = self.root / "records"
         self.production = LocalCluster(self.root / "clusters" / "production", settings)
-        self.streamer: subprocess.Popen[bytes] | None = None
+        self.streamer: runner.Process | None = None
         self.writer: WorkloadWriter | None = None
         self._repo: Repository | None = None
 

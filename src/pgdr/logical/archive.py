@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pgdr.backup.chunks import DamagedBackup, fetch_chunk, private_dir
 from pgdr.backup.manifest import DUMPS, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster import PgInstallation
+from pgdr.core import runner
 from pgdr.core.errors import RuntimeFailure
 from pgdr.core.runner import last_line
 from pgdr.crypto import DataKey
@@ -72,12 +72,8 @@ def feed_pg_restore(
     stdout into ``out``. Every chunk is read and checked even when pg_restore stops reading
     early (``--list`` only needs the table of contents)."""
     with out.open("wb") as stdout, tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [str(dump.pg_restore()), *args],
-            stdin=subprocess.PIPE,
-            stdout=stdout,
-            stderr=stderr,
-            env=env,
+        proc = runner.start(
+            [dump.pg_restore(), *args], env=env, stdout=stdout, stderr=stderr, stdin_pipe=True
         )
         assert proc.stdin is not None
         accepting = True
@@ -92,9 +88,7 @@ def feed_pg_restore(
                 proc.stdin.close()
             code = proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            runner.stop(proc, grace_s=0)
         stderr.seek(0)
         message = stderr.read().decode(errors="replace")
     if code != 0:

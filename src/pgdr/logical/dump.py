@@ -37,7 +37,7 @@ from pgdr.backup.manifest import (
 from pgdr.backup.repository import Repository
 from pgdr.backup.take import ServerFacts, new_backup_id, server_facts, stream_into_chunks
 from pgdr.core import runner
-from pgdr.core.connect import client_environment
+from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import DataKey
 from pgdr.crypto.envelope import DEFAULT_LEVEL
@@ -59,7 +59,7 @@ class DumpSource:
 def dump_source(conninfo: str) -> DumpSource:
     facts = server_facts(conninfo)
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             row = conn.execute(
                 "SELECT current_database(), CASE WHEN pg_is_in_recovery() "
                 "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "

@@ -28,6 +28,7 @@ from psycopg import sql
 from pgdr.backup.manifest import ChunkEntry, FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.backup.take import store_chunks
+from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 from pgdr.logical.dump import Sink, dump_source, store_logical
@@ -136,7 +137,7 @@ def export_to_repository(
 
     def produce(sink: Sink) -> tuple[list[ChunkEntry], int, list[FileEntry]]:
         files: list[FileEntry] = []
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             chunks, size = store_chunks(
                 repo,
                 sink.key_of,
@@ -166,7 +167,7 @@ def export_to_directory(
     result = ExportResult(stored_as=str(out))
     handles: dict[str, Any] = {}
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             for name, data in _csv_files(conn, tables, result):
                 if name not in handles:
                     handles[name] = (out / name).open("wb")

@@ -33,7 +33,7 @@ from psycopg import sql
 
 from pgdr.backup.chunks import private_dir
 from pgdr.backup.repository import Repository
-from pgdr.core.connect import client_environment
+from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.logical.archive import OpenDump, TocEntry, feed_pg_restore, open_dump, read_toc
 
@@ -204,7 +204,7 @@ def restore_table(
         raise ConfigError("Give --as or --replace, not both.")
     schema, name = split_name(table)
     dump = open_dump(repo, dump_id)
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+    with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         _check_same_database(dump, conn)
         table_entry, data_entry = _entries(dump, schema, name)
         live = sql.Identifier(schema, name)

@@ -21,8 +21,6 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import psycopg
-
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
@@ -110,7 +108,7 @@ def undelete(
     target, result = _target(archive, repo, conninfo, table, at)
     result.keys = list(keys)
     plan = plan_pitr(repo, archive, target)
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+    with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         dbname = conn.info.dbname
     scratch = repo.settings.home / "scratch" / f"undelete-{time.time_ns()}"
     scratch.parent.mkdir(parents=True, exist_ok=True)

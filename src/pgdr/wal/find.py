@@ -35,6 +35,7 @@ from pgdr.backup.chunks import private_dir
 from pgdr.backup.manifest import Manifest
 from pgdr.cluster import installation_for_major
 from pgdr.core import runner
+from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.chain import Chain
@@ -128,7 +129,7 @@ def parse_moment(text: str | None, option: str) -> datetime | None:
 def table_file(conninfo: str, table: str) -> TableFile:
     """The table's OID and current file, as the live database knows them."""
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             row = conn.execute(
                 "SELECT c.oid::regclass::text, c.oid, d.oid, pg_relation_filenode(c.oid)"
                 " FROM pg_class c, pg_database d"

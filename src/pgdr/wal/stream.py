@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -168,7 +167,7 @@ class Streamer:
         self.archive = archive
         self.incidents = incidents
         self.status = StreamState()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: runner.Process | None = None
         self._partial_sig: tuple[str, int] | None = None
         self._partial_stat: tuple[str, int, int] | None = None
         self._partial_end: dict[str, int] = {}  # segment -> bytes uploaded in this run
@@ -220,7 +219,7 @@ class Streamer:
             self.status.repository_error = None
         except PgdrError as exc:
             if self.status.repository_error != exc.message:
-                log.warning("Upload failed, keeping WAL in the spool: %s", exc.message)
+                log.warning("upload failed, keeping WAL in the spool: %s", exc.message)
             self.status.repository_error = exc.message
 
     def _upload_partial(self, name: str, force: bool) -> None:
@@ -282,7 +281,7 @@ class Streamer:
             self._record_partial(name, read_at, size)
 
     # ----- pg_receivewal ----------------------------------------------------------------------
-    def _start_receiver(self) -> subprocess.Popen[bytes]:
+    def _start_receiver(self) -> runner.Process:
         ensure_slot(self.o.conninfo, self.o.slot)
         # The password goes through the environment: argv is readable by every local user.
         client_conninfo, env = client_environment(
@@ -371,7 +370,10 @@ class Streamer:
                 log.info("Caught up: synchronous commits are back on (RPO 0).")
                 self._incident("wal-sync-restored", "the streamer caught up; commits wait again")
                 if self.incidents is not None:
-                    self.incidents.resolve(DEGRADED, "The streamer caught up; commits wait again.")
+                    with contextlib.suppress(PgdrError, OSError):
+                        self.incidents.resolve(
+                            DEGRADED, "The streamer caught up; commits wait again."
+                        )
             return
         if current != wanted and connected:
             set_system(conn, "synchronous_standby_names", wanted)
