@@ -94,7 +94,7 @@ def runbook_undelete(cluster: LocalCluster, dump: Path, keys: list[str]) -> floa
     ):
         for table in TABLES:
             query = f"SELECT * FROM {table} WHERE {CHILD_FILTER[table]}"
-            selected = src.cursor().mogrify(query, {"k": keys})
+            selected = psycopg.ClientCursor(src).mogrify(query, {"k": keys})
             with (
                 src.cursor().copy(f"COPY ({selected}) TO STDOUT") as reader,
                 dst.cursor().copy(f"COPY {table} FROM STDIN") as writer,
@@ -165,6 +165,11 @@ def main() -> None:
         pgdr(env, "undelete", "--table", "chatbots", *[f"--key={k}" for k in keys], "--yes")
         undelete_s = time.monotonic() - began
         restored = rows(cluster.conninfo())
+        print(
+            f"pgdr: dump {pgdr_dump_s:.1f} s vs pg_dump -Fc {pg_dump_s:.1f} s; undelete of "
+            f"{len(keys):,} chatbots {undelete_s:.1f} s",
+            flush=True,
+        )
         with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
             conn.execute("DELETE FROM chatbots WHERE id = ANY(%s::uuid[])", (keys,))
         runbook_s = runbook_undelete(cluster, plain, keys)
