@@ -4,11 +4,18 @@ One PostgreSQL 15 cluster (Debian's, so Debian's pgBackRest 2.45 can take part) 
 ``pgbench -i`` at a scale giving about 2 GB; each tool backs it up and restores it (medians over
 ``--runs``), all on the same machine with the same two cores:
 
-* pgdr: ``pgdr backup`` into a local repository, ``pgdr restore ID --to DIR``
+* pgdr: ``pgdr backup --method files --workers N`` (N = 2 and 1: parallel workers reading the
+  data directory) and ``--method stream`` (``pg_basebackup``) into a local repository;
+  ``pgdr restore ID --to DIR --workers N``; ``pgdr restore --delta --force`` after 1% of the
+  restored directory's 8 KiB pages were overwritten (against a full restore, and against
+  ``pgbackrest restore --delta`` after the same damage)
 * pgBackRest: full backup, ``compress-type=zst``, ``process-max=2``, local repo; ``restore``
 * ``pg_basebackup -Ft -X fetch -D - | zstd -3 -T2`` to a file; ``zstd -d | tar -x``
 
-Usage: ``.venv/bin/python bench/backup.py [--scale 130] [--runs 1] [--keep]``
+Every step is printed with its MB/s (database size / time) and its CPU use (CPU seconds of the
+child processes / wall seconds: how many cores the step kept busy).
+
+Usage: ``.venv/bin/python bench/backup.py [--scale 130] [--runs 1] [--cache cold] [--keep]``
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import argparse
 import base64
 import contextlib
 import os
+import random
+import resource
 import secrets
 import shutil
 import statistics
@@ -32,6 +41,11 @@ from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
 
 STANZA = "bench"
+PGDR_VARIANTS = {  # the last one's backup stays in the repository for the restores
+    "pgdr stream": ["--method", "stream", "--workers", "2"],
+    "pgdr files w=1": ["--method", "files", "--workers", "1"],
+    "pgdr files w=2": ["--method", "files", "--workers", "2"],
+}
 
 
 def du(path: Path) -> int:
@@ -59,11 +73,40 @@ def settle() -> None:
                         pass
 
 
+CPU: list[float] = []  # CPU seconds of the children during the last timed step
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(func: Callable[[], None]) -> float:
     settle()
+    cpu = _children_cpu()
     began = time.perf_counter()
     func()
+    CPU.append(_children_cpu() - cpu)
     return time.perf_counter() - began
+
+
+def damage_pages(root: Path, fraction: float, seed: int = 15) -> int:
+    """Overwrite ``fraction`` of the 8 KiB pages of the relation files under ``root/base``
+    (spread over all of them, as a pgbench run spreads its updates); returns pages changed."""
+    rng = random.Random(seed)
+    changed = 0
+    for path in sorted((root / "base").rglob("*")):
+        if not path.is_file() or path.stat().st_size < 8192:
+            continue
+        pages = path.stat().st_size // 8192
+        with path.open("r+b") as handle:
+            for page in range(pages):
+                if rng.random() < fraction:
+                    handle.seek(page * 8192 + 100)
+                    handle.write(rng.randbytes(64))
+                    changed += 1
+    os.sync()
+    return changed
 
 
 def run(args: list[str], **kwargs: object) -> None:
@@ -194,14 +237,21 @@ pg1-user=postgres
 
     def record(tool: str, what: str, seconds: float) -> None:
         results.setdefault(tool, {}).setdefault(what, []).append(seconds)
-        print(f"  {tool:<22} {what:<8} {seconds:7.1f} s", flush=True)
+        busy = CPU[-1] / seconds if seconds else 0.0
+        print(
+            f"  {tool:<22} {what:<8} {seconds:7.1f} s {db_bytes / 1e6 / seconds:7.0f} MB/s "
+            f"cpu {busy:.2f} cores",
+            flush=True,
+        )
 
     sizes: dict[str, int] = {}
     for attempt in range(opts.runs):
         print(f"Run {attempt + 1}/{opts.runs}", flush=True)
-        shutil.rmtree(base / "pgdr-repo", ignore_errors=True)
-        record("pgdr", "backup", timed(lambda: run([*pgdr, "backup"], env=env)))
-        sizes["pgdr"] = du(base / "pgdr-repo")
+        for tool, args in PGDR_VARIANTS.items():
+            shutil.rmtree(base / "pgdr-repo", ignore_errors=True)
+            record(tool, "backup", timed(lambda a=args: run([*pgdr, "backup", *a], env=env)))
+            sizes[tool] = du(base / "pgdr-repo")
+        # the repository now holds the last variant's backup: files, 2 workers (see below)
         record(
             "pgBackRest",
             "backup",
@@ -220,12 +270,22 @@ pg1-user=postgres
         )
         sizes["pg_basebackup | zstd"] = zst_file.stat().st_size
 
-        shutil.rmtree(restore_dir, ignore_errors=True)
-        record(
-            "pgdr",
-            "restore",
-            timed(lambda: run([*pgdr, "restore", "latest", "--to", str(restore_dir)], env=env)),
-        )
+        restore = [*pgdr, "restore", "latest", "--to", str(restore_dir)]
+        for tool, workers in (
+            ("pgdr stream", "2"),
+            ("pgdr files w=1", "1"),
+            ("pgdr files w=2", "2"),
+        ):
+            shutil.rmtree(restore_dir, ignore_errors=True)
+            record(
+                tool,
+                "restore",
+                timed(lambda w=workers, r=restore: run([*r, "--workers", w], env=env)),
+            )
+        pages = damage_pages(restore_dir, 0.01)
+        print(f"  (overwrote {pages} pages, 1%, in the restored directory)", flush=True)
+        delta = [*restore, "--delta", "--force", "--workers", "2"]
+        record("pgdr files w=2", "delta", timed(lambda d=delta: run(d, env=env)))
         shutil.rmtree(restore_dir, ignore_errors=True)
         restore_dir.mkdir()
         user.own(restore_dir, 0o700)
@@ -233,6 +293,12 @@ pg1-user=postgres
             "pgBackRest",
             "restore",
             timed(lambda: pgbr("restore", f"--pg1-path={restore_dir}")),
+        )
+        damage_pages(restore_dir, 0.01)
+        record(
+            "pgBackRest",
+            "delta",
+            timed(lambda: pgbr("restore", "--delta", f"--pg1-path={restore_dir}")),
         )
         shutil.rmtree(restore_dir, ignore_errors=True)
         restore_dir.mkdir()
@@ -250,15 +316,34 @@ pg1-user=postgres
         f"Database {db_bytes / 1e9:.2f} GB (pgbench scale {opts.scale}), medians of {opts.runs}, "
         f"{opts.cache} page cache"
     )
-    print(f"{'tool':<22} {'stored':>10} {'backup s':>9} {'restore s':>10}")
+    print(
+        f"{'tool':<22} {'stored':>10} {'backup s':>9} {'MB/s':>6} {'restore s':>10} {'delta s':>8}"
+    )
     med = {t: {w: statistics.median(v) for w, v in d.items()} for t, d in results.items()}
     for tool, m in med.items():
-        print(f"{tool:<22} {sizes[tool] / 1e6:>8.0f} MB {m['backup']:>9.1f} {m['restore']:>10.1f}")
+        stored = f"{sizes[tool] / 1e6:>8.0f} MB" if tool in sizes else f"{'':>11}"
+        cells = [f"{m[w]:.1f}" if w in m else "" for w in ("backup", "restore", "delta")]
+        rate = f"{db_bytes / 1e6 / m['backup']:.0f}" if "backup" in m else ""
+        print(f"{tool:<22} {stored} {cells[0]:>9} {rate:>6} {cells[1]:>10} {cells[2]:>8}")
     ref = med["pgBackRest"]
+    zstd = med["pg_basebackup | zstd"]
+    for tool in PGDR_VARIANTS:
+        m = med[tool]
+        line = f"{tool}/pgBackRest: backup {m['backup'] / ref['backup']:.2f}"
+        if "restore" in m:
+            line += f", restore {m['restore'] / ref['restore']:.2f}"
+        line += f", size {sizes[tool] / sizes['pgBackRest']:.2f}"
+        line += f"; /pg_basebackup|zstd: backup {m['backup'] / zstd['backup']:.2f}"
+        print(line)
+    files1, files2 = med["pgdr files w=1"], med["pgdr files w=2"]
     print(
-        f"pgdr/pgBackRest: backup {med['pgdr']['backup'] / ref['backup']:.2f}, "
-        f"restore {med['pgdr']['restore'] / ref['restore']:.2f}, "
-        f"size {sizes['pgdr'] / sizes['pgBackRest']:.2f}"
+        f"1 -> 2 workers: backup {files1['backup'] / files2['backup']:.2f}x faster, "
+        f"restore {files1['restore'] / files2['restore']:.2f}x faster"
+    )
+    print(
+        f"delta after 1% of pages changed / full restore: pgdr "
+        f"{files2['delta'] / files2['restore']:.2f}, pgBackRest "
+        f"{ref['delta'] / ref['restore']:.2f}"
     )
     if not opts.keep:
         cluster.destroy()

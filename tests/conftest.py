@@ -25,6 +25,7 @@ from pgdr.config import PgdrSettings
 from pgdr.sample import VectorType, load_sample
 
 pytest_plugins = [
+    "fixtures.agent",
     "fixtures.backup",
     "fixtures.embeddings",
     "fixtures.receivers",

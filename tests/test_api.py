@@ -54,7 +54,7 @@ def test_health_is_public_and_internals_need_the_token(api: str) -> None:
     health = httpx.get(api + "/api/health")
     assert health.status_code == 200
     assert health.json()["healthy"] is True and health.json()["latency"] > 0
-    for path in ("/api/monitoring/metrics", "/metrics", "/api/incidents"):
+    for path in ("/api/monitoring/metrics", "/metrics", "/api/incidents", "/docs", "/openapi.json"):
         assert httpx.get(api + path).status_code == 401
         wrong = httpx.get(api + path, headers={"Authorization": "Bearer wrong"})
         assert wrong.status_code == 401
@@ -74,6 +74,8 @@ def test_health_is_public_and_internals_need_the_token(api: str) -> None:
         assert checked.returncode == 0, checked.stdout + checked.stderr
     incidents = httpx.get(api + "/api/incidents", headers=auth).json()
     assert "backup_age" in {i["check"] for i in incidents}
+    assert "/metrics" in httpx.get(api + "/openapi.json", headers=auth).json()["paths"]
+    assert httpx.get(api + "/docs", headers=auth).status_code == 200
 
 
 def test_token_too_short_is_refused(cli_env: dict[str, str]) -> None:
@@ -81,6 +83,22 @@ def test_token_too_short_is_refused(cli_env: dict[str, str]) -> None:
 
     result = run_cli("serve", env=cli_env | {"PGDR_API_TOKEN": "short"})
     assert result.code == 2 and "at least 16 characters" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t \n"])
+def test_empty_token_file_is_refused(cli_env: dict[str, str], tmp_path: Path, content: str) -> None:
+    from conftest import run_cli
+
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    token_file.chmod(0o600)
+    result = run_cli("serve", env=cli_env | {"PGDR_API_TOKEN_FILE": str(token_file)})
+    assert result.code == 2 and f"The API token file {token_file} is empty" in result.stderr
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "api-token").write_text(content)
+    result = run_cli("serve", env=cli_env | {"PGDR_HOME": str(home)})
+    assert result.code == 2 and "is empty" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed")

@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from conftest import Server, run_cli
 from fixtures.backup import add_rows, count_rows
+from fixtures.wal import WalEnv
 from pgdr.backup import Repository, take_backup
 from pgdr.config import PgdrSettings
-from pgdr.crypto.keys import generate_key_text
+from pgdr.crypto.keys import generate_key_text, write_key_file
 from pgdr.restore import adopt_restored, restore_backup
+from test_pitr import backup, committed_by, ids, restore, stop_restored, wait_streamed
 
 
 def test_generated_key_and_rotation(pg18: Server, cli_env: dict[str, str], scratch: Path) -> None:
@@ -67,11 +70,21 @@ def test_rotation_with_key_files(pg15: Server, backup_env: dict[str, str], scrat
     assert run_cli("backup", env=env).code == 0
     new_key = scratch / "new.key"
     new_key.write_text(generate_key_text() + "\n")
+    new_key.chmod(0o644)
+    loose = run_cli("key", "rotate", "--new-key-file", str(new_key), env=env)
+    assert loose.code == 2 and f"run `chmod 600 {new_key}`" in loose.stderr
+    new_key.chmod(0o600)
     rotated = run_cli("key", "rotate", "--new-key-file", str(new_key), env=env)
     assert rotated.code == 0, rotated.stderr
     assert "point PGDR_ENCRYPTION_KEY" in rotated.stdout
     env_new = {k: v for k, v in env.items() if k != "PGDR_ENCRYPTION_KEY"}
     env_new["PGDR_ENCRYPTION_KEY_FILE"] = str(new_key)
+    new_key.chmod(0o640)
+    group_readable = run_cli("backup", "verify", env=env_new)
+    assert group_readable.code == 2 and "accessible by group or others (mode 0640)" in " ".join(
+        group_readable.stderr.split()
+    )
+    new_key.chmod(0o600)
     restored = run_cli("restore", "latest", "--to", str(scratch / "r"), env=env_new)
     assert restored.code == 0, restored.stderr
 
@@ -114,3 +127,39 @@ def test_incremental_refused_on_15(pg15: Server, backup_env: dict[str, str]) -> 
     result = run_cli("backup", "--incremental", env=env)
     assert result.code == 2
     assert "PostgreSQL 17 or later" in result.stderr
+
+
+@pytest.mark.slow
+def test_rotation_rewraps_the_wal_keyring_and_pitr_works_without_the_old_key(
+    walenv18: WalEnv, tmp_path: Path
+) -> None:
+    """Stream WAL, back up, rotate, delete the old key, PITR to after the rotation: exact rows."""
+    w = walenv18
+    old_key, new_key = tmp_path / "old.key", tmp_path / "new.key"
+    write_key_file(old_key, generate_key_text())
+    write_key_file(new_key, generate_key_text())
+    w.env["PGDR_ENCRYPTION_KEY_FILE"] = str(old_key)
+    stream = w.start_stream()
+    w.insert(20)
+    backup(w)
+    w.insert(5)
+    rotated = w.cli("key", "rotate", "--new-key-file", str(new_key), "--json")
+    assert rotated.code == 0, rotated.stderr
+    report = json.loads(rotated.stdout)
+    assert report["rewrapped"] == {"primary": 1}
+    assert report["wal_keyring"] == {"primary": "rewrapped"}
+    w.stop_stream(stream)
+    old_key.unlink()
+    w.env["PGDR_ENCRYPTION_KEY_FILE"] = str(new_key)
+    status = w.cli("wal", "status", "--json")
+    assert status.code == 0, status.stderr
+    stream = w.start_stream()
+    w.insert(10)
+    moment = w.sql("SELECT clock_timestamp()")[0][0]
+    w.insert(5)
+    wait_streamed(w)
+    restored = restore(w, "--target-time", moment.isoformat())
+    assert ids(restored["url"]) == committed_by(w, moment)
+    assert len(committed_by(w, moment)) == 35
+    stop_restored(w, restored)
+    w.stop_stream(stream)

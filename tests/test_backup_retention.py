@@ -83,6 +83,21 @@ def test_keep_label_and_incremental_parents() -> None:
     assert by_id[recent.id].keep
 
 
+def test_secondary_tier_ages_out_keep_backups() -> None:
+    """The runbook's secondary: 90 days, weekly plus before major changes; nothing forever."""
+    secondary = RetentionPolicy(recovery_window_days=0, daily_days=0, weekly_days=90, keep_days=90)
+    before_change_old = _m(120, keep=True)
+    before_change_recent = _m(40, keep=True)
+    weekly_old = _m(100)
+    weekly = [_m(d) for d in (60, 30, 2)]
+    backups = [before_change_old, weekly_old, before_change_recent, *weekly]
+    kept = _kept(backups, secondary)
+    assert before_change_old.id not in kept and weekly_old.id not in kept
+    assert {before_change_recent.id, *(m.id for m in weekly)} <= kept
+    forever = _kept(backups, RetentionPolicy(0, 0, 90))  # keep_days = 0: --keep never expires
+    assert before_change_old.id in forever
+
+
 def test_repository_configuration(tmp_path: Path) -> None:
     settings = PgdrSettings(home=tmp_path)
     default = load_repositories(settings, {})

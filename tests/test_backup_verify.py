@@ -17,13 +17,15 @@ from pgdr.crypto.keys import decode_key, generate_key_text
 KEY = generate_key_text()
 
 
-@pytest.fixture(scope="module")
-def pristine(pg18: Server, settings: PgdrSettings, pgdr_home: Path) -> tuple[Path, Manifest]:
-    """One repository with one backup, copied for each test that damages it."""
-    path = pgdr_home / "verify-pristine"
+@pytest.fixture(scope="module", params=["files", "stream"])
+def pristine(
+    pg18: Server, settings: PgdrSettings, pgdr_home: Path, request: pytest.FixtureRequest
+) -> tuple[Path, Manifest]:
+    """One repository with one backup (of each kind), copied for each test that damages it."""
+    path = pgdr_home / f"verify-pristine-{request.param}"
     repo = repository_at(str(path), settings)
     repo.use_master_key(MasterKey(decode_key(KEY, "test"), "test"))
-    manifest = take_backup(repo, pg18.cluster.conninfo())
+    manifest = take_backup(repo, pg18.cluster.conninfo(), method=request.param)
     assert len(manifest.chunks) >= 3
     return path, manifest
 

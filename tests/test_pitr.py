@@ -61,8 +61,10 @@ def stop_restored(w: WalEnv, data: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_restore_to_time_name_lsn_and_latest(walenv: WalEnv) -> None:
+@pytest.mark.parametrize("method", ["files", "stream"])
+def test_restore_to_time_name_lsn_and_latest(walenv: WalEnv, method: str) -> None:
     w = walenv
+    w.env["PGDR_BACKUP_METHOD"] = method  # both backup kinds replay to every target
     stream = w.start_stream()
     w.insert(30)
     backup_id = backup(w)

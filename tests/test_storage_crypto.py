@@ -9,7 +9,7 @@ import pytest
 
 from pgdr.core.errors import ConfigError
 from pgdr.crypto import CorruptObject, DataKey, MasterKey, load_master_key, open_sealed, seal
-from pgdr.crypto.keys import generate_key_text
+from pgdr.crypto.keys import MissingMasterKey, generate_key_text
 from pgdr.storage import LocalStore, ObjectNotFound, open_store
 
 
@@ -58,7 +58,10 @@ def test_seal_binds_name_and_detects_damage() -> None:
 
 
 def test_master_key_sources_and_wrong_key(tmp_path: Path) -> None:
-    key, note = load_master_key(tmp_path, environ={})
+    with pytest.raises(MissingMasterKey):  # never created unless a writer asks
+        load_master_key(tmp_path, environ={})
+    assert not (tmp_path / "keys").exists()
+    key, note = load_master_key(tmp_path, environ={}, generate=True)
     assert note and "Generated a new master key" in note
     path = tmp_path / "keys" / "master.key"
     assert path.stat().st_mode & 0o777 == 0o600

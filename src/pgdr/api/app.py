@@ -10,10 +10,12 @@ from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Response, status
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pgdr import __version__
+from pgdr.api.token import check_token
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
@@ -33,8 +35,11 @@ def create_app(
     """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health, whose
     probe is single-flight and reused for ``health_ttl_s`` (requests cannot exhaust the DB).
 
-    ``board`` gives the dashboard's data (protection state, incidents, backups, history).
+    ``board`` gives the dashboard's data (protection state, incidents, backups, history). The
+    OpenAPI schema and its documentation page describe the internals too, so they sit behind
+    the token like everything else (the dashboard page itself holds no data).
     """
+    check_token(token, "the caller")
     stop = threading.Event()
     probe = SharedProbe(
         lambda: check_database_health(monitor.conninfo, monitor.settings, monitor.pool),
@@ -52,7 +57,14 @@ def create_app(
         if thread is not None:
             thread.join(timeout=monitor.settings.connection_timeout_s + 5)
 
-    app = FastAPI(title="pgdr", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="pgdr",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
 
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -94,6 +106,14 @@ def create_app(
         log = monitor.incidents
         chosen = log.all() if include_resolved else log.open_incidents()
         return [i.as_dict() for i in chosen]
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="pgdr API")
 
     @app.get("/api/dashboard", dependencies=guarded)
     def dashboard_data() -> dict[str, Any]:

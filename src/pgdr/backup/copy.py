@@ -3,7 +3,9 @@
 Every chunk is read from the source, checked (size, SHA-256, AES-GCM authentication), written to
 the destination and read back there to confirm its SHA-256; the manifest is written last, so an
 interrupted copy leaves an incomplete backup that the destination's next backup or prune removes.
-An incremental backup brings its parents along when the destination lacks them.
+An incremental backup brings its parents along when the destination lacks them. ``also`` runs
+under the destination's lock once the backups are there: ``pgdr.wal.tier`` uses it to bring the
+WAL those backups need, so a tier that receives copies can restore to a point in time.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class CopyReport:
     copied: list[str] = field(default_factory=list)
     already_present: list[str] = field(default_factory=list)
     bytes_copied: int = 0
+    wal: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -43,6 +46,7 @@ def copy_backup(
     *,
     progress: Progress | None = None,
     workers: int | None = None,
+    also: Callable[[], dict[str, Any]] | None = None,
 ) -> CopyReport:
     """Copy ``backup_id`` (and any parents the destination lacks), verified."""
     if source.url == destination.url:
@@ -63,6 +67,8 @@ def copy_backup(
                 continue
             report.bytes_copied += _copy_one(source, destination, member, progress, workers)
             report.copied.append(member.id)
+        if also is not None:
+            report.wal = also()
     return report
 
 

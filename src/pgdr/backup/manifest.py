@@ -13,7 +13,7 @@ can re-wrap the data key without re-signing, and nobody without the master key c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,11 +151,28 @@ class Manifest:
             manifest.wrapped_key = WrappedKey.from_dict(wrapped) if wrapped else None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ForgedManifest(f"The manifest {where} is not a valid pgdr manifest.") from exc
+        problem = manifest.malformed_field()
+        if problem:
+            raise ForgedManifest(f"The manifest {where} is not a valid pgdr manifest ({problem}).")
         if manifest.format != FORMAT:
             raise RuntimeFailure(
                 f"The manifest {where} has format {manifest.format}, which this pgdr cannot read."
             )
         return manifest
+
+    def malformed_field(self) -> str | None:
+        """The first field whose value has the wrong type or form, if any."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES.get(str(f.type))
+            if expected is not None and not _is_instance(value, expected):
+                return f"{f.name} is {value!r}"
+        for name in ("start_time", "stop_time"):
+            try:
+                parse_time(getattr(self, name))
+            except ValueError:
+                return f"{name} is {getattr(self, name)!r}"
+        return None
 
     def authenticate(self, master: MasterKey, where: str) -> DataKey:
         """Unwrap the data key and check the HMAC; returns the data key."""
@@ -169,6 +186,20 @@ class Manifest:
                 f"The manifest {where} fails authentication: it was altered or forged."
             )
         return data_key
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "str | None": (str, type(None)),
+}
+
+
+def _is_instance(value: object, expected: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in expected:
+        return False
+    return isinstance(value, expected)
 
 
 def chunk_key(backup_id: str, index: int, area: str = BACKUPS) -> str:

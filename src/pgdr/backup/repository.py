@@ -2,9 +2,9 @@
 
 Configuration: ``[repositories.NAME]`` tables in ``pgdr.toml`` (``url``, S3 ``endpoint``,
 ``region``, ``access_key_id_file``, ``secret_access_key_file``, ``chunk_size_mb`` and the
-retention keys ``recovery_window_days``, ``daily_days``, ``weekly_days``). With none, the
-repository ``primary`` is ``$PGDR_HOME/repository``; ``PGDR_REPO=URL`` overrides the URL of
-``primary`` (environment wins over the file, as everywhere in pgdr).
+retention keys ``recovery_window_days``, ``daily_days``, ``weekly_days``, ``keep_days``).
+With none, the repository ``primary`` is ``$PGDR_HOME/repository``; ``PGDR_REPO=URL``
+overrides the URL of ``primary`` (environment wins over the file, as everywhere in pgdr).
 
 Layout of a repository (object keys)::
 
@@ -18,7 +18,22 @@ Layout of a repository (object keys)::
     records/backup-failures/<id>.json        backups that failed, for the monitor
 
 A backup directory without ``manifest.json`` is incomplete: never listed, never restored, and
-removed by the next ``pgdr backup`` or ``pgdr prune`` when no other writer holds the lock.
+removed by the next ``pgdr backup`` or ``pgdr prune`` while they hold the lock (so never while
+another writer does).
+
+Listing authenticates every manifest: one that does not parse, fails its HMAC, names another
+backup or belongs to another database system is a *damaged* row (``scan_backups``), never
+"latest", never restored, never deleted by retention; the good ones stay usable.
+
+Keys: reading (``master_key``) never creates a key; only ``writing_key`` may generate the
+embedded default, and only for a repository holding nothing sealed yet. A repository whose
+backups were sealed by other keys refuses a writer's key unless ``new_key`` is given.
+
+The lock (``locked``) is atomic: on a local store an ``flock`` (``filelock``) on ``lock``, held
+for the operation and released by the kernel if the process dies; on S3 a conditional create of
+``lock.json`` (``If-None-Match: *``), a stale lock taken over by a conditional delete
+(``If-Match`` its ETag) so two takers cannot both win. A store that ignores conditional writes
+is refused for writing, with one sentence.
 """
 
 from __future__ import annotations
@@ -38,13 +53,16 @@ from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import MasterKey, load_master_key
+from pgdr.crypto.keys import MissingMasterKey
 from pgdr.storage import ObjectNotFound, ObjectStore, open_store
+from pgdr.storage.base import HeldLock, LockBusy
 
 DEFAULT_REPOSITORY = "primary"
 REPOSITORY_FORMAT = 1
 LOCK_KEY = "lock.json"
 INFO_KEY = "repository.json"
 NOUNS = {BACKUPS: ("backup", "pgdr backup list"), DUMPS: ("dump", "pgdr dump list")}
+WAL_KEYRING = "wal/keyring.json"  # the WAL data key, wrapped by the master key (see pgdr.wal)
 RESTORE_TESTS = "records/restore-tests/"
 BACKUP_FAILURES = "records/backup-failures/"
 LOCK_STALE_AFTER_S = 15 * 60  # a lock from another host not refreshed for this long is stale
@@ -53,21 +71,27 @@ DEFAULT_CHUNK_MB = 8
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """The runbook's terms: PITR window, daily and weekly snapshots (all in days)."""
+    """The runbook's terms: PITR window, daily and weekly snapshots (all in days).
+
+    ``keep_days`` is how long a backup taken with ``--keep`` (before a major change) stays in
+    this tier: 0 means forever.
+    """
 
     recovery_window_days: int = 7
     daily_days: int = 30
     weekly_days: int = 0
+    keep_days: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "recovery_window_days": self.recovery_window_days,
             "daily_days": self.daily_days,
             "weekly_days": self.weekly_days,
+            "keep_days": self.keep_days,
         }
 
 
-RETENTION_KEYS = ("recovery_window_days", "daily_days", "weekly_days")
+RETENTION_KEYS = ("recovery_window_days", "daily_days", "weekly_days", "keep_days")
 KNOWN_KEYS = {
     "url",
     "endpoint",
@@ -167,6 +191,24 @@ def repo_config(settings: PgdrSettings, name: str | None = None) -> RepoConfig:
     )
 
 
+@dataclass(frozen=True)
+class DamagedManifest:
+    """A backup directory whose manifest cannot be trusted, and why."""
+
+    backup_id: str
+    problem: str
+    wrong_key: bool = False  # sealed by another master key than the one in use
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.backup_id, "problem": self.problem, "wrong_key": self.wrong_key}
+
+    def error(self) -> PgdrError:
+        """The error to stop with when this backup was asked for."""
+        if self.wrong_key:
+            return ConfigError(self.problem)
+        return RuntimeFailure(f"Backup {self.backup_id} cannot be trusted: {self.problem}")
+
+
 @dataclass
 class LockInfo:
     pid: int
@@ -202,9 +244,67 @@ class Repository:
     # ----- keys -----------------------------------------------------------------------------
     @property
     def master_key(self) -> MasterKey:
+        """The key for reading: never created here."""
         if self._master is None:
-            self._master, self.key_note = load_master_key(self.settings.home)
+            try:
+                self._master, self.key_note = load_master_key(self.settings.home)
+            except MissingMasterKey as exc:
+                raise self._missing_key(exc) from None
         return self._master
+
+    def writing_key(self, new_key: bool = False) -> MasterKey:
+        """The key a backup seals with: generated only for a repository with nothing sealed.
+
+        A repository whose backups or WAL were sealed by other keys refuses it unless
+        ``new_key``: sealing new backups under a key nobody keeps is how backups are lost.
+        """
+        if self._master is not None:
+            return self._master
+        sealed = self.sealed_key_ids()
+        try:
+            key, note = load_master_key(self.settings.home, generate=new_key or not sealed)
+        except MissingMasterKey as exc:
+            raise self._missing_key(
+                exc, "; or give --new-key to seal new backups with a new key"
+            ) from None
+        if sealed and key.key_id not in sealed and not new_key:
+            raise ConfigError(
+                f"The master key in use (id {key.key_id}, from {key.origin}) is not the key of "
+                f"the backups in the repository {self.name} (key id {', '.join(sorted(sealed))}); "
+                "use that key, or give --new-key to seal new backups with this one."
+            )
+        self._master, self.key_note = key, note
+        return key
+
+    def _missing_key(self, exc: MissingMasterKey, hint: str = "") -> ConfigError:
+        sealed = self.sealed_key_ids()
+        what = (
+            f"backups in this repository were sealed with key id {', '.join(sorted(sealed))}"
+            if sealed
+            else "this repository holds nothing sealed yet"
+        )
+        return ConfigError(
+            f"No master key at {exc.path}; {what}; restore that key file or set "
+            f"PGDR_ENCRYPTION_KEY_FILE{hint}."
+        )
+
+    def sealed_key_ids(self) -> set[str]:
+        """Ids of the master keys that wrapped this repository's data keys (unauthenticated)."""
+        ids: set[str] = set()
+        for backup_id, names in self.backup_dirs().items():
+            if "manifest.json" in names:
+                try:
+                    raw = self.store.get(self.manifest_key(backup_id))
+                    ids.add(Manifest.from_json(raw, backup_id).key_id)
+                except PgdrError:
+                    continue
+        try:
+            keyring = json.loads(self.store.get(WAL_KEYRING))
+            ids.add(str(keyring["body"]["wal_key"]["master_key_id"]))
+        except (ObjectNotFound, ValueError, KeyError, TypeError):
+            pass
+        ids.discard("")
+        return ids
 
     def use_master_key(self, key: MasterKey) -> None:
         self._master = key
@@ -291,13 +391,43 @@ class Repository:
             manifest.authenticate(self.master_key, where)
         return manifest
 
-    def list_backups(self, authenticate: bool = False, area: str = BACKUPS) -> list[Manifest]:
-        """Complete backups (or dumps), oldest first (only those with a manifest)."""
-        manifests = []
-        for backup_id, names in sorted(self.backup_dirs(area).items()):
-            if "manifest.json" in names:
-                manifests.append(self.read_manifest(backup_id, authenticate, area))
-        return manifests
+    def scan_backups(self, area: str = BACKUPS) -> tuple[list[Manifest], list[DamagedManifest]]:
+        """Complete backups whose manifest authenticates (oldest first), and the damaged ones.
+
+        A manifest that does not parse, fails authentication, names another backup or another
+        database system than the repository's is damaged: listed apart, never "latest".
+        """
+        good: list[Manifest] = []
+        damaged: list[DamagedManifest] = []
+        record = self.info_record() if self.store.exists(INFO_KEY) else None
+        system = record.get("system_identifier") if record else None
+        dirs = sorted(self.backup_dirs(area).items())
+        if any("manifest.json" in names for _id, names in dirs):
+            _ = self.master_key  # no key at all is the user's problem, not damage
+        for backup_id, names in dirs:
+            if "manifest.json" not in names:
+                continue
+            try:
+                manifest = self.read_manifest(backup_id, area=area)
+            except PgdrError as exc:  # unparseable, forged, replayed, another key
+                wrong_key = isinstance(exc, ConfigError)
+                damaged.append(DamagedManifest(backup_id, exc.message, wrong_key))
+                continue
+            if system is not None and manifest.system_identifier != system:
+                damaged.append(
+                    DamagedManifest(
+                        backup_id,
+                        f"its manifest is of database system {manifest.system_identifier}, "
+                        f"not of this repository's ({system}): copied from elsewhere",
+                    )
+                )
+                continue
+            good.append(manifest)
+        return good, damaged
+
+    def list_backups(self, area: str = BACKUPS) -> list[Manifest]:
+        """Complete backups (or dumps) whose manifest authenticates, oldest first."""
+        return self.scan_backups(area)[0]
 
     def incomplete_backups(self, area: str = BACKUPS) -> list[str]:
         return sorted(
@@ -307,7 +437,10 @@ class Repository:
     def resolve_id(self, backup_id: str, area: str = BACKUPS) -> str:
         """Accept ``latest`` or a unique prefix of an id."""
         noun, listing = NOUNS[area]
-        backups = self.list_backups(area=area)
+        backups, damaged = self.scan_backups(area)
+        for bad in damaged:
+            if bad.backup_id == backup_id or (backup_id == "latest" and not backups):
+                raise bad.error()
         if not backups:
             raise ConfigError(f"The repository {self.name} ({self.url}) holds no {noun}s yet.")
         if backup_id == "latest":
@@ -372,46 +505,61 @@ class Repository:
     # ----- lock -----------------------------------------------------------------------------
     def read_lock(self) -> LockInfo | None:
         try:
-            data = json.loads(self.store.get(LOCK_KEY))
-            return LockInfo(**data)
+            return _parse_lock(self.store.get(LOCK_KEY))
         except ObjectNotFound:
             return None
-        except (ValueError, TypeError):
-            return None  # a torn or foreign lock is treated as absent
 
     @contextmanager
-    def locked(self, operation: str) -> Iterator[LockInfo]:
-        """Hold the repository's writer lock for ``operation``.
+    def locked(self, operation: str) -> Iterator[HeldRepositoryLock]:
+        """Hold the repository's writer lock for ``operation`` (atomic; see the module doc).
 
-        The lock is an object (works on S3 too); a lock whose process is gone (same host) or
-        that was not refreshed for 15 minutes (another host) is stale and taken over.
+        On S3 a lock whose process is gone (same host) or that was not refreshed for 15
+        minutes (another host) is stale and taken over, by one process only.
         """
-        current = self.read_lock()
-        if current is not None and not current.stale():
+        now = time.time()
+        mine = LockInfo(os.getpid(), socket.gethostname(), operation, now, now)
+        try:
+            with self.store.hold_lock(LOCK_KEY, _lock_body(mine), _stale_lock) as held:
+                yield HeldRepositoryLock(mine, held)
+        except LockBusy as exc:
+            current = _parse_lock(exc.holder) if exc.holder else None
+            if current is None:
+                raise RuntimeFailure(
+                    f"The repository {self.name} is busy: another process holds its lock."
+                ) from None
             raise RuntimeFailure(
                 f"The repository {self.name} is busy: {current.operation} by process "
                 f"{current.pid} on {current.host} since "
                 f"{time.strftime('%H:%M:%S', time.gmtime(current.started_at))} UTC."
-            )
-        now = time.time()
-        mine = LockInfo(os.getpid(), socket.gethostname(), operation, now, now)
-        self.store.put(LOCK_KEY, json.dumps(mine.__dict__).encode())
-        check = self.read_lock()
-        if check is None or (check.pid, check.host) != (mine.pid, mine.host):
-            raise RuntimeFailure(f"The repository {self.name} was locked by another process.")
-        try:
-            yield mine
-        finally:
-            try:
-                held = self.read_lock()
-                if held is not None and (held.pid, held.host) == (mine.pid, mine.host):
-                    self.store.delete(LOCK_KEY)
-            except RuntimeFailure:
-                pass  # the store is unreachable: the lock goes stale by itself
+            ) from None
 
-    def refresh_lock(self, lock: LockInfo) -> None:
-        lock.refreshed_at = time.time()
-        self.store.put(LOCK_KEY, json.dumps(lock.__dict__).encode())
+    def refresh_lock(self, lock: HeldRepositoryLock) -> None:
+        lock.info.refreshed_at = time.time()
+        lock.held.refresh(_lock_body(lock.info))
+
+
+@dataclass
+class HeldRepositoryLock:
+    """The lock a writer holds: its description and the store lock behind it."""
+
+    info: LockInfo
+    held: HeldLock
+
+
+def _lock_body(info: LockInfo) -> bytes:
+    return json.dumps(info.__dict__).encode()
+
+
+def _parse_lock(raw: bytes) -> LockInfo | None:
+    try:
+        return LockInfo(**json.loads(raw))
+    except (ValueError, TypeError):
+        return None  # a torn or foreign lock description
+
+
+def _stale_lock(raw: bytes) -> bool:
+    info = _parse_lock(raw)
+    return info is None or info.stale()
 
 
 def open_repository(

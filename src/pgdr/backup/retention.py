@@ -3,8 +3,10 @@
 A repository's policy has three windows, all in days: ``recovery_window_days`` (every backup
 finished inside the window, plus the newest one before it, so any moment of the window has a base
 to replay WAL from), ``daily_days`` (the newest backup of each UTC day) and ``weekly_days`` (the
-newest backup of each ISO week). Backups taken with ``--keep`` never expire. Whatever is kept also
-keeps what it needs: an incremental backup's parents. The newest valid backup is never removed,
+newest backup of each ISO week). Backups taken with ``--keep`` (before a major change) stay
+``keep_days`` (0, the default: they never expire), so a tier such as the runbook's secondary
+(90 days, weekly plus before major changes) ages them out too. Whatever is kept also keeps what
+it needs: an incremental backup's parents. The newest valid backup is never removed,
 and a backup whose manifest fails authentication is reported and left alone.
 """
 
@@ -16,7 +18,6 @@ from typing import Any
 
 from pgdr.backup.manifest import BACKUPS, Manifest, now_utc
 from pgdr.backup.repository import Repository, RetentionPolicy
-from pgdr.core.errors import PgdrError
 
 
 @dataclass
@@ -46,9 +47,11 @@ def plan_retention(
     reasons: dict[str, list[str]] = {m.id: [] for m in ordered}
     if ordered:
         reasons[ordered[-1].id].append("newest backup")
+    keep_from = now - timedelta(days=policy.keep_days)
     for m in ordered:
-        if m.keep:
-            reasons[m.id].append("kept (--keep)")
+        if m.keep and (policy.keep_days == 0 or m.stop_datetime >= keep_from):
+            note = f" for {policy.keep_days} days" if policy.keep_days else ""
+            reasons[m.id].append(f"kept (--keep){note}")
     if policy.recovery_window_days > 0:
         start = now - timedelta(days=policy.recovery_window_days)
         before = [m for m in ordered if m.stop_datetime < start]
@@ -127,17 +130,9 @@ class PruneReport:
 
 
 def valid_backups(repo: Repository, area: str = BACKUPS) -> tuple[list[Manifest], list[str]]:
-    """Authenticated manifests, and the ids of those that fail authentication."""
-    valid: list[Manifest] = []
-    invalid: list[str] = []
-    for manifest in repo.list_backups(area=area):
-        try:
-            manifest.authenticate(repo.master_key, f"of {manifest.kind} {manifest.id}")
-        except PgdrError:
-            invalid.append(manifest.id)
-            continue
-        valid.append(manifest)
-    return valid, invalid
+    """Authenticated manifests, and the ids of the damaged ones (never pruned)."""
+    good, damaged = repo.scan_backups(area)
+    return good, [d.backup_id for d in damaged]
 
 
 def prune(

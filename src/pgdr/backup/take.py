@@ -29,6 +29,7 @@ from typing import IO, Any, ParamSpec
 import psycopg
 
 from pgdr import __version__
+from pgdr.backup.files import Collected, choose_method, files_backup, locate
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import (
     BACKUPS,
@@ -40,6 +41,7 @@ from pgdr.backup.manifest import (
     now_utc,
 )
 from pgdr.backup.repository import Repository
+from pgdr.backup.seen import remember_backup
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.core import runner
@@ -227,17 +229,29 @@ def take_backup(
     level: int = DEFAULT_LEVEL,
     pg_bin: Path | None = None,
     facts: ServerFacts | None = None,
+    new_key: bool = False,
+    method: str = "auto",
+    on_method: Callable[[str, str], None] | None = None,
 ) -> Manifest:
     """Take a base backup of the server at ``conninfo`` into ``repo``; returns its manifest.
 
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
-    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored.
+    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key``
+    allows sealing with a key other than the one of the repository's existing backups.
+    ``method`` is
+    ``files`` (parallel workers reading the data directory, see :mod:`pgdr.backup.files`),
+    ``stream`` (``pg_basebackup``) or ``auto`` (files when the data directory is readable here);
+    ``on_method(method, note)`` learns the choice and why ``auto`` fell back.
     """
     facts = facts or server_facts(conninfo)
+    locality = locate(conninfo, facts.system_identifier, facts.major)
+    chosen, note = choose_method(method, locality, incremental)
+    if on_method:
+        on_method(chosen, note)
     installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
     store = repo.store
     store.check_writable()
-    master = repo.master_key
+    master = repo.writing_key(new_key)
     with repo.locked("backup") as lock:
         repo.check_system_identifier(facts.system_identifier)
         repo.clean_incomplete()
@@ -271,20 +285,38 @@ def take_backup(
                 parent_manifest.write_bytes(fetch_pg_manifest(repo, parent))
                 args.append(f"--incremental={parent_manifest}")
             stderr_path = Path(tmp) / "stderr"
+            hasher: _Hasher | Collected
             try:
-                hasher, chunks, stream_size = _stream(
-                    repo,
-                    backup_id,
-                    data_key,
-                    args,
-                    stderr_path,
-                    env=client_env,
-                    chunk_size=repo.config.chunk_size,
-                    progress=progress,
-                    workers=workers,
-                    level=level,
-                    refresh=lambda: repo.refresh_lock(lock),
-                )
+                if chosen == "files":
+                    assert locality.data_dir is not None
+                    hasher, chunks, stream_size = files_backup(
+                        repo,
+                        conninfo,
+                        locality.data_dir,
+                        backup_id,
+                        data_key,
+                        label=args[-1],
+                        system_identifier=facts.system_identifier,
+                        major=facts.major,
+                        workers=workers,
+                        level=level,
+                        progress=progress,
+                        refresh=lambda: repo.refresh_lock(lock),
+                    )
+                else:
+                    hasher, chunks, stream_size = _stream(
+                        repo,
+                        backup_id,
+                        data_key,
+                        args,
+                        stderr_path,
+                        env=client_env,
+                        chunk_size=repo.config.chunk_size,
+                        progress=progress,
+                        workers=workers,
+                        level=level,
+                        refresh=lambda: repo.refresh_lock(lock),
+                    )
                 manifest = _finish(
                     repo,
                     backup_id,
@@ -302,6 +334,7 @@ def take_backup(
                 manifest.wrapped_key = master.wrap(data_key)
                 manifest.sign_with(data_key)
                 store.put(repo.manifest_key(backup_id), manifest.to_json())
+                remember_backup(repo, backup_id, manifest.stop_lsn, manifest.stop_time)
             except BaseException as exc:
                 _abandon(repo, backup_id)
                 if isinstance(exc, PgdrError):
@@ -474,7 +507,7 @@ def _finish(
     repo: Repository,
     backup_id: str,
     data_key: DataKey,
-    hasher: _Hasher,
+    hasher: _Hasher | Collected,
     chunks: list[ChunkEntry],
     stream_size: int,
     *,

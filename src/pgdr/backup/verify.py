@@ -2,7 +2,10 @@
 
 ``verify_backup`` authenticates the manifest, fetches every chunk (in parallel), checks its
 SHA-256 and AES-GCM authentication, then recomputes each file's SHA-256 from the chunks using the
-offsets in the manifest, so a damaged chunk is reported as the files it holds, by name.
+offsets in the manifest, so a damaged chunk is reported as the files it holds, by name. An
+incremental backup passes only if the whole chain a restore would combine passes: each parent,
+down to the full backup, is verified the same way (a missing parent fails it). A backup whose
+manifest cannot be trusted (``Repository.scan_backups``) is a failed report, never skipped.
 The restore test (a restore into a throwaway cluster) lives in ``pgdr.restore.tested``, above
 this package.
 """
@@ -17,7 +20,8 @@ from typing import Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
 from pgdr.backup.manifest import BACKUPS, FileEntry, ForgedManifest, Manifest
-from pgdr.backup.repository import Repository
+from pgdr.backup.repository import DamagedManifest, Repository
+from pgdr.core.errors import PgdrError
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
 from pgdr.storage import ObjectNotFound
 
@@ -37,6 +41,7 @@ class VerifyReport:
     damaged_files: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     restore_test: dict[str, Any] | None = None
+    chain: list[str] = field(default_factory=list)  # parents verified with it, nearest first
 
     def fail(self, problem: str) -> None:
         self.ok = False
@@ -121,8 +126,8 @@ def verify_backup(
         report.duration_s = time.monotonic() - began
         return report
     _check_pg_manifest(repo, manifest, data_key, report)
-    if manifest.parent is not None and manifest.parent not in repo.backup_dirs():
-        report.fail(f"its parent backup {manifest.parent} is missing, so it cannot be restored")
+    if manifest.parent is not None:
+        _verify_parent(repo, manifest.parent, report, workers)
 
     def check(index: int) -> bytes | None:
         try:
@@ -141,6 +146,34 @@ def verify_backup(
     if report.damaged_files:
         report.ok = False
     report.duration_s = time.monotonic() - began
+    return report
+
+
+def _verify_parent(
+    repo: Repository, parent: str, report: VerifyReport, workers: int | None
+) -> None:
+    """Verify the chain under an incremental: the parent, and (recursively) its parents."""
+    if parent in report.chain or parent == report.backup_id:
+        report.fail(f"its chain of parents loops back to {parent}")
+        return
+    try:
+        repo.read_manifest(parent)
+    except PgdrError as exc:
+        report.fail(
+            f"its parent backup {parent} cannot be used, so it cannot be restored: {exc.message}"
+        )
+        return
+    sub = verify_backup(repo, parent, workers=workers)
+    report.chain.extend([parent, *sub.chain])
+    if not sub.ok:
+        details = sub.problems + [f"damaged file {path}" for path in sub.damaged_files]
+        report.fail(f"its parent backup {parent} fails verification: {'; '.join(details)}")
+
+
+def damaged_report(damaged: DamagedManifest) -> VerifyReport:
+    """The report of a backup whose manifest cannot be trusted."""
+    report = VerifyReport(damaged.backup_id, manifest_ok=False)
+    report.fail(damaged.problem)
     return report
 
 

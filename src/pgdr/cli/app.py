@@ -15,8 +15,10 @@ import typer
 
 from pgdr import __version__
 from pgdr.cli import (
+    agent,
     backup,
     check,
+    cluster,
     db,
     demo,
     drill,
@@ -74,6 +76,7 @@ def root(
 # Getting started and the database itself
 app.command()(demo.demo)
 app.add_typer(db.app, name="db")
+app.add_typer(cluster.app, name="cluster")
 app.command()(pool.health)
 app.add_typer(pool.app, name="pool")
 app.add_typer(sample.app, name="sample")
@@ -82,6 +85,7 @@ app.add_typer(profile.app, name="profile")
 app.add_typer(backup.app, name="backup")
 app.add_typer(dump.app, name="dump")
 app.command()(restore.restore)
+app.command()(cluster.cleanup)
 app.add_typer(wal.app, name="wal")
 wal.app.command("find")(walfind.find)
 app.command()(mark.mark)
@@ -100,6 +104,8 @@ app.add_typer(incident.app, name="incident")
 app.add_typer(monitor.app, name="monitor")
 app.command()(monitor.serve)
 app.add_typer(drill.app, name="drill")
+app.add_typer(agent.app, name="agent")
+app.command()(agent.status)
 # Embeddings
 app.add_typer(reembed.app, name="reembed")
 app.add_typer(vector.app, name="vector")

@@ -10,10 +10,19 @@ from rich.table import Table
 
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
-from pgdr.backup.verify import VerifyReport, verify_backup
+from pgdr.backup.verify import VerifyReport, damaged_report, verify_backup
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
-from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
+from pgdr.core.output import (
+    console,
+    emit,
+    err_console,
+    key_value_table,
+    markup,
+    progress_bar,
+    say,
+    styled,
+)
 from pgdr.core.units import human_size
 from pgdr.restore.tested import restore_test as run_restore_test
 
@@ -50,6 +59,26 @@ def backup(
             "--incremental", help="Block-level incremental on the latest backup (PostgreSQL 17+)."
         ),
     ] = False,
+    new_key: Annotated[
+        bool,
+        typer.Option(
+            "--new-key",
+            help="Seal with the key in force even though the repository's backups use another "
+            "(or generate one when the key file is missing).",
+        ),
+    ] = False,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            envvar="PGDR_BACKUP_METHOD",
+            help="files: parallel workers read the data directory (pgdr beside the server); "
+            "stream: pg_basebackup; auto: files when the data directory is readable here.",
+        ),
+    ] = "auto",
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Take a base backup of the target database into a repository."""
@@ -59,6 +88,13 @@ def backup(
     conninfo = target().conninfo
     facts = server_facts(conninfo)
     began = time.monotonic()
+    chosen: dict[str, str] = {}
+
+    def on_method(name: str, note: str) -> None:
+        chosen.update(method=name, note=note)
+        if note:
+            say(note, err=True)
+
     with progress_bar("Backing up", facts.size_bytes, enabled=not as_json) as advance:
         manifest = take_backup(
             repo,
@@ -68,9 +104,17 @@ def backup(
             incremental=incremental,
             progress=advance,
             facts=facts,
+            new_key=new_key,
+            method=method,
+            on_method=on_method,
+            workers=workers,
         )
     duration = time.monotonic() - began
-    data = manifest.summary() | {"repository": repo.name, "duration_s": round(duration, 3)}
+    data = manifest.summary() | {
+        "repository": repo.name,
+        "duration_s": round(duration, 3),
+        "method": chosen.get("method", method),
+    }
 
     show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is
 
@@ -79,7 +123,7 @@ def backup(
             f"Backup {manifest.id} ({manifest.kind}) of PostgreSQL {manifest.pg_version} "
             f"stored in {repo.name}: {human_size(manifest.stream_size)} in "
             f"{len(manifest.chunks)} chunks, {human_size(manifest.stored_size)} stored, "
-            f"{duration:.1f} s."
+            f"{duration:.1f} s ({data['method']})."
         )
 
     emit(data, as_json, render)
@@ -102,12 +146,19 @@ def _row(m: Manifest) -> list[str]:
 def list_backups(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """List the complete backups in a repository, oldest first."""
     repo = open_repo(repo_name)
-    backups = repo.list_backups()
-    data = {"repository": repo.name, "url": repo.url, "backups": [m.summary() for m in backups]}
+    backups, damaged = repo.scan_backups()
+    data = {
+        "repository": repo.name,
+        "url": repo.url,
+        "backups": [m.summary() for m in backups],
+        "damaged": [d.as_dict() for d in damaged],
+    }
 
     def render() -> None:
+        for d in damaged:
+            console.print(markup("[red]DAMAGED[/] {}: {}", d.backup_id, d.problem))
         if not backups:
-            console.print(f"The repository {repo.name} ({repo.url}) holds no backups.")
+            console.print(f"The repository {repo.name} ({repo.url}) holds no usable backups.")
             return
         table = Table(title=f"Backups in {repo.name} ({repo.url})", title_justify="left")
         for column in ("id", "kind", "finished (UTC)", "pg", "size", "stored", "keep", "label"):
@@ -178,13 +229,15 @@ def verify(
     if all_backups and backup_id:
         raise ConfigError("Give a backup id or --all, not both.")
     repo = open_repo(repo_name)
+    reports: list[VerifyReport] = []
     if all_backups:
-        ids = [m.id for m in repo.list_backups()]
-        if not ids:
+        good, damaged = repo.scan_backups()
+        ids = [m.id for m in good]
+        reports.extend(damaged_report(d) for d in damaged)
+        if not ids and not damaged:
             raise ConfigError(f"The repository {repo.name} ({repo.url}) holds no backups yet.")
     else:
         ids = [repo.resolve_id(backup_id or "latest")]
-    reports: list[VerifyReport] = []
     for bid in ids:
         manifest_size = 0
         try:

@@ -8,24 +8,26 @@ from typing import Annotated
 import typer
 
 from pgdr.backup import load_repositories, open_repository
-from pgdr.backup.keys import rotate_master_key
 from pgdr.cli.common import JsonOption, settings
-from pgdr.core.output import console, emit, key_value_table, styled
-from pgdr.crypto import load_master_key
+from pgdr.core.output import console, emit, key_value_table, markup
+from pgdr.wal.rotation import describe_master_key, rotate_master_key
 
 app = typer.Typer(help="The master encryption key.", no_args_is_help=True)
 
 
 @app.command()
-def show(as_json: JsonOption = False) -> None:
-    """Show which master key is in force (its id and where it comes from, never the key)."""
-    key, note = load_master_key(settings().home)
-    data = {"key_id": key.key_id, "origin": key.origin, "generated_now": note is not None}
+def show(
+    repo_name: Annotated[
+        str | None, typer.Option("--repo", help="Repository to compare with (default primary).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show which master key is in force (its id and origin, never the key); creates none."""
+    data = describe_master_key(open_repository(settings(), repo_name))
 
     def render() -> None:
-        if note:
-            console.print(styled(note, "yellow"))
-        console.print(key_value_table("Master key", list(data.items())))
+        rows = [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in data.items()]
+        console.print(key_value_table("Master key", rows))
 
     emit(data, as_json, render)
 
@@ -53,10 +55,14 @@ def rotate(
 
     def render() -> None:
         total = sum(report.rewrapped.values())
+        wal = sum(1 for v in report.wal_keyring.values() if v != "absent")
         console.print(
             f"Rotated from key {report.old_key_id} to {report.new_key_id}: re-wrapped {total} "
-            f"data key(s) in {', '.join(names)}."
+            f"backup data key(s) and {wal} WAL keyring(s) in {', '.join(names)}."
         )
+        for name, damaged in report.damaged.items():
+            for line in damaged:
+                console.print(markup("[red]not re-wrapped[/] ({}) {}", name, line))
         console.print(report.note)
 
     emit(report.as_dict(), as_json, render)

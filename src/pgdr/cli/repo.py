@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from pgdr.backup import load_repositories
-from pgdr.backup.copy import copy_backup
 from pgdr.backup.repository import DEFAULT_REPOSITORY
 from pgdr.backup.retention import prune as apply_retention
 from pgdr.cli.backup import RepoOption, open_repo
@@ -17,6 +16,7 @@ from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, key_value_table, progress_bar, styled
 from pgdr.core.units import human_size
 from pgdr.wal.retention import prune_repository_wal
+from pgdr.wal.tier import copy_to_tier
 
 app = typer.Typer(
     help="Backup repositories: create, describe, copy between tiers.", no_args_is_help=True
@@ -109,7 +109,7 @@ def copy(
     latest: Annotated[bool, typer.Option("--latest", help="Copy the newest backup.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Copy a backup (with any parents it needs) to another repository, verified."""
+    """Copy a backup (with any parents it needs) and the WAL since to another repository."""
     if latest == (backup_id is not None):
         raise ConfigError("Give either a backup id or --latest.")
     src = open_repo(source)
@@ -117,7 +117,7 @@ def copy(
     wanted = src.resolve_id(backup_id or "latest")
     manifest = src.read_manifest(wanted)
     with progress_bar(f"Copying {wanted}", manifest.stored_size, enabled=not as_json) as advance:
-        report = copy_backup(src, dst, wanted, progress=advance)
+        report = copy_to_tier(src, dst, wanted, progress=advance)
 
     def render() -> None:
         if report.copied:
@@ -127,6 +127,20 @@ def copy(
             )
         if report.already_present:
             console.print(f"Already in {dst.name}: {', '.join(report.already_present)}.")
+        wal = report.wal
+        if wal is not None and wal["source_has_wal"]:
+            console.print(
+                f"WAL: copied {wal['files_copied']} file(s) ({human_size(wal['bytes_copied'])}) "
+                f"from segment {wal['from_segment']} on; {wal['files_present']} already there."
+            )
+        elif wal is not None:
+            console.print(
+                styled(
+                    f"{src.name} holds no WAL, so {dst.name} can restore these backups only as "
+                    "they were taken, not to a point in time.",
+                    "yellow",
+                )
+            )
 
     emit(report.as_dict(), as_json, render)
 

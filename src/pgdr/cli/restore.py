@@ -18,6 +18,7 @@ from pgdr.restore import (
     restore_backup,
     start_restored,
 )
+from pgdr.restore.delta import delta_restore
 
 
 def restore(
@@ -36,12 +37,16 @@ def restore(
         bool,
         typer.Option("--start", help="Start it on a free port and print its connection URL."),
     ] = False,
-    port: Annotated[int | None, typer.Option(help="Port for --start (default: free).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port for --start (default: free).", min=1, max=65535)
+    ] = None,
     target_time: pitr.TargetTimeOption = None,
     target_lsn: pitr.TargetLsnOption = None,
     target_xid: pitr.TargetXidOption = None,
     target_name: pitr.TargetNameOption = None,
     latest: pitr.LatestOption = False,
+    exclusive: pitr.ExclusiveOption = False,
+    accept_rollback: pitr.AcceptRollbackOption = False,
     timeline: pitr.TimelineOption = None,
     new_cluster: pitr.NewClusterOption = False,
     check_files: Annotated[
@@ -51,6 +56,16 @@ def restore(
             help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
         ),
     ] = False,
+    delta: Annotated[
+        bool,
+        typer.Option(
+            "--delta",
+            help="Rewrite only what differs in the existing data directory --to (with --force).",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a base backup, or (with a target) the database as it was at a moment.
@@ -59,10 +74,20 @@ def restore(
     --target-lsn, --target-xid, --target-name or --latest: point-in-time recovery (see
     docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running.
     """
-    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest)
+    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     if target is not None or new_cluster:
         pitr.restore_to_point(
-            target, backup_id, to, repo_name, new_cluster, start, force, port, timeline, as_json
+            target,
+            backup_id,
+            to,
+            repo_name,
+            new_cluster,
+            start,
+            force,
+            port,
+            timeline,
+            as_json,
+            accept_rollback,
         )
         return
     if backup_id is None or to is None:
@@ -75,9 +100,20 @@ def restore(
     total = sum(m.stream_size for m in backup_chain(repo, manifest))
 
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
-        result = restore_backup(
-            repo, manifest.id, to, force=force, progress=advance, check_files=check_files
-        )
+        if delta:
+            result = delta_restore(
+                repo, manifest.id, to, force=force, progress=advance, workers=workers
+            )
+        else:
+            result = restore_backup(
+                repo,
+                manifest.id,
+                to,
+                force=force,
+                progress=advance,
+                check_files=check_files,
+                workers=workers,
+            )
     data: dict[str, Any] = result.as_dict()
     if start:
         data |= start_restored(s, manifest.id, result.data_dir, result.pg_major, port)

@@ -213,7 +213,11 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
                 "recovery window",
                 f"{_stamp(report.window_start)} .. {_stamp(report.window_end)}"
                 if report.window_start
-                else "none yet: take a base backup (`pgdr backup`)",
+                else (
+                    "none: no backup has all the WAL it needs here"
+                    if report.backups_without_wal
+                    else "none yet: take a base backup (`pgdr backup`)"
+                ),
             ),
             ("gaps", ", ".join(report.gaps) or "none"),
             ("repository at", report.repository_lsn),
@@ -224,6 +228,7 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
             ),
             ("behind by", None if report.lag_bytes is None else f"{report.lag_bytes:,} bytes"),
         ]
+        rows += [("without its WAL", line) for line in report.backups_without_wal]
         if report.streamer:
             st = report.streamer
             rows += [

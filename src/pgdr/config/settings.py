@@ -1,7 +1,8 @@
 """The ``PGDR_*`` environment variables and the optional ``pgdr.toml`` file.
 
-``pgdr.toml`` is looked for at ``$PGDR_CONFIG``, then ``./pgdr.toml``, then
-``$PGDR_HOME/pgdr.toml``.
+``pgdr.toml`` is looked for at ``$PGDR_CONFIG`` (``--config FILE`` sets it), then
+``$PGDR_HOME/pgdr.toml``, then ``/etc/pgdr/pgdr.toml``; never silently in the current directory
+(a file there could redirect backups of a daemon started from it).
 Environment variables always win over the file, so one file can serve several machines.
 """
 
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pgdr.core.errors import ConfigError
 
 SYSTEM_HOME = Path("/var/lib/pgdr")
+SYSTEM_CONFIG = Path("/etc/pgdr/pgdr.toml")
 
 
 def default_home() -> Path:
@@ -63,7 +65,7 @@ def find_config_file(settings: PgdrSettings) -> Path | None:
         if not settings.config.is_file():
             raise ConfigError(f"PGDR_CONFIG points to {settings.config}, which is not a file.")
         return settings.config
-    for candidate in (Path.cwd() / "pgdr.toml", settings.home / "pgdr.toml"):
+    for candidate in (settings.home / "pgdr.toml", SYSTEM_CONFIG):
         if candidate.is_file():
             return candidate
     return None

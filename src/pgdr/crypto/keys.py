@@ -1,9 +1,11 @@
 """Master keys (from the environment, a file, or generated for the embedded default) and data keys.
 
 ``PGDR_ENCRYPTION_KEY`` holds a base64-encoded 32-byte key; ``PGDR_ENCRYPTION_KEY_FILE`` names a
-file holding one. With neither, the embedded default generates ``$PGDR_HOME/keys/master.key``
-(mode 0600) on first use and says where it is. A key's id is derived from the key itself, so a
-repository can tell "wrong key" from "damaged data".
+file holding one. With neither, the embedded default key is ``$PGDR_HOME/keys/master.key``; only
+a writing command into a repository that holds nothing sealed yet may generate it (mode 0600,
+saying where it is) — a read command never creates a key. A key file readable by group or others
+is refused with the ``chmod`` to run, as ssh refuses such private keys. A key's id is derived
+from the key itself, so a repository can tell "wrong key" from "damaged data".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import binascii
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,14 @@ from pgdr.core.secrets import read_secret_file
 KEY_BYTES = 32
 NONCE_BYTES = 12
 WRAP_AAD = b"pgdr/data-key/v1"
+
+
+class MissingMasterKey(ConfigError):
+    """No key is configured and the embedded default key file does not exist."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"There is no master key at {path}.")
+        self.path = path
 
 
 def _key_id(key: bytes) -> str:
@@ -129,10 +140,30 @@ def write_key_file(path: Path, key_text: str) -> None:
         handle.write(key_text + "\n")
 
 
+def read_key_file(path: Path, origin: str) -> bytes:
+    """The key in ``path``; refused when group or others may read or write it."""
+    text = read_secret_file(path, origin)
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"The key file {path} is accessible by group or others (mode "
+            f"{stat.S_IMODE(mode):04o}); run `chmod 600 {path}`."
+        )
+    return decode_key(text, f"The key file {path}")
+
+
+def default_key_path(home: Path) -> Path:
+    return home / "keys" / "master.key"
+
+
 def load_master_key(
-    home: Path, environ: Mapping[str, str] | None = None, generate: bool = True
+    home: Path, environ: Mapping[str, str] | None = None, generate: bool = False
 ) -> tuple[MasterKey, str | None]:
-    """The master key in force, and a note to show when one was just generated."""
+    """The master key in force, and a note to show when one was just generated.
+
+    Without a configured key and without the default key file: :class:`MissingMasterKey`, or
+    with ``generate`` (writing commands into an empty repository only) a new default key.
+    """
     env = os.environ if environ is None else environ
     if env.get("PGDR_ENCRYPTION_KEY"):
         return MasterKey(
@@ -140,21 +171,15 @@ def load_master_key(
         ), None
     if env.get("PGDR_ENCRYPTION_KEY_FILE"):
         path = Path(env["PGDR_ENCRYPTION_KEY_FILE"])
-        text = read_secret_file(path, "PGDR_ENCRYPTION_KEY_FILE")
-        return MasterKey(decode_key(text, f"The key file {path}"), str(path)), None
-    default = home / "keys" / "master.key"
+        return MasterKey(read_key_file(path, "PGDR_ENCRYPTION_KEY_FILE"), str(path)), None
+    default = default_key_path(home)
     if default.is_file():
-        return MasterKey(
-            decode_key(read_secret_file(default, "The key file"), f"The key file {default}"),
-            str(default),
-        ), None
+        return MasterKey(read_key_file(default, "The key file"), str(default)), None
     if not generate:
-        raise ConfigError(
-            "No encryption key is configured: set PGDR_ENCRYPTION_KEY or PGDR_ENCRYPTION_KEY_FILE."
-        )
+        raise MissingMasterKey(default)
     write_key_file(default, generate_key_text())
     note = (
         f"Generated a new master key at {default} (mode 0600). Keep a copy somewhere safe: "
         "without it no backup can be read."
     )
-    return MasterKey(decode_key(default.read_text(), str(default)), str(default)), note
+    return MasterKey(read_key_file(default, "The key file"), str(default)), note

@@ -43,7 +43,9 @@ def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
             repo, backup_id, "restore-test", check_files=True, before_start=verify_files
         ) as (cluster, restored):
             steps.append("started")
-            _amcheck(cluster, installation_for_major(restored.pg_major, repo.settings.pg_bin))
+            amcheck_cluster(
+                cluster, installation_for_major(restored.pg_major, repo.settings.pg_bin)
+            )
             steps.append("pg_amcheck")
         passed = True
         detail = "restored, verified with pg_verifybackup, started, pg_amcheck --all clean"
@@ -61,7 +63,7 @@ def restore_test(repo: Repository, backup_id: str) -> dict[str, Any]:
     return result
 
 
-def _amcheck(cluster: LocalCluster, installation: PgInstallation) -> None:
+def amcheck_cluster(cluster: LocalCluster, installation: PgInstallation) -> None:
     argv: list[str | Path] = [installation.tool("pg_amcheck"), "-h", cluster.socket_dir]
     result = runner.run(
         [*argv, "-p", str(cluster.port), "-U", "postgres", "--all", "--install-missing"],

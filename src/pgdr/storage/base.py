@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from pgdr.core.errors import RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 
 
 class ObjectNotFound(RuntimeFailure):
     """The object does not exist (deleted, never written, or a wrong key)."""
+
+
+class LockBusy(RuntimeFailure):
+    """Another live writer holds the lock; ``holder`` is what it wrote (None if unknown)."""
+
+    def __init__(self, holder: bytes | None) -> None:
+        super().__init__("The lock is held by another process.")
+        self.holder = holder
+
+
+class HeldLock:
+    """What the holder may do with its lock: refresh its description."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self.store = store
+        self.key = key
+
+    def refresh(self, data: bytes) -> None:
+        self.store.put(self.key, data)
 
 
 @dataclass(frozen=True)
@@ -31,7 +51,7 @@ class ObjectStore(ABC):
     """A flat namespace of immutable-ish objects addressed by slash-separated keys.
 
     Callers never test a store's class: what differs between backends is a capability here
-    (``remote``, :meth:`workers`, :meth:`prepare`, :meth:`clean_temporary`).
+    (``remote``, :meth:`workers`, :meth:`prepare`, :meth:`clean_temporary`, :meth:`hold_lock`).
     """
 
     url: str
@@ -44,6 +64,16 @@ class ObjectStore(ABC):
 
     def prepare(self) -> None:  # noqa: B027 - most stores need nothing
         """Create what the store itself needs before the first write (an S3 bucket)."""
+
+    def hold_lock(
+        self, key: str, data: bytes, is_stale: Callable[[bytes], bool]
+    ) -> AbstractContextManager[HeldLock]:
+        """Hold the store's exclusive writer lock, described by ``data`` under ``key``.
+
+        :class:`~pgdr.storage.lock.LockBusy` when another live writer holds it; ``is_stale``
+        judges a description left by a writer that may be gone.
+        """
+        raise ConfigError(f"The store {self.url} offers no exclusive lock for writers.")
 
     def clean_temporary(self, older_than_s: float = 0.0) -> int:
         """Remove leftovers of interrupted writes older than ``older_than_s``; how many."""

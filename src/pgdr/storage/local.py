@@ -11,13 +11,16 @@ import errno
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from pgdr.core.errors import RuntimeFailure
-from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
+from pgdr.storage.base import HeldLock, ObjectInfo, ObjectNotFound, ObjectStore, check_key
+from pgdr.storage.lock import LOCAL_LOCK_NAME, hold_with_flock
 
 TMP_PREFIX = ".tmp-"
+HIDDEN_PREFIX = ".pgdr-"  # the lock file and probes: never objects
 
 
 def _describe_os_error(exc: OSError, action: str, path: Path) -> RuntimeFailure:
@@ -78,7 +81,7 @@ class LocalStore(ObjectStore):
         found: list[ObjectInfo] = []
         for dirpath, _dirnames, filenames in os.walk(base):
             for name in filenames:
-                if name.startswith(TMP_PREFIX):
+                if name.startswith((TMP_PREFIX, HIDDEN_PREFIX)):
                     continue
                 full = Path(dirpath) / name
                 key = full.relative_to(base).as_posix()
@@ -97,6 +100,12 @@ class LocalStore(ObjectStore):
         while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
             parent = parent.parent
+
+    def hold_lock(
+        self, key: str, data: bytes, is_stale: Callable[[bytes], bool]
+    ) -> AbstractContextManager[HeldLock]:
+        """An ``flock`` on ``.pgdr-lock``: the kernel drops it with the process (never stale)."""
+        return hold_with_flock(self, self.root / LOCAL_LOCK_NAME, key, data)
 
     def clean_temporary(self, older_than_s: float = 0.0) -> int:
         """Remove ``.tmp-*`` leftovers of interrupted writes.

@@ -2,13 +2,17 @@
 
 Endpoint, region and credentials come from the environment (``AWS_*``, ``PGDR_S3_ENDPOINT``)
 or the repository's table in ``pgdr.toml``; never from the command line. A PUT is atomic in S3,
-so no temporary objects are needed. Transient errors are retried by botocore (standard mode)
-before a clear error is raised.
+so no temporary objects are needed. Conditional writes (``If-None-Match: *`` to create,
+``If-Match`` to replace or delete) serve the repository lock; ``conditional_writes`` finds out
+whether the server honours them (SeaweedFS 4 and AWS S3 do). Transient errors are retried by
+botocore (standard mode) before a clear error is raised.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import boto3
@@ -16,7 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
-from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
+from pgdr.storage.base import HeldLock, ObjectInfo, ObjectNotFound, ObjectStore, check_key
+from pgdr.storage.lock import hold_with_conditional_writes
 
 
 class S3Store(ObjectStore):
@@ -36,6 +41,7 @@ class S3Store(ObjectStore):
         read_timeout: float = 60,
     ) -> None:
         self.bucket = bucket
+        self._conditional: bool | None = None
         self.max_attempts = max_attempts
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -124,6 +130,84 @@ class S3Store(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "deleting", key) from exc
+
+    # ----- conditional writes (the repository lock) --------------------------------------------
+    def _precondition_failed(self, exc: ClientError) -> bool:
+        code = exc.response.get("Error", {}).get("Code", "")
+        return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+    def create(self, key: str, data: bytes) -> str | None:
+        """Write ``key`` only if it does not exist (``If-None-Match: *``): its ETag, or None."""
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return None
+            raise self._fail(exc, "creating", key) from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, "creating", key) from exc
+        return str(response.get("ETag", ""))
+
+    def replace_if(self, key: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``key`` only while it is still the object ``etag``: new ETag, or None."""
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=etag
+            )
+        except ClientError as exc:
+            if self._precondition_failed(exc) or exc.response.get("Error", {}).get("Code") in (
+                "NoSuchKey",
+                "404",
+            ):
+                return None
+            raise self._fail(exc, "replacing", key) from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, "replacing", key) from exc
+        return str(response.get("ETag", ""))
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object and its ETag; :class:`ObjectNotFound` when missing."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), str(response.get("ETag", ""))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectNotFound(f"{key} is missing from the repository {self.url}.") from None
+            raise self._fail(exc, "reading", key) from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, "reading", key) from exc
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        """Remove ``key`` only while it is the object ``etag``; False when it is not."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
+        except ClientError as exc:
+            if self._precondition_failed(exc) or exc.response.get("Error", {}).get("Code") in (
+                "NoSuchKey",
+                "404",
+            ):
+                return False
+            raise self._fail(exc, "deleting", key) from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, "deleting", key) from exc
+        return True
+
+    def conditional_writes(self) -> bool:
+        """Whether this store honours ``If-None-Match: *`` (found out once, by trying)."""
+        if self._conditional is None:
+            probe = f".pgdr-conditional-probe-{uuid.uuid4().hex}"
+            first = self.create(probe, b"1")
+            second = self.create(probe, b"2")
+            self.delete(probe)
+            self._conditional = first is not None and second is None
+        return self._conditional
+
+    def hold_lock(
+        self, key: str, data: bytes, is_stale: Callable[[bytes], bool]
+    ) -> AbstractContextManager[HeldLock]:
+        return hold_with_conditional_writes(self, key, data, is_stale)
 
     def prepare(self) -> None:
         """Create the bucket if it does not exist (for ``pgdr repo init``)."""

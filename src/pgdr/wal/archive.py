@@ -3,6 +3,7 @@
 Layout under the repository root::
 
     wal/keyring.json                   the WAL data key wrapped by the master key, signed
+                                       (``pgdr key rotate`` re-wraps it with the backups')
     wal/history/TTTTTTTT.history       timeline histories
     wal/TTTTTTTT/<segment>             completed segments (and ``.backup`` history files)
     wal/TTTTTTTT/<segment>.partial.OOOOOOOO   the segment being written: its bytes from offset
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pgdr.backup.repository import Repository
+from pgdr.backup.repository import WAL_KEYRING, Repository
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import (
     CorruptObject,
@@ -52,7 +53,7 @@ from pgdr.wal.names import (
 )
 
 PREFIX = "wal/"
-KEYRING = "wal/keyring.json"
+KEYRING = WAL_KEYRING
 STATE_PREFIX = "wal/state/"
 XLP_LONG_HEADER = struct.Struct("<HHIQIIQII")  # magic, info, tli, pageaddr, rem_len, pad, ...
 PARTIAL_LEVEL = 1
@@ -166,9 +167,7 @@ class WalArchive:
             "wal_key": master.wrap(data_key).as_dict(),
             "created_at": time.time(),
         }
-        payload = json.dumps(body, sort_keys=True).encode()
-        signature = sign(derive_subkey(data_key, "wal-keyring"), payload)
-        store.put(KEYRING, json.dumps({"body": body, "signature": signature}).encode())
+        WalArchive._write_keyring(store, data_key, body)
 
     @staticmethod
     def _load(store: ObjectStore, master: MasterKey, raw: bytes) -> tuple[DataKey, dict[str, Any]]:
@@ -184,6 +183,35 @@ class WalArchive:
         if not verify_signature(derive_subkey(data_key, "wal-keyring"), payload, signature):
             raise CorruptObject(KEYRING, "its signature does not match (altered)")
         return data_key, body
+
+    @classmethod
+    def rewrap_keyring(cls, store: ObjectStore, old: MasterKey, new: MasterKey) -> str:
+        """Re-wrap the WAL data key under ``new`` (no WAL rewritten) and check ``new`` opens it.
+
+        Returns "rewrapped", "already" (wrapped by ``new`` before) or "absent" (no WAL).
+        """
+        try:
+            raw = store.get(KEYRING)
+        except ObjectNotFound:
+            return "absent"
+        outcome = "already"
+        try:
+            current = str(json.loads(raw)["body"]["wal_key"]["master_key_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptObject(KEYRING, "it is not a pgdr WAL keyring") from exc
+        if current != new.key_id:
+            data_key, body = cls._load(store, old, raw)
+            body["wal_key"] = new.wrap(data_key).as_dict()
+            cls._write_keyring(store, data_key, body)
+            outcome = "rewrapped"
+        cls._load(store, new, store.get(KEYRING))
+        return outcome
+
+    @staticmethod
+    def _write_keyring(store: ObjectStore, data_key: DataKey, body: dict[str, Any]) -> None:
+        payload = json.dumps(body, sort_keys=True).encode()
+        signature = sign(derive_subkey(data_key, "wal-keyring"), payload)
+        store.put(KEYRING, json.dumps({"body": body, "signature": signature}).encode())
 
     # ----- files ------------------------------------------------------------------------------
     def check_segment(self, name: str, data: bytes) -> None:
@@ -304,12 +332,15 @@ class WalArchive:
 def repository_archive(
     repo: Repository, system_identifier: int | None = None, segment_size: int | None = None
 ) -> WalArchive:
-    """The WAL archive of ``repo``; created for a server (and checked against it) when given."""
+    """The WAL archive of ``repo``; created for a server (and checked against it) when given.
+
+    Reading (no server given) never creates a master key; a writer may, into an empty repository.
+    """
     if system_identifier is not None:
         repo.check_system_identifier(str(system_identifier))
     return WalArchive.open(
         repo.store,
-        repo.master_key,
+        repo.master_key if system_identifier is None else repo.writing_key(),
         system_identifier=system_identifier,
         segment_size=segment_size,
     )

@@ -5,6 +5,11 @@ reached, never taken from the streamer's own last heartbeat alone: a stopped str
 lag because it reports nothing. :func:`wal_problems` turns a status into the sentences that make
 ``wal status`` exit 1 (a gap, a silent streamer, a repository behind the server), and the
 monitor's WAL checks use the same function, so the two never disagree.
+
+The recovery window is what this repository can really restore: it starts at the oldest backup
+for which the repository holds every WAL segment from the backup's start to its end (and on),
+and a backup lacking any of them is listed as without its WAL instead. A repository with
+backups but none of their WAL has no window, whatever another tier holds.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from typing import Any
 import psycopg
 
 from pgdr.backup.repository import Repository
-from pgdr.core.errors import PgdrError
+from pgdr.core.errors import CheckFailed, PgdrError
 from pgdr.wal.archive import WalArchive, repository_archive
-from pgdr.wal.chain import Chain
-from pgdr.wal.names import Segment, format_lsn, parse_segment
+from pgdr.wal.chain import Chain, choose_timeline
+from pgdr.wal.names import Segment, format_lsn, parse_lsn, parse_segment, segment_of_lsn
 from pgdr.wal.server import connect
 
 STALE_HEARTBEAT_S = 10.0
@@ -65,6 +70,7 @@ class WalStatus:
     lag_seconds: float | None = None
     synchronous: bool = False
     problems: list[str] = field(default_factory=list)
+    backups_without_wal: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +126,33 @@ def wal_status(
     report.window_start = window_start
     report.window_end = report.newest_wal_at if window_start is not None else None
     return report
+
+
+def usable_backup_stops(
+    chain: Chain, backups: list[tuple[str, int, str, str, float]]
+) -> tuple[list[float], list[str]]:
+    """Stop times of the backups whose WAL is all here, and why the others are not usable.
+
+    ``backups`` are (id, timeline, start LSN, stop LSN, stop time as a timestamp).
+    """
+    stops: list[float] = []
+    missing: list[str] = []
+    for backup_id, tli, start, stop, stop_at in backups:
+        start_lsn = parse_lsn(start)
+        try:
+            target = choose_timeline(chain, tli, start_lsn, None)
+            chain.needed(
+                target,
+                start_lsn,
+                None,
+                use_partial=True,
+                required_until=segment_of_lsn(parse_lsn(stop), chain.segment_size),
+            )
+        except CheckFailed as exc:
+            missing.append(f"backup {backup_id}: {exc.message}")
+            continue
+        stops.append(stop_at)
+    return stops, missing
 
 
 def repository_end(archive: WalArchive, chain: Chain) -> int | None:
@@ -223,14 +256,18 @@ def repository_wal_status(
 ) -> WalStatus:
     """``pgdr wal status`` of ``repo``: its archive, and the recovery window its backups open.
 
-    The window starts at the oldest base backup of this database system (WAL before it is of
-    no use) and ends at the newest WAL stored; with ``conninfo`` the lag is measured against
-    the server and the problems are listed.
+    The window starts at the oldest base backup of this database system whose WAL this
+    repository holds in full (the others are listed as without their WAL) and ends at the
+    newest WAL stored; with ``conninfo`` the lag is measured against the server and the
+    problems are listed.
     """
     archive = repository_archive(repo)
-    stops = [
-        m.stop_datetime.timestamp()
+    backups = [
+        (m.id, m.timeline, m.start_lsn, m.stop_lsn, m.stop_datetime.timestamp())
         for m in repo.list_backups()
         if m.system_identifier == str(archive.system_identifier)
     ]
-    return observe_wal(archive, min(stops) if stops else None, conninfo, limits)
+    stops, without = usable_backup_stops(Chain.load(archive), backups)
+    report = observe_wal(archive, min(stops) if stops else None, conninfo, limits)
+    report.backups_without_wal = without
+    return report

@@ -1,0 +1,167 @@
+"""`pgdr agent` under faults: a clone under a second name, a database down at start, a
+repository that cannot be written. The agent keeps running, says what is wrong (log and
+`pgdr status`) and recovers by itself when the fault goes away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fixtures.agent import AgentEnv, agent_env, new_cluster
+from pgdr.config import PgdrSettings
+
+TWO_NAMES = """
+[agent]
+retry_base_s = 1
+retry_max_s = 2
+connect_retry_max_s = 1
+stop_grace_s = 60
+[repositories.primary]
+url = "{root}/repo"
+[databases.main]
+url_env = "MAIN_URL"
+wal = false
+[databases.main.schedule]
+full = "1h"
+restore_test = "off"
+uptime = "off"
+[databases.clone]
+url_env = "CLONE_URL"
+wal = false
+[databases.clone.schedule]
+full = "1h"
+restore_test = "off"
+uptime = "off"
+"""
+
+FAULTS = """
+[agent]
+retry_base_s = 1
+retry_max_s = 2
+connect_retry_max_s = 1
+stop_grace_s = 60
+[repositories.primary]
+url = "{root}/repo"
+[repositories.blocked]
+url = "{root}/blocker/repo"
+[databases.down]
+url_env = "DOWN_URL"
+[databases.down.schedule]
+full = "1h"
+restore_test = "off"
+uptime = "2s"
+[databases.norepo]
+url_env = "NOREPO_URL"
+repositories = ["blocked"]
+[databases.norepo.schedule]
+full = "1h"
+restore_test = "off"
+uptime = "off"
+"""
+
+
+def backups(a: AgentEnv, db: str) -> list[str]:
+    return [e["summary"]["backup_id"] for e in a.events(db, "backup_full", "finished")]
+
+
+@pytest.mark.timeout(600)
+def test_two_names_for_one_cluster_are_refused(
+    settings: PgdrSettings, tmp_path: Path, agent_procs: list[AgentEnv]
+) -> None:
+    cluster = new_cluster(settings, "twins")
+    try:
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE other")
+        a = agent_env(
+            settings,
+            tmp_path,
+            TWO_NAMES,
+            MAIN_URL=cluster.conninfo(),
+            CLONE_URL=cluster.conninfo("other"),
+        )
+        agent_procs.append(a)
+        proc = a.start()
+
+        def one_refused() -> bool:
+            try:
+                states = [a.state(db).get("problem") or "" for db in ("main", "clone")]
+            except (OSError, ValueError):
+                return False
+            return sum(s.startswith("Refused") for s in states) == 1 and any(
+                backups(a, db) for db in ("main", "clone")
+            )
+
+        a.wait_for(one_refused, timeout=240, what="one name refused, the other backed up")
+        code, report = a.status()
+        refused = next(
+            n for n, d in report["databases"].items() if (d["agent"] or {}).get("problem")
+        )
+        served = "clone" if refused == "main" else "main"
+        assert report["databases"][refused]["state"] == "unprotected"
+        assert "already configured as" in report["databases"][refused]["reasons"][-1]
+        assert not backups(a, refused)
+        assert backups(a, served)
+        assert code == 2  # the worst database decides
+        assert a.stop(proc) == 0
+    finally:
+        cluster.destroy()
+
+
+@pytest.mark.timeout(600)
+def test_database_down_and_repository_unwritable_are_reported_and_retried(
+    settings: PgdrSettings, tmp_path: Path, agent_procs: list[AgentEnv]
+) -> None:
+    down = new_cluster(settings, "down")
+    norepo = new_cluster(settings, "norepo")
+    try:
+        down.stop()
+        (tmp_path / "blocker").write_text("a file where the repository's directory should be")
+        a = agent_env(
+            settings,
+            tmp_path,
+            FAULTS,
+            DOWN_URL=down.conninfo(),
+            NOREPO_URL=norepo.conninfo(),
+        )
+        agent_procs.append(a)
+        proc = a.start()
+
+        def both_reported() -> bool:
+            try:
+                problem = a.state("down").get("problem") or ""
+            except (OSError, ValueError):
+                return False
+            return (
+                "unreachable" in problem and len(a.events("norepo", "backup_full", "failed")) >= 2
+            )
+
+        a.wait_for(both_reported, timeout=180, what="the outage and the failing backups")
+        assert proc.poll() is None  # the agent keeps running
+        code, report = a.status()
+        assert code == 2
+        down_status = report["databases"]["down"]
+        assert down_status["state"] == "unprotected"  # no backup yet
+        assert "The database is unreachable, retrying" in down_status["agent"]["problem"]
+        norepo_status = report["databases"]["norepo"]
+        reasons = norepo_status["reasons"]
+        assert norepo_status["state"] == "unprotected", reasons
+        failing = [r for r in reasons if "backup_full job is failing" in r]
+        assert failing and "blocker" in failing[0], reasons  # the storage's own sentence
+        assert "unreachable, retrying" in a.log()
+
+        # the faults go away: both are backed up without a restart
+        down.start()
+        (tmp_path / "blocker").unlink()
+        a.wait_for(
+            lambda: bool(backups(a, "down")) and bool(backups(a, "norepo")),
+            timeout=240,
+            what="backups once the database and the repository are back",
+        )
+        assert a.stop(proc) == 0
+        assert "Traceback" not in a.log()
+    finally:
+        down.destroy()
+        norepo.destroy()

@@ -1,0 +1,210 @@
+"""Parallel backups read from the data directory (``--method files``), parallel and delta restores.
+
+Real servers (PostgreSQL 15 and 18): both backup kinds restore, pass ``pg_verifybackup`` and
+start with the data; a killed parallel backup or restore leaves nothing listed or half-written
+and the next run succeeds; a delta restore rewrites only what differs and is row-exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import Server, run_cli
+from fixtures.backup import add_rows, count_rows
+from pgdr.backup import Repository, take_backup
+from pgdr.backup.files import Locality, choose_method, locate
+from pgdr.cluster import LocalCluster, choose_installation, installation_for_major
+from pgdr.config import PgdrSettings
+from pgdr.core.errors import ConfigError
+from pgdr.restore import adopt_restored, restore_backup
+from pgdr.restore.delta import delta_restore
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _table_digest(conninfo: str, table: str) -> str:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            f"SELECT md5(string_agg(t::text, ',' ORDER BY i)) FROM {table} t"
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+
+@pytest.mark.parametrize("method", ["files", "stream"])
+def test_both_methods_restore_verify_and_start(
+    server: Server, repo: Repository, scratch: Path, settings: PgdrSettings, method: str
+) -> None:
+    db = server.new_database()
+    add_rows(db, "kept", 3000)
+    chosen: list[tuple[str, str]] = []
+    manifest = take_backup(
+        repo,
+        server.cluster.conninfo(),
+        method=method,
+        workers=2,
+        on_method=lambda *a: chosen.append(a),
+    )
+    assert chosen == [(method, "")]
+    assert all(c.size == manifest.chunk_size for c in manifest.chunks[:-1])
+    assert all(f.sha256 for f in manifest.files if f.kind == "file")
+    paths = {f.path for f in manifest.files}
+    assert {"backup_label", "backup_manifest", "global/pg_control", "PG_VERSION"} <= paths
+    assert not {"postmaster.pid", "postmaster.opts"} & paths
+    assert any(p.startswith("pg_wal/0000") for p in paths)
+
+    target = scratch / "restored"
+    restore_backup(repo, manifest.id, target, check_files=True)
+    tool = installation_for_major(manifest.pg_major, settings.pg_bin).tool("pg_verifybackup")
+    verified = subprocess.run([str(tool), str(target)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    cluster = adopt_restored(settings, target, manifest.pg_major, scratch / "cluster")
+    cluster.start()
+    try:
+        dbname = str(psycopg.conninfo.conninfo_to_dict(db)["dbname"])
+        assert count_rows(cluster.conninfo(dbname), "kept") == 3000
+    finally:
+        cluster.stop()
+
+
+def test_auto_falls_back_to_the_stream_with_a_reason(pg18: Server) -> None:
+    conninfo = pg18.cluster.conninfo()
+    here = locate(conninfo, "1", 18)
+    assert here.data_dir is None and "another database system" in here.reason
+    assert choose_method("auto", here, False) == (
+        "stream",
+        f"Streamed with pg_basebackup because {here.reason}.",
+    )
+    with pytest.raises(ConfigError, match="files backup method cannot be used"):
+        choose_method("files", here, False)
+    beside = Locality(pg18.cluster.data_dir, "")
+    assert choose_method("auto", beside, False) == ("files", "")
+    assert choose_method("auto", beside, True)[0] == "stream"  # incremental: pg_basebackup
+    assert locate(conninfo, "1", 14).reason.startswith("PostgreSQL 14 has no pg_backup_start")
+
+
+@pytest.fixture(scope="module")
+def busy_pg(settings: PgdrSettings) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(settings.home / "clusters" / "backup-parallel", settings)
+    cluster.create(choose_installation(None, 18))
+    cluster.start()
+    add_rows(cluster.conninfo(), "payload", 300000)
+    yield cluster
+    cluster.destroy()
+
+
+def _kill_after(args: list[str], env: dict[str, str], delay: float) -> bool:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgdr", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def _backup_sessions(cluster: LocalCluster) -> int:
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgdr_backup_%'"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_killed_parallel_backup_and_restore(
+    busy_pg: LocalCluster, backup_env: dict[str, str], scratch: Path
+) -> None:
+    env = backup_env | {"DATABASE_URL": busy_pg.conninfo(), "PGDR_BACKUP_METHOD": "files"}
+    first = run_cli("backup", "--json", env=env)
+    assert first.code == 0, first.stderr
+    first_id = json.loads(first.stdout)["id"]
+    assert json.loads(first.stdout)["method"] == "files"
+    killed = sum(_kill_after(["backup"], env, delay) for delay in (0.8, 1.5, 2.5))
+    assert killed >= 1
+    listed = json.loads(run_cli("backup", "list", "--json", env=env).stdout)["backups"]
+    assert listed[0]["id"] == first_id
+    verify = run_cli("backup", "verify", "--all", env=env)
+    assert verify.code == 0, verify.stdout + verify.stderr
+    for _ in range(50):  # the server ends the backup and drops the slot with the connection
+        if _backup_sessions(busy_pg) == 0:
+            break
+        time.sleep(0.2)
+    assert _backup_sessions(busy_pg) == 0
+    after = run_cli("backup", "--json", env=env)
+    assert after.code == 0, after.stderr
+    info = json.loads(run_cli("repo", "info", "--json", env=env).stdout)
+    assert info["incomplete"] == [] and info["lock"] is None
+
+    target = scratch / "r"
+    killed = sum(
+        _kill_after(["restore", first_id, "--to", str(target)], env, delay) for delay in (0.8, 1.6)
+    )
+    assert killed >= 1
+    assert not target.exists()  # a restore is renamed into place only when complete
+    restored = run_cli("restore", first_id, "--to", str(target), env=env)
+    assert restored.code == 0, restored.stderr
+    assert (target / "PG_VERSION").is_file()
+
+
+def test_delta_restore_rewrites_only_what_differs(
+    pg18: Server, repo: Repository, scratch: Path, settings: PgdrSettings
+) -> None:
+    db = pg18.new_database()
+    add_rows(db, "accounts", 60000)
+    dbname = str(psycopg.conninfo.conninfo_to_dict(db)["dbname"])
+    expected = _table_digest(db, "accounts")
+    manifest = take_backup(repo, pg18.cluster.conninfo(), method="files")
+    data = scratch / "data"
+    full = restore_backup(repo, manifest.id, data)
+
+    # A pgbench-like change on the restored copy: 1% of rows updated, rows added, a new table.
+    cluster = adopt_restored(settings, data, manifest.pg_major, scratch / "c1")
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.conninfo(dbname), autocommit=True) as conn:
+            conn.execute("UPDATE accounts SET note = 'changed' WHERE i % 100 = 7")
+            conn.execute("INSERT INTO accounts SELECT g, 'new' FROM generate_series(1, 500) g")
+            conn.execute("CREATE TABLE extra AS SELECT generate_series(1, 1000) AS i")
+            conn.execute("CHECKPOINT")
+        assert _table_digest(cluster.conninfo(dbname), "accounts") != expected
+        with pytest.raises(ConfigError, match="is running on"):
+            delta_restore(repo, manifest.id, data, force=True)
+    finally:
+        cluster.stop()
+    with pytest.raises(ConfigError, match="pass --force"):
+        delta_restore(repo, manifest.id, data)
+
+    result = delta_restore(repo, manifest.id, data, force=True)
+    assert 0 < result.bytes_restored < full.bytes_restored / 4
+    reference = scratch / "reference"
+    restore_backup(repo, manifest.id, reference)
+    assert _tree(data) == _tree(reference)  # byte for byte the backup, extras removed
+
+    again = adopt_restored(settings, data, manifest.pg_major, scratch / "c2")
+    again.start()
+    try:
+        assert _table_digest(again.conninfo(dbname), "accounts") == expected
+    finally:
+        again.stop()
