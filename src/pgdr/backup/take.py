@@ -41,6 +41,7 @@ from pgdr.backup.manifest import (
     now_utc,
 )
 from pgdr.backup.repository import Repository
+from pgdr.backup.seen import remember_backup
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import installation_for_major
 from pgdr.core import runner
@@ -237,10 +238,10 @@ def take_backup(
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
     bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key``
     allows sealing with a key other than the one of the repository's existing backups.
-    ``method`` is
-    ``files`` (parallel workers reading the data directory, see :mod:`pgdr.backup.files`),
-    ``stream`` (``pg_basebackup``) or ``auto`` (files when the data directory is readable here);
-    ``on_method(method, note)`` learns the choice and why ``auto`` fell back.
+    ``method`` is ``files`` (parallel workers reading the data directory, see
+    :mod:`pgdr.backup.files`), ``stream`` (``pg_basebackup``) or ``auto`` (files when the data
+    directory is readable here); ``on_method(method, note)`` learns the choice and why ``auto``
+    fell back.
     """
     facts = facts or server_facts(conninfo)
     locality = locate(conninfo, facts.system_identifier, facts.major)
@@ -333,6 +334,7 @@ def take_backup(
                 manifest.wrapped_key = master.wrap(data_key)
                 manifest.sign_with(data_key)
                 store.put(repo.manifest_key(backup_id), manifest.to_json())
+                remember_backup(repo, backup_id, manifest.stop_lsn, manifest.stop_time)
             except BaseException as exc:
                 _abandon(repo, backup_id)
                 if isinstance(exc, PgdrError):

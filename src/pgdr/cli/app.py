@@ -18,6 +18,7 @@ from pgdr.cli import (
     agent,
     backup,
     check,
+    cluster,
     db,
     demo,
     drill,
@@ -75,6 +76,7 @@ def root(
 # Getting started and the database itself
 app.command()(demo.demo)
 app.add_typer(db.app, name="db")
+app.add_typer(cluster.app, name="cluster")
 app.command()(pool.health)
 app.add_typer(pool.app, name="pool")
 app.add_typer(sample.app, name="sample")
@@ -83,6 +85,7 @@ app.add_typer(profile.app, name="profile")
 app.add_typer(backup.app, name="backup")
 app.add_typer(dump.app, name="dump")
 app.command()(restore.restore)
+app.command()(cluster.cleanup)
 app.add_typer(wal.app, name="wal")
 wal.app.command("find")(walfind.find)
 app.command()(mark.mark)

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from pgdr.cli.common import JsonOption, settings
-from pgdr.cluster import LocalCluster, choose_installation, default_cluster
+from pgdr.cluster import LocalCluster, default_cluster
+from pgdr.cluster.registry import prepare_default
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, err_console, key_value_table, styled
 
@@ -31,17 +32,20 @@ def start(
     no_checksums: Annotated[
         bool, typer.Option("--no-checksums", help="Create without data checksums.")
     ] = False,
+    new: Annotated[
+        bool,
+        typer.Option("--new", help="Create an empty database even where pgdr created one before."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Create the embedded database on first use, then start it."""
+    """Create the embedded database on first use, then start it.
+
+    Where pgdr created one before and its data is gone, it refuses and names the restore
+    command instead (unless --new); a data directory restored into its place is taken over.
+    """
     cluster = _cluster()
-    created = False
-    if not cluster.exists:
-        s = cluster.settings
-        installation = choose_installation(s.pg_bin, pg_version or s.pg_version)
-        cluster.create(installation, port=port, checksums=not no_checksums)
-        created = True
-    elif port is not None and port != cluster.port:
+    created = prepare_default(cluster, port, pg_version, not no_checksums, new)
+    if not created and port is not None and port != cluster.port:
         if cluster.status().running:
             raise ConfigError(
                 f"The embedded database is already running on port {cluster.port}; stop it first."

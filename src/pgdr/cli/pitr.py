@@ -47,6 +47,22 @@ TimelineOption = Annotated[
         "the newest timeline holding WAL).",
     ),
 ]
+ExclusiveOption = Annotated[
+    bool,
+    typer.Option(
+        "--exclusive",
+        help="Stop just before the target transaction, time or LSN (e.g. the xid of a bad "
+        "DELETE), instead of just after it.",
+    ),
+]
+AcceptRollbackOption = Annotated[
+    bool,
+    typer.Option(
+        "--accept-rollback",
+        help="With --latest: restore even though the repository lost backups or WAL that "
+        "pgdr recorded (the result is older than the latest state).",
+    ),
+]
 NewClusterOption = Annotated[
     bool,
     typer.Option("--new-cluster", help="Restore into a new pgdr cluster left running."),
@@ -64,6 +80,7 @@ def restore_to_point(
     port: int | None,
     timeline: str | None,
     as_json: bool,
+    accept_rollback: bool = False,
 ) -> None:
     if target is None:
         raise ConfigError("--new-cluster restores to a point: add --latest or a --target-*.")
@@ -76,7 +93,7 @@ def restore_to_point(
         note = wait_for_streamer(archive)
         if note:
             notes.append(note)
-    plan = plan_pitr(repo, archive, target, backup_id, timeline)
+    plan = plan_pitr(repo, archive, target, backup_id, timeline, accept_rollback)
     cluster_dir = new_cluster_dir(repo.settings, "pitr", plan.backup.id)
     data_dir = to if to is not None else cluster_dir / "data"
     total = plan.total_bytes(repo, archive.segment_size)

@@ -37,12 +37,16 @@ def restore(
         bool,
         typer.Option("--start", help="Start it on a free port and print its connection URL."),
     ] = False,
-    port: Annotated[int | None, typer.Option(help="Port for --start (default: free).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port for --start (default: free).", min=1, max=65535)
+    ] = None,
     target_time: pitr.TargetTimeOption = None,
     target_lsn: pitr.TargetLsnOption = None,
     target_xid: pitr.TargetXidOption = None,
     target_name: pitr.TargetNameOption = None,
     latest: pitr.LatestOption = False,
+    exclusive: pitr.ExclusiveOption = False,
+    accept_rollback: pitr.AcceptRollbackOption = False,
     timeline: pitr.TimelineOption = None,
     new_cluster: pitr.NewClusterOption = False,
     check_files: Annotated[
@@ -70,10 +74,20 @@ def restore(
     --target-lsn, --target-xid, --target-name or --latest: point-in-time recovery (see
     docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running.
     """
-    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest)
+    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     if target is not None or new_cluster:
         pitr.restore_to_point(
-            target, backup_id, to, repo_name, new_cluster, start, force, port, timeline, as_json
+            target,
+            backup_id,
+            to,
+            repo_name,
+            new_cluster,
+            start,
+            force,
+            port,
+            timeline,
+            as_json,
+            accept_rollback,
         )
         return
     if backup_id is None or to is None:

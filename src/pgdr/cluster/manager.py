@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -186,17 +187,43 @@ class LocalCluster:
         )
         self._record(inst, port, checksums=checksums)
 
-    def adopt(self, installation: PgInstallation, port: int | None = None) -> None:
-        """Take over a data directory put in place by someone else (a restore), ready to start."""
+    def adopt(
+        self,
+        installation: PgInstallation,
+        port: int | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        """Take over a data directory put in place by someone else (a restore), ready to start.
+
+        The data directory's configuration is left as it is: pgdr's settings (port, socket
+        directory, ``listen_addresses`` and ``options``) are recorded in ``cluster.json`` and
+        given on the server's command line at each start, so the directory still starts with
+        its own configuration under a plain ``pg_ctl``.
+        """
         if not (self.data_dir / "PG_VERSION").is_file():
             raise RuntimeFailure(f"{self.data_dir} is not a PostgreSQL data directory.")
         inst = reachable_installation(installation, self.user, self.settings.home / "runtime")
         port = port or find_free_port()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o711)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self.user.own(self.socket_dir, 0o700)
+        self.log_file.touch()
+        self.user.own(self.log_file, 0o600)
         self._chown_tree(self.data_dir)
-        self._append_config(BASE_CONFIG.format(port=port, socket_dir=self.socket_dir))
-        self._record(inst, port, adopted=True)
+        server_options = {
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self.socket_dir),
+            "unix_socket_permissions": "0700",
+            **(options or {}),
+        }
+        self._record(
+            inst,
+            port,
+            adopted=True,
+            data_dir=str(self.data_dir),
+            server_options=server_options,
+        )
 
     def _record(self, inst: PgInstallation, port: int, **extra: Any) -> None:
         self._write_meta(
@@ -274,8 +301,19 @@ class LocalCluster:
     def set_port(self, port: int) -> None:
         meta = self._meta()
         meta["port"] = port
-        self._append_config(f"port = {port}\n")
+        if "server_options" not in meta:
+            self._append_config(f"port = {port}\n")
         self._write_meta(meta)
+
+    def _command_line(self) -> list[str]:
+        """``pg_ctl -o`` with pgdr's settings for an adopted cluster (pg_ctl hands the string
+        to a shell, hence the quoting); nothing for a cluster pgdr created."""
+        meta = self._meta()
+        options: dict[str, str] = meta.get("server_options") or {}
+        if not options:
+            return []
+        settings = {**options, "port": str(meta["port"])}
+        return ["-o", " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())]
 
     def start(self, timeout: float = START_TIMEOUT_S) -> list[str]:
         """Start the server and wait until it accepts connections; returns notes to show."""
@@ -298,6 +336,7 @@ class LocalCluster:
                 self.data_dir,
                 "-l",
                 self.log_file,
+                *self._command_line(),
                 "-w",
                 "-t",
                 str(int(timeout)),
@@ -447,6 +486,22 @@ def _is_postgres_for(pid: int, data_dir: Path) -> bool:
     except OSError:
         return True  # cannot inspect (another user's process): assume it is ours
     return cmdline.endswith(b"postgres") and cwd.resolve() == data_dir.resolve()
+
+
+def named_cluster(settings: PgdrSettings, name: str) -> LocalCluster:
+    """The cluster ``$PGDR_HOME/clusters/NAME``, with the data directory its record names."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"{name!r} is not a cluster name (see `pgdr cluster list`).")
+    directory = settings.home / "clusters" / name
+    meta_file = directory / "cluster.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"There is no cluster {name!r} (see `pgdr cluster list`).") from None
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"The record of cluster {name!r} cannot be read: {exc}.") from exc
+    data_dir = meta.get("data_dir")
+    return LocalCluster(directory, settings, name, Path(data_dir) if data_dir else None)
 
 
 def default_cluster(settings: PgdrSettings) -> LocalCluster:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pgdr.cluster.manager import default_cluster
+from pgdr.cluster.registry import lost_default
 from pgdr.config.settings import PgdrSettings
 from pgdr.config.target import Target, configured_target
 from pgdr.core.errors import RuntimeFailure
@@ -22,6 +23,9 @@ def resolve_target(
     if configured is not None:
         return configured
     cluster = default_cluster(settings)
+    lost = lost_default(settings)
+    if lost:
+        raise RuntimeFailure(lost)
     if not cluster.exists:
         raise RuntimeFailure(
             "No database is configured and the embedded default does not exist yet; "

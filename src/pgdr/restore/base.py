@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk, fetch_chunk_pieces
@@ -38,6 +38,14 @@ from pgdr.core import runner
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.log import logger
 from pgdr.crypto import DataKey, parallel_map
+from pgdr.restore.beneath import Beneath, check_layout
+from pgdr.restore.staging import (
+    check_space,
+    remove_stale,
+    restore_record,
+    staging_dir,
+    write_failure,
+)
 
 log = logger(__name__)
 
@@ -92,7 +100,9 @@ class _Extractor(TarReader):
 
     def __init__(self, root: Path, manifest: Manifest, owner: ServiceUser | None) -> None:
         super().__init__()
+        check_layout(manifest.files, manifest.id)
         self.root = root
+        self.beneath = Beneath(root)
         self.manifest = manifest
         self.expected: dict[str, FileEntry] = {f.path: f for f in manifest.files}
         self.seen: set[str] = set()
@@ -106,40 +116,39 @@ class _Extractor(TarReader):
         if digest != self.expected[path].sha256:
             self.mismatched.append(path)
 
-    def _path(self, name: str) -> Path:
-        pure = PurePosixPath(name)
-        if pure.is_absolute() or ".." in pure.parts:
-            raise DamagedBackup(
-                f"Backup {self.manifest.id} contains an unsafe path {name!r}; refusing it."
-            )
-        return self.root.joinpath(*pure.parts)
-
-    def _chown(self, path: Path | int) -> None:
+    def _ids(self) -> tuple[int, int] | None:
         if self.owner is not None and self.owner.switch:
-            if isinstance(path, int):
-                os.fchown(path, self.owner.uid, self.owner.gid)
-            else:
-                os.lchown(path, self.owner.uid, self.owner.gid)
+            return self.owner.uid, self.owner.gid
+        return None
 
     def on_member(self, member: TarMember) -> None:
-        if member.path not in self.expected:
+        entry = self.expected.get(member.path)
+        if entry is None or member.path in self.seen:
             raise DamagedBackup(
                 f"Backup {self.manifest.id} holds {member.path}, which its manifest does not list."
             )
+        if (member.kind, member.linkname if member.kind == "symlink" else "") != (
+            entry.kind,
+            entry.linkname if entry.kind == "symlink" else "",
+        ):
+            raise DamagedBackup(
+                f"{member.path} in backup {self.manifest.id} is not what its manifest records."
+            )
         self.seen.add(member.path)
-        path = self._path(member.path)
+        ids = self._ids()
         if member.kind == "dir":
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._chown(path)
+            fd = self.beneath.mkdir(member.path)
+            if ids:
+                os.fchown(fd, *ids)
+            os.close(fd)
         elif member.kind == "file":
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self._chown(self._fd)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            self._fd = self.beneath.open(member.path, flags, create_parents=True)
+            if ids:
+                os.fchown(self._fd, *ids)
             self._hasher.start(member.path)
         elif member.kind == "symlink":
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.symlink_to(member.linkname)
-            self._chown(path)
+            self.beneath.symlink(member.path, member.linkname, ids)
 
     def on_data(self, member: TarMember, data: memoryview) -> None:
         if self._fd is not None:
@@ -162,6 +171,7 @@ class _Extractor(TarReader):
 
     def finish(self) -> None:
         self.close()
+        self.beneath.close()
         self._hasher.close()
         if self.mismatched:
             raise DamagedBackup(
@@ -184,6 +194,7 @@ class _Extractor(TarReader):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self.beneath.close()
 
 
 PIECE = 1 << 20
@@ -210,40 +221,31 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _safe_path(root: Path, name: str, backup_id: str) -> Path:
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise DamagedBackup(f"Backup {backup_id} contains an unsafe path {name!r}; refusing it.")
-    return root.joinpath(*pure.parts)
-
-
 def _end(entry: FileEntry) -> int:
     return entry.offset + entry.size
 
 
 def _create_layout(manifest: Manifest, target: Path, owner: ServiceUser | None) -> list[FileEntry]:
     """Directories, empty files and symlinks from the manifest; returns the regular files."""
-    switch = owner is not None and owner.switch
+    check_layout(manifest.files, manifest.id)
+    ids = (owner.uid, owner.gid) if owner is not None and owner.switch else None
     files: list[FileEntry] = []
-    for entry in manifest.files:
-        path = _safe_path(target, entry.path, manifest.id)
-        if entry.kind == "dir":
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.chmod(0o700)
-        elif entry.kind == "file":
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            files.append(entry)
-        elif entry.kind == "symlink":
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.symlink_to(entry.linkname)
-        else:
-            raise DamagedBackup(
-                f"Backup {manifest.id} holds {entry.path} of a kind pgdr cannot restore."
-            )
-        if switch:
-            assert owner is not None
-            os.lchown(path, owner.uid, owner.gid)
+    with Beneath(target) as beneath:
+        for entry in manifest.files:
+            if entry.kind == "symlink":
+                beneath.symlink(entry.path, entry.linkname, ids)
+                continue
+            if entry.kind == "dir":
+                fd = beneath.mkdir(entry.path)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                fd = beneath.open(entry.path, flags, create_parents=True)
+                files.append(entry)
+            try:
+                if ids:
+                    os.fchown(fd, *ids)
+            finally:
+                os.close(fd)
     return files
 
 
@@ -257,11 +259,13 @@ class _ChunkWriter:
         data_key: DataKey,
         target: Path,
         files: list[FileEntry],
+        beneath: Beneath,
     ) -> None:
         self.repo = repo
         self.manifest = manifest
         self.data_key = data_key
         self.target = target
+        self.beneath = beneath
         self.holders: list[list[FileEntry]] = [[] for _ in manifest.chunks]
         for entry in sorted(files, key=lambda f: f.offset):
             if entry.size:
@@ -298,7 +302,7 @@ class _ChunkWriter:
             return
         fd = fds.get(entry.path)
         if fd is None:
-            fd = fds[entry.path] = os.open(self.target / entry.path, os.O_WRONLY)
+            fd = fds[entry.path] = self.beneath.open(entry.path, os.O_WRONLY)
         os.pwrite(fd, view[low - position : high - position], low - entry.offset)
         start_writeback(fd, low - entry.offset, high - low)
 
@@ -320,14 +324,15 @@ def write_backup(
     the files it holds at their offsets, on several threads. Returns the bytes written.
     """
     files = _create_layout(manifest, target, owner)
-    writer = _ChunkWriter(repo, manifest, data_key, target, files)
     cpus = os.cpu_count() or 1
     workers = workers or repo.store.workers(cpus)
-    for size in parallel_map(writer, range(len(manifest.chunks)), workers):
-        if progress:
-            progress(size)
+    with Beneath(target) as beneath:
+        writer = _ChunkWriter(repo, manifest, data_key, target, files, beneath)
+        for size in parallel_map(writer, range(len(manifest.chunks)), workers):
+            if progress:
+                progress(size)
     for entry in files:
-        if (target / entry.path).stat().st_size != entry.size:
+        if (target / entry.path).lstat().st_size != entry.size:
             raise DamagedBackup(
                 f"{entry.path} in backup {manifest.id} was not restored to its recorded size."
             )
@@ -428,17 +433,48 @@ def restore_backup(
     chain = backup_chain(repo, manifest)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     total = sum(m.stream_size for m in chain)
+    remove_stale(target.parent)
+    check_space(target.parent, total, "restore")
     if on_start:
         on_start(manifest, total)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.pgdr-restore-{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with restore_record(repo.settings, target):
+            written, files, notes = _restore_into(
+                repo, chain, target, owner, progress, workers, check_files, force
+            )
+    except OSError as exc:
+        raise write_failure(exc, target.parent, "restore") from exc
+    return RestoreResult(
+        backup_id=manifest.id,
+        data_dir=target,
+        chain=[m.id for m in chain],
+        pg_major=manifest.pg_major,
+        pg_version=manifest.pg_version,
+        bytes_restored=written,
+        files=files,
+        duration_s=time.monotonic() - began,
+        notes=notes,
+    )
+
+
+def _restore_into(
+    repo: Repository,
+    chain: list[Manifest],
+    target: Path,
+    owner: ServiceUser,
+    progress: Progress | None,
+    workers: int | None,
+    check_files: bool,
+    force: bool,
+) -> tuple[int, int, list[str]]:
+    """Write ``chain`` into a staging sibling of ``target``, then rename it into place; the
+    staging (and any chain scratch) is removed whatever happens."""
+    manifest = chain[-1]
+    staging = staging_dir(target)
     scratch: list[Path] = []
     notes: list[str] = []
-    written = 0
-    files = 0
     try:
-        if staging.exists():
-            shutil.rmtree(staging)
         if len(chain) == 1:
             staging.mkdir(mode=0o700)
             owner.own(staging, 0o700)
@@ -452,13 +488,15 @@ def restore_backup(
             )
             notes.append(f"Combined {len(chain)} backups with pg_combinebackup.")
         os.sync()
-        if target.exists():
-            aside = target.with_name(f".{target.name}.pgdr-replaced-{os.getpid()}")
+        if target.exists() and force:
+            aside = staging_dir(target, "replaced")
             target.rename(aside)
             staging.rename(target)
             shutil.rmtree(aside, ignore_errors=True)
             notes.append(f"Replaced the previous contents of {target} (--force).")
         else:
+            if target.exists():
+                target.rmdir()  # an empty directory (checked): never anything else
             staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -466,17 +504,7 @@ def restore_backup(
     finally:
         for path in scratch:
             shutil.rmtree(path, ignore_errors=True)
-    return RestoreResult(
-        backup_id=manifest.id,
-        data_dir=target,
-        chain=[m.id for m in chain],
-        pg_major=manifest.pg_major,
-        pg_version=manifest.pg_version,
-        bytes_restored=written,
-        files=files,
-        duration_s=time.monotonic() - began,
-        notes=notes,
-    )
+    return written, files, notes
 
 
 def _restore_chain(

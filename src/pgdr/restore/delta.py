@@ -30,7 +30,8 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError
 from pgdr.crypto import parallel_map
-from pgdr.restore.base import RestoreResult, _ChunkWriter, _safe_path, backup_chain
+from pgdr.restore.base import RestoreResult, _ChunkWriter, backup_chain
+from pgdr.restore.beneath import Beneath, check_layout, joined
 
 PAGE = 8192
 HASH_BELOW = 1 << 20  # smaller files are hashed first; larger ones compared chunk by chunk
@@ -83,7 +84,7 @@ class _DeltaWriter(_ChunkWriter):
             return
         fd = fds.get(entry.path)
         if fd is None:
-            fd = fds[entry.path] = os.open(self.target / entry.path, os.O_RDWR)
+            fd = fds[entry.path] = self.beneath.open(entry.path, os.O_RDWR)
         at = low - entry.offset
         wanted = view[low - position : high - position]
         present = os.pread(fd, len(wanted), at)
@@ -145,7 +146,7 @@ def _lay_out(target: Path, manifest: Manifest, owner: ServiceUser) -> list[FileE
     """Directories and links as the backup has them; returns the regular files."""
     files: list[FileEntry] = []
     for entry in manifest.files:
-        path = _safe_path(target, entry.path, manifest.id)
+        path = joined(target, entry.path, manifest.id)
         if entry.kind == "dir" and not path.is_dir():
             path.mkdir(mode=0o700, parents=True)
         elif entry.kind == "symlink":
@@ -184,17 +185,19 @@ def delta_restore(
             "(restore without --delta)."
         )
     data_key = manifest.authenticate(repo.master_key, f"of backup {manifest.id}")
+    check_layout(manifest.files, manifest.id)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     workers = workers or len(os.sched_getaffinity(0))
     removed = _remove_extra(target, {f.path: f for f in manifest.files})
     files = _lay_out(target, manifest, owner)
     checks = parallel_map(lambda f: _differs(target, f, owner), files, workers)
     changed = [f for f, differs in zip(files, checks, strict=True) if differs]
-    writer = _DeltaWriter(repo, manifest, data_key, target, changed)
-    indexes = [i for i, holders in enumerate(writer.holders) if holders]
-    for size in parallel_map(writer, indexes, workers):
-        if progress:
-            progress(size)
+    with Beneath(target) as beneath:
+        writer = _DeltaWriter(repo, manifest, data_key, target, changed, beneath)
+        indexes = [i for i, holders in enumerate(writer.holders) if holders]
+        for size in parallel_map(writer, indexes, workers):
+            if progress:
+                progress(size)
     os.sync()
     for entry in changed:
         if (target / entry.path).stat().st_size != entry.size:

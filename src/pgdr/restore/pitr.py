@@ -28,7 +28,6 @@ been replayed, so pgdr restarts recovery to the end of the WAL and says so.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -41,12 +40,20 @@ import psycopg
 
 from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
+from pgdr.backup.seen import remember_wal, seen
 from pgdr.cluster import LocalCluster
 from pgdr.core.connect import connect
-from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.core.errors import CheckFailed, ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.log import logger
 from pgdr.crypto import CorruptObject, parallel_map
 from pgdr.restore.base import backup_chain, restore_backup
+from pgdr.restore.staging import (
+    check_space,
+    remove_stale,
+    restore_record,
+    staging_dir,
+    write_failure,
+)
 from pgdr.restore.start import adopt_restored
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import WalArchive
@@ -57,7 +64,9 @@ from pgdr.wal.names import (
     format_lsn,
     history_name,
     is_history,
+    is_segment,
     parse_lsn,
+    parse_segment,
     segment_of_lsn,
 )
 from pgdr.wal.server import current_timeline
@@ -81,13 +90,16 @@ class Target:
 
     kind: str
     value: str | None = None
+    exclusive: bool = False  # stop just before the target (recovery_target_inclusive = false)
 
     @property
     def moment(self) -> datetime | None:
         return parse_target_time(self.value) if self.kind == "time" and self.value else None
 
     def describe(self) -> str:
-        return "the latest WAL" if self.kind == "latest" else f"{self.kind} {self.value}"
+        if self.kind == "latest":
+            return "the latest WAL"
+        return ("just before " if self.exclusive else "") + f"{self.kind} {self.value}"
 
 
 def parse_target_time(text: str) -> datetime:
@@ -102,7 +114,12 @@ def parse_target_time(text: str) -> datetime:
 
 
 def make_target(
-    time_: str | None, lsn: str | None, xid: str | None, name: str | None, latest: bool
+    time_: str | None,
+    lsn: str | None,
+    xid: str | None,
+    name: str | None,
+    latest: bool,
+    exclusive: bool = False,
 ) -> Target | None:
     given: list[tuple[str, str | None]] = [
         (k, v)
@@ -114,15 +131,19 @@ def make_target(
     if len(given) > 1:
         raise ConfigError("Give one recovery target: --target-time, -lsn, -xid, -name or --latest.")
     if not given:
+        if exclusive:
+            raise ConfigError("--exclusive goes with --target-xid, --target-time or --target-lsn.")
         return None
     kind, value = given[0]
+    if exclusive and kind not in ("xid", "time", "lsn"):
+        raise ConfigError("--exclusive goes with --target-xid, --target-time or --target-lsn.")
     if kind == "time" and value is not None:
         parse_target_time(value)
     if kind == "lsn" and value is not None:
         parse_lsn(value)
     if kind == "xid" and value is not None and not value.isdigit():
         raise ConfigError(f"--target-xid {value!r} is not a transaction id.")
-    return Target(kind, value)
+    return Target(kind, value, exclusive)
 
 
 @dataclass
@@ -224,14 +245,91 @@ def _resolve_target(archive: WalArchive, target: Target) -> tuple[int | None, da
     return None, None
 
 
+def _recorded_wal(repo: Repository, archive: WalArchive) -> dict[int, int]:
+    """The newest WAL segment per timeline that pgdr recorded: this machine's memory and the
+    streamer's and archiver's states in the repository."""
+    recorded = {int(k): int(v) for k, v in seen(repo).get("wal", {}).items()}
+    names = []
+    for state, fields in (("streamer", ("last_segment", "partial")), ("partial", ("name",))):
+        values = archive.get_state(state) or {}
+        names += [str(values[f]) for f in fields if values.get(f)]
+    names.append(str((archive.get_state("archive") or {}).get("last_segment") or ""))
+    for name in names:
+        if is_segment(name[:24]):
+            seg = parse_segment(name[:24], archive.segment_size)
+            recorded[seg.timeline] = max(recorded.get(seg.timeline, -1), seg.segno)
+    return recorded
+
+
+def rollback_findings(
+    repo: Repository, archive: WalArchive, plan: PitrPlan, backups: list[Manifest], follow: bool
+) -> list[str]:
+    """What pgdr recorded of the repository that it no longer holds (empty when nothing):
+    a restore of "the latest" state would silently go back to an older one."""
+    found = []
+    record = seen(repo)
+    size = archive.segment_size
+    last = record.get("last_backup")
+    if last and last not in {m.id for m in backups}:
+        found.append(
+            f"backup {last} (taken from this machine, ending {record.get('last_backup_at')}) "
+            "is missing from the repository"
+        )
+    reached = plan.segments[-1][0] if plan.segments else None
+    recorded = _recorded_wal(repo, archive)
+    if reached is None:
+        return found
+    newest_tli = max(recorded, default=0)
+    if follow and newest_tli > plan.timeline:
+        seg = Segment(newest_tli, recorded[newest_tli])
+        found.append(f"the WAL of timeline {newest_tli} (up to {seg.name(size)}) is missing")
+    elif recorded.get(plan.timeline, -1) > reached.segno:
+        seg = Segment(plan.timeline, recorded[plan.timeline])
+        found.append(
+            f"the WAL ends at {reached.name(size)} although pgdr recorded WAL up to "
+            f"{seg.name(size)}"
+        )
+    lsn = record.get("last_backup_lsn")
+    if not found and lsn and segment_of_lsn(parse_lsn(str(lsn)), size) > reached.segno:
+        found.append(f"the WAL up to the end of backup {last} ({lsn}) is missing")
+    return found
+
+
+def _check_rollback(
+    repo: Repository,
+    archive: WalArchive,
+    plan: PitrPlan,
+    backups: list[Manifest],
+    follow: bool,
+    accept: bool,
+) -> None:
+    findings = rollback_findings(repo, archive, plan, backups, follow)
+    if not findings:
+        return
+    reached = f"{_fmt(plan.window_end)} (WAL up to {plan.segment_names(archive.segment_size)[-1]})"
+    text = (
+        f"The repository {repo.name} lost recent data: {'; '.join(findings)}. The latest "
+        f"state it can restore is from {reached}, OLDER than what pgdr recorded"
+    )
+    if not accept:
+        raise CheckFailed(f"{text}; nothing was restored (pass --accept-rollback to restore it).")
+    plan.notes.append(f"ROLLBACK: {text}; restored anyway (--accept-rollback).")
+
+
 def plan_pitr(
     repo: Repository,
     archive: WalArchive,
     target: Target,
     backup_id: str | None = None,
     timeline: str | None = None,
+    accept_rollback: bool = False,
 ) -> PitrPlan:
-    """Choose the backup and the WAL, and check both; raises before anything is written."""
+    """Choose the backup and the WAL, and check both; raises before anything is written.
+
+    For the latest state, the repository is also compared with what pgdr recorded of it
+    (:mod:`pgdr.backup.seen`, the streamer's state): a repository that lost its newest backups
+    or WAL is refused (CheckFailed) unless ``accept_rollback``, and then loudly noted.
+    """
     chain = Chain.load(archive)
     sysid = str(archive.system_identifier)
     backups = [m for m in repo.list_backups() if m.system_identifier == sysid]
@@ -302,7 +400,7 @@ def plan_pitr(
             f"(up to {format_lsn((last_seg + 1) * archive.segment_size)})."
         )
     histories = sorted(n for n, _s in archive.names() if is_history(n))
-    return PitrPlan(
+    plan = PitrPlan(
         target=target,
         backup=chosen,
         timeline=tli,
@@ -313,6 +411,9 @@ def plan_pitr(
         target_lsn=target_lsn,
         notes=notes,
     )
+    if target.kind == "latest":
+        _check_rollback(repo, archive, plan, backups, timeline is None, accept_rollback)
+    return plan
 
 
 def fetch_wal(
@@ -375,17 +476,27 @@ def recovery_settings(plan: PitrPlan, spool: Path, with_target: bool = True) -> 
         if t.kind == "time" and t.moment is not None:
             value = t.moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
         lines.append(f"{setting} = {_quote_conf(value)}")
+        if t.exclusive:
+            lines.append("recovery_target_inclusive = false")
     return "\n".join(lines) + "\n"
 
 
-def _drop_auto_conf(data_dir: Path, names: tuple[str, ...]) -> None:
-    auto = data_dir / "postgresql.auto.conf"
-    if not auto.is_file():
-        return
-    kept = [
-        line for line in auto.read_text().splitlines() if line.split("=")[0].strip() not in names
-    ]
-    auto.write_text("\n".join(kept) + "\n")
+INCLUDE_LINE = f"include_if_exists = '{RECOVERY_CONF}'  # pgdr restore: removed after promotion\n"
+
+
+def _configure_recovery(data_dir: Path, plan: PitrPlan, spool: Path) -> None:
+    """Recovery settings in a file of pgdr's own, included by one line pgdr takes out again."""
+    (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool))
+    with (data_dir / "postgresql.conf").open("a") as handle:
+        handle.write("\n" + INCLUDE_LINE)
+    (data_dir / "recovery.signal").touch()
+
+
+def _unconfigure_recovery(data_dir: Path) -> None:
+    """After promotion: the data directory's configuration is the original's again."""
+    conf = data_dir / "postgresql.conf"
+    conf.write_text(conf.read_text().replace("\n" + INCLUDE_LINE, "", 1))
+    (data_dir / RECOVERY_CONF).unlink(missing_ok=True)
 
 
 def _wait_promoted(cluster: LocalCluster, timeout: float) -> None:
@@ -457,11 +568,14 @@ def run_pitr(
 ) -> PitrResult:
     """Carry out a checked plan: fetch WAL, restore, recover, promote, report.
 
+    Before writing anything it checks what must be writable (the repository, which receives
+    the new timeline's history unless ``publish_timeline`` is off, and room for the WAL and
+    the base backup next to the target); on any failure it removes everything it made (spool,
+    data directory, cluster directory).
     ``publish_timeline=False`` (a throwaway restore test) keeps the new timeline's history file
     out of the repository, so the production server's WAL history is not touched.
     """
     log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
-    began = time.monotonic()
     data_dir = data_dir.resolve()
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
         raise ConfigError(
@@ -471,10 +585,56 @@ def run_pitr(
     if (cluster_dir / "cluster.json").exists():
         raise ConfigError(f"{cluster_dir} already holds a cluster; choose another place.")
     check_backup_stored(repo, plan.backup)
-    staging = data_dir.with_name(f".{data_dir.name}.pgdr-wal-{os.getpid()}")
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    created = False
+    try:
+        if publish_timeline:
+            repo.store.check_writable()
+    except PgdrError as exc:
+        raise RuntimeFailure(
+            f"{exc.message.rstrip('.')}: a point-in-time restore records the new timeline "
+            "there; nothing was restored."
+        ) from exc
+    remove_stale(data_dir.parent)
+    check_space(
+        data_dir.parent, plan.total_bytes(repo, archive.segment_size), "point-in-time restore"
+    )
+    made = [cluster_dir] if not cluster_dir.exists() else []
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with restore_record(repo.settings, data_dir, cluster_dir if made else None):
+            return _run(
+                repo,
+                archive,
+                plan,
+                data_dir,
+                cluster_dir,
+                made,
+                keep_running,
+                force,
+                port,
+                progress,
+                timeout,
+                publish_timeline,
+            )
+    except OSError as exc:
+        raise write_failure(exc, data_dir.parent, "point-in-time restore") from exc
+
+
+def _run(
+    repo: Repository,
+    archive: WalArchive,
+    plan: PitrPlan,
+    data_dir: Path,
+    cluster_dir: Path,
+    made: list[Path],
+    keep_running: bool,
+    force: bool,
+    port: int | None,
+    progress: Progress | None,
+    timeout: float,
+    publish_timeline: bool,
+) -> PitrResult:
+    began = time.monotonic()
+    staging = staging_dir(data_dir, "wal")
     try:
         wal_bytes = fetch_wal(archive, plan, staging, progress)
         restore_backup(
@@ -484,14 +644,10 @@ def run_pitr(
             force=force,
             progress=(lambda n: progress("base backup", n)) if progress else None,
         )
-        created = True
+        made.append(data_dir)
         spool = data_dir / SPOOL_DIR
         staging.rename(spool)
-        _drop_auto_conf(data_dir, ("synchronous_standby_names", "primary_conninfo"))
-        (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool))
-        with (data_dir / "postgresql.conf").open("a") as handle:
-            handle.write(f"\ninclude_if_exists = '{RECOVERY_CONF}'\n")
-        (data_dir / "recovery.signal").touch()
+        _configure_recovery(data_dir, plan, spool)
         cluster = adopt_restored(
             repo.settings, data_dir, plan.backup.pg_major, cluster_dir, port=port
         )
@@ -509,11 +665,21 @@ def run_pitr(
         history = data_dir / "pg_wal" / history_name(new_tli)
         if publish_timeline and new_tli > 1 and history.is_file():
             archive.push(history.name, history.read_bytes())
-        (data_dir / RECOVERY_CONF).write_text("# recovery finished; see pgdr restore\n")
+        _unconfigure_recovery(data_dir)
+        if plan.segments:
+            remember_wal(repo, plan.segments[-1][0].timeline, plan.segments[-1][0].segno)
         shutil.rmtree(spool, ignore_errors=True)
         running = keep_running
+        port = cluster.port
+        kept_dir: Path | None = cluster_dir
         if not keep_running:
             cluster.stop()
+            if cluster_dir in made and not data_dir.is_relative_to(cluster_dir):
+                # --to DIR: the cluster was only the vehicle of recovery; DIR stays a plain
+                # data directory with its own configuration.
+                shutil.rmtree(cluster_dir)
+                (data_dir / "postmaster.opts").unlink(missing_ok=True)
+                kept_dir = None
         return PitrResult(
             backup_id=plan.backup.id,
             data_dir=str(data_dir),
@@ -526,14 +692,16 @@ def run_pitr(
             duration_s=time.monotonic() - began,
             recovery_s=recovery_s,
             url=cluster.conninfo() if running else None,
-            port=cluster.port,
-            cluster_dir=str(cluster_dir),
+            port=port,
+            cluster_dir=str(kept_dir) if kept_dir else None,
             running=running,
             notes=notes,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
+        if data_dir in made:
             with contextlib.suppress(Exception):
                 LocalCluster(cluster_dir, repo.settings, data_dir=data_dir).stop("immediate")
+        for path in reversed(made):
+            shutil.rmtree(path, ignore_errors=True)
         raise

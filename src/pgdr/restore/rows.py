@@ -163,11 +163,16 @@ def dependency_order(catalog: Catalog, tables: list[str]) -> list[str]:
 
 
 def _insertable_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    """The columns of ``table`` ("schema.name", each part as stored: any case, any spaces)."""
+    schema, name = table.split(".", 1)
     rows = conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-        (table,),
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+        (schema, name),
     ).fetchall()
+    if not rows:
+        raise RuntimeFailure(f"Table {table} is missing from the target. Nothing was changed.")
     return [str(r[0]) for r in rows]
 
 
@@ -224,7 +229,15 @@ def recover_rows(
                 key_column = info.primary_key[0]
             if key_column not in info.columns:
                 raise ConfigError(f"{info.qualified} has no column {key_column!r}.")
-            rows, found_order = collect_rows(src, catalog, info, key_column, keys, with_children)
+            try:
+                rows, found_order = collect_rows(
+                    src, catalog, info, key_column, keys, with_children
+                )
+            except psycopg.errors.DataError as exc:
+                raise ConfigError(
+                    f"A --key value does not fit {info.qualified}.{key_column} "
+                    f"({info.columns[key_column].formatted}): {exc.diag.message_primary}."
+                ) from exc
             order = dependency_order(catalog, found_order)
         result = RowsResult(info.qualified, list(keys))
         if not rows.get(info.qualified):

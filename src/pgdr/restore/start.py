@@ -1,8 +1,10 @@
 """Starting a restored data directory as a throwaway or new cluster.
 
-The restored directory keeps the original server's configuration; pgdr appends its own (a free
-port, a private socket directory) and turns WAL archiving off, so a restored copy never archives
-into the repository of the server it was copied from.
+The restored directory keeps the original server's configuration, untouched: pgdr's own
+settings (a free port, a private socket directory, 127.0.0.1 only, WAL archiving off so a
+restored copy never archives into the repository of the server it was copied from, and no
+synchronous standby it does not have) are given on the server's command line when pgdr starts
+it. The same directory started by a plain ``pg_ctl`` runs with the original configuration.
 """
 
 from __future__ import annotations
@@ -12,10 +14,7 @@ from pathlib import Path
 from pgdr.cluster import LocalCluster, installation_for_major
 from pgdr.config import PgdrSettings
 
-SAFE_CONFIG = """
-# --- written by pgdr restore: a restored copy must not archive into the original's repository
-archive_mode = off
-"""
+SAFE_OPTIONS = {"archive_mode": "off", "synchronous_standby_names": ""}
 
 
 def new_cluster_dir(settings: PgdrSettings, kind: str, backup_id: str) -> Path:
@@ -45,15 +44,8 @@ def adopt_restored(
         settings,
         data_dir=None if data_dir.resolve() == default_data.resolve() else data_dir,
     )
-    cluster_dir.mkdir(parents=True, exist_ok=True)
-    cluster_dir.chmod(0o711)
     installation = installation_for_major(pg_major, settings.pg_bin)
-    conf = data_dir / "postgresql.conf"
-    with conf.open("a") as handle:
-        handle.write(SAFE_CONFIG)
-    cluster.adopt(installation, port=port)
-    cluster.log_file.touch()
-    cluster.user.own(cluster.log_file, 0o600)
+    cluster.adopt(installation, port=port, options=SAFE_OPTIONS)
     return cluster
 
 

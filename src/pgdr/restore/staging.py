@@ -1,0 +1,160 @@
+"""Where a restore writes before its result is in place, and cleaning up after dead restores.
+
+A restore into ``DIR`` writes into hidden siblings named after its process id::
+
+    .DIR.pgdr-restore-PID        the data directory being written
+    .DIR.pgdr-restore-PID-ID     one backup of an incremental chain (before pg_combinebackup)
+    .DIR.pgdr-wal-PID            the WAL spool of a point-in-time restore
+    .DIR.pgdr-replaced-PID       the previous contents of DIR while --force replaces them
+
+Each running restore also leaves a record in ``$PGDR_HOME/restores/PID.json`` naming its target
+(and the cluster directory it creates, if any); the record goes when the restore ends, however
+it ends. A process killed with SIGKILL cannot clean up, so whatever carries the PID of a process
+that no longer runs is stale: the next restore into the same parent directory removes it, and
+``pgdr cleanup`` removes it wherever the records point. Nothing of a live process is touched,
+and nothing but these hidden names and cluster directories a dead restore was creating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgdr.cluster import LocalCluster
+from pgdr.cluster.manager import pid_alive
+from pgdr.config import PgdrSettings
+from pgdr.core.errors import PgdrError, RuntimeFailure
+
+STAGING = re.compile(r"\..+\.pgdr-(?:restore|wal|replaced)-(?P<pid>[0-9]+)(?:-.+)?")
+RECORDS = "restores"
+
+
+def staging_dir(target: Path, what: str = "restore") -> Path:
+    """The hidden sibling of ``target`` this process writes ``what`` into."""
+    return target.with_name(f".{target.name}.pgdr-{what}-{os.getpid()}")
+
+
+def stale_staging(parent: Path) -> list[Path]:
+    """Staging entries in ``parent`` whose process no longer runs."""
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    stale = []
+    for path in entries:
+        match = STAGING.fullmatch(path.name)
+        if match and int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"])):
+            stale.append(path)
+    return stale
+
+
+def remove_stale(parent: Path) -> list[Path]:
+    """Remove the staging of dead restores in ``parent``; returns what was removed."""
+    removed = []
+    for path in stale_staging(parent):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def restore_record(
+    settings: PgdrSettings, target: Path, cluster_dir: Path | None = None
+) -> Iterator[None]:
+    """Record a running restore for ``pgdr cleanup`` (removed when the block ends)."""
+    records = settings.home / RECORDS
+    records.mkdir(parents=True, exist_ok=True)
+    path = records / f"{os.getpid()}.json"
+    data: dict[str, Any] = {"pid": os.getpid(), "target": str(target)}
+    if cluster_dir is not None:
+        data["cluster_dir"] = str(cluster_dir)
+    path.write_text(json.dumps(data))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class CleanupReport:
+    """What ``pgdr cleanup`` removed."""
+
+    removed: list[str] = field(default_factory=list)
+    running: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"removed": self.removed, "restores_running": self.running}
+
+
+def _remove_cluster(settings: PgdrSettings, directory: Path) -> bool:
+    if not directory.is_dir():
+        return False
+    cluster = LocalCluster(directory, settings)
+    with contextlib.suppress(PgdrError, OSError):
+        if cluster.status().running:
+            cluster.stop("immediate")
+    shutil.rmtree(directory, ignore_errors=True)
+    return not directory.exists()
+
+
+def cleanup(settings: PgdrSettings, places: list[Path] | None = None) -> CleanupReport:
+    """Remove what dead restores left: their staging and the clusters they were creating."""
+    report = CleanupReport()
+    parents = {p.resolve() for p in places or []}
+    parents.add((settings.home / "clusters").resolve())
+    records = settings.home / RECORDS
+    for record in sorted(records.glob("*.json")) if records.is_dir() else []:
+        try:
+            data = json.loads(record.read_text())
+            pid = int(data["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        if pid_alive(pid):
+            report.running.append(pid)
+            continue
+        parents.add(Path(data["target"]).parent)
+        if data.get("cluster_dir"):
+            cluster_dir = Path(data["cluster_dir"])
+            parents.add(cluster_dir)
+            if _remove_cluster(settings, cluster_dir):
+                report.removed.append(str(cluster_dir))
+        record.unlink(missing_ok=True)
+    for parent in sorted(parents):
+        report.removed.extend(str(p) for p in remove_stale(parent))
+    return report
+
+
+def write_failure(exc: OSError, place: Path, what: str) -> RuntimeFailure:
+    """One sentence for an OS error while writing a restore into ``place``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = f"the file system of {place} is full"
+    elif exc.errno == errno.EROFS:
+        reason = f"{place} is on a read-only file system"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = f"{place} is not writable"
+    else:
+        reason = f"writing into {place} failed ({exc.strerror or exc})"
+    return RuntimeFailure(f"The {what} stopped: {reason}; nothing of it was left behind.")
+
+
+def check_space(place: Path, needed: int, what: str) -> None:
+    """Refuse before writing when ``place``'s file system cannot hold ``needed`` bytes."""
+    probe = place
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise RuntimeFailure(
+            f"The {what} needs about {needed / 2**20:,.0f} MiB but the file system of {probe} "
+            f"has {free / 2**20:,.0f} MiB free; nothing was written."
+        )

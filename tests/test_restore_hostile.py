@@ -1,0 +1,175 @@
+"""A restore never writes outside its target, even for an authentic backup of a hostile server.
+
+The hostile backups are built with the repository's key through pgdr's own writer pieces (the
+archive hasher, the chunk sealer, the signed manifest), from the real archive of a real backup
+with members appended: a symbolic link out of the data directory followed by a file beneath it.
+Both restore paths are tried (chunks in parallel, and ``--check-files``'s streaming extractor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgdr.backup import Repository
+from pgdr.backup.chunks import DamagedBackup, fetch_chunk
+from pgdr.backup.manifest import ChunkEntry, FileEntry, Manifest, chunk_key
+from pgdr.backup.take import _Hasher, take_backup
+from pgdr.cluster import LocalCluster, choose_installation
+from pgdr.config import PgdrSettings
+from pgdr.crypto import DataKey
+from pgdr.crypto.envelope import seal
+from pgdr.restore import restore_backup
+
+
+@pytest.fixture(scope="module")
+def tiny_pg(settings: PgdrSettings) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(settings.home / "clusters" / "hostile-src", settings)
+    cluster.create(choose_installation(None, 18))
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+
+
+def _archive(repo: Repository, manifest: Manifest) -> bytes:
+    key = manifest.authenticate(repo.master_key, "test")
+    return b"".join(fetch_chunk(repo, manifest, key, i) for i in range(len(manifest.chunks)))
+
+
+def _with_members(
+    archive: bytes,
+    extra: list[tuple[tarfile.TarInfo, bytes]],
+    replace: dict[str, tarfile.TarInfo] | None = None,
+) -> bytes:
+    """The archive rewritten (same members, same order, ``replace`` swapping headers by name)
+    with ``extra`` appended."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as source,
+        tarfile.open(fileobj=out, mode="w:", format=tarfile.USTAR_FORMAT) as sink,
+    ):
+        for member in source:
+            if replace and member.name in replace:
+                sink.addfile(replace[member.name])
+                continue
+            data = source.extractfile(member) if member.isfile() else None
+            sink.addfile(member, data)
+        for info, payload in extra:
+            info.size = len(payload) if info.isfile() else 0
+            sink.addfile(info, io.BytesIO(payload) if info.isfile() else None)
+    return out.getvalue()
+
+
+def _forge(
+    repo: Repository,
+    template: Manifest,
+    archive: bytes,
+    backup_id: str,
+    files: list[FileEntry] | None = None,
+) -> Manifest:
+    """Store ``archive`` as an authentic backup, sealed and signed with the repository's key
+    (its file list is the archive's own unless ``files`` is given)."""
+    hasher = _Hasher()
+    hasher.feed(archive)
+    hasher.close()
+    hasher.finish()
+    data_key = DataKey.generate()
+    size = template.chunk_size
+    chunks = []
+    for index, start in enumerate(range(0, len(archive), size)):
+        plain = archive[start : start + size]
+        sealed = seal(data_key, chunk_key(backup_id, index), plain)
+        repo.store.put(chunk_key(backup_id, index), sealed)
+        chunks.append(ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest()))
+    forged = dataclasses.replace(
+        template,
+        id=backup_id,
+        chunks=chunks,
+        files=hasher.files if files is None else files,
+        stream_size=len(archive),
+        stored_size=sum(c.stored_size for c in chunks),
+    )
+    forged.wrapped_key = repo.master_key.wrap(data_key)
+    forged.sign_with(data_key)
+    repo.store.put(repo.manifest_key(backup_id), forged.to_json())
+    return forged
+
+
+def _link(name: str, target: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info, b""
+
+
+def _file(name: str, payload: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o600
+    return info, payload
+
+
+HOSTILE = {
+    "absolute-link": lambda out: [_link("pg_evil", str(out)), _file("pg_evil/file", b"pwned")],
+    "relative-link": lambda out: [
+        _link("pg_evil", "../../" + out.name),
+        _file("pg_evil/file", b"pwned"),
+    ],
+    "tablespace-link-then-file": lambda out: [
+        _link("pg_tblspc/99999", str(out)),
+        _file("pg_tblspc/99999/file", b"pwned"),
+    ],
+}
+
+
+@pytest.mark.parametrize("check_files", [False, True], ids=["chunks", "check-files"])
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_symlink_member_never_leads_outside(
+    tiny_pg: LocalCluster, repo: Repository, scratch: Path, case: str, check_files: bool
+) -> None:
+    real = take_backup(repo, tiny_pg.conninfo())
+    outside = scratch / "outside"
+    outside.mkdir()
+    target = scratch / "restore" / "data"
+    archive = _with_members(_archive(repo, real), HOSTILE[case](outside))
+    forged = _forge(repo, real, archive, "20000101T000000Z-full")
+    assert forged.authenticate(repo.master_key, "test")  # authentic, yet hostile
+
+    with pytest.raises(DamagedBackup, match="symbolic link"):
+        restore_backup(repo, forged.id, target, check_files=check_files)
+    assert list(outside.iterdir()) == []
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir()] == []  # staging removed too
+
+
+def test_member_kind_must_match_the_manifest(
+    tiny_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """The streaming extractor checks each member's kind, not just its name, against the
+    manifest: an archive whose pg_wal is a link where the manifest lists a directory fails."""
+    real = take_backup(repo, tiny_pg.conninfo())
+    outside = scratch / "outside"
+    outside.mkdir()
+    archive = _archive(repo, real)
+    swapped = _with_members(archive, [], replace={"pg_wal": _link("pg_wal", str(outside))[0]})
+    forged = _forge(repo, real, swapped, "20000101T000001Z-full", files=real.files)
+    target = scratch / "r2" / "data"
+    with pytest.raises(DamagedBackup, match="not what its manifest records"):
+        restore_backup(repo, forged.id, target, check_files=True)
+    assert list(outside.iterdir()) == []
+    assert not target.exists()
+
+
+def test_honest_backup_still_restores(
+    tiny_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    real = take_backup(repo, tiny_pg.conninfo())
+    for check_files in (False, True):
+        target = scratch / f"ok-{check_files}"
+        result = restore_backup(repo, real.id, target, check_files=check_files)
+        assert (target / "PG_VERSION").is_file() and result.files > 100

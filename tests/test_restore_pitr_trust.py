@@ -1,0 +1,148 @@
+"""Point-in-time restores that must not mislead: stopping just before a bad transaction, an
+unreached target, a repository that lost its newest backups or WAL, a full disk, a read-only
+repository, and what a killed restore leaves behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fixtures.wal import WalEnv
+from pgdr.wal.names import parse_lsn, parse_segment, segment_of_lsn
+from test_pitr import backup, ids, restore, stop_restored, wait_streamed
+
+
+def streamed_backup(w: WalEnv) -> str:
+    """Rows, a base backup and the WAL after it in the repository; the streamer stopped."""
+    stream = w.start_stream()
+    w.insert(10)
+    backup_id = backup(w)
+    wait_streamed(w)
+    w.stop_stream(stream)
+    return backup_id
+
+
+def _delete_in_one_transaction(w: WalEnv, below: int) -> str:
+    """DELETE rows in one transaction; returns its transaction id."""
+    with psycopg.connect(w.conninfo) as conn:
+        conn.execute("DELETE FROM txlog WHERE id <= %s", (below,))
+        row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert row is not None
+        conn.commit()
+    return str(row[0])
+
+
+@pytest.mark.slow
+def test_exclusive_xid_gives_the_state_before_a_delete(walenv: WalEnv) -> None:
+    w = walenv
+    stream = w.start_stream()
+    w.insert(20)
+    backup(w)
+    w.insert(5)
+    before = ids(w.conninfo)
+    xid = _delete_in_one_transaction(w, 10)
+    after = ids(w.conninfo)
+    w.insert(5)
+    wait_streamed(w)
+
+    exclusive = restore(w, "--target-xid", xid, "--exclusive")
+    assert ids(exclusive["url"]) == before
+    assert exclusive["target"] == f"just before xid {xid}"
+    stop_restored(w, exclusive)
+
+    inclusive = restore(w, "--target-xid", xid)
+    assert ids(inclusive["url"]) == after
+    stop_restored(w, inclusive)
+    w.stop_stream(stream)
+
+    lonely = w.cli("restore", "--latest", "--exclusive", "--new-cluster")
+    assert lonely.code == 2 and "--exclusive goes with" in lonely.stderr
+
+
+def _wal_objects(w: WalEnv) -> list[Path]:
+    return sorted(p for p in (w.repo / "wal").glob("0*/*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_latest_says_loudly_when_the_repository_lost_its_newest(walenv18: WalEnv) -> None:
+    w = walenv18
+    stream = w.start_stream()
+    w.insert(10)
+    first = backup(w)
+    at_first = ids(w.conninfo)
+    w.pgbench(1)
+    second = backup(w)
+    w.insert(10)
+    wait_streamed(w)
+    w.stop_stream(stream)
+    # The repository loses its newest backup and the WAL after the first backup's end.
+    stop = json.loads(w.cli("backup", "show", first, "--json").stdout)["stop_lsn"]
+    keep_until = segment_of_lsn(parse_lsn(stop), 16 * 2**20)
+    shutil.rmtree(w.repo / "backups" / second)
+    for path in _wal_objects(w):
+        if parse_segment(path.name[:24], 16 * 2**20).segno > keep_until:
+            path.unlink()
+
+    refused = w.cli("restore", "--latest", "--new-cluster")
+    message = " ".join(refused.stderr.split())
+    assert refused.code == 1, refused.stdout + refused.stderr
+    assert "lost recent data" in message and f"backup {second}" in message
+    assert "OLDER than what pgdr recorded" in message and "--accept-rollback" in message
+    assert not list((w.cluster.settings.home / "clusters").glob(f"pitr-{first}*"))
+
+    accepted = restore(w, "--latest", "--accept-rollback")
+    assert any(n.startswith("ROLLBACK:") for n in accepted["notes"])
+    got = ids(accepted["url"])
+    assert at_first <= got and len(got) < len(ids(w.conninfo))
+    stop_restored(w, accepted)
+
+
+@pytest.mark.slow
+def test_unreached_xid_and_stale_staging_leave_nothing(walenv18: WalEnv, scratch: Path) -> None:
+    w = walenv18
+    backup_id = streamed_backup(w)
+    clusters = w.cluster.settings.home / "clusters"
+    before = set(clusters.iterdir())
+
+    target = scratch / "xid"
+    result = w.cli("restore", "--target-xid", "4000000000", "--to", str(target))
+    assert result.code == 1, result.stdout + result.stderr
+    assert "was reached" in " ".join(result.stderr.split())
+    assert not target.exists() and list(scratch.iterdir()) == []
+    assert set(clusters.iterdir()) == before  # its pitr-* cluster directory is gone too
+
+    # What a killed restore leaves: staging of a dead process, a half-made cluster.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    staging = [scratch / f".r.pgdr-restore-{dead.pid}", scratch / f".r.pgdr-wal-{dead.pid}"]
+    for path in staging:
+        path.mkdir()
+        (path / "PG_VERSION").write_text("18\n")
+    half = clusters / "pitr-half-made"
+    (half / "data").mkdir(parents=True)
+    records = w.cluster.settings.home / "restores"
+    records.mkdir(exist_ok=True)
+    (records / f"{dead.pid}.json").write_text(
+        json.dumps({"pid": dead.pid, "target": str(scratch / "r"), "cluster_dir": str(half)})
+    )
+    live = scratch / f".r.pgdr-restore-{os.getpid()}"  # a live process's staging: kept
+    live.mkdir()
+    cleaned = w.cli("cleanup", "--json")
+    assert cleaned.code == 0, cleaned.stderr
+    removed = set(json.loads(cleaned.stdout)["removed"])
+    assert {str(p) for p in [*staging, half]} <= removed
+    assert not half.exists() and live.exists() and not any(p.exists() for p in staging)
+    live.rmdir()
+
+    # The next restore into the same place removes stale staging by itself.
+    (scratch / f".r.pgdr-restore-{dead.pid}").mkdir()
+    restored = w.cli("restore", backup_id, "--to", str(scratch / "r"))
+    assert restored.code == 0, restored.stderr
+    assert sorted(p.name for p in scratch.iterdir()) == ["r"]
