@@ -97,7 +97,7 @@ def test_s3_lock_has_exactly_one_holder(
         access_key_id=s3.access_key,
         secret_access_key=s3.secret_key,
     )
-    store.ensure_bucket()
+    store.prepare()
     assert store.conditional_writes()  # SeaweedFS honours If-None-Match: *
     repo = Repository(repository_at(str(tmp_path), settings).config, store, settings)
     repo.use_master_key(MasterKey(decode_key(master_key_text, "t"), "t"))

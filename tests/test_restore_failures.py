@@ -36,8 +36,9 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
 def _failed(result: object, *fragments: str) -> None:
     code, stderr = result.code, result.stderr  # type: ignore[attr-defined]
     assert code == 3, stderr
-    assert "Traceback" not in stderr and stderr.startswith("error:"), stderr
-    message = " ".join(stderr.split())
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and len(errors) == 1, stderr  # log lines may precede it
+    message = " ".join(stderr[stderr.index("error:") :].split())
     for fragment in fragments:
         assert fragment in message, message
 

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from pgdr.backup import open_repository
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.output import console, emit, markup, progress_bar, styled
+from pgdr.core.output import console, emit, escape, markup, progress_bar, styled
 from pgdr.core.records import RecordStore
 from pgdr.integrity import CheckOptions, Report, run_check
 from pgdr.integrity.discover import profile_for

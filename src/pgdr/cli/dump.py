@@ -14,7 +14,7 @@ from pgdr.cli.backup import RepoOption, open_repo, show_key_note
 from pgdr.cli.check import chosen_profile
 from pgdr.cli.common import JsonOption, target
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.output import console, emit, escape, progress_bar
+from pgdr.core.output import console, emit, escape, progress_bar, styled
 from pgdr.core.units import human_size
 from pgdr.logical.dump import schema_sql, take_dump
 from pgdr.logical.verify import dump_summary, list_dumps, prune_dumps, verify_dump
@@ -155,16 +155,19 @@ def verify(
         if result["passed"]:
             test = result.get("restore_test")
             console.print(
-                f"[green]ok[/] {result['dump_id']}: {result['chunks_checked']} chunks, "
+                styled("ok", "green"),
+                f"{result['dump_id']}: {result['chunks_checked']} chunks, "
                 f"{result['toc_entries']} entries listed by pg_restore, "
                 f"{len(result['tables'])} tables"
-                + (f"; restore test: {escape(test['detail'])}" if test else "")
+                + (f"; restore test: {test['detail']}" if test else "")
                 + ".",
                 highlight=False,
             )
         else:
             detail = result.get("problem") or result["restore_test"]["detail"]
-            console.print(f"[red]FAILED[/] {result['dump_id']}: {escape(detail)}", highlight=False)
+            console.print(
+                styled("FAILED", "red"), f"{result['dump_id']}: {detail}", highlight=False
+            )
         for note in result["not_checked"]:
             console.print(f"not checked: {escape(note)}", highlight=False)
 

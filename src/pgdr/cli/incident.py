@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from pgdr.cli.common import JsonOption, settings
-from pgdr.core.output import console, emit, escape
+from pgdr.core.output import console, emit, escape, markup, styled
 from pgdr.core.time import utc_text
 from pgdr.incident.store import Incident
 from pgdr.notify import Outcome
@@ -38,8 +38,10 @@ def incidents_table(chosen: list[Incident]) -> Table:
 
 def _render_outcomes(outcomes: list[Outcome]) -> None:
     for o in outcomes:
-        mark = "[green]sent[/]" if o.delivered else f"[red]failed[/] ({escape(o.error or '')})"
-        console.print(f"  {escape(o.contact)} via {escape(o.channel)}: {mark}")
+        mark = (
+            styled("sent", "green") if o.delivered else markup("[red]failed[/] ({})", o.error or "")
+        )
+        console.print(f"  {o.contact} via {o.channel}:", mark)
 
 
 @app.command("list")
@@ -60,7 +62,7 @@ def show(ref: IdArgument, as_json: JsonOption = False) -> None:
     data = incident.as_dict()
 
     def render() -> None:
-        console.print(f"[bold]{incident.id}[/] {incident.severity} {incident.state}")
+        console.print(styled(incident.id, "bold"), f"{incident.severity} {incident.state}")
         console.print(f"What broke: {escape(incident.message)}")
         console.print(f"Runbook action: {escape(data['action'])}")
         for e in incident.events:

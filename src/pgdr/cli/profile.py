@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.text import Text
 
 from pgdr.cli.common import JsonOption, settings, target
-from pgdr.core.output import console, emit
+from pgdr.core.output import console, emit, escape, styled
 from pgdr.integrity.discover import write_discovered
 from pgdr.profile import load_profile
 
@@ -62,7 +61,7 @@ def init(
             console.print(escape(found.toml), highlight=False, markup=False)
             return
         for note in found.notes:
-            console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+            console.print(styled(f"note: {note}", "dim"), highlight=False)
         console.print(
             f"Wrote profile {escape(found.profile.name)} to {escape(str(out))}; edit it, then "
             f"use it with --profile {escape(str(out))} or PGDR_PROFILE.",

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.core.errors import CheckFailed
-from pgdr.core.output import console, emit, key_value_table
+from pgdr.core.output import console, emit, escape, key_value_table
 from pgdr.incident import ReadOnlyState, read_only_status, set_read_only
 from pgdr.incident.readonly import Scope
 from pgdr.pool import connect

@@ -6,11 +6,10 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from pgdr.cli.common import JsonOption, settings, target
-from pgdr.core.output import console, emit, progress_bar
+from pgdr.core.output import console, emit, escape, progress_bar
 from pgdr.embeddings import ReembedOptions, ReembedReport, load_embedding_settings
 from pgdr.embeddings.jobs import job_statuses
 from pgdr.embeddings.run import profile_sources, require_finished, save_caches

@@ -263,13 +263,14 @@ def sync(
         raise ConfigError("Say `pgdr wal sync on` or `pgdr wal sync off`.")
     conninfo = resolve_target(settings()).conninfo
     value = sync_names_value(application, []) if state == "on" else ""
-    with connect(conninfo) as conn:
-        set_system(conn, "synchronous_standby_names", value)
-    # a running `wal stream --synchronous` reads this and leaves the operator's choice alone
+    # a running `wal stream --synchronous` reads this and leaves the operator's choice alone;
+    # recorded before the server changes, so the streamer never undoes the change in between
     info = server_info(conninfo)
     open_archive(repo_name, info.system_identifier, info.segment_size).put_state(
         SYNC_SWITCH, {"off": state == "off", "at": time.time()}
     )
+    with connect(conninfo) as conn:
+        set_system(conn, "synchronous_standby_names", value)
     emit(
         {"synchronous_standby_names": value},
         as_json,

@@ -43,8 +43,12 @@ err_console = Console(stderr=True, markup=False, emoji=False)
 
 
 def escape(value: object) -> str:
-    """``value`` as text rich prints literally (``[/]`` stays ``[/]``)."""
-    return _rich_escape("" if value is None else str(value))
+    """``value`` as text the consoles print literally (``[/]`` stays ``[/]``).
+
+    The consoles have markup off, so any plain string is already literal: this only turns
+    ``value`` into text. (Inside a :func:`markup` template, fields are escaped for rich.)
+    """
+    return "" if value is None else str(value)
 
 
 def markup(template: str, *values: object) -> Text:
@@ -57,7 +61,7 @@ def markup(template: str, *values: object) -> Text:
     for literal, field_name, spec, _conversion in string.Formatter().parse(template):
         parts.append(literal)
         if field_name is not None:
-            parts.append(escape(format(values[index], spec or "")))
+            parts.append(_rich_escape(format(values[index], spec or "")))
             index += 1
     return Text.from_markup("".join(parts), emoji=False)
 

@@ -12,7 +12,8 @@ Each running restore also leaves a record in ``$PGDR_HOME/restores/PID.json`` na
 it ends. A process killed with SIGKILL cannot clean up, so whatever carries the PID of a process
 that no longer runs is stale: the next restore into the same parent directory removes it, and
 ``pgdr cleanup`` removes it wherever the records point. Nothing of a live process is touched,
-and nothing but these hidden names and cluster directories a dead restore was creating.
+and nothing but these hidden names and cluster directories a dead restore was creating. The previous
+contents of a directory whose replacement never arrived are put back, never removed.
 """
 
 from __future__ import annotations
@@ -56,10 +57,32 @@ def stale_staging(parent: Path) -> list[Path]:
     return stale
 
 
+def _put_back(path: Path) -> bool:
+    """Rename a dead restore's ``replaced`` directory back when its target is missing.
+
+    A restore with ``--force`` moves the old ``DIR`` aside and the new one in; killed between
+    the two renames, the aside copy is the only ``DIR`` left, so it goes back, never away.
+    """
+    match = STAGING.fullmatch(path.name)
+    if match is None or "-replaced-" not in path.name:
+        return False
+    target = path.with_name(path.name[1 : path.name.index(".pgdr-replaced-")])
+    if target.exists():
+        return False
+    path.rename(target)
+    return True
+
+
 def remove_stale(parent: Path) -> list[Path]:
-    """Remove the staging of dead restores in ``parent``; returns what was removed."""
+    """Remove the staging of dead restores in ``parent``; returns what was removed.
+
+    The previous contents of a directory whose replacement never arrived are renamed back
+    instead of removed (see :func:`_put_back`).
+    """
     removed = []
     for path in stale_staging(parent):
+        if _put_back(path):
+            continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
             removed.append(path)
