@@ -22,6 +22,7 @@ from conftest import run_cli
 from fixtures.backup import add_rows
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
+from pgdr.storage.lock import LOCAL_LOCK_NAME
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +91,22 @@ def test_live_lock_blocks_a_second_writer(
 ) -> None:
     env = backup_env | {"DATABASE_URL": small_pg.conninfo()}
     assert run_cli("repo", "init", env=env).code == 0
-    holder = subprocess.Popen(["sleep", "60"])
+    # Another process holds the repository's flock and describes itself in lock.json.
+    repo = Path(env["PGDR_REPO"])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(60)",
+            str(repo / LOCAL_LOCK_NAME),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        lock = Path(env["PGDR_REPO"]) / "lock.json"
-        lock.write_text(
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        (repo / "lock.json").write_text(
             json.dumps(
                 {
                     "pid": holder.pid,
