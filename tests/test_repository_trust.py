@@ -23,7 +23,7 @@ from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import MasterKey
 from pgdr.crypto.keys import decode_key, generate_key_text
-from pgdr.storage import S3Store
+from pgdr.storage.s3 import S3Store
 
 BUCKET = "pgdr-trust"
 

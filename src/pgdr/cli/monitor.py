@@ -6,10 +6,8 @@ import threading
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from rich.table import Table
 
-from pgdr.api import create_app, load_api_token
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.cluster.manager import default_cluster
 from pgdr.config import PgdrSettings
@@ -194,6 +192,12 @@ def serve(
     ] = 1.0,
 ) -> None:
     """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
+    # Not a cycle: FastAPI and uvicorn take about a second to import, which every other
+    # pgdr command would pay at start-up if they were imported at the top.
+    import uvicorn  # noqa: PLC0415
+
+    from pgdr.api import create_app, load_api_token  # noqa: PLC0415
+
     s = settings()
     token, note = load_api_token(s.home)
     if note:

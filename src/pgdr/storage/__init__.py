@@ -8,6 +8,5 @@ the new one, never a torn one); nothing here knows about encryption or PostgreSQ
 from pgdr.storage.base import ObjectInfo, ObjectNotFound, ObjectStore
 from pgdr.storage.local import LocalStore
 from pgdr.storage.open import open_store
-from pgdr.storage.s3 import S3Store
 
-__all__ = ["LocalStore", "ObjectInfo", "ObjectNotFound", "ObjectStore", "S3Store", "open_store"]
+__all__ = ["LocalStore", "ObjectInfo", "ObjectNotFound", "ObjectStore", "open_store"]

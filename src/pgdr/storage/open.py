@@ -13,7 +13,6 @@ from pgdr.core.errors import ConfigError
 from pgdr.core.secrets import read_secret_file
 from pgdr.storage.base import ObjectStore
 from pgdr.storage.local import LocalStore
-from pgdr.storage.s3 import S3Store
 
 
 def _secret(options: Mapping[str, Any], name: str, env_name: str) -> str | None:
@@ -62,6 +61,9 @@ def open_store(url: str, options: Mapping[str, Any] | None = None) -> ObjectStor
         region = options.get("region") or os.environ.get("AWS_REGION")
         if region is not None and not isinstance(region, str):
             raise ConfigError(f"The region of repository {url!r} must be a string.")
+        # Not a cycle: boto3 takes most of a second to import, paid only by S3 repositories.
+        from pgdr.storage.s3 import S3Store  # noqa: PLC0415
+
         return S3Store(
             _bucket(url, parsed.netloc),
             parsed.path,
