@@ -43,9 +43,11 @@ def test_every_report_offers_json() -> None:
     no_report = {
         ("version",),
         ("db", "url"),
+        ("cluster", "url"),  # like db url: prints the URL itself
         ("db", "destroy"),
         ("demo",),
         ("serve",),
+        ("agent", "install"),  # writes the unit file, or prints it with --dry-run
         ("wal", "stream"),
         ("wal", "fetch"),  # restore_command: its output is the segment file itself
     }
