@@ -21,7 +21,7 @@ from typing import Any
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
 from pgdr.backup.manifest import BACKUPS, FileEntry, ForgedManifest, Manifest
 from pgdr.backup.repository import DamagedManifest, Repository
-from pgdr.core.errors import PgdrError
+from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, parallel_map
 from pgdr.storage import ObjectNotFound
 
@@ -168,6 +168,25 @@ def _verify_parent(
     if not sub.ok:
         details = sub.problems + [f"damaged file {path}" for path in sub.damaged_files]
         report.fail(f"its parent backup {parent} fails verification: {'; '.join(details)}")
+
+
+def backups_to_verify(
+    repo: Repository, backup_id: str | None, all_backups: bool
+) -> tuple[list[str], list[VerifyReport]]:
+    """The ids to verify, and the failed reports of asked-for backups whose manifest is damaged.
+
+    A damaged manifest is a verification that failed (exit 1), whether it was asked for by id
+    or found by ``--all``; one sealed under another master key stays a key error (exit 2).
+    """
+    good, damaged = repo.scan_backups()
+    if all_backups:
+        if not good and not damaged:
+            raise ConfigError(f"The repository {repo.name} ({repo.url}) holds no backups yet.")
+        return [m.id for m in good], [damaged_report(d) for d in damaged]
+    asked = [d for d in damaged if d.backup_id == backup_id and not d.wrong_key]
+    if asked:
+        return [], [damaged_report(asked[0])]
+    return [repo.resolve_id(backup_id or "latest")], []
 
 
 def damaged_report(damaged: DamagedManifest) -> VerifyReport:

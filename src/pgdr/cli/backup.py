@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
-from pgdr.backup.verify import VerifyReport, damaged_report, verify_backup
+from pgdr.backup.verify import backups_to_verify, verify_backup
 from pgdr.cli.common import JsonOption, settings, target
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
 from pgdr.core.output import (
@@ -229,15 +229,7 @@ def verify(
     if all_backups and backup_id:
         raise ConfigError("Give a backup id or --all, not both.")
     repo = open_repo(repo_name)
-    reports: list[VerifyReport] = []
-    if all_backups:
-        good, damaged = repo.scan_backups()
-        ids = [m.id for m in good]
-        reports.extend(damaged_report(d) for d in damaged)
-        if not ids and not damaged:
-            raise ConfigError(f"The repository {repo.name} ({repo.url}) holds no backups yet.")
-    else:
-        ids = [repo.resolve_id(backup_id or "latest")]
+    ids, reports = backups_to_verify(repo, backup_id, all_backups)
     for bid in ids:
         manifest_size = 0
         try:
