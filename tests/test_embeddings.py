@@ -352,7 +352,7 @@ def test_one_chatbot_and_two_processes_share_a_job(
         )
         for _ in range(2)
     ]
-    outs = [p.communicate(timeout=120) for p in procs]
+    outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     reports = [json.loads(o[0]) for o in outs]
     assert {r["sources"][0]["job_id"] for r in reports} == {1}
