@@ -8,11 +8,14 @@ import socket
 import time
 from pathlib import Path
 
+import filelock
+
 from conftest import Server, run_cli
 from pgdr.config import PgdrSettings
 from pgdr.core.severity import Severity
 from pgdr.incident.store import IncidentLog
 from pgdr.monitoring.protection import check_key_files, protection_checks
+from pgdr.storage.lock import LOCAL_LOCK_NAME
 from pgdr.watch.sources import import_sources
 
 
@@ -35,7 +38,12 @@ def test_a_failed_backup_is_a_p1_until_one_succeeds(
         "refreshed_at": now,
     }
     (repo / "lock.json").write_text(json.dumps(lock))  # another backup holds the repository
-    result = run_cli("backup", env=env)
+    holder = filelock.FileLock(repo / LOCAL_LOCK_NAME)  # ... and its flock
+    holder.acquire()
+    try:
+        result = run_cli("backup", env=env)
+    finally:
+        holder.release()
     assert result.code == 3 and "busy" in result.stderr
     settings = PgdrSettings(home=home, repo=str(repo))
     results = {r.name: r for r in (c() for c in protection_checks(settings, env["DATABASE_URL"]))}
