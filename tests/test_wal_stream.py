@@ -12,9 +12,9 @@ import psycopg
 
 from conftest import run_cli
 from fixtures.wal import WalEnv, make_wal_env
-from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
 from pgdr.crypto import load_master_key
+from pgdr.restore import adopt_restored
 from pgdr.storage import LocalStore
 from pgdr.wal import WalArchive
 from pgdr.wal.names import is_segment
@@ -95,7 +95,9 @@ def restored_ids(w: WalEnv, scratch: Path) -> set[int]:
     data = json.loads(result.stdout)
     assert data["running"] is False and (target / "PG_VERSION").is_file()
     assert not (target / "recovery.signal").exists()
-    cluster = LocalCluster(Path(data["cluster_dir"]), w.cluster.settings, data_dir=target)
+    # --to DIR leaves a plain data directory (no pgdr cluster around it): adopt it to read it
+    assert data["cluster_dir"] is None
+    cluster = adopt_restored(w.cluster.settings, target, 18, scratch / "adopted")
     cluster.start()
     try:
         rows = psycopg.connect(cluster.conninfo(), autocommit=True).execute("SELECT id FROM txlog")
