@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, ParamSpec
 
@@ -43,12 +44,12 @@ from pgdr.backup.manifest import (
 from pgdr.backup.repository import Repository
 from pgdr.backup.seen import remember_backup
 from pgdr.backup.tarstream import TarMember, TarReader
-from pgdr.cluster import installation_for_major
+from pgdr.cluster import PgInstallation, installation_for_major
 from pgdr.core import runner
 from pgdr.core.connect import client_environment, connect, redact
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.log import logger
-from pgdr.crypto import DataKey, open_sealed, parallel_map, seal
+from pgdr.crypto import DataKey, MasterKey, open_sealed, parallel_map, seal
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 
 log = logger(__name__)
@@ -236,117 +237,135 @@ def take_backup(
     """Take a base backup of the server at ``conninfo`` into ``repo``; returns its manifest.
 
     ``on_start(backup_id, estimated_bytes)`` is called once the backup has an id (for progress
-    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key``
-    allows sealing with a key other than the one of the repository's existing backups.
-    ``method`` is ``files`` (parallel workers reading the data directory, see
-    :mod:`pgdr.backup.files`), ``stream`` (``pg_basebackup``) or ``auto`` (files when the data
-    directory is readable here); ``on_method(method, note)`` learns the choice and why ``auto``
-    fell back.
-    """
+    bars); ``progress(n)`` after each ``n`` bytes of the archive are stored. ``new_key`` allows
+    sealing with a key other than the one of the repository's existing backups. ``method`` is
+    ``files`` (parallel workers reading the data directory, see :mod:`pgdr.backup.files`),
+    ``stream`` (``pg_basebackup``) or ``auto`` (files when the data directory is readable
+    here); ``on_method(method, note)`` learns the choice and why ``auto`` fell back."""
     facts = facts or server_facts(conninfo)
     locality = locate(conninfo, facts.system_identifier, facts.major)
     chosen, note = choose_method(method, locality, incremental)
     if on_method:
         on_method(chosen, note)
     installation = installation_for_major(facts.major, pg_bin or repo.settings.pg_bin)
-    store = repo.store
-    store.check_writable()
+    repo.store.check_writable()
     master = repo.writing_key(new_key)
     with repo.locked("backup") as lock:
         repo.check_system_identifier(facts.system_identifier)
         repo.clean_incomplete()
-        parent: Manifest | None = None
-        if incremental:
-            parent = _incremental_parent(repo, facts)
+        parent = _incremental_parent(repo, facts) if incremental else None
         backup_id = new_backup_id(repo, "incremental" if parent else "full")
         if on_start:
             on_start(backup_id, facts.size_bytes)
-        data_key = DataKey.generate()
-        start_time = now_utc()
-        # The password goes through the environment: argv is readable by every local user.
-        client_conninfo, client_env = client_environment(conninfo)
-        with tempfile.TemporaryDirectory(prefix="pgdr-backup-") as tmp:
-            args: list[str] = [
-                str(installation.tool("pg_basebackup")),
-                "-d",
-                client_conninfo,
-                "-D",
-                "-",
-                "-Ft",
-                "-X",
-                "fetch",
-                "-c",
-                "fast",
-                "-l",
-                f"pgdr {backup_id}" + (f": {label}" if label else ""),
-            ]
-            if parent is not None:
-                parent_manifest = Path(tmp) / "parent_backup_manifest"
-                parent_manifest.write_bytes(fetch_pg_manifest(repo, parent))
-                args.append(f"--incremental={parent_manifest}")
-            stderr_path = Path(tmp) / "stderr"
-            hasher: _Hasher | Collected
-            try:
-                if chosen == "files":
-                    assert locality.data_dir is not None
-                    hasher, chunks, stream_size = files_backup(
-                        repo,
-                        conninfo,
-                        locality.data_dir,
-                        backup_id,
-                        data_key,
-                        label=args[-1],
-                        system_identifier=facts.system_identifier,
-                        major=facts.major,
-                        workers=workers,
-                        level=level,
-                        progress=progress,
-                        refresh=lambda: repo.refresh_lock(lock),
-                    )
-                else:
-                    hasher, chunks, stream_size = _stream(
-                        repo,
-                        backup_id,
-                        data_key,
-                        args,
-                        stderr_path,
-                        env=client_env,
-                        chunk_size=repo.config.chunk_size,
-                        progress=progress,
-                        workers=workers,
-                        level=level,
-                        refresh=lambda: repo.refresh_lock(lock),
-                    )
-                manifest = _finish(
-                    repo,
-                    backup_id,
-                    data_key,
-                    hasher,
-                    chunks,
-                    stream_size,
-                    facts=facts,
-                    parent=parent,
-                    label=label,
-                    keep=keep,
-                    start_time=start_time,
-                    level=level,
-                )
-                manifest.wrapped_key = master.wrap(data_key)
-                manifest.sign_with(data_key)
-                store.put(repo.manifest_key(backup_id), manifest.to_json())
-                remember_backup(repo, backup_id, manifest.stop_lsn, manifest.stop_time)
-            except BaseException as exc:
-                _abandon(repo, backup_id)
-                if isinstance(exc, PgdrError):
-                    wrapped = PgdrError(
-                        f"{exc.message.rstrip('.')}; backup {backup_id} was abandoned and "
-                        "earlier backups are intact."
-                    )
-                    wrapped.exit_code = exc.exit_code
-                    raise wrapped from exc
-                raise
+        run = _BackupRun(
+            repo=repo,
+            conninfo=conninfo,
+            backup_id=backup_id,
+            data_key=DataKey.generate(),
+            start_time=now_utc(),
+            facts=facts,
+            parent=parent,
+            label=label,
+            progress=progress,
+            workers=workers,
+            level=level,
+            refresh=lambda: repo.refresh_lock(lock),
+        )
+        data_dir = locality.data_dir if chosen == "files" else None
+        assert chosen != "files" or data_dir is not None
+        manifest = _store_backup(run, installation, data_dir, master, keep)
     log.info("Backup %s of %s written to %s.", manifest.id, redact(conninfo), repo.url)
     return manifest
+
+
+def _store_backup(
+    run: _BackupRun,
+    installation: PgInstallation,
+    data_dir: Path | None,
+    master: MasterKey,
+    keep: bool,
+) -> Manifest:
+    """Store the backup (read from ``data_dir`` when given, else streamed by ``pg_basebackup``)
+    and write its manifest last; on failure what was stored is removed."""
+    with tempfile.TemporaryDirectory(prefix="pgdr-backup-") as tmp:
+        args, env = _basebackup_args(installation, run, Path(tmp))
+        with abandoned_on_failure(
+            run.repo, BACKUPS, run.backup_id, noun="backup", earlier="earlier backups"
+        ):
+            stored: tuple[_Hasher | Collected, list[ChunkEntry], int]
+            if data_dir is not None:
+                stored = _files(run, data_dir, backup_label=args[-1])
+            else:
+                stored = _stream(run, args, Path(tmp) / "stderr", env)
+            manifest = _finish(run, *stored, keep=keep)
+            write_manifest(run.repo, manifest, master, run.data_key)
+            remember_backup(run.repo, run.backup_id, manifest.stop_lsn, manifest.stop_time)
+    return manifest
+
+
+@dataclass(frozen=True)
+class _BackupRun:
+    """What every step of one base backup needs to know."""
+
+    repo: Repository
+    conninfo: str
+    backup_id: str
+    data_key: DataKey
+    start_time: datetime
+    facts: ServerFacts
+    parent: Manifest | None
+    label: str | None
+    progress: Progress | None
+    workers: int | None
+    level: int
+    refresh: Callable[[], None]
+
+
+def _basebackup_args(
+    installation: PgInstallation, run: _BackupRun, tmp: Path
+) -> tuple[list[str], dict[str, str]]:
+    """``pg_basebackup``'s arguments (the last one is the backup label) and environment. An
+    incremental's parent ``backup_manifest`` is fetched into ``tmp``. The password goes through
+    the environment: argv is readable by every local user."""
+    client_conninfo, env = client_environment(run.conninfo)
+    args: list[str] = [
+        str(installation.tool("pg_basebackup")),
+        "-d",
+        client_conninfo,
+        "-D",
+        "-",
+        "-Ft",
+        "-X",
+        "fetch",
+        "-c",
+        "fast",
+        "-l",
+        f"pgdr {run.backup_id}" + (f": {run.label}" if run.label else ""),
+    ]
+    if run.parent is not None:
+        parent_manifest = tmp / "parent_backup_manifest"
+        parent_manifest.write_bytes(fetch_pg_manifest(run.repo, run.parent))
+        args.append(f"--incremental={parent_manifest}")
+    return args, env
+
+
+def _files(
+    run: _BackupRun, data_dir: Path, backup_label: str
+) -> tuple[Collected, list[ChunkEntry], int]:
+    return files_backup(
+        run.repo,
+        run.conninfo,
+        data_dir,
+        run.backup_id,
+        run.data_key,
+        label=backup_label,
+        system_identifier=run.facts.system_identifier,
+        major=run.facts.major,
+        workers=run.workers,
+        level=run.level,
+        progress=run.progress,
+        refresh=run.refresh,
+    )
 
 
 def _incremental_parent(repo: Repository, facts: ServerFacts) -> Manifest:
@@ -375,34 +394,23 @@ def _incremental_parent(repo: Repository, facts: ServerFacts) -> Manifest:
 
 
 def _stream(
-    repo: Repository,
-    backup_id: str,
-    data_key: DataKey,
-    args: list[str],
-    stderr_path: Path,
-    *,
-    env: dict[str, str],
-    chunk_size: int,
-    progress: Progress | None,
-    workers: int | None,
-    level: int,
-    refresh: Callable[[], None],
+    run: _BackupRun, args: list[str], stderr_path: Path, env: dict[str, str]
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
     hasher = _Hasher()
     try:
         chunks, stream_size = stream_into_chunks(
-            repo,
-            lambda index: chunk_key(backup_id, index),
-            data_key,
+            run.repo,
+            lambda index: chunk_key(run.backup_id, index),
+            run.data_key,
             args,
             stderr_path,
             env=env,
-            chunk_size=chunk_size,
+            chunk_size=run.repo.config.chunk_size,
             feed=hasher.feed,
-            progress=progress,
-            workers=workers,
-            level=level,
-            refresh=refresh,
+            progress=run.progress,
+            workers=run.workers,
+            level=run.level,
+            refresh=run.refresh,
         )
     except BaseException:
         hasher.abandon()
@@ -504,19 +512,12 @@ def store_chunks(
 
 
 def _finish(
-    repo: Repository,
-    backup_id: str,
-    data_key: DataKey,
+    run: _BackupRun,
     hasher: _Hasher | Collected,
     chunks: list[ChunkEntry],
     stream_size: int,
     *,
-    facts: ServerFacts,
-    parent: Manifest | None,
-    label: str | None,
     keep: bool,
-    start_time: Any,
-    level: int,
 ) -> Manifest:
     backup_label = bytes(hasher.captured["backup_label"]).decode()
     pg_manifest_raw = bytes(hasher.captured["backup_manifest"])
@@ -527,20 +528,55 @@ def _finish(
         raise RuntimeFailure("pg_basebackup's backup_manifest cannot be read") from exc
     start_lsn = (_label_field(backup_label, "START WAL LOCATION") or "").split(" ")[0]
     timeline = int(_label_field(backup_label, "START TIMELINE") or wal_range["Timeline"])
-    key = f"{BACKUPS}{backup_id}/backup_manifest"
-    repo.store.put(key, seal(data_key, key, pg_manifest_raw))
+    key = f"{BACKUPS}{run.backup_id}/backup_manifest"
+    run.repo.store.put(key, seal(run.data_key, key, pg_manifest_raw))
+    return build_manifest(
+        run.repo,
+        run.facts,
+        object_id=run.backup_id,
+        kind="incremental" if run.parent else "full",
+        parent=run.parent.id if run.parent else None,
+        label=run.label,
+        keep=keep,
+        timeline=timeline,
+        lsns=(start_lsn or str(wal_range["Start-LSN"]), str(wal_range["End-LSN"])),
+        start_time=run.start_time,
+        stored=(chunks, stream_size, hasher.files),
+        level=run.level,
+    )
+
+
+def build_manifest(
+    repo: Repository,
+    facts: ServerFacts,
+    *,
+    object_id: str,
+    kind: str,
+    parent: str | None,
+    label: str | None,
+    keep: bool,
+    timeline: int,
+    lsns: tuple[str, str],
+    start_time: datetime,
+    stored: tuple[list[ChunkEntry], int, list[FileEntry]],
+    level: int,
+    database: str = "",
+) -> Manifest:
+    """The manifest of an object set (a base backup or a dump) just stored, stopped now;
+    ``lsns`` is (start, stop), ``stored`` is (chunks, stream size, files). Not yet sealed."""
+    chunks, stream_size, files = stored
     return Manifest(
-        id=backup_id,
-        kind="incremental" if parent else "full",
-        parent=parent.id if parent else None,
+        id=object_id,
+        kind=kind,
+        parent=parent,
         label=label,
         keep=keep,
         pg_version=facts.version,
         pg_major=facts.major,
         system_identifier=facts.system_identifier,
         timeline=timeline,
-        start_lsn=start_lsn or str(wal_range["Start-LSN"]),
-        stop_lsn=str(wal_range["End-LSN"]),
+        start_lsn=lsns[0],
+        stop_lsn=lsns[1],
         start_time=format_time(start_time),
         stop_time=format_time(now_utc()),
         chunk_size=repo.config.chunk_size,
@@ -551,11 +587,38 @@ def _finish(
         host=socket.gethostname(),
         pgdr_version=__version__,
         chunks=chunks,
-        files=hasher.files,
+        files=files,
+        database=database,
     )
 
 
-def _abandon(repo: Repository, backup_id: str) -> None:
-    """Best effort: remove what an abandoned backup stored (the next run cleans the rest)."""
-    with contextlib.suppress(PgdrError, OSError):
-        repo.store.delete_prefix(f"{BACKUPS}{backup_id}/")
+def write_manifest(
+    repo: Repository, manifest: Manifest, master: MasterKey, data_key: DataKey, area: str = BACKUPS
+) -> None:
+    """Seal ``manifest`` (wrapped data key, HMAC) and write it: the last write of an object set,
+    which makes it exist."""
+    manifest.wrapped_key = master.wrap(data_key)
+    manifest.sign_with(data_key)
+    repo.store.put(repo.manifest_key(manifest.id, area), manifest.to_json())
+
+
+@contextlib.contextmanager
+def abandoned_on_failure(
+    repo: Repository, area: str, object_id: str, *, noun: str, earlier: str
+) -> Iterator[None]:
+    """On any failure inside, remove what the object set ``area``/``object_id`` stored so far
+    (best effort: the next run cleans the rest); a pgdr error keeps its exit code and says that
+    the ``noun`` was abandoned and ``earlier`` are intact."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(PgdrError, OSError):
+            repo.store.delete_prefix(f"{area}{object_id}/")
+        if isinstance(exc, PgdrError):
+            wrapped = PgdrError(
+                f"{exc.message.rstrip('.')}; {noun} {object_id} was abandoned and {earlier} are "
+                "intact."
+            )
+            wrapped.exit_code = exc.exit_code
+            raise wrapped from exc
+        raise

@@ -11,12 +11,13 @@ from rich.table import Table
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
 from pgdr.backup.verify import backups_to_verify, verify_backup
-from pgdr.cli.common import JsonOption, settings, target
+from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named, target
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
 from pgdr.core.output import (
     console,
     emit,
     err_console,
+    escape,
     key_value_table,
     markup,
     progress_bar,
@@ -30,10 +31,7 @@ RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Repository name (default: primary).")
 ]
 
-app = typer.Typer(
-    help="Take base backups (no sub-command) and inspect the repository's backups.",
-    invoke_without_command=True,
-)
+app = command_group("Take base backups (no sub-command) and inspect the repository's backups.")
 
 
 def open_repo(name: str | None, writable: bool = False) -> Repository:
@@ -82,7 +80,7 @@ def backup(
     as_json: JsonOption = False,
 ) -> None:
     """Take a base backup of the target database into a repository."""
-    if ctx.invoked_subcommand is not None:
+    if subcommand_named(ctx):
         return
     repo = open_repo(repo_name)
     conninfo = target().conninfo
@@ -129,17 +127,27 @@ def backup(
     emit(data, as_json, render)
 
 
-def _row(m: Manifest) -> list[str]:
-    return [
-        m.id,
-        m.kind + (f" on {m.parent}" if m.parent else ""),
-        m.stop_time[:19].replace("T", " "),
-        m.pg_version,
-        human_size(m.stream_size),
-        human_size(m.stored_size),
-        "yes" if m.keep else "",
-        m.label or "",
-    ]
+def manifest_table(title: str, manifests: list[Manifest], *, database: bool = False) -> Table:
+    """Backups or dumps (``database``: with the dumped database's name), one row each, every
+    field escaped."""
+    table = Table(title=title, title_justify="left")
+    for column in ("id", "kind", *(("database",) if database else ()), "finished (UTC)"):
+        table.add_column(column)
+    for column in ("pg", "size", "stored", "keep", "label"):
+        table.add_column(column)
+    for m in manifests:
+        row = [m.id, m.kind + (f" on {m.parent}" if m.parent else "")]
+        row += [m.database] if database else []
+        row += [
+            m.stop_time[:19].replace("T", " "),
+            m.pg_version,
+            human_size(m.stream_size),
+            human_size(m.stored_size),
+            "yes" if m.keep else "",
+            m.label or "",
+        ]
+        table.add_row(*[escape(v) for v in row])
+    return table
 
 
 @app.command("list")
@@ -160,12 +168,7 @@ def list_backups(repo_name: RepoOption = None, as_json: JsonOption = False) -> N
         if not backups:
             console.print(f"The repository {repo.name} ({repo.url}) holds no usable backups.")
             return
-        table = Table(title=f"Backups in {repo.name} ({repo.url})", title_justify="left")
-        for column in ("id", "kind", "finished (UTC)", "pg", "size", "stored", "keep", "label"):
-            table.add_column(column)
-        for m in backups:
-            table.add_row(*_row(m))
-        console.print(table)
+        console.print(manifest_table(f"Backups in {repo.name} ({repo.url})", backups))
 
     emit(data, as_json, render)
 

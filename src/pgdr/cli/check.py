@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from pgdr.backup import open_repository
-from pgdr.cli.common import JsonOption, settings, target
+from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named, target
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, escape, markup, progress_bar, styled
 from pgdr.core.records import RecordStore
@@ -21,10 +21,7 @@ from pgdr.integrity.sqlfunc import install_sql
 from pgdr.profile import Profile, load_profile
 from pgdr.restore.snapshot import snapshot_of_backup
 
-app = typer.Typer(
-    help="Integrity checks: orphans, broken embeddings, rules, storage; snapshots.",
-    invoke_without_command=True,
-)
+app = command_group("Integrity checks: orphans, broken embeddings, rules, storage; snapshots.")
 
 ProfileOption = Annotated[
     str | None,
@@ -150,7 +147,7 @@ def check(
     as_json: JsonOption = False,
 ) -> None:
     """Run every integrity check of the profile (one pass per table); exit 1 on critical."""
-    if ctx.invoked_subcommand is not None:
+    if subcommand_named(ctx):
         return
     options = CheckOptions(vectors=vectors or deep, deep=deep, timeout_s=timeout, samples=samples)
     spec = named_profile(profile)

@@ -28,3 +28,13 @@ def pool_settings(s: PgdrSettings | None = None) -> ResolvedPoolSettings:
 
 def target(s: PgdrSettings | None = None) -> Target:
     return resolve_target(s or settings())
+
+
+def command_group(help: str) -> typer.Typer:
+    """A group whose callback is itself the command run when no sub-command is named (it
+    returns early, see :func:`subcommand_named`, when one is)."""
+    return typer.Typer(help=help, invoke_without_command=True)
+
+
+def subcommand_named(ctx: typer.Context) -> bool:
+    return ctx.invoked_subcommand is not None

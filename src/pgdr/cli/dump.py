@@ -7,21 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from pgdr.backup.manifest import Manifest
-from pgdr.cli.backup import RepoOption, open_repo, show_key_note
+from pgdr.cli.backup import RepoOption, manifest_table, open_repo, show_key_note
 from pgdr.cli.check import chosen_profile
-from pgdr.cli.common import JsonOption, target
+from pgdr.cli.common import JsonOption, command_group, subcommand_named, target
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, escape, progress_bar, styled
 from pgdr.core.units import human_size
 from pgdr.logical.dump import schema_sql, take_dump
 from pgdr.logical.verify import dump_summary, list_dumps, prune_dumps, verify_dump
 
-app = typer.Typer(
-    help="Logical dumps (pg_dump) into the repository (no sub-command); list, verify, prune.",
-    invoke_without_command=True,
+app = command_group(
+    "Logical dumps (pg_dump) into the repository (no sub-command); list, verify, prune."
 )
 
 
@@ -44,7 +41,7 @@ def dump(
     as_json: JsonOption = False,
 ) -> None:
     """Dump the target database with its own major version's pg_dump into a repository."""
-    if ctx.invoked_subcommand is not None:
+    if subcommand_named(ctx):
         return
     conninfo = target().conninfo
     if out is not None:
@@ -83,20 +80,6 @@ def dump(
     )
 
 
-def _row(m: Manifest) -> list[str]:
-    return [
-        m.id,
-        m.kind,
-        m.database,
-        m.stop_time[:19].replace("T", " "),
-        m.pg_version,
-        human_size(m.stream_size),
-        human_size(m.stored_size),
-        "yes" if m.keep else "",
-        m.label or "",
-    ]
-
-
 @app.command("list")
 def list_command(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
     """List the complete dumps in a repository, oldest first."""
@@ -108,22 +91,7 @@ def list_command(repo_name: RepoOption = None, as_json: JsonOption = False) -> N
         if not dumps:
             console.print(f"The repository {repo.name} ({escape(repo.url)}) holds no dumps.")
             return
-        table = Table(title=f"Dumps in {repo.name}", title_justify="left")
-        for column in (
-            "id",
-            "kind",
-            "database",
-            "finished (UTC)",
-            "pg",
-            "size",
-            "stored",
-            "keep",
-            "label",
-        ):
-            table.add_column(column)
-        for m in dumps:
-            table.add_row(*[escape(v) for v in _row(m)])
-        console.print(table)
+        console.print(manifest_table(f"Dumps in {repo.name}", dumps, database=True))
 
     emit(data, as_json, render)
 

@@ -16,16 +16,13 @@ from pgdr.cli.check import (
     fail_on_critical,
     render_report,
 )
-from pgdr.cli.common import JsonOption, settings, target
+from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named, target
 from pgdr.core.output import console, emit, markup
 from pgdr.core.records import RecordStore
 from pgdr.integrity.findings import Report
 from pgdr.integrity.inventory import compare_inventory, take_inventory, write_csv
 
-app = typer.Typer(
-    help="Embeddings per chatbot before a migration, and the check afterwards.",
-    invoke_without_command=True,
-)
+app = command_group("Embeddings per chatbot before a migration, and the check afterwards.")
 
 
 @app.callback()
@@ -44,7 +41,7 @@ def inventory(
     as_json: JsonOption = False,
 ) -> None:
     """Count rows and vectors per group (chatbot) of every embedding source."""
-    if ctx.invoked_subcommand is not None:
+    if subcommand_named(ctx):
         return
     spec = chosen_profile(profile)
     report = Report("inventory", target().redacted(), spec.name)

@@ -14,9 +14,7 @@ file (refused if it exists, without ``--force``) and never stored.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,21 +22,27 @@ from pathlib import Path
 
 import psycopg
 
-from pgdr import __version__
 from pgdr.backup.manifest import (
     DUMPS,
     ChunkEntry,
     FileEntry,
     Manifest,
     chunk_key,
-    format_time,
     now_utc,
 )
 from pgdr.backup.repository import Repository
-from pgdr.backup.take import ServerFacts, new_backup_id, server_facts, stream_into_chunks
+from pgdr.backup.take import (
+    ServerFacts,
+    abandoned_on_failure,
+    build_manifest,
+    new_backup_id,
+    server_facts,
+    stream_into_chunks,
+    write_manifest,
+)
 from pgdr.core import runner
 from pgdr.core.connect import client_environment, connect
-from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 from pgdr.logical.tools import binaries_for
@@ -115,49 +119,24 @@ def store_logical(
         object_id = new_backup_id(repo, kind, DUMPS)
         data_key = DataKey.generate()
         start = now_utc()
-        try:
-            chunks, size, files = produce(
-                Sink(repo, object_id, data_key, lambda: repo.refresh_lock(lock))
-            )
-            manifest = Manifest(
-                id=object_id,
+        with abandoned_on_failure(repo, DUMPS, object_id, noun=kind, earlier="earlier ones"):
+            stored = produce(Sink(repo, object_id, data_key, lambda: repo.refresh_lock(lock)))
+            manifest = build_manifest(
+                repo,
+                source.facts,
+                object_id=object_id,
                 kind=kind,
                 parent=None,
                 label=label,
                 keep=keep,
-                pg_version=source.facts.version,
-                pg_major=source.facts.major,
-                system_identifier=source.facts.system_identifier,
                 timeline=source.timeline,
-                start_lsn=source.lsn,
-                stop_lsn=source.lsn,
-                start_time=format_time(start),
-                stop_time=format_time(now_utc()),
-                chunk_size=repo.config.chunk_size,
-                stream_size=size,
-                stored_size=sum(c.stored_size for c in chunks),
-                compression=f"zstd-{level}",
-                encryption="aes-256-gcm",
-                host=socket.gethostname(),
-                pgdr_version=__version__,
-                chunks=chunks,
-                files=files,
+                lsns=(source.lsn, source.lsn),
+                start_time=start,
+                stored=stored,
+                level=level,
                 database=source.database,
             )
-            manifest.wrapped_key = repo.master_key.wrap(data_key)
-            manifest.sign_with(data_key)
-            repo.store.put(repo.manifest_key(object_id, DUMPS), manifest.to_json())
-        except BaseException as exc:
-            with contextlib.suppress(PgdrError, OSError):
-                repo.store.delete_prefix(f"{DUMPS}{object_id}/")
-            if isinstance(exc, PgdrError):
-                wrapped = PgdrError(
-                    f"{exc.message.rstrip('.')}; {kind} {object_id} was abandoned and earlier "
-                    "ones are intact."
-                )
-                wrapped.exit_code = exc.exit_code
-                raise wrapped from exc
-            raise
+            write_manifest(repo, manifest, repo.master_key, data_key, DUMPS)
     return manifest
 
 
