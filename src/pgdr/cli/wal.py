@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pgdr.backup import open_repository
+from pgdr.cli import walfind
 from pgdr.cli.backup import RepoOption
 from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.common import target as resolve_target
@@ -43,6 +44,7 @@ from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 app = typer.Typer(
     help="Continuous WAL: streaming, archiving, setup and status.", no_args_is_help=True
 )
+app.command("find")(walfind.find)
 
 
 def _stamp(ts: float | None) -> str | None:
