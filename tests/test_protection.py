@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 import filelock
+import psycopg
 
 from conftest import Server, run_cli
 from pgdr.config import PgdrSettings
@@ -16,6 +18,8 @@ from pgdr.core.severity import Severity
 from pgdr.incident.store import IncidentLog
 from pgdr.monitoring.protection import check_key_files, protection_checks
 from pgdr.storage.lock import LOCAL_LOCK_NAME
+from pgdr.watch import watch_checks
+from pgdr.watch.integrity import check_integrity
 from pgdr.watch.sources import import_sources
 
 
@@ -91,3 +95,32 @@ def test_a_failed_drill_is_an_incident_until_one_passes(tmp_path: Path) -> None:
     _drill(tmp_path, "20261130T210000000000Z", passed=True)
     import_sources(log, tmp_path)
     assert log.open_incidents() == [] and len(log.all()) == 1
+
+
+def test_a_recorded_check_feeds_the_integrity_check_with_its_severities(
+    db18: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    records = home / "records"
+    env = cli_env | {"PGDR_HOME": str(home), "DATABASE_URL": db18}
+    assert check_integrity(records).skipped  # no record yet: never a pass
+    clean = run_cli("check", "--json", env=env)
+    assert clean.code == 0, clean.stderr
+    record = Path(json.loads(clean.stdout)["record"])
+    assert record.parent == records / "integrity-checks"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert check_integrity(records).ok
+    with psycopg.connect(db18, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE embeddings SET embedding = NULL WHERE id IN (SELECT id FROM embeddings LIMIT 1)"
+        )
+    bad = run_cli("check", "--json", env=env)
+    assert bad.code == 1, bad.stderr
+    top = json.loads(bad.stdout)["summary"]["priority"]
+    result = check_integrity(records)
+    assert not result.ok and not result.skipped
+    assert (
+        result.severity == Severity(top) and "finding(s) in the last `pgdr check`" in result.message
+    )
+    rounds = {r.name: r for r in (c() for c in watch_checks(PgdrSettings(home=home), None))}
+    assert rounds["integrity"].severity == Severity(top)
