@@ -21,6 +21,7 @@ from pgdr.config import PgdrSettings
 from pgdr.core.errors import PgdrError
 from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult, failed, passed, skipped
+from pgdr.monitoring.tls import check_tls
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import connect
 from pgdr.wal.status import LagLimits, WalStatus, observe_wal
@@ -39,6 +40,7 @@ class ProtectionConfig:
     max_lag_bytes: int = 16 * 1024 * 1024
     max_lag_seconds: float = 300.0
     max_slot_retained_gb: float = 10.0
+    cert_warn_days: float = 14.0
 
     @classmethod
     def from_toml(cls, table: dict[str, Any]) -> ProtectionConfig:
@@ -265,7 +267,7 @@ def protection_checks(
     environ: dict[str, str] | None = None,
     opener: RepoOpener | None = None,
 ) -> list[Check]:
-    """The checks of backups, WAL, slot, restore tests and key files.
+    """The checks of backups, WAL, slot, restore tests, key files and the TLS certificate.
 
     The repository and WAL archive are read once per round, by the first check that runs.
     """
@@ -291,4 +293,5 @@ def protection_checks(
         lambda: check_slot(sources(), config),
         lambda: check_restore_test(sources(), config),
         lambda: check_key_files(key_files(settings, env), required),
+        lambda: check_tls(conninfo, config.cert_warn_days),
     ]
