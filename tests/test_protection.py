@@ -16,8 +16,17 @@ from conftest import Server, run_cli
 from pgdr.config import PgdrSettings
 from pgdr.core.severity import Severity
 from pgdr.incident.store import IncidentLog
-from pgdr.monitoring.protection import check_key_files, protection_checks
+from pgdr.monitoring.protection import (
+    ProtectionConfig,
+    Sources,
+    check_key_files,
+    check_slot,
+    check_wal_gap,
+    check_wal_streamer,
+    protection_checks,
+)
 from pgdr.storage.lock import LOCAL_LOCK_NAME
+from pgdr.wal.status import WalStatus
 from pgdr.watch import watch_checks
 from pgdr.watch.integrity import check_integrity
 from pgdr.watch.sources import import_sources
@@ -124,3 +133,24 @@ def test_a_recorded_check_feeds_the_integrity_check_with_its_severities(
     )
     rounds = {r.name: r for r in (c() for c in watch_checks(PgdrSettings(home=home), None))}
     assert rounds["integrity"].severity == Severity(top)
+
+
+def test_runbook_severities_of_wal_and_slot_checks(pg18: Server, tmp_path: Path) -> None:
+    settings = PgdrSettings(home=tmp_path)
+    silent = WalStatus("r", "1", 16 << 20, problems=["the streamer is silent"], lag_bytes=600_000)
+    assert check_wal_streamer(Sources(settings, None, wal=silent)).severity is Severity.P1
+    silent.synchronous = True  # commits block while the synchronous standby is silent
+    assert check_wal_streamer(Sources(settings, None, wal=silent)).severity is Severity.P0
+    gap = WalStatus("r", "1", 16 << 20, gaps=["000000010000000000000003"])
+    assert check_wal_gap(Sources(settings, None, wal=gap)).severity is Severity.P0
+    url = pg18.new_database()
+    slot = f"t_slot_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
+        conn.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")  # some WAL
+        try:
+            config = ProtectionConfig(max_slot_retained_gb=0)
+            retained = check_slot(Sources(settings, url), config)
+            assert retained.severity is Severity.P1 and "retains" in retained.message
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
