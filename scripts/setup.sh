@@ -35,3 +35,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+
+# Patroni (for the high-availability tests) in its own venv on the system Python: it runs as the
+# unprivileged service user, who cannot reach a Python under /root.
+PATRONI_VENV=${PGDR_PATRONI:-/opt/pgdr-patroni}
+if [ ! -x "$PATRONI_VENV/bin/patroni" ] && [ -w "$(dirname "$PATRONI_VENV")" ]; then
+  /usr/bin/python3 -m venv "$PATRONI_VENV"
+  "$PATRONI_VENV/bin/pip" install -q 'patroni[raft,psycopg3]>=4,<5'
+fi
