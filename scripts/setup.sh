@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest zstd chromium chromium-driver prometheus)
+DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest zstd chromium chromium-driver prometheus python3-venv)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
