@@ -72,8 +72,9 @@ def address(cluster: PatroniCluster, node: int) -> str:
     return f"127.0.0.1:{cluster.ports['pg'][node]}"
 
 
+@pytest.mark.parametrize("mode", ["asynchronous", "synchronous"])
 def test_streamer_follows_switchover_and_failover_without_losing_replicated_commits(
-    patroni: PatroniCluster, settings: PgdrSettings, tmp_path: Path
+    patroni: PatroniCluster, settings: PgdrSettings, tmp_path: Path, mode: str
 ) -> None:
     env = {
         k: v
@@ -89,6 +90,14 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
     printed = pgdr(env, "wal", "setup", "--patroni", "--json")
     assert json.loads(printed.stdout) == {"slots": {"pgdr": {"type": "physical"}}}
 
+    if mode == "synchronous":  # Patroni's synchronous_mode: a commit waits for a replica
+        edit = patroni.patronictl("edit-config", "--set", "synchronous_mode=true", "--force")
+        assert edit.returncode == 0, edit.stdout + edit.stderr
+        patroni.wait(
+            lambda: any(m.get("role") == "sync_standby" for m in patroni.members()),
+            60,
+            "a synchronous standby",
+        )
     with psycopg.connect(patroni.url + " target_session_attrs=read-write", autocommit=True) as c:
         c.execute("CREATE TABLE txlog (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
     log = (tmp_path / "stream.log").open("wb")
@@ -117,7 +126,9 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         patroni.wait(lambda: len(work.acked) > 50, 30, "the workload")
 
         # a planned switchover: the streamer must follow, nothing is lost
-        second = next(i for i in patroni.streaming_replicas())
+        # (in synchronous_mode Patroni switches over only to the synchronous standby)
+        roles = {str(m["name"]): m.get("role") for m in patroni.members()}
+        second = max(patroni.streaming_replicas(), key=lambda i: roles[f"node{i}"] == "sync_standby")
         out = patroni.patronictl(
             "switchover", "--leader", f"node{first}", "--candidate", f"node{second}", "--force"
         )
@@ -129,6 +140,12 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
             "the streamer on the switched-over primary",
         )
         patroni.wait(lambda: len(patroni.streaming_replicas()) == 2, 60, "two replicas again")
+        if mode == "synchronous":  # only a synchronous standby may be promoted
+            patroni.wait(
+                lambda: any(m.get("role") == "sync_standby" for m in patroni.members()),
+                60,
+                "a synchronous standby again",
+            )
         before_crash = len(work.acked)
         patroni.wait(lambda: len(work.acked) > before_crash + 50, 30, "commits on the new primary")
 
@@ -140,6 +157,7 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         )
         third = patroni.leader()
         assert third is not None
+        promoted = time.time() - crashed_at
         patroni.wait(
             lambda: streamer_state(env).get("primary") == address(patroni, third),
             60,
@@ -179,9 +197,11 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         LocalCluster(Path(data["cluster_dir"]), settings).destroy()
     lost = [(i, at) for i, at in work.acked if i not in have]
     print(
-        f"\nHA figures: {len(work.acked)} acknowledged commits, {len(lost)} lost "
-        f"(asynchronous replication, kill -9 failover); the streamer followed the new primary "
-        f"{following:.1f} s after the crash"
+        f"\nHA figures ({mode}): {len(work.acked)} acknowledged commits, {len(lost)} lost "
+        f"across a switchover and a kill -9 failover; new primary seen {promoted:.1f} s after "
+        f"the crash, the streamer followed it {following:.1f} s after the crash"
     )
+    if mode == "synchronous":
+        assert lost == []
     # nothing acknowledged before the crash's last moments nor after the failover is lost
     assert all(crashed_at - 2.0 <= at <= crashed_at for _i, at in lost), lost
