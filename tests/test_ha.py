@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -101,9 +103,6 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
     with psycopg.connect(patroni.url + " target_session_attrs=read-write", autocommit=True) as c:
         c.execute("CREATE TABLE txlog (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
     log = (tmp_path / "stream.log").open("wb")
-    import subprocess
-    import sys
-
     stream = subprocess.Popen(
         [sys.executable, "-m", "pgdr", "wal", "stream"],
         env=env,
@@ -128,7 +127,9 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         # a planned switchover: the streamer must follow, nothing is lost
         # (in synchronous_mode Patroni switches over only to the synchronous standby)
         roles = {str(m["name"]): m.get("role") for m in patroni.members()}
-        second = max(patroni.streaming_replicas(), key=lambda i: roles[f"node{i}"] == "sync_standby")
+        second = max(
+            patroni.streaming_replicas(), key=lambda i: roles[f"node{i}"] == "sync_standby"
+        )
         out = patroni.patronictl(
             "switchover", "--leader", f"node{first}", "--candidate", f"node{second}", "--force"
         )
@@ -152,9 +153,7 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         # a failover: the primary's machine dies (kill -9 of Patroni and PostgreSQL)
         crashed_at = time.time()
         patroni.crash(second)
-        patroni.wait(
-            lambda: patroni.leader() not in (None, second), 120, "a failover to a replica"
-        )
+        patroni.wait(lambda: patroni.leader() not in (None, second), 120, "a failover to a replica")
         third = patroni.leader()
         assert third is not None
         promoted = time.time() - crashed_at
@@ -179,7 +178,6 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         status = json.loads(pgdr(env, "wal", "status", "--json").stdout)
         assert status["gaps"] == []
         assert {t["timeline"] for t in status["timelines"]} >= {1, 2, 3}
-        assert (tmp_path / "repo").exists()
     finally:
         if stream.poll() is None:
             stream.terminate()

@@ -167,7 +167,11 @@ def setup(
 ) -> None:
     """Print (or apply) the server settings a WAL mode needs."""
     if patroni:
-        emit(patroni_slots(), as_json, lambda: console.print(patroni_yaml(), markup=False, soft_wrap=True))
+        emit(
+            patroni_slots(),
+            as_json,
+            lambda: console.print(patroni_yaml(), markup=False, soft_wrap=True),
+        )
         return
     s = settings()
     conninfo = resolve_target(s).conninfo

@@ -81,7 +81,7 @@ def ensure_slot(conninfo: str, slot: str) -> bool:
 
 def hosts(conninfo: str) -> list[str]:
     """The hosts a (libpq multi-host) connection string lists; one entry when it names one."""
-    return (conninfo_to_dict(conninfo).get("host") or "").split(",")
+    return str(conninfo_to_dict(conninfo).get("host") or "").split(",")
 
 
 def resolve_primary(conninfo: str) -> str:

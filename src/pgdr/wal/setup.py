@@ -222,9 +222,9 @@ def patroni_slots(slot: str = DEFAULT_SLOT) -> dict[str, Any]:
 
 
 def patroni_yaml(slot: str = DEFAULT_SLOT) -> str:
-    """:func:`patroni_slots` as the YAML to put under ``bootstrap.dcs`` or `patronictl edit-config`."""
+    """:func:`patroni_slots` as YAML for ``bootstrap.dcs`` or ``patronictl edit-config``."""
     return (
-        "# Patroni: bootstrap.dcs in patroni.yml, or `patronictl edit-config` on a running cluster\n"
+        "# Patroni: under bootstrap.dcs in patroni.yml, or `patronictl edit-config`\n"
         f"slots:\n  {slot}:\n    type: physical\n"
     )
 
