@@ -194,6 +194,11 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
     finally:
         LocalCluster(Path(data["cluster_dir"]), settings).destroy()
     lost = [(i, at) for i, at in work.acked if i not in have]
+    # a timeline whose history file is gone from the repository cannot be followed: a gap
+    (tmp_path / "repo" / "wal" / "history" / "00000003.history").unlink()
+    damaged = pgdr(env, "wal", "status", "--json")
+    assert damaged.code == 1
+    assert "00000003.history" in json.loads(damaged.stdout)["gaps"]
     print(
         f"\nHA figures ({mode}): {len(work.acked)} acknowledged commits, {len(lost)} lost "
         f"across a switchover and a kill -9 failover; new primary seen {promoted:.1f} s after "
