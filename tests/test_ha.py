@@ -11,7 +11,6 @@ figures (commits lost, seconds from failover to the streamer following) are prin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from conftest import CliResult, run_cli
 from fixtures.patroni import PatroniCluster
+from fixtures.wal import pgdr_environment
 from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
 
@@ -78,17 +78,7 @@ def address(cluster: PatroniCluster, node: int) -> str:
 def test_streamer_follows_switchover_and_failover_without_losing_replicated_commits(
     patroni: PatroniCluster, settings: PgdrSettings, tmp_path: Path, mode: str
 ) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not (k.startswith(("PG", "DB_")) or k == "DATABASE_URL")
-    }
-    env |= {
-        "PGDR_HOME": str(settings.home),
-        "PGDR_REPO": str(tmp_path / "repo"),
-        "DATABASE_URL": patroni.url,
-        "COLUMNS": "200",
-    }
+    env = pgdr_environment(settings, tmp_path / "repo", patroni.url)
     printed = pgdr(env, "wal", "setup", "--patroni", "--json")
     assert json.loads(printed.stdout) == {"slots": {"pgdr": {"type": "physical"}}}
 
