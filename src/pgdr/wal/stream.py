@@ -73,6 +73,7 @@ from pgdr.wal.server import (
     connect,
     current_timeline,
     ensure_slot,
+    hosts,
     resolve_primary,
     server_address,
     server_info,
@@ -381,7 +382,12 @@ class Streamer:
         return True
 
     def _leave_standby(self) -> None:
-        """The server streamed from is a standby now (demoted): restart on the new primary."""
+        """The server streamed from is a standby now (demoted): restart on the new primary.
+
+        Only with a list of hosts: a single host that is a standby is what the user named.
+        """
+        if len(hosts(self.o.conninfo)) < 2:
+            return
         if self.proc is not None and self.proc.poll() is None:
             log.warning("%s is a standby now; leaving it.", server_address(self.server))
             runner.stop(self.proc, grace_s=10, sig=signal.SIGINT)
