@@ -29,6 +29,8 @@ from pgdr.wal.setup import (
     apply_setup,
     check_archive_reachable,
     default_archive_env,
+    patroni_slots,
+    patroni_yaml,
     pgdr_executable,
     plan_setup,
 )
@@ -160,8 +162,19 @@ def setup(
     ] = False,
     repo_name: RepoOption = None,
     as_json: JsonOption = False,
+    patroni: Annotated[
+        bool,
+        typer.Option("--patroni", help="Print the Patroni slots setting (permanent slot) only."),
+    ] = False,
 ) -> None:
     """Print (or apply) the server settings a WAL mode needs."""
+    if patroni:
+        emit(
+            patroni_slots(),
+            as_json,
+            lambda: console.print(patroni_yaml(), markup=False, soft_wrap=True),
+        )
+        return
     s = settings()
     conninfo = resolve_target(s).conninfo
     env = None

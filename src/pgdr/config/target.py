@@ -58,8 +58,15 @@ def configured_target(
 
 
 def _checked(url: str, origin: str) -> str:
+    """``url`` validated; a multi-host one (libpq syntax) goes to the primary unless it says.
+
+    Everything pgdr does through the target may write (slots, settings, marks), so a list of
+    hosts means "whichever is the primary now": ``target_session_attrs=read-write``.
+    """
     try:
-        conninfo_to_dict(url)
+        params = conninfo_to_dict(url)
     except Exception as exc:
         raise ConfigError(f"{origin} is not a valid PostgreSQL connection string.") from exc
+    if "," in str(params.get("host") or "") and not params.get("target_session_attrs"):
+        return make_conninfo(url, target_session_attrs="read-write")
     return url
