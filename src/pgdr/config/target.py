@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgdr.core.connect import redact
+from pgdr.core.connect import hosts, redact
 from pgdr.core.errors import ConfigError
 
 LIBPQ_SELECTORS = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGPORT", "PGDATABASE")
@@ -67,6 +67,6 @@ def _checked(url: str, origin: str) -> str:
         params = conninfo_to_dict(url)
     except Exception as exc:
         raise ConfigError(f"{origin} is not a valid PostgreSQL connection string.") from exc
-    if "," in str(params.get("host") or "") and not params.get("target_session_attrs"):
+    if len(hosts(url)) > 1 and not params.get("target_session_attrs"):
         return make_conninfo(url, target_session_attrs="read-write")
     return url

@@ -10,7 +10,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgdr.core.connect import connect as core_connect
-from pgdr.core.connect import redact
+from pgdr.core.connect import hosts, redact
 from pgdr.core.errors import RuntimeFailure
 from pgdr.core.runner import last_line
 
@@ -77,11 +77,6 @@ def ensure_slot(conninfo: str, slot: str) -> bool:
             return False
         conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
         return True
-
-
-def hosts(conninfo: str) -> list[str]:
-    """The hosts a (libpq multi-host) connection string lists; one entry when it names one."""
-    return str(conninfo_to_dict(conninfo).get("host") or "").split(",")
 
 
 def resolve_primary(conninfo: str) -> str:

@@ -53,7 +53,7 @@ from pgdr.cluster import PgInstallation, installation_for_major
 from pgdr.config import PgdrSettings
 from pgdr.core import runner
 from pgdr.core import time as clock
-from pgdr.core.connect import client_environment
+from pgdr.core.connect import client_environment, hosts
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
@@ -73,7 +73,6 @@ from pgdr.wal.server import (
     connect,
     current_timeline,
     ensure_slot,
-    hosts,
     resolve_primary,
     server_address,
     server_info,
