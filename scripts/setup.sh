@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest zstd chromium chromium-driver prometheus)
+DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest zstd chromium chromium-driver prometheus python3-venv)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -34,4 +34,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
+fi
+
+# Patroni (for the high-availability tests) in its own venv on the system Python: it runs as the
+# unprivileged service user, who cannot reach a Python under /root.
+PATRONI_VENV=${PGDR_PATRONI:-/opt/pgdr-patroni}
+if [ ! -x "$PATRONI_VENV/bin/patroni" ] && [ -w "$(dirname "$PATRONI_VENV")" ]; then
+  /usr/bin/python3 -m venv "$PATRONI_VENV"
+  "$PATRONI_VENV/bin/pip" install -q 'patroni[raft,psycopg3]>=4,<5'
 fi

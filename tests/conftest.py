@@ -28,6 +28,7 @@ pytest_plugins = [
     "fixtures.agent",
     "fixtures.backup",
     "fixtures.embeddings",
+    "fixtures.patroni",
     "fixtures.receivers",
     "fixtures.s3",
     "fixtures.wal",

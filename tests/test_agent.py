@@ -153,7 +153,7 @@ def run(a: AgentEnv, alpha: LocalCluster, beta: LocalCluster) -> None:
             for db in ("alpha", "beta")
         )
 
-    a.wait_for(protected_work, timeout=300, what="backups, pruning, restore tests and WAL")
+    a.wait_for(protected_work, timeout=480, what="backups, pruning, restore tests and WAL")
     test = finished(a, "alpha", "restore_test")[0]["summary"]
     assert test["passed"] and test["proven_rto_s"] > 0
     assert "pg_amcheck" in test["steps"] and "integrity check" in test["steps"]

@@ -19,10 +19,11 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from conftest import Server, run_cli
-from pgdr.cli.app import app
+from pgdr.cli.app import build_app
 from pgdr.core.connect import translate
 from pgdr.core.errors import RuntimeFailure
 
+app = build_app()  # every command registered
 MARKUP = "[/]"
 
 

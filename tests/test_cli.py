@@ -9,7 +9,9 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from conftest import run_cli
-from pgdr.cli.app import app
+from pgdr.cli.app import build_app
+
+app = build_app()  # every command registered
 
 
 def _is_group(command: Any) -> bool:

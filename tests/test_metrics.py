@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server
+from conftest import Server, run_cli
 from pgdr.config import PgdrSettings
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
-from pgdr.watch import build_monitor
+from pgdr.watch import Watched, build_monitor
 
 RULES = Path(__file__).parent.parent / "docs" / "prometheus" / "pgdr-alerts.yml"
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing")
@@ -92,3 +93,34 @@ def test_every_metric_and_the_alert_rules_pass_promtool() -> None:
     assert rules.returncode == 0, rules.stdout + rules.stderr
     used = set(re.findall(r"\b(pgdr_[a-z_]+)", RULES.read_text()))
     assert used - names == set(), "alert rules use metrics pgdr does not export"
+
+
+def test_two_configured_databases_are_labelled_apart(
+    pg18: Server, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "pgdr.toml").write_text(
+        '[databases.alpha]\nurl_env = "ALPHA_URL"\n[databases.beta]\nurl_env = "BETA_URL"\n'
+    )
+    urls = {"ALPHA_URL": pg18.new_database(), "BETA_URL": pg18.new_database()}
+    settings = PgdrSettings(home=home)
+    snaps = []
+    for name, url in zip(("alpha", "beta"), urls.values(), strict=True):
+        watched = Watched(name, home / "records" / "databases" / name)
+        snaps.append(
+            build_monitor(settings, url, PoolSettings(), watched=watched).monitor.run_once()
+        )
+    text = render_prometheus(*snaps)
+    checked = promtool_metrics(text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    body = text.decode()
+    assert body.count("# TYPE pgdr_up gauge") == 1  # one family, a series per database
+    assert 'pgdr_up{database="alpha"} 1.0' in body and 'pgdr_up{database="beta"} 1.0' in body
+    assert 'database="default"' not in body
+    env = cli_env | urls | {"PGDR_HOME": str(home)}
+    env.pop("DATABASE_URL", None)
+    one = run_cli("monitor", "run", "--once", "--db", "beta", "--json", env=env)
+    data = json.loads(one.stdout)
+    assert data["database_name"] == "beta", one.stderr
+    assert (home / "records" / "databases" / "beta" / "checks").is_dir()

@@ -5,17 +5,30 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 import filelock
+import psycopg
 
 from conftest import Server, run_cli
 from pgdr.config import PgdrSettings
 from pgdr.core.severity import Severity
 from pgdr.incident.store import IncidentLog
-from pgdr.monitoring.protection import check_key_files, protection_checks
+from pgdr.monitoring.protection import (
+    ProtectionConfig,
+    Sources,
+    check_key_files,
+    check_slot,
+    check_wal_gap,
+    check_wal_streamer,
+    protection_checks,
+)
 from pgdr.storage.lock import LOCAL_LOCK_NAME
+from pgdr.wal.status import WalStatus
+from pgdr.watch import watch_checks
+from pgdr.watch.integrity import check_integrity
 from pgdr.watch.sources import import_sources
 
 
@@ -91,3 +104,53 @@ def test_a_failed_drill_is_an_incident_until_one_passes(tmp_path: Path) -> None:
     _drill(tmp_path, "20261130T210000000000Z", passed=True)
     import_sources(log, tmp_path)
     assert log.open_incidents() == [] and len(log.all()) == 1
+
+
+def test_a_recorded_check_feeds_the_integrity_check_with_its_severities(
+    db18: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    records = home / "records"
+    env = cli_env | {"PGDR_HOME": str(home), "DATABASE_URL": db18}
+    assert check_integrity(records).skipped  # no record yet: never a pass
+    clean = run_cli("check", "--json", env=env)
+    assert clean.code == 0, clean.stderr
+    record = Path(json.loads(clean.stdout)["record"])
+    assert record.parent == records / "integrity-checks"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert check_integrity(records).ok
+    with psycopg.connect(db18, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE embeddings SET embedding = NULL WHERE id IN (SELECT id FROM embeddings LIMIT 1)"
+        )
+    bad = run_cli("check", "--json", env=env)
+    assert bad.code == 1, bad.stderr
+    top = json.loads(bad.stdout)["summary"]["priority"]
+    result = check_integrity(records)
+    assert not result.ok and not result.skipped
+    assert (
+        result.severity == Severity(top) and "finding(s) in the last `pgdr check`" in result.message
+    )
+    rounds = {r.name: r for r in (c() for c in watch_checks(PgdrSettings(home=home), None))}
+    assert rounds["integrity"].severity == Severity(top)
+
+
+def test_runbook_severities_of_wal_and_slot_checks(pg18: Server, tmp_path: Path) -> None:
+    settings = PgdrSettings(home=tmp_path)
+    silent = WalStatus("r", "1", 16 << 20, problems=["the streamer is silent"], lag_bytes=600_000)
+    assert check_wal_streamer(Sources(settings, None, wal=silent)).severity is Severity.P1
+    silent.synchronous = True  # commits block while the synchronous standby is silent
+    assert check_wal_streamer(Sources(settings, None, wal=silent)).severity is Severity.P0
+    gap = WalStatus("r", "1", 16 << 20, gaps=["000000010000000000000003"])
+    assert check_wal_gap(Sources(settings, None, wal=gap)).severity is Severity.P0
+    url = pg18.new_database()
+    slot = f"t_slot_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
+        conn.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")  # some WAL
+        try:
+            config = ProtectionConfig(max_slot_retained_gb=0)
+            retained = check_slot(Sources(settings, url), config)
+            assert retained.severity is Severity.P1 and "retains" in retained.message
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ from pgdr.wal.archive import KEYRING, WalArchive, repository_archive
 from pgdr.wal.retention import prune_repository_wal
 
 SCRATCH_PREFIX = "rt-"  # short: the server's socket path must stay under 107 bytes
+# One restore test at a time per agent: each starts a whole server and replays WAL, and two at
+# once on a small host starve the databases the agent protects (and each other).
+_RESTORE_TESTS = threading.Lock()
 
 
 def _retention(repo: Repository) -> dict[str, Any]:
@@ -125,6 +129,12 @@ def _checks(
 
 
 def restore_test_job(handle: DatabaseHandle) -> dict[str, Any]:
+    """Restore, recover, check, time and record, one database at a time (``_RESTORE_TESTS``)."""
+    with _RESTORE_TESTS:
+        return _restore_test(handle)
+
+
+def _restore_test(handle: DatabaseHandle) -> dict[str, Any]:
     """Restore, recover, check, time and record; the throwaway cluster is always removed."""
     repo = handle.repository()
     backups = repo.list_backups()

@@ -6,45 +6,80 @@ configuration, or an unconfirmed destructive action; 3 the work could not be don
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import psycopg
 import typer
 
 from pgdr import __version__
-from pgdr.cli import (
-    agent,
-    backup,
-    check,
-    cluster,
-    db,
-    demo,
-    drill,
-    dump,
-    incident,
-    inventory,
-    key,
-    logical,
-    mark,
-    monitor,
-    pool,
-    profile,
-    readonly,
-    recover,
-    reembed,
-    repo,
-    restore,
-    sample,
-    vector,
-    wal,
-    walfind,
-)
 from pgdr.core import log
 from pgdr.core.connect import translate
 from pgdr.core.errors import PgdrError
 from pgdr.core.output import err_console, markup
+
+
+class Entry(NamedTuple):
+    """One top-level name: a sub-app (``group``) or a single command, in ``pgdr.cli.MODULE``."""
+
+    module: str
+    attr: str
+    group: bool
+
+
+def _group(module: str) -> Entry:
+    return Entry(module, "app", True)
+
+
+def _command(module: str, attr: str) -> Entry:
+    return Entry(module, attr, False)
+
+
+# Every top-level command, in the order ``pgdr --help`` lists them. Modules are imported only
+# when their command runs (or for the full help): a command starts without importing the
+# packages of the 30 others (FastAPI, the agent, the drills...), which halves its start-up.
+COMMANDS: dict[str, Entry] = {
+    # Getting started and the database itself
+    "demo": _command("demo", "demo"),
+    "db": _group("db"),
+    "cluster": _group("cluster"),
+    "health": _command("pool", "health"),
+    "pool": _group("pool"),
+    "sample": _group("sample"),
+    "profile": _group("profile"),
+    # Backups, WAL and recovery
+    "backup": _group("backup"),
+    "dump": _group("dump"),
+    "restore": _command("restore", "restore"),
+    "cleanup": _command("cluster", "cleanup"),
+    "wal": _group("wal"),
+    "mark": _command("mark", "mark"),
+    "repo": _group("repo"),
+    "prune": _command("repo", "prune"),
+    "key": _group("key"),
+    "recover": _group("recover"),
+    "undelete": _command("logical", "undelete"),
+    "restore-table": _command("logical", "restore_table"),
+    "export": _command("logical", "export"),
+    # Integrity, incidents, monitoring and drills
+    "check": _group("check"),
+    "inventory": _group("inventory"),
+    "readonly": _group("readonly"),
+    "incident": _group("incident"),
+    "monitor": _group("monitor"),
+    "serve": _command("monitor", "serve"),
+    "drill": _group("drill"),
+    "agent": _group("agent"),
+    "status": _command("agent", "status"),
+    # Embeddings
+    "reembed": _group("reembed"),
+    "vector": _group("vector"),
+}
+# Options of the root callback that take a value (skipped when looking for the command name).
+_ROOT_VALUE_OPTIONS = ("--log-level", "--log-file")
 
 app = typer.Typer(
     name="pgdr",
@@ -73,44 +108,6 @@ def root(
     log.configure(log_level, log_file)
 
 
-# Getting started and the database itself
-app.command()(demo.demo)
-app.add_typer(db.app, name="db")
-app.add_typer(cluster.app, name="cluster")
-app.command()(pool.health)
-app.add_typer(pool.app, name="pool")
-app.add_typer(sample.app, name="sample")
-app.add_typer(profile.app, name="profile")
-# Backups, WAL and recovery
-app.add_typer(backup.app, name="backup")
-app.add_typer(dump.app, name="dump")
-app.command()(restore.restore)
-app.command()(cluster.cleanup)
-app.add_typer(wal.app, name="wal")
-wal.app.command("find")(walfind.find)
-app.command()(mark.mark)
-app.add_typer(repo.app, name="repo")
-app.command()(repo.prune)
-app.add_typer(key.app, name="key")
-app.add_typer(recover.app, name="recover")
-app.command()(logical.undelete)
-app.command("restore-table")(logical.restore_table)
-app.command()(logical.export)
-# Integrity, incidents, monitoring and drills
-app.add_typer(check.app, name="check")
-app.add_typer(inventory.app, name="inventory")
-app.add_typer(readonly.app, name="readonly")
-app.add_typer(incident.app, name="incident")
-app.add_typer(monitor.app, name="monitor")
-app.command()(monitor.serve)
-app.add_typer(drill.app, name="drill")
-app.add_typer(agent.app, name="agent")
-app.command()(agent.status)
-# Embeddings
-app.add_typer(reembed.app, name="reembed")
-app.add_typer(vector.app, name="vector")
-
-
 @app.command()
 def version() -> None:
     """Print pgdr's version."""
@@ -124,7 +121,7 @@ def main() -> None:
     psycopg error that escapes a command is translated into one (pgdr.core.connect.translate).
     """
     try:
-        app()
+        build_app(command_name(sys.argv[1:]))()
     except PgdrError as exc:
         fail(exc)
     except psycopg.Error as exc:
@@ -132,6 +129,46 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("Interrupted.")
         sys.exit(130)
+
+
+def command_name(args: Sequence[str]) -> str | None:
+    """The top-level command named in ``args`` (after the root options), if any."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _ROOT_VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The ``pgdr`` app with command ``only`` registered, or every command when it is unknown.
+
+    An unknown or missing name registers everything, so that ``pgdr --help`` lists all commands
+    and a misspelt one gets typer's usage error with the full list.
+    """
+    if only == "version":
+        return app
+    names = [only] if only in COMMANDS else list(COMMANDS)
+    for name in names:
+        if name not in _registered:
+            _register(name, COMMANDS[name])
+    return app
+
+
+_registered: set[str] = set()
+
+
+def _register(name: str, entry: Entry) -> None:
+    target: Any = getattr(importlib.import_module(f"pgdr.cli.{entry.module}"), entry.attr)
+    if entry.group:
+        app.add_typer(target, name=name)
+    else:
+        app.command(name)(target)
+    _registered.add(name)
 
 
 def fail(exc: PgdrError) -> NoReturn:

@@ -14,8 +14,9 @@ from pgdr.cli.common import JsonOption, command_group, settings, subcommand_name
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, escape, markup, progress_bar, styled
 from pgdr.core.records import RecordStore
-from pgdr.integrity import CheckOptions, Report, run_check
+from pgdr.integrity import CheckOptions, Report
 from pgdr.integrity.discover import profile_for
+from pgdr.integrity.records import check_and_record
 from pgdr.integrity.snapshot import compare_snapshot, take_snapshot
 from pgdr.integrity.sqlfunc import install_sql
 from pgdr.profile import Profile, load_profile
@@ -144,18 +145,27 @@ def check(
     ] = False,
     timeout: TimeoutOption = 300.0,
     samples: Annotated[int, typer.Option(help="Sample keys per finding.", min=0)] = 5,
+    db: Annotated[
+        str | None, typer.Option("--db", help="A database of pgdr.toml's [databases.NAME].")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run every integrity check of the profile (one pass per table); exit 1 on critical."""
+    """Run every integrity check of the profile (one pass per table); exit 1 on critical.
+
+    Each run is recorded (the monitor's `integrity` check reads the newest record)."""
     if subcommand_named(ctx):
         return
     options = CheckOptions(vectors=vectors or deep, deep=deep, timeout_s=timeout, samples=samples)
     spec = named_profile(profile)
-    db = target()
 
     with progress_bar("Checking tables", None, enabled=not as_json) as advance:
-        report = run_check(db.conninfo, spec, options, lambda _table: advance(1))
-    emit(report.as_dict(), as_json, lambda: render_report(report, f"pgdr check ({report.profile})"))
+        report, path = check_and_record(settings(), db, spec, options, lambda _t: advance(1))
+
+    def render() -> None:
+        render_report(report, f"pgdr check ({report.profile})")
+        console.print(f"Recorded in {escape(str(path))}.", highlight=False)
+
+    emit(report.as_dict() | {"record": str(path)}, as_json, render)
     fail_on_critical(report)
 
 

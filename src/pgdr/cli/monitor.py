@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from pgdr.agent import database_handle
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.cluster import resolve_target
 from pgdr.cluster.manager import default_cluster
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
@@ -18,7 +20,7 @@ from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
-from pgdr.watch import MonitorSetup, build_monitor, dashboard_data
+from pgdr.watch import MonitorSetup, Watched, build_monitor, dashboard_data
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
@@ -35,14 +37,28 @@ def _monitored(s: PgdrSettings) -> str:
         return cluster.conninfo()
 
 
-def _setup(interval: float = 120, with_pool: bool = False) -> MonitorSetup:
-    """The monitor with the protection checks and the notifier (see pgdr.watch)."""
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="A database of pgdr.toml's [databases.NAME] (its metrics label)."),
+]
+
+
+def _setup(interval: float = 120, with_pool: bool = False, db: str | None = None) -> MonitorSetup:
+    """The monitor of one database of the fleet, with the protection checks and the notifier
+    (see pgdr.watch); a declared database brings its own records and namespaced repository."""
     s = settings()
-    return build_monitor(s, _monitored(s), pool_settings(s).settings, interval, with_pool=with_pool)
+    handle = database_handle(s, db)
+    url = handle.db.url()
+    conninfo = resolve_target(s, url=url).conninfo if url else _monitored(s)
+    opener = handle.repository if handle.db.declared else None
+    watched = Watched(handle.name, handle.records, opener)
+    return build_monitor(
+        s, conninfo, pool_settings(s).settings, interval, with_pool=with_pool, watched=watched
+    )
 
 
-def _monitor(interval: float = 120) -> Monitor:
-    return _setup(interval).monitor
+def _monitor(interval: float = 120, db: str | None = None) -> Monitor:
+    return _setup(interval, db=db).monitor
 
 
 def _checks_table(results: list[CheckResult]) -> Table:
@@ -115,10 +131,11 @@ def run(
         bool, typer.Option("--once", help="One round, then exit (1 if any check failed).")
     ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between rounds (runbook: 120).")] = 120,
+    db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run every check on a schedule, record history and open/resolve incidents."""
-    monitor = _monitor(interval)
+    monitor = _monitor(interval, db)
     if once:
         snap = monitor.run_once()
         _emit_round(snap, as_json)
@@ -190,6 +207,7 @@ def serve(
             "--health-cache", min=0, help="Seconds a /api/health result is reused (one probe)."
         ),
     ] = 1.0,
+    db: DbOption = None,
 ) -> None:
     """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
     # Not a cycle: FastAPI and uvicorn take about a second to import, which every other
@@ -202,7 +220,7 @@ def serve(
     token, note = load_api_token(s.home)
     if note:
         err_console.print(styled(note, "yellow"))
-    setup = _setup(interval, with_pool=True)
+    setup = _setup(interval, with_pool=True, db=db)
     app = create_app(
         setup.monitor, token, health_ttl_s=health_cache, board=lambda: dashboard_data(setup)
     )

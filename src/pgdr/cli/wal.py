@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pgdr.backup import open_repository
+from pgdr.cli import walfind
 from pgdr.cli.backup import RepoOption
 from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.common import target as resolve_target
@@ -28,6 +29,8 @@ from pgdr.wal.setup import (
     apply_setup,
     check_archive_reachable,
     default_archive_env,
+    patroni_slots,
+    patroni_yaml,
     pgdr_executable,
     plan_setup,
 )
@@ -43,6 +46,7 @@ from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 app = typer.Typer(
     help="Continuous WAL: streaming, archiving, setup and status.", no_args_is_help=True
 )
+app.command("find")(walfind.find)
 
 
 def _stamp(ts: float | None) -> str | None:
@@ -158,8 +162,19 @@ def setup(
     ] = False,
     repo_name: RepoOption = None,
     as_json: JsonOption = False,
+    patroni: Annotated[
+        bool,
+        typer.Option("--patroni", help="Print the Patroni slots setting (permanent slot) only."),
+    ] = False,
 ) -> None:
     """Print (or apply) the server settings a WAL mode needs."""
+    if patroni:
+        emit(
+            patroni_slots(),
+            as_json,
+            lambda: console.print(patroni_yaml(), markup=False, soft_wrap=True),
+        )
+        return
     s = settings()
     conninfo = resolve_target(s).conninfo
     env = None

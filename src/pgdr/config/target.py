@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgdr.core.connect import redact
+from pgdr.core.connect import hosts, redact
 from pgdr.core.errors import ConfigError
 
 LIBPQ_SELECTORS = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGPORT", "PGDATABASE")
@@ -58,8 +58,15 @@ def configured_target(
 
 
 def _checked(url: str, origin: str) -> str:
+    """``url`` validated; a multi-host one (libpq syntax) goes to the primary unless it says.
+
+    Everything pgdr does through the target may write (slots, settings, marks), so a list of
+    hosts means "whichever is the primary now": ``target_session_attrs=read-write``.
+    """
     try:
-        conninfo_to_dict(url)
+        params = conninfo_to_dict(url)
     except Exception as exc:
         raise ConfigError(f"{origin} is not a valid PostgreSQL connection string.") from exc
+    if len(hosts(url)) > 1 and not params.get("target_session_attrs"):
+        return make_conninfo(url, target_session_attrs="read-write")
     return url

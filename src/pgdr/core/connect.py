@@ -129,6 +129,11 @@ def first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__).rstrip(".") + "."
 
 
+def hosts(conninfo: str) -> list[str]:
+    """The hosts a (libpq multi-host) connection string lists; one entry when it names one."""
+    return str(conninfo_to_dict(conninfo).get("host") or "").split(",")
+
+
 def redact(conninfo: str) -> str:
     """The connection string with any password masked, safe to print or log."""
     try:

@@ -50,6 +50,8 @@ RUNBOOK_ACTIONS = {
     "drill": "Read `pgdr drill report` and fix what the drill found.",
     "integrity": "Read `pgdr check` findings and follow docs/integrity.md.",
     "key_files": "Restore the key file from its safe copy; `chmod 600` it.",
+    "tls_certificate": "Renew the server certificate (ssl_cert_file), `chmod 600` its key, "
+    "then `SELECT pg_reload_conf()`.",
 }
 DEFAULT_ACTION = "Follow the runbook's incident response for this severity."
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pgdr.core.severity import Severity
@@ -133,13 +133,24 @@ def protection_state(snapshot: MetricsSnapshot) -> str:
     return "green"
 
 
-class SnapshotCollector(Collector):
-    """Turns one snapshot into metric families (a fresh registry per scrape)."""
+Family = GaugeMetricFamily | CounterMetricFamily
 
-    def __init__(self, snapshot: MetricsSnapshot) -> None:
-        self.snap = snapshot
-        self.db = snapshot.database
-        self.families: list[Metric] = []
+
+class SnapshotCollector(Collector):
+    """Turns snapshots (one per watched database) into metric families, a fresh registry per
+    scrape; each metric name is one family whose samples carry their database's label."""
+
+    def __init__(self, *snapshots: MetricsSnapshot) -> None:
+        self.snapshots = snapshots
+        self.snap = snapshots[0]
+        self.db = self.snap.database
+        self.families: dict[str, Family] = {}
+
+    def _family(self, name: str, doc: str, labels: list[str], counter: bool = False) -> Family:
+        if name not in self.families:
+            kind = CounterMetricFamily if counter else GaugeMetricFamily
+            self.families[name] = kind(name, doc, labels=labels)
+        return self.families[name]
 
     def gauge(
         self, name: str, doc: str, value: float | None, labels: dict[str, str] | None = None
@@ -147,30 +158,29 @@ class SnapshotCollector(Collector):
         if value is None:
             return
         extra = labels or {}
-        family = GaugeMetricFamily(name, doc, labels=["database", *extra])
+        family = self._family(name, doc, ["database", *extra])
         family.add_metric([self.db, *extra.values()], float(value))
-        self.families.append(family)
 
     def counter(self, name: str, doc: str, value: float | None) -> None:
         if value is None:
             return
-        family = CounterMetricFamily(name, doc, labels=["database"])
+        family = self._family(name, doc, ["database"], counter=True)
         family.add_metric([self.db], float(value))
-        self.families.append(family)
 
     def labelled(self, name: str, doc: str, label: str, values: Mapping[str, float]) -> None:
-        family = GaugeMetricFamily(name, doc, labels=["database", label])
+        family = self._family(name, doc, ["database", label])
         for key, value in values.items():
             family.add_metric([self.db, key], float(value))
-        self.families.append(family)
 
     def collect(self) -> Any:
-        self.families = []
-        self._database()
-        self._queries()
-        self._protection()
-        self._incidents()
-        return iter(self.families)
+        self.families = {}
+        for snapshot in self.snapshots:
+            self.snap, self.db = snapshot, snapshot.database
+            self._database()
+            self._queries()
+            self._protection()
+            self._incidents()
+        return iter(self.families.values())
 
     def _database(self) -> None:
         s = self.snap
@@ -293,8 +303,9 @@ class SnapshotCollector(Collector):
         self.labelled("pgdr_incidents_open", "Open incidents by severity", "severity", counts)
 
 
-def render_prometheus(snapshot: MetricsSnapshot) -> bytes:
-    """The snapshot in Prometheus' text exposition format (a fresh registry each time)."""
+def render_prometheus(snapshot: MetricsSnapshot, *more: MetricsSnapshot) -> bytes:
+    """The snapshots (one per watched database) in Prometheus' text exposition format (a fresh
+    registry each time); every series carries its database's ``database`` label."""
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(snapshot))
+    registry.register(SnapshotCollector(snapshot, *more))
     return generate_latest(registry)

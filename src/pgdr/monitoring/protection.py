@@ -1,4 +1,4 @@
-"""Checks of the protection itself: backups, WAL, slot, restore tests, integrity, key files.
+"""Checks of the protection itself: backups, WAL, slot, restore tests, key files, TLS.
 
 Each check is a plain callable returning one :class:`CheckResult` with the runbook's severity, so
 ``pgdr monitor run``, ``pgdr serve`` and the agent run the same list every interval. A check whose
@@ -8,7 +8,6 @@ input is missing (no repository configured, the server unreachable, no record ye
 
 from __future__ import annotations
 
-import json
 import stat
 import time
 from collections.abc import Callable
@@ -20,13 +19,15 @@ from typing import Any
 from pgdr.backup import Repository, open_repository
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import PgdrError
-from pgdr.core.severity import Severity, worst
+from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult, failed, passed, skipped
+from pgdr.monitoring.tls import check_tls
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import connect
 from pgdr.wal.status import LagLimits, WalStatus, observe_wal
 
 Check = Callable[[], CheckResult]
+RepoOpener = Callable[[], Repository]
 GIB = 1024**3
 
 
@@ -39,6 +40,7 @@ class ProtectionConfig:
     max_lag_bytes: int = 16 * 1024 * 1024
     max_lag_seconds: float = 300.0
     max_slot_retained_gb: float = 10.0
+    cert_warn_days: float = 14.0
 
     @classmethod
     def from_toml(cls, table: dict[str, Any]) -> ProtectionConfig:
@@ -59,11 +61,17 @@ class Sources:
 
 
 def open_sources(
-    settings: PgdrSettings, conninfo: str | None, config: ProtectionConfig, repo_name: str | None
+    settings: PgdrSettings,
+    conninfo: str | None,
+    config: ProtectionConfig,
+    repo_name: str | None,
+    opener: RepoOpener | None = None,
 ) -> Sources:
+    """``opener`` opens the watched database's repository (a namespaced one for a database
+    of ``[databases.NAME]``); by default the configured repository ``repo_name``."""
     sources = Sources(settings, conninfo)
     try:
-        sources.repo = open_repository(settings, repo_name)
+        sources.repo = opener() if opener else open_repository(settings, repo_name)
         backups = sources.repo.list_backups()
     except PgdrError as exc:
         sources.repo_error = exc.message
@@ -221,24 +229,6 @@ def check_restore_test(src: Sources, config: ProtectionConfig) -> CheckResult:
     return CheckResult(name, True, None, f"passed {_age(age)} ago", age, details=[facts])
 
 
-def check_integrity(home: Path) -> CheckResult:
-    """The findings of the newest recorded ``pgdr check``, with their own severities."""
-    name = "integrity"
-    directory = home / "records" / "checks-integrity"
-    files = sorted(directory.glob("*.json")) if directory.is_dir() else []
-    if not files:
-        return skipped(name, "no recorded `pgdr check` run to read")
-    try:
-        data = json.loads(files[-1].read_text())
-    except (OSError, ValueError) as exc:
-        return skipped(name, f"the newest check record cannot be read: {exc}")
-    findings = [f for f in data.get("findings", []) if f.get("priority")]
-    severity = worst([Severity(f["priority"]) for f in findings])
-    if severity is None:
-        return passed(name, "the last integrity check found nothing", 0)
-    return failed(name, severity, f"{len(findings)} finding(s) in the last integrity check")
-
-
 def key_files(settings: PgdrSettings, environ: dict[str, str]) -> list[Path]:
     paths = [settings.home / "keys" / "master.key", settings.home / "api-token"]
     for variable in ("PGDR_ENCRYPTION_KEY_FILE", "PGDR_API_TOKEN_FILE"):
@@ -275,8 +265,9 @@ def protection_checks(
     config: ProtectionConfig | None = None,
     repo_name: str | None = None,
     environ: dict[str, str] | None = None,
+    opener: RepoOpener | None = None,
 ) -> list[Check]:
-    """The checks of backups, WAL, slot, restore tests, integrity and key files.
+    """The checks of backups, WAL, slot, restore tests, key files and the TLS certificate.
 
     The repository and WAL archive are read once per round, by the first check that runs.
     """
@@ -286,7 +277,7 @@ def protection_checks(
 
     def sources() -> Sources:
         if "round" not in cache:
-            cache["round"] = open_sources(settings, conninfo, config, repo_name)
+            cache["round"] = open_sources(settings, conninfo, config, repo_name, opener)
         return cache["round"]
 
     def first() -> CheckResult:
@@ -301,6 +292,6 @@ def protection_checks(
         lambda: check_wal_gap(sources()),
         lambda: check_slot(sources(), config),
         lambda: check_restore_test(sources(), config),
-        lambda: check_integrity(settings.home),
         lambda: check_key_files(key_files(settings, env), required),
+        lambda: check_tls(conninfo, config.cert_warn_days),
     ]

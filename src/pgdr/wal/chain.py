@@ -157,6 +157,37 @@ class Chain:
                     missing.append(Segment(tli, segno).name(self.segment_size))
         return missing
 
+    def switch_gaps(self) -> list[str]:
+        """Segments missing around a timeline switch (a failover the streamer did not cover).
+
+        For each timeline with WAL here, the segments from where its parent's WAL ends here to
+        where its own begins must all be readable along its path; a missing history file is
+        reported as such (the timeline cannot be followed without it).
+        """
+        missing: list[str] = []
+        for tli in self.timelines:
+            own = self.segments.get(tli, set()) | self.partials.get(tli, set())
+            if tli == 1 or not own:
+                continue
+            if tli not in self.histories:
+                missing.append(history_name(tli))
+                continue
+            parent, switch = self.histories[tli][-1]
+            before = {
+                n
+                for n in self.segments.get(parent, set()) | self.partials.get(parent, set())
+                if n <= segment_of_lsn(switch, self.segment_size)
+            }
+            if not before:
+                continue  # nothing of the parent here: the repository starts on this timeline
+            path = self.ancestry(tli)
+            first = min(max(before) + 1, segment_of_lsn(switch, self.segment_size))
+            for segno in range(first, min(own)):
+                t = self.timeline_of_segno(path, segno)
+                if segno not in self.segments.get(t, set()):
+                    missing.append(Segment(t, segno).name(self.segment_size))
+        return missing
+
 
 def choose_timeline(chain: Chain, base_tli: int, base_lsn: int, requested: str | None) -> int:
     """The timeline a restore follows: the requested one, else the newest one with WAL."""

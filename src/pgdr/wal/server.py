@@ -10,7 +10,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgdr.core.connect import connect as core_connect
-from pgdr.core.connect import redact
+from pgdr.core.connect import hosts, redact
 from pgdr.core.errors import RuntimeFailure
 from pgdr.core.runner import last_line
 
@@ -77,6 +77,31 @@ def ensure_slot(conninfo: str, slot: str) -> bool:
             return False
         conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
         return True
+
+
+def resolve_primary(conninfo: str) -> str:
+    """A single-host connection string of the server that accepts writes now.
+
+    A multi-host string (a Patroni cluster) is tried host by host with
+    ``target_session_attrs=read-write``; the answer names that one server, so a client program
+    (pg_receivewal) stays on it and notices when it stops being the primary. A single host is
+    returned as given.
+    """
+    if len(hosts(conninfo)) < 2:
+        return conninfo
+    with connect(make_conninfo(conninfo, target_session_attrs="read-write")) as conn:
+        host, port = conn.info.host, conn.info.port
+    params = {k: v for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    params.pop("hostaddr", None)
+    params.pop("target_session_attrs", None)
+    params |= {"host": host, "port": str(port)}
+    return make_conninfo("", **params)
+
+
+def server_address(conninfo: str) -> str:
+    """``host:port`` of a single-host connection string (for messages; no secrets)."""
+    params = conninfo_to_dict(conninfo)
+    return f"{params.get('host') or 'local socket'}:{params.get('port') or 5432}"
 
 
 def with_application_name(conninfo: str, name: str) -> str:

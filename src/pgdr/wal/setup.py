@@ -211,6 +211,24 @@ def apply_setup(conninfo: str, plan: SetupPlan) -> SetupPlan:
     return plan
 
 
+def patroni_slots(slot: str = DEFAULT_SLOT) -> dict[str, Any]:
+    """The Patroni DCS settings that keep pgdr's slot on every node (``pgdr wal setup --patroni``).
+
+    Patroni drops physical slots it does not know on the primary; a permanent slot is created
+    on every member and advanced on the replicas, so a new primary has it at a position at or
+    before the streamer's and the streamer continues there after a failover.
+    """
+    return {"slots": {slot: {"type": "physical"}}}
+
+
+def patroni_yaml(slot: str = DEFAULT_SLOT) -> str:
+    """:func:`patroni_slots` as YAML for ``bootstrap.dcs`` or ``patronictl edit-config``."""
+    return (
+        "# Patroni: under bootstrap.dcs in patroni.yml, or `patronictl edit-config`\n"
+        f"slots:\n  {slot}:\n    type: physical\n"
+    )
+
+
 def default_archive_env(repo_url: str, home: Path) -> dict[str, str]:
     env = {"PGDR_REPO": repo_url, "PGDR_HOME": str(home)}
     key_file = os.environ.get("PGDR_ENCRYPTION_KEY_FILE")

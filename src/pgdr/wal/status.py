@@ -116,7 +116,7 @@ def wal_status(
                 partial=Segment(tli, partials[-1]).name(size) + ".partial" if partials else None,
             )
         )
-    report.gaps = chain.gaps()
+    report.gaps = chain.gaps() + chain.switch_gaps()
     report.streamer = archive.get_state("streamer")
     if report.streamer:
         age = time.time() - float(report.streamer.get("heartbeat_at", 0))

@@ -18,6 +18,17 @@ flush at once) and lists its application name in ``synchronous_standby_names``: 
 returns only once its WAL is on pgdr's disk (RPO 0). While the streamer is down commits block;
 ``degrade_after`` seconds of that and the streamer switches the server to asynchronous commits
 itself, loudly, records an incident, and switches back when it has caught up.
+
+A multi-host connection string (a Patroni cluster) is resolved to the current primary before
+each start of pg_receivewal, which is given that one server. When the primary goes away
+(switchover, crash) or turns into a standby, pg_receivewal is restarted against the new primary
+from the spool's position on the old timeline; PostgreSQL's walsender streams the old timeline
+up to the switch point, pg_receivewal fetches the new timeline's history file and follows it, and
+the uploader puts both into the repository. The slot must exist on the new primary (Patroni's
+permanent slot); when it does not, pgdr creates it and says so, and what could not be fetched
+shows as a gap in ``pgdr wal status``. A spool position the new primary never had (WAL the old
+primary wrote but no replica received: an asynchronous failover's loss) is dropped from the
+spool after being uploaded; the repository keeps it on the old timeline.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from pgdr.cluster import PgInstallation, installation_for_major
 from pgdr.config import PgdrSettings
 from pgdr.core import runner
 from pgdr.core import time as clock
-from pgdr.core.connect import client_environment
+from pgdr.core.connect import client_environment, hosts
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
@@ -62,6 +73,8 @@ from pgdr.wal.server import (
     connect,
     current_timeline,
     ensure_slot,
+    resolve_primary,
+    server_address,
     server_info,
     set_system,
     setting,
@@ -73,7 +86,8 @@ DEGRADED = "wal-sync-degraded"
 
 PR_SET_PDEATHSIG = 1
 SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
-MAX_BACKOFF_S = 5.0
+MAX_BACKOFF_S = 2.0
+NOT_IN_HISTORY = ("is not in this server's history", "ahead of the WAL flush position")
 HEARTBEAT_S = 1.0
 
 
@@ -124,6 +138,8 @@ class StreamState:
     degraded: bool = False
     restarts: int = 0
     repository_error: str | None = None
+    primary: str | None = None
+    following_since: float | None = None
     started_at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
@@ -149,6 +165,8 @@ class StreamState:
             "degraded": self.degraded,
             "restarts": self.restarts,
             "repository_error": self.repository_error,
+            "primary": self.primary,
+            "following_since": self.following_since,
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
         }
@@ -174,6 +192,7 @@ class Streamer:
         self._partial_recorded = 0.0
         self._down_since: float | None = None
         self._lock_handle: IO[str] | None = None
+        self.server = options.conninfo  # the primary's single-host conninfo once resolved
 
     # ----- the spool --------------------------------------------------------------------------
     def _lock_spool(self) -> None:
@@ -281,11 +300,31 @@ class Streamer:
             self._record_partial(name, read_at, size)
 
     # ----- pg_receivewal ----------------------------------------------------------------------
+    def _follow_primary(self) -> None:
+        """Resolve the primary (multi-host) and make sure the slot exists there."""
+        self.server = resolve_primary(self.o.conninfo)
+        address = server_address(self.server)
+        if ensure_slot(self.server, self.o.slot) and self.status.primary is not None:
+            message = (
+                f"The slot {self.o.slot} was missing on the new primary {address} and was created "
+                "now: WAL written since the previous server's last position may not be fetchable "
+                "(`pgdr wal status` shows any gap). Declare the slot permanent in Patroni "
+                "(`pgdr wal setup --patroni`)."
+            )
+            log.warning(message)
+            self._incident("wal-slot-missing", message)
+        if self.status.primary not in (None, address):
+            log.warning("The primary moved: following %s now.", address)
+            self._incident("wal-primary-moved", f"the streamer follows the new primary {address}")
+        if self.status.primary != address:
+            self.status.following_since = time.time()
+        self.status.primary = address
+
     def _start_receiver(self) -> runner.Process:
-        ensure_slot(self.o.conninfo, self.o.slot)
+        self._follow_primary()
         # The password goes through the environment: argv is readable by every local user.
         client_conninfo, env = client_environment(
-            with_application_name(self.o.conninfo, self.o.application)
+            with_application_name(self.server, self.o.application)
         )
         args = [
             str(self.o.installation.tool("pg_receivewal")),
@@ -319,7 +358,10 @@ class Streamer:
     def _observe_server(self) -> bool:
         """Positions and sync state from the server; False when it cannot be reached."""
         try:
-            with connect(self.o.conninfo) as conn:
+            with connect(self.server) as conn:
+                if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+                    self._leave_standby()
+                    return False
                 row = conn.execute(
                     "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn,"
                     " (SELECT flush_lsn - '0/0'::pg_lsn FROM pg_stat_replication"
@@ -337,6 +379,36 @@ class Streamer:
         except (PgdrError, psycopg.Error):
             return False
         return True
+
+    def _leave_standby(self) -> None:
+        """The server streamed from is a standby now (demoted): restart on the new primary.
+
+        Only with a list of hosts: a single host that is a standby is what the user named.
+        """
+        if len(hosts(self.o.conninfo)) < 2:
+            return
+        if self.proc is not None and self.proc.poll() is None:
+            log.warning("%s is a standby now; leaving it.", server_address(self.server))
+            runner.stop(self.proc, grace_s=10, sig=signal.SIGINT)
+
+    def _drop_foreign_partials(self) -> None:
+        """After "not in this server's history": the spool's old-timeline WAL is uploaded; drop it.
+
+        It is WAL the new primary never had (an asynchronous failover's loss); pg_receivewal
+        then starts from the slot's position on the new primary.
+        """
+        if not any(marker in self._receiver_reason() for marker in NOT_IN_HISTORY):
+            return
+        if self.status.repository_error:
+            return
+        for path in self.o.spool.glob("*.partial"):
+            log.warning(
+                "Dropping %s from the spool: the new primary's history does not contain it "
+                "(WAL written by the old primary after the last replica's position; it stays "
+                "in the repository on its timeline).",
+                path.name,
+            )
+            path.unlink()
 
     def _operator_off(self) -> bool:
         """Whether an operator said `pgdr wal sync off` (the streamer then leaves it off)."""
@@ -422,7 +494,7 @@ class Streamer:
         if self.status.repository_error:
             return
         try:
-            with connect(self.o.conninfo) as conn:
+            with connect(resolve_primary(self.o.conninfo)) as conn:
                 timeline = current_timeline(conn)
         except PgdrError:
             return
@@ -461,6 +533,7 @@ class Streamer:
                     self.status.state = "disconnected"
                     self.status.restarts += 1
                     self.upload_spool(final=True)
+                    self._drop_foreign_partials()
                     log.warning(
                         "pg_receivewal exited (%s): %s; restarting in %g s.",
                         code,

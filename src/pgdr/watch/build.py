@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pgdr.backup import Repository, open_repository
 from pgdr.config import PgdrSettings
+from pgdr.config.fleet import DEFAULT_DATABASE
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.config.settings import load_toml
 from pgdr.core.errors import PgdrError
@@ -16,9 +18,10 @@ from pgdr.drills.watch import check_drill_overdue
 from pgdr.incident.store import FlapPolicy
 from pgdr.monitoring.checks import ExtraCheck, MonitorConfig
 from pgdr.monitoring.monitor import Monitor
-from pgdr.monitoring.protection import ProtectionConfig, protection_checks
+from pgdr.monitoring.protection import ProtectionConfig, RepoOpener, protection_checks
 from pgdr.notify import Dispatcher, load_notify_config
 from pgdr.pool import make_pool
+from pgdr.watch.integrity import check_integrity
 from pgdr.watch.sources import import_sources
 
 
@@ -35,12 +38,36 @@ def flap_policy(settings: PgdrSettings) -> FlapPolicy:
 
 
 def watch_checks(
-    settings: PgdrSettings, conninfo: str | None, repo_name: str | None = None
+    settings: PgdrSettings,
+    conninfo: str | None,
+    repo_name: str | None = None,
+    records: Path | None = None,
+    opener: RepoOpener | None = None,
 ) -> list[ExtraCheck]:
-    """The protection checks and the drill check, as callables to run every interval."""
+    """The protection, drill and integrity checks, as callables to run every interval.
+
+    ``records`` is the watched database's records directory (default ``$PGDR_HOME/records``),
+    ``opener`` opens its repository (default: the configured ``repo_name``).
+    """
     config = ProtectionConfig.from_toml(_monitor_table(settings))
-    checks = protection_checks(settings, conninfo, config, repo_name, dict(os.environ))
-    return [*checks, lambda: check_drill_overdue(settings.home)]
+    env = dict(os.environ)
+    checks = protection_checks(settings, conninfo, config, repo_name, env, opener)
+    where = records or settings.home / "records"
+    return [
+        *checks,
+        lambda: check_drill_overdue(settings.home),
+        lambda: check_integrity(where),
+    ]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A database of the fleet as the monitor sees it: its name (the metrics' ``database``
+    label), its records directory and how to open its repository."""
+
+    name: str
+    records: Path
+    opener: RepoOpener | None = None
 
 
 @dataclass
@@ -66,13 +93,17 @@ def build_monitor(
     interval: float = 120,
     repo_name: str | None = None,
     with_pool: bool = False,
+    watched: Watched | None = None,
 ) -> MonitorSetup:
     """The monitor that ``monitor run``, ``serve`` and the agent run each ``interval``.
 
     ``with_pool`` opens a pgdr connection pool in the background (for ``serve``) so its in-use,
     idle and waiting counts are measured; it never blocks on a database that is down.
+    ``watched`` names a database of the fleet (its metrics label, records and repository);
+    by default the single database ``default``.
     """
-    records = settings.home / "records"
+    watched = watched or Watched(DEFAULT_DATABASE, settings.home / "records")
+    records = watched.records
     pool = None
     if with_pool:
         pool = make_pool(conninfo, pool_settings, open_now=False, name="pgdr-monitor")
@@ -83,8 +114,9 @@ def build_monitor(
         pool_settings,
         MonitorConfig(interval_seconds=interval),
         pool=pool,
-        extra=watch_checks(settings, conninfo, repo_name),
+        extra=watch_checks(settings, conninfo, repo_name, records, watched.opener),
         policy=flap_policy(settings),
+        database=watched.name,
     )
     dispatcher = Dispatcher(load_notify_config(settings), monitor.incidents, records)
 
