@@ -23,6 +23,14 @@ from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.storage.base import HeldLock, ObjectInfo, ObjectNotFound, ObjectStore, check_key
 from pgdr.storage.lock import hold_with_conditional_writes
 
+Codes = tuple[str, ...]
+MISSING: Codes = ("NoSuchKey", "404")
+PRECONDITION_FAILED: Codes = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
 
 class S3Store(ObjectStore):
     remote = True
@@ -66,7 +74,7 @@ class S3Store(ObjectStore):
 
     def _fail(self, exc: Exception, action: str, key: str) -> PgdrError:
         if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = _code(exc)
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
                 return ConfigError(
                     f"The S3 repository {self.url} refused the credentials ({code}) "
@@ -83,34 +91,28 @@ class S3Store(ObjectStore):
             f"after {self.max_attempts} attempts ({exc})."
         )
 
-    def put(self, key: str, data: bytes) -> None:
+    def _request(
+        self, action: str, key: str, method: str, benign: Codes = (), **params: Any
+    ) -> Any:
+        """The response of the client's ``method`` on ``key``, or None when S3 answers with one
+        of the ``benign`` error codes; any other error is one pgdr sentence (:meth:`_fail`)."""
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail(exc, "writing", key) from exc
+            return getattr(self.client, method)(Bucket=self.bucket, Key=self._key(key), **params)
+        except ClientError as exc:
+            if _code(exc) in benign:
+                return None
+            raise self._fail(exc, action, key) from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, action, key) from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        self._request("writing", key, "put_object", Body=data)
 
     def get(self, key: str) -> bytes:
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            body: bytes = response["Body"].read()
-            return body
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectNotFound(f"{key} is missing from the repository {self.url}.") from None
-            raise self._fail(exc, "reading", key) from exc
-        except BotoCoreError as exc:
-            raise self._fail(exc, "reading", key) from exc
+        return self.get_tagged(key)[0]
 
     def exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise self._fail(exc, "checking", key) from exc
-        except BotoCoreError as exc:
-            raise self._fail(exc, "checking", key) from exc
-        return True
+        return self._request("checking", key, "head_object", (*MISSING, "NotFound")) is not None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full_prefix = self._key(prefix.rstrip("/")) if prefix else self.prefix
@@ -126,73 +128,42 @@ class S3Store(ObjectStore):
             raise self._fail(exc, "listing", prefix or "/") from exc
 
     def delete(self, key: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail(exc, "deleting", key) from exc
+        self._request("deleting", key, "delete_object")
 
     # ----- conditional writes (the repository lock) --------------------------------------------
-    def _precondition_failed(self, exc: ClientError) -> bool:
-        code = exc.response.get("Error", {}).get("Code", "")
-        return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-
     def create(self, key: str, data: bytes) -> str | None:
         """Write ``key`` only if it does not exist (``If-None-Match: *``): its ETag, or None."""
-        try:
-            response = self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
-            )
-        except ClientError as exc:
-            if self._precondition_failed(exc):
-                return None
-            raise self._fail(exc, "creating", key) from exc
-        except BotoCoreError as exc:
-            raise self._fail(exc, "creating", key) from exc
-        return str(response.get("ETag", ""))
+        response = self._request(
+            "creating", key, "put_object", PRECONDITION_FAILED, Body=data, IfNoneMatch="*"
+        )
+        return None if response is None else str(response.get("ETag", ""))
 
     def replace_if(self, key: str, data: bytes, etag: str) -> str | None:
         """Overwrite ``key`` only while it is still the object ``etag``: new ETag, or None."""
-        try:
-            response = self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=etag
-            )
-        except ClientError as exc:
-            if self._precondition_failed(exc) or exc.response.get("Error", {}).get("Code") in (
-                "NoSuchKey",
-                "404",
-            ):
-                return None
-            raise self._fail(exc, "replacing", key) from exc
-        except BotoCoreError as exc:
-            raise self._fail(exc, "replacing", key) from exc
-        return str(response.get("ETag", ""))
+        response = self._request(
+            "replacing",
+            key,
+            "put_object",
+            (*PRECONDITION_FAILED, *MISSING),
+            Body=data,
+            IfMatch=etag,
+        )
+        return None if response is None else str(response.get("ETag", ""))
 
     def get_tagged(self, key: str) -> tuple[bytes, str]:
         """The object and its ETag; :class:`ObjectNotFound` when missing."""
+        response = self._request("reading", key, "get_object", MISSING)
+        if response is None:
+            raise ObjectNotFound(f"{key} is missing from the repository {self.url}.")
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return response["Body"].read(), str(response.get("ETag", ""))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectNotFound(f"{key} is missing from the repository {self.url}.") from None
-            raise self._fail(exc, "reading", key) from exc
         except BotoCoreError as exc:
             raise self._fail(exc, "reading", key) from exc
 
     def delete_if(self, key: str, etag: str) -> bool:
         """Remove ``key`` only while it is the object ``etag``; False when it is not."""
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
-        except ClientError as exc:
-            if self._precondition_failed(exc) or exc.response.get("Error", {}).get("Code") in (
-                "NoSuchKey",
-                "404",
-            ):
-                return False
-            raise self._fail(exc, "deleting", key) from exc
-        except BotoCoreError as exc:
-            raise self._fail(exc, "deleting", key) from exc
-        return True
+        benign = (*PRECONDITION_FAILED, *MISSING)
+        return self._request("deleting", key, "delete_object", benign, IfMatch=etag) is not None
 
     def conditional_writes(self) -> bool:
         """Whether this store honours ``If-None-Match: *`` (found out once, by trying)."""
