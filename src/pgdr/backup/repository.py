@@ -324,18 +324,12 @@ class Repository:
         self.store.prepare()
         if self.info_record() is not None:
             return False
-        self.store.put(
-            INFO_KEY,
-            json.dumps(
-                {
-                    "format": REPOSITORY_FORMAT,
-                    "created_at": format_time(now_utc()),
-                    "system_identifier": None,
-                },
-                indent=1,
-            ).encode(),
-        )
+        record = {"format": REPOSITORY_FORMAT, "created_at": format_time(now_utc())}
+        self._put_info(record | {"system_identifier": None})
         return True
+
+    def _put_info(self, record: dict[str, Any]) -> None:
+        self.store.put(INFO_KEY, json.dumps(record, indent=1).encode())
 
     def ensure_initialised(self) -> dict[str, Any]:
         record = self.info_record()
@@ -350,8 +344,7 @@ class Repository:
         record = self.ensure_initialised()
         known = record.get("system_identifier")
         if known is None:
-            record["system_identifier"] = system_identifier
-            self.store.put(INFO_KEY, json.dumps(record, indent=1).encode())
+            self._put_info(record | {"system_identifier": system_identifier})
         elif known != system_identifier:
             raise ConfigError(
                 f"The repository {self.name} ({self.url}) holds backups of database system "
@@ -413,14 +406,9 @@ class Repository:
                 wrong_key = isinstance(exc, ConfigError)
                 damaged.append(DamagedManifest(backup_id, exc.message, wrong_key))
                 continue
-            if system is not None and manifest.system_identifier != system:
-                damaged.append(
-                    DamagedManifest(
-                        backup_id,
-                        f"its manifest is of database system {manifest.system_identifier}, "
-                        f"not of this repository's ({system}): copied from elsewhere",
-                    )
-                )
+            foreign = _foreign(manifest, system)
+            if foreign is not None:
+                damaged.append(foreign)
                 continue
             good.append(manifest)
         return good, damaged
@@ -487,20 +475,10 @@ class Repository:
 
     def backup_failures(self) -> list[dict[str, Any]]:
         """Recorded backup failures, oldest first."""
-        out = []
-        for info in self.store.list(BACKUP_FAILURES):
-            with contextlib.suppress(ValueError, ObjectNotFound):
-                out.append(json.loads(self.store.get(info.key)))
-        return sorted(out, key=lambda r: float(r.get("at", 0)))
+        return sorted(_records(self.store, BACKUP_FAILURES), key=lambda r: float(r.get("at", 0)))
 
     def restore_tests(self, backup_id: str) -> list[dict[str, Any]]:
-        results = []
-        for info in self.store.list(f"{RESTORE_TESTS}{backup_id}/"):
-            try:
-                results.append(json.loads(self.store.get(info.key)))
-            except (ValueError, ObjectNotFound):
-                continue
-        return results
+        return _records(self.store, f"{RESTORE_TESTS}{backup_id}/")
 
     # ----- lock -----------------------------------------------------------------------------
     def read_lock(self) -> LockInfo | None:
@@ -522,16 +500,7 @@ class Repository:
             with self.store.hold_lock(LOCK_KEY, _lock_body(mine), _stale_lock) as held:
                 yield HeldRepositoryLock(mine, held)
         except LockBusy as exc:
-            current = _parse_lock(exc.holder) if exc.holder else None
-            if current is None:
-                raise RuntimeFailure(
-                    f"The repository {self.name} is busy: another process holds its lock."
-                ) from None
-            raise RuntimeFailure(
-                f"The repository {self.name} is busy: {current.operation} by process "
-                f"{current.pid} on {current.host} since "
-                f"{time.strftime('%H:%M:%S', time.gmtime(current.started_at))} UTC."
-            ) from None
+            raise _busy(self.name, exc) from None
 
     def refresh_lock(self, lock: HeldRepositoryLock) -> None:
         lock.info.refreshed_at = time.time()
@@ -544,6 +513,37 @@ class HeldRepositoryLock:
 
     info: LockInfo
     held: HeldLock
+
+
+def _foreign(manifest: Manifest, system: str | None) -> DamagedManifest | None:
+    """A manifest of another database system than the repository's ``system`` is damage."""
+    if system is None or manifest.system_identifier == system:
+        return None
+    return DamagedManifest(
+        manifest.id,
+        f"its manifest is of database system {manifest.system_identifier}, "
+        f"not of this repository's ({system}): copied from elsewhere",
+    )
+
+
+def _records(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
+    """The JSON records under ``prefix``; a damaged or vanished one is skipped."""
+    out = []
+    for info in store.list(prefix):
+        with contextlib.suppress(ValueError, ObjectNotFound):
+            out.append(json.loads(store.get(info.key)))
+    return out
+
+
+def _busy(name: str, exc: LockBusy) -> RuntimeFailure:
+    current = _parse_lock(exc.holder) if exc.holder else None
+    if current is None:
+        return RuntimeFailure(f"The repository {name} is busy: another process holds its lock.")
+    return RuntimeFailure(
+        f"The repository {name} is busy: {current.operation} by process "
+        f"{current.pid} on {current.host} since "
+        f"{time.strftime('%H:%M:%S', time.gmtime(current.started_at))} UTC."
+    )
 
 
 def _lock_body(info: LockInfo) -> bytes:
