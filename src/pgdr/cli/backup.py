@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
-from pgdr.backup.verify import backups_to_verify, verify_backup
+from pgdr.backup.verify import VerifyReport, backups_to_verify, verify_backup
 from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named, target
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
 from pgdr.core.output import (
@@ -43,40 +43,48 @@ def show_key_note(repo: Repository) -> None:
         err_console.print(styled(repo.key_note, "yellow"), highlight=False)
 
 
+LabelOption = Annotated[str | None, typer.Option(help="A note stored with the backup.")]
+KeepOption = Annotated[
+    bool, typer.Option("--keep", help="Never expire this backup (retention skips it).")
+]
+IncrementalOption = Annotated[
+    bool,
+    typer.Option(
+        "--incremental", help="Block-level incremental on the latest backup (PostgreSQL 17+)."
+    ),
+]
+NewKeyOption = Annotated[
+    bool,
+    typer.Option(
+        "--new-key",
+        help="Seal with the key in force even though the repository's backups use another "
+        "(or generate one when the key file is missing).",
+    ),
+]
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        envvar="PGDR_BACKUP_METHOD",
+        help="files: parallel workers read the data directory (pgdr beside the server); "
+        "stream: pg_basebackup; auto: files when the data directory is readable here.",
+    ),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+]
+
+
 @app.callback()
 def backup(
     ctx: typer.Context,
     repo_name: RepoOption = None,
-    label: Annotated[str | None, typer.Option(help="A note stored with the backup.")] = None,
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Never expire this backup (retention skips it).")
-    ] = False,
-    incremental: Annotated[
-        bool,
-        typer.Option(
-            "--incremental", help="Block-level incremental on the latest backup (PostgreSQL 17+)."
-        ),
-    ] = False,
-    new_key: Annotated[
-        bool,
-        typer.Option(
-            "--new-key",
-            help="Seal with the key in force even though the repository's backups use another "
-            "(or generate one when the key file is missing).",
-        ),
-    ] = False,
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            envvar="PGDR_BACKUP_METHOD",
-            help="files: parallel workers read the data directory (pgdr beside the server); "
-            "stream: pg_basebackup; auto: files when the data directory is readable here.",
-        ),
-    ] = "auto",
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
-    ] = None,
+    label: LabelOption = None,
+    keep: KeepOption = False,
+    incremental: IncrementalOption = False,
+    new_key: NewKeyOption = False,
+    method: MethodOption = "auto",
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Take a base backup of the target database into a repository."""
@@ -86,10 +94,10 @@ def backup(
     conninfo = target().conninfo
     facts = server_facts(conninfo)
     began = time.monotonic()
-    chosen: dict[str, str] = {}
+    chosen = {"method": method}
 
     def on_method(name: str, note: str) -> None:
-        chosen.update(method=name, note=note)
+        chosen["method"] = name
         if note:
             say(note, err=True)
 
@@ -111,20 +119,19 @@ def backup(
     data = manifest.summary() | {
         "repository": repo.name,
         "duration_s": round(duration, 3),
-        "method": chosen.get("method", method),
+        "method": chosen["method"],
     }
-
     show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is
+    emit(data, as_json, lambda: _render_backup(manifest, repo.name, duration, chosen["method"]))
 
-    def render() -> None:
-        console.print(
-            f"Backup {manifest.id} ({manifest.kind}) of PostgreSQL {manifest.pg_version} "
-            f"stored in {repo.name}: {human_size(manifest.stream_size)} in "
-            f"{len(manifest.chunks)} chunks, {human_size(manifest.stored_size)} stored, "
-            f"{duration:.1f} s ({data['method']})."
-        )
 
-    emit(data, as_json, render)
+def _render_backup(manifest: Manifest, repo_name: str, duration: float, method: str) -> None:
+    console.print(
+        f"Backup {manifest.id} ({manifest.kind}) of PostgreSQL {manifest.pg_version} "
+        f"stored in {repo_name}: {human_size(manifest.stream_size)} in "
+        f"{len(manifest.chunks)} chunks, {human_size(manifest.stored_size)} stored, "
+        f"{duration:.1f} s ({method})."
+    )
 
 
 def manifest_table(title: str, manifests: list[Manifest], *, database: bool = False) -> Table:
@@ -233,40 +240,9 @@ def verify(
         raise ConfigError("Give a backup id or --all, not both.")
     repo = open_repo(repo_name)
     ids, reports = backups_to_verify(repo, backup_id, all_backups)
-    for bid in ids:
-        manifest_size = 0
-        try:
-            manifest_size = repo.read_manifest(bid, authenticate=False).stream_size
-        except PgdrError:
-            manifest_size = 0
-        with progress_bar(f"Verifying {bid}", manifest_size, enabled=not as_json) as advance:
-            report = verify_backup(repo, bid, progress=advance)
-        if restore_test and report.ok:
-            report.restore_test = run_restore_test(repo, bid)
-            if not report.restore_test["passed"]:
-                report.fail(f"restore test failed: {report.restore_test['detail']}")
-        reports.append(report)
+    reports += [_verify_one(repo, bid, restore_test, as_json) for bid in ids]
     data = {"repository": repo.name, "backups": [r.as_dict() for r in reports]}
-
-    def render() -> None:
-        for r in reports:
-            if r.ok:
-                extra = ""
-                if r.restore_test:
-                    extra = f"; restore test passed in {r.restore_test['duration_s']:.1f} s"
-                console.print(
-                    styled("ok", "green"),
-                    f"{r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
-                    f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}.",
-                )
-                continue
-            console.print(styled("DAMAGED", "red"), f"{r.backup_id}:")
-            for problem in r.problems:
-                console.print(f"  {problem}", highlight=False)
-            for path in r.damaged_files:
-                console.print(f"  damaged file: {path}", highlight=False)
-
-    emit(data, as_json, render)
+    emit(data, as_json, lambda: _render_verified(reports))
     bad = [r for r in reports if not r.ok]
     if bad:
         files = sum(len(r.damaged_files) for r in bad)
@@ -274,3 +250,37 @@ def verify(
             f"{len(bad)} of {len(reports)} backup(s) failed verification "
             f"({files} damaged file(s)): {', '.join(r.backup_id for r in bad)}."
         )
+
+
+def _verify_one(repo: Repository, bid: str, restore_test: bool, as_json: bool) -> VerifyReport:
+    """Verify one backup (with a progress bar) and, when it is sound, restore-test it."""
+    try:
+        manifest_size = repo.read_manifest(bid, authenticate=False).stream_size
+    except PgdrError:
+        manifest_size = 0
+    with progress_bar(f"Verifying {bid}", manifest_size, enabled=not as_json) as advance:
+        report = verify_backup(repo, bid, progress=advance)
+    if restore_test and report.ok:
+        report.restore_test = run_restore_test(repo, bid)
+        if not report.restore_test["passed"]:
+            report.fail(f"restore test failed: {report.restore_test['detail']}")
+    return report
+
+
+def _render_verified(reports: list[VerifyReport]) -> None:
+    for r in reports:
+        if r.ok:
+            extra = ""
+            if r.restore_test:
+                extra = f"; restore test passed in {r.restore_test['duration_s']:.1f} s"
+            console.print(
+                styled("ok", "green"),
+                f"{r.backup_id}: {r.chunks} chunks, {r.files_checked} files, "
+                f"{human_size(r.bytes_checked)} checked in {r.duration_s:.1f} s{extra}.",
+            )
+            continue
+        console.print(styled("DAMAGED", "red"), f"{r.backup_id}:")
+        for problem in r.problems:
+            console.print(f"  {problem}", highlight=False)
+        for path in r.damaged_files:
+            console.print(f"  damaged file: {path}", highlight=False)
