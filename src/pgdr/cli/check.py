@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -208,29 +208,35 @@ def snapshot(
     emit(data, as_json, render)
 
 
+SnapshotArgument = Annotated[
+    str | None,
+    typer.Argument(metavar="[SNAPSHOT]", help="Snapshot id or file (default: the newest)."),
+]
+AgainstEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--against-env",
+        metavar="VAR",
+        help="Compare with the database whose URL is in environment variable VAR.",
+    ),
+]
+BackupRefOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backup", metavar="ID", help="Compare with a backup (an id, prefix or 'latest')."
+    ),
+]
+BackupRepoOption = Annotated[
+    str | None, typer.Option("--repo", help="Repository holding the backup.")
+]
+
+
 @app.command()
 def compare(
-    snapshot_ref: Annotated[
-        str | None,
-        typer.Argument(metavar="[SNAPSHOT]", help="Snapshot id or file (default: the newest)."),
-    ] = None,
-    against_env: Annotated[
-        str | None,
-        typer.Option(
-            "--against-env",
-            metavar="VAR",
-            help="Compare with the database whose URL is in environment variable VAR.",
-        ),
-    ] = None,
-    backup: Annotated[
-        str | None,
-        typer.Option(
-            "--backup", metavar="ID", help="Compare with a backup (an id, prefix or 'latest')."
-        ),
-    ] = None,
-    repo: Annotated[
-        str | None, typer.Option("--repo", help="Repository holding the backup.")
-    ] = None,
+    snapshot_ref: SnapshotArgument = None,
+    against_env: AgainstEnvOption = None,
+    backup: BackupRefOption = None,
+    repo: BackupRepoOption = None,
     profile: ProfileOption = None,
     timeout: TimeoutOption = 300.0,
     as_json: JsonOption = False,
@@ -240,41 +246,51 @@ def compare(
     chosen = [x for x in (snapshot_ref, against_env, backup) if x is not None]
     if len(chosen) > 1:
         raise ConfigError("Give one of SNAPSHOT, --against-env or --backup, not several.")
+    baseline = _baseline(snapshot_ref, against_env, backup, repo, spec, timeout)
+    report = compare_snapshot(target().conninfo, baseline, spec, timeout)
+    emit(report.as_dict(), as_json, lambda: _render_comparison(report))
+    fail_on_critical(report)
+
+
+def _baseline(
+    snapshot_ref: str | None,
+    against_env: str | None,
+    backup: str | None,
+    repo: str | None,
+    spec: Profile,
+    timeout: float,
+) -> dict[str, Any]:
+    """The snapshot to compare with: of a backup, of another database, or a recorded one."""
     if backup is not None:
         s = settings()
-        baseline = snapshot_of_backup(
+        return snapshot_of_backup(
             open_repository(s, repo), backup, target(s).conninfo, spec, timeout
         )
-    elif against_env is not None:
+    if against_env is not None:
         url = os.environ.get(against_env)
         if not url:
             raise ConfigError(f"Environment variable {against_env} is not set or empty.")
-        baseline = take_snapshot(url, spec, timeout)
-    else:
-        baseline, _path = RecordStore(settings().home, "snapshot").load(snapshot_ref)
-    report = compare_snapshot(target().conninfo, baseline, spec, timeout)
+        return take_snapshot(url, spec, timeout)
+    baseline, _path = RecordStore(settings().home, "snapshot").load(snapshot_ref)
+    return baseline
 
-    def render() -> None:
-        base = report.sections["baseline"]
-        table = Table(
-            title=f"Compared with {base['id']} ({base['taken_at']})", title_justify="left"
+
+def _render_comparison(report: Report) -> None:
+    base = report.sections["baseline"]
+    table = Table(title=f"Compared with {base['id']} ({base['taken_at']})", title_justify="left")
+    for column in ("table", "rows then", "rows now", "newest then", "newest now"):
+        table.add_column(column, justify="right" if "rows" in column else "left")
+    for t in report.sections["tables"]:
+        before, now = t["before"], t["now"]
+        table.add_row(
+            t["table"],
+            f"{before['rows']:,}",
+            f"{now['rows']:,}",
+            before.get("newest") or "",
+            now.get("newest") or "",
         )
-        for column in ("table", "rows then", "rows now", "newest then", "newest now"):
-            table.add_column(column, justify="right" if "rows" in column else "left")
-        for t in report.sections["tables"]:
-            before, now = t["before"], t["now"]
-            table.add_row(
-                t["table"],
-                f"{before['rows']:,}",
-                f"{now['rows']:,}",
-                before.get("newest") or "",
-                now.get("newest") or "",
-            )
-        console.print(table)
-        render_report(report, "Differences")
-
-    emit(report.as_dict(), as_json, render)
-    fail_on_critical(report)
+    console.print(table)
+    render_report(report, "Differences")
 
 
 @app.command("install-sql")
