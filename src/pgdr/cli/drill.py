@@ -76,43 +76,42 @@ def render_drill(data: dict[str, Any]) -> None:
     )
 
 
+ScenarioArgument = Annotated[
+    str,
+    typer.Argument(
+        help="scenario1 (database loss), scenario2 (corruption), scenario3 (deletion) or all."
+    ),
+]
+ScaleOption = Annotated[
+    float, typer.Option(help="Size of the ConvoAI sample in the sandbox.", min=0.001)
+]
+PgVersionOption = Annotated[
+    int, typer.Option("--pg-version", help="PostgreSQL major of the sandbox (18 or 15).")
+]
+KeepOption = Annotated[
+    bool, typer.Option("--keep", help="Keep the sandbox and its servers for inspection.")
+]
+InjectOption = Annotated[
+    str | None,
+    typer.Option("--inject", help=f"Rehearse a fault as well: {', '.join(FAULTS)} (scenario 1)."),
+]
+RtoOption = Annotated[str, typer.Option("--rto-target", help="RTO target (the runbook: 1h).")]
+RpoOption = Annotated[str, typer.Option("--rpo-target", help="RPO target (the runbook: 5m).")]
+
+
 @app.command()
 def run(
-    scenario: Annotated[
-        str,
-        typer.Argument(
-            help="scenario1 (database loss), scenario2 (corruption), scenario3 (deletion) or all."
-        ),
-    ],
-    scale: Annotated[
-        float, typer.Option(help="Size of the ConvoAI sample in the sandbox.", min=0.001)
-    ] = 0.02,
-    pg_version: Annotated[
-        int, typer.Option("--pg-version", help="PostgreSQL major of the sandbox (18 or 15).")
-    ] = 18,
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Keep the sandbox and its servers for inspection.")
-    ] = False,
-    inject: Annotated[
-        str | None,
-        typer.Option(
-            "--inject", help=f"Rehearse a fault as well: {', '.join(FAULTS)} (scenario 1)."
-        ),
-    ] = None,
-    rto_target: Annotated[
-        str, typer.Option("--rto-target", help="RTO target (the runbook: 1h).")
-    ] = "1h",
-    rpo_target: Annotated[
-        str, typer.Option("--rpo-target", help="RPO target (the runbook: 5m).")
-    ] = "5m",
+    scenario: ScenarioArgument,
+    scale: ScaleOption = 0.02,
+    pg_version: PgVersionOption = 18,
+    keep: KeepOption = False,
+    inject: InjectOption = None,
+    rto_target: RtoOption = "1h",
+    rpo_target: RpoOption = "5m",
     as_json: JsonOption = False,
 ) -> None:
     """Run a disaster drill in a sandbox of its own; exit 1 when it fails."""
-    names = list(SCENARIOS) if scenario == "all" else [scenario]
-    if scenario != "all" and scenario not in SCENARIOS:
-        raise ConfigError(f"Unknown drill {scenario!r}: choose {', '.join(SCENARIOS)} or all.")
-    if inject is not None and names != ["scenario1"]:
-        raise ConfigError("--inject applies to scenario1 only.")
+    names = _drill_names(scenario, inject)
     s = settings()
     options = DrillOptions(
         scale=scale,
@@ -141,6 +140,16 @@ def run(
     if not passed:
         failed = ", ".join(r["scenario"] for r in reports if not r["passed"])
         raise CheckFailed(f"The drill failed: {failed}; see the issues in the report.")
+
+
+def _drill_names(scenario: str, inject: str | None) -> list[str]:
+    """The scenarios ``scenario`` names (``all``: every one); a fault only for scenario 1."""
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    if scenario != "all" and scenario not in SCENARIOS:
+        raise ConfigError(f"Unknown drill {scenario!r}: choose {', '.join(SCENARIOS)} or all.")
+    if inject is not None and names != ["scenario1"]:
+        raise ConfigError("--inject applies to scenario1 only.")
+    return names
 
 
 @app.command()
