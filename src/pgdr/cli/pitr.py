@@ -13,13 +13,14 @@ from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
 from pgdr.restore import new_cluster_dir
 from pgdr.restore.pitr import (
+    PitrResult,
     Target,
     make_target,
     plan_pitr,
     run_pitr,
     wait_for_streamer,
 )
-from pgdr.wal.archive import repository_archive
+from pgdr.wal.archive import WalArchive, repository_archive
 
 __all__ = ["make_target", "restore_to_point"]
 
@@ -88,11 +89,7 @@ def restore_to_point(
         raise ConfigError("Give exactly one of --to DIR or --new-cluster.")
     repo = open_repository(load_settings(), repo_name)
     archive = repository_archive(repo)
-    notes: list[str] = []
-    if target.kind == "latest":
-        note = wait_for_streamer(archive)
-        if note:
-            notes.append(note)
+    notes = _streamer_notes(archive) if target.kind == "latest" else []
     plan = plan_pitr(repo, archive, target, backup_id, timeline, accept_rollback)
     cluster_dir = new_cluster_dir(repo.settings, "pitr", plan.backup.id)
     data_dir = to if to is not None else cluster_dir / "data"
@@ -110,25 +107,29 @@ def restore_to_point(
             progress=lambda _what, n: advance(n),
         )
     result.notes = notes + result.notes
+    emit(result.as_dict(), as_json, lambda: _render_pitr(result))
 
-    def render() -> None:
-        rows = [
-            ("backup", result.backup_id),
-            ("target", result.target),
-            ("recovered to", f"{result.recovered_to_time} at LSN {result.recovered_to_lsn}"),
-            ("timeline", result.timeline),
-            ("WAL replayed", f"{result.segments_fetched} segments"),
-            ("data directory", result.data_dir),
-            ("took", f"{result.duration_s:.1f} s (recovery {result.recovery_s:.1f} s)"),
-        ]
-        if result.url:
-            rows.append(("URL", result.url))
-        console.print(key_value_table("Point-in-time restore", rows))
-        for note in result.notes:
-            err_console.print(styled(note, "yellow"), highlight=False)
-        if not result.running:
-            console.print(
-                "The server was stopped after promotion; start it with --start next time."
-            )
 
-    emit(result.as_dict(), as_json, render)
+def _streamer_notes(archive: WalArchive) -> list[str]:
+    """For ``--latest``: wait for the WAL streamer to catch up; what the user should know."""
+    note = wait_for_streamer(archive)
+    return [note] if note else []
+
+
+def _render_pitr(result: PitrResult) -> None:
+    rows = [
+        ("backup", result.backup_id),
+        ("target", result.target),
+        ("recovered to", f"{result.recovered_to_time} at LSN {result.recovered_to_lsn}"),
+        ("timeline", result.timeline),
+        ("WAL replayed", f"{result.segments_fetched} segments"),
+        ("data directory", result.data_dir),
+        ("took", f"{result.duration_s:.1f} s (recovery {result.recovery_s:.1f} s)"),
+    ]
+    if result.url:
+        rows.append(("URL", result.url))
+    console.print(key_value_table("Point-in-time restore", rows))
+    for note in result.notes:
+        err_console.print(styled(note, "yellow"), highlight=False)
+    if not result.running:
+        console.print("The server was stopped after promotion; start it with --start next time.")
