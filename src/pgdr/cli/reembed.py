@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, settings, target
+from pgdr.cli.common import JsonOption, settings, subcommand_named, target
 from pgdr.core.output import console, emit, escape, progress_bar
 from pgdr.embeddings import ReembedOptions, ReembedReport, load_embedding_settings
 from pgdr.embeddings.jobs import job_statuses
@@ -26,44 +26,56 @@ class IndexPolicy(StrEnum):
     NEVER = "never"
 
 
+SourceOption = Annotated[
+    str, typer.Option(help="A profile embedding source (embeddings, knowledge_base) or all.")
+]
+ChatbotOption = Annotated[
+    str | None, typer.Option(help="Only this group (chatbot id) of each source.")
+]
+MissingOnlyOption = Annotated[
+    bool, typer.Option("--missing-only", help="Only rows whose vector is NULL.")
+]
+WorkersOption = Annotated[int, typer.Option(help="Batches in flight in this process.")]
+BatchRowsOption = Annotated[int, typer.Option(help="Rows per batch (per commit).")]
+NoCacheOption = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor fill the content-hash cache.")
+]
+SaveCacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--save-cache",
+        help="Only copy the existing vectors into the cache (no API calls), then stop.",
+    ),
+]
+DropIndexesOption = Annotated[
+    IndexPolicy,
+    typer.Option(help="Drop vector indexes and rebuild them at the end (auto: >= half)."),
+]
+MaintenanceMemOption = Annotated[
+    str, typer.Option(help="maintenance_work_mem for rebuilding vector indexes.")
+]
+ProfileOption = Annotated[
+    str | None, typer.Option("--profile", help="Profile name or file (default PGDR_PROFILE).")
+]
+
+
 @app.callback(invoke_without_command=True)
 def reembed(
     ctx: typer.Context,
-    source: Annotated[
-        str, typer.Option(help="A profile embedding source (embeddings, knowledge_base) or all.")
-    ] = "all",
-    chatbot: Annotated[
-        str | None, typer.Option(help="Only this group (chatbot id) of each source.")
-    ] = None,
-    missing_only: Annotated[
-        bool, typer.Option("--missing-only", help="Only rows whose vector is NULL.")
-    ] = False,
-    workers: Annotated[int, typer.Option(help="Batches in flight in this process.")] = 2,
-    batch_rows: Annotated[int, typer.Option(help="Rows per batch (per commit).")] = 1000,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Neither read nor fill the content-hash cache.")
-    ] = False,
-    save_cache_: Annotated[
-        bool,
-        typer.Option(
-            "--save-cache",
-            help="Only copy the existing vectors into the cache (no API calls), then stop.",
-        ),
-    ] = False,
-    drop_indexes: Annotated[
-        IndexPolicy,
-        typer.Option(help="Drop vector indexes and rebuild them at the end (auto: >= half)."),
-    ] = IndexPolicy.AUTO,
-    maintenance_work_mem: Annotated[
-        str, typer.Option(help="maintenance_work_mem for rebuilding vector indexes.")
-    ] = "1GB",
-    profile_name: Annotated[
-        str | None, typer.Option("--profile", help="Profile name or file (default PGDR_PROFILE).")
-    ] = None,
+    source: SourceOption = "all",
+    chatbot: ChatbotOption = None,
+    missing_only: MissingOnlyOption = False,
+    workers: WorkersOption = 2,
+    batch_rows: BatchRowsOption = 1000,
+    no_cache: NoCacheOption = False,
+    save_cache_: SaveCacheOption = False,
+    drop_indexes: DropIndexesOption = IndexPolicy.AUTO,
+    maintenance_work_mem: MaintenanceMemOption = "1GB",
+    profile_name: ProfileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-embed the profile's sources; run it again after a crash to resume where it stopped."""
-    if ctx.invoked_subcommand is not None:
+    if subcommand_named(ctx):
         return
     profile = load_profile(profile_name or settings().profile)
     names = profile_sources(profile, source)
