@@ -34,7 +34,7 @@ from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.core.records import RecordStore
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_report
 from pgdr.drills.sandbox import DATABASE, Sandbox
-from pgdr.drills.workload import WorkloadWriter, count_loss
+from pgdr.drills.workload import LossCount, WorkloadWriter, count_loss
 from pgdr.incident.readonly import Scope, set_read_only
 from pgdr.incident.store import IncidentLog
 from pgdr.integrity import CheckOptions, Report, run_check
@@ -236,40 +236,10 @@ def scenario3(d: Drill) -> None:
     """Accidental deletion of a chatbot and everything under it."""
     sb, r = d.sandbox, d.report
     baseline = _prepare(d)
-    with connect(sb.url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT c.id::text FROM chatbots c ORDER BY "
-            "(SELECT count(*) FROM conversations v WHERE v.chatbot_id = c.id) + "
-            "(SELECT count(*) FROM embeddings e WHERE e.chatbot_id = c.id) + "
-            "(SELECT count(*) FROM knowledge_base k WHERE k.chatbot_id = c.id) DESC, c.id "
-            "LIMIT 1"
-        ).fetchone()
-    assert row is not None
-    chatbot = str(row[0])
+    chatbot = _busiest_chatbot(sb.url)
     r.facts["chatbot"] = chatbot
-    with r.step(
-        "Disaster: a chatbot is deleted (cascading to its conversations, messages, embeddings "
-        "and knowledge base) while the workload runs",
-        f"DELETE FROM chatbots WHERE id = '{chatbot}'",
-    ) as step:
-        before = _server_now(sb.url)
-        with connect(sb.url, autocommit=True) as conn:
-            deleted = conn.execute("DELETE FROM chatbots WHERE id = %s", (chatbot,)).rowcount
-        disaster = time.monotonic()
-        streamed_since = time.time()
-        r.facts["deleted_after"] = before.isoformat()
-        step.detail = f"{deleted} chatbot deleted at {before.isoformat()}"
-        d.writer.wait_for_ticks(20)
-    with r.step(
-        "Detect: counts fell against the snapshot", f"pgdr check compare {baseline['id']}"
-    ) as step:
-        compared = compare_snapshot(sb.url, baseline, d.profile)
-        fell = [f for f in compared.findings if f.check == "compare" and f.code == "rows_fell"]
-        if not fell:
-            r.fail(step, "the comparison did not notice the deletion")
-        r.findings.extend(_summary(compared))
-        r.facts["rows_deleted"] = {f.table: f.count for f in fell}
-        step.detail = ", ".join(f"{f.table} -{f.count}" for f in fell)
+    before, disaster, streamed_since = _delete_chatbot(d, chatbot)
+    _detect_fall(d, baseline)
     with r.step("Stop further writes: read-only mode on", "pgdr readonly on --terminate") as step:
         with connect(sb.url, autocommit=True) as conn:
             state = set_read_only(conn, True, Scope.DATABASE, terminate=True)
@@ -282,14 +252,15 @@ def scenario3(d: Drill) -> None:
         "Identify the deletion time (the application's log) and restore to just before it "
         "into a scratch cluster",
     )
-    scratch_url = scratch.conninfo(DATABASE)
     with r.step(
         "Re-insert exactly the deleted rows from the scratch copy, parents first",
         "export SCRATCH_URL=<scratch server>",
         f"pgdr recover rows --from-env SCRATCH_URL --table chatbots --key {chatbot} "
         "--with-children",
     ) as step:
-        rows = recover_rows(scratch_url, sb.url, "chatbots", [chatbot], with_children=True)
+        rows = recover_rows(
+            scratch.conninfo(DATABASE), sb.url, "chatbots", [chatbot], with_children=True
+        )
         r.facts["rows_reinserted"] = {t.table: t.inserted for t in rows.tables}
         step.detail = ", ".join(f"{t.table} {t.inserted}" for t in rows.tables)
     with (
@@ -302,6 +273,54 @@ def scenario3(d: Drill) -> None:
     with r.step("The workload writes again"):
         d.writer.wait_for_ticks(10)
     _loss(d, sb.url)
+
+
+def _busiest_chatbot(url: str) -> str:
+    """The chatbot with the most conversations, embeddings and knowledge base rows."""
+    with connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT c.id::text FROM chatbots c ORDER BY "
+            "(SELECT count(*) FROM conversations v WHERE v.chatbot_id = c.id) + "
+            "(SELECT count(*) FROM embeddings e WHERE e.chatbot_id = c.id) + "
+            "(SELECT count(*) FROM knowledge_base k WHERE k.chatbot_id = c.id) DESC, c.id "
+            "LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _delete_chatbot(d: Drill, chatbot: str) -> tuple[datetime, float, float]:
+    """The disaster of scenario 3: the server's time just before it, the monotonic time of the
+    disaster and the wall-clock time from which the WAL must be streamed."""
+    r = d.report
+    with r.step(
+        "Disaster: a chatbot is deleted (cascading to its conversations, messages, embeddings "
+        "and knowledge base) while the workload runs",
+        f"DELETE FROM chatbots WHERE id = '{chatbot}'",
+    ) as step:
+        before = _server_now(d.sandbox.url)
+        with connect(d.sandbox.url, autocommit=True) as conn:
+            deleted = conn.execute("DELETE FROM chatbots WHERE id = %s", (chatbot,)).rowcount
+        disaster = time.monotonic()
+        streamed_since = time.time()
+        r.facts["deleted_after"] = before.isoformat()
+        step.detail = f"{deleted} chatbot deleted at {before.isoformat()}"
+        d.writer.wait_for_ticks(20)
+    return before, disaster, streamed_since
+
+
+def _detect_fall(d: Drill, baseline: dict[str, Any]) -> None:
+    r = d.report
+    with r.step(
+        "Detect: counts fell against the snapshot", f"pgdr check compare {baseline['id']}"
+    ) as step:
+        compared = compare_snapshot(d.sandbox.url, baseline, d.profile)
+        fell = [f for f in compared.findings if f.check == "compare" and f.code == "rows_fell"]
+        if not fell:
+            r.fail(step, "the comparison did not notice the deletion")
+        r.findings.extend(_summary(compared))
+        r.facts["rows_deleted"] = {f.table: f.count for f in fell}
+        step.detail = ", ".join(f"{f.table} -{f.count}" for f in fell)
 
 
 def _damaged_tables(report: Report) -> list[str]:
@@ -328,36 +347,8 @@ def scenario2(d: Drill) -> None:
         r.facts["last_good_moment"] = good.isoformat()
         step.detail = good.isoformat()
         d.writer.wait_for_ticks(10)
-    with r.step(
-        "Disaster: corruption: parents deleted behind the foreign keys' back, vectors lost",
-        "SET session_replication_role = replica; DELETE FROM users WHERE ...",
-        "UPDATE embeddings SET embedding = NULL WHERE ...",
-    ) as step:
-        with connect(sb.url, autocommit=True) as conn, conn.transaction():
-            conn.execute("SET LOCAL session_replication_role = replica")
-            users = conn.execute(
-                "DELETE FROM users WHERE id IN (SELECT user_id FROM chatbots "
-                "ORDER BY id LIMIT greatest(1, (SELECT count(*) FROM chatbots) / 20))"
-            ).rowcount
-            vectors = conn.execute(
-                "UPDATE embeddings SET embedding = NULL WHERE id % 4 = 0"
-            ).rowcount
-        disaster = time.monotonic()
-        streamed_since = time.time()
-        step.detail = f"{users} user(s) deleted under their chatbots, {vectors} vectors lost"
-        d.writer.wait_for_ticks(20)
-    with r.step("Detect: pgdr check finds critical findings", "pgdr check") as step:
-        checked = run_check(sb.url, d.profile, CheckOptions())
-        if not checked.critical:
-            r.fail(step, "the check did not find the corruption")
-        r.findings.extend(_summary(checked))
-        damaged = _damaged_tables(checked)
-        r.facts["incident_severity"] = checked.top_priority
-        r.facts["damaged_tables"] = damaged
-        step.detail = (
-            f"{checked.critical} critical finding(s), level {checked.top_priority}; damaged: "
-            f"{', '.join(damaged)}"
-        )
+    disaster, streamed_since = _corrupt(d)
+    damaged = _detect_corruption(d)
     cluster = _restore_at(
         d,
         good,
@@ -368,17 +359,7 @@ def scenario2(d: Drill) -> None:
     )
     url = cluster.conninfo(DATABASE)
     _verify(d, url, baseline, "copy at T")
-    option_a = time.monotonic() - disaster
-    window = count_loss(url, d.writer.snapshot())
-    r.facts["option_a"] = {
-        "rto_seconds": round(option_a, 3),
-        "corruption_window": window.as_dict(),
-    }
-    r.findings.append(
-        f"Option A (switch to the copy at T) was ready after {option_a:.1f} s, but "
-        f"{window.missing} acknowledged commit(s) made after T ({window.seconds:.3f} s, and "
-        "counting) would have to be re-applied."
-    )
+    option_a, window = _option_a(d, url, disaster)
     with r.step(
         "Recover (option B): repair only the damaged tables in production from the copy at T",
         "export COPY_URL=<copy at T>",
@@ -400,6 +381,65 @@ def scenario2(d: Drill) -> None:
     with r.step("The workload still writes"):
         d.writer.wait_for_ticks(10)
     _loss(d, sb.url)
+
+
+def _corrupt(d: Drill) -> tuple[float, float]:
+    """The disaster of scenario 2: its monotonic time and the wall-clock time from which the
+    WAL must be streamed."""
+    with d.report.step(
+        "Disaster: corruption: parents deleted behind the foreign keys' back, vectors lost",
+        "SET session_replication_role = replica; DELETE FROM users WHERE ...",
+        "UPDATE embeddings SET embedding = NULL WHERE ...",
+    ) as step:
+        with connect(d.sandbox.url, autocommit=True) as conn, conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            users = conn.execute(
+                "DELETE FROM users WHERE id IN (SELECT user_id FROM chatbots "
+                "ORDER BY id LIMIT greatest(1, (SELECT count(*) FROM chatbots) / 20))"
+            ).rowcount
+            vectors = conn.execute(
+                "UPDATE embeddings SET embedding = NULL WHERE id % 4 = 0"
+            ).rowcount
+        disaster = time.monotonic()
+        streamed_since = time.time()
+        step.detail = f"{users} user(s) deleted under their chatbots, {vectors} vectors lost"
+        d.writer.wait_for_ticks(20)
+    return disaster, streamed_since
+
+
+def _detect_corruption(d: Drill) -> list[str]:
+    """``pgdr check`` on production; the damaged tables it names."""
+    r = d.report
+    with r.step("Detect: pgdr check finds critical findings", "pgdr check") as step:
+        checked = run_check(d.sandbox.url, d.profile, CheckOptions())
+        if not checked.critical:
+            r.fail(step, "the check did not find the corruption")
+        r.findings.extend(_summary(checked))
+        damaged = _damaged_tables(checked)
+        r.facts["incident_severity"] = checked.top_priority
+        r.facts["damaged_tables"] = damaged
+        step.detail = (
+            f"{checked.critical} critical finding(s), level {checked.top_priority}; damaged: "
+            f"{', '.join(damaged)}"
+        )
+    return damaged
+
+
+def _option_a(d: Drill, url: str, disaster: float) -> tuple[float, LossCount]:
+    """Option A (switch to the verified copy at T at ``url``): when it was ready, and the
+    acknowledged commits made after T that it would lose."""
+    option_a = time.monotonic() - disaster
+    window = count_loss(url, d.writer.snapshot())
+    d.report.facts["option_a"] = {
+        "rto_seconds": round(option_a, 3),
+        "corruption_window": window.as_dict(),
+    }
+    d.report.findings.append(
+        f"Option A (switch to the copy at T) was ready after {option_a:.1f} s, but "
+        f"{window.missing} acknowledged commit(s) made after T ({window.seconds:.3f} s, and "
+        "counting) would have to be re-applied."
+    )
+    return option_a, window
 
 
 SCENARIOS: dict[str, Callable[[Drill], None]] = {
