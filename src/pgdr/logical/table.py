@@ -212,14 +212,7 @@ def restore_table(
         if live_columns is None:
             entries = f"{table_entry.line}\n{data_entry.line}\n"
             return _restore_dropped(dump, conninfo, conn, (schema, name), entries, as_name, force)
-        new_name = as_name or f"{name}_{dump.id.split('-')[0].lower()}"
-        new = sql.Identifier(schema, new_name)
-        result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", dump.id)
-        if replace:
-            new = sql.Identifier(f"pgdr_replace_{name}")
-            result.restored_as = f"{schema}.{name}"
-        elif _live_columns(conn, new) is not None and not force:
-            raise ConfigError(f"{schema}.{new_name} exists; pass --force to replace it.")
+        new, result = _restored_into(conn, dump, (schema, name), as_name, replace, force)
         key = _primary_key(conn, live)
         if replace and not key:
             raise ConfigError(f"{schema}.{name} has no primary key to match rows by.")
@@ -230,29 +223,66 @@ def restore_table(
             result.mapped = [c for c in dump_columns if c in live_columns]
             result.unmapped = [c for c in dump_columns if c not in live_columns]
             result.defaulted = [c for c in live_columns if c not in dump_columns]
-            conn.execute("SET default_transaction_read_only = off")  # works in read-only mode
-            try:
-                with conn.transaction():
-                    if not replace:
-                        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(new))
-                    temp = sql.SQL("TEMP ") if replace else sql.SQL("")
-                    conn.execute(
-                        sql.SQL("CREATE {}TABLE {} (LIKE {} INCLUDING ALL)").format(temp, new, live)
-                    )
-                    result.rows = _load(conn, new, dump_columns, result.mapped, rows)
-                    if replace:
-                        result.deleted, result.upserted = _replace(
-                            conn, live, new, result.mapped, key
-                        )
-                        conn.execute(sql.SQL("DROP TABLE {}").format(new))
-                        result.replaced = True
-            except psycopg.Error as exc:
-                raise RuntimeFailure(
-                    f"Restoring {schema}.{name} from dump {dump.id} failed and was rolled back, "
-                    f"nothing changed: {str(exc).strip().splitlines()[0]}"
-                ) from exc
+            _fill(conn, live, new, (dump_columns, rows), key if replace else None, result)
     result.duration_s = round(time.monotonic() - began, 3)
     return result
+
+
+def _restored_into(
+    conn: psycopg.Connection[Any],
+    dump: OpenDump,
+    qualified: tuple[str, str],
+    as_name: str | None,
+    replace: bool,
+    force: bool,
+) -> tuple[sql.Identifier, TableRestore]:
+    """The table the rows go into (a temporary one with ``replace``) and the result naming
+    where they end up; an existing ``--as`` table only with ``force``."""
+    schema, name = qualified
+    new_name = as_name or f"{name}_{dump.id.split('-')[0].lower()}"
+    result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", dump.id)
+    if replace:
+        result.restored_as = f"{schema}.{name}"
+        return sql.Identifier(f"pgdr_replace_{name}"), result
+    new = sql.Identifier(schema, new_name)
+    if _live_columns(conn, new) is not None and not force:
+        raise ConfigError(f"{schema}.{new_name} exists; pass --force to replace it.")
+    return new, result
+
+
+def _fill(
+    conn: psycopg.Connection[Any],
+    live: sql.Composable,
+    new: sql.Composable,
+    copied: tuple[list[str], Iterator[str]],
+    replace_by: list[str] | None,
+    result: TableRestore,
+) -> None:
+    """In one transaction: create ``new`` like ``live`` and COPY the ``copied`` (dump columns,
+    rows) mapped fields into it; with ``replace_by`` (the primary key) make ``live`` hold
+    exactly those rows and drop ``new``. Any error rolls it all back."""
+    dump_columns, rows = copied
+    conn.execute("SET default_transaction_read_only = off")  # works in read-only mode
+    try:
+        with conn.transaction():
+            if replace_by is None:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(new))
+            temp = sql.SQL("TEMP ") if replace_by is not None else sql.SQL("")
+            conn.execute(
+                sql.SQL("CREATE {}TABLE {} (LIKE {} INCLUDING ALL)").format(temp, new, live)
+            )
+            result.rows = _load(conn, new, dump_columns, result.mapped, rows)
+            if replace_by is not None:
+                result.deleted, result.upserted = _replace(
+                    conn, live, new, result.mapped, replace_by
+                )
+                conn.execute(sql.SQL("DROP TABLE {}").format(new))
+                result.replaced = True
+    except psycopg.Error as exc:
+        raise RuntimeFailure(
+            f"Restoring {result.table} from dump {result.dump_id} failed and was rolled back, "
+            f"nothing changed: {str(exc).strip().splitlines()[0]}"
+        ) from exc
 
 
 def _restore_dropped(
