@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pgdr.agent import database_handle
+from pgdr.agent import DatabaseHandle, database_handle, database_handles
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.cluster import resolve_target
 from pgdr.cluster.manager import default_cluster
@@ -20,7 +20,7 @@ from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
-from pgdr.watch import MonitorSetup, Watched, build_monitor, dashboard_data
+from pgdr.watch import MonitorSetup, Watched, build_monitor
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
@@ -41,13 +41,17 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help="A database of pgdr.toml's [databases.NAME] (its metrics label)."),
 ]
+ServeDbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="One database of pgdr.toml's [databases.NAME]; default: all."),
+]
 
 
-def _setup(interval: float = 120, with_pool: bool = False, db: str | None = None) -> MonitorSetup:
+def _setup(
+    s: PgdrSettings, handle: DatabaseHandle, interval: float, with_pool: bool = False
+) -> MonitorSetup:
     """The monitor of one database of the fleet, with the protection checks and the notifier
     (see pgdr.watch); a declared database brings its own records and namespaced repository."""
-    s = settings()
-    handle = database_handle(s, db)
     url = handle.db.url()
     conninfo = resolve_target(s, url=url).conninfo if url else _monitored(s)
     opener = handle.repository if handle.db.declared else None
@@ -58,7 +62,8 @@ def _setup(interval: float = 120, with_pool: bool = False, db: str | None = None
 
 
 def _monitor(interval: float = 120, db: str | None = None) -> Monitor:
-    return _setup(interval, db=db).monitor
+    s = settings()
+    return _setup(s, database_handle(s, db), interval).monitor
 
 
 def _checks_table(results: list[CheckResult]) -> Table:
@@ -207,9 +212,10 @@ def serve(
             "--health-cache", min=0, help="Seconds a /api/health result is reused (one probe)."
         ),
     ] = 1.0,
-    db: DbOption = None,
+    db: ServeDbOption = None,
 ) -> None:
-    """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
+    """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard
+    for every configured database (or the one named by --db)."""
     # Not a cycle: FastAPI and uvicorn take about a second to import, which every other
     # pgdr command would pay at start-up if they were imported at the top.
     import uvicorn  # noqa: PLC0415
@@ -220,9 +226,7 @@ def serve(
     token, note = load_api_token(s.home)
     if note:
         err_console.print(styled(note, "yellow"))
-    setup = _setup(interval, with_pool=True, db=db)
-    app = create_app(
-        setup.monitor, token, health_ttl_s=health_cache, board=lambda: dashboard_data(setup)
-    )
+    setups = [_setup(s, h, interval, with_pool=True) for h in database_handles(s, db)]
+    app = create_app(setups, token, health_ttl_s=health_cache)
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -13,7 +13,7 @@ from pgdr.config import PgdrSettings
 from pgdr.config.fleet import DEFAULT_DATABASE
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.config.settings import load_toml
-from pgdr.core.errors import PgdrError
+from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.drills.watch import check_drill_overdue
 from pgdr.incident.store import FlapPolicy
 from pgdr.monitoring.checks import ExtraCheck, MonitorConfig
@@ -72,18 +72,34 @@ class Watched:
 
 @dataclass
 class MonitorSetup:
-    """What a caller needs besides the monitor itself."""
+    """What a caller needs besides the monitor itself (``opener``: the watched database's
+    repository, when it is not simply the configured ``repo_name``)."""
 
     monitor: Monitor
-    dispatcher: Dispatcher
     settings: PgdrSettings
+    dispatcher: Dispatcher | None = None
     repo_name: str | None = None
+    opener: RepoOpener | None = None
+
+    @property
+    def name(self) -> str:
+        return self.monitor.database
+
+    def repository(self) -> Repository | None:
+        """The watched database's repository, or None when none is configured or reachable."""
+        with contextlib.suppress(PgdrError):
+            return self.opener() if self.opener else open_repository(self.settings, self.repo_name)
+        return None
 
 
-def repository(settings: PgdrSettings, repo_name: str | None) -> Repository | None:
-    with contextlib.suppress(PgdrError):
-        return open_repository(settings, repo_name)
-    return None
+def _repository_unknown() -> Repository:
+    raise ConfigError("this monitor was built without its repository")
+
+
+def adopt_monitor(monitor: Monitor, settings: PgdrSettings) -> MonitorSetup:
+    """A monitor built elsewhere (the agent's) as a setup the API can serve: its repository is
+    not known here, so the dashboard shows none rather than another database's."""
+    return MonitorSetup(monitor, settings, opener=_repository_unknown)
 
 
 def build_monitor(
@@ -125,4 +141,4 @@ def build_monitor(
         return [o.as_dict() for o in dispatcher.run()]
 
     monitor.after_round = after_round
-    return MonitorSetup(monitor, dispatcher, settings, repo_name)
+    return MonitorSetup(monitor, settings, dispatcher, repo_name, watched.opener)
