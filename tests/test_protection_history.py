@@ -19,6 +19,7 @@ import pytest
 from pgdr.backup import Manifest, Repository, repository_at, take_backup
 from pgdr.cluster import LocalCluster, choose_installation, find_free_port
 from pgdr.config import PgdrSettings
+from pgdr.config.fleet import parse_fleet
 from pgdr.core.errors import PgdrError
 from pgdr.core.incidents import runbook_action
 from pgdr.core.severity import Severity
@@ -29,7 +30,8 @@ from pgdr.drills.watch import check_drill_overdue
 from pgdr.incident.store import IncidentLog
 from pgdr.monitoring.checks import CheckResult
 from pgdr.restore.tested import restore_test
-from pgdr.watch import watch_checks
+from pgdr.watch import backup_period, watch_checks
+from pgdr.watch.build import protection_config
 
 KEY = MasterKey(decode_key(generate_key_text(), "test"), "test")
 
@@ -96,6 +98,30 @@ def test_a_backup_older_than_allowed_is_p1(
     assert old.details[0]["size_bytes"] == manifest.stored_size
     action = _incident_action(tmp_path / "strict", old)
     assert action == runbook_action("backup_age") and "pgdr backup" in action
+
+
+def test_the_backup_age_limit_follows_the_schedule(
+    pristine: tuple[Path, Manifest], tmp_path: Path, settings: PgdrSettings
+) -> None:
+    fleet = parse_fleet(
+        {"databases": {"shop": {"url_env": "X", "schedule": {"full": "1d", "incremental": "6h"}}}}
+    )
+    assert backup_period(fleet["shop"]) == 6 * 3600
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "pgdr.toml").write_text("[monitor]\n")
+    assert protection_config(PgdrSettings(home=home), 6 * 3600).max_backup_age_hours == 8
+    assert protection_config(PgdrSettings(home=home), 60).max_backup_age_hours == 90 / 3600
+    assert protection_config(PgdrSettings(home=home)).max_backup_age_hours == 26  # no schedule
+    repo = _copy(pristine, tmp_path, settings)
+    checks = watch_checks(
+        PgdrSettings(home=home), None, opener=lambda: repo, backup_period_s=0.2
+    )  # a backup every 0.2 s: the one taken before the module's restore test is overdue
+    result = checks[0]()
+    assert result.name == "backup_age" and result.severity is Severity.P1
+    assert result.message.endswith(f" old (allowed {0.3 / 3600:g} h)")
+    (home / "pgdr.toml").write_text("[monitor]\nmax_backup_age_hours = 26\n")  # explicit wins
+    assert protection_config(PgdrSettings(home=home), 0.2).max_backup_age_hours == 26
 
 
 def test_a_backup_that_failed_after_a_good_one_is_p1(

@@ -20,7 +20,7 @@ from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
-from pgdr.watch import MonitorSetup, Watched, build_monitor
+from pgdr.watch import MonitorSetup, Watched, backup_period, build_monitor
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
@@ -55,7 +55,7 @@ def _setup(
     url = handle.db.url()
     conninfo = resolve_target(s, url=url).conninfo if url else _monitored(s)
     opener = handle.repository if handle.db.declared else None
-    watched = Watched(handle.name, handle.records, opener)
+    watched = Watched(handle.name, handle.records, opener, backup_period(handle.db))
     return build_monitor(
         s, conninfo, pool_settings(s).settings, interval, with_pool=with_pool, watched=watched
     )
