@@ -10,17 +10,18 @@ from rich.table import Table
 
 from pgdr.agent import DatabaseHandle, database_handle, database_handles
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.cli.incident import emit_incidents
 from pgdr.cluster import resolve_target
 from pgdr.cluster.manager import default_cluster
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
 from pgdr.core.output import console, emit, err_console, markup, styled
-from pgdr.incident.store import IncidentLog
 from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
 from pgdr.watch import MonitorSetup, Watched, backup_period, build_monitor
+from pgdr.watch.workflow import listed
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
@@ -155,21 +156,12 @@ def incidents(
     include_resolved: Annotated[
         bool, typer.Option("--all", help="Include resolved incidents.")
     ] = False,
+    db: ServeDbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List incidents opened by the monitor (open ones by default)."""
-    log = IncidentLog.at_home(settings().home)  # local records: works while the DB is down
-    chosen = log.all() if include_resolved else log.open_incidents()
-
-    def render() -> None:
-        table = Table(title="Incidents")
-        for column in ("id", "severity", "check", "state", "message"):
-            table.add_column(column)
-        for i in chosen:
-            table.add_row(i.id, i.severity, i.check, "open" if i.open else "resolved", i.message)
-        console.print(table)
-
-    emit([i.as_dict() for i in chosen], as_json, render)
+    """List incidents (open ones by default) of every database; the same as `pgdr incident list`."""
+    # local records: works while the database is down
+    emit_incidents(listed(settings(), db, include_resolved), as_json)
 
 
 @app.command()

@@ -18,7 +18,14 @@ from pgdr.watch.build import (
     watch_checks,
 )
 from pgdr.watch.dashboard import dashboard_data
-from pgdr.watch.workflow import acknowledge, finish_review, incident_log, resolve, start_review
+from pgdr.watch.workflow import (
+    acknowledge,
+    finish_review,
+    incident_log,
+    incident_logs,
+    resolve,
+    start_review,
+)
 
 __all__ = [
     "MonitorSetup",
@@ -31,6 +38,7 @@ __all__ = [
     "finish_review",
     "flap_policy",
     "incident_log",
+    "incident_logs",
     "resolve",
     "start_review",
     "watch_checks",
