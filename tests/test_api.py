@@ -16,6 +16,7 @@ import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from conftest import Server
+from fixtures.fleet import fleet_home
 from pgdr.cluster import find_free_port
 
 TOKEN = "test-token-0123456789abcdef"
@@ -64,17 +65,8 @@ def api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def fleet_api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """One `pgdr serve` (no --db) over the two databases of a fleet config."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "pgdr.toml").write_text(
-        '[databases.alpha]\nurl_env = "ALPHA_URL"\n[databases.beta]\nurl_env = "BETA_URL"\n'
-    )
-    env = cli_env | {
-        "ALPHA_URL": pg18.new_database(),
-        "BETA_URL": pg18.new_database(),
-        "PGDR_API_TOKEN": TOKEN,
-        "PGDR_HOME": str(home),
-    }
+    urls = {"alpha": pg18.new_database(), "beta": pg18.new_database()}
+    env = cli_env | fleet_home(tmp_path / "home", urls) | {"PGDR_API_TOKEN": TOKEN}
     env.pop("DATABASE_URL", None)
     with serving(env) as base:
         yield base

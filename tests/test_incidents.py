@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Server
+from fixtures.fleet import fleet_home
 from fixtures.receivers import HttpReceiver, SmtpSink
 from fixtures.wal import WalEnv
 from pgdr.config import PgdrSettings
@@ -156,10 +157,7 @@ def test_incidents_of_every_configured_database(
     from conftest import run_cli
 
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "pgdr.toml").write_text(
-        '[databases.alpha]\nurl_env = "ALPHA_URL"\n[databases.beta]\nurl_env = "BETA_URL"\n'
-    )
+    fleet_home(home, {"alpha": "", "beta": ""})  # the monitors below get their URLs directly
     settings = PgdrSettings(home=home)
     for db in ("alpha", "beta"):  # nothing protects either: incidents open in each store
         watched = Watched(db, home / "records" / "databases" / db)

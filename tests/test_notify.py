@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.agent import new_cluster
 from fixtures.receivers import HttpReceiver, SmtpSink
-from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.errors import ConfigError
@@ -184,8 +184,7 @@ def test_a_really_flapping_database_is_told_once_open_and_once_resolved(
         "[monitor]\nopen_after = 2\nresolve_after = 2\n"
         f'[[contacts]]\nname = "Olga"\nrole = "on-call"\nchannels = ["webhook:{http_receiver.url}"]\n'
     )
-    cluster = LocalCluster(settings.home / "clusters" / "flapping", settings)
-    cluster.create(choose_installation(None, 18))
+    cluster = new_cluster(settings, "flapping")
     monitor = build_monitor(PgdrSettings(home=home), cluster.conninfo(), PoolSettings()).monitor
     opened = []
     try:

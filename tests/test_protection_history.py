@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.agent import new_cluster
 from pgdr.backup import Manifest, Repository, repository_at, take_backup
-from pgdr.cluster import LocalCluster, choose_installation, find_free_port
+from pgdr.cluster import LocalCluster, find_free_port
 from pgdr.config import PgdrSettings
 from pgdr.config.fleet import parse_fleet
 from pgdr.core.errors import PgdrError
@@ -39,9 +40,7 @@ KEY = MasterKey(decode_key(generate_key_text(), "test"), "test")
 @pytest.fixture(scope="module")
 def small(settings: PgdrSettings) -> Iterator[LocalCluster]:
     """A fresh cluster of its own: its backup (and restore test) stay small and quick."""
-    cluster = LocalCluster(settings.home / "clusters" / "protection-history", settings)
-    cluster.create(choose_installation(None, 18))
-    cluster.start()
+    cluster = new_cluster(settings, "protection-history")
     yield cluster
     cluster.destroy()
 
