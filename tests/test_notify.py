@@ -141,7 +141,9 @@ def test_smtp_refusing_and_a_bad_address_lose_nothing_else(
     assert smtp_sink.subjects("gone@example.com") == ["[pgdr P0] OPEN: database_up"]
 
 
-def test_smtp_server_refusing_everything(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+def test_smtp_server_refusing_everything(
+    tmp_path: Path, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
     smtp_sink.refuse_all = True
     table = {
         "contacts": [{"name": "Dana", "role": "DBA", "channels": ["email:dana@example.com"]}],
@@ -150,8 +152,14 @@ def test_smtp_server_refusing_everything(tmp_path: Path, smtp_sink: SmtpSink) ->
     log = IncidentLog(tmp_path / "incidents")
     dispatcher = Dispatcher(from_table(table, {}), log, tmp_path)
     _down(log, now=1000.0)
-    (outcome,) = dispatcher.run(now=1001.0)
+    with caplog.at_level(logging.WARNING, "pgdr.notify"):
+        (outcome,) = dispatcher.run(now=1001.0)
     assert not outcome.delivered and "refused dana@example.com" in (outcome.error or "")
+    (record,) = caplog.records  # one sentence in the log
+    text = record.getMessage()
+    assert text.startswith("Notifying Dana of incident") and text.endswith("will be retried.")
+    assert "\n" not in text and "refused dana@example.com" in text
+    assert {f["contact"] for f in dispatcher.failing()} == {"Dana"}  # kept to retry
 
 
 def test_flapping_database_opens_after_n_and_resolves_after_m(tmp_path: Path) -> None:
