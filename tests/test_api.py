@@ -40,7 +40,7 @@ def serving(env: dict[str, str]) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            httpx.get(base + "/api/health", timeout=1)
+            httpx.get(base + "/", timeout=1)  # the page: answered at once, the probes may wait
             break
         except httpx.HTTPError:
             time.sleep(0.2)
@@ -64,8 +64,9 @@ def api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def fleet_api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    """One `pgdr serve` (no --db) over the two databases of a fleet config."""
-    urls = {"alpha": pg18.new_database(), "beta": pg18.new_database()}
+    """One `pgdr serve` (no --db) over the two databases of a fleet config; beta is down."""
+    down = f"postgresql://postgres@127.0.0.1:{find_free_port()}/beta"  # nobody listens
+    urls = {"alpha": pg18.new_database(), "beta": down}
     env = cli_env | fleet_home(tmp_path / "home", urls) | {"PGDR_API_TOKEN": TOKEN}
     env.pop("DATABASE_URL", None)
     with serving(env) as base:
@@ -213,21 +214,25 @@ def test_dashboard_in_chromium(api: str) -> None:
 def test_one_serve_watches_every_configured_database(fleet_api: str) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(fleet_api + "/api/databases").status_code == 401
-    health = httpx.get(fleet_api + "/api/health")
-    assert health.status_code == 200 and set(health.json()) == {"healthy", "latency"}
+    health = httpx.get(fleet_api + "/api/health", timeout=30)  # public: no names; all healthy?
+    assert health.status_code == 503 and health.json()["healthy"] is False
+    assert set(health.json()) == {"healthy", "latency"}
     listed = httpx.get(fleet_api + "/api/databases", headers=auth, timeout=60).json()
     assert [d["name"] for d in listed] == ["alpha", "beta"]
-    for status in listed:
-        assert status["healthy"] is True and status["state"] == "red"
-        assert "backup_age" in {i["check"] for i in status["open_incidents"]}
-    beta = httpx.get(fleet_api + "/api/monitoring/metrics?db=beta", headers=auth).json()
-    assert beta["database_name"] == "beta" and beta["database"]["healthy"] is True
+    alpha, beta = listed
+    assert alpha["healthy"] is True and beta["healthy"] is False
+    assert alpha["state"] == beta["state"] == "red"  # nothing protects alpha either
+    assert "backup_age" in {i["check"] for i in alpha["open_incidents"]}
+    beta_open = {i["check"]: i["severity"] for i in beta["open_incidents"]}
+    assert beta_open["database_up"] == "P0" and beta_open["backup_age"] == "P1"
+    one = httpx.get(fleet_api + "/api/monitoring/metrics?db=beta", headers=auth).json()
+    assert one["database_name"] == "beta" and one["database"]["healthy"] is False
     both = httpx.get(fleet_api + "/api/monitoring/metrics", headers=auth).json()
     assert set(both["databases"]) == {"alpha", "beta"}
     unknown = httpx.get(fleet_api + "/api/monitoring/metrics?db=gamma", headers=auth)
     assert unknown.status_code == 404 and "watched: alpha, beta" in unknown.json()["detail"]
     prom = httpx.get(fleet_api + "/metrics", headers=auth).text
-    assert 'pgdr_up{database="alpha"} 1.0' in prom and 'pgdr_up{database="beta"} 1.0' in prom
+    assert 'pgdr_up{database="alpha"} 1.0' in prom and 'pgdr_up{database="beta"} 0.0' in prom
     incidents = httpx.get(fleet_api + "/api/incidents?db=alpha", headers=auth).json()
     assert incidents and {i["database"] for i in incidents} == {"alpha"}
     board = httpx.get(fleet_api + "/api/databases/beta", headers=auth).json()
@@ -244,17 +249,16 @@ def test_dashboard_of_two_databases_in_chromium(fleet_api: str) -> None:
         driver.get(fleet_api + "/")
         _log_in(driver, TOKEN)
         wait = WebDriverWait(driver, 30)
-        for name in ("alpha", "beta"):
-            wait.until(
-                ec.text_to_be_present_in_element(
-                    (By.CSS_SELECTOR, f"#db-{name} .status"), "healthy"
-                )
-            )
+        for name, answers in (("alpha", "healthy"), ("beta", "DOWN")):
+            status = (By.CSS_SELECTOR, f"#db-{name} .status")
+            wait.until(ec.text_to_be_present_in_element(status, answers))
             section = driver.find_element(By.ID, f"db-{name}")
             assert section.find_element(By.CLASS_NAME, "title").text == name
             assert "red" in driver.find_element(By.ID, f"state-{name}").get_attribute("class")
-            assert section.find_element(By.CLASS_NAME, "latency").text.endswith("ms")
             assert "open incident(s)" in section.find_element(By.CLASS_NAME, "incidents-note").text
             incident = _incident_row(driver, name, "backup_age")
             assert "P1" in incident and "pgdr backup" in incident
+        assert driver.find_element(By.CSS_SELECTOR, "#db-alpha .latency").text.endswith("ms")
+        worst = driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr")[0].text
+        assert worst.startswith("P0 beta database_up") and "Runbook Scenario 1" in worst
         _screenshot(driver, "dashboard-two-databases.png")

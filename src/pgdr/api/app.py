@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -53,9 +55,11 @@ def _lifespan(monitors: Sequence[Monitor], background: bool) -> Lifespan:
         for thread in threads:
             thread.start()
         yield
-        stop.set()
-        for thread, monitor in zip(threads, monitors, strict=False):
-            thread.join(timeout=monitor.settings.connection_timeout_s + 5)
+        stop.set()  # a round under way finishes (its records stay whole), within one deadline
+        grace = max((m.settings.connection_timeout_s for m in monitors), default=0) + 5
+        deadline = time.monotonic() + grace
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     return lifespan
 
@@ -88,7 +92,8 @@ def _health_router(monitors: Sequence[Monitor], ttl_s: float) -> APIRouter:
 
     @router.get("/api/health")
     def health() -> JSONResponse:
-        reports = [p.get() for p in probes]
+        with ThreadPoolExecutor(len(probes), thread_name_prefix="pgdr-health") as pool:
+            reports = list(pool.map(SharedProbe.get, probes))  # a database down costs one timeout
         healthy = all(r.healthy for r in reports)
         latencies = [r.latency_ms for r in reports if r.latency_ms is not None]
         body = {"healthy": healthy, "latency": max(latencies) if latencies else None}
