@@ -179,37 +179,37 @@ def _short_findings(
     """Critical findings for groups with fewer rows, and groups lacking required vectors."""
     table = before["table"]
     group_word = before["group_by"] or "group"
-    findings = []
-    if short_rows:
-        missing = sum(e["before"]["rows"] - e["now"]["rows"] for e in short_rows)
-        findings.append(
-            Finding(
-                "inventory",
-                "rows_short",
-                "critical",
-                f"{len(short_rows):,} {group_word} group(s) of {table} have fewer rows than "
-                f"in the inventory ({missing:,} rows missing).",
-                table=table,
-                name=name,
-                count=missing,
-                rows=before["rows"],
-                samples=[e["group"] for e in short_rows[:5]],
-            )
+    kinds = (
+        (
+            "rows_short",
+            short_rows,
+            "have fewer rows than in the inventory",
+            "rows",
+            sum(e["before"]["rows"] - e["now"]["rows"] for e in short_rows),
+            before["rows"],
+        ),
+        (
+            "vectors_short",
+            short_vectors,
+            "lack vectors the profile requires",
+            "vectors",
+            sum(e["now"]["missing"] for e in short_vectors),
+            before["with_vector"],
+        ),
+    )
+    return [
+        Finding(
+            "inventory",
+            code,
+            "critical",
+            f"{len(groups):,} {group_word} group(s) of {table} {what} "
+            f"({missing:,} {unit} missing).",
+            table=table,
+            name=name,
+            count=missing,
+            rows=rows,
+            samples=[e["group"] for e in groups[:5]],
         )
-    if short_vectors:
-        missing = sum(e["now"]["missing"] for e in short_vectors)
-        findings.append(
-            Finding(
-                "inventory",
-                "vectors_short",
-                "critical",
-                f"{len(short_vectors):,} {group_word} group(s) of {table} lack vectors the "
-                f"profile requires ({missing:,} vectors missing).",
-                table=table,
-                name=name,
-                count=missing,
-                rows=before["with_vector"],
-                samples=[e["group"] for e in short_vectors[:5]],
-            )
-        )
-    return findings
+        for code, groups, what, unit, missing, rows in kinds
+        if groups
+    ]

@@ -55,22 +55,6 @@ def wrong_dimension(
     values; mid-sized values that may be inline or external, which PostgreSQL 17+ tells apart
     with ``pg_column_toast_chunk_id``) the value is read and its dimension counted exactly.
     """
-    return sql.SQL("({ref} IS NOT NULL AND CASE {fast} ELSE {exact} END)").format(
-        ref=ref,
-        fast=_size_is_right(ref, table, column, kind, dimension, server_version),
-        exact=_dimension_differs(ref, column, kind, dimension),
-    )
-
-
-def _size_is_right(
-    ref: sql.Composable,
-    table: TableInfo,
-    column: Column,
-    kind: str,
-    dimension: int,
-    server_version: int,
-) -> sql.Composed:
-    """``WHEN <stored size proves the dimension> THEN false`` branches of the CASE."""
     external, inline = stored_sizes(kind, dimension)
     size = sql.SQL("pg_column_size({})").format(ref)
     plain = (
@@ -78,20 +62,13 @@ def _size_is_right(
         if column.compressible
         else sql.SQL("")
     )
-    large = (
-        column.storage in ("e", "x")
-        and external > TOAST_TUPLE_TARGET
-        and not any(o.startswith("toast_tuple_target=") for o in table.options)
-    )
-    if large:
-        # Values this large never stay inline uncompressed (the toaster moves them out above
-        # TOAST_TUPLE_TARGET), so the external size of ``dimension`` is unambiguous.
-        return sql.SQL("WHEN {size} = {ext}{plain} THEN false").format(
+    if _always_external(table, column, external):
+        fast = sql.SQL("WHEN {size} = {ext}{plain} THEN false").format(
             size=size, ext=sql.Literal(external), plain=plain
         )
-    if server_version >= 170000:
+    elif server_version >= 170000:
         chunk = sql.SQL("pg_column_toast_chunk_id({})").format(ref)
-        return sql.SQL(
+        fast = sql.SQL(
             "WHEN {size} = {ext} AND {chunk} IS NOT NULL{plain} THEN false "
             "WHEN {size} IN ({inline}) AND {chunk} IS NULL{plain} THEN false"
         ).format(
@@ -101,13 +78,27 @@ def _size_is_right(
             plain=plain,
             inline=sql.SQL(", ").join(map(sql.Literal, inline)),
         )
-    # Before PostgreSQL 17 an external value of ``dimension`` and an inline one of
-    # ``dimension - 1`` can have the same size; only short (1-byte header) sizes are certain.
-    short = [n for n in inline if n <= SHORT_VARLENA_MAX]
-    return sql.SQL("WHEN {size} IN ({short}){plain} THEN false").format(
-        size=size,
-        short=sql.SQL(", ").join(map(sql.Literal, short)) if short else sql.SQL("NULL"),
-        plain=plain,
+    else:
+        # Before PostgreSQL 17 an external value of ``dimension`` and an inline one of
+        # ``dimension - 1`` can have the same size; only short (1-byte header) sizes are certain.
+        short = [n for n in inline if n <= SHORT_VARLENA_MAX]
+        fast = sql.SQL("WHEN {size} IN ({short}){plain} THEN false").format(
+            size=size,
+            short=sql.SQL(", ").join(map(sql.Literal, short)) if short else sql.SQL("NULL"),
+            plain=plain,
+        )
+    return sql.SQL("({ref} IS NOT NULL AND CASE {fast} ELSE {exact} END)").format(
+        ref=ref, fast=fast, exact=_dimension_differs(ref, column, kind, dimension)
+    )
+
+
+def _always_external(table: TableInfo, column: Column, external: int) -> bool:
+    """Values this large never stay inline uncompressed (the toaster moves them out above
+    TOAST_TUPLE_TARGET), so the external size of the dimension is unambiguous."""
+    return (
+        column.storage in ("e", "x")
+        and external > TOAST_TUPLE_TARGET
+        and not any(o.startswith("toast_tuple_target=") for o in table.options)
     )
 
 
