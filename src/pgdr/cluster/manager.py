@@ -336,11 +336,11 @@ class LocalCluster:
         if stale:
             notes.append(stale)
         result = self._pg_ctl(
-            "start", ["-l", self.log_file, *server_options(self._meta())], timeout
+            "start", ["-l", self.log_file, *_server_options(self._meta())], timeout
         )
         if result.returncode != 0:
             raise RuntimeFailure(
-                f"The server of cluster {self.name!r} did not start: {fatal_reason(self.log_file)}"
+                f"The server of cluster {self.name!r} did not start: {_fatal_reason(self.log_file)}"
             )
         return notes
 
@@ -400,7 +400,7 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=False)
 
 
-def server_options(meta: dict[str, Any]) -> list[str]:
+def _server_options(meta: dict[str, Any]) -> list[str]:
     """``pg_ctl -o`` with pgdr's settings for an adopted cluster (pg_ctl hands the string
     to a shell, hence the quoting); nothing for a cluster pgdr created."""
     options: dict[str, str] = meta.get("server_options") or {}
@@ -410,7 +410,7 @@ def server_options(meta: dict[str, Any]) -> list[str]:
     return ["-o", " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())]
 
 
-def fatal_reason(log_file: Path) -> str:
+def _fatal_reason(log_file: Path) -> str:
     """Why the server stopped, from the last FATAL or PANIC line of its log."""
     try:
         lines = log_file.read_text(errors="replace").splitlines()
