@@ -1,0 +1,90 @@
+"""Rebuilding a replica from the repository (``restore --as-standby``), real PostgreSQL 15.
+
+A primary streams its WAL into a repository; a base backup is taken, rows are written after it
+and their segment is completed. ``restore --as-standby`` of that backup, started, must fetch the
+segment through its ``restore_command`` (the spool pgdr filled from the repository), then stream from the primary: it
+appears in the primary's ``pg_stat_replication`` and replays a row written after it started. The
+primary's password is not in its configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fixtures.wal import make_wal_env
+from pgdr.cluster import LocalCluster
+from pgdr.config import PgdrSettings
+
+pytestmark = pytest.mark.slow
+
+
+def test_restore_as_standby_catches_up_from_the_repository_then_streams(
+    settings: PgdrSettings, scratch: Path
+) -> None:
+    w = make_wal_env(settings, scratch, 15)
+    try:
+        w.start_stream()
+        w.insert(5)
+        backup = w.cli("backup", "--json")
+        assert backup.code == 0, backup.stdout + backup.stderr
+        backup_id = json.loads(backup.stdout)["id"]
+        after_backup = w.insert(3)
+        segment = str(w.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0])
+        w.sql("SELECT pg_switch_wal()")
+        w.wait_for(
+            lambda: w.cli("wal", "fetch", segment, str(scratch / "probe")).code == 0,
+            60,
+            f"segment {segment} in the repository",
+        )
+        password = w.cluster.password_file.read_text().strip()
+        primary = w.cluster.tcp_url(with_password=True) + "?application_name=rebuilt"
+        env = w.env | {"PRIMARY_URL": primary}
+        missing = w.cli("restore", backup_id, "--as-standby", "--to", str(scratch / "x"))
+        assert missing.code == 2 and not (scratch / "x").exists()
+
+        target = scratch / "standby"
+        from conftest import run_cli
+
+        out = run_cli(
+            "restore", backup_id, "--as-standby", "--primary-conninfo-env", "PRIMARY_URL",
+            "--to", str(target), "--start", "--json", env=env, timeout=300,
+        )  # fmt: skip
+        assert out.code == 0, out.stdout + out.stderr
+        data = json.loads(out.stdout)
+        standby = LocalCluster(Path(data["cluster_dir"]), settings, data_dir=target)
+        assert (target / "standby.signal").is_file()
+        conf = (target / "postgresql.auto.conf").read_text()
+        assert password not in conf and "passfile=" in conf and "pgdr" in conf
+        assert (target / "pgdr-primary.pgpass").stat().st_mode & 0o777 == 0o600
+
+        def replicating() -> bool:
+            rows = w.sql("SELECT state FROM pg_stat_replication WHERE application_name='rebuilt'")
+            return bool(rows) and rows[0][0] == "streaming"
+
+        w.wait_for(replicating, 60, "the rebuilt standby in pg_stat_replication")
+        late = w.insert(1)
+        with psycopg.connect(standby.conninfo(), autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+            def replayed() -> bool:
+                rows = conn.execute("SELECT id FROM txlog").fetchall()
+                return {int(r[0]) for r in rows} >= set(after_backup + late)
+
+            deadline = time.monotonic() + 30
+            while not replayed() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert replayed()
+        log = standby.log_file.read_text(errors="replace")
+        assert f'restored log file "{segment}" from archive' in log, log[-3000:]
+        standby.destroy()
+    finally:
+        for proc in w.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        w.cluster.destroy()
