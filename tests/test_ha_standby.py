@@ -4,7 +4,8 @@ A primary streams its WAL into a repository; a base backup is taken, rows are wr
 and their segment is completed. ``restore --as-standby`` of that backup, started, must fetch the
 segment through its ``restore_command`` (the spool pgdr filled from the repository), then stream from the primary: it
 appears in the primary's ``pg_stat_replication`` and replays a row written after it started. The
-primary's password is not in its configuration.
+primary's password is not in its configuration. Promoted beside the old primary, the rebuilt
+servers then make a split brain, which the streamer's choice of primary resolves or refuses.
 """
 
 from __future__ import annotations
@@ -19,8 +20,28 @@ import pytest
 from fixtures.wal import make_wal_env
 from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
+from pgdr.core.errors import RuntimeFailure
+from pgdr.wal.server import resolve_primary
 
 pytestmark = pytest.mark.slow
+
+
+def hosts_of(*clusters: LocalCluster) -> str:
+    sockets = ",".join(str(c.socket_dir) for c in clusters)
+    ports = ",".join(str(c.port) for c in clusters)
+    return f"host={sockets} port={ports} user=postgres dbname=postgres"
+
+
+def split_brain(old: LocalCluster, first: LocalCluster, second: LocalCluster) -> None:
+    """Promote the rebuilt standbys beside the old primary: the streamer's choice of primary
+    takes the higher timeline, and refuses two primaries on the same one."""
+    for cluster in (first, second):
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            assert conn.execute("SELECT pg_promote(true, 60)").fetchone() == (True,)
+    assert f"port={first.port}" in resolve_primary(hosts_of(old, first))
+    assert f"port={first.port}" in resolve_primary(hosts_of(first, old))
+    with pytest.raises(RuntimeFailure, match="split brain"):
+        resolve_primary(hosts_of(old, first, second))
 
 
 def test_restore_as_standby_catches_up_from_the_repository_then_streams(
@@ -46,17 +67,27 @@ def test_restore_as_standby_catches_up_from_the_repository_then_streams(
         env = w.env | {"PRIMARY_URL": primary}
         missing = w.cli("restore", backup_id, "--as-standby", "--to", str(scratch / "x"))
         assert missing.code == 2 and not (scratch / "x").exists()
+        nothing = w.cli("restore", backup_id, "--as-standby", "--primary-conninfo-env", "NONE",
+                        "--to", str(scratch / "x"))  # fmt: skip
+        assert nothing.code == 2 and "NONE" in nothing.stderr and not (scratch / "x").exists()
+        # a lone primary: no standby to back up from, one sentence, nothing stored
+        no_replica = w.cli("backup", "--from", "standby")
+        assert no_replica.code == 3 and "No standby is reachable" in no_replica.stderr
+        assert len(json.loads(w.cli("backup", "list", "--json").stdout)) == 1
 
         target = scratch / "standby"
         from conftest import run_cli
 
-        out = run_cli(
-            "restore", backup_id, "--as-standby", "--primary-conninfo-env", "PRIMARY_URL",
-            "--to", str(target), "--start", "--json", env=env, timeout=300,
-        )  # fmt: skip
-        assert out.code == 0, out.stdout + out.stderr
-        data = json.loads(out.stdout)
-        standby = LocalCluster(Path(data["cluster_dir"]), settings, data_dir=target)
+        def rebuild(target: Path) -> LocalCluster:
+            out = run_cli(
+                "restore", backup_id, "--as-standby", "--primary-conninfo-env", "PRIMARY_URL",
+                "--to", str(target), "--start", "--json", env=env, timeout=300,
+            )  # fmt: skip
+            assert out.code == 0, out.stdout + out.stderr
+            data = json.loads(out.stdout)
+            return LocalCluster(Path(data["cluster_dir"]), settings, data_dir=target)
+
+        standby = rebuild(target)
         assert (target / "standby.signal").is_file()
         conf = (target / "postgresql.auto.conf").read_text()
         assert password not in conf and "passfile=" in conf and "pgdr" in conf
@@ -81,7 +112,12 @@ def test_restore_as_standby_catches_up_from_the_repository_then_streams(
             assert replayed()
         log = standby.log_file.read_text(errors="replace")
         assert f'restored log file "{segment}" from archive' in log, log[-3000:]
-        standby.destroy()
+        second = rebuild(target.with_name("second"))
+        try:
+            split_brain(w.cluster, standby, second)
+        finally:
+            standby.destroy()
+            second.destroy()
     finally:
         for proc in w.procs:
             if proc.poll() is None:

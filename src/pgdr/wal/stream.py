@@ -313,6 +313,9 @@ class Streamer:
             )
             log.warning(message)
             self._incident("wal-slot-missing", message)
+            if self.incidents is not None:
+                with contextlib.suppress(PgdrError, OSError):
+                    self.incidents.raise_("wal-slot-missing", Severity.P1, message)
         if self.status.primary not in (None, address):
             log.warning("The primary moved: following %s now.", address)
             self._incident("wal-primary-moved", f"the streamer follows the new primary {address}")
