@@ -73,7 +73,7 @@ def test_restore_as_standby_catches_up_from_the_repository_then_streams(
         # a lone primary: no standby to back up from, one sentence, nothing stored
         no_replica = w.cli("backup", "--from", "standby")
         assert no_replica.code == 3 and "No standby is reachable" in no_replica.stderr
-        assert len(json.loads(w.cli("backup", "list", "--json").stdout)) == 1
+        assert len(json.loads(w.cli("backup", "list", "--json").stdout)["backups"]) == 1
 
         target = scratch / "standby"
         from conftest import run_cli

@@ -101,8 +101,9 @@ def restore(
     --as-standby: DIR starts as a replica that catches up from the repository and the primary.
     """
     target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
-    _check_standby_options(as_standby, primary_conninfo_env, target is not None or new_cluster)
-    if target is not None or new_cluster:
+    to_point = target is not None or new_cluster
+    _check_standby_options(as_standby, primary_conninfo_env, to_point or delta)
+    if to_point:
         pitr.restore_to_point(
             target, backup_id, to, repo_name, new_cluster, start, force, port, timeline,
             as_json, accept_rollback,
@@ -161,7 +162,7 @@ def _check_standby_options(as_standby: bool, conninfo_env: str | None, to_point:
     if as_standby and to_point:
         raise ConfigError(
             "--as-standby restores a base backup to follow the primary: it takes no recovery "
-            "target nor --new-cluster."
+            "target, --new-cluster or --delta."
         )
 
 

@@ -11,10 +11,12 @@ differences:
   everything a restore writes does; a base backup of this node carries it (pgdr's backups are
   encrypted). Without a password in VAR nothing is written and the server's user's own
   ``~/.pgpass`` (or a trust/cert rule) applies.
-* **It catches up from the repository.** The WAL the repository holds from the backup's start
-  along the newest timeline (the newest segment may be the streamer's partial, zero-padded) is
-  fetched, authenticated, and spooled into ``DIR/pgdr_standby_wal``; ``restore_command`` copies
-  from there (``cp``: the server's OS user needs neither pgdr nor the keys) and
+* **It catches up from the repository.** The complete WAL segments the repository holds from the
+  backup's start along the newest timeline are fetched, authenticated, and spooled into
+  ``DIR/pgdr_standby_wal`` (never the streamer's partial segment: a standby reads its archive
+  before ``pg_wal``, and a zero-padded copy there would hide what it streamed since);
+  ``restore_command`` copies from there (``cp``: the server's OS user needs neither pgdr nor
+  the keys) and
   ``archive_cleanup_command`` (``pg_archivecleanup``) empties the spool as the standby's
   restartpoints pass it. Beyond the spool the standby streams from the primary. A server whose
   OS user can run pgdr may instead use ``restore_command = 'pgdr wal fetch %f %p'`` to keep
@@ -133,6 +135,9 @@ def restore_as_standby(
     params = primary_conninfo_from_env(conninfo_env)
     archive = repository_archive(repo)
     plan = plan_pitr(repo, archive, Target("latest"), backup_id=backup_id)
+    # only complete segments: a standby reads its archive before pg_wal, and a zero-padded
+    # partial there would hide what it streamed since (on promotion: a PANIC)
+    plan.segments = [(seg, partial) for seg, partial in plan.segments if not partial]
     result = restore_backup(repo, backup_id, to, force=force, progress=progress, workers=workers)
     owner = resolve_service_user(repo.settings.service_user)
     tool = installation_for_major(result.pg_major, repo.settings.pg_bin).tool("pg_archivecleanup")
