@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from conftest import run_cli
-from fixtures.wal import make_wal_env, pgdr_environment
+from fixtures.wal import WalEnv, pgdr_environment
 from pgdr.cluster import find_free_port
 from pgdr.config import PgdrSettings
 
@@ -44,51 +44,41 @@ def test_all_hosts_down_is_one_sentence_and_an_incident(
     assert any(i.get("check") == "database_up" for i in opened), opened
 
 
-def test_slot_dropped_on_the_primary_is_recreated_with_an_incident(
-    settings: PgdrSettings, tmp_path: Path
-) -> None:
-    w = make_wal_env(settings, tmp_path, 15)
-    try:
-        w.start_stream()
-        w.insert(3)
+def test_slot_dropped_on_the_primary_is_recreated_with_an_incident(walenv15: WalEnv) -> None:
+    w = walenv15
+    w.start_stream()
+    w.insert(3)
 
-        def streaming() -> bool:
-            return bool(w.sql("SELECT 1 FROM pg_stat_replication WHERE application_name='pgdr'"))
+    def streaming() -> bool:
+        return bool(w.sql("SELECT 1 FROM pg_stat_replication WHERE application_name='pgdr'"))
 
-        w.wait_for(streaming, 60, "the streamer connected")
-        # the slot vanishes (a new primary without it behaves the same): kill the walsender,
-        # drop the slot before pg_receivewal comes back
-        with psycopg.connect(w.conninfo, autocommit=True) as conn:
+    w.wait_for(streaming, 60, "the streamer connected")
+    # the slot vanishes (a new primary without it behaves the same): kill the walsender,
+    # drop the slot before pg_receivewal comes back
+    with psycopg.connect(w.conninfo, autocommit=True) as conn:
 
-            def dropped() -> bool:
-                conn.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                    " WHERE slot_name = 'pgdr' AND active_pid IS NOT NULL"
-                )
-                try:
-                    conn.execute("SELECT pg_drop_replication_slot('pgdr')")
-                except psycopg.errors.ObjectInUse:
-                    return False
-                return True
+        def dropped() -> bool:
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = 'pgdr' AND active_pid IS NOT NULL"
+            )
+            try:
+                conn.execute("SELECT pg_drop_replication_slot('pgdr')")
+            except psycopg.errors.ObjectInUse:
+                return False
+            return True
 
-            w.wait_for(dropped, 30, "the slot dropped")
-        incidents = w.repo / "incidents"
-        w.wait_for(
-            lambda: (
-                incidents.is_dir()
-                and any("wal-slot-missing" in p.name for p in incidents.iterdir())
-            ),
-            60,
-            "the wal-slot-missing incident",
-        )
-        assert w.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgdr'")
-        opened = json.loads(w.cli("monitor", "incidents", "--json").stdout)
-        assert any(i.get("check") == "wal-slot-missing" for i in opened), opened
-        w.insert(3)
-        w.wait_for(streaming, 60, "the streamer back on the recreated slot")
-    finally:
-        for proc in w.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        w.cluster.destroy()
+        w.wait_for(dropped, 30, "the slot dropped")
+    incidents = w.repo / "incidents"
+    w.wait_for(
+        lambda: (
+            incidents.is_dir() and any("wal-slot-missing" in p.name for p in incidents.iterdir())
+        ),
+        60,
+        "the wal-slot-missing incident",
+    )
+    assert w.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgdr'")
+    opened = json.loads(w.cli("monitor", "incidents", "--json").stdout)
+    assert any(i.get("check") == "wal-slot-missing" for i in opened), opened
+    w.insert(3)
+    w.wait_for(streaming, 60, "the streamer back on the recreated slot")
