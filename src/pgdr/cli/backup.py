@@ -31,6 +31,15 @@ RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Repository name (default: primary).")
 ]
 
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        envvar="PGDR_BACKUP_METHOD",
+        help="files: parallel workers read the data directory (pgdr beside the server); "
+        "stream: pg_basebackup; auto: files when the data directory is readable here.",
+    ),
+]
 FromOption = Annotated[
     str,
     typer.Option(
@@ -77,15 +86,7 @@ def backup(
             "(or generate one when the key file is missing).",
         ),
     ] = False,
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            envvar="PGDR_BACKUP_METHOD",
-            help="files: parallel workers read the data directory (pgdr beside the server); "
-            "stream: pg_basebackup; auto: files when the data directory is readable here.",
-        ),
-    ] = "auto",
+    method: MethodOption = "auto",
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
     ] = None,

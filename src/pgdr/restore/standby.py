@@ -17,9 +17,9 @@ differences:
   before ``pg_wal``, and a zero-padded copy there would hide what it streamed since);
   ``restore_command`` copies from there (``cp``: the server's OS user needs neither pgdr nor
   the keys) and ``archive_cleanup_command`` (``pg_archivecleanup``) empties the spool as the
-  standby's restartpoints pass it. Beyond the spool the standby streams from the primary. A server whose
-  OS user can run pgdr may instead use ``restore_command = 'pgdr wal fetch %f %p'`` to keep
-  falling back on the repository later (docs/high-availability.md).
+  standby's restartpoints pass it. Beyond the spool the standby streams from the primary. A
+  server whose OS user can run pgdr may instead use ``restore_command = 'pgdr wal fetch %f %p'``
+  to keep falling back on the repository later (docs/high-availability.md).
 
 The settings go at the end of ``postgresql.auto.conf`` (where ``ALTER SYSTEM`` and
 ``pg_basebackup -R`` put them) and ``standby.signal`` is created; nothing else changes. Without
