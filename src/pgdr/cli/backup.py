@@ -26,6 +26,7 @@ from pgdr.core.output import (
 )
 from pgdr.core.units import human_size
 from pgdr.restore.tested import restore_test as run_restore_test
+from pgdr.wal.server import backup_source
 
 RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Repository name (default: primary).")
@@ -73,6 +74,14 @@ MethodOption = Annotated[
 WorkersOption = Annotated[
     int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
 ]
+FromOption = Annotated[
+    str,
+    typer.Option(
+        "--from",
+        help="primary, or standby: pg_basebackup from a replica of a multi-host target "
+        "(docs/high-availability.md).",
+    ),
+]
 
 
 @app.callback()
@@ -85,13 +94,14 @@ def backup(
     new_key: NewKeyOption = False,
     method: MethodOption = "auto",
     workers: WorkersOption = None,
+    source: FromOption = "primary",
     as_json: JsonOption = False,
 ) -> None:
     """Take a base backup of the target database into a repository."""
     if subcommand_named(ctx):
         return
     repo = open_repo(repo_name)
-    conninfo = target().conninfo
+    conninfo, method = backup_source(target().conninfo, source, method)
     facts = server_facts(conninfo)
     began = time.monotonic()
     chosen = {"method": method}
@@ -120,6 +130,7 @@ def backup(
         "repository": repo.name,
         "duration_s": round(duration, 3),
         "method": chosen["method"],
+        "from": source,
     }
     show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is
     emit(data, as_json, lambda: _render_backup(manifest, repo.name, duration, chosen["method"]))
