@@ -71,6 +71,11 @@ def _target(
         f"row(s){' and truncated the table' if tx.truncate else ''}; the copy stops inside it, "
         "before its commit."
     )
+    if tx.audit:
+        result.notes.append(
+            f"The pgdr_audit trail says role {tx.audit['role']} ran it ({tx.audit['rows']:,} "
+            f"row(s) recorded from {tx.audit['at']})."
+        )
     return Target("lsn", tx.first_lsn), result
 
 
