@@ -30,6 +30,7 @@ from psycopg import sql
 
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.logical.table import primary_key, table_columns
 from pgdr.profile import Profile
 
 TRAIL = "pgdr_audit"
@@ -108,15 +109,9 @@ def _trail_exists(conn: psycopg.Connection[Any]) -> bool:
 
 
 def _key_columns(conn: psycopg.Connection[Any], table: sql.Identifier) -> list[str]:
-    found = conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone()
-    if found is None or found[0] is None:
+    if table_columns(conn, table) is None:
         raise ConfigError(f"Table {table.as_string(conn)} does not exist; nothing was installed.")
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
-        (table.as_string(conn),),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
+    return primary_key(conn, table)
 
 
 def _add_triggers(conn: psycopg.Connection[Any], table: sql.Identifier, key: list[str]) -> None:

@@ -181,7 +181,7 @@ def _replace(
     return max(deleted, 0), max(upserted, 0)
 
 
-def _primary_key(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str]:
+def primary_key(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str]:
     rows = conn.execute(
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
         "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
@@ -219,7 +219,7 @@ def plan_copy_in(
         result.restored_as = result.table
     elif table_columns(conn, new) is not None and not force:
         raise ConfigError(f"{schema}.{new_name} exists; pass --force to replace it.")
-    key = _primary_key(conn, live)
+    key = primary_key(conn, live)
     if replace and not key:
         raise ConfigError(f"{result.table} has no primary key to match rows by.")
     return CopyIn(live, new, live_columns, key, replace)
