@@ -109,3 +109,19 @@ def test_from_backup_at_a_time_beside_then_replace(walenv: WalEnv) -> None:
     assert contents(w.conninfo) == good  # children's foreign keys still hold
     assert not list((w.cluster.settings.home / "scratch").iterdir())
     w.stop_stream(stream)
+
+
+def test_dropped_table_from_backup(walenv18: WalEnv) -> None:
+    """A table dropped from the live database comes back from the backup's throwaway copy."""
+    w = walenv18
+    load_sample(w.conninfo, scale=0.01)
+    stream = w.start_stream()
+    backup_id = backup(w)
+    good = contents(w.conninfo)
+    w.sql("DROP TABLE knowledge_base")
+    dropped = w.cli("restore-table", "knowledge_base", "--from-backup", backup_id, "--json")
+    assert dropped.code == 0, dropped.stdout + dropped.stderr
+    assert json.loads(dropped.stdout)["rows"] == good["knowledge_base"][0]
+    assert contents(w.conninfo) == good
+    assert not list((w.cluster.settings.home / "scratch").iterdir())
+    w.stop_stream(stream)

@@ -25,8 +25,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgdr.backup.chunks import private_dir
+from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
-from pgdr.core.connect import connect
+from pgdr.core import runner
+from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError
 from pgdr.logical.table import (
     TableRestore,
@@ -37,7 +40,8 @@ from pgdr.logical.table import (
     table_columns,
 )
 from pgdr.logical.throwaway import throwaway_copy
-from pgdr.restore.pitr import make_target
+from pgdr.logical.tools import binaries_for
+from pgdr.restore.pitr import Target, make_target
 
 
 def _system_identifier(conn: psycopg.Connection[Any]) -> str:
@@ -95,10 +99,7 @@ def restore_table_from_backup(
             )
         live_columns = table_columns(conn, sql.Identifier(schema, name))
         if live_columns is None:
-            raise ConfigError(
-                f"{schema}.{name} is not in the live database; bring a dropped table back from "
-                "a dump (restore-table --from DUMP_ID)."
-            )
+            return _restore_dropped(repo, conninfo, manifest, target, (schema, name), as_name)
         new_name = as_name or f"{name}_{manifest.id.split('-')[0].lower()}"
         result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", manifest.id)
         result.source = f"backup {manifest.id} at {moment}"
@@ -113,5 +114,57 @@ def restore_table_from_backup(
                 raise ConfigError(f"Table {schema}.{name} did not exist at {moment}.")
             copy_in(conn, plan, result, columns, _copy_out(source, plan.live, columns))
     result.notes.append(f"Read from a throwaway copy at {moment}, removed afterwards.")
+    result.duration_s = round(time.monotonic() - began, 3)
+    return result
+
+
+def _restore_dropped(
+    repo: Repository,
+    conninfo: str,
+    manifest: Manifest,
+    target: Target | None,
+    qualified: tuple[str, str],
+    as_name: str | None,
+) -> TableRestore:
+    """The table is gone from the live database: the copy's ``pg_dump -t`` of it (definition,
+    rows, indexes, constraints) restored in one transaction, then renamed to ``as_name``."""
+    began = time.monotonic()
+    schema, name = qualified
+    moment = target.describe() if target else f"the end of backup {manifest.id}"
+    tools = binaries_for(manifest.pg_major, f"Backup {manifest.id}")
+    client, env = client_environment(conninfo)
+    with connect(conninfo, autocommit=True, raw_errors=True) as conn:
+        if as_name and table_columns(conn, sql.Identifier(schema, as_name)) is not None:
+            raise ConfigError(f"{schema}.{as_name} exists; choose another --as.")
+        dbname = conn.info.dbname
+        pattern = sql.Identifier(schema, name).as_string(conn)
+        with (
+            throwaway_copy(repo, manifest.id, target, "table") as (copy, _restored),
+            private_dir("pgdr-table-") as tmp,
+        ):
+            with _open_copy(copy.conninfo(dbname), dbname, moment) as source:
+                if table_columns(source, sql.Identifier(schema, name)) is None:
+                    raise ConfigError(f"Table {schema}.{name} did not exist at {moment}.")
+            dump = [str(tools.tool("pg_dump")), "-d", copy.conninfo(dbname), "-Fc", "-t", pattern]
+            runner.run([*dump, "--no-owner", "-f", str(tmp / "table.dump")])
+            restore = [str(tools.tool("pg_restore")), "--no-owner", "--single-transaction"]
+            runner.run(
+                [*restore, "--exit-on-error", "-d", client, str(tmp / "table.dump")], env=env
+            )
+        final = sql.Identifier(schema, as_name or name)
+        if as_name:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    sql.Identifier(schema, name), sql.Identifier(as_name)
+                )
+            )
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(final)).fetchone()
+    result = TableRestore(f"{schema}.{name}", f"{schema}.{as_name or name}", manifest.id)
+    result.source = f"backup {manifest.id} at {moment}"
+    result.rows = int(count[0]) if count else 0
+    result.notes.append(
+        f"{schema}.{name} did not exist in the database: it was created as it was at {moment} "
+        "(definition, rows, indexes and constraints) from a throwaway copy, removed afterwards."
+    )
     result.duration_s = round(time.monotonic() - began, 3)
     return result
