@@ -312,7 +312,7 @@ class Streamer:
                 "(`pgdr wal setup --patroni`)."
             )
             log.warning(message)
-            self._incident("wal-slot-missing", message)
+            self._incident("wal-slot-missing", message, Severity.P1)
         if self.status.primary not in (None, address):
             log.warning("The primary moved: following %s now.", address)
             self._incident("wal-primary-moved", f"the streamer follows the new primary {address}")
@@ -465,12 +465,9 @@ class Streamer:
                 "no longer 0 until pgdr catches up."
             )
             log.warning(message)
-            self._incident(DEGRADED, message)
-            if self.incidents is not None:
-                with contextlib.suppress(PgdrError, OSError):
-                    self.incidents.raise_(DEGRADED, Severity.P1, message)
+            self._incident(DEGRADED, message, Severity.P1)
 
-    def _incident(self, kind: str, message: str) -> None:
+    def _incident(self, kind: str, message: str, severity: Severity | None = None) -> None:
         moment = clock.now()
         stamp = moment.strftime("%Y%m%dT%H%M%SZ")
         record = {"kind": kind, "message": message, "at": clock.iso(moment), "severity": "critical"}
@@ -478,6 +475,9 @@ class Streamer:
             self.archive.store.put(
                 f"incidents/{stamp}-{kind}.json", json.dumps(record, indent=2).encode()
             )
+        if severity is not None and self.incidents is not None:
+            with contextlib.suppress(PgdrError, OSError):
+                self.incidents.raise_(kind, severity, message)
 
     def _heartbeat(self) -> None:
         with contextlib.suppress(PgdrError):
