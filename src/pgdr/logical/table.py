@@ -304,6 +304,21 @@ def restore_table(
     return result
 
 
+def rename_and_count(
+    conn: psycopg.Connection[Any], schema: str, name: str, as_name: str | None
+) -> int:
+    """A table just brought back under ``name``: renamed to ``as_name`` if given; its rows."""
+    if as_name:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(schema, name), sql.Identifier(as_name)
+            )
+        )
+    final = sql.Identifier(schema, as_name or name)
+    count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(final)).fetchone()
+    return int(count[0]) if count else 0
+
+
 def _restore_dropped(
     dump: OpenDump,
     conninfo: str,
@@ -332,16 +347,7 @@ def _restore_dropped(
         ]
         feed_pg_restore(dump, args, tmp / "out", env=env)
     result = TableRestore(f"{schema}.{name}", f"{schema}.{as_name or name}", dump.id)
-    if as_name:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(schema, name), sql.Identifier(as_name)
-            )
-        )
-    count = conn.execute(
-        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, as_name or name))
-    ).fetchone()
-    result.rows = int(count[0]) if count else 0
+    result.rows = rename_and_count(conn, schema, name, as_name)
     result.notes.append(
         f"{schema}.{name} did not exist in the database: it was created from the dump's "
         "definition (without its indexes, constraints and triggers) with the dump's rows."

@@ -36,6 +36,7 @@ from pgdr.logical.table import (
     check_replace_options,
     copy_in,
     plan_copy_in,
+    rename_and_count,
     split_name,
     table_columns,
 )
@@ -151,17 +152,10 @@ def _restore_dropped(
             runner.run(
                 [*restore, "--exit-on-error", "-d", client, str(tmp / "table.dump")], env=env
             )
-        final = sql.Identifier(schema, as_name or name)
-        if as_name:
-            conn.execute(
-                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                    sql.Identifier(schema, name), sql.Identifier(as_name)
-                )
-            )
-        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(final)).fetchone()
+        rows = rename_and_count(conn, schema, name, as_name)
     result = TableRestore(f"{schema}.{name}", f"{schema}.{as_name or name}", manifest.id)
     result.source = f"backup {manifest.id} at {moment}"
-    result.rows = int(count[0]) if count else 0
+    result.rows = rows
     result.notes.append(
         f"{schema}.{name} did not exist in the database: it was created as it was at {moment} "
         "(definition, rows, indexes and constraints) from a throwaway copy, removed afterwards."
