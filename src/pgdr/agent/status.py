@@ -156,6 +156,8 @@ def _wal_part(handle: DatabaseHandle, repo: Repository, status: DatabaseStatus, 
         lag_seconds=round(now - report.newest_wal_at, 1) if report.newest_wal_at else None,
         restarts=streamer.get("restarts"),
         repository_error=streamer.get("repository_error"),
+        receiver_error=streamer.get("receiver_error"),
+        receiver_error_at=when(streamer.get("receiver_error_at")),
         gaps=report.gaps,
     )
     status.data["recovery_window"] = {
@@ -164,6 +166,8 @@ def _wal_part(handle: DatabaseHandle, repo: Repository, status: DatabaseStatus, 
     }
     if handle.db.config.wal and not report.streamer_alive:
         status.degrade("No WAL streamer is alive: new commits are not being protected.")
+    if report.streamer_alive and streamer.get("receiver_error"):
+        status.degrade(f"The WAL receiver is failing: {streamer['receiver_error']}")
     if streamer.get("repository_error"):
         status.degrade(f"The streamer cannot upload: {streamer['repository_error']}")
 
