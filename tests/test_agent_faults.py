@@ -11,7 +11,9 @@ import psycopg
 import pytest
 
 from fixtures.agent import AgentEnv, agent_env, new_cluster
+from fixtures.receivers import HttpReceiver
 from pgdr.config import PgdrSettings
+from pgdr.core.incidents import IncidentStore
 
 TWO_NAMES = """
 [agent]
@@ -38,6 +40,12 @@ uptime = "off"
 """
 
 FAULTS = """
+[[contacts]]
+name = "Olga"
+role = "on-call"
+channels = ["webhook:{hook}"]
+[notify]
+timeout_seconds = 2
 [agent]
 retry_base_s = 1
 retry_max_s = 2
@@ -59,7 +67,7 @@ repositories = ["blocked"]
 [databases.norepo.schedule]
 full = "1h"
 restore_test = "off"
-uptime = "off"
+uptime = "2s"
 """
 
 
@@ -112,8 +120,14 @@ def test_two_names_for_one_cluster_are_refused(
 
 @pytest.mark.timeout(600)
 def test_database_down_and_repository_unwritable_are_reported_and_retried(
-    settings: PgdrSettings, tmp_path: Path, agent_procs: list[AgentEnv]
+    settings: PgdrSettings,
+    tmp_path: Path,
+    agent_procs: list[AgentEnv],
+    http_receiver: HttpReceiver,
 ) -> None:
+    """Also the agent's monitor rounds: the uptime check of a database that is down opens an
+    incident in its store and notifies the webhook, and resolves when it is back; a job failing
+    three times in a row is a P1 incident naming it and its error."""
     down = new_cluster(settings, "down")
     norepo = new_cluster(settings, "norepo")
     try:
@@ -122,7 +136,7 @@ def test_database_down_and_repository_unwritable_are_reported_and_retried(
         a = agent_env(
             settings,
             tmp_path,
-            FAULTS,
+            FAULTS.replace("{hook}", http_receiver.url),
             DOWN_URL=down.conninfo(),
             NOREPO_URL=norepo.conninfo(),
         )
@@ -151,6 +165,21 @@ def test_database_down_and_repository_unwritable_are_reported_and_retried(
         failing = [r for r in reasons if "backup_full job is failing" in r]
         assert failing and "blocker" in failing[0], reasons  # the storage's own sentence
         assert "unreachable, retrying" in a.log()
+        # the monitor rounds: incidents in each database's own store, told to the webhook
+        a.wait_for(
+            lambda: (
+                "opened" in http_receiver.events("database_up")
+                and "opened" in http_receiver.events("agent_job:backup_full")
+            ),
+            timeout=60,
+            what="the uptime and the failing-job incidents at the webhook",
+        )
+        down_open = IncidentStore(a.records("down") / "incidents").current("database_up")
+        assert down_open is not None and down_open.severity == "P0"
+        job = IncidentStore(a.records("norepo") / "incidents").current("agent_job:backup_full")
+        assert job is not None and job.severity == "P1"
+        assert "backup_full job failed" in job.message and "blocker" in job.message
+        assert IncidentStore(a.records("norepo") / "incidents").current("database_up") is None
 
         # the faults go away: both are backed up without a restart
         down.start()
@@ -160,6 +189,15 @@ def test_database_down_and_repository_unwritable_are_reported_and_retried(
             timeout=240,
             what="backups once the database and the repository are back",
         )
+        a.wait_for(
+            lambda: (
+                "resolved" in http_receiver.events("database_up")
+                and "resolved" in http_receiver.events("agent_job:backup_full")
+            ),
+            timeout=60,
+            what="both incidents resolved and told",
+        )
+        assert IncidentStore(a.records("down") / "incidents").current("database_up") is None
         assert a.stop(proc) == 0
         assert "Traceback" not in a.log()
     finally:

@@ -8,7 +8,8 @@ Per database, three threads:
   neither repeats nor skips a due job. A database with no backup gets one at once;
 * the **streamer** runs :class:`pgdr.wal.stream.Streamer` (pg_receivewal through the slot, with
   its own restart backoff) and is itself restarted with backoff if it stops on an error;
-* the **checker** runs the check hook (:mod:`pgdr.agent.checks`) every uptime interval, also
+* the **checker** runs the watch layer's monitor round (:mod:`pgdr.agent.checks`: the
+  runbook's and the protection checks, incidents, notifications) every uptime interval, also
   while a long backup runs.
 
 Before any of that the worker identifies the database (system identifier, version). An
@@ -32,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from pgdr.agent import jobs
-from pgdr.agent.checks import AgentHooks, run_round
+from pgdr.agent.checks import AgentHooks, DatabaseChecks
 from pgdr.agent.database import DatabaseHandle
 from pgdr.agent.state import JobState, StateStore
 from pgdr.backup.repository import RESTORE_TESTS
@@ -384,6 +385,7 @@ class DatabaseWorker:
             conninfo=self.handle.target().conninfo,
             spool=self.handle.settings.home / "wal-spool" / str(info.system_identifier),
             installation=installation_for_major(info.major, self.handle.settings.pg_bin),
+            label=self.name,
         )
         self.streamer = Streamer(options, archive, IncidentStore(self.handle.records / "incidents"))
         return self.streamer
@@ -392,15 +394,22 @@ class DatabaseWorker:
         schedule = self.handle.db.schedules["uptime"]
         if schedule is None:
             return
+        checks = DatabaseChecks(
+            self.handle,
+            self.options.hooks,
+            schedule.period_s(),
+            lambda: self.store.state.jobs,
+            list(self.jobs),
+        )
         while not stop.is_set():
             began = time.time()
             try:
-                results = run_round(self.handle, self.options.hooks)
+                results = checks.round()
                 failed = [r.name for r in results if not r.ok and not r.skipped]
                 if failed:
                     log.warning("%s: checks failed: %s", self.name, ", ".join(failed))
-            except Exception:
-                log.exception("%s: the check round crashed", self.name)
+            except Exception as exc:  # a config error included: said each round, then retried
+                log.exception("%s: the check round failed: %s", self.name, exc)
             stop.wait(max(0.0, schedule.next_after(began) - time.time()))
 
     def start(self, stop: threading.Event) -> None:
