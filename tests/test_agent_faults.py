@@ -17,6 +17,7 @@ from pgdr.core.incidents import IncidentStore
 
 TWO_NAMES = """
 [agent]
+drill_scenarios = ["scenario1"]
 retry_base_s = 1
 retry_max_s = 2
 connect_retry_max_s = 1
@@ -30,6 +31,7 @@ wal = false
 full = "1h"
 restore_test = "off"
 uptime = "off"
+drill = "15s"
 [databases.clone]
 url_env = "CLONE_URL"
 wal = false
@@ -37,6 +39,7 @@ wal = false
 full = "1h"
 restore_test = "off"
 uptime = "off"
+drill = "15s"
 """
 
 FAULTS = """
@@ -113,6 +116,24 @@ def test_two_names_for_one_cluster_are_refused(
         assert not backups(a, refused)
         assert backups(a, served)
         assert code == 2  # the worst database decides
+        assert report["databases"][served]["last_drill"] is None
+        # the drill job (a schedule of seconds, one scenario) runs for the served name only
+        a.wait_for(
+            lambda: bool(
+                a.events(served, "drill", "finished") or a.events(served, "drill", "failed")
+            ),
+            timeout=300,
+            what="the drill job",
+        )
+        (ran,) = a.events(served, "drill", "finished")
+        assert ran["summary"]["scenarios"]["scenario1"]["passed"] is True
+        assert not a.events(refused, "drill", "started")
+        drill = a.status()[1]["databases"][served]["last_drill"]
+        assert drill["passed"] is True and drill["scenarios"] == ["scenario1"]
+        assert drill["id"] == ran["summary"]["run_id"] and drill["rto_s"] > 0
+        assert drill["rpo_s"] is not None
+        human = a.cli("status", "--db", served)
+        assert "last drill" in human.stdout and "passed (scenario1)" in human.stdout
         assert a.stop(proc) == 0
     finally:
         cluster.destroy()
@@ -200,6 +221,9 @@ def test_database_down_and_repository_unwritable_are_reported_and_retried(
         assert IncidentStore(a.records("down") / "incidents").current("database_up") is None
         assert a.stop(proc) == 0
         assert "Traceback" not in a.log()
+        # the streamers' lines name their database (two of them in one log)
+        assert "down: pg_receivewal started" in a.log()
+        assert "norepo: pg_receivewal started" in a.log()
     finally:
         down.destroy()
         norepo.destroy()

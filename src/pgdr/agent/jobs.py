@@ -34,6 +34,7 @@ from pgdr.backup.retention import prune
 from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, installation_for_major
 from pgdr.core.errors import CheckFailed, PgdrError
+from pgdr.core.records import new_record_id
 from pgdr.drills.scenarios import SCENARIOS, DrillOptions, run_drill
 from pgdr.integrity.run import run_check
 from pgdr.profile import load_profile
@@ -217,13 +218,21 @@ def leftover_scratch(handle: DatabaseHandle) -> list[Path]:
     return [p for p in base.iterdir() if p.name.startswith(prefixes)]
 
 
-def drill_job(handle: DatabaseHandle) -> dict[str, Any]:
-    """Every scenario of the runbook's quarterly drill, each in its own sandbox."""
+def drill_job(handle: DatabaseHandle, scenarios: list[str] | None = None) -> dict[str, Any]:
+    """The runbook's quarterly drill (every scenario, or ``scenarios``), each in its own
+    sandbox, recorded as one run (``pgdr drill history``)."""
     results = {}
-    for name in SCENARIOS:
-        report = run_drill(name, handle.settings, DrillOptions())
-        results[name] = {"passed": report.passed, "id": report.id}
+    run_id = new_record_id()
+    for name in scenarios or list(SCENARIOS):
+        report = run_drill(name, handle.settings, DrillOptions(run_id=run_id))
+        results[name] = {
+            "passed": report.passed,
+            "id": report.id,
+            "rto_s": report.rto_s,
+            "rpo_s": report.rpo_s,
+            "issues": report.issues,
+        }
     if not all(r["passed"] for r in results.values()):
         failed = ", ".join(n for n, r in results.items() if not r["passed"])
         raise CheckFailed(f"the drill failed: {failed} (see `pgdr drill history`)")
-    return {"scenarios": results}
+    return {"run_id": run_id, "scenarios": results}

@@ -62,6 +62,7 @@ class AgentOptions:
     retry_max_s: float = 900.0
     connect_retry_max_s: float = 30.0
     stop_grace_s: float = 30.0
+    drill_scenarios: list[str] | None = None  # None: every scenario of the runbook
 
     @classmethod
     def from_config(cls, config: AgentConfig, hooks: AgentHooks | None = None) -> AgentOptions:
@@ -71,6 +72,7 @@ class AgentOptions:
             retry_max_s=config.retry_max_s,
             connect_retry_max_s=config.connect_retry_max_s,
             stop_grace_s=config.stop_grace_s,
+            drill_scenarios=config.drill_scenarios,
         )
 
 
@@ -120,7 +122,12 @@ class DatabaseWorker:
             Job("backup_full", s["full"], lambda: jobs.backup_job(h)),
             Job("backup_incremental", s["incremental"], lambda: jobs.backup_job(h, True)),
             Job("restore_test", s["restore_test"], lambda: jobs.restore_test_job(h)),
-            Job("drill", s["drill"], lambda: jobs.drill_job(h), h.db.quarterly_drill),
+            Job(
+                "drill",
+                s["drill"],
+                lambda: jobs.drill_job(h, self.options.drill_scenarios),
+                h.db.quarterly_drill,
+            ),
         ]
         return {j.name: j for j in table if j.schedule is not None or j.quarterly}
 
@@ -443,6 +450,10 @@ def _describe(job: str, summary: dict[str, Any]) -> str:
         return (
             f"restore test of {summary['backup_id']} passed; proven RTO "
             f"{summary['proven_rto_s']:.1f} s"
+        )
+    if job == "drill":
+        return "drill passed: " + ", ".join(
+            f"{name} (RTO {r['rto_s']:.1f} s)" for name, r in summary["scenarios"].items()
         )
     return "done"
 
