@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +29,15 @@ from pgdr.agent.database import DatabaseHandle
 from pgdr.agent.state import JobState
 from pgdr.cluster import resolve_target
 from pgdr.cluster.manager import default_cluster
+from pgdr.config.fleet import Schedule
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.errors import RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult, ExtraCheck
 from pgdr.watch import MonitorSetup, Watched, build_monitor
 
+log = logger("pgdr.agent")
 Check = Callable[[DatabaseHandle], list[CheckResult]]
 Sink = Callable[[DatabaseHandle, list[CheckResult]], None]
 LAST_ROUND = "checks.json"
@@ -130,34 +134,46 @@ def _extra(handle: DatabaseHandle, check: Check) -> ExtraCheck:
 
 
 class DatabaseChecks:
-    """One database's monitor, built at the first round (a failure to build is retried)."""
+    """One database's monitor rounds every uptime interval (the monitor is built at the first
+    round; a failure to build it, e.g. a bad ``[notify]`` table, is said and retried)."""
 
     def __init__(
         self,
         handle: DatabaseHandle,
         hooks: AgentHooks,
-        interval: float,
+        schedule: Schedule,
         jobs: Callable[[], Mapping[str, JobState]],
-        job_names: list[str],
     ) -> None:
         self.handle = handle
         self.hooks = hooks
-        self.interval = interval
+        self.schedule = schedule
         self.jobs = jobs
-        self.job_names = job_names
         self.setup: MonitorSetup | None = None
 
-    def _monitor(self) -> MonitorSetup:
+    def _monitor(self, job_names: list[str]) -> MonitorSetup:
         if self.setup is None:
-            setup = database_monitor(self.handle, self.interval)
-            setup.monitor.extra += [job_check(n, self.jobs) for n in self.job_names]
+            setup = database_monitor(self.handle, self.schedule.period_s())
+            setup.monitor.extra += [job_check(n, self.jobs) for n in job_names]
             setup.monitor.extra += [_extra(self.handle, c) for c in self.hooks.checks]
             self.setup = setup
         return self.setup
 
-    def round(self) -> list[CheckResult]:
+    def round(self, job_names: list[str]) -> list[CheckResult]:
         """One monitor round (checks, incidents, notifications, history), then the sinks."""
-        results = self._monitor().monitor.run_once().checks
+        results = self._monitor(job_names).monitor.run_once().checks
         for sink in self.hooks.sinks:
             sink(self.handle, results)
         return results
+
+    def run_forever(self, stop: threading.Event, job_names: list[str]) -> None:
+        name = self.handle.name
+        while not stop.is_set():
+            began = time.time()
+            try:
+                results = self.round(job_names)
+                failed = [r.name for r in results if not r.ok and not r.skipped]
+                if failed:
+                    log.warning("%s: checks failed: %s", name, ", ".join(failed))
+            except Exception as exc:  # a config error included: said each round, then retried
+                log.exception("%s: the check round failed: %s", name, exc)
+            stop.wait(max(0.0, self.schedule.next_after(began) - time.time()))

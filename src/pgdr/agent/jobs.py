@@ -187,19 +187,28 @@ def _test_with_wal(handle: DatabaseHandle, repo: Repository, steps: list[str]) -
         facts["integrity"] = _checks(handle, cluster, major, steps)
         return facts
     except PgdrError as exc:
-        tail = _server_log_tail(root)
+        tail = server_log_tail(root)
         raise type(exc)(f"{exc.message} Server log: {tail}" if tail else exc.message) from exc
     finally:
         remove_scratch(handle, root)
 
 
-def _server_log_tail(root: Path, lines: int = 3) -> str:
-    """The end of a throwaway cluster's log, kept in the record before the cluster goes."""
+SERVER_LOG_SIGNS = ("PANIC", "FATAL", "ERROR", "could not", "terminated by signal")
+TAIL_CHARS = 1200
+
+
+def server_log_tail(root: Path, lines: int = 4) -> str:
+    """Why a throwaway cluster stopped, kept in the record before the cluster goes: its log's
+    last lines saying PANIC/FATAL/ERROR (up to ``lines``), then its last ``lines`` lines."""
     try:
         text = (root / "server.log").read_text(errors="replace")
     except OSError:
         return ""
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+    all_lines = [line.strip() for line in text.splitlines() if line.strip()]
+    signs = [ln for ln in all_lines if any(sign in ln for sign in SERVER_LOG_SIGNS)][-lines:]
+    last = [ln for ln in all_lines[-lines:] if ln not in signs]
+    tail = " | ".join(signs + last)
+    return tail if len(tail) <= TAIL_CHARS else "..." + tail[-TAIL_CHARS:]
 
 
 def remove_scratch(handle: DatabaseHandle, root: Path) -> None:
