@@ -58,13 +58,6 @@ from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
 from pgdr.wal.archive import WalArchive, repository_archive
-from pgdr.wal.names import (
-    is_history,
-    is_partial,
-    is_segment,
-    parse_segment,
-    partial_piece,
-)
 from pgdr.wal.receiver import ReceiverHealth, drop_torn_partials, release_sealed
 from pgdr.wal.server import (
     DEFAULT_APPLICATION,
@@ -85,6 +78,7 @@ from pgdr.wal.syncguard import (
     repository_incident,
     sync_names_value,
 )
+from pgdr.wal.uploader import HEARTBEAT_S, SpoolUploader, trimmed
 
 __all__ = [
     "DEGRADED",
@@ -95,6 +89,7 @@ __all__ = [
     "Streamer",
     "stream_until_stopped",
     "sync_names_value",
+    "trimmed",
 ]
 
 log = logger(__name__)
@@ -102,7 +97,6 @@ log = logger(__name__)
 PR_SET_PDEATHSIG = 1
 MAX_BACKOFF_S = 2.0
 NOT_IN_HISTORY = ("is not in this server's history", "ahead of the WAL flush position")
-HEARTBEAT_S = 1.0
 RECEIVER_LOG = "pg_receivewal.log"
 
 
@@ -110,11 +104,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """pg_receivewal must not outlive a streamer killed with -9 (it would hold the slot)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def trimmed(data: bytes) -> bytes:
-    """A partial segment without its zero padding (pg_receivewal pre-allocates the file)."""
-    return data.rstrip(b"\0")
 
 
 class Labelled(logging.LoggerAdapter[logging.Logger]):
@@ -155,16 +144,15 @@ class Streamer:
         self.incidents = incidents
         self.status = StreamState()
         self.proc: runner.Process | None = None
-        self._partial_sig: tuple[str, int] | None = None
-        self._partial_stat: tuple[str, int, int] | None = None
-        self._partial_end: dict[str, int] = {}  # segment -> bytes uploaded in this run
-        self._partial_recorded = 0.0
-        self._sealed: tuple[int, int] | None = None  # (timeline, end) of the newest segment up
         self._lock_handle: IO[str] | None = None
         self.server = options.conninfo  # the primary's single-host conninfo once resolved
         self.log = Labelled(log, {"database": options.label})
         self.health = ReceiverHealth(self.status, incidents, options.spool / RECEIVER_LOG, self.log)
         self.sync = SyncGuard(archive, self.status, incidents, self.log)
+        self.uploader = SpoolUploader(options.spool, archive, self.status, self.log, self._running)
+
+    def _running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     # ----- the spool --------------------------------------------------------------------------
     def _lock_spool(self) -> None:
@@ -184,93 +172,7 @@ class Streamer:
 
     def upload_spool(self, final: bool = False) -> None:
         """Push completed files (then drop them) and the partial segment when it changed."""
-        try:
-            names = sorted(p.name for p in self.o.spool.iterdir())
-        except FileNotFoundError:
-            return
-        try:
-            for name in names:
-                path = self.o.spool / name
-                if is_history(name) or is_segment(name):
-                    data = path.read_bytes()
-                    self.archive.push(name, data)
-                    if is_segment(name):
-                        self.archive.delete_partial(name)
-                        self._partial_end.pop(name, None)
-                        self.status.segments_uploaded += 1
-                        self.status.last_segment = name
-                        self.status.timeline = int(name[:8], 16)
-                        seg = parse_segment(name, self.archive.segment_size)
-                        end = (seg.segno + 1) * self.archive.segment_size
-                        self.status.received_lsn = max(self.status.received_lsn or 0, end)
-                        self._sealed = (seg.timeline, end)
-                    path.unlink()
-            partials = [n for n in names if is_partial(n)]
-            if partials:
-                self._upload_partial(partials[-1], force=final)
-            self.status.repository_error = None
-        except PgdrError as exc:
-            if self.status.repository_error != exc.message:
-                self.log.warning("upload failed, keeping WAL in the spool: %s", exc.message)
-            self.status.repository_error = exc.message
-
-    def _upload_partial(self, name: str, force: bool) -> None:
-        """Upload what is new in the partial segment; otherwise confirm it is still current.
-
-        Only the bytes past the last upload go up (a piece ``<segment>.partial.<offset>``), so
-        the cost follows the WAL rate, not the segment's fill. The first upload of a run starts
-        at 0 and replaces older pieces. The recorded ``read_at`` says "the repository holds
-        everything pgdr had received at this moment", which ends the recovery window; while
-        nothing new arrives it is refreshed every heartbeat, so a quiet database's window still
-        reaches the present.
-        """
-        path = self.o.spool / name
-        segment = name[:24]
-        read_at = time.time()
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return
-        quick = (name, stat.st_mtime_ns, stat.st_size)
-        if quick == self._partial_stat and not force:
-            self._confirm_partial(name, read_at)
-            return
-        start = self._partial_end.get(segment, 0)
-        try:
-            with path.open("rb") as handle:
-                handle.seek(start)
-                new = trimmed(handle.read())
-        except FileNotFoundError:
-            return  # completed meanwhile: uploaded as a segment next round
-        self._partial_stat = quick
-        if not new and segment in self._partial_end:
-            self._confirm_partial(name, read_at)
-            return
-        piece = partial_piece(segment, start)
-        self.archive.push(piece, new)
-        if segment not in self._partial_end:
-            self.archive.delete_partial(segment, keep=piece)
-        end = start + len(new)
-        self._partial_end[segment] = end
-        self._partial_sig = (name, end)
-        seg = parse_segment(segment, self.archive.segment_size)
-        self.status.partial = name
-        self.status.timeline = seg.timeline
-        self.status.received_lsn = max(
-            self.status.received_lsn or 0, seg.start_lsn(self.archive.segment_size) + end
-        )
-        self._record_partial(name, read_at, end)
-
-    def _record_partial(self, name: str, read_at: float, size: int) -> None:
-        self.status.partial_read_at = read_at
-        self._partial_recorded = time.monotonic()
-        self.archive.put_state("partial", {"name": name, "read_at": read_at, "bytes": size})
-
-    def _confirm_partial(self, name: str, read_at: float) -> None:
-        running = self.proc is not None and self.proc.poll() is None
-        if running and time.monotonic() - self._partial_recorded >= HEARTBEAT_S:
-            size = self._partial_sig[1] if self._partial_sig else 0
-            self._record_partial(name, read_at, size)
+        self.uploader.upload(final)
 
     # ----- pg_receivewal ----------------------------------------------------------------------
     def _follow_primary(self) -> None:
@@ -441,7 +343,7 @@ class Streamer:
                     self._drop_foreign_partials()
                     drop_torn_partials(self.o.spool, self.archive.segment_size, self.log)
                     if not self.status.repository_error:
-                        release_sealed(self.server, self.o.slot, self._sealed, self.log)
+                        release_sealed(self.server, self.o.slot, self.uploader.sealed, self.log)
                     self.health.failed(code, backoff)
                     next_start = time.monotonic() + backoff
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
