@@ -10,6 +10,11 @@ tests, the drill schedule, integrity, key files, TLS), the incidents of that dat
 own finding: a job that failed ``JOB_FAILURES_P1`` times in a row is the P1 incident
 ``agent_job:<job>`` naming the job and its last error, resolved by its next success.
 
+The drill is not about one database (it runs the runbook's scenarios in sandboxes), so its
+``drill_overdue`` check counts only for a database whose drill job is scheduled; for the others
+it is reported as skipped (not checked here), so N databases do not hold N copies of one
+fleet-wide incident and a database without a drill job is not degraded by it.
+
 A *check* (``AgentHooks.checks``) is any extra ``(DatabaseHandle) -> list[CheckResult]``; a
 *sink* is any ``(DatabaseHandle, list[CheckResult]) -> None`` called with each round's results.
 The default sink writes the last round to ``<records>/agent/checks.json``. A check that raises
@@ -34,7 +39,7 @@ from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.errors import RuntimeFailure
 from pgdr.core.log import logger
 from pgdr.core.severity import Severity
-from pgdr.monitoring.checks import CheckResult, ExtraCheck
+from pgdr.monitoring.checks import CheckResult, ExtraCheck, skipped
 from pgdr.watch import MonitorSetup, Watched, build_monitor
 
 log = logger("pgdr.agent")
@@ -43,6 +48,7 @@ Sink = Callable[[DatabaseHandle, list[CheckResult]], None]
 LAST_ROUND = "checks.json"
 JOB_FAILURES_P1 = 3
 JOB_CHECK = "agent_job"
+DRILL_CHECK = "drill_overdue"
 
 
 def monitored_conninfo(handle: DatabaseHandle) -> str:
@@ -94,6 +100,18 @@ def job_check(name: str, jobs: Callable[[], Mapping[str, JobState]]) -> ExtraChe
             )
             return CheckResult(check, False, Severity.P1, message, failures)
         return CheckResult(check, True, None, f"{name}: {failures} failure(s) in a row", failures)
+
+    return run
+
+
+def without_drill(check: ExtraCheck) -> ExtraCheck:
+    """``check``, except that a drill_overdue result becomes "skipped" (no drill job here)."""
+
+    def run() -> CheckResult:
+        result = check()
+        if result.name != DRILL_CHECK:
+            return result
+        return skipped(DRILL_CHECK, "no drill job is scheduled for this database")
 
     return run
 
@@ -153,6 +171,8 @@ class DatabaseChecks:
     def _monitor(self, job_names: list[str]) -> MonitorSetup:
         if self.setup is None:
             setup = database_monitor(self.handle, self.schedule.period_s())
+            if "drill" not in job_names:
+                setup.monitor.extra = [without_drill(c) for c in setup.monitor.extra]
             setup.monitor.extra += [job_check(n, self.jobs) for n in job_names]
             setup.monitor.extra += [_extra(self.handle, c) for c in self.hooks.checks]
             self.setup = setup
