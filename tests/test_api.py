@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from conftest import Server
+from fixtures.fleet import fleet_home
 from pgdr.cluster import find_free_port
 
 TOKEN = "test-token-0123456789abcdef"
@@ -22,14 +25,10 @@ ARTIFACTS = Path(
 )
 
 
-@pytest.fixture
-def api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[str]:
+    """`pgdr serve` as a real process (a round every 5 s); yields its base URL once it answers."""
     port = find_free_port()
-    env = cli_env | {
-        "DATABASE_URL": pg18.new_database(),
-        "PGDR_API_TOKEN": TOKEN,
-        "PGDR_HOME": str(tmp_path / "home"),  # its own records: no backup protects this database
-    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgdr", "serve", "--port", str(port), "--interval", "5"],
         env=env,
@@ -41,13 +40,37 @@ def api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            httpx.get(base + "/api/health", timeout=1)
+            httpx.get(base + "/", timeout=1)  # the page: answered at once, the probes may wait
             break
         except httpx.HTTPError:
             time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    env = cli_env | {
+        "DATABASE_URL": pg18.new_database(),
+        "PGDR_API_TOKEN": TOKEN,
+        "PGDR_HOME": str(tmp_path / "home"),  # its own records: no backup protects this database
+    }
+    with serving(env) as base:
+        yield base
+
+
+@pytest.fixture
+def fleet_api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """One `pgdr serve` (no --db) over the two databases of a fleet config; beta is down."""
+    down = f"postgresql://postgres@127.0.0.1:{find_free_port()}/beta"  # nobody listens
+    urls = {"alpha": pg18.new_database(), "beta": down}
+    env = cli_env | fleet_home(tmp_path / "home", urls) | {"PGDR_API_TOKEN": TOKEN}
+    env.pop("DATABASE_URL", None)
+    with serving(env) as base:
+        yield base
 
 
 def test_health_is_public_and_internals_need_the_token(api: str) -> None:
@@ -101,14 +124,17 @@ def test_empty_token_file_is_refused(cli_env: dict[str, str], tmp_path: Path, co
     assert result.code == 2 and "is empty" in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed")
-def test_dashboard_in_chromium(api: str, tmp_path: Path) -> None:
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromedriver") is None, reason="chromium-driver not installed"
+)
+
+
+@contextmanager
+def chromium() -> Iterator[WebDriver]:
+    """Real headless Chromium, with nothing fetched but what the page asks for."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = Options()
     options.binary_location = "/usr/bin/chromium"
@@ -126,35 +152,113 @@ def test_dashboard_in_chromium(api: str, tmp_path: Path) -> None:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _log_in(driver: WebDriver, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = driver.find_element(By.ID, "token")
+    field.clear()
+    field.send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def _incident_row(driver: WebDriver, *words: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr")
+    return next(r.text for r in rows if all(w in r.text for w in words))
+
+
+def _screenshot(driver: WebDriver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / name))
+    assert (ARTIFACTS / name).stat().st_size > 10_000
+
+
+@needs_chromium
+def test_dashboard_in_chromium(api: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as driver:
         driver.get(api + "/")
         wait = WebDriverWait(driver, 30)
-        driver.find_element(By.ID, "token").send_keys("not-the-token")
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        _log_in(driver, "not-the-token")
         wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "not accepted"))
         assert not driver.find_element(By.ID, "panel").is_displayed()
-        field = driver.find_element(By.ID, "token")
-        field.clear()
-        field.send_keys(TOKEN)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "healthy"))
-        rows = driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")
-        assert any("database_up" in r.text for r in rows)
-        assert driver.find_element(By.ID, "latency").text.endswith("ms")
+        _log_in(driver, TOKEN)
+        wait.until(
+            ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#db-default .status"), "healthy")
+        )
+        section = driver.find_element(By.ID, "db-default")
+        checks = section.find_elements(By.CSS_SELECTOR, ".checks tbody tr")
+        assert any("database_up" in r.get_attribute("textContent") for r in checks)
+        assert section.find_element(By.CLASS_NAME, "latency").text.endswith("ms")
         # nothing protects this database: red, with the open incident and its runbook action
         assert "red" in driver.find_element(By.ID, "state-default").get_attribute("class")
         wait.until(ec.text_to_be_present_in_element((By.ID, "incident-table"), "backup_age"))
-        incident = next(
-            r
-            for r in driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr")
-            if "backup_age" in r.text
-        )
-        assert "P1" in incident.text and "pgdr backup" in incident.text
-        assert "No backup yet" in driver.find_element(By.ID, "backups-note").text
+        incident = _incident_row(driver, "backup_age")
+        assert "P1" in incident and "default" in incident and "pgdr backup" in incident
+        assert "No backup yet" in section.find_element(By.CLASS_NAME, "backups-note").text
         # it refreshes itself: a new round shows up without a reload
         first = driver.find_element(By.ID, "updated").text
         wait.until(lambda d: d.find_element(By.ID, "updated").text != first)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
-        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
-    finally:
-        driver.quit()
+        _screenshot(driver, "dashboard.png")
+
+
+def test_one_serve_watches_every_configured_database(fleet_api: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(fleet_api + "/api/databases").status_code == 401
+    health = httpx.get(fleet_api + "/api/health", timeout=30)  # public: no names; all healthy?
+    assert health.status_code == 503 and health.json()["healthy"] is False
+    assert set(health.json()) == {"healthy", "latency"}
+    listed = httpx.get(fleet_api + "/api/databases", headers=auth, timeout=60).json()
+    assert [d["name"] for d in listed] == ["alpha", "beta"]
+    alpha, beta = listed
+    assert alpha["healthy"] is True and beta["healthy"] is False
+    assert alpha["state"] == beta["state"] == "red"  # nothing protects alpha either
+    assert "backup_age" in {i["check"] for i in alpha["open_incidents"]}
+    beta_open = {i["check"]: i["severity"] for i in beta["open_incidents"]}
+    assert beta_open["database_up"] == "P0" and beta_open["backup_age"] == "P1"
+    one = httpx.get(fleet_api + "/api/monitoring/metrics?db=beta", headers=auth).json()
+    assert one["database_name"] == "beta" and one["database"]["healthy"] is False
+    both = httpx.get(fleet_api + "/api/monitoring/metrics", headers=auth).json()
+    assert set(both["databases"]) == {"alpha", "beta"}
+    unknown = httpx.get(fleet_api + "/api/monitoring/metrics?db=gamma", headers=auth)
+    assert unknown.status_code == 404 and "watched: alpha, beta" in unknown.json()["detail"]
+    prom = httpx.get(fleet_api + "/metrics", headers=auth).text
+    assert 'pgdr_up{database="alpha"} 1.0' in prom and 'pgdr_up{database="beta"} 0.0' in prom
+    incidents = httpx.get(fleet_api + "/api/incidents?db=alpha", headers=auth).json()
+    assert incidents and {i["database"] for i in incidents} == {"alpha"}
+    board = httpx.get(fleet_api + "/api/databases/beta", headers=auth).json()
+    assert board["name"] == "beta" and "backups" in board and "history" in board
+
+
+@needs_chromium
+def test_dashboard_of_two_databases_in_chromium(fleet_api: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as driver:
+        driver.get(fleet_api + "/")
+        _log_in(driver, TOKEN)
+        wait = WebDriverWait(driver, 30)
+        for name, answers in (("alpha", "healthy"), ("beta", "DOWN")):
+            status = (By.CSS_SELECTOR, f"#db-{name} .status")
+            wait.until(ec.text_to_be_present_in_element(status, answers))
+            section = driver.find_element(By.ID, f"db-{name}")
+            assert section.find_element(By.CLASS_NAME, "title").text == name
+            assert "red" in driver.find_element(By.ID, f"state-{name}").get_attribute("class")
+            assert "open incident(s)" in section.find_element(By.CLASS_NAME, "incidents-note").text
+            incident = _incident_row(driver, name, "backup_age")
+            assert "P1" in incident and "pgdr backup" in incident
+        assert driver.find_element(By.CSS_SELECTOR, "#db-alpha .latency").text.endswith("ms")
+        worst = driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr")[0].text
+        assert worst.startswith("P0 beta database_up") and "Runbook Scenario 1" in worst
+        _screenshot(driver, "dashboard-two-databases.png")

@@ -12,8 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conftest import Server
+from fixtures.fleet import fleet_home
 from fixtures.receivers import HttpReceiver, SmtpSink
 from fixtures.wal import WalEnv
+from pgdr.config import PgdrSettings
+from pgdr.config.pool_settings import PoolSettings
+from pgdr.watch import Watched, build_monitor
 
 
 def _config(path: Path, hook: str, smtp: SmtpSink) -> Path:
@@ -143,3 +148,31 @@ def test_streamer_then_database_down_reach_a_human(
     assert json.loads(done.stdout)["state"] == "resolved"
     shown = run_cli("incident", "show", outage["id"], env=env)
     assert "reviewed" in shown.stdout and "Runbook Scenario 1" in shown.stdout
+
+
+def test_incidents_of_every_configured_database(
+    pg18: Server, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Each database of a fleet keeps its own store; the incident commands see them all."""
+    from conftest import run_cli
+
+    home = tmp_path / "home"
+    fleet_home(home, {"alpha": "", "beta": ""})  # the monitors below get their URLs directly
+    settings = PgdrSettings(home=home)
+    for db in ("alpha", "beta"):  # nothing protects either: incidents open in each store
+        watched = Watched(db, home / "records" / "databases" / db)
+        build_monitor(
+            settings, pg18.new_database(), PoolSettings(), watched=watched
+        ).monitor.run_once()
+    env = cli_env | {"PGDR_HOME": str(home)}
+    listed = json.loads(run_cli("incident", "list", "--json", env=env).stdout)
+    assert {i["database"] for i in listed} == {"alpha", "beta"}
+    alpha = next(i for i in listed if i["database"] == "alpha" and i["check"] == "backup_age")
+    ack = run_cli("incident", "ack", alpha["id"], "--by", "olga", "--json", env=env)
+    assert ack.code == 0, ack.stderr
+    assert json.loads(ack.stdout)["state"] == "acknowledged"
+    elsewhere = run_cli("incident", "show", alpha["id"], "--db", "beta", env=env)
+    assert elsewhere.code == 2 and "There is no incident" in elsewhere.stderr
+    beta = json.loads(run_cli("monitor", "incidents", "--db", "beta", "--json", env=env).stdout)
+    assert beta and {i["database"] for i in beta} == {"beta"}
+    assert {i["id"] for i in beta} == {i["id"] for i in listed if i["database"] == "beta"}

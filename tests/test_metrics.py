@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, run_cli
+from fixtures.fleet import fleet_home
 from pgdr.config import PgdrSettings
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.severity import Severity
@@ -99,14 +100,11 @@ def test_two_configured_databases_are_labelled_apart(
     pg18: Server, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "pgdr.toml").write_text(
-        '[databases.alpha]\nurl_env = "ALPHA_URL"\n[databases.beta]\nurl_env = "BETA_URL"\n'
-    )
-    urls = {"ALPHA_URL": pg18.new_database(), "BETA_URL": pg18.new_database()}
+    urls = {"alpha": pg18.new_database(), "beta": pg18.new_database()}
+    fleet = fleet_home(home, urls)
     settings = PgdrSettings(home=home)
     snaps = []
-    for name, url in zip(("alpha", "beta"), urls.values(), strict=True):
+    for name, url in urls.items():
         watched = Watched(name, home / "records" / "databases" / name)
         snaps.append(
             build_monitor(settings, url, PoolSettings(), watched=watched).monitor.run_once()
@@ -118,7 +116,7 @@ def test_two_configured_databases_are_labelled_apart(
     assert body.count("# TYPE pgdr_up gauge") == 1  # one family, a series per database
     assert 'pgdr_up{database="alpha"} 1.0' in body and 'pgdr_up{database="beta"} 1.0' in body
     assert 'database="default"' not in body
-    env = cli_env | urls | {"PGDR_HOME": str(home)}
+    env = cli_env | fleet
     env.pop("DATABASE_URL", None)
     one = run_cli("monitor", "run", "--once", "--db", "beta", "--json", env=env)
     data = json.loads(one.stdout)

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.agent import new_cluster
 from fixtures.receivers import HttpReceiver, SmtpSink
+from pgdr.config import PgdrSettings
+from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.errors import ConfigError
 from pgdr.core.severity import Severity
 from pgdr.incident.store import FlapPolicy, IncidentLog
 from pgdr.monitoring.checks import CheckResult
 from pgdr.notify import Dispatcher
 from pgdr.notify.config import from_table
+from pgdr.watch import build_monitor
 
 
 def _config(hook: str, smtp: SmtpSink | None = None, **notify: object) -> dict[str, object]:
@@ -137,7 +141,9 @@ def test_smtp_refusing_and_a_bad_address_lose_nothing_else(
     assert smtp_sink.subjects("gone@example.com") == ["[pgdr P0] OPEN: database_up"]
 
 
-def test_smtp_server_refusing_everything(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+def test_smtp_server_refusing_everything(
+    tmp_path: Path, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
     smtp_sink.refuse_all = True
     table = {
         "contacts": [{"name": "Dana", "role": "DBA", "channels": ["email:dana@example.com"]}],
@@ -146,8 +152,14 @@ def test_smtp_server_refusing_everything(tmp_path: Path, smtp_sink: SmtpSink) ->
     log = IncidentLog(tmp_path / "incidents")
     dispatcher = Dispatcher(from_table(table, {}), log, tmp_path)
     _down(log, now=1000.0)
-    (outcome,) = dispatcher.run(now=1001.0)
+    with caplog.at_level(logging.WARNING, "pgdr.notify"):
+        (outcome,) = dispatcher.run(now=1001.0)
     assert not outcome.delivered and "refused dana@example.com" in (outcome.error or "")
+    (record,) = caplog.records  # one sentence in the log
+    text = record.getMessage()
+    assert text.startswith("Notifying Dana of incident") and text.endswith("will be retried.")
+    assert "\n" not in text and "refused dana@example.com" in text
+    assert {f["contact"] for f in dispatcher.failing()} == {"Dana"}  # kept to retry
 
 
 def test_flapping_database_opens_after_n_and_resolves_after_m(tmp_path: Path) -> None:
@@ -167,6 +179,38 @@ def test_flapping_database_opens_after_n_and_resolves_after_m(tmp_path: Path) ->
     log.update([up], now=12.0)
     assert log.open_incidents() == []
     assert [e["event"] for e in log.all()[0].events] == ["opened", "resolved"]
+
+
+def test_a_really_flapping_database_is_told_once_open_and_once_resolved(
+    settings: PgdrSettings, tmp_path: Path, http_receiver: HttpReceiver
+) -> None:
+    """A real server stopped and started between rounds; ``[monitor]`` open_after/resolve_after
+    from pgdr.toml: two failures in a row open, two passes in a row resolve."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "pgdr.toml").write_text(
+        "[monitor]\nopen_after = 2\nresolve_after = 2\n"
+        f'[[contacts]]\nname = "Olga"\nrole = "on-call"\nchannels = ["webhook:{http_receiver.url}"]\n'
+    )
+    cluster = new_cluster(settings, "flapping")
+    monitor = build_monitor(PgdrSettings(home=home), cluster.conninfo(), PoolSettings()).monitor
+    opened = []
+    try:
+        for up in (False, True, False, False, True, False, True, True):
+            if up:
+                cluster.start()
+            elif cluster.status().running:
+                cluster.stop(mode="immediate")
+            assert monitor.run_once().healthy is up
+            opened.append(
+                [i.check for i in monitor.incidents.open_incidents()].count("database_up")
+            )
+    finally:
+        cluster.destroy()
+    assert opened == [0, 0, 0, 1, 1, 1, 1, 0]
+    assert http_receiver.events("database_up") == ["opened", "resolved"]
+    (incident,) = [i for i in monitor.incidents.all() if i.check == "database_up"]
+    assert [e["event"] for e in incident.events] == ["opened", "resolved"]
 
 
 def test_bad_contact_configuration_is_one_sentence() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,11 @@ def set_replication_allowed(w: WalEnv, allowed: bool) -> None:
     w.sql("SELECT pg_reload_conf()")
     if not allowed:
         w.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+
+
+def _store_incident(w: WalEnv) -> dict[str, Any] | None:
+    listed = json.loads(w.cli("incident", "list", "--all", "--json").stdout)
+    return next((i for i in listed if i["check"] == "wal-sync-degraded"), None)
 
 
 @pytest.mark.slow
@@ -53,13 +59,19 @@ def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
     assert time.monotonic() - began >= 2.5
     assert w.sql("SHOW synchronous_standby_names") == [("",)]
     assert "ASYNCHRONOUS" in w.stream_log()
+    # the streamer records the degrade just after it switched (and released the commit)
+    w.wait_for(lambda: _store_incident(w) is not None, what="the degrade incident")
     incidents = list((w.repo / "incidents").glob("*wal-sync-degraded.json"))
     assert incidents and json.loads(incidents[0].read_text())["severity"] == "critical"
+    degraded = _store_incident(w)  # in the one incident store of `pgdr incident list`
+    assert degraded and degraded["severity"] == "P1" and degraded["open"]
+    assert "bring the streamer back" in degraded["action"]
 
     # it comes back on its own once it has caught up
     set_replication_allowed(w, True)
     w.wait_for(lambda: sync_state(w) == "sync", what="synchronous commits to come back")
     assert "Caught up" in w.stream_log()
+    w.wait_for(lambda: not (_store_incident(w) or {}).get("open"), what="the incident resolved")
     w.insert(5)
 
     # and the operator's explicit switch

@@ -40,7 +40,7 @@ from pgdr.core.errors import RuntimeFailure
 from pgdr.core.log import logger
 from pgdr.core.severity import Severity
 from pgdr.monitoring.checks import CheckResult, ExtraCheck, skipped
-from pgdr.watch import MonitorSetup, Watched, build_monitor
+from pgdr.watch import MonitorSetup, Watched, backup_period, build_monitor
 
 log = logger("pgdr.agent")
 Check = Callable[[DatabaseHandle], list[CheckResult]]
@@ -75,7 +75,7 @@ def database_monitor(
     """The watch layer's monitor of one database of the fleet (its records, its namespaced
     repository when it is declared, its name as the metrics label)."""
     opener = handle.repository if handle.db.declared else None
-    watched = Watched(handle.name, handle.records, opener)
+    watched = Watched(handle.name, handle.records, opener, backup_period(handle.db))
     return build_monitor(
         handle.settings,
         monitored_conninfo(handle),

@@ -1,71 +1,70 @@
-"""The FastAPI application; the monitor refreshes metrics in a background thread."""
+"""The FastAPI application over one or several watched databases.
+
+Each database has its monitor, refreshed in a background thread of its own. ``/api/health`` is
+public and says only whether every watched database answers (and the slowest round trip); every
+route that reveals internals (metrics, incidents, the dashboard's data, the OpenAPI schema and
+its documentation page) requires the bearer token. The dashboard page itself holds no data.
+
+With one database the runbook's endpoints keep their single-database shape; with several,
+``?db=NAME`` chooses one and without it they answer ``{"databases": {NAME: ...}}``.
+``/metrics`` always carries every database, told apart by its ``database`` label.
+"""
 
 from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response, status
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pgdr import __version__
 from pgdr.api.token import check_token
+from pgdr.config import PgdrSettings
+from pgdr.core.errors import ConfigError
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
 from pgdr.pool.health import SharedProbe
+from pgdr.watch import MonitorSetup, adopt_monitor
+from pgdr.watch.dashboard import dashboard_data, database_board
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 bearer = HTTPBearer(auto_error=False)
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def create_app(
-    monitor: Monitor,
-    token: str,
-    background: bool = True,
-    health_ttl_s: float = 1.0,
-    board: Callable[[], dict[str, Any]] | None = None,
-) -> FastAPI:
-    """An app serving ``monitor``'s metrics; ``token`` guards everything but /api/health, whose
-    probe is single-flight and reused for ``health_ttl_s`` (requests cannot exhaust the DB).
-
-    ``board`` gives the dashboard's data (protection state, incidents, backups, history). The
-    OpenAPI schema and its documentation page describe the internals too, so they sit behind
-    the token like everything else (the dashboard page itself holds no data).
-    """
-    check_token(token, "the caller")
-    stop = threading.Event()
-    probe = SharedProbe(
-        lambda: check_database_health(monitor.conninfo, monitor.settings, monitor.pool),
-        health_ttl_s,
-    )
+def _lifespan(monitors: Sequence[Monitor], background: bool) -> Lifespan:
+    """Start one monitor thread per database with the app; stop and join them with it."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        thread = None
-        if background:
-            thread = threading.Thread(target=monitor.run_forever, args=(stop,), daemon=True)
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=m.run_forever, args=(stop,), daemon=True, name=m.database)
+            for m in (monitors if background else [])
+        ]
+        for thread in threads:
             thread.start()
         yield
-        stop.set()
-        if thread is not None:
-            thread.join(timeout=monitor.settings.connection_timeout_s + 5)
+        stop.set()  # a round under way finishes (its records stay whole), within one deadline
+        grace = max((m.settings.connection_timeout_s for m in monitors), default=0) + 5
+        deadline = time.monotonic() + grace
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
-    app = FastAPI(
-        title="pgdr",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    return lifespan
 
+
+def _token_guard(token: str) -> Callable[..., None]:
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
@@ -77,52 +76,170 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def snapshot() -> MetricsSnapshot:
-        return monitor.last or monitor.run_once()
+    return require_token
 
-    guarded = [Depends(require_token)]
 
-    @app.get("/api/health")
+def _probe(monitor: Monitor, ttl_s: float) -> SharedProbe:
+    return SharedProbe(
+        lambda: check_database_health(monitor.conninfo, monitor.settings, monitor.pool), ttl_s
+    )
+
+
+def _health_router(monitors: Sequence[Monitor], ttl_s: float) -> APIRouter:
+    """Public: one single-flight probe per database, each reused for ``ttl_s``."""
+    probes = [_probe(m, ttl_s) for m in monitors]
+    router = APIRouter()
+
+    @router.get("/api/health")
     def health() -> JSONResponse:
-        report = probe.get()
-        body = {"healthy": report.healthy, "latency": report.latency_ms}
-        code = status.HTTP_200_OK if report.healthy else status.HTTP_503_SERVICE_UNAVAILABLE
+        with ThreadPoolExecutor(len(probes), thread_name_prefix="pgdr-health") as pool:
+            reports = list(pool.map(SharedProbe.get, probes))  # a database down costs one timeout
+        healthy = all(r.healthy for r in reports)
+        latencies = [r.latency_ms for r in reports if r.latency_ms is not None]
+        body = {"healthy": healthy, "latency": max(latencies) if latencies else None}
+        code = status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE
         return JSONResponse(body, status_code=code)
 
-    @app.get("/api/monitoring/metrics", dependencies=guarded)
-    def metrics_json() -> dict[str, Any]:
-        return snapshot().as_dict()
+    return router
 
-    @app.post("/api/monitoring/refresh", dependencies=guarded)
-    def refresh() -> dict[str, Any]:
-        return monitor.run_once().as_dict()
 
-    @app.get("/metrics", dependencies=guarded)
+def _chosen(setups: Sequence[MonitorSetup], db: str | None) -> list[MonitorSetup]:
+    if db is None:
+        return list(setups)
+    chosen = [s for s in setups if s.name == db]
+    if not chosen:
+        watched = ", ".join(s.name for s in setups)
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"No database named {db!r} is watched (watched: {watched})."
+        )
+    return chosen
+
+
+def _shaped(snapshots: list[MetricsSnapshot]) -> dict[str, Any]:
+    if len(snapshots) == 1:
+        return snapshots[0].as_dict()
+    return {"databases": {s.database: s.as_dict() for s in snapshots}}
+
+
+def _latest(setup: MonitorSetup) -> MetricsSnapshot:
+    return setup.monitor.last or setup.monitor.run_once()
+
+
+def _summary(setup: MonitorSetup) -> dict[str, Any]:
+    snap = _latest(setup)
+    data = snap.as_dict()
+    return {
+        "name": snap.database,
+        "state": data["state"],
+        "healthy": snap.healthy,
+        "latency_ms": snap.latency_ms,
+        "open_incidents": [
+            {k: i[k] for k in ("id", "severity", "check", "message", "opened_at")}
+            for i in snap.incidents
+        ],
+        "failed_checks": data["errors"]["failed_checks"],
+        "collected_at": snap.collected_at,
+    }
+
+
+def _monitoring_router(setups: Sequence[MonitorSetup]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/api/monitoring/metrics")
+    def metrics_json(db: str | None = None) -> dict[str, Any]:
+        return _shaped([_latest(s) for s in _chosen(setups, db)])
+
+    @router.post("/api/monitoring/refresh")
+    def refresh(db: str | None = None) -> dict[str, Any]:
+        return _shaped([s.monitor.run_once() for s in _chosen(setups, db)])
+
+    @router.get("/metrics")
     def metrics_prometheus() -> Response:
-        return Response(render_prometheus(snapshot()), media_type=PROMETHEUS_TYPE)
+        text = render_prometheus(*(_latest(s) for s in setups))
+        return Response(text, media_type=PROMETHEUS_TYPE)
 
-    @app.get("/api/incidents", dependencies=guarded)
-    def incidents(include_resolved: bool = False) -> list[dict[str, Any]]:
-        log = monitor.incidents
-        chosen = log.all() if include_resolved else log.open_incidents()
-        return [i.as_dict() for i in chosen]
+    @router.get("/api/incidents")
+    def incidents(include_resolved: bool = False, db: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for setup in _chosen(setups, db):
+            log = setup.monitor.incidents
+            chosen = log.all() if include_resolved else log.open_incidents()
+            out += [i.as_dict() | {"database": setup.name} for i in chosen]
+        return out
 
-    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    return router
+
+
+def _dashboard_router(setups: Sequence[MonitorSetup]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/api/databases")
+    def databases() -> list[dict[str, Any]]:
+        return [_summary(s) for s in setups]
+
+    @router.get("/api/databases/{name}")
+    def database(name: str) -> dict[str, Any]:
+        return database_board(_chosen(setups, name)[0])
+
+    @router.get("/api/dashboard")
+    def dashboard() -> dict[str, Any]:
+        return dashboard_data(setups)
+
+    return router
+
+
+def _docs_router(app: FastAPI) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/openapi.json")
     def openapi() -> dict[str, Any]:
         return app.openapi()
 
-    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    @router.get("/docs")
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="pgdr API")
 
-    @app.get("/api/dashboard", dependencies=guarded)
-    def dashboard_data() -> dict[str, Any]:
-        if board is None:
-            return {"databases": [snapshot().as_dict()]}
-        return board()
+    return router
 
-    @app.get("/", response_class=HTMLResponse)
-    def dashboard() -> str:
+
+def _page_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse)
+    def page() -> str:
         return resources.files("pgdr.api").joinpath("dashboard.html").read_text()
 
+    return router
+
+
+def create_app(
+    watched: Monitor | Sequence[MonitorSetup],
+    token: str,
+    background: bool = True,
+    health_ttl_s: float = 1.0,
+) -> FastAPI:
+    """An app over the watched databases' monitors (configuration order; a lone monitor is
+    adopted with the settings of the environment); ``token`` guards everything but
+    /api/health and the dashboard page (see the module docstring)."""
+    check_token(token, "the caller")
+    if isinstance(watched, Monitor):
+        watched = [adopt_monitor(watched, PgdrSettings())]
+    setups = list(watched)
+    if not setups:
+        raise ConfigError("There is no database to watch; configure one in pgdr.toml.")
+    monitors = [s.monitor for s in setups]
+    app = FastAPI(
+        title="pgdr",
+        version=__version__,
+        lifespan=_lifespan(monitors, background),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    guarded = [Depends(_token_guard(token))]
+    app.include_router(_health_router(monitors, health_ttl_s))
+    app.include_router(_monitoring_router(setups), dependencies=guarded)
+    app.include_router(_dashboard_router(setups), dependencies=guarded)
+    app.include_router(_docs_router(app), dependencies=guarded)
+    app.include_router(_page_router())
     return app

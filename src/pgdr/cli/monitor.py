@@ -8,15 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pgdr.agent import database_handle, database_monitor
+from pgdr.agent import DatabaseHandle, database_handle, database_handles, database_monitor
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.cli.incident import emit_incidents
+from pgdr.config import PgdrSettings
 from pgdr.core.output import console, emit, err_console, markup, styled
-from pgdr.incident.store import IncidentLog
 from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
-from pgdr.watch import MonitorSetup, dashboard_data
+from pgdr.watch import MonitorSetup
+from pgdr.watch.workflow import listed
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
 
@@ -25,18 +27,23 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help="A database of pgdr.toml's [databases.NAME] (its metrics label)."),
 ]
+ServeDbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="One database of pgdr.toml's [databases.NAME]; default: all."),
+]
 
 
-def _setup(interval: float = 120, with_pool: bool = False, db: str | None = None) -> MonitorSetup:
+def _setup(
+    s: PgdrSettings, handle: DatabaseHandle, interval: float, with_pool: bool = False
+) -> MonitorSetup:
     """The monitor of one database of the fleet, with the protection checks and the notifier
     (see pgdr.watch); a declared database brings its own records and namespaced repository."""
-    s = settings()
-    handle = database_handle(s, db)
     return database_monitor(handle, interval, pool_settings(s).settings, with_pool)
 
 
 def _monitor(interval: float = 120, db: str | None = None) -> Monitor:
-    return _setup(interval, db=db).monitor
+    s = settings()
+    return _setup(s, database_handle(s, db), interval).monitor
 
 
 def _checks_table(results: list[CheckResult]) -> Table:
@@ -128,21 +135,12 @@ def incidents(
     include_resolved: Annotated[
         bool, typer.Option("--all", help="Include resolved incidents.")
     ] = False,
+    db: ServeDbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List incidents opened by the monitor (open ones by default)."""
-    log = IncidentLog.at_home(settings().home)  # local records: works while the DB is down
-    chosen = log.all() if include_resolved else log.open_incidents()
-
-    def render() -> None:
-        table = Table(title="Incidents")
-        for column in ("id", "severity", "check", "state", "message"):
-            table.add_column(column)
-        for i in chosen:
-            table.add_row(i.id, i.severity, i.check, "open" if i.open else "resolved", i.message)
-        console.print(table)
-
-    emit([i.as_dict() for i in chosen], as_json, render)
+    """List incidents (open ones by default) of every database; the same as `pgdr incident list`."""
+    # local records: works while the database is down
+    emit_incidents(listed(settings(), db, include_resolved), as_json)
 
 
 @app.command()
@@ -185,9 +183,10 @@ def serve(
             "--health-cache", min=0, help="Seconds a /api/health result is reused (one probe)."
         ),
     ] = 1.0,
-    db: DbOption = None,
+    db: ServeDbOption = None,
 ) -> None:
-    """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard."""
+    """Serve /api/health, /api/monitoring/metrics, /metrics, incidents and the dashboard
+    for every configured database (or the one named by --db)."""
     # Not a cycle: FastAPI and uvicorn take about a second to import, which every other
     # pgdr command would pay at start-up if they were imported at the top.
     import uvicorn  # noqa: PLC0415
@@ -198,9 +197,7 @@ def serve(
     token, note = load_api_token(s.home)
     if note:
         err_console.print(styled(note, "yellow"))
-    setup = _setup(interval, with_pool=True, db=db)
-    app = create_app(
-        setup.monitor, token, health_ttl_s=health_cache, board=lambda: dashboard_data(setup)
-    )
+    setups = [_setup(s, h, interval, with_pool=True) for h in database_handles(s, db)]
+    app = create_app(setups, token, health_ttl_s=health_cache)
     err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -19,6 +19,7 @@ import os
 import secrets
 import shlex
 import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,11 +28,30 @@ from urllib.parse import quote
 
 from pgdr.cluster.installation import PgInstallation, choose_installation
 from pgdr.cluster.ports import find_free_port, port_in_use
+from pgdr.cluster.processes import (
+    kill_postmaster,
+    move_stale_pid_file,
+    pid_alive,
+    running_postmaster,
+)
 from pgdr.cluster.runtime import reachable_installation
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.config.settings import PgdrSettings
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.runner import last_line
+
+__all__ = [  # pid_alive lives in cluster.processes; backup and restore import it from here
+    "BASE_CONFIG",
+    "DEFAULT_CLUSTER",
+    "START_TIMEOUT_S",
+    "SUPERUSER",
+    "ClusterStatus",
+    "LocalCluster",
+    "default_cluster",
+    "ensure_home",
+    "named_cluster",
+    "pid_alive",
+]
 
 SUPERUSER = "postgres"
 DEFAULT_CLUSTER = "default"
@@ -180,7 +200,7 @@ class LocalCluster:
         inst = installation or choose_installation(self.settings.pg_bin, self.settings.pg_version)
         inst = reachable_installation(inst, self.user, self.settings.home / "runtime")
         port = port or find_free_port()
-        self._prepare_directories()
+        self._prepare_directories(self.data_dir, self.socket_dir)
         self._initdb(inst, checksums)
         self._append_config(
             BASE_CONFIG.format(port=port, socket_dir=self.socket_dir) + extra_config
@@ -204,12 +224,7 @@ class LocalCluster:
             raise RuntimeFailure(f"{self.data_dir} is not a PostgreSQL data directory.")
         inst = reachable_installation(installation, self.user, self.settings.home / "runtime")
         port = port or find_free_port()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.directory.chmod(0o711)
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        self.user.own(self.socket_dir, 0o700)
-        self.log_file.touch()
-        self.user.own(self.log_file, 0o600)
+        self._prepare_directories(self.socket_dir)
         self._chown_tree(self.data_dir)
         server_options = {
             "listen_addresses": "127.0.0.1",
@@ -246,10 +261,12 @@ class LocalCluster:
             os.lchown(path, self.user.uid, self.user.gid)
         root.chmod(0o700)
 
-    def _prepare_directories(self) -> None:
+    def _prepare_directories(self, *private: Path) -> None:
+        """The cluster directory (others may traverse it), the ``private`` directories (the
+        service user's, 0700) and the server's log file (0600)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o711)
-        for path in (self.data_dir, self.socket_dir):
+        for path in private:
             path.mkdir(exist_ok=True)
             self.user.own(path, 0o700)
         self.log_file.touch()
@@ -305,16 +322,6 @@ class LocalCluster:
             self._append_config(f"port = {port}\n")
         self._write_meta(meta)
 
-    def _command_line(self) -> list[str]:
-        """``pg_ctl -o`` with pgdr's settings for an adopted cluster (pg_ctl hands the string
-        to a shell, hence the quoting); nothing for a cluster pgdr created."""
-        meta = self._meta()
-        options: dict[str, str] = meta.get("server_options") or {}
-        if not options:
-            return []
-        settings = {**options, "port": str(meta["port"])}
-        return ["-o", " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())]
-
     def start(self, timeout: float = START_TIMEOUT_S) -> list[str]:
         """Start the server and wait until it accepts connections; returns notes to show."""
         notes: list[str] = []
@@ -325,105 +332,55 @@ class LocalCluster:
                 f"Port {self.port} is already in use by another program; "
                 "start the cluster on another port with --port."
             )
-        stale = self._clear_stale_pid_file()
+        stale = move_stale_pid_file(self.data_dir)
         if stale:
             notes.append(stale)
-        inst = self.installation
-        result = self.user.run(
-            [
-                inst.tool("pg_ctl"),
-                "-D",
-                self.data_dir,
-                "-l",
-                self.log_file,
-                *self._command_line(),
-                "-w",
-                "-t",
-                str(int(timeout)),
-                "start",
-            ],
-            timeout=timeout + 30,
+        result = self._pg_ctl(
+            "start", ["-l", self.log_file, *_server_options(self._meta())], timeout
         )
         if result.returncode != 0:
             raise RuntimeFailure(
-                f"The server of cluster {self.name!r} did not start: {self._log_reason()}"
+                f"The server of cluster {self.name!r} did not start: {_fatal_reason(self.log_file)}"
             )
         return notes
 
-    def _log_reason(self) -> str:
-        try:
-            lines = self.log_file.read_text(errors="replace").splitlines()
-        except OSError:
-            return "its log cannot be read."
-        for line in reversed(lines):
-            if "FATAL" in line or "PANIC" in line:
-                return line.split(":", 3)[-1].strip() + f" (see {self.log_file})."
-        return f"see {self.log_file}."
-
-    def _clear_stale_pid_file(self) -> str | None:
-        """Move aside a postmaster.pid left by a crash when its PID is not our server."""
-        pid_file = self.data_dir / "postmaster.pid"
-        if not pid_file.exists():
-            return None
-        try:
-            pid = int(pid_file.read_text().splitlines()[0])
-        except (ValueError, IndexError, OSError):
-            pid = -1
-        if pid > 0 and _is_postgres_for(pid, self.data_dir):
-            return None
-        aside = pid_file.with_name(f"postmaster.pid.stale-{int(time.time())}")
-        pid_file.rename(aside)
-        return f"Moved a stale postmaster.pid (PID {pid} is not running) to {aside.name}."
+    def _pg_ctl(
+        self, action: str, options: list[str | Path], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl ACTION`` on the data directory as the service user, waiting ``timeout``."""
+        return self.user.run(
+            [
+                self.installation.tool("pg_ctl"),
+                "-D",
+                self.data_dir,
+                *options,
+                "-w",
+                "-t",
+                str(int(timeout)),
+                action,
+            ],
+            timeout=timeout + 30,
+        )
 
     def stop(self, mode: str = "fast", timeout: float = 120) -> bool:
         """Stop the server; False when it was not running."""
         if not self.status().running:
             return False
-        result = self.user.run(
-            [
-                self.installation.tool("pg_ctl"),
-                "-D",
-                self.data_dir,
-                "-m",
-                mode,
-                "-w",
-                "-t",
-                str(int(timeout)),
-                "stop",
-            ],
-            timeout=timeout + 30,
-        )
+        result = self._pg_ctl("stop", ["-m", mode], timeout)
         if result.returncode != 0:
             raise RuntimeFailure(f"pg_ctl stop failed: {last_line(result.stderr)}")
         return True
 
     def kill(self) -> None:
         """Crash the server on purpose (SIGKILL to the postmaster), as a drill does."""
-        pid = self._running_pid()
-        if pid is None:
-            return
-        children = _children_of(pid)
-        os.kill(pid, 9)
-        # Wait until the postmaster is reaped and its backends have noticed its death: until
-        # then a new postmaster refuses the lock files and the shared memory they still hold.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(
-            Path(f"/proc/{p}").exists() for p in (pid, *children)
-        ):
-            time.sleep(0.05)
-
-    def _running_pid(self) -> int | None:
-        pid_file = self.data_dir / "postmaster.pid"
-        try:
-            pid = int(pid_file.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if _is_postgres_for(pid, self.data_dir) else None
+        pid = running_postmaster(self.data_dir)
+        if pid is not None:
+            kill_postmaster(pid)
 
     def status(self) -> ClusterStatus:
         exists = self.exists
         meta = self._meta() if exists else {}
-        pid = self._running_pid() if exists else None
+        pid = running_postmaster(self.data_dir) if exists else None
         return ClusterStatus(
             name=self.name,
             exists=exists,
@@ -443,49 +400,26 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=False)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) process, whoever owns it."""
+def _server_options(meta: dict[str, Any]) -> list[str]:
+    """``pg_ctl -o`` with pgdr's settings for an adopted cluster (pg_ctl hands the string
+    to a shell, hence the quoting); nothing for a cluster pgdr created."""
+    options: dict[str, str] = meta.get("server_options") or {}
+    if not options:
+        return []
+    settings = {**options, "port": str(meta["port"])}
+    return ["-o", " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())]
+
+
+def _fatal_reason(log_file: Path) -> str:
+    """Why the server stopped, from the last FATAL or PANIC line of its log."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
-
-
-def _children_of(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return line.lower()
+        lines = log_file.read_text(errors="replace").splitlines()
     except OSError:
-        return ""
-    return ""
-
-
-def _is_postgres_for(pid: int, data_dir: Path) -> bool:
-    """Whether ``pid`` is a live postgres whose working directory is ``data_dir``."""
-    if not pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-        cwd = Path(f"/proc/{pid}/cwd").readlink()
-    except OSError:
-        return True  # cannot inspect (another user's process): assume it is ours
-    return cmdline.endswith(b"postgres") and cwd.resolve() == data_dir.resolve()
+        return "its log cannot be read."
+    for line in reversed(lines):
+        if "FATAL" in line or "PANIC" in line:
+            return line.split(":", 3)[-1].strip() + f" (see {log_file})."
+    return f"see {log_file}."
 
 
 def named_cluster(settings: PgdrSettings, name: str) -> LocalCluster:

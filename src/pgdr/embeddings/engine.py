@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +27,17 @@ import psycopg
 from psycopg import sql
 
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.embeddings.batches import (
+    BatchOutcome,
+    Claim,
+    claim_next,
+    mark_done,
+    pending_rows,
+    record_failures,
+    wait_for_held,
+)
 from pgdr.embeddings.cache import cached_dimension_known
+from pgdr.embeddings.groups import count_groups, mark_working
 from pgdr.embeddings.jobs import (
     Job,
     Selection,
@@ -45,7 +54,6 @@ from pgdr.profile import Profile
 from pgdr.profile.required import not_required_causes
 
 PROBE_TEXT = "pgdr dimension probe"
-REEMBED_FAILURE = "re-embedding failed"  # how a failure reason set by pgdr starts
 
 
 @dataclass
@@ -77,6 +85,24 @@ class SourceReport:
     indexes_rebuilt: int = 0
     finished: bool = False
     job_failures: int = 0
+
+    def add(self, batch: BatchOutcome) -> None:
+        self.written += batch.written
+        self.failed += batch.failed
+        self.gone += batch.gone
+        self.cache_hits += batch.cache_hits
+        self.api_inputs += batch.api_inputs
+        self.batches += 1
+
+
+@dataclass
+class Embedded:
+    """A batch's rows ready to write (key, text hash, fresh vector or None for a cache hit), the
+    rows that failed (key -> reason) and how many distinct texts went to the provider."""
+
+    staged: list[tuple[str, bytes | None, Vector | None]]
+    failures: dict[str, str] = field(default_factory=dict)
+    api_inputs: int = 0
 
 
 @dataclass
@@ -246,17 +272,8 @@ class Reembedder:
                     self.options.batch_rows,
                     self.options.drop_indexes,
                 )
-                pending = conn.execute(
-                    "SELECT coalesce(sum(cardinality(keys)), 0) FROM pgdr.reembed_batches "
-                    "WHERE job_id = %s AND state = 'pending'",
-                    (job.id,),
-                ).fetchone()
                 report = SourceReport(
-                    src.name,
-                    job.id,
-                    not job.created,
-                    job.total_rows,
-                    int(pending[0]) if pending else 0,
+                    src.name, job.id, not job.created, job.total_rows, pending_rows(conn, job.id)
                 )
                 self.plan.append((src, job, report))
         return [r for _s, _j, r in self.plan]
@@ -339,14 +356,9 @@ class Reembedder:
         """Wait for batches other workers hold; True if some are still pending after that."""
         with connect(self.conninfo) as conn, conn.transaction():
             t0 = time.perf_counter()
-            # Blocks until their transactions end; batches they committed no longer match.
-            left = conn.execute(
-                "SELECT batch_no FROM pgdr.reembed_batches WHERE job_id = %s "
-                "AND state = 'pending' FOR UPDATE",
-                (job.id,),
-            ).fetchall()
+            left = wait_for_held(conn, job.id)
             self.timings.add(db=_elapsed(t0))
-        return bool(left)
+        return left
 
     def _worker(
         self,
@@ -384,92 +396,84 @@ class Reembedder:
         report: SourceReport,
     ) -> int | None:
         """Claim, embed and commit one batch; its row count, or None when none is left."""
-        model, use_cache = self.provider.model, self.options.use_cache
         with conn.transaction():
             t0 = time.perf_counter()
             # The batch's vectors and its done mark commit together, so a commit lost in a server
             # crash only means the batch is embedded again: no need to wait for the WAL flush.
             conn.execute("SET LOCAL synchronous_commit = off")
             prefer_index_probes(conn)
-            claimed = conn.execute(
-                "SELECT batch_no, keys, groups FROM pgdr.reembed_batches "
-                "WHERE job_id = %s AND state = 'pending' ORDER BY batch_no "
-                "LIMIT 1 FOR UPDATE SKIP LOCKED",
-                (job.id,),
-            ).fetchone()
-            if claimed is None:
+            claim = claim_next(conn, job.id)
+            if claim is None:
                 self.timings.add(db=_elapsed(t0))
                 return None
-            batch_no, keys, groups = int(claimed[0]), list(claimed[1]), list(claimed[2])
-            group_of = dict(zip(keys, groups, strict=True))
-            t = self.timings.step("claim", t0)
-            self._mark_working(status_conn, src, sorted(set(groups)))
-            t = self.timings.step("status", t)
-            rows = fetch_batch(conn, src, keys, model, use_cache)
-            self.timings.step("fetch", t)
-            self.timings.add(db=_elapsed(t0))
-
-            staged, failures, texts = self._embed_rows(src, rows)
-
+            rows = self._read_batch(conn, status_conn, src, claim, t0)
+            embedded = self._embed_rows(src, rows)
             t2 = time.perf_counter()
-            written = write_batch(conn, src, staged, model, use_cache)
-            t = self.timings.step("write", t2)
-            # Rows deleted since the batch was cut (e.g. their chatbot was deleted) are "gone".
-            gone = len(keys) - len(written) - len(failures)
-            if failures:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO pgdr.reembed_failures (job_id, row_key, group_key, reason) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT (job_id, row_key) "
-                        "DO UPDATE SET reason = EXCLUDED.reason",
-                        [(job.id, k, group_of[k], reason) for k, reason in failures.items()],
-                    )
-            self._count_groups(conn, src, job, keys, group_of, failures)
-            t = self.timings.step("groups", t)
-            hits = sum(1 for r in rows if r.hit)
-            conn.execute(
-                "UPDATE pgdr.reembed_batches SET state = 'done', written = %s, failed = %s, "
-                "gone = %s, cache_hits = %s, api_inputs = %s, worker = %s, "
-                "finished_at = clock_timestamp() WHERE job_id = %s AND batch_no = %s",
-                (
-                    len(written),
-                    len(failures),
-                    gone,
-                    hits,
-                    len(texts),
-                    self.options.worker_name,
-                    job.id,
-                    batch_no,
-                ),
-            )
+            outcome = self._write_batch(conn, src, job, claim, rows, embedded)
+            t = time.perf_counter()
+            mark_done(conn, job.id, claim.batch_no, outcome, self.options.worker_name)
         self.timings.step("commit", t)
         self.timings.add(db=_elapsed(t2))
         with self.timings.lock:
-            report.written += len(written)
-            report.failed += len(failures)
-            report.gone += gone
-            report.cache_hits += hits
-            report.api_inputs += len(texts)
-            report.batches += 1
-        return len(keys)
+            report.add(outcome)
+        return len(claim.keys)
 
-    def _embed_rows(
-        self, src: ResolvedSource, rows: list[BatchRow]
-    ) -> tuple[list[tuple[str, bytes | None, Vector | None]], dict[str, str], list[str]]:
+    def _read_batch(
+        self,
+        conn: psycopg.Connection[Any],
+        status_conn: psycopg.Connection[Any],
+        src: ResolvedSource,
+        claim: Claim,
+        claimed_since: float,
+    ) -> list[BatchRow]:
+        """Mark the batch's groups working, then read its texts (or cache hits)."""
+        t = self.timings.step("claim", claimed_since)
+        mark_working(status_conn, src, sorted(set(claim.groups)), self.options.group is not None)
+        t = self.timings.step("status", t)
+        rows = fetch_batch(conn, src, claim.keys, self.provider.model, self.options.use_cache)
+        self.timings.step("fetch", t)
+        self.timings.add(db=_elapsed(claimed_since))
+        return rows
+
+    def _write_batch(
+        self,
+        conn: psycopg.Connection[Any],
+        src: ResolvedSource,
+        job: Job,
+        claim: Claim,
+        rows: list[BatchRow],
+        embedded: Embedded,
+    ) -> BatchOutcome:
+        """Write the vectors, keep the failures, count the rows off their groups."""
+        t = time.perf_counter()
+        written = write_batch(
+            conn, src, embedded.staged, self.provider.model, self.options.use_cache
+        )
+        t = self.timings.step("write", t)
+        record_failures(conn, job.id, claim, embedded.failures)
+        count_groups(conn, src, job.id, claim.group_of, embedded.failures)
+        self.timings.step("groups", t)
+        return BatchOutcome(
+            written=len(written),
+            failed=len(embedded.failures),
+            gone=len(claim.keys) - len(written) - len(embedded.failures),
+            cache_hits=sum(1 for r in rows if r.hit),
+            api_inputs=embedded.api_inputs,
+        )
+
+    def _embed_rows(self, src: ResolvedSource, rows: list[BatchRow]) -> Embedded:
         """Stage cache hits, ask the provider for each distinct missing text once."""
-        failures: dict[str, str] = {}
+        out = Embedded([(r.key, r.sha, None) for r in rows if r.hit])
         todo: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
             if row.hit:
                 continue
             if row.text is None:
-                failures[row.key] = "the text is NULL"
+                out.failures[row.key] = "the text is NULL"
             else:
                 todo.setdefault(row.text, []).append(i)
-        staged: list[tuple[str, bytes | None, Vector | None]] = [
-            (r.key, r.sha, None) for r in rows if r.hit
-        ]
         texts = list(todo)
+        out.api_inputs = len(texts)
         if texts:
             t1 = time.perf_counter()
             result = self.provider.embed(texts)
@@ -479,116 +483,10 @@ class Reembedder:
                     self._check_vector(src, vec)
                 for i in todo[text]:
                     if vec is None:
-                        failures[rows[i].key] = error or "no vector returned"
+                        out.failures[rows[i].key] = error or "no vector returned"
                     else:
-                        staged.append((rows[i].key, rows[i].sha, vec))
-        return staged, failures, texts
-
-    def _mark_working(
-        self, status_conn: psycopg.Connection[Any], src: ResolvedSource, groups: list[str]
-    ) -> None:
-        """Runbook step: the chatbot's status goes ``ready -> embedding`` as its work starts.
-
-        A chatbot named with ``--chatbot`` may be retried from ``failed`` only when pgdr's own
-        re-embedding failed it (its reason says so): a chatbot failed for another reason (the
-        crawl, HTTP 503) gets its vectors but keeps its status, so it never turns ``ready``.
-        """
-        st = src.spec.status
-        if st is None or not src.spec.group_by or src.status_key_type is None:
-            return
-        retry: sql.Composable = sql.SQL("false")
-        if self.options.group is not None and st.reason_column:
-            retry = sql.SQL("({col} = {failed} AND starts_with({reason}, {ours}))").format(
-                col=sql.Identifier(st.column),
-                failed=sql.Literal(st.failed),
-                reason=sql.Identifier(st.reason_column),
-                ours=sql.Literal(REEMBED_FAILURE),
-            )
-        status_conn.execute(
-            sql.SQL(
-                "UPDATE {table} SET {col} = %s WHERE {key} = ANY(%s::text[]::{kt}[]) "
-                "AND ({col} = %s OR {retry})"
-            ).format(
-                table=sql.Identifier(src.schema, st.table),
-                col=sql.Identifier(st.column),
-                key=sql.Identifier(st.key),
-                kt=sql.SQL(src.status_key_type),
-                retry=retry,
-            ),
-            (st.working, groups, st.ready),
-        )
-
-    def _count_groups(
-        self,
-        conn: psycopg.Connection[Any],
-        src: ResolvedSource,
-        job: Job,
-        keys: list[str],
-        group_of: dict[str, str],
-        failures: dict[str, str],
-    ) -> None:
-        """Count the batch's rows off their groups; a finished group's status moves on."""
-        done = Counter(group_of[k] for k in keys)
-        failed = Counter(group_of[k] for k in failures)
-        first_reason: dict[str, str] = {}
-        for key, reason in failures.items():
-            first_reason.setdefault(group_of[key], reason)
-        names = sorted(done)
-        conn.execute(  # lock in a fixed order: workers sharing a group never deadlock
-            "SELECT 1 FROM pgdr.reembed_groups WHERE job_id = %s AND group_key = ANY(%s) "
-            "ORDER BY group_key FOR UPDATE",
-            (job.id, names),
-        )
-        # One pass over the touched groups; those this batch finished come back with
-        # remaining <= 0 and get their status moved below.
-        updated = conn.execute(
-            "UPDATE pgdr.reembed_groups g SET remaining = g.remaining - d.n, "
-            "failed = g.failed + d.f, reason = coalesce(g.reason, d.r) "
-            "FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS d(k, n, f, r) "
-            "WHERE g.job_id = %s AND g.group_key = d.k "
-            "RETURNING g.group_key, g.failed, g.total, g.reason, g.remaining",
-            (
-                names,
-                [done[g] for g in names],
-                [failed[g] for g in names],
-                [first_reason.get(g) for g in names],
-                job.id,
-            ),
-        ).fetchall()
-        finished = [row[:4] for row in updated if row[4] <= 0]
-        st = src.spec.status
-        if st is None or src.status_key_type is None:
-            return
-        table = sql.Identifier(src.schema, st.table)
-        col = sql.Identifier(st.column)
-        kt = sql.SQL(src.status_key_type)
-        ready = [g for g, n_failed, _t, _r in finished if g and not n_failed]
-        if ready:  # one statement for every group finished cleanly in this batch
-            reset = (
-                sql.SQL(", {} = NULL").format(sql.Identifier(st.reason_column))
-                if st.reason_column  # a retried chatbot's old failure reason no longer holds
-                else sql.SQL("")
-            )
-            conn.execute(
-                sql.SQL(
-                    "UPDATE {} SET {} = %s{} WHERE {} = ANY(%s::text[]::{}[]) AND {} = %s"
-                ).format(table, col, reset, sql.Identifier(st.key), kt, col),
-                (st.ready, ready, st.working),
-            )
-        for group_key, n_failed, total, reason in finished:
-            if not group_key or not n_failed:
-                continue
-            sets: list[sql.Composable] = [sql.SQL("{} = %s").format(col)]
-            params: list[Any] = [st.failed]
-            if st.reason_column:
-                sets.append(sql.SQL("{} = %s").format(sql.Identifier(st.reason_column)))
-                params.append(f"{REEMBED_FAILURE} for {n_failed} of {total} rows: {reason}")
-            conn.execute(
-                sql.SQL("UPDATE {} SET {} WHERE {} = %s::{} AND {} = %s").format(
-                    table, sql.SQL(", ").join(sets), sql.Identifier(st.key), kt, col
-                ),
-                [*params, group_key, st.working],
-            )
+                        out.staged.append((rows[i].key, rows[i].sha, vec))
+        return out
 
     def _finish(self, src: ResolvedSource, job: Job, report: SourceReport) -> None:
         """Close the job once no batch is left: rebuild dropped indexes, mark it done."""

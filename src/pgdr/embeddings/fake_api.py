@@ -30,6 +30,7 @@ import numpy.typing as npt
 from pgdr.embeddings.providers import estimate_tokens
 
 FAULTS = ("429", "500", "timeout", "malformed")
+Reply = tuple[int, dict[str, str], bytes]  # status, extra headers, body
 
 
 def fake_vector(text: str, dimension: int) -> npt.NDArray[np.float32]:
@@ -112,17 +113,45 @@ class FakeEmbeddingsAPI:
             }
 
     # -- the API ------------------------------------------------------------------------------
-    def answer(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def answer(self, headers: dict[str, str], body: bytes) -> Reply:
         """Status, extra headers and body for one ``POST /v1/embeddings``."""
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        fault = self._count_request()
+        if self.latency:
+            time.sleep(self.latency)
+        faulty = self._fault_reply(fault)
+        if faulty is not None:
+            return faulty
+        try:
+            request = json.loads(body)
+            inputs = request["input"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "We could not parse the JSON body of your request.", None)
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        refused = self._refuse(inputs)
+        if refused is not None:
+            return refused
+        if self.on_request is not None:
+            self.on_request(inputs)
+        with self.lock:
+            self.inputs += len(inputs)
+            self.texts.update(inputs)
+        return 200, {}, json.dumps(self._embeddings(request, inputs)).encode()
+
+    def _count_request(self) -> str | None:
+        """Count one request; the fault queued for it, if any."""
         with self.lock:
             fault = self.faults.popleft() if self.faults else None
             self.requests += 1
             if fault:
                 self.faults_served += 1
-        if self.latency:
-            time.sleep(self.latency)
+        return fault
+
+    def _fault_reply(self, fault: str | None) -> Reply | None:
+        """The reply a queued fault forces; None to answer normally (after a ``timeout``'s
+        sleep, the request is answered, too late for a client with a shorter timeout)."""
         if fault == "429":
             status, hdrs, out = _error(429, "Rate limit reached.", "rate_limit_exceeded")
             return status, hdrs | {"retry-after-ms": "50"}, out
@@ -132,13 +161,10 @@ class FakeEmbeddingsAPI:
             time.sleep(self.timeout_sleep)
         if fault == "malformed":
             return 200, {}, b'{"object": "list", "data": [{"embedd'
-        try:
-            request = json.loads(body)
-            inputs = request["input"]
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "We could not parse the JSON body of your request.", None)
-        if isinstance(inputs, str):
-            inputs = [inputs]
+        return None
+
+    def _refuse(self, inputs: list[Any]) -> Reply | None:
+        """HTTP 400 as the real API answers too many, empty, flagged or too long inputs."""
         if len(inputs) > self.max_inputs:
             return _error(400, f"Too many inputs: at most {self.max_inputs}.", None)
         for text in inputs:
@@ -152,11 +178,10 @@ class FakeEmbeddingsAPI:
                     f"This model's maximum context length is {self.max_input_tokens} tokens.",
                     None,
                 )
-        if self.on_request is not None:
-            self.on_request(inputs)
-        with self.lock:
-            self.inputs += len(inputs)
-            self.texts.update(inputs)
+        return None
+
+    def _embeddings(self, request: dict[str, Any], inputs: list[str]) -> dict[str, Any]:
+        """The API's list of embeddings for ``inputs``, in the encoding the request asked."""
         dimension = self.fixed_dimension or int(request.get("dimensions") or self.dimension)
         as_base64 = request.get("encoding_format") == "base64"
         data = []
@@ -168,16 +193,15 @@ class FakeEmbeddingsAPI:
                 else (vec.tolist())
             )
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        reply = {
+        return {
             "object": "list",
             "data": data,
             "model": request.get("model", ""),
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
-        return 200, {}, json.dumps(reply).encode()
 
 
-def _error(status: int, message: str, code: str | None) -> tuple[int, dict[str, str], bytes]:
+def _error(status: int, message: str, code: str | None) -> Reply:
     body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
     return status, {}, json.dumps(body).encode()
 

@@ -274,6 +274,22 @@ def worker_tag(job_id: int) -> str:
     return f"pgdr reembed job {job_id}"
 
 
+_STATUS_SQL = """
+SELECT j.id, j.source, j.state, j.model, j.missing_only, j.group_filter, j.total_rows,
+       coalesce(sum(cardinality(b.keys)) FILTER (WHERE b.state = 'done'), 0),
+       coalesce(sum(b.written), 0), coalesce(sum(b.failed), 0), coalesce(sum(b.gone), 0),
+       coalesce(sum(b.cache_hits), 0), coalesce(sum(b.api_inputs), 0),
+       count(b.batch_no), count(b.batch_no) FILTER (WHERE b.state = 'done'),
+       extract(epoch FROM max(b.finished_at) - j.created_at),
+       cardinality(j.dropped_indexes) * (j.state = 'running')::int,
+       j.created_at, j.finished_at,
+       (SELECT count(*) FROM pg_stat_activity a
+        WHERE a.application_name = 'pgdr reembed job ' || j.id)
+FROM pgdr.reembed_jobs j LEFT JOIN pgdr.reembed_batches b ON b.job_id = j.id
+GROUP BY j.id ORDER BY j.id DESC LIMIT %s
+"""
+
+
 def job_statuses(conn: psycopg.Connection[Any], limit: int = 10) -> list[JobStatus]:
     """The most recent jobs with progress, rate, ETA and their first failures.
 
@@ -284,57 +300,45 @@ def job_statuses(conn: psycopg.Connection[Any], limit: int = 10) -> list[JobStat
     exists = conn.execute("SELECT to_regclass('pgdr.reembed_jobs')").fetchone()
     if exists is None or exists[0] is None:
         return []
-    rows = conn.execute(
-        """
-        SELECT j.id, j.source, j.state, j.model, j.missing_only, j.group_filter, j.total_rows,
-               coalesce(sum(cardinality(b.keys)) FILTER (WHERE b.state = 'done'), 0),
-               coalesce(sum(b.written), 0), coalesce(sum(b.failed), 0), coalesce(sum(b.gone), 0),
-               coalesce(sum(b.cache_hits), 0), coalesce(sum(b.api_inputs), 0),
-               count(b.batch_no), count(b.batch_no) FILTER (WHERE b.state = 'done'),
-               extract(epoch FROM max(b.finished_at) - j.created_at),
-               cardinality(j.dropped_indexes) * (j.state = 'running')::int,
-               j.created_at, j.finished_at,
-               (SELECT count(*) FROM pg_stat_activity a
-                WHERE a.application_name = 'pgdr reembed job ' || j.id)
-        FROM pgdr.reembed_jobs j LEFT JOIN pgdr.reembed_batches b ON b.job_id = j.id
-        GROUP BY j.id ORDER BY j.id DESC LIMIT %s
-        """,
-        (limit,),
+    rows = conn.execute(_STATUS_SQL, (limit,)).fetchall()
+    return [_job_status(r, _first_failures(conn, int(r[0]))) for r in rows]
+
+
+def _first_failures(conn: psycopg.Connection[Any], job_id: int) -> list[dict[str, str]]:
+    failures = conn.execute(
+        "SELECT row_key, group_key, reason FROM pgdr.reembed_failures WHERE job_id = %s "
+        "ORDER BY at, row_key LIMIT 20",
+        (job_id,),
     ).fetchall()
-    out = []
-    for r in rows:
-        total, done, elapsed = int(r[6]), int(r[7]), r[15]
-        state = "dead" if r[2] == "running" and not r[19] else str(r[2])
-        rate = done / float(elapsed) if elapsed and done else None
-        eta = (total - done) / rate if rate and state == "running" else None
-        failures = conn.execute(
-            "SELECT row_key, group_key, reason FROM pgdr.reembed_failures WHERE job_id = %s "
-            "ORDER BY at, row_key LIMIT 20",
-            (r[0],),
-        ).fetchall()
-        out.append(
-            JobStatus(
-                id=int(r[0]),
-                source=str(r[1]),
-                state=state,
-                model=str(r[3]),
-                missing_only=bool(r[4]),
-                group_filter=r[5],
-                total_rows=total,
-                done_rows=done,
-                written=int(r[8]),
-                failed=int(r[9]),
-                gone=int(r[10]),
-                cache_hits=int(r[11]),
-                api_inputs=int(r[12]),
-                batches=int(r[13]),
-                batches_done=int(r[14]),
-                rows_per_second=round(rate, 1) if rate else None,
-                eta_seconds=round(eta, 1) if eta is not None else None,
-                indexes_to_rebuild=int(r[16] or 0),
-                created_at=r[17],
-                finished_at=r[18],
-                failures=[{"key": f[0], "group": f[1], "reason": f[2]} for f in failures],
-            )
-        )
-    return out
+    return [{"key": f[0], "group": f[1], "reason": f[2]} for f in failures]
+
+
+def _job_status(r: Any, failures: list[dict[str, str]]) -> JobStatus:
+    """One row of ``_STATUS_SQL`` as a status: live or dead, rate and ETA."""
+    total, done, elapsed = int(r[6]), int(r[7]), r[15]
+    state = "dead" if r[2] == "running" and not r[19] else str(r[2])
+    rate = done / float(elapsed) if elapsed and done else None
+    eta = (total - done) / rate if rate and state == "running" else None
+    return JobStatus(
+        id=int(r[0]),
+        source=str(r[1]),
+        state=state,
+        model=str(r[3]),
+        missing_only=bool(r[4]),
+        group_filter=r[5],
+        total_rows=total,
+        done_rows=done,
+        written=int(r[8]),
+        failed=int(r[9]),
+        gone=int(r[10]),
+        cache_hits=int(r[11]),
+        api_inputs=int(r[12]),
+        batches=int(r[13]),
+        batches_done=int(r[14]),
+        rows_per_second=round(rate, 1) if rate else None,
+        eta_seconds=round(eta, 1) if eta is not None else None,
+        indexes_to_rebuild=int(r[16] or 0),
+        created_at=r[17],
+        finished_at=r[18],
+        failures=failures,
+    )

@@ -120,19 +120,7 @@ def write_batch(
     """
     if not staged:
         return set()
-    stage = _stage_name(src)
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMP TABLE IF NOT EXISTS {} (k text, sha bytea, v {}) ON COMMIT DELETE ROWS"
-        ).format(stage, sql.SQL(src.vector_type))
-    )
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            sql.SQL("COPY {} (k, sha, v) FROM STDIN WITH (FORMAT BINARY)").format(stage)
-        ) as copy,
-    ):
-        copy.write(encode_copy(staged))
+    stage = _copy_to_stage(conn, src, staged)
     names = {
         "table": src.table,
         "vec": sql.Identifier(src.spec.vector),
@@ -164,6 +152,28 @@ def write_batch(
                 "INSERT INTO pgdr.embedding_cache (model, dimension, sha256, embedding) "
                 "SELECT DISTINCT ON (sha) {m}, {d}, sha, v::real[] FROM {stage} "
                 "WHERE v IS NOT NULL AND sha IS NOT NULL ON CONFLICT DO NOTHING"
-            ).format(m=sql.Literal(model), d=sql.Literal(src.dimension), stage=stage)
+            ).format(**names)
         )
     return {str(r[0]) for r in written}
+
+
+def _copy_to_stage(
+    conn: psycopg.Connection[Any],
+    src: ResolvedSource,
+    staged: Sequence[tuple[str, bytes | None, Vector | None]],
+) -> sql.Identifier:
+    """One binary COPY of the rows into the source's staging table (emptied at commit)."""
+    stage = _stage_name(src)
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (k text, sha bytea, v {}) ON COMMIT DELETE ROWS"
+        ).format(stage, sql.SQL(src.vector_type))
+    )
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            sql.SQL("COPY {} (k, sha, v) FROM STDIN WITH (FORMAT BINARY)").format(stage)
+        ) as copy,
+    ):
+        copy.write(encode_copy(staged))
+    return stage

@@ -119,79 +119,97 @@ def compare_inventory(
                 )
             )
             continue
-        short_rows: list[dict[str, Any]] = []
-        short_vectors: list[dict[str, Any]] = []
-        for group, was in before["groups"].items():
-            got = current["groups"].get(group, {"rows": 0, "with_vector": 0})
-            entry = {"group": group, "before": was, "now": got}
-            if got["rows"] < was["rows"]:
-                short_rows.append(entry)
-            if got.get("missing", got["rows"] - got["with_vector"]) > 0:
-                short_vectors.append(entry)
-        table = before["table"]
-        group_word = before["group_by"] or "group"
-        if short_rows:
-            missing = sum(e["before"]["rows"] - e["now"]["rows"] for e in short_rows)
-            report.add(
-                Finding(
-                    "inventory",
-                    "rows_short",
-                    "critical",
-                    f"{len(short_rows):,} {group_word} group(s) of {table} have fewer rows than "
-                    f"in the inventory ({missing:,} rows missing).",
-                    table=table,
-                    name=name,
-                    count=missing,
-                    rows=before["rows"],
-                    samples=[e["group"] for e in short_rows[:5]],
-                )
-            )
-        if short_vectors:
-            missing = sum(e["now"]["missing"] for e in short_vectors)
-            report.add(
-                Finding(
-                    "inventory",
-                    "vectors_short",
-                    "critical",
-                    f"{len(short_vectors):,} {group_word} group(s) of {table} lack vectors the "
-                    f"profile requires ({missing:,} vectors missing).",
-                    table=table,
-                    name=name,
-                    count=missing,
-                    rows=before["with_vector"],
-                    samples=[e["group"] for e in short_vectors[:5]],
-                )
-            )
-        for cause in current["by_cause"]:
-            report.add(
-                Finding(
-                    "inventory",
-                    "not_required",
-                    "info",
-                    cause["sentence"],
-                    table=table,
-                    name=name,
-                    count=cause["vectors"],
-                    details={"cause": cause["cause"], "groups": cause["groups"]},
-                )
-            )
-        incomplete = {e["group"]: e for e in short_rows + short_vectors}
-        sections.append(
-            {
-                "source": name,
-                "table": table,
-                "groups_before": len(before["groups"]),
-                "groups_now": len(current["groups"]),
-                "groups_complete": len(before["groups"]) - len(incomplete),
-                "rows": {"before": before["rows"], "now": current["rows"]},
-                "with_vector": {"before": before["with_vector"], "now": current["with_vector"]},
-                "not_required": current["not_required"],
-                "incomplete": list(incomplete.values())[:SHOWN_GROUPS],
-            }
-        )
+        sections.append(_compare_source(report, name, before, current))
     report.sections = {
         "baseline": {k: baseline.get(k) for k in ("id", "taken_at", "database", "profile")},
         "sources": sections,
     }
     report.duration_s = time.perf_counter() - started
     return report
+
+
+def _compare_source(
+    report: Report, name: str, before: dict[str, Any], current: dict[str, Any]
+) -> dict[str, Any]:
+    """Findings for one source's short groups and unrequired vectors; its report section."""
+    short_rows: list[dict[str, Any]] = []
+    short_vectors: list[dict[str, Any]] = []
+    for group, was in before["groups"].items():
+        got = current["groups"].get(group, {"rows": 0, "with_vector": 0})
+        entry = {"group": group, "before": was, "now": got}
+        if got["rows"] < was["rows"]:
+            short_rows.append(entry)
+        if got.get("missing", got["rows"] - got["with_vector"]) > 0:
+            short_vectors.append(entry)
+    for finding in _short_findings(name, before, short_rows, short_vectors):
+        report.add(finding)
+    for cause in current["by_cause"]:
+        report.add(
+            Finding(
+                "inventory",
+                "not_required",
+                "info",
+                cause["sentence"],
+                table=before["table"],
+                name=name,
+                count=cause["vectors"],
+                details={"cause": cause["cause"], "groups": cause["groups"]},
+            )
+        )
+    incomplete = {e["group"]: e for e in short_rows + short_vectors}
+    return {
+        "source": name,
+        "table": before["table"],
+        "groups_before": len(before["groups"]),
+        "groups_now": len(current["groups"]),
+        "groups_complete": len(before["groups"]) - len(incomplete),
+        "rows": {"before": before["rows"], "now": current["rows"]},
+        "with_vector": {"before": before["with_vector"], "now": current["with_vector"]},
+        "not_required": current["not_required"],
+        "incomplete": list(incomplete.values())[:SHOWN_GROUPS],
+    }
+
+
+def _short_findings(
+    name: str,
+    before: dict[str, Any],
+    short_rows: list[dict[str, Any]],
+    short_vectors: list[dict[str, Any]],
+) -> list[Finding]:
+    """Critical findings for groups with fewer rows, and groups lacking required vectors."""
+    table = before["table"]
+    group_word = before["group_by"] or "group"
+    kinds = (
+        (
+            "rows_short",
+            short_rows,
+            "have fewer rows than in the inventory",
+            "rows",
+            sum(e["before"]["rows"] - e["now"]["rows"] for e in short_rows),
+            before["rows"],
+        ),
+        (
+            "vectors_short",
+            short_vectors,
+            "lack vectors the profile requires",
+            "vectors",
+            sum(e["now"]["missing"] for e in short_vectors),
+            before["with_vector"],
+        ),
+    )
+    return [
+        Finding(
+            "inventory",
+            code,
+            "critical",
+            f"{len(groups):,} {group_word} group(s) of {table} {what} "
+            f"({missing:,} {unit} missing).",
+            table=table,
+            name=name,
+            count=missing,
+            rows=rows,
+            samples=[e["group"] for e in groups[:5]],
+        )
+        for code, groups, what, unit, missing, rows in kinds
+        if groups
+    ]

@@ -18,13 +18,11 @@ from psycopg import sql
 from pgdr.core.severity import FindingLevel
 from pgdr.integrity.catalog import Catalog, Column, TableInfo
 from pgdr.integrity.findings import Finding, Report
+from pgdr.integrity.vectors import content_checks, vector_kind, wrong_dimension
 from pgdr.profile import EmbeddingSource, Profile
 from pgdr.profile.required import required_sql
 
-VECTOR_TYPES = {"vector": 4, "_float4": 4, "_float8": 8}
-ARRAY_TYPES = {"_float4": "real[]", "_float8": "double precision[]"}
-SHORT_VARLENA_MAX = 127
-TOAST_TUPLE_TARGET = 2032  # PostgreSQL's default for 8 kB pages
+Relation = tuple[str, tuple[str, ...], str, tuple[str, ...]]  # child, columns, parent, columns
 
 
 @dataclass
@@ -155,87 +153,34 @@ def qualify(name: str, schema: str) -> str:
     return name if "." in name else f"{schema}.{name}"
 
 
-def vector_kind(column: Column) -> str | None:
-    return column.type_name if column.type_name in VECTOR_TYPES else None
-
-
-def stored_sizes(kind: str, dimension: int) -> tuple[int, list[int]]:
-    """(size when TOASTed out of line, sizes when inline) of a well-formed value.
-
-    ``pg_column_size`` gives these without reading TOAST: the external size excludes the
-    4-byte varlena header; inline values keep a 4-byte header, or a 1-byte one when short.
-    """
-    element = VECTOR_TYPES[kind]
-    header = 8 if kind == "vector" else 24  # vector: dim+unused; array: ndim,offset,type,dim,lb
-    full = header + element * dimension
-    inline = [full]
-    if full - 3 <= SHORT_VARLENA_MAX:
-        inline.append(full - 3)
-    return full - 4, inline
-
-
-def _wrong_dimension(
-    ref: sql.Composable,
-    table: TableInfo,
-    column: Column,
-    kind: str,
-    dimension: int,
-    server_version: int,
-) -> sql.Composed:
-    """Rows whose vector does not have ``dimension`` components, mostly without reading them.
-
-    A well-formed value has a known stored size (``stored_sizes``); ``pg_column_size`` reads only
-    the tuple, never TOAST. Where the size could also belong to another dimension (compressed
-    values; mid-sized values that may be inline or external, which PostgreSQL 17+ tells apart
-    with ``pg_column_toast_chunk_id``) the value is read and its dimension counted exactly.
-    """
-    external, inline = stored_sizes(kind, dimension)
-    size = sql.SQL("pg_column_size({})").format(ref)
-    plain = (
-        sql.SQL(" AND pg_column_compression({}) IS NULL").format(ref)
-        if column.compressible
-        else sql.SQL("")
-    )
-    inline_sizes = sql.SQL(", ").join(map(sql.Literal, inline))
-    large = (
-        column.storage in ("e", "x")
-        and external > TOAST_TUPLE_TARGET
-        and not any(o.startswith("toast_tuple_target=") for o in table.options)
-    )
-    if large:
-        # Values this large never stay inline uncompressed (the toaster moves them out above
-        # TOAST_TUPLE_TARGET), so the external size of ``dimension`` is unambiguous.
-        fast = sql.SQL("WHEN {size} = {ext}{plain} THEN false").format(
-            size=size, ext=sql.Literal(external), plain=plain
-        )
-    elif server_version >= 170000:
-        chunk = sql.SQL("pg_column_toast_chunk_id({})").format(ref)
-        fast = sql.SQL(
-            "WHEN {size} = {ext} AND {chunk} IS NOT NULL{plain} THEN false "
-            "WHEN {size} IN ({inline}) AND {chunk} IS NULL{plain} THEN false"
-        ).format(
-            size=size, ext=sql.Literal(external), chunk=chunk, plain=plain, inline=inline_sizes
-        )
-    else:
-        # Before PostgreSQL 17 an external value of ``dimension`` and an inline one of
-        # ``dimension - 1`` can have the same size; only short (1-byte header) sizes are certain.
-        short = [n for n in inline if n <= SHORT_VARLENA_MAX]
-        fast = sql.SQL("WHEN {size} IN ({short}){plain} THEN false").format(
-            size=size,
-            short=sql.SQL(", ").join(map(sql.Literal, short)) if short else sql.SQL("NULL"),
-            plain=plain,
-        )
-    if kind == "vector":
-        exact = sql.SQL("{}.vector_dims({}) <> {}").format(
-            sql.Identifier(column.type_schema), ref, sql.Literal(dimension)
-        )
-    else:
-        exact = sql.SQL("(array_ndims({r}) IS DISTINCT FROM 1 OR cardinality({r}) <> {d})").format(
-            r=ref, d=sql.Literal(dimension)
-        )
-    return sql.SQL("({ref} IS NOT NULL AND CASE {fast} ELSE {exact} END)").format(
-        ref=ref, fast=fast, exact=exact
-    )
+def relations(catalog: Catalog, profile: Profile) -> dict[Relation, dict[str, Any]]:
+    """The references to check: the catalog's foreign keys and the profile's relations (a
+    relation that repeats a foreign key sets its severity)."""
+    found: dict[Relation, dict[str, Any]] = {}
+    for fk in catalog.foreign_keys:
+        key = (fk.child, fk.child_columns, fk.parent, fk.parent_columns)
+        found[key] = {
+            "name": fk.name,
+            "source": "catalog",
+            "validated": fk.validated,
+            "severity": "critical",
+        }
+    for rel in profile.relations:
+        child = qualify(rel.child, profile.schema_name)
+        parent = qualify(rel.parent, profile.schema_name)
+        key = (child, tuple(rel.child_columns), parent, tuple(rel.parent_columns))
+        if key in found:
+            found[key]["source"] = "catalog+profile"
+            found[key]["severity"] = rel.severity
+        else:
+            name = f"{rel.child}({','.join(rel.child_columns)})->{rel.parent}"
+            found[key] = {
+                "name": name,
+                "source": "profile",
+                "validated": None,
+                "severity": rel.severity,
+            }
+    return found
 
 
 class Planner:
@@ -341,31 +286,7 @@ class Planner:
         return names
 
     def references(self) -> None:
-        relations: dict[tuple[str, tuple[str, ...], str, tuple[str, ...]], dict[str, Any]] = {}
-        for fk in self.catalog.foreign_keys:
-            key = (fk.child, fk.child_columns, fk.parent, fk.parent_columns)
-            relations[key] = {
-                "name": fk.name,
-                "source": "catalog",
-                "validated": fk.validated,
-                "severity": "critical",
-            }
-        for rel in self.profile.relations:
-            child = qualify(rel.child, self.profile.schema_name)
-            parent = qualify(rel.parent, self.profile.schema_name)
-            key = (child, tuple(rel.child_columns), parent, tuple(rel.parent_columns))
-            if key in relations:
-                relations[key]["source"] = "catalog+profile"
-                relations[key]["severity"] = rel.severity
-            else:
-                name = f"{rel.child}({','.join(rel.child_columns)})->{rel.parent}"
-                relations[key] = {
-                    "name": name,
-                    "source": "profile",
-                    "validated": None,
-                    "severity": rel.severity,
-                }
-        for (child, ccols, parent, pcols), meta in relations.items():
+        for (child, ccols, parent, pcols), meta in relations(self.catalog, self.profile).items():
             what = f"Relation {meta['name']}"
             cinfo = self._table(child, "references", what)
             pinfo = self._table(parent, "references", what)
@@ -462,7 +383,6 @@ class Planner:
             tp.group_by = src.group_by
         tp.sources.append(src.name)
         ref = tp.column(src.vector)
-        ext_schema = column.type_schema if kind == "vector" else None
         required = src.required_when or src.filter
         base = {"source": src.name, "vector": src.vector, "dimension": src.dimension}
         tp.metrics.append(
@@ -489,56 +409,36 @@ class Planner:
                 "wrong_dimension",
                 src.name,
                 "critical",
-                _wrong_dimension(
+                wrong_dimension(
                     ref, info, column, kind, src.dimension, self.catalog.server_version
                 ),
                 f"have a vector in {src.vector} whose dimension is not {src.dimension}",
                 details=base,
             )
         )
-        if not self.vectors:
-            return
+        if self.vectors:
+            self._vector_contents(tp, src, column, kind)
+
+    def _vector_contents(
+        self, tp: TablePass, src: EmbeddingSource, column: Column, kind: str
+    ) -> None:
+        """Read each vector once (a lateral join) and count damaged and all-zero ones."""
         index = len(tp.joins)
-        alias = sql.Identifier(f"_pgdr_v{index}")
-        if kind == "vector":
-            # pgvector rejects NaN and infinity on input, so a non-finite norm means the stored
-            # bytes were damaged; one norm per row (one detoast) answers both questions.
-            value = sql.SQL("{}.vector_norm({})").format(
-                sql.Identifier(ext_schema or "public"), ref
-            )
-            tp.joins.append(
-                sql.SQL("CROSS JOIN LATERAL (SELECT {} AS v OFFSET 0) AS {}").format(value, alias)
-            )
-            v = sql.SQL("{}.v").format(alias)
-            non_finite = sql.SQL("({v} = 'NaN'::float8 OR {v} = 'Infinity'::float8)").format(v=v)
-            zero = sql.SQL("({} = 0)").format(v)
-        else:
-            array_type = sql.SQL(ARRAY_TYPES[kind])
-            # array_cat(x, NULL) returns x detoasted once; the checks below then scan it in memory.
-            tp.joins.append(
-                sql.SQL(
-                    "CROSS JOIN LATERAL (SELECT array_cat({}, NULL::{}) AS v OFFSET 0) AS {}"
-                ).format(ref, array_type, alias)
-            )
-            v = sql.SQL("{}.v").format(alias)
-            # array_position() refuses multi-dimensional arrays (an error would lose the whole
-            # pass); ``NULL = ANY`` is never true, so NULL elements are found by counting them.
-            non_finite = sql.SQL(
-                "({v} IS NOT NULL AND ('NaN' = ANY({v}) OR 'Infinity' = ANY({v}) "
-                "OR '-Infinity' = ANY({v}) OR CASE WHEN array_ndims({v}) = 1 "
-                "THEN array_position({v}, NULL) IS NOT NULL "
-                "ELSE EXISTS (SELECT FROM unnest({v}) AS _e(x) WHERE _e.x IS NULL) END))"
-            ).format(v=v)
-            zero = sql.SQL("(cardinality({v}) > 0 AND {v} <@ '{{0}}'::{t})").format(
-                v=v, t=array_type
-            )
+        checks = content_checks(
+            tp.column(src.vector),
+            kind,
+            column.type_schema if kind == "vector" else None,
+            sql.Identifier(f"_pgdr_v{index}"),
+        )
+        tp.joins.append(checks.join)
+        base = {"source": src.name, "vector": src.vector, "dimension": src.dimension}
         tp.conditions.append(
             Condition(
                 "embeddings",
                 "non_finite",
                 src.name,
                 "critical",
-                non_finite,
+                checks.non_finite,
                 f"have a vector in {src.vector} with NaN, infinite or NULL components",
                 details=base,
                 joins=(index,),
@@ -550,7 +450,7 @@ class Planner:
                 "zero_vector",
                 src.name,
                 "warning",
-                zero,
+                checks.zero,
                 f"have an all-zero vector in {src.vector} (no direction: cosine search "
                 "cannot rank it)",
                 details=base,

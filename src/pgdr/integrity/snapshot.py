@@ -183,63 +183,78 @@ def compare_snapshot(
 def _judge(
     report: Report, table: str, before: dict[str, Any], now: dict[str, Any], keyed: bool
 ) -> None:
+    """Compare one table with its snapshot: rows, newest row, then (keyed tables) the keys."""
+    for finding in (
+        _judge_rows(table, before, now),
+        _judge_newest(table, before, now),
+        _judge_keys(table, before, now) if keyed else None,
+    ):
+        if finding is not None:
+            report.add(finding)
+
+
+def _judge_rows(table: str, before: dict[str, Any], now: dict[str, Any]) -> Finding | None:
+    """Fewer rows than at the snapshot, or rows of then gone and hidden by newer ones."""
     old_rows = int(before["rows"])
     if now["rows"] < old_rows:
         lost = old_rows - now["rows"]
-        report.add(
-            Finding(
-                "compare",
-                "rows_fell",
-                "critical",
-                f"{table} has {now['rows']:,} rows, {lost:,} fewer than the {old_rows:,} at the "
-                "snapshot (mass deletion or an older restore?).",
-                table=table,
-                count=lost,
-                rows=old_rows,
-            )
+        return Finding(
+            "compare",
+            "rows_fell",
+            "critical",
+            f"{table} has {now['rows']:,} rows, {lost:,} fewer than the {old_rows:,} at the "
+            "snapshot (mass deletion or an older restore?).",
+            table=table,
+            count=lost,
+            rows=old_rows,
         )
-    elif "rows_at_snapshot" in now and now["rows_at_snapshot"] < old_rows:
+    if "rows_at_snapshot" in now and now["rows_at_snapshot"] < old_rows:
         lost = old_rows - now["rows_at_snapshot"]
-        report.add(
-            Finding(
-                "compare",
-                "rows_lost",
-                "critical",
-                f"{lost:,} of the {old_rows:,} rows {table} had at the snapshot are gone, "
-                "hidden in the total by newer rows.",
-                table=table,
-                count=lost,
-                rows=old_rows,
-            )
+        return Finding(
+            "compare",
+            "rows_lost",
+            "critical",
+            f"{lost:,} of the {old_rows:,} rows {table} had at the snapshot are gone, "
+            "hidden in the total by newer rows.",
+            table=table,
+            count=lost,
+            rows=old_rows,
         )
+    return None
+
+
+def _judge_newest(table: str, before: dict[str, Any], now: dict[str, Any]) -> Finding | None:
     if before.get("newest") and (now["newest"] is None or now["newest"] < before["newest"]):
-        report.add(
-            Finding(
-                "compare",
-                "newest_went_back",
-                "critical",
-                f"The newest row of {table} is from {now['newest']}, older than "
-                f"{before['newest']} at the snapshot: recent data is missing.",
-                table=table,
-                details={"before": before["newest"], "now": now["newest"]},
-            )
+        return Finding(
+            "compare",
+            "newest_went_back",
+            "critical",
+            f"The newest row of {table} is from {now['newest']}, older than "
+            f"{before['newest']} at the snapshot: recent data is missing.",
+            table=table,
+            details={"before": before["newest"], "now": now["newest"]},
         )
-    if not keyed or before.get("fingerprint") is None:
-        return
+    return None
+
+
+def _judge_keys(table: str, before: dict[str, Any], now: dict[str, Any]) -> Finding | None:
+    """As many rows from before the snapshot as then, but another key fingerprint."""
+    if before.get("fingerprint") is None:
+        return None
+    old_rows = int(before["rows"])
     if "rows_at_snapshot" in now:
         same_rows = now["rows_at_snapshot"] == old_rows
         changed = now["fingerprint_at_snapshot"] != before["fingerprint"]
     else:
         same_rows = now["rows"] == old_rows
         changed = now["fingerprint"] != before["fingerprint"]
-    if same_rows and changed:
-        report.add(
-            Finding(
-                "compare",
-                "fingerprint_changed",
-                "warning",
-                f"{table} has as many rows from before the snapshot as then, but different "
-                "keys: rows were replaced (deleted and re-inserted, or restored from elsewhere).",
-                table=table,
-            )
-        )
+    if not (same_rows and changed):
+        return None
+    return Finding(
+        "compare",
+        "fingerprint_changed",
+        "warning",
+        f"{table} has as many rows from before the snapshot as then, but different "
+        "keys: rows were replaced (deleted and re-inserted, or restored from elsewhere).",
+        table=table,
+    )

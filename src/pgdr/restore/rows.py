@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -162,6 +163,12 @@ def dependency_order(catalog: Catalog, tables: list[str]) -> list[str]:
     return ordered
 
 
+def _identifier(table: str) -> sql.Identifier:
+    """``"schema.name"`` (each part as stored) as a qualified identifier."""
+    schema, name = table.split(".", 1)
+    return sql.Identifier(schema, name)
+
+
 def _insertable_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
     """The columns of ``table`` ("schema.name", each part as stored: any case, any spaces)."""
     schema, name = table.split(".", 1)
@@ -180,23 +187,45 @@ def insert_rows(
     conn: psycopg.Connection[Any], order: list[str], rows: dict[str, list[dict[str, Any]]]
 ) -> dict[str, int]:
     """Insert every table's rows in ``order`` in one transaction; returns rows inserted per
-    table. ``conn`` must be in autocommit mode."""
-    inserted: dict[str, int] = {}
+    table. Rows that exist in the target are left as they are. ``conn`` must be in autocommit
+    mode."""
+
+    def insert(table: str, columns: list[str]) -> sql.Composed:
+        return sql.SQL(
+            "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
+            "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT DO NOTHING"
+        ).format(t=_identifier(table), c=sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+
+    return _write_rows(conn, order, rows, insert)
+
+
+def _write_rows(
+    conn: psycopg.Connection[Any],
+    order: list[str],
+    rows: dict[str, list[dict[str, Any]]],
+    statement: Callable[[str, list[str]], sql.Composed],
+) -> dict[str, int]:
+    """Run ``statement`` (of a table and its insertable columns) with each table's rows as one jsonb
+    parameter, tables in ``order``, all in one transaction, even in read-only mode; the rows
+    each statement wrote."""
+    written: dict[str, int] = {}
     conn.execute("SET default_transaction_read_only = off")
     with conn.transaction():
         for table in order:
-            schema, name = table.split(".", 1)
-            ident = sql.Identifier(schema, name)
-            columns = sql.SQL(", ").join(
-                sql.Identifier(c) for c in _insertable_columns(conn, table)
-            )
-            query = sql.SQL(
-                "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
-                "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT DO NOTHING"
-            ).format(t=ident, c=columns)
+            query = statement(table, _insertable_columns(conn, table))
             cur = conn.execute(query, (Jsonb(rows[table]),))
-            inserted[table] = max(cur.rowcount, 0)
-    return inserted
+            written[table] = max(cur.rowcount, 0)
+    return written
+
+
+@dataclass
+class _SourceRows:
+    """Rows read from the source, and the order to write their tables in (parents first)."""
+
+    table: TableInfo
+    key_column: str
+    rows: dict[str, list[dict[str, Any]]]
+    order: list[str]
 
 
 def recover_rows(
@@ -214,39 +243,15 @@ def recover_rows(
     if not keys:
         raise ConfigError("Give at least one --key.")
     try:
-        with connect(source_url, autocommit=True) as src:
-            src.execute("SET default_transaction_read_only = on")
-            catalog = read_catalog(src)
-            info = catalog.find(table, "public")
-            if info is None:
-                raise ConfigError(f"Table {table} does not exist in the source database.")
-            if key_column is None:
-                if len(info.primary_key) != 1:
-                    raise ConfigError(
-                        f"{info.qualified} has no single-column primary key; name the column "
-                        "with --key-column."
-                    )
-                key_column = info.primary_key[0]
-            if key_column not in info.columns:
-                raise ConfigError(f"{info.qualified} has no column {key_column!r}.")
-            try:
-                rows, found_order = collect_rows(
-                    src, catalog, info, key_column, keys, with_children
-                )
-            except psycopg.errors.DataError as exc:
-                raise ConfigError(
-                    f"A --key value does not fit {info.qualified}.{key_column} "
-                    f"({info.columns[key_column].formatted}): {exc.diag.message_primary}."
-                ) from exc
-            order = dependency_order(catalog, found_order)
-        result = RowsResult(info.qualified, list(keys))
-        if not rows.get(info.qualified):
+        found = _read_rows(source_url, table, keys, key_column, with_children)
+        if not found.rows.get(found.table.qualified):
             raise RuntimeFailure(
-                f"No row of {info.qualified} with {key_column} in ({', '.join(keys)}) exists in "
-                "the source; is it restored to a moment before the deletion?"
+                f"No row of {found.table.qualified} with {found.key_column} in "
+                f"({', '.join(keys)}) exists in the source; is it restored to a moment before "
+                "the deletion?"
             )
         with connect(target_url, autocommit=True) as dst:
-            inserted = insert_rows(dst, order, rows)
+            inserted = insert_rows(dst, found.order, found.rows)
     except psycopg.errors.ForeignKeyViolation as exc:
         raise RuntimeFailure(
             "The rows reference rows that are missing from the target too "
@@ -259,9 +264,47 @@ def recover_rows(
         ) from exc
     except psycopg.OperationalError as exc:
         raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
-    result.tables = [TableRows(t, len(rows[t]), inserted.get(t, 0)) for t in order]
-    result.duration_s = time.monotonic() - began
-    return result
+    tables = [TableRows(t, len(found.rows[t]), inserted.get(t, 0)) for t in found.order]
+    return RowsResult(found.table.qualified, list(keys), tables, time.monotonic() - began)
+
+
+def _read_rows(
+    source_url: str,
+    table: str,
+    keys: list[str],
+    key_column: str | None,
+    with_children: bool,
+) -> _SourceRows:
+    """The chosen rows (and their descendants) from the source, read in a read-only session."""
+    with connect(source_url, autocommit=True) as src:
+        src.execute("SET default_transaction_read_only = on")
+        catalog = read_catalog(src)
+        info = catalog.find(table, "public")
+        if info is None:
+            raise ConfigError(f"Table {table} does not exist in the source database.")
+        column = _key_column(info, key_column)
+        try:
+            rows, found_order = collect_rows(src, catalog, info, column, keys, with_children)
+        except psycopg.errors.DataError as exc:
+            raise ConfigError(
+                f"A --key value does not fit {info.qualified}.{column} "
+                f"({info.columns[column].formatted}): {exc.diag.message_primary}."
+            ) from exc
+        return _SourceRows(info, column, rows, dependency_order(catalog, found_order))
+
+
+def _key_column(info: TableInfo, key_column: str | None) -> str:
+    """The column the keys match: the one given, else the single-column primary key."""
+    if key_column is None:
+        if len(info.primary_key) != 1:
+            raise ConfigError(
+                f"{info.qualified} has no single-column primary key; name the column "
+                "with --key-column."
+            )
+        key_column = info.primary_key[0]
+    if key_column not in info.columns:
+        raise ConfigError(f"{info.qualified} has no column {key_column!r}.")
+    return key_column
 
 
 def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[TableRows]:
@@ -274,55 +317,14 @@ def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[T
     needs a primary key, and the whole table is read from the source.
     """
     try:
-        with connect(source_url, autocommit=True) as src:
-            src.execute("SET default_transaction_read_only = on")
-            catalog = read_catalog(src)
-            infos = []
-            for name in tables:
-                info = catalog.find(name, "public")
-                if info is None:
-                    raise ConfigError(f"Table {name} does not exist in the source database.")
-                if not info.primary_key:
-                    raise ConfigError(f"{info.qualified} has no primary key to match rows by.")
-                infos.append(info)
-            order = dependency_order(catalog, [i.qualified for i in infos])
-            rows = {
-                i.qualified: [
-                    r[0]
-                    for r in src.execute(
-                        sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
-                            sql.Identifier(i.schema, i.name)
-                        )
-                    )
-                ]
-                for i in infos
-            }
+        infos, order, rows = _read_tables(source_url, tables)
         keys = {i.qualified: i.primary_key for i in infos}
-        changed: dict[str, int] = {}
+
+        def upsert(table: str, columns: list[str]) -> sql.Composed:
+            return _upsert(table, columns, keys[table])
+
         with connect(target_url, autocommit=True) as dst:
-            dst.execute("SET default_transaction_read_only = off")
-            with dst.transaction():
-                for table in order:
-                    schema, name = table.split(".", 1)
-                    columns = _insertable_columns(dst, table)
-                    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-                    updates = sql.SQL(", ").join(
-                        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-                        for c in columns
-                        if c not in keys[table]
-                    )
-                    query = sql.SQL(
-                        "INSERT INTO {t} AS old ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
-                        "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT ({k}) DO UPDATE "
-                        "SET {u} WHERE (old.*)::text IS DISTINCT FROM (EXCLUDED.*)::text"
-                    ).format(
-                        t=sql.Identifier(schema, name),
-                        c=cols,
-                        k=sql.SQL(", ").join(sql.Identifier(c) for c in keys[table]),
-                        u=updates,
-                    )
-                    cur = dst.execute(query, (Jsonb(rows[table]),))
-                    changed[table] = max(cur.rowcount, 0)
+            changed = _write_rows(dst, order, rows, upsert)
     except psycopg.errors.ForeignKeyViolation as exc:
         raise RuntimeFailure(
             f"The repaired rows reference rows missing from the target ({exc}); repair their "
@@ -331,3 +333,51 @@ def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[T
     except psycopg.OperationalError as exc:
         raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
     return [TableRows(t, len(rows[t]), changed[t]) for t in order]
+
+
+def _read_tables(
+    source_url: str, tables: list[str]
+) -> tuple[list[TableInfo], list[str], dict[str, list[dict[str, Any]]]]:
+    """Every row of ``tables`` (each needs a primary key) from the source, read-only; with the
+    tables' catalog entries and the order to write them in (parents first)."""
+    with connect(source_url, autocommit=True) as src:
+        src.execute("SET default_transaction_read_only = on")
+        catalog = read_catalog(src)
+        infos = []
+        for name in tables:
+            info = catalog.find(name, "public")
+            if info is None:
+                raise ConfigError(f"Table {name} does not exist in the source database.")
+            if not info.primary_key:
+                raise ConfigError(f"{info.qualified} has no primary key to match rows by.")
+            infos.append(info)
+        order = dependency_order(catalog, [i.qualified for i in infos])
+        rows = {
+            i.qualified: [
+                r[0]
+                for r in src.execute(
+                    sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
+                        sql.Identifier(i.schema, i.name)
+                    )
+                )
+            ]
+            for i in infos
+        }
+    return infos, order, rows
+
+
+def _upsert(table: str, columns: list[str], key: list[str]) -> sql.Composed:
+    """Insert the missing rows, update those that differ (by primary key ``key``)."""
+    updates = sql.SQL(", ").join(
+        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns if c not in key
+    )
+    return sql.SQL(
+        "INSERT INTO {t} AS old ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
+        "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT ({k}) DO UPDATE "
+        "SET {u} WHERE (old.*)::text IS DISTINCT FROM (EXCLUDED.*)::text"
+    ).format(
+        t=_identifier(table),
+        c=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        k=sql.SQL(", ").join(sql.Identifier(c) for c in key),
+        u=updates,
+    )

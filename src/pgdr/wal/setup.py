@@ -65,30 +65,31 @@ def archive_command(executable: Path, env: dict[str, str]) -> str:
     return f"{assignments} {shlex.quote(str(executable))} wal push %p".strip()
 
 
+SETTINGS = [
+    "wal_level",
+    "max_wal_senders",
+    "max_replication_slots",
+    "archive_mode",
+    "archive_command",
+    "archive_timeout",
+    "summarize_wal",
+    "max_slot_wal_keep_size",
+]
+
+
 def plan_setup(
     conninfo: str,
     mode: str,
     archive_env: dict[str, str] | None = None,
     slot: str = DEFAULT_SLOT,
 ) -> SetupPlan:
+    """The changes ``mode`` needs, read from the server; nothing is changed."""
     if mode not in ("stream", "archive"):
         raise ConfigError(f"Unknown WAL mode {mode!r}: use stream or archive.")
     plan = SetupPlan(mode=mode)
     with connect(conninfo) as conn:
         rows = conn.execute(
-            "SELECT name, setting, context FROM pg_settings WHERE name = ANY(%s)",
-            (
-                [
-                    "wal_level",
-                    "max_wal_senders",
-                    "max_replication_slots",
-                    "archive_mode",
-                    "archive_command",
-                    "archive_timeout",
-                    "summarize_wal",
-                    "max_slot_wal_keep_size",
-                ],
-            ),
+            "SELECT name, setting, context FROM pg_settings WHERE name = ANY(%s)", (SETTINGS,)
         ).fetchall()
         current = {str(r[0]): str(r[1]) for r in rows}
         major_row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
@@ -102,69 +103,77 @@ def plan_setup(
                 ).fetchone()
                 is not None
             )
+    plan.changes += _sender_changes(current)
+    if mode == "stream":
+        _plan_stream(plan, current)
+    else:
+        plan.changes += _archive_changes(current, archive_env or {})
+    if major >= 17:
+        plan.changes.append(
+            Change("summarize_wal", current.get("summarize_wal"), "on", "incremental backups")
+        )
+    return plan
+
+
+def _sender_changes(current: dict[str, str]) -> list[Change]:
+    """What both modes need: WAL fit for recovery, and WAL senders for pgdr's clients."""
     wal_level = current.get("wal_level", "replica")
-    plan.changes.append(
+    senders = int(current.get("max_wal_senders", "0"))
+    return [
         Change(
             "wal_level",
             wal_level,
             wal_level if wal_level in ("replica", "logical") else "replica",
             "WAL must carry enough to rebuild the database",
             needs_restart=True,
-        )
-    )
-    senders = int(current.get("max_wal_senders", "0"))
-    plan.changes.append(
+        ),
         Change(
             "max_wal_senders",
             str(senders),
             str(max(senders, 4)),
             "pg_receivewal and pg_basebackup are WAL senders",
             needs_restart=True,
+        ),
+    ]
+
+
+def _plan_stream(plan: SetupPlan, current: dict[str, str]) -> None:
+    """Streaming: a replication slot to spare, and what to know about the slot's WAL."""
+    slots = int(current.get("max_replication_slots", "0"))
+    plan.changes.append(
+        Change(
+            "max_replication_slots",
+            str(slots),
+            str(max(slots, 2)),
+            "the pgdr slot keeps WAL until it is safe",
+            needs_restart=True,
         )
     )
-    if mode == "stream":
-        slots = int(current.get("max_replication_slots", "0"))
-        plan.changes.append(
-            Change(
-                "max_replication_slots",
-                str(slots),
-                str(max(slots, 2)),
-                "the pgdr slot keeps WAL until it is safe",
-                needs_restart=True,
-            )
-        )
-        keep = current.get("max_slot_wal_keep_size", "-1")
-        if keep != "-1":
-            plan.notes.append(
-                f"max_slot_wal_keep_size is {keep} MB: if the streamer is down longer than that "
-                "much WAL, the server drops the slot's WAL and the chain has a gap."
-            )
+    keep = current.get("max_slot_wal_keep_size", "-1")
+    if keep != "-1":
         plan.notes.append(
-            "`pgdr wal stream --synchronous` sets synchronous_standby_names itself once "
-            "connected; commits then wait for pgdr (see docs/point-in-time-recovery.md)."
+            f"max_slot_wal_keep_size is {keep} MB: if the streamer is down longer than that "
+            "much WAL, the server drops the slot's WAL and the chain has a gap."
         )
-    else:
-        exe = pgdr_executable()
-        command = archive_command(exe, archive_env or {})
-        plan.changes.append(
-            Change("archive_mode", current.get("archive_mode"), "on", "", needs_restart=True)
-        )
-        plan.changes.append(
-            Change("archive_command", current.get("archive_command"), command, "pgdr wal push")
-        )
-        plan.changes.append(
-            Change(
-                "archive_timeout",
-                current.get("archive_timeout"),
-                "60",
-                "a quiet server still archives at least once a minute (RPO 1 min)",
-            )
-        )
-    if major >= 17:
-        plan.changes.append(
-            Change("summarize_wal", current.get("summarize_wal"), "on", "incremental backups")
-        )
-    return plan
+    plan.notes.append(
+        "`pgdr wal stream --synchronous` sets synchronous_standby_names itself once "
+        "connected; commits then wait for pgdr (see docs/point-in-time-recovery.md)."
+    )
+
+
+def _archive_changes(current: dict[str, str], archive_env: dict[str, str]) -> list[Change]:
+    """Archiving: ``pgdr wal push %p`` as the archive_command, at least once a minute."""
+    command = archive_command(pgdr_executable(), archive_env)
+    return [
+        Change("archive_mode", current.get("archive_mode"), "on", "", needs_restart=True),
+        Change("archive_command", current.get("archive_command"), command, "pgdr wal push"),
+        Change(
+            "archive_timeout",
+            current.get("archive_timeout"),
+            "60",
+            "a quiet server still archives at least once a minute (RPO 1 min)",
+        ),
+    ]
 
 
 def check_archive_reachable(user: ServiceUser, env: dict[str, str], executable: Path) -> None:

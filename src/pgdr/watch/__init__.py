@@ -8,19 +8,37 @@ single entry point of ``pgdr incident ack|resolve|review``, so that every change
 Nothing here connects to the watched database except the checks themselves.
 """
 
-from pgdr.watch.build import MonitorSetup, Watched, build_monitor, flap_policy, watch_checks
+from pgdr.watch.build import (
+    MonitorSetup,
+    Watched,
+    adopt_monitor,
+    backup_period,
+    build_monitor,
+    flap_policy,
+    watch_checks,
+)
 from pgdr.watch.dashboard import dashboard_data
-from pgdr.watch.workflow import acknowledge, finish_review, incident_log, resolve, start_review
+from pgdr.watch.workflow import (
+    acknowledge,
+    finish_review,
+    incident_log,
+    incident_logs,
+    resolve,
+    start_review,
+)
 
 __all__ = [
     "MonitorSetup",
     "Watched",
     "acknowledge",
+    "adopt_monitor",
+    "backup_period",
     "build_monitor",
     "dashboard_data",
     "finish_review",
     "flap_policy",
     "incident_log",
+    "incident_logs",
     "resolve",
     "start_review",
     "watch_checks",

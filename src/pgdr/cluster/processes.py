@@ -1,0 +1,100 @@
+"""The server's processes as ``/proc`` shows them: is a PID alive, is it our postmaster.
+
+A ``postmaster.pid`` proves nothing by itself (a crash leaves it behind, and its PID may since
+belong to another program): a PID counts as the cluster's server only when it is a live, not
+zombie, ``postgres`` whose working directory is the data directory. A process of another user
+that cannot be inspected is assumed to be ours, so a running server is never taken for stale.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process, whoever owns it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.lower()
+    except OSError:
+        return ""
+    return ""
+
+
+def is_postgres_for(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is a live postgres whose working directory is ``data_dir``."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        cwd = Path(f"/proc/{pid}/cwd").readlink()
+    except OSError:
+        return True  # cannot inspect (another user's process): assume it is ours
+    return cmdline.endswith(b"postgres") and cwd.resolve() == data_dir.resolve()
+
+
+def _pid_in(pid_file: Path) -> int | None:
+    """The PID on the first line of ``postmaster.pid``; None when missing or unreadable."""
+    try:
+        return int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running_postmaster(data_dir: Path) -> int | None:
+    """The PID of the server running on ``data_dir``, or None."""
+    pid = _pid_in(data_dir / "postmaster.pid")
+    return pid if pid is not None and is_postgres_for(pid, data_dir) else None
+
+
+def move_stale_pid_file(data_dir: Path) -> str | None:
+    """Move aside a postmaster.pid left by a crash when its PID is not our server; a note
+    saying so, or None when there was nothing to move."""
+    pid_file = data_dir / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    found = _pid_in(pid_file)
+    pid = -1 if found is None else found
+    if pid > 0 and is_postgres_for(pid, data_dir):
+        return None
+    aside = pid_file.with_name(f"postmaster.pid.stale-{int(time.time())}")
+    pid_file.rename(aside)
+    return f"Moved a stale postmaster.pid (PID {pid} is not running) to {aside.name}."
+
+
+def kill_postmaster(pid: int) -> None:
+    """SIGKILL the postmaster, then wait (up to 30 s) until it is reaped and its backends have
+    noticed its death: until then a new postmaster refuses the lock files and the shared
+    memory they still hold."""
+    children = _children_of(pid)
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        Path(f"/proc/{p}").exists() for p in (pid, *children)
+    ):
+        time.sleep(0.05)
