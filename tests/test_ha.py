@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,25 @@ def streamer_state(env: dict[str, str]) -> dict[str, Any]:
     return state
 
 
+def restore(
+    env: dict[str, str], settings: PgdrSettings, moment: datetime, *target: str
+) -> dict[str, Any]:
+    """Restore into a new cluster; its txlog ids, and those committed by ``moment``."""
+    out = pgdr(env, "restore", *target, "--new-cluster", "--json")
+    assert out.code == 0, out.stdout + out.stderr
+    data: dict[str, Any] = json.loads(out.stdout)
+    try:
+        with psycopg.connect(data["url"], autocommit=True) as conn:
+            data["ids"] = {int(r[0]) for r in conn.execute("SELECT id FROM txlog").fetchall()}
+            rows = conn.execute(
+                "SELECT id FROM txlog WHERE pg_xact_commit_timestamp(xmin) <= %s", (moment,)
+            ).fetchall()
+            data["committed_by_target"] = {int(r[0]) for r in rows}
+    finally:
+        LocalCluster(Path(data["cluster_dir"]), settings).destroy()
+    return data
+
+
 def address(cluster: PatroniCluster, node: int) -> str:
     return f"127.0.0.1:{cluster.ports['pg'][node]}"
 
@@ -110,6 +130,13 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         )
         backup = pgdr(env, "backup", "--json")
         assert backup.code == 0, backup.stdout + backup.stderr
+        # a base backup from a replica (pg_basebackup there); the WAL stays the primary's
+        replica = pgdr(env, "backup", "--from", "standby", "--json")
+        assert replica.code == 0, replica.stdout + replica.stderr
+        from_replica = json.loads(replica.stdout)
+        assert (from_replica["from"], from_replica["method"]) == ("standby", "stream")
+        verified = pgdr(env, "backup", "verify", from_replica["id"], "--json")
+        assert verified.code == 0, verified.stdout + verified.stderr
         work = Workload(patroni.url)
         work.start()
         patroni.wait(lambda: len(work.acked) > 50, 30, "the workload")
@@ -141,6 +168,7 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         patroni.wait(lambda: len(work.acked) > before_crash + 50, 30, "commits on the new primary")
 
         # a failover: the primary's machine dies (kill -9 of Patroni and PostgreSQL)
+        before_failover = datetime.now(UTC)  # a point-in-time restore target, mid-workload
         crashed_at = time.time()
         patroni.crash(second)
         patroni.wait(lambda: patroni.leader() not in (None, second), 120, "a failover to a replica")
@@ -174,21 +202,27 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
             stream.wait(60)
         log.close()
 
-    restored = pgdr(env, "restore", "--latest", "--new-cluster", "--json")
-    assert restored.code == 0, restored.stdout + restored.stderr
-    data = json.loads(restored.stdout)
-    try:
-        assert data["timeline"] == 4
-        with psycopg.connect(data["url"], autocommit=True) as conn:
-            have = {int(r[0]) for r in conn.execute("SELECT id FROM txlog").fetchall()}
-    finally:
-        LocalCluster(Path(data["cluster_dir"]), settings).destroy()
+    latest = restore(env, settings, before_failover, "--latest")
+    assert latest["timeline"] == 4
+    assert latest["backup_id"] == from_replica["id"]  # the replica's backup restores
+    have = latest["ids"]
     lost = [(i, at) for i, at in work.acked if i not in have]
-    # a timeline whose history file is gone from the repository cannot be followed: a gap
+    # point-in-time before the failover: exactly the commits stamped at or before the target
+    pitr = restore(env, settings, before_failover, "--target-time", before_failover.isoformat())
+    assert pitr["ids"] == latest["committed_by_target"] != set()
+    assert pitr["ids"] < have
+    # a timeline whose history file is gone from the repository cannot be followed: a gap,
+    # and the monitor opens an incident
     (tmp_path / "repo" / "wal" / "history" / "00000003.history").unlink()
     damaged = pgdr(env, "wal", "status", "--json")
     assert damaged.code == 1
     assert "00000003.history" in json.loads(damaged.stdout)["gaps"]
+    monitored = pgdr(env, "monitor", "run", "--once", "--json")
+    assert monitored.code == 1, monitored.stdout + monitored.stderr
+    failing = {c["name"] for c in json.loads(monitored.stdout)["checks"] if not c["ok"]}
+    assert "wal_gap" in failing
+    opened = json.loads(pgdr(env, "monitor", "incidents", "--json").stdout)
+    assert any("wal_gap" in json.dumps(i) for i in opened), opened
     print(
         f"\nHA figures ({mode}): {len(work.acked)} acknowledged commits, {len(lost)} lost "
         f"across a switchover and a kill -9 failover; new primary seen {promoted:.1f} s after "

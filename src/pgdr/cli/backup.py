@@ -25,9 +25,28 @@ from pgdr.core.output import (
 )
 from pgdr.core.units import human_size
 from pgdr.restore.tested import restore_test as run_restore_test
+from pgdr.wal.server import backup_source
 
 RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Repository name (default: primary).")
+]
+
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        envvar="PGDR_BACKUP_METHOD",
+        help="files: parallel workers read the data directory (pgdr beside the server); "
+        "stream: pg_basebackup; auto: files when the data directory is readable here.",
+    ),
+]
+FromOption = Annotated[
+    str,
+    typer.Option(
+        "--from",
+        help="primary, or standby: pg_basebackup from a replica of a multi-host target "
+        "(docs/high-availability.md).",
+    ),
 ]
 
 app = typer.Typer(
@@ -67,25 +86,18 @@ def backup(
             "(or generate one when the key file is missing).",
         ),
     ] = False,
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            envvar="PGDR_BACKUP_METHOD",
-            help="files: parallel workers read the data directory (pgdr beside the server); "
-            "stream: pg_basebackup; auto: files when the data directory is readable here.",
-        ),
-    ] = "auto",
+    method: MethodOption = "auto",
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
     ] = None,
+    source: FromOption = "primary",
     as_json: JsonOption = False,
 ) -> None:
     """Take a base backup of the target database into a repository."""
     if ctx.invoked_subcommand is not None:
         return
     repo = open_repo(repo_name)
-    conninfo = target().conninfo
+    conninfo, method = backup_source(target().conninfo, source, method)
     facts = server_facts(conninfo)
     began = time.monotonic()
     chosen: dict[str, str] = {}
@@ -114,6 +126,7 @@ def backup(
         "repository": repo.name,
         "duration_s": round(duration, 3),
         "method": chosen.get("method", method),
+        "from": source,
     }
 
     show_key_note(repo)  # on stderr, also with --json: the user must learn where the key is

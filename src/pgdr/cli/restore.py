@@ -1,4 +1,5 @@
-"""``pgdr restore``: bring a base backup back into a new data directory, optionally started."""
+"""``pgdr restore``: bring a base backup back into a new data directory, optionally started,
+optionally configured as a standby of a running primary (``--as-standby``)."""
 
 from __future__ import annotations
 
@@ -7,39 +8,75 @@ from typing import Annotated, Any
 
 import typer
 
+from pgdr.backup.manifest import Manifest
+from pgdr.backup.repository import Repository
 from pgdr.cli import pitr
 from pgdr.cli.backup import RepoOption, open_repo, show_key_note
 from pgdr.cli.common import JsonOption, settings
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, progress_bar
 from pgdr.core.units import human_size
-from pgdr.restore import (
-    backup_chain,
-    restore_backup,
-    start_restored,
-)
+from pgdr.restore import RestoreResult, backup_chain, restore_backup, start_restored
 from pgdr.restore.delta import delta_restore
+from pgdr.restore.standby import restore_as_standby
+
+BackupArgument = Annotated[
+    str | None,
+    typer.Argument(help="Backup id, unique prefix, or 'latest' (with a target: optional)."),
+]
+ToOption = Annotated[Path | None, typer.Option("--to", help="The new data directory to create.")]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace the directory if it exists and is not empty.")
+]
+StartOption = Annotated[
+    bool, typer.Option("--start", help="Start it on a free port and print its connection URL.")
+]
+PortOption = Annotated[
+    int | None, typer.Option(help="Port for --start (default: free).", min=1, max=65535)
+]
+CheckFilesOption = Annotated[
+    bool,
+    typer.Option(
+        "--check-files",
+        help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
+    ),
+]
+DeltaOption = Annotated[
+    bool,
+    typer.Option(
+        "--delta",
+        help="Rewrite only what differs in the existing data directory --to (with --force).",
+    ),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+]
+AsStandbyOption = Annotated[
+    bool,
+    typer.Option(
+        "--as-standby",
+        help="Configure --to DIR as a streaming replica of the server named by "
+        "--primary-conninfo-env (see docs/high-availability.md).",
+    ),
+]
+PrimaryConninfoEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--primary-conninfo-env",
+        metavar="VAR",
+        help="With --as-standby: the environment variable holding the primary's connection "
+        "string (its password is kept out of the configuration).",
+    ),
+]
 
 
 def restore(
-    backup_id: Annotated[
-        str | None,
-        typer.Argument(help="Backup id, unique prefix, or 'latest' (with a target: optional)."),
-    ] = None,
-    to: Annotated[
-        Path | None, typer.Option("--to", help="The new data directory to create.")
-    ] = None,
+    backup_id: BackupArgument = None,
+    to: ToOption = None,
     repo_name: RepoOption = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace the directory if it exists and is not empty.")
-    ] = False,
-    start: Annotated[
-        bool,
-        typer.Option("--start", help="Start it on a free port and print its connection URL."),
-    ] = False,
-    port: Annotated[
-        int | None, typer.Option(help="Port for --start (default: free).", min=1, max=65535)
-    ] = None,
+    force: ForceOption = False,
+    start: StartOption = False,
+    port: PortOption = None,
     target_time: pitr.TargetTimeOption = None,
     target_lsn: pitr.TargetLsnOption = None,
     target_xid: pitr.TargetXidOption = None,
@@ -49,87 +86,94 @@ def restore(
     accept_rollback: pitr.AcceptRollbackOption = False,
     timeline: pitr.TimelineOption = None,
     new_cluster: pitr.NewClusterOption = False,
-    check_files: Annotated[
-        bool,
-        typer.Option(
-            "--check-files",
-            help="Also recompute every file's SHA-256 while restoring (one stream, slower).",
-        ),
-    ] = False,
-    delta: Annotated[
-        bool,
-        typer.Option(
-            "--delta",
-            help="Rewrite only what differs in the existing data directory --to (with --force).",
-        ),
-    ] = False,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
-    ] = None,
+    check_files: CheckFilesOption = False,
+    delta: DeltaOption = False,
+    workers: WorkersOption = None,
+    as_standby: AsStandbyOption = False,
+    primary_conninfo_env: PrimaryConninfoEnvOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a base backup, or (with a target) the database as it was at a moment.
 
     Without a target: the base backup as it was at its end, into --to DIR. With --target-time,
     --target-lsn, --target-xid, --target-name or --latest: point-in-time recovery (see
-    docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running.
+    docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running. With
+    --as-standby: DIR starts as a replica that catches up from the repository and the primary.
     """
     target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
-    if target is not None or new_cluster:
+    to_point = target is not None or new_cluster
+    _check_standby_options(as_standby, primary_conninfo_env, to_point or delta)
+    if to_point:
         pitr.restore_to_point(
-            target,
-            backup_id,
-            to,
-            repo_name,
-            new_cluster,
-            start,
-            force,
-            port,
-            timeline,
-            as_json,
-            accept_rollback,
-        )
+            target, backup_id, to, repo_name, new_cluster, start, force, port, timeline,
+            as_json, accept_rollback,
+        )  # fmt: skip
         return
     if backup_id is None or to is None:
         raise ConfigError(
             "Give a backup id and --to DIR, or a recovery target (--latest, --target-time ...)."
         )
-    s = settings()
     repo = open_repo(repo_name)
     manifest = repo.read_manifest(repo.resolve_id(backup_id))
-    total = sum(m.stream_size for m in backup_chain(repo, manifest))
+    result = _lay_down(
+        repo, manifest, to, force, delta, primary_conninfo_env, check_files, workers, as_json
+    )
+    data: dict[str, Any] = result.as_dict() | {"standby": as_standby}
+    if start:
+        data |= start_restored(settings(), manifest.id, result.data_dir, result.pg_major, port)
+    show_key_note(repo)
+    emit(data, as_json, lambda: _render(result, data))
 
+
+def _lay_down(
+    repo: Repository,
+    manifest: Manifest,
+    to: Path,
+    force: bool,
+    delta: bool,
+    conninfo_env: str | None,
+    check_files: bool,
+    workers: int | None,
+    as_json: bool,
+) -> RestoreResult:
+    """The backup's files into ``to``: in full, as a delta, or configured as a standby."""
+    total = sum(m.stream_size for m in backup_chain(repo, manifest))
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
         if delta:
-            result = delta_restore(
+            return delta_restore(
                 repo, manifest.id, to, force=force, progress=advance, workers=workers
             )
-        else:
-            result = restore_backup(
-                repo,
-                manifest.id,
-                to,
-                force=force,
-                progress=advance,
-                check_files=check_files,
+        if conninfo_env is not None:
+            return restore_as_standby(
+                repo, manifest.id, to, conninfo_env, force=force, progress=advance,
                 workers=workers,
-            )
-    data: dict[str, Any] = result.as_dict()
-    if start:
-        data |= start_restored(s, manifest.id, result.data_dir, result.pg_major, port)
+            )  # fmt: skip
+        return restore_backup(
+            repo, manifest.id, to, force=force, progress=advance, check_files=check_files,
+            workers=workers,
+        )  # fmt: skip
 
-    show_key_note(repo)
 
-    def render() -> None:
-        console.print(
-            f"Restored backup {result.backup_id} into {result.data_dir}: "
-            f"{result.files} files, {human_size(result.bytes_restored)}, "
-            f"{result.duration_s:.1f} s."
+def _check_standby_options(as_standby: bool, conninfo_env: str | None, to_point: bool) -> None:
+    if as_standby and conninfo_env is None:
+        raise ConfigError("--as-standby needs --primary-conninfo-env VAR (the primary's address).")
+    if conninfo_env is not None and not as_standby:
+        raise ConfigError("--primary-conninfo-env goes with --as-standby.")
+    if as_standby and to_point:
+        raise ConfigError(
+            "--as-standby restores a base backup to follow the primary: it takes no recovery "
+            "target, --new-cluster or --delta."
         )
-        for note in result.notes:
-            console.print(note)
-        if start:
-            console.print(f"Started PostgreSQL {result.pg_version} on port {data['port']}.")
-            console.print(f"URL: {data['url']}")
 
-    emit(data, as_json, render)
+
+def _render(result: RestoreResult, data: dict[str, Any]) -> None:
+    console.print(
+        f"Restored backup {result.backup_id} into {result.data_dir}: "
+        f"{result.files} files, {human_size(result.bytes_restored)}, "
+        f"{result.duration_s:.1f} s."
+    )
+    for note in result.notes:
+        console.print(note)
+    if "port" in data:
+        console.print(f"Started PostgreSQL {result.pg_version} on port {data['port']}.")
+        console.print(f"URL: {data['url']}")

@@ -11,7 +11,8 @@ incremental) into temporary directories next to the target, then ``pg_combinebac
 synthetic full backup into the staging directory; this needs local disk for the whole chain.
 
 The result is a data directory that reaches consistency by itself (the WAL of the backup is in
-``pg_wal``) and starts as a copy of the server at the end of the backup. Recovery settings for
+``pg_wal``) and starts as a copy of the server at the end of the backup, never as a replica
+(a backup taken from a standby loses its ``standby.signal``). Recovery settings for
 point-in-time recovery are a separate step that writes into the restored directory.
 """
 
@@ -443,6 +444,7 @@ def restore_backup(
             written, files, notes = _restore_into(
                 repo, chain, target, owner, progress, workers, check_files, force
             )
+            notes += _not_a_standby(target)
     except OSError as exc:
         raise write_failure(exc, target.parent, "restore") from exc
     return RestoreResult(
@@ -456,6 +458,18 @@ def restore_backup(
         duration_s=time.monotonic() - began,
         notes=notes,
     )
+
+
+def _not_a_standby(target: Path) -> list[str]:
+    """A backup taken from a replica holds its ``standby.signal``: started as it is, the restored
+    copy would stream from the replica's primary. Taken out, the copy starts on its own (its
+    ``primary_conninfo`` is then unused); ``--as-standby`` makes a replica on purpose."""
+    signal = target / "standby.signal"
+    if not signal.exists():
+        return []
+    signal.unlink()
+    return ["The backup was taken from a standby: its standby.signal was left out, so the "
+            "restored copy does not follow that standby's primary."]  # fmt: skip
 
 
 def _restore_into(

@@ -345,60 +345,10 @@ def plan_pitr(
     notes: list[str] = []
 
     if target_time is not None:
-        if target_time < window_start:
-            raise CheckFailed(
-                f"{_fmt(target_time)} is before the recovery window, which starts at "
-                f"{_fmt(window_start)} (the end of the oldest base backup)."
-            )
-        if window_end is None or target_time > window_end:
-            raise CheckFailed(
-                f"{_fmt(target_time)} is after the newest WAL in the repository "
-                f"({_fmt(window_end)}): the recovery window ends there."
-            )
-
-    def fits(m: Manifest) -> bool:
-        if target_lsn is not None:
-            return parse_lsn(m.stop_lsn) <= target_lsn
-        if target_time is not None:
-            return m.stop_datetime <= target_time
-        return True
-
-    if backup_id:
-        chosen = repo.read_manifest(repo.resolve_id(backup_id))
-        if not fits(chosen):
-            raise CheckFailed(
-                f"Backup {chosen.id} ends after {target.describe()}; it cannot be rolled back, "
-                "choose an older backup or let pgdr choose."
-            )
-    elif target.kind == "xid":
-        chosen = backups[0]  # which backup precedes an xid is unknown: the oldest is safe
-        notes.append("A transaction-id target replays from the oldest backup.")
-    else:
-        fitting = [m for m in backups if fits(m)]
-        if not fitting:
-            first = min(backups, key=lambda m: parse_lsn(m.stop_lsn))
-            raise CheckFailed(
-                f"{target.describe()} is before the recovery window: the oldest base backup "
-                f"({first.id}) ends at {first.stop_lsn}, {first.stop_time}."
-            )
-        chosen = fitting[-1]
-    base_lsn = parse_lsn(chosen.start_lsn)
-    tli = choose_timeline(chain, chosen.timeline, base_lsn, timeline)
-    if target_lsn is not None and target_lsn < base_lsn:
-        raise CheckFailed(f"{target.describe()} is before backup {chosen.id} starts.")
-    required_until = segment_of_lsn(target_lsn, archive.segment_size) if target_lsn else None
-    segments = chain.needed(tli, base_lsn, None, use_partial=True, required_until=required_until)
-    last_seg = segments[-1][0].segno if segments else None
-    stop_seg = segment_of_lsn(parse_lsn(chosen.stop_lsn), archive.segment_size)
-    if last_seg is None or last_seg < stop_seg:
-        raise CheckFailed(
-            f"The WAL of backup {chosen.id} (up to {chosen.stop_lsn}) is not in the repository."
-        )
-    if target_lsn is not None and target_lsn > (last_seg + 1) * archive.segment_size:
-        raise CheckFailed(
-            f"{target.describe()} is after the newest WAL on timeline {tli} "
-            f"(up to {format_lsn((last_seg + 1) * archive.segment_size)})."
-        )
+        _check_window(target_time, window_start, window_end)
+    chosen = _choose_backup(repo, backups, target, backup_id, target_lsn, target_time, notes)
+    tli = choose_timeline(chain, chosen.timeline, parse_lsn(chosen.start_lsn), timeline)
+    segments = _needed_wal(chain, archive.segment_size, chosen, tli, target, target_lsn)
     histories = sorted(n for n, _s in archive.names() if is_history(n))
     plan = PitrPlan(
         target=target,
@@ -414,6 +364,87 @@ def plan_pitr(
     if target.kind == "latest":
         _check_rollback(repo, archive, plan, backups, timeline is None, accept_rollback)
     return plan
+
+
+def _needed_wal(
+    chain: Chain,
+    size: int,
+    chosen: Manifest,
+    tli: int,
+    target: Target,
+    target_lsn: int | None,
+) -> list[tuple[Segment, bool]]:
+    """The WAL from the backup's start along ``tli``, checked to cover the backup and target."""
+    base_lsn = parse_lsn(chosen.start_lsn)
+    if target_lsn is not None and target_lsn < base_lsn:
+        raise CheckFailed(f"{target.describe()} is before backup {chosen.id} starts.")
+    required_until = segment_of_lsn(target_lsn, size) if target_lsn else None
+    segments = chain.needed(tli, base_lsn, None, use_partial=True, required_until=required_until)
+    last_seg = segments[-1][0].segno if segments else None
+    stop_seg = segment_of_lsn(parse_lsn(chosen.stop_lsn), size)
+    if last_seg is None or last_seg < stop_seg:
+        raise CheckFailed(
+            f"The WAL of backup {chosen.id} (up to {chosen.stop_lsn}) is not in the repository."
+        )
+    if target_lsn is not None and target_lsn > (last_seg + 1) * size:
+        raise CheckFailed(
+            f"{target.describe()} is after the newest WAL on timeline {tli} "
+            f"(up to {format_lsn((last_seg + 1) * size)})."
+        )
+    return segments
+
+
+def _check_window(moment: datetime, start: datetime, end: datetime | None) -> None:
+    """A time target inside the recovery window (oldest backup's end .. newest WAL)."""
+    if moment < start:
+        raise CheckFailed(
+            f"{_fmt(moment)} is before the recovery window, which starts at "
+            f"{_fmt(start)} (the end of the oldest base backup)."
+        )
+    if end is None or moment > end:
+        raise CheckFailed(
+            f"{_fmt(moment)} is after the newest WAL in the repository "
+            f"({_fmt(end)}): the recovery window ends there."
+        )
+
+
+def _choose_backup(
+    repo: Repository,
+    backups: list[Manifest],
+    target: Target,
+    backup_id: str | None,
+    target_lsn: int | None,
+    target_time: datetime | None,
+    notes: list[str],
+) -> Manifest:
+    """The given backup if it ends before the target, else the newest one that does."""
+
+    def fits(m: Manifest) -> bool:
+        if target_lsn is not None:
+            return parse_lsn(m.stop_lsn) <= target_lsn
+        if target_time is not None:
+            return m.stop_datetime <= target_time
+        return True
+
+    if backup_id:
+        chosen = repo.read_manifest(repo.resolve_id(backup_id))
+        if not fits(chosen):
+            raise CheckFailed(
+                f"Backup {chosen.id} ends after {target.describe()}; it cannot be rolled back, "
+                "choose an older backup or let pgdr choose."
+            )
+        return chosen
+    if target.kind == "xid":
+        notes.append("A transaction-id target replays from the oldest backup.")
+        return backups[0]  # which backup precedes an xid is unknown: the oldest is safe
+    fitting = [m for m in backups if fits(m)]
+    if not fitting:
+        first = min(backups, key=lambda m: parse_lsn(m.stop_lsn))
+        raise CheckFailed(
+            f"{target.describe()} is before the recovery window: the oldest base backup "
+            f"({first.id}) ends at {first.stop_lsn}, {first.stop_time}."
+        )
+    return fitting[-1]
 
 
 def fetch_wal(
@@ -552,6 +583,33 @@ def _recover(
             ) from None
 
 
+def _check_before_writing(
+    repo: Repository,
+    plan: PitrPlan,
+    data_dir: Path,
+    cluster_dir: Path,
+    force: bool,
+    publish_timeline: bool,
+) -> None:
+    """The target free (or --force), the backup's chunks stored, the repository writable."""
+    if data_dir.exists() and any(data_dir.iterdir()) and not force:
+        raise ConfigError(
+            f"{data_dir} already exists and is not empty; restore into a new directory "
+            "or pass --force to replace it."
+        )
+    if (cluster_dir / "cluster.json").exists():
+        raise ConfigError(f"{cluster_dir} already holds a cluster; choose another place.")
+    check_backup_stored(repo, plan.backup)
+    try:
+        if publish_timeline:
+            repo.store.check_writable()
+    except PgdrError as exc:
+        raise RuntimeFailure(
+            f"{exc.message.rstrip('.')}: a point-in-time restore records the new timeline "
+            "there; nothing was restored."
+        ) from exc
+
+
 def run_pitr(
     repo: Repository,
     archive: WalArchive,
@@ -577,22 +635,7 @@ def run_pitr(
     """
     log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     data_dir = data_dir.resolve()
-    if data_dir.exists() and any(data_dir.iterdir()) and not force:
-        raise ConfigError(
-            f"{data_dir} already exists and is not empty; restore into a new directory "
-            "or pass --force to replace it."
-        )
-    if (cluster_dir / "cluster.json").exists():
-        raise ConfigError(f"{cluster_dir} already holds a cluster; choose another place.")
-    check_backup_stored(repo, plan.backup)
-    try:
-        if publish_timeline:
-            repo.store.check_writable()
-    except PgdrError as exc:
-        raise RuntimeFailure(
-            f"{exc.message.rstrip('.')}: a point-in-time restore records the new timeline "
-            "there; nothing was restored."
-        ) from exc
+    _check_before_writing(repo, plan, data_dir, cluster_dir, force, publish_timeline)
     remove_stale(data_dir.parent)
     check_space(
         data_dir.parent, plan.total_bytes(repo, archive.segment_size), "point-in-time restore"
@@ -617,6 +660,44 @@ def run_pitr(
             )
     except OSError as exc:
         raise write_failure(exc, data_dir.parent, "point-in-time restore") from exc
+
+
+def _promoted(
+    repo: Repository,
+    archive: WalArchive,
+    plan: PitrPlan,
+    cluster: LocalCluster,
+    publish_timeline: bool,
+) -> tuple[int, datetime | None, str | None]:
+    """After promotion: the new timeline (its history published), the last replayed commit's
+    time and LSN; the data directory's configuration is the original's again."""
+    with connect(cluster.conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text"
+        ).fetchone()
+        assert row is not None
+        new_tli = current_timeline(conn)
+    history = cluster.data_dir / "pg_wal" / history_name(new_tli)
+    if publish_timeline and new_tli > 1 and history.is_file():
+        archive.push(history.name, history.read_bytes())
+    _unconfigure_recovery(cluster.data_dir)
+    if plan.segments:
+        remember_wal(repo, plan.segments[-1][0].timeline, plan.segments[-1][0].segno)
+    return new_tli, row[0], str(row[1]) if row[1] else None
+
+
+def _release(
+    cluster: LocalCluster, data_dir: Path, cluster_dir: Path, made: list[Path]
+) -> Path | None:
+    """Stop the recovered server; the cluster directory that stays, if any."""
+    cluster.stop()
+    if cluster_dir in made and not data_dir.is_relative_to(cluster_dir):
+        # --to DIR: the cluster was only the vehicle of recovery; DIR stays a plain
+        # data directory with its own configuration.
+        shutil.rmtree(cluster_dir)
+        (data_dir / "postmaster.opts").unlink(missing_ok=True)
+        return None
+    return cluster_dir
 
 
 def _run(
@@ -655,46 +736,25 @@ def _run(
         notes = list(plan.notes)
         _recover(cluster, plan, spool, timeout, notes)
         recovery_s = time.monotonic() - recovering
-        with connect(cluster.conninfo(), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text"
-            ).fetchone()
-            assert row is not None
-            new_tli = current_timeline(conn)
-        replayed_at: datetime | None = row[0]
-        history = data_dir / "pg_wal" / history_name(new_tli)
-        if publish_timeline and new_tli > 1 and history.is_file():
-            archive.push(history.name, history.read_bytes())
-        _unconfigure_recovery(data_dir)
-        if plan.segments:
-            remember_wal(repo, plan.segments[-1][0].timeline, plan.segments[-1][0].segno)
+        new_tli, at, lsn = _promoted(repo, archive, plan, cluster, publish_timeline)
         shutil.rmtree(spool, ignore_errors=True)
-        running = keep_running
-        port = cluster.port
-        kept_dir: Path | None = cluster_dir
-        if not keep_running:
-            cluster.stop()
-            if cluster_dir in made and not data_dir.is_relative_to(cluster_dir):
-                # --to DIR: the cluster was only the vehicle of recovery; DIR stays a plain
-                # data directory with its own configuration.
-                shutil.rmtree(cluster_dir)
-                (data_dir / "postmaster.opts").unlink(missing_ok=True)
-                kept_dir = None
+        port, url = cluster.port, cluster.conninfo()  # before a --to DIR's cluster goes
+        kept_dir = cluster_dir if keep_running else _release(cluster, data_dir, cluster_dir, made)
         return PitrResult(
             backup_id=plan.backup.id,
             data_dir=str(data_dir),
             target=plan.target.describe(),
             timeline=new_tli,
-            recovered_to_time=format_time(replayed_at) if replayed_at else None,
-            recovered_to_lsn=str(row[1]) if row[1] else None,
+            recovered_to_time=format_time(at) if at else None,
+            recovered_to_lsn=lsn,
             segments_fetched=len(plan.segments),
             wal_bytes=wal_bytes,
             duration_s=time.monotonic() - began,
             recovery_s=recovery_s,
-            url=cluster.conninfo() if running else None,
+            url=url if keep_running else None,
             port=port,
             cluster_dir=str(kept_dir) if kept_dir else None,
-            running=running,
+            running=keep_running,
             notes=notes,
         )
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgdr.core.connect import connect as core_connect
 from pgdr.core.connect import hosts, redact
-from pgdr.core.errors import RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.runner import last_line
 
 DEFAULT_SLOT = "pgdr"
@@ -82,20 +83,94 @@ def ensure_slot(conninfo: str, slot: str) -> bool:
 def resolve_primary(conninfo: str) -> str:
     """A single-host connection string of the server that accepts writes now.
 
-    A multi-host string (a Patroni cluster) is tried host by host with
-    ``target_session_attrs=read-write``; the answer names that one server, so a client program
-    (pg_receivewal) stays on it and notices when it stops being the primary. A single host is
-    returned as given.
+    A multi-host string (a Patroni cluster) is tried host by host; the answer names that one
+    server, so a client program (pg_receivewal) stays on it and notices when it stops being the
+    primary. Two hosts accepting writes at once (a split brain, e.g. an old primary that came
+    back beside the promoted one): the one on the higher timeline wins, since the other's newest
+    WAL is a branch that was left; two on the same timeline are refused (RuntimeFailure), as
+    pgdr cannot tell which history is the real one. A single host is returned as given.
     """
     if len(hosts(conninfo)) < 2:
         return conninfo
-    with connect(make_conninfo(conninfo, target_session_attrs="read-write")) as conn:
-        host, port = conn.info.host, conn.info.port
+    claims: list[tuple[int, str]] = []
+    for one in each_host(conninfo):
+        with contextlib.suppress(RuntimeFailure), connect(one) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and not row[0]:
+                claims.append((current_timeline(conn), one))
+    if not claims:
+        raise RuntimeFailure(f"No server among {listed_hosts(conninfo)} accepts writes now.")
+    claims.sort(reverse=True)
+    if len(claims) > 1 and claims[0][0] == claims[1][0]:
+        both = " and ".join(server_address(c) for _t, c in claims)
+        raise RuntimeFailure(
+            f"{both} both accept writes on timeline {claims[0][0]} (a split brain): pgdr "
+            "streams from neither until one of them stops being a primary."
+        )
+    return claims[0][1]
+
+
+def each_host(conninfo: str) -> list[str]:
+    """One single-host connection string per host of a multi-host string, in order."""
+    params = {k: v for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    names = str(params.get("host") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    return [
+        _one_host(conninfo, name, ports[i] if i < len(ports) else ports[-1])
+        for i, name in enumerate(names)
+    ]
+
+
+def listed_hosts(conninfo: str) -> str:
+    """``host:port, ...`` of a connection string (for messages; no secrets)."""
+    return ", ".join(server_address(one) for one in each_host(conninfo))
+
+
+def _one_host(conninfo: str, host: str | None, port: int | str) -> str:
     params = {k: v for k, v in conninfo_to_dict(conninfo).items() if v is not None}
     params.pop("hostaddr", None)
     params.pop("target_session_attrs", None)
-    params |= {"host": host, "port": str(port)}
-    return make_conninfo("", **params)
+    params |= {"host": host or "", "port": str(port)}
+    return make_conninfo("", **{k: v for k, v in params.items() if v})
+
+
+def resolve_standby(conninfo: str) -> str:
+    """A single-host connection string of a server in recovery (a replica) reachable now.
+
+    A multi-host string is tried with ``target_session_attrs=standby``; a single host must be a
+    standby itself. No standby reachable: one sentence (RuntimeFailure), nothing done.
+    """
+    listed = listed_hosts(conninfo)
+    try:
+        with connect(make_conninfo(conninfo, target_session_attrs="standby")) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            host, port = conn.info.host, conn.info.port
+    except RuntimeFailure:
+        row = None
+    if row is None or not row[0]:
+        raise RuntimeFailure(
+            f"No standby is reachable among the target's hosts ({listed}): back up from the "
+            "primary (without --from standby) or bring a replica back; nothing was done."
+        )
+    return _one_host(conninfo, host, port)
+
+
+def backup_source(conninfo: str, source: str, method: str) -> tuple[str, str]:
+    """The server a base backup reads (``primary`` or ``standby``) and the method to use.
+
+    From a standby the backup is ``pg_basebackup``'s (``stream``): the ``files`` method reads
+    the primary's data directory beside it and is refused with ``--from standby``.
+    """
+    if source == "primary":
+        return conninfo, method
+    if source != "standby":
+        raise ConfigError(f"--from takes primary or standby, not {source!r}.")
+    if method == "files":
+        raise ConfigError(
+            "--from standby takes the backup with pg_basebackup (--method stream or auto); "
+            "the files method reads the primary's data directory."
+        )
+    return resolve_standby(conninfo), "stream"
 
 
 def server_address(conninfo: str) -> str:

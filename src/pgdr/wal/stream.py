@@ -57,6 +57,7 @@ from pgdr.core.connect import client_environment, hosts
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
+from pgdr.core.severity import Severity
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.receiver import ReceiverHealth, drop_torn_partials, release_sealed
 from pgdr.wal.server import (
@@ -187,7 +188,7 @@ class Streamer:
                 "(`pgdr wal setup --patroni`)."
             )
             self.log.warning(message)
-            self._incident("wal-slot-missing", message)
+            self._incident("wal-slot-missing", message, Severity.P1)
         if self.status.primary not in (None, address):
             self.log.warning("The primary moved: following %s now.", address)
             self._incident("wal-primary-moved", f"the streamer follows the new primary {address}")
@@ -283,8 +284,12 @@ class Streamer:
             )
             path.unlink()
 
-    def _incident(self, kind: str, message: str) -> None:
+    def _incident(self, kind: str, message: str, severity: Severity | None = None) -> None:
+        """A record next to the WAL; with a severity also an incident in the incident store."""
         repository_incident(self.archive, kind, message)
+        if severity is not None and self.incidents is not None:
+            with contextlib.suppress(PgdrError, OSError):
+                self.incidents.raise_(kind, severity, message)
 
     def _heartbeat(self) -> None:
         with contextlib.suppress(PgdrError):
