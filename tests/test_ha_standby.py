@@ -121,9 +121,18 @@ def test_restore_as_standby_catches_up_from_the_repository_then_streams(
         w.wait_for(replayed, 30, "the rows replayed on the rebuilt standby")
     log = standby.log_file.read_text(errors="replace")
     assert f'restored log file "{segment}" from archive' in log, log[-3000:]
+    # a backup of the rebuilt replica: its standby.signal is left out by a delta restore too
+    both = w.env | {"DATABASE_URL": hosts_of(w.cluster, standby)}
+    replica = run_cli("backup", "--from", "standby", "--json", env=both, timeout=300)
+    assert replica.code == 0, replica.stdout + replica.stderr
     second = rebuild(target.with_name("second"))
     try:
         split_brain(w.cluster, standby, second, IncidentStore(scratch / "incidents"))
+        delta = w.cli("restore", json.loads(replica.stdout)["id"], "--delta", "--force",
+                      "--to", str(second.data_dir), "--json")  # fmt: skip
+        assert delta.code == 0, delta.stdout + delta.stderr
+        assert "standby.signal was left out" in delta.stdout
+        assert not (second.data_dir / "standby.signal").exists()
     finally:
         standby.destroy()
         second.destroy()
