@@ -28,7 +28,8 @@ the uploader puts both into the repository. The slot must exist on the new prima
 permanent slot); when it does not, pgdr creates it and says so, and what could not be fetched
 shows as a gap in ``pgdr wal status``. A spool position the new primary never had (WAL the old
 primary wrote but no replica received: an asynchronous failover's loss) is dropped from the
-spool after being uploaded; the repository keeps it on the old timeline.
+spool after being uploaded; the repository keeps it on the old timeline. Two primaries on one
+timeline (a split brain) are refused and open a P0 incident until a single primary is back.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from pgdr.wal.server import (
     connect,
     current_timeline,
     ensure_slot,
+    primary_or_incident,
     resolve_primary,
     server_address,
     server_info,
@@ -178,7 +180,7 @@ class Streamer:
     # ----- pg_receivewal ----------------------------------------------------------------------
     def _follow_primary(self) -> None:
         """Resolve the primary (multi-host) and make sure the slot exists there."""
-        self.server = resolve_primary(self.o.conninfo)
+        self.server = primary_or_incident(self.o.conninfo, self.incidents)
         address = server_address(self.server)
         if ensure_slot(self.server, self.o.slot) and self.status.primary is not None:
             message = (
