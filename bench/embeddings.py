@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -257,9 +258,12 @@ def main() -> None:
     print(line("runbook port", base, base_api))
     print(line("pgdr reembed", ours, ours_api))
     print(line("pgdr reembed, cache warm", warm, warm_api))
+    print(f"\nload average {os.getloadavg()[0]:.1f} (2 cores here)")
     if base["rows"]:
         ratio = (ours["rows"] / ours["wall"]) / (base["rows"] / base["wall"])
-        print(f"\npgdr / runbook: {ratio:.1f}x rows/s")
+        print(f"pgdr / runbook: {ratio:.1f}x rows/s")
+    warm_ratio = (warm["rows"] / warm["wall"]) / (ours["rows"] / ours["wall"])
+    print(f"pgdr warm / cold: {warm_ratio:.1f}x rows/s")
 
 
 if __name__ == "__main__":

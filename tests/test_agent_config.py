@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import run_cli
+from pgdr.agent.jobs import server_log_tail
 from pgdr.config.fleet import Schedule, parse_agent_config, parse_fleet
 from pgdr.core.errors import ConfigError
 
@@ -250,3 +251,17 @@ def test_agent_serve_answers_and_stops_cleanly(tmp_path: Path, cli_env: dict[str
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_failed_restore_test_keeps_why_the_server_stopped(tmp_path: Path) -> None:
+    """The throwaway cluster is removed; its log's cause and last lines stay in the record."""
+    lines = [f"2026-12-01 04:00:{i:02d} UTC [9] LOG:  redo at 0/{i:X}000000" for i in range(40)]
+    lines[20] = '2026-12-01 04:00:20 UTC [9] FATAL:  could not open file "pg_wal/x": No space'
+    lines += ["2026-12-01 04:00:41 UTC [7] LOG:  startup process (PID 9) exited with exit code 1"]
+    lines += ["2026-12-01 04:00:42 UTC [7] LOG:  database system is shut down"]
+    (tmp_path / "server.log").write_text("\n".join(lines) + "\n")
+    tail = server_log_tail(tmp_path)
+    assert "FATAL:  could not open file" in tail
+    assert tail.endswith("database system is shut down")
+    assert "redo at 0/2000000" not in tail  # an ordinary line from the middle
+    assert server_log_tail(tmp_path / "gone") == ""

@@ -11,10 +11,13 @@ import psycopg
 import pytest
 
 from fixtures.agent import AgentEnv, agent_env, new_cluster
+from fixtures.receivers import HttpReceiver
 from pgdr.config import PgdrSettings
+from pgdr.core.incidents import IncidentStore
 
 TWO_NAMES = """
 [agent]
+drill_scenarios = ["scenario1"]
 retry_base_s = 1
 retry_max_s = 2
 connect_retry_max_s = 1
@@ -28,6 +31,7 @@ wal = false
 full = "1h"
 restore_test = "off"
 uptime = "off"
+drill = "15s"
 [databases.clone]
 url_env = "CLONE_URL"
 wal = false
@@ -35,9 +39,16 @@ wal = false
 full = "1h"
 restore_test = "off"
 uptime = "off"
+drill = "15s"
 """
 
 FAULTS = """
+[[contacts]]
+name = "Olga"
+role = "on-call"
+channels = ["webhook:{hook}"]
+[notify]
+timeout_seconds = 2
 [agent]
 retry_base_s = 1
 retry_max_s = 2
@@ -59,7 +70,7 @@ repositories = ["blocked"]
 [databases.norepo.schedule]
 full = "1h"
 restore_test = "off"
-uptime = "off"
+uptime = "2s"
 """
 
 
@@ -105,6 +116,24 @@ def test_two_names_for_one_cluster_are_refused(
         assert not backups(a, refused)
         assert backups(a, served)
         assert code == 2  # the worst database decides
+        assert report["databases"][served]["last_drill"] is None
+        # the drill job (a schedule of seconds, one scenario) runs for the served name only
+        a.wait_for(
+            lambda: bool(
+                a.events(served, "drill", "finished") or a.events(served, "drill", "failed")
+            ),
+            timeout=300,
+            what="the drill job",
+        )
+        (ran,) = a.events(served, "drill", "finished")
+        assert ran["summary"]["scenarios"]["scenario1"]["passed"] is True
+        assert not a.events(refused, "drill", "started")
+        drill = a.status()[1]["databases"][served]["last_drill"]
+        assert drill["passed"] is True and drill["scenarios"] == ["scenario1"]
+        assert drill["id"] == ran["summary"]["run_id"] and drill["rto_s"] > 0
+        assert drill["rpo_s"] is not None
+        human = a.cli("status", "--db", served)
+        assert "last drill" in human.stdout and "passed (scenario1)" in human.stdout
         assert a.stop(proc) == 0
     finally:
         cluster.destroy()
@@ -112,8 +141,14 @@ def test_two_names_for_one_cluster_are_refused(
 
 @pytest.mark.timeout(600)
 def test_database_down_and_repository_unwritable_are_reported_and_retried(
-    settings: PgdrSettings, tmp_path: Path, agent_procs: list[AgentEnv]
+    settings: PgdrSettings,
+    tmp_path: Path,
+    agent_procs: list[AgentEnv],
+    http_receiver: HttpReceiver,
 ) -> None:
+    """Also the agent's monitor rounds: the uptime check of a database that is down opens an
+    incident in its store and notifies the webhook, and resolves when it is back; a job failing
+    three times in a row is a P1 incident naming it and its error."""
     down = new_cluster(settings, "down")
     norepo = new_cluster(settings, "norepo")
     try:
@@ -122,7 +157,7 @@ def test_database_down_and_repository_unwritable_are_reported_and_retried(
         a = agent_env(
             settings,
             tmp_path,
-            FAULTS,
+            FAULTS.replace("{hook}", http_receiver.url),
             DOWN_URL=down.conninfo(),
             NOREPO_URL=norepo.conninfo(),
         )
@@ -151,6 +186,21 @@ def test_database_down_and_repository_unwritable_are_reported_and_retried(
         failing = [r for r in reasons if "backup_full job is failing" in r]
         assert failing and "blocker" in failing[0], reasons  # the storage's own sentence
         assert "unreachable, retrying" in a.log()
+        # the monitor rounds: incidents in each database's own store, told to the webhook
+        a.wait_for(
+            lambda: (
+                "opened" in http_receiver.events("database_up")
+                and "opened" in http_receiver.events("agent_job:backup_full")
+            ),
+            timeout=60,
+            what="the uptime and the failing-job incidents at the webhook",
+        )
+        down_open = IncidentStore(a.records("down") / "incidents").current("database_up")
+        assert down_open is not None and down_open.severity == "P0"
+        job = IncidentStore(a.records("norepo") / "incidents").current("agent_job:backup_full")
+        assert job is not None and job.severity == "P1"
+        assert "backup_full job failed" in job.message and "blocker" in job.message
+        assert IncidentStore(a.records("norepo") / "incidents").current("database_up") is None
 
         # the faults go away: both are backed up without a restart
         down.start()
@@ -160,8 +210,20 @@ def test_database_down_and_repository_unwritable_are_reported_and_retried(
             timeout=240,
             what="backups once the database and the repository are back",
         )
+        a.wait_for(
+            lambda: (
+                "resolved" in http_receiver.events("database_up")
+                and "resolved" in http_receiver.events("agent_job:backup_full")
+            ),
+            timeout=60,
+            what="both incidents resolved and told",
+        )
+        assert IncidentStore(a.records("down") / "incidents").current("database_up") is None
         assert a.stop(proc) == 0
         assert "Traceback" not in a.log()
+        # the streamers' lines name their database (two of them in one log)
+        assert "down: pg_receivewal started" in a.log()
+        assert "norepo: pg_receivewal started" in a.log()
     finally:
         down.destroy()
         norepo.destroy()

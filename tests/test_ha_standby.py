@@ -5,7 +5,8 @@ and their segment is completed. ``restore --as-standby`` of that backup, started
 segment through its ``restore_command`` (the spool pgdr filled from the repository), then stream from the primary: it
 appears in the primary's ``pg_stat_replication`` and replays a row written after it started. The
 primary's password is not in its configuration. Promoted beside the old primary, the rebuilt
-servers then make a split brain, which the streamer's choice of primary resolves or refuses.
+servers then make a split brain, which the streamer's choice of primary resolves or refuses
+(with a P0 incident, resolved once a single primary is back).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from fixtures.wal import WalEnv
 from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
-from pgdr.wal.server import resolve_primary
+from pgdr.core.incidents import IncidentStore
+from pgdr.core.severity import Severity
+from pgdr.wal.server import SPLIT_BRAIN, primary_or_incident, resolve_primary
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +35,27 @@ def hosts_of(*clusters: LocalCluster) -> str:
     return f"host={sockets} port={ports} user=postgres dbname=postgres"
 
 
-def split_brain(old: LocalCluster, first: LocalCluster, second: LocalCluster) -> None:
+def split_brain(
+    old: LocalCluster, first: LocalCluster, second: LocalCluster, incidents: IncidentStore
+) -> None:
     """Promote the rebuilt standbys beside the old primary: the streamer's choice of primary
-    takes the higher timeline, and refuses two primaries on the same one."""
+    takes the higher timeline, and refuses two primaries on the same one with a P0 incident,
+    resolved once the second is stopped and a single primary is found again."""
     for cluster in (first, second):
         with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
             assert conn.execute("SELECT pg_promote(true, 60)").fetchone() == (True,)
     assert f"port={first.port}" in resolve_primary(hosts_of(old, first))
     assert f"port={first.port}" in resolve_primary(hosts_of(first, old))
+    three = hosts_of(old, first, second)
     with pytest.raises(RuntimeFailure, match="split brain"):
-        resolve_primary(hosts_of(old, first, second))
+        primary_or_incident(three, incidents)
+    opened = incidents.current(SPLIT_BRAIN)
+    assert opened is not None and opened.severity == Severity.P0.value, opened
+    assert f":{first.port}" in opened.message and f":{second.port}" in opened.message
+    second.stop()
+    assert f"port={first.port}" in primary_or_incident(three, incidents)
+    assert incidents.current(SPLIT_BRAIN) is None
+    assert [i.open for i in incidents.all() if i.check == SPLIT_BRAIN] == [False]
 
 
 def test_restore_as_standby_catches_up_from_the_repository_then_streams(
@@ -107,9 +121,18 @@ def test_restore_as_standby_catches_up_from_the_repository_then_streams(
         w.wait_for(replayed, 30, "the rows replayed on the rebuilt standby")
     log = standby.log_file.read_text(errors="replace")
     assert f'restored log file "{segment}" from archive' in log, log[-3000:]
+    # a backup of the rebuilt replica: its standby.signal is left out by a delta restore too
+    both = w.env | {"DATABASE_URL": hosts_of(w.cluster, standby)}
+    replica = run_cli("backup", "--from", "standby", "--json", env=both, timeout=300)
+    assert replica.code == 0, replica.stdout + replica.stderr
     second = rebuild(target.with_name("second"))
     try:
-        split_brain(w.cluster, standby, second)
+        split_brain(w.cluster, standby, second, IncidentStore(scratch / "incidents"))
+        delta = w.cli("restore", json.loads(replica.stdout)["id"], "--delta", "--force",
+                      "--to", str(second.data_dir), "--json")  # fmt: skip
+        assert delta.code == 0, delta.stdout + delta.stderr
+        assert "standby.signal was left out" in delta.stdout
+        assert not (second.data_dir / "standby.signal").exists()
     finally:
         standby.destroy()
         second.destroy()

@@ -41,8 +41,11 @@ def test_health_probe_is_single_flight(pg18: Server) -> None:
     assert calls == 1
     assert all(r is results[0] for r in results) and results[0].healthy
     assert shared.get() is results[0]  # fresh: reused
+    assert shared.fresh() is results[0]  # what the async endpoint answers from, never blocking
     again = SharedProbe(probe, ttl_s=0)
+    assert again.fresh() is None  # nothing probed yet
     again.get()
+    assert again.fresh() is None  # a stale result is never offered
     again.get()
     assert calls == 3  # a stale result is never reused
 

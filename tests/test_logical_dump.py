@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from conftest import Server, run_cli
 from pgdr.core.errors import ConfigError
 from pgdr.logical.tools import binaries_for
+from test_recover_rows import contents
 
 
 def test_dump_list_verify_and_restore_test(
@@ -73,3 +75,23 @@ def test_schema_only_as_sql_for_version_control(
 def test_a_dump_from_a_newer_postgresql_is_refused() -> None:
     with pytest.raises(ConfigError, match="newer than any installed"):
         binaries_for(99, "Dump x")
+
+
+def test_directory_format_with_jobs_verifies_and_restores_a_table(
+    server: Server, backup_env: dict[str, str]
+) -> None:
+    url = server.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    made = run_cli("dump", "--jobs", "2", "--json", env=env)
+    assert made.code == 0, made.stderr
+    assert json.loads(made.stdout)["format"] == "directory"
+    checked = run_cli("dump", "verify", "latest", "--json", env=env)
+    assert checked.code == 0, checked.stdout + checked.stderr
+    assert "public.chatbots" in json.loads(checked.stdout)["tables"]
+    back = run_cli("restore-table", "chatbots", "--from", "latest", "--as", "cb", "--json", env=env)
+    assert back.code == 0, back.stderr
+    assert contents(url)["chatbots"][0] == json.loads(back.stdout)["rows"] > 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        same = conn.execute("SELECT count(*) FROM (TABLE chatbots EXCEPT TABLE cb) d").fetchone()
+    assert same is not None and same[0] == 0
+    assert run_cli("dump", "--jobs", "0", env=env).code == 2

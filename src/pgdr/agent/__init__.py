@@ -6,7 +6,7 @@ checks) for every database of the fleet (``[databases.NAME]`` in ``pgdr.toml``),
 how protected each one is from what the repository and the records say.
 """
 
-from pgdr.agent.checks import AgentHooks, Check, Sink, run_round
+from pgdr.agent.checks import AgentHooks, Check, Sink, database_monitor
 from pgdr.agent.database import DatabaseHandle, database_handle, database_handles
 from pgdr.agent.runner import Agent, AgentOptions
 from pgdr.agent.status import EXIT_CODES, fleet_status, nagios_line
@@ -21,7 +21,7 @@ __all__ = [
     "Sink",
     "database_handle",
     "database_handles",
+    "database_monitor",
     "fleet_status",
     "nagios_line",
-    "run_round",
 ]

@@ -34,6 +34,7 @@ from pgdr.backup.retention import prune
 from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, installation_for_major
 from pgdr.core.errors import CheckFailed, PgdrError
+from pgdr.core.records import new_record_id
 from pgdr.drills.scenarios import SCENARIOS, DrillOptions, run_drill
 from pgdr.integrity.run import run_check
 from pgdr.profile import load_profile
@@ -186,19 +187,28 @@ def _test_with_wal(handle: DatabaseHandle, repo: Repository, steps: list[str]) -
         facts["integrity"] = _checks(handle, cluster, major, steps)
         return facts
     except PgdrError as exc:
-        tail = _server_log_tail(root)
+        tail = server_log_tail(root)
         raise type(exc)(f"{exc.message} Server log: {tail}" if tail else exc.message) from exc
     finally:
         remove_scratch(handle, root)
 
 
-def _server_log_tail(root: Path, lines: int = 3) -> str:
-    """The end of a throwaway cluster's log, kept in the record before the cluster goes."""
+SERVER_LOG_SIGNS = ("PANIC", "FATAL", "ERROR", "could not", "terminated by signal")
+TAIL_CHARS = 1200
+
+
+def server_log_tail(root: Path, lines: int = 4) -> str:
+    """Why a throwaway cluster stopped, kept in the record before the cluster goes: its log's
+    last lines saying PANIC/FATAL/ERROR (up to ``lines``), then its last ``lines`` lines."""
     try:
         text = (root / "server.log").read_text(errors="replace")
     except OSError:
         return ""
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+    all_lines = [line.strip() for line in text.splitlines() if line.strip()]
+    signs = [ln for ln in all_lines if any(sign in ln for sign in SERVER_LOG_SIGNS)][-lines:]
+    last = [ln for ln in all_lines[-lines:] if ln not in signs]
+    tail = " | ".join(signs + last)
+    return tail if len(tail) <= TAIL_CHARS else "..." + tail[-TAIL_CHARS:]
 
 
 def remove_scratch(handle: DatabaseHandle, root: Path) -> None:
@@ -217,13 +227,21 @@ def leftover_scratch(handle: DatabaseHandle) -> list[Path]:
     return [p for p in base.iterdir() if p.name.startswith(prefixes)]
 
 
-def drill_job(handle: DatabaseHandle) -> dict[str, Any]:
-    """Every scenario of the runbook's quarterly drill, each in its own sandbox."""
+def drill_job(handle: DatabaseHandle, scenarios: list[str] | None = None) -> dict[str, Any]:
+    """The runbook's quarterly drill (every scenario, or ``scenarios``), each in its own
+    sandbox, recorded as one run (``pgdr drill history``)."""
     results = {}
-    for name in SCENARIOS:
-        report = run_drill(name, handle.settings, DrillOptions())
-        results[name] = {"passed": report.passed, "id": report.id}
+    run_id = new_record_id()
+    for name in scenarios or list(SCENARIOS):
+        report = run_drill(name, handle.settings, DrillOptions(run_id=run_id))
+        results[name] = {
+            "passed": report.passed,
+            "id": report.id,
+            "rto_s": report.rto_s,
+            "rpo_s": report.rpo_s,
+            "issues": report.issues,
+        }
     if not all(r["passed"] for r in results.values()):
         failed = ", ".join(n for n, r in results.items() if not r["passed"])
         raise CheckFailed(f"the drill failed: {failed} (see `pgdr drill history`)")
-    return {"scenarios": results}
+    return {"run_id": run_id, "scenarios": results}

@@ -8,7 +8,8 @@ Per database, three threads:
   neither repeats nor skips a due job. A database with no backup gets one at once;
 * the **streamer** runs :class:`pgdr.wal.stream.Streamer` (pg_receivewal through the slot, with
   its own restart backoff) and is itself restarted with backoff if it stops on an error;
-* the **checker** runs the check hook (:mod:`pgdr.agent.checks`) every uptime interval, also
+* the **checker** runs the watch layer's monitor round (:mod:`pgdr.agent.checks`: the
+  runbook's and the protection checks, incidents, notifications) every uptime interval, also
   while a long backup runs.
 
 Before any of that the worker identifies the database (system identifier, version). An
@@ -32,19 +33,16 @@ from datetime import datetime
 from typing import Any
 
 from pgdr.agent import jobs
-from pgdr.agent.checks import AgentHooks, run_round
+from pgdr.agent.checks import AgentHooks, DatabaseChecks
 from pgdr.agent.database import DatabaseHandle
-from pgdr.agent.state import JobState, StateStore
+from pgdr.agent.state import JobState, StateStore, read_history
+from pgdr.agent.streaming import StreamSupervisor
 from pgdr.backup.repository import RESTORE_TESTS
-from pgdr.cluster import installation_for_major
 from pgdr.config.fleet import AgentConfig, Schedule
 from pgdr.core.errors import PgdrError
-from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
 from pgdr.drills.report import drill_history, next_scheduled
-from pgdr.wal.archive import repository_archive
 from pgdr.wal.server import DEFAULT_SLOT, ServerInfo, ensure_slot, server_info
-from pgdr.wal.stream import Streamer, StreamOptions
 
 log = logger("pgdr.agent")
 
@@ -61,6 +59,7 @@ class AgentOptions:
     retry_max_s: float = 900.0
     connect_retry_max_s: float = 30.0
     stop_grace_s: float = 30.0
+    drill_scenarios: list[str] | None = None  # None: every scenario of the runbook
 
     @classmethod
     def from_config(cls, config: AgentConfig, hooks: AgentHooks | None = None) -> AgentOptions:
@@ -70,6 +69,7 @@ class AgentOptions:
             retry_max_s=config.retry_max_s,
             connect_retry_max_s=config.connect_retry_max_s,
             stop_grace_s=config.stop_grace_s,
+            drill_scenarios=config.drill_scenarios,
         )
 
 
@@ -110,7 +110,7 @@ class DatabaseWorker:
         self._identified = threading.Event()
         self.jobs = self._jobs()
         self.threads: list[threading.Thread] = []
-        self.streamer: Streamer | None = None
+        self.supervisor = StreamSupervisor(handle, options.connect_retry_max_s)
 
     def _jobs(self) -> dict[str, Job]:
         s = self.handle.db.schedules
@@ -119,7 +119,12 @@ class DatabaseWorker:
             Job("backup_full", s["full"], lambda: jobs.backup_job(h)),
             Job("backup_incremental", s["incremental"], lambda: jobs.backup_job(h, True)),
             Job("restore_test", s["restore_test"], lambda: jobs.restore_test_job(h)),
-            Job("drill", s["drill"], lambda: jobs.drill_job(h), h.db.quarterly_drill),
+            Job(
+                "drill",
+                s["drill"],
+                lambda: jobs.drill_job(h, self.options.drill_scenarios),
+                h.db.quarterly_drill,
+            ),
         ]
         return {j.name: j for j in table if j.schedule is not None or j.quarterly}
 
@@ -130,14 +135,10 @@ class DatabaseWorker:
         for root in jobs.leftover_scratch(self.handle):
             log.warning("%s: removing a throwaway cluster left behind: %s", self.name, root)
             jobs.remove_scratch(self.handle, root)
+        history = read_history(self.handle.records)
         for name, state in self.store.state.jobs.items():
             if state.running_since is not None:
-                self.store.record(name, "interrupted", due=state.running_due)
-                log.warning(
-                    "%s: %s was interrupted by a stop or crash; it runs again.", self.name, name
-                )
-                state.running_since = None
-                state.running_due = None
+                self._settle_interrupted(name, state, history)
         for name, job in self.jobs.items():
             state = self.store.job(name)
             if state.next_due is None:
@@ -327,8 +328,7 @@ class DatabaseWorker:
             log.warning("%s: cannot create the replication slot: %s", self.name, exc.message)
         deadline = time.monotonic() + STREAM_WAIT_S
         while not stop.is_set() and time.monotonic() < deadline:
-            streamer = self.streamer
-            if streamer is not None and streamer.status.state == "streaming":
+            if self.supervisor.streaming:
                 return
             stop.wait(TICK_S)
         log.warning("%s: WAL streaming is not running yet; jobs start anyway.", self.name)
@@ -353,55 +353,15 @@ class DatabaseWorker:
 
     # ----- streaming and checks ---------------------------------------------------------------
     def stream(self, stop: threading.Event) -> None:
-        """Keep a streamer running; restart it with backoff when it stops on an error."""
-        backoff = 1.0
-        while not stop.is_set():
-            if not self._identified.wait(1.0):
-                if self.refused:
-                    return
-                continue
-            try:
-                self._streamer().run(stop)
-            except PgdrError as exc:
-                log.warning(
-                    "%s: WAL streaming stopped: %s; retrying in %g s.",
-                    self.name,
-                    exc.message,
-                    backoff,
-                )
-            except Exception:
-                log.exception("%s: WAL streaming crashed; retrying in %g s.", self.name, backoff)
-            stop.wait(backoff)
-            backoff = min(backoff * 2, self.options.connect_retry_max_s)
-
-    def _streamer(self) -> Streamer:
-        assert self.info is not None
-        info = self.info
-        archive = repository_archive(
-            self.handle.repository(), info.system_identifier, info.segment_size
-        )
-        options = StreamOptions(
-            conninfo=self.handle.target().conninfo,
-            spool=self.handle.settings.home / "wal-spool" / str(info.system_identifier),
-            installation=installation_for_major(info.major, self.handle.settings.pg_bin),
-        )
-        self.streamer = Streamer(options, archive, IncidentStore(self.handle.records / "incidents"))
-        return self.streamer
+        self.supervisor.run(stop, self._identified, lambda: self.info, lambda: self.refused)
 
     def check(self, stop: threading.Event) -> None:
         schedule = self.handle.db.schedules["uptime"]
-        if schedule is None:
-            return
-        while not stop.is_set():
-            began = time.time()
-            try:
-                results = run_round(self.handle, self.options.hooks)
-                failed = [r.name for r in results if not r.ok and not r.skipped]
-                if failed:
-                    log.warning("%s: checks failed: %s", self.name, ", ".join(failed))
-            except Exception:
-                log.exception("%s: the check round crashed", self.name)
-            stop.wait(max(0.0, schedule.next_after(began) - time.time()))
+        if schedule is not None:
+            checks = DatabaseChecks(
+                self.handle, self.options.hooks, schedule, lambda: self.store.state.jobs
+            )
+            checks.run_forever(stop, list(self.jobs))
 
     def start(self, stop: threading.Event) -> None:
         self.prepare()
@@ -434,6 +394,10 @@ def _describe(job: str, summary: dict[str, Any]) -> str:
         return (
             f"restore test of {summary['backup_id']} passed; proven RTO "
             f"{summary['proven_rto_s']:.1f} s"
+        )
+    if job == "drill":
+        return "drill passed: " + ", ".join(
+            f"{name} (RTO {r['rto_s']:.1f} s)" for name, r in summary["scenarios"].items()
         )
     return "done"
 

@@ -12,6 +12,10 @@ never creates or changes anything. Each database is:
   or a job failing; an incident is open;
 * ``protected`` (exit 0, Nagios OK) otherwise.
 
+``last_drill`` is the newest DR drill run recorded in ``$PGDR_HOME`` (the scenarios of one run
+together: when it finished, whether every one passed, the largest measured RTO and RPO), or
+null when none has run; a failed drill shows as its open incident (``drill:<scenario>``).
+
 Every ``reasons`` entry is a sentence; ``not_checked`` says what could not be looked at and why.
 """
 
@@ -29,6 +33,7 @@ from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import RESTORE_TESTS, Repository
 from pgdr.config.fleet import when
 from pgdr.core.errors import PgdrError
+from pgdr.drills.report import drill_history
 from pgdr.incident.store import IncidentLog
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import KEYRING
@@ -156,6 +161,8 @@ def _wal_part(handle: DatabaseHandle, repo: Repository, status: DatabaseStatus, 
         lag_seconds=round(now - report.newest_wal_at, 1) if report.newest_wal_at else None,
         restarts=streamer.get("restarts"),
         repository_error=streamer.get("repository_error"),
+        receiver_error=streamer.get("receiver_error"),
+        receiver_error_at=when(streamer.get("receiver_error_at")),
         gaps=report.gaps,
     )
     status.data["recovery_window"] = {
@@ -164,6 +171,8 @@ def _wal_part(handle: DatabaseHandle, repo: Repository, status: DatabaseStatus, 
     }
     if handle.db.config.wal and not report.streamer_alive:
         status.degrade("No WAL streamer is alive: new commits are not being protected.")
+    if report.streamer_alive and streamer.get("receiver_error"):
+        status.degrade(f"The WAL receiver is failing: {streamer['receiver_error']}")
     if streamer.get("repository_error"):
         status.degrade(f"The streamer cannot upload: {streamer['repository_error']}")
 
@@ -204,6 +213,26 @@ def _agent_part(
             status.degrade(f"The agent's {name} job is failing: {job.last_message}")
 
 
+def last_drill(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest drill run (its scenarios together), or None."""
+    finished = [d for d in history if d.get("finished_at")]
+    if not finished:
+        return None
+    newest = max(finished, key=lambda d: str(d["finished_at"]))
+    group = newest.get("run_id") or newest.get("id")
+    run = [d for d in finished if (d.get("run_id") or d.get("id")) == group]
+    rtos = [float(v) for d in run if (v := (d.get("rto") or {}).get("seconds")) is not None]
+    rpos = [float(v) for d in run if (v := (d.get("rpo") or {}).get("seconds")) is not None]
+    return {
+        "id": group,
+        "at": newest["finished_at"],
+        "scenarios": sorted(str(d.get("scenario")) for d in run),
+        "passed": all(bool(d.get("passed")) for d in run),
+        "rto_s": max(rtos) if rtos else None,
+        "rpo_s": max(rpos) if rpos else None,
+    }
+
+
 def database_status(handle: DatabaseHandle, now: float | None = None) -> DatabaseStatus:
     now = time.time() if now is None else now
     status = DatabaseStatus(handle.name)
@@ -214,6 +243,7 @@ def database_status(handle: DatabaseHandle, now: float | None = None) -> Databas
         status.degrade(f"The repository cannot be read: {exc.message}")
         status.not_checked.append("Backups, restore tests and WAL: the repository is unreachable.")
     _agent_part(handle, state, status, now)
+    status.data["last_drill"] = last_drill(drill_history(handle.settings.home))
     incidents = IncidentLog(handle.records / "incidents").open_incidents()
     status.data["incidents"] = [i.as_dict() for i in incidents]
     if incidents:

@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response, status
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from pgdr import __version__
 from pgdr.api.token import check_token
@@ -33,7 +34,7 @@ from pgdr.core.errors import ConfigError
 from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
-from pgdr.pool.health import SharedProbe
+from pgdr.pool.health import HealthReport, SharedProbe
 from pgdr.watch import MonitorSetup, adopt_monitor
 from pgdr.watch.dashboard import dashboard_data, database_board
 
@@ -86,14 +87,26 @@ def _probe(monitor: Monitor, ttl_s: float) -> SharedProbe:
 
 
 def _health_router(monitors: Sequence[Monitor], ttl_s: float) -> APIRouter:
-    """Public: one single-flight probe per database, each reused for ``ttl_s``."""
+    """Public: one single-flight probe per database, each reused for ``ttl_s``.
+
+    Async: a result still fresh is answered on the event loop (no worker thread), so a flood
+    of requests costs no thread hand-offs; only a stale result waits, in one worker thread, for
+    the probes (all databases at once, so a database down costs one connection timeout)."""
     probes = [_probe(m, ttl_s) for m in monitors]
     router = APIRouter()
 
-    @router.get("/api/health")
-    def health() -> JSONResponse:
+    def probe_all() -> list[HealthReport]:
+        if len(probes) == 1:
+            return [probes[0].get()]
         with ThreadPoolExecutor(len(probes), thread_name_prefix="pgdr-health") as pool:
-            reports = list(pool.map(SharedProbe.get, probes))  # a database down costs one timeout
+            return list(pool.map(SharedProbe.get, probes))
+
+    @router.get("/api/health")
+    async def health() -> JSONResponse:
+        cached = [p.fresh() for p in probes]
+        reports = [r for r in cached if r is not None]
+        if len(reports) < len(probes):
+            reports = await run_in_threadpool(probe_all)
         healthy = all(r.healthy for r in reports)
         latencies = [r.latency_ms for r in reports if r.latency_ms is not None]
         body = {"healthy": healthy, "latency": max(latencies) if latencies else None}

@@ -157,6 +157,16 @@ def _render_database(name: str, db: dict[str, Any]) -> None:
             else "none",
         ),
     ]
+    drill = db.get("last_drill")
+    rows.append(
+        (
+            "last drill",
+            f"{drill['at']}: {'passed' if drill['passed'] else 'FAILED'} "
+            f"({', '.join(drill['scenarios'])}), RTO {drill['rto_s']} s, RPO {drill['rpo_s']} s"
+            if drill
+            else "none",
+        )
+    )
     for job, info in (db.get("next_jobs") or {}).items():
         rows.append((f"next {job}", f"{info['next_due']} (last ok: {info['last_ok']})"))
     rows.append(("open incidents", len(db.get("incidents", []))))

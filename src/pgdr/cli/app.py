@@ -64,6 +64,7 @@ COMMANDS: dict[str, Entry] = {
     "undelete": _command("logical", "undelete"),
     "restore-table": _command("logical", "restore_table"),
     "export": _command("logical", "export"),
+    "audit": _group("audit"),
     # Integrity, incidents, monitoring and drills
     "check": _group("check"),
     "inventory": _group("inventory"),

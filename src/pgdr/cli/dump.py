@@ -38,6 +38,9 @@ def dump(
     keep: Annotated[
         bool, typer.Option("--keep", help="Never expire this dump (before a major change).")
     ] = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", help="N > 1: directory format with N parallel pg_dump jobs.")
+    ] = 1,
     as_json: JsonOption = False,
 ) -> None:
     """Dump the target database with its own major version's pg_dump into a repository."""
@@ -47,22 +50,19 @@ def dump(
     if out is not None:
         if not schema_only:
             raise ConfigError("--out writes plain SQL of the schema only; add --schema-only.")
-        data: dict[str, Any] = schema_sql(conninfo, out, force=force)
-        emit(
-            data,
-            as_json,
-            lambda: console.print(
-                f"Schema of {escape(str(data['database']))} (PostgreSQL {data['pg_version']}) "
-                f"written to {escape(str(out))}: {human_size(int(data['bytes']))}.",
-                highlight=False,
-            ),
-        )
+        _schema_to_file(conninfo, out, force, as_json)
         return
     repo = open_repo(repo_name)
     began = time.monotonic()
     with progress_bar("Dumping", None, enabled=not as_json) as advance:
         manifest = take_dump(
-            repo, conninfo, schema_only=schema_only, label=label, keep=keep, progress=advance
+            repo,
+            conninfo,
+            schema_only=schema_only,
+            label=label,
+            keep=keep,
+            progress=advance,
+            jobs=jobs,
         )
     duration = time.monotonic() - began
     data = dump_summary(manifest) | {"repository": repo.name, "duration_s": round(duration, 3)}
@@ -75,6 +75,19 @@ def dump(
             f"(PostgreSQL {manifest.pg_version}) stored in {repo.name}: "
             f"{human_size(manifest.stream_size)}, {human_size(manifest.stored_size)} stored, "
             f"{duration:.1f} s.",
+            highlight=False,
+        ),
+    )
+
+
+def _schema_to_file(conninfo: str, out: Path, force: bool, as_json: bool) -> None:
+    data: dict[str, Any] = schema_sql(conninfo, out, force=force)
+    emit(
+        data,
+        as_json,
+        lambda: console.print(
+            f"Schema of {escape(str(data['database']))} (PostgreSQL {data['pg_version']}) "
+            f"written to {escape(str(out))}: {human_size(int(data['bytes']))}.",
             highlight=False,
         ),
     )

@@ -13,9 +13,12 @@ from rich.table import Table
 from pgdr.cli.backup import RepoOption, open_repo
 from pgdr.cli.check import chosen_profile
 from pgdr.cli.common import JsonOption, target
+from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, err_console, escape
 from pgdr.logical.export import export_tables, export_to_directory, export_to_repository
+from pgdr.logical.table import TableRestore
 from pgdr.logical.table import restore_table as run_restore_table
+from pgdr.logical.table_backup import restore_table_from_backup as run_table_from_backup
 from pgdr.logical.undelete import UndeleteResult
 from pgdr.logical.undelete import undelete as run_undelete
 
@@ -86,12 +89,29 @@ def _render_undelete(result: UndeleteResult) -> None:
 
 def restore_table(
     table: Annotated[str, typer.Argument(help="The table to restore (schema.name or name).")],
-    from_dump: Annotated[str, typer.Option("--from", help="Dump id, unique prefix or 'latest'.")],
+    from_dump: Annotated[
+        str | None, typer.Option("--from", help="Dump id, unique prefix or 'latest'.")
+    ] = None,
+    from_backup: Annotated[
+        str | None,
+        typer.Option(
+            "--from-backup", help="Base backup id, prefix or 'latest' (a throwaway copy)."
+        ),
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="With --from-backup: the table as of this time.")
+    ] = None,
+    xid: Annotated[
+        str | None, typer.Option("--xid", help="With --from-backup: as of this transaction.")
+    ] = None,
+    exclusive: Annotated[
+        bool, typer.Option("--exclusive", help="Stop just before --xid/--at.")
+    ] = False,
     as_name: Annotated[
         str | None, typer.Option("--as", help="Name of the restored table (default: NAME_<date>).")
     ] = None,
     replace: Annotated[
-        bool, typer.Option("--replace", help="Make the live table hold the dump's rows.")
+        bool, typer.Option("--replace", help="Make the live table hold the restored rows.")
     ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Confirm --replace, or overwrite the --as table.")
@@ -99,47 +119,62 @@ def restore_table(
     repo_name: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Restore one table from a dump: beside the live table by default, or --replace --force."""
-    result = run_restore_table(
-        open_repo(repo_name),
-        target().conninfo,
-        table,
-        from_dump,
-        as_name=as_name,
-        replace=replace,
-        force=force,
+    """Restore one table from a dump (--from) or a base backup / point in time (--from-backup):
+    beside the live table by default, or --replace --force."""
+    if (from_dump is None) == (from_backup is None):
+        raise ConfigError("Give one source: --from DUMP_ID or --from-backup BACKUP_ID.")
+    if from_dump is not None and (at or xid or exclusive):
+        raise ConfigError("--at, --xid and --exclusive go with --from-backup.")
+    repo, conninfo = open_repo(repo_name), target().conninfo
+    result = (
+        run_restore_table(
+            repo, conninfo, table, from_dump, as_name=as_name, replace=replace, force=force
+        )
+        if from_dump is not None
+        else run_table_from_backup(
+            repo,
+            conninfo,
+            table,
+            str(from_backup),
+            at=at,
+            xid=xid,
+            exclusive=exclusive,
+            as_name=as_name,
+            replace=replace,
+            force=force,
+        )
     )
 
-    def render() -> None:
-        if result.replaced:
-            console.print(
-                f"{escape(result.table)} now holds the {result.rows:,} rows of dump "
-                f"{result.dump_id}: {result.deleted:,} deleted, {result.upserted:,} inserted or "
-                "updated, in one transaction.",
-                highlight=False,
-            )
-        else:
-            console.print(
-                f"{result.rows:,} rows of {escape(result.table)} from dump {result.dump_id} "
-                f"restored as {escape(result.restored_as)}.",
-                highlight=False,
-            )
-        if result.unmapped:
-            console.print(
-                "Columns in the dump but no longer in the table (not restored): "
-                + escape(", ".join(result.unmapped)),
-                highlight=False,
-            )
-        if result.defaulted:
-            console.print(
-                "Columns added since the dump (left to their defaults): "
-                + escape(", ".join(result.defaulted)),
-                highlight=False,
-            )
-        for note in result.notes:
-            console.print(escape(note), highlight=False)
+    emit(result.as_dict(), as_json, lambda: _render_table(result))
 
-    emit(result.as_dict(), as_json, render)
+
+def _render_table(result: TableRestore) -> None:
+    if result.replaced:
+        console.print(
+            f"{escape(result.table)} now holds the {result.rows:,} rows of "
+            f"{escape(result.source)}: {result.deleted:,} deleted, "
+            f"{result.upserted:,} inserted or updated, in one transaction.",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"{result.rows:,} rows of {escape(result.table)} from {escape(result.source)} "
+            f"restored as {escape(result.restored_as)}.",
+            highlight=False,
+        )
+    if result.unmapped:
+        console.print(
+            "Columns in the source but no longer in the table (not restored): "
+            + escape(", ".join(result.unmapped)),
+            highlight=False,
+        )
+    if result.defaulted:
+        console.print(
+            "Columns added since (left to their defaults): " + escape(", ".join(result.defaulted)),
+            highlight=False,
+        )
+    for note in result.notes:
+        console.print(escape(note), highlight=False)
 
 
 def export(

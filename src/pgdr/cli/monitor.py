@@ -8,34 +8,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pgdr.agent import DatabaseHandle, database_handle, database_handles
+from pgdr.agent import DatabaseHandle, database_handle, database_handles, database_monitor
 from pgdr.cli.common import JsonOption, pool_settings, settings, target
 from pgdr.cli.incident import emit_incidents
-from pgdr.cluster import resolve_target
-from pgdr.cluster.manager import default_cluster
 from pgdr.config import PgdrSettings
-from pgdr.core.errors import RuntimeFailure
 from pgdr.core.output import console, emit, err_console, markup, styled
 from pgdr.monitoring import SEVERITY_LEVELS, CheckResult, collect_report
 from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import connect
-from pgdr.watch import MonitorSetup, Watched, backup_period, build_monitor
+from pgdr.watch import MonitorSetup
 from pgdr.watch.workflow import listed
 
 app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_args_is_help=True)
-
-
-def _monitored(s: PgdrSettings) -> str:
-    """The target; the embedded cluster even while it is stopped, so that the monitor records
-    the outage (its records are local) instead of failing to start."""
-    try:
-        return target(s).conninfo
-    except RuntimeFailure:
-        cluster = default_cluster(s)
-        if not cluster.exists:
-            raise
-        return cluster.conninfo()
 
 
 DbOption = Annotated[
@@ -53,13 +38,7 @@ def _setup(
 ) -> MonitorSetup:
     """The monitor of one database of the fleet, with the protection checks and the notifier
     (see pgdr.watch); a declared database brings its own records and namespaced repository."""
-    url = handle.db.url()
-    conninfo = resolve_target(s, url=url).conninfo if url else _monitored(s)
-    opener = handle.repository if handle.db.declared else None
-    watched = Watched(handle.name, handle.records, opener, backup_period(handle.db))
-    return build_monitor(
-        s, conninfo, pool_settings(s).settings, interval, with_pool=with_pool, watched=watched
-    )
+    return database_monitor(handle, interval, pool_settings(s).settings, with_pool)
 
 
 def _monitor(interval: float = 120, db: str | None = None) -> Monitor:

@@ -45,10 +45,13 @@ def render_find(report: FindReport) -> None:
         title=f"Changes to {escape(report.table)} in the WAL ({len(report.segments)} segments)",
         title_justify="left",
     )
-    for column in ("xid", "commit time (UTC)", "status", "ops", "deleted", "updated", "inserted"):
-        out.add_column(column, justify="left" if column in ("ops", "status") else "right")
+    audited = any(tx.audit for tx in report.transactions)
+    columns = ["xid", "commit time (UTC)", "status", "ops", "deleted", "updated", "inserted"]
+    for column in columns + (["by (pgdr_audit)"] if audited else []):
+        out.add_column(column, justify="right" if column in columns[4:7] else "left")
     for tx in report.transactions:
         style = "bold red" if tx.xid == report.suspect else None
+        by = [escape(str(tx.audit["role"])) if tx.audit else ""] if audited else []
         out.add_row(
             str(tx.xid),
             (tx.commit_time or "")[:23].replace("T", " "),
@@ -57,6 +60,7 @@ def render_find(report: FindReport) -> None:
             f"{tx.rows['delete']:,}",
             f"{tx.rows['update']:,}",
             f"{tx.rows['insert']:,}",
+            *by,
             style=style,
         )
     console.print(out)

@@ -222,6 +222,7 @@ class AgentConfig(_Strict):
     retry_max_s: float = Field(900.0, gt=0)
     connect_retry_max_s: float = Field(30.0, gt=0)
     stop_grace_s: float = Field(30.0, ge=0)
+    drill_scenarios: list[str] | None = None  # the drill job's scenarios (default: all)
 
 
 def parse_agent_config(toml: Mapping[str, Any]) -> AgentConfig:

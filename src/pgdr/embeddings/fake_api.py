@@ -54,6 +54,7 @@ class FakeEmbeddingsAPI:
         max_inputs: int = 2048,
         max_input_tokens: int = 8191,
         timeout_sleep: float = 3.0,
+        ignore_encoding: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -64,6 +65,8 @@ class FakeEmbeddingsAPI:
         self.max_inputs = max_inputs
         self.max_input_tokens = max_input_tokens
         self.timeout_sleep = timeout_sleep
+        self.ignore_encoding = ignore_encoding  # answer float lists whatever was asked
+        self.encodings: Counter[str] = Counter()  # encoding_format asked, per request
         self.reject_marker = "REJECT-ME"
         self.faults: deque[str] = deque()
         self.on_request: Callable[[list[str]], None] | None = None
@@ -100,6 +103,7 @@ class FakeEmbeddingsAPI:
         with self.lock:
             self.requests = self.inputs = self.faults_served = 0
             self.texts.clear()
+            self.encodings.clear()
             self.faults.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -183,7 +187,10 @@ class FakeEmbeddingsAPI:
     def _embeddings(self, request: dict[str, Any], inputs: list[str]) -> dict[str, Any]:
         """The API's list of embeddings for ``inputs``, in the encoding the request asked."""
         dimension = self.fixed_dimension or int(request.get("dimensions") or self.dimension)
-        as_base64 = request.get("encoding_format") == "base64"
+        asked = str(request.get("encoding_format") or "float")
+        with self.lock:
+            self.encodings[asked] += 1
+        as_base64 = asked == "base64" and not self.ignore_encoding
         data = []
         for i, text in enumerate(inputs):
             vec = fake_vector(text, dimension)

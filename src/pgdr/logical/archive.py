@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk, private_dir
 from pgdr.backup.manifest import DUMPS, Manifest
@@ -23,7 +26,7 @@ from pgdr.core import runner
 from pgdr.core.errors import RuntimeFailure
 from pgdr.core.runner import last_line
 from pgdr.crypto import DataKey
-from pgdr.logical.tools import binaries_for
+from pgdr.logical.tools import DIRECTORY_SUFFIX, binaries_for
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ class OpenDump:
 
     def pg_restore(self) -> Path:
         return self.pg_restore_installation().tool("pg_restore")
+
+    @property
+    def directory_format(self) -> bool:
+        """A ``pg_dump -Fd`` dump, stored as a tar stream of its directory."""
+        files = self.manifest.files
+        return len(files) == 1 and files[0].path.endswith(DIRECTORY_SUFFIX)
 
 
 def open_dump(repo: Repository, dump_id: str) -> OpenDump:
@@ -68,24 +77,76 @@ def plaintext(dump: OpenDump) -> Iterator[bytes]:
 def feed_pg_restore(
     dump: OpenDump, args: list[str], out: Path, env: dict[str, str] | None = None
 ) -> None:
-    """Run ``pg_restore ARGS`` (its own binary prepended) reading the dump from stdin, with
-    stdout into ``out``. Every chunk is read and checked even when pg_restore stops reading
-    early (``--list`` only needs the table of contents)."""
+    """Run ``pg_restore ARGS`` (its own binary prepended) on the dump, with stdout into ``out``.
+
+    A custom-format dump is read from stdin; every chunk is read and checked even when
+    pg_restore stops reading early (``--list`` only needs the table of contents). A
+    directory-format dump is first unpacked (every chunk checked) into a private temporary
+    directory, regular files only, removed afterwards."""
+    if dump.directory_format:
+        with private_dir("pgdr-dumpdir-") as tmp:
+            _unpack(dump, tmp)
+            _pg_restore(dump, [*args, str(tmp / "dump")], out, env, None)
+        return
+    _pg_restore(dump, args, out, env, plaintext(dump))
+
+
+def _unpack(dump: OpenDump, into: Path) -> None:
+    """The stored tar stream of a directory-format dump, into ``into``/dump."""
+    stream = _Pieces(plaintext(dump))
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not (member.isfile() or member.isdir()) or not member.name.startswith("dump"):
+                raise DamagedBackup(f"Dump {dump.id} holds an unexpected entry {member.name!r}.")
+            tar.extract(member, into, filter="data")
+    stream.drain()
+
+
+class _Pieces(io.RawIOBase):
+    """A read-only file over an iterator of byte pieces (for tarfile's stream mode)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._left = piece
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
+
+    def drain(self) -> None:
+        """Read to the end, so every chunk (and the whole archive's SHA-256) is checked."""
+        for _piece in self._pieces:
+            pass
+
+
+def _pg_restore(
+    dump: OpenDump,
+    args: list[str],
+    out: Path,
+    env: dict[str, str] | None,
+    stdin: Iterator[bytes] | None,
+) -> None:
     with out.open("wb") as stdout, tempfile.TemporaryFile() as stderr:
         proc = runner.start(
-            [dump.pg_restore(), *args], env=env, stdout=stdout, stderr=stderr, stdin_pipe=True
+            [dump.pg_restore(), *args],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            stdin_pipe=stdin is not None,
         )
-        assert proc.stdin is not None
-        accepting = True
         try:
-            for piece in plaintext(dump):
-                if accepting:
-                    try:
-                        proc.stdin.write(piece)
-                    except BrokenPipeError:
-                        accepting = False
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
+            if stdin is not None:
+                _feed(proc.stdin, stdin)
             code = proc.wait()
         finally:
             runner.stop(proc, grace_s=0)
@@ -93,6 +154,20 @@ def feed_pg_restore(
         message = stderr.read().decode(errors="replace")
     if code != 0:
         raise RuntimeFailure(f"pg_restore failed on dump {dump.id}: {last_line(message)}")
+
+
+def _feed(pipe: IO[bytes] | None, pieces: Iterator[bytes]) -> None:
+    """Write every piece (all are read, so all are checked) while the reader accepts them."""
+    assert pipe is not None
+    accepting = True
+    for piece in pieces:
+        if accepting:
+            try:
+                pipe.write(piece)
+            except BrokenPipeError:
+                accepting = False
+    with contextlib.suppress(BrokenPipeError):
+        pipe.close()
 
 
 @dataclass(frozen=True)

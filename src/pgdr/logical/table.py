@@ -42,7 +42,7 @@ from pgdr.logical.archive import OpenDump, TocEntry, feed_pg_restore, open_dump,
 class TableRestore:
     table: str
     restored_as: str
-    dump_id: str
+    dump_id: str  # the dump, or the base backup with --from-backup
     rows: int = 0
     mapped: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)  # in the dump, not in the live table
@@ -52,6 +52,10 @@ class TableRestore:
     upserted: int = 0
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # "dump ID", or "backup ID" with its recovery target
+
+    def __post_init__(self) -> None:
+        self.source = self.source or f"dump {self.dump_id}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +109,7 @@ def copy_rows(path: Path) -> tuple[list[str], Iterator[str]]:
     return [], iter(())
 
 
-def _live_columns(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str] | None:
+def table_columns(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str] | None:
     """The table's insertable columns in order; None when there is no such table."""
     name = ident.as_string(conn)
     exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
@@ -177,13 +181,93 @@ def _replace(
     return max(deleted, 0), max(upserted, 0)
 
 
-def _primary_key(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str]:
+def primary_key(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str]:
     rows = conn.execute(
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
         "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
         (ident.as_string(conn),),
     ).fetchall()
     return [str(r[0]) for r in rows]
+
+
+@dataclass
+class CopyIn:
+    """Where restored rows go in the live database, decided before any row is read."""
+
+    live: sql.Identifier
+    new: sql.Identifier
+    live_columns: list[str]
+    key: list[str]
+    replace: bool
+
+
+def plan_copy_in(
+    conn: psycopg.Connection[Any],
+    result: TableRestore,
+    live_columns: list[str],
+    new_name: str,
+    *,
+    replace: bool,
+    force: bool,
+) -> CopyIn:
+    """Check the target name and the key; nothing is written yet."""
+    schema, name = split_name(result.table)
+    live = sql.Identifier(schema, name)
+    new = sql.Identifier(schema, new_name)
+    if replace:
+        new = sql.Identifier(f"pgdr_replace_{name}")
+        result.restored_as = result.table
+    elif table_columns(conn, new) is not None and not force:
+        raise ConfigError(f"{schema}.{new_name} exists; pass --force to replace it.")
+    key = primary_key(conn, live)
+    if replace and not key:
+        raise ConfigError(f"{result.table} has no primary key to match rows by.")
+    return CopyIn(live, new, live_columns, key, replace)
+
+
+def copy_in(
+    conn: psycopg.Connection[Any],
+    plan: CopyIn,
+    result: TableRestore,
+    source_columns: list[str],
+    rows: Iterator[str],
+) -> None:
+    """The one copy-in step of both sources: the rows (text COPY lines of ``source_columns``)
+    into a table like the live one, then (``replace``) the live table made equal to them, all
+    in one transaction; a failure rolls everything back."""
+    result.mapped = [c for c in source_columns if c in plan.live_columns]
+    result.unmapped = [c for c in source_columns if c not in plan.live_columns]
+    result.defaulted = [c for c in plan.live_columns if c not in source_columns]
+    conn.execute("SET default_transaction_read_only = off")  # works in read-only mode
+    try:
+        with conn.transaction():
+            if not plan.replace:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(plan.new))
+            temp = sql.SQL("TEMP ") if plan.replace else sql.SQL("")
+            conn.execute(
+                sql.SQL("CREATE {}TABLE {} (LIKE {} INCLUDING ALL)").format(
+                    temp, plan.new, plan.live
+                )
+            )
+            result.rows = _load(conn, plan.new, source_columns, result.mapped, rows)
+            if plan.replace:
+                result.deleted, result.upserted = _replace(
+                    conn, plan.live, plan.new, result.mapped, plan.key
+                )
+                conn.execute(sql.SQL("DROP TABLE {}").format(plan.new))
+                result.replaced = True
+    except psycopg.Error as exc:
+        raise RuntimeFailure(
+            f"Restoring {result.table} from {result.source} failed and was rolled back, "
+            f"nothing changed: {str(exc).strip().splitlines()[0]}"
+        ) from exc
+
+
+def check_replace_options(as_name: str | None, replace: bool, force: bool) -> None:
+    if replace and not force:
+        raise ConfigError("--replace overwrites the live table's rows; add --force to confirm.")
+    if replace and as_name:
+        raise ConfigError("Give --as or --replace, not both.")
 
 
 def restore_table(
@@ -198,91 +282,41 @@ def restore_table(
 ) -> TableRestore:
     """Restore ``table`` from a dump beside the live table (or in its place with ``replace``)."""
     began = time.monotonic()
-    if replace and not force:
-        raise ConfigError("--replace overwrites the live table's rows; add --force to confirm.")
-    if replace and as_name:
-        raise ConfigError("Give --as or --replace, not both.")
+    check_replace_options(as_name, replace, force)
     schema, name = split_name(table)
     dump = open_dump(repo, dump_id)
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         _check_same_database(dump, conn)
         table_entry, data_entry = _entries(dump, schema, name)
-        live = sql.Identifier(schema, name)
-        live_columns = _live_columns(conn, live)
+        live_columns = table_columns(conn, sql.Identifier(schema, name))
         if live_columns is None:
             entries = f"{table_entry.line}\n{data_entry.line}\n"
             return _restore_dropped(dump, conninfo, conn, (schema, name), entries, as_name, force)
-        new, result = _restored_into(conn, dump, (schema, name), as_name, replace, force)
-        key = _primary_key(conn, live)
-        if replace and not key:
-            raise ConfigError(f"{schema}.{name} has no primary key to match rows by.")
+        new_name = as_name or f"{name}_{dump.id.split('-')[0].lower()}"
+        result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", dump.id)
+        plan = plan_copy_in(conn, result, live_columns, new_name, replace=replace, force=force)
         with private_dir("pgdr-table-") as tmp:
             (tmp / "list").write_text(data_entry.line + "\n")
             feed_pg_restore(dump, ["-L", str(tmp / "list"), "-f", str(tmp / "rows")], tmp / "out")
             dump_columns, rows = copy_rows(tmp / "rows")
-            result.mapped = [c for c in dump_columns if c in live_columns]
-            result.unmapped = [c for c in dump_columns if c not in live_columns]
-            result.defaulted = [c for c in live_columns if c not in dump_columns]
-            _fill(conn, live, new, (dump_columns, rows), key if replace else None, result)
+            copy_in(conn, plan, result, dump_columns, rows)
     result.duration_s = round(time.monotonic() - began, 3)
     return result
 
 
-def _restored_into(
-    conn: psycopg.Connection[Any],
-    dump: OpenDump,
-    qualified: tuple[str, str],
-    as_name: str | None,
-    replace: bool,
-    force: bool,
-) -> tuple[sql.Identifier, TableRestore]:
-    """The table the rows go into (a temporary one with ``replace``) and the result naming
-    where they end up; an existing ``--as`` table only with ``force``."""
-    schema, name = qualified
-    new_name = as_name or f"{name}_{dump.id.split('-')[0].lower()}"
-    result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", dump.id)
-    if replace:
-        result.restored_as = f"{schema}.{name}"
-        return sql.Identifier(f"pgdr_replace_{name}"), result
-    new = sql.Identifier(schema, new_name)
-    if _live_columns(conn, new) is not None and not force:
-        raise ConfigError(f"{schema}.{new_name} exists; pass --force to replace it.")
-    return new, result
-
-
-def _fill(
-    conn: psycopg.Connection[Any],
-    live: sql.Composable,
-    new: sql.Composable,
-    copied: tuple[list[str], Iterator[str]],
-    replace_by: list[str] | None,
-    result: TableRestore,
-) -> None:
-    """In one transaction: create ``new`` like ``live`` and COPY the ``copied`` (dump columns,
-    rows) mapped fields into it; with ``replace_by`` (the primary key) make ``live`` hold
-    exactly those rows and drop ``new``. Any error rolls it all back."""
-    dump_columns, rows = copied
-    conn.execute("SET default_transaction_read_only = off")  # works in read-only mode
-    try:
-        with conn.transaction():
-            if replace_by is None:
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(new))
-            temp = sql.SQL("TEMP ") if replace_by is not None else sql.SQL("")
-            conn.execute(
-                sql.SQL("CREATE {}TABLE {} (LIKE {} INCLUDING ALL)").format(temp, new, live)
+def rename_and_count(
+    conn: psycopg.Connection[Any], schema: str, name: str, as_name: str | None
+) -> int:
+    """A table just brought back under ``name``: renamed to ``as_name`` if given; its rows."""
+    if as_name:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(schema, name), sql.Identifier(as_name)
             )
-            result.rows = _load(conn, new, dump_columns, result.mapped, rows)
-            if replace_by is not None:
-                result.deleted, result.upserted = _replace(
-                    conn, live, new, result.mapped, replace_by
-                )
-                conn.execute(sql.SQL("DROP TABLE {}").format(new))
-                result.replaced = True
-    except psycopg.Error as exc:
-        raise RuntimeFailure(
-            f"Restoring {result.table} from dump {result.dump_id} failed and was rolled back, "
-            f"nothing changed: {str(exc).strip().splitlines()[0]}"
-        ) from exc
+        )
+    final = sql.Identifier(schema, as_name or name)
+    count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(final)).fetchone()
+    return int(count[0]) if count else 0
 
 
 def _restore_dropped(
@@ -297,7 +331,7 @@ def _restore_dropped(
     """The table is gone from the live database: its definition and rows from the dump."""
     began = time.monotonic()
     schema, name = qualified
-    if as_name and _live_columns(conn, sql.Identifier(schema, as_name)) is not None:
+    if as_name and table_columns(conn, sql.Identifier(schema, as_name)) is not None:
         raise ConfigError(f"{schema}.{as_name} exists; choose another --as.")
     client, env = client_environment(conninfo)
     with private_dir("pgdr-table-") as tmp:
@@ -313,16 +347,7 @@ def _restore_dropped(
         ]
         feed_pg_restore(dump, args, tmp / "out", env=env)
     result = TableRestore(f"{schema}.{name}", f"{schema}.{as_name or name}", dump.id)
-    if as_name:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(schema, name), sql.Identifier(as_name)
-            )
-        )
-    count = conn.execute(
-        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, as_name or name))
-    ).fetchone()
-    result.rows = int(count[0]) if count else 0
+    result.rows = rename_and_count(conn, schema, name, as_name)
     result.notes.append(
         f"{schema}.{name} did not exist in the database: it was created from the dump's "
         "definition (without its indexes, constraints and triggers) with the dump's rows."

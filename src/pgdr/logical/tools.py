@@ -12,6 +12,8 @@ from pathlib import Path
 from pgdr.cluster import PgInstallation, find_installations, installation_for_major
 from pgdr.core.errors import ConfigError
 
+DIRECTORY_SUFFIX = ".dir.tar"  # the stored file of a directory-format (pg_dump -Fd) dump
+
 
 def binaries_for(major: int, what: str, pg_bin: Path | None = None) -> PgInstallation:
     """The installation of PostgreSQL ``major``; one sentence when there is none."""

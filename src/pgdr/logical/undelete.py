@@ -9,24 +9,23 @@
    (``recover rows --with-children``: parents first, one transaction, ``ON CONFLICT DO NOTHING``
    so rows that still exist are left alone). Nothing is inserted unless ``apply`` is set or
    ``confirm`` says yes after seeing the preview.
-4. **Remove the throwaway cluster**, whatever happened.
+4. **Remove the throwaway cluster**, whatever happened (:mod:`pgdr.logical.throwaway`; the
+   copy's new timeline is not published to the repository).
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pgdr.backup.repository import Repository
-from pgdr.cluster import LocalCluster
-from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
+from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.integrity.catalog import read_catalog
+from pgdr.logical.throwaway import throwaway_copy
 from pgdr.pool import connect
-from pgdr.restore.pitr import Target, make_target, plan_pitr, run_pitr
+from pgdr.restore.pitr import Target, make_target
 from pgdr.restore.rows import collect_rows, dependency_order, recover_rows
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.find import find_changes
@@ -72,6 +71,11 @@ def _target(
         f"row(s){' and truncated the table' if tx.truncate else ''}; the copy stops inside it, "
         "before its commit."
     )
+    if tx.audit:
+        result.notes.append(
+            f"The pgdr_audit trail says role {tx.audit['role']} ran it ({tx.audit['rows']:,} "
+            f"row(s) recorded from {tx.audit['at']})."
+        )
     return Target("lsn", tx.first_lsn), result
 
 
@@ -107,16 +111,12 @@ def undelete(
     archive = WalArchive.open(repo.store, repo.master_key)
     target, result = _target(archive, repo, conninfo, table, at)
     result.keys = list(keys)
-    plan = plan_pitr(repo, archive, target)
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         dbname = conn.info.dbname
-    scratch = repo.settings.home / "scratch" / f"undelete-{time.time_ns()}"
-    scratch.parent.mkdir(parents=True, exist_ok=True)
-    scratch.parent.chmod(0o711)
-    try:
-        restored = run_pitr(repo, archive, plan, scratch / "data", scratch, keep_running=True)
+    with throwaway_copy(repo, None, target, "undelete") as (copy, restored):
+        assert restored is not None
         result.restore_s = restored.recovery_s
-        source = LocalCluster(scratch, repo.settings).conninfo(dbname)
+        source = copy.conninfo(dbname)
         result.preview = _preview(source, table, keys, key_column)
         if not result.preview:
             raise CheckFailed(f"No row of {table} with these keys is in the copy.")
@@ -126,9 +126,5 @@ def undelete(
             )
             result.inserted = {t.table: t.inserted for t in done.tables}
             result.applied = True
-    finally:
-        with suppress(PgdrError, OSError):
-            LocalCluster(scratch, repo.settings).destroy()
-        shutil.rmtree(scratch, ignore_errors=True)
     result.duration_s = round(time.monotonic() - began, 3)
     return result

@@ -24,6 +24,7 @@ from pgdr.cluster import LocalCluster
 from pgdr.core.errors import PgdrError
 from pgdr.integrity.run import run_check
 from pgdr.logical.archive import OpenDump, feed_pg_restore, open_dump, plaintext, read_toc
+from pgdr.logical.tools import DIRECTORY_SUFFIX
 from pgdr.profile import Profile
 
 TOC_TABLE_KINDS = ("TABLE", "TABLE DATA")
@@ -42,7 +43,11 @@ def list_dumps(repo: Repository) -> list[Manifest]:
 
 
 def dump_summary(manifest: Manifest) -> dict[str, Any]:
-    return manifest.summary() | {"database": manifest.database}
+    directory = bool(manifest.files) and manifest.files[0].path.endswith(DIRECTORY_SUFFIX)
+    return manifest.summary() | {
+        "database": manifest.database,
+        "format": "directory" if directory else "custom",
+    }
 
 
 def verify_dump(

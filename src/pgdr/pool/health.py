@@ -161,15 +161,22 @@ class SharedProbe:
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
         self._done: threading.Event | None = None  # set when the probe in flight finishes
-        self._last: HealthReport | None = None
-        self._last_at = 0.0
+        self._last: tuple[HealthReport, float] | None = None  # the result and when, one object
         self.probes = 0  # how many probes actually ran
+
+    def fresh(self) -> HealthReport | None:
+        """The last result while it is younger than ``ttl_s``, else None; never blocks, so an
+        async endpoint can answer from it on its event loop."""
+        last = self._last  # one read: the report and its time always belong together
+        if last is not None and time.monotonic() - last[1] < self._ttl_s:
+            return last[0]
+        return None
 
     def get(self) -> HealthReport:
         with self._lock:
-            fresh = self._last is not None and time.monotonic() - self._last_at < self._ttl_s
-            if fresh and self._last is not None:
-                return self._last
+            reuse = self.fresh()
+            if reuse is not None:
+                return reuse
             done, leader = self._done, self._done is None
             if leader:
                 done = self._done = threading.Event()
@@ -177,13 +184,13 @@ class SharedProbe:
         if not leader:
             done.wait()
             assert self._last is not None
-            return self._last
+            return self._last[0]
         try:
             report = self._probe()
         except Exception as exc:  # the probe itself never raises; be safe for the followers
             report = HealthReport(False, None, f"{type(exc).__name__}: {exc}")
         with self._lock:
-            self._last, self._last_at, self._done = report, time.monotonic(), None
+            self._last, self._done = (report, time.monotonic()), None
             self.probes += 1
         done.set()
         return report

@@ -444,7 +444,7 @@ def restore_backup(
             written, files, notes = _restore_into(
                 repo, chain, target, owner, progress, workers, check_files, force
             )
-            notes += _not_a_standby(target)
+            notes += not_a_standby(target)
     except OSError as exc:
         raise write_failure(exc, target.parent, "restore") from exc
     return RestoreResult(
@@ -460,10 +460,11 @@ def restore_backup(
     )
 
 
-def _not_a_standby(target: Path) -> list[str]:
+def not_a_standby(target: Path) -> list[str]:
     """A backup taken from a replica holds its ``standby.signal``: started as it is, the restored
     copy would stream from the replica's primary. Taken out, the copy starts on its own (its
-    ``primary_conninfo`` is then unused); ``--as-standby`` makes a replica on purpose."""
+    ``primary_conninfo`` is then unused); ``--as-standby`` makes a replica on purpose. The one
+    rule for the full and the delta restore (:mod:`pgdr.restore.delta`)."""
     signal = target / "standby.signal"
     if not signal.exists():
         return []

@@ -6,7 +6,8 @@ larger files and the others are compared with the chunks holding them (fetched, 
 opened), and only the 8 KiB pages that differ are written: a large file is read once, not
 hashed and then read again. Files, directories and links the backup does not hold are
 removed, so the result is byte for byte the backup (hence starts, and replays WAL, like a
-full restore).
+full restore), except that a backup taken from a standby loses its ``standby.signal``, as in
+the full restore.
 
 Invariants: an existing directory is changed only with ``force``; a directory a live server
 runs on (its ``postmaster.pid`` names a live process) is refused even with ``force``; a
@@ -30,7 +31,7 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError
 from pgdr.crypto import parallel_map
-from pgdr.restore.base import RestoreResult, _ChunkWriter, backup_chain
+from pgdr.restore.base import RestoreResult, _ChunkWriter, backup_chain, not_a_standby
 from pgdr.restore.beneath import Beneath, check_layout, joined
 
 PAGE = 8192
@@ -202,6 +203,7 @@ def delta_restore(
     for entry in changed:
         if (target / entry.path).stat().st_size != entry.size:
             raise DamagedBackup(f"{entry.path} was not restored to its recorded size.")
+    notes = not_a_standby(target)
     return RestoreResult(
         backup_id=manifest.id,
         data_dir=target,
@@ -214,6 +216,7 @@ def delta_restore(
         notes=[
             f"Delta: {len(files) - len(changed)} files unchanged, {len(changed)} differed "
             f"({len(indexes)} of {len(manifest.chunks)} chunks read, {writer.written:,} bytes "
-            f"written), {removed} entries removed."
+            f"written), {removed} entries removed.",
+            *notes,
         ],
     )

@@ -82,6 +82,7 @@ class Transaction:
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS[:3], 0))
     truncate: bool = False
     rewrite: bool = False
+    audit: dict[str, Any] | None = None  # from the pgdr_audit trail: role, at, ops, rows
 
     @property
     def ops(self) -> list[str]:
@@ -374,6 +375,27 @@ def _check_window(
         )
 
 
+def audit_trail(conninfo: str, transactions: list[Transaction]) -> None:
+    """Who ran each transaction, when ``pgdr audit install`` left a ``public.pgdr_audit`` trail
+    (matched on the low 32 bits of its ``txid``); nothing when there is none. Reads only."""
+    xids = [t.xid for t in transactions]
+    with connect(conninfo, autocommit=True) as conn:
+        found = conn.execute("SELECT to_regclass('public.pgdr_audit') IS NOT NULL").fetchone()
+        if not xids or not found or not found[0]:
+            return
+        rows = conn.execute(
+            "SELECT mod(txid, 4294967296), min(role), min(at), string_agg(DISTINCT op, ','),"
+            " count(*) FROM public.pgdr_audit WHERE mod(txid, 4294967296) = ANY(%s) GROUP BY 1",
+            (xids,),
+        ).fetchall()
+    by_xid = {
+        int(r[0]): {"role": r[1], "at": r[2].isoformat(), "ops": r[3], "rows": int(r[4])}
+        for r in rows
+    }
+    for tx in transactions:
+        tx.audit = by_xid.get(tx.xid)
+
+
 def find_changes(
     archive: WalArchive,
     backups: list[Manifest],
@@ -412,6 +434,7 @@ def find_changes(
     found = [t for t in reader.transactions(notes) if _in_window(t, since, until)]
     if op is not None:
         found = [t for t in found if op in t.ops]
+    audit_trail(conninfo, found)
     report = FindReport(
         file.qualified,
         since.isoformat() if since else None,

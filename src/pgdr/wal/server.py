@@ -1,4 +1,8 @@
-"""What the WAL commands ask the database server: identity, positions, settings, the slot."""
+"""What the WAL commands ask the database server: identity, positions, settings, the slot.
+
+Which server is the primary is answered by :func:`resolve_primary`; :func:`primary_or_incident`
+adds the incident a refused split brain opens (P0) and closes once one primary is found again.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,17 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgdr.core.connect import connect as core_connect
 from pgdr.core.connect import hosts, redact
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.incidents import IncidentStore
 from pgdr.core.runner import last_line
+from pgdr.core.severity import Severity
 
 DEFAULT_SLOT = "pgdr"
 DEFAULT_APPLICATION = "pgdr"
+SPLIT_BRAIN = "wal-split-brain"  # the incident's check name
+
+
+class SplitBrain(RuntimeFailure):
+    """Two servers accept writes on the same timeline: pgdr cannot tell which history is real."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +114,29 @@ def resolve_primary(conninfo: str) -> str:
     claims.sort(reverse=True)
     if len(claims) > 1 and claims[0][0] == claims[1][0]:
         both = " and ".join(server_address(c) for _t, c in claims)
-        raise RuntimeFailure(
+        raise SplitBrain(
             f"{both} both accept writes on timeline {claims[0][0]} (a split brain): pgdr "
             "streams from neither until one of them stops being a primary."
         )
     return claims[0][1]
+
+
+def primary_or_incident(conninfo: str, incidents: IncidentStore | None) -> str:
+    """:func:`resolve_primary`, with the incident of a split brain in ``incidents``.
+
+    A refused split brain opens (or keeps open) a P0 incident: writes on two servers are a
+    data-loss risk (runbook: P0, data corruption), not a mere lag. The next time a single primary
+    is found the incident is resolved, naming that server. Without a store, only the refusal.
+    """
+    try:
+        server = resolve_primary(conninfo)
+    except SplitBrain as exc:
+        if incidents is not None:
+            incidents.raise_(SPLIT_BRAIN, Severity.P0, exc.message)
+        raise
+    if incidents is not None and len(hosts(conninfo)) > 1:
+        incidents.resolve(SPLIT_BRAIN, f"A single primary again: {server_address(server)}.")
+    return server
 
 
 def each_host(conninfo: str) -> list[str]:

@@ -214,6 +214,8 @@ def wal_problems(report: WalStatus, limits: LagLimits) -> list[str]:
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(beat))} UTC: "
             "restart `pgdr wal stream`."
         )
+    if report.streamer and report.streamer_alive and report.streamer.get("receiver_error"):
+        problems.append(f"The WAL receiver is failing: {report.streamer['receiver_error']}")
     if report.lag_bytes is not None and report.lag_bytes > limits.max_bytes:
         problems.append(
             f"The repository is {report.lag_bytes:,} bytes behind the server "

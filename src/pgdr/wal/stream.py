@@ -28,7 +28,8 @@ the uploader puts both into the repository. The slot must exist on the new prima
 permanent slot); when it does not, pgdr creates it and says so, and what could not be fetched
 shows as a gap in ``pgdr wal status``. A spool position the new primary never had (WAL the old
 primary wrote but no replica received: an asynchronous failover's loss) is dropped from the
-spool after being uploaded; the repository keeps it on the old timeline.
+spool after being uploaded; the repository keeps it on the old timeline. Two primaries on one
+timeline (a split brain) are refused and open a P0 incident until a single primary is back.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import json
+import logging
 import os
 import signal
-import socket
+import subprocess
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -52,43 +54,53 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster import PgInstallation, installation_for_major
 from pgdr.config import PgdrSettings
 from pgdr.core import runner
-from pgdr.core import time as clock
 from pgdr.core.connect import client_environment, hosts
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.incidents import IncidentStore
 from pgdr.core.log import logger
 from pgdr.core.severity import Severity
 from pgdr.wal.archive import WalArchive, repository_archive
-from pgdr.wal.names import (
-    format_lsn,
-    is_history,
-    is_partial,
-    is_segment,
-    parse_segment,
-    partial_piece,
-)
+from pgdr.wal.receiver import ReceiverHealth, drop_torn_partials, release_sealed
 from pgdr.wal.server import (
     DEFAULT_APPLICATION,
     DEFAULT_SLOT,
     connect,
     current_timeline,
     ensure_slot,
+    primary_or_incident,
     resolve_primary,
     server_address,
     server_info,
-    set_system,
-    setting,
     with_application_name,
 )
+from pgdr.wal.stream_state import StreamState
+from pgdr.wal.syncguard import (
+    DEGRADED,
+    SYNC_SWITCH,
+    SyncGuard,
+    repository_incident,
+    sync_names_value,
+)
+from pgdr.wal.uploader import HEARTBEAT_S, SpoolUploader, trimmed
+
+__all__ = [
+    "DEGRADED",
+    "SYNC_SWITCH",
+    "StreamOptions",
+    "StreamRequest",
+    "StreamState",
+    "Streamer",
+    "stream_until_stopped",
+    "sync_names_value",
+    "trimmed",
+]
 
 log = logger(__name__)
-DEGRADED = "wal-sync-degraded"
 
 PR_SET_PDEATHSIG = 1
-SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
 MAX_BACKOFF_S = 2.0
 NOT_IN_HISTORY = ("is not in this server's history", "ahead of the WAL flush position")
-HEARTBEAT_S = 1.0
+RECEIVER_LOG = "pg_receivewal.log"
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -97,17 +109,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def sync_names_value(application: str, quorum_with: list[str]) -> str:
-    """The ``synchronous_standby_names`` that makes ``application`` (or a quorum) synchronous."""
-    if not quorum_with:
-        return f'"{application}"'
-    members = ", ".join(f'"{n}"' for n in [application, *quorum_with])
-    return f"ANY 1 ({members})"
+class Labelled(logging.LoggerAdapter[logging.Logger]):
+    """Log lines prefixed with the database they are about (``NAME: ...``), if it has one."""
 
-
-def trimmed(data: bytes) -> bytes:
-    """A partial segment without its zero padding (pg_receivewal pre-allocates the file)."""
-    return data.rstrip(b"\0")
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        label = (self.extra or {}).get("database")
+        return (f"{label}: {msg}" if label else msg), kwargs
 
 
 @dataclass
@@ -121,55 +130,7 @@ class StreamOptions:
     quorum_with: list[str] = field(default_factory=list)
     degrade_after: float | None = None
     partial_interval: float = 0.25
-
-
-@dataclass
-class StreamState:
-    state: str = "starting"
-    timeline: int | None = None
-    segments_uploaded: int = 0
-    last_segment: str | None = None
-    partial: str | None = None
-    partial_read_at: float | None = None
-    received_lsn: int | None = None
-    server_lsn: int | None = None
-    flush_lsn: int | None = None
-    sync_state: str | None = None
-    degraded: bool = False
-    restarts: int = 0
-    repository_error: str | None = None
-    primary: str | None = None
-    following_since: float | None = None
-    started_at: float = field(default_factory=time.time)
-
-    def as_dict(self) -> dict[str, Any]:
-        lag = None
-        if self.server_lsn is not None and self.received_lsn is not None:
-            lag = max(0, self.server_lsn - self.received_lsn)
-        return {
-            "state": self.state,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "timeline": self.timeline,
-            "segments_uploaded": self.segments_uploaded,
-            "last_segment": self.last_segment,
-            "partial": self.partial,
-            "partial_read_at": self.partial_read_at,
-            "received_lsn": None if self.received_lsn is None else format_lsn(self.received_lsn),
-            "server_lsn": None if self.server_lsn is None else format_lsn(self.server_lsn),
-            "server_flush_lsn_of_streamer": None
-            if self.flush_lsn is None
-            else format_lsn(self.flush_lsn),
-            "lag_bytes": lag,
-            "sync_state": self.sync_state,
-            "degraded": self.degraded,
-            "restarts": self.restarts,
-            "repository_error": self.repository_error,
-            "primary": self.primary,
-            "following_since": self.following_since,
-            "started_at": self.started_at,
-            "heartbeat_at": time.time(),
-        }
+    label: str | None = None  # the database's name in the agent: prefixes every log line
 
 
 class Streamer:
@@ -186,13 +147,15 @@ class Streamer:
         self.incidents = incidents
         self.status = StreamState()
         self.proc: runner.Process | None = None
-        self._partial_sig: tuple[str, int] | None = None
-        self._partial_stat: tuple[str, int, int] | None = None
-        self._partial_end: dict[str, int] = {}  # segment -> bytes uploaded in this run
-        self._partial_recorded = 0.0
-        self._down_since: float | None = None
         self._lock_handle: IO[str] | None = None
         self.server = options.conninfo  # the primary's single-host conninfo once resolved
+        self.log = Labelled(log, {"database": options.label})
+        self.health = ReceiverHealth(self.status, incidents, options.spool / RECEIVER_LOG, self.log)
+        self.sync = SyncGuard(archive, self.status, incidents, self.log)
+        self.uploader = SpoolUploader(options.spool, archive, self.status, self.log, self._running)
+
+    def _running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     # ----- the spool --------------------------------------------------------------------------
     def _lock_spool(self) -> None:
@@ -212,97 +175,12 @@ class Streamer:
 
     def upload_spool(self, final: bool = False) -> None:
         """Push completed files (then drop them) and the partial segment when it changed."""
-        try:
-            names = sorted(p.name for p in self.o.spool.iterdir())
-        except FileNotFoundError:
-            return
-        try:
-            for name in names:
-                path = self.o.spool / name
-                if is_history(name) or is_segment(name):
-                    data = path.read_bytes()
-                    self.archive.push(name, data)
-                    if is_segment(name):
-                        self.archive.delete_partial(name)
-                        self._partial_end.pop(name, None)
-                        self.status.segments_uploaded += 1
-                        self.status.last_segment = name
-                        self.status.timeline = int(name[:8], 16)
-                        seg = parse_segment(name, self.archive.segment_size)
-                        end = (seg.segno + 1) * self.archive.segment_size
-                        self.status.received_lsn = max(self.status.received_lsn or 0, end)
-                    path.unlink()
-            partials = [n for n in names if is_partial(n)]
-            if partials:
-                self._upload_partial(partials[-1], force=final)
-            self.status.repository_error = None
-        except PgdrError as exc:
-            if self.status.repository_error != exc.message:
-                log.warning("upload failed, keeping WAL in the spool: %s", exc.message)
-            self.status.repository_error = exc.message
-
-    def _upload_partial(self, name: str, force: bool) -> None:
-        """Upload what is new in the partial segment; otherwise confirm it is still current.
-
-        Only the bytes past the last upload go up (a piece ``<segment>.partial.<offset>``), so
-        the cost follows the WAL rate, not the segment's fill. The first upload of a run starts
-        at 0 and replaces older pieces. The recorded ``read_at`` says "the repository holds
-        everything pgdr had received at this moment", which ends the recovery window; while
-        nothing new arrives it is refreshed every heartbeat, so a quiet database's window still
-        reaches the present.
-        """
-        path = self.o.spool / name
-        segment = name[:24]
-        read_at = time.time()
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return
-        quick = (name, stat.st_mtime_ns, stat.st_size)
-        if quick == self._partial_stat and not force:
-            self._confirm_partial(name, read_at)
-            return
-        start = self._partial_end.get(segment, 0)
-        try:
-            with path.open("rb") as handle:
-                handle.seek(start)
-                new = trimmed(handle.read())
-        except FileNotFoundError:
-            return  # completed meanwhile: uploaded as a segment next round
-        self._partial_stat = quick
-        if not new and segment in self._partial_end:
-            self._confirm_partial(name, read_at)
-            return
-        piece = partial_piece(segment, start)
-        self.archive.push(piece, new)
-        if segment not in self._partial_end:
-            self.archive.delete_partial(segment, keep=piece)
-        end = start + len(new)
-        self._partial_end[segment] = end
-        self._partial_sig = (name, end)
-        seg = parse_segment(segment, self.archive.segment_size)
-        self.status.partial = name
-        self.status.timeline = seg.timeline
-        self.status.received_lsn = max(
-            self.status.received_lsn or 0, seg.start_lsn(self.archive.segment_size) + end
-        )
-        self._record_partial(name, read_at, end)
-
-    def _record_partial(self, name: str, read_at: float, size: int) -> None:
-        self.status.partial_read_at = read_at
-        self._partial_recorded = time.monotonic()
-        self.archive.put_state("partial", {"name": name, "read_at": read_at, "bytes": size})
-
-    def _confirm_partial(self, name: str, read_at: float) -> None:
-        running = self.proc is not None and self.proc.poll() is None
-        if running and time.monotonic() - self._partial_recorded >= HEARTBEAT_S:
-            size = self._partial_sig[1] if self._partial_sig else 0
-            self._record_partial(name, read_at, size)
+        self.uploader.upload(final)
 
     # ----- pg_receivewal ----------------------------------------------------------------------
     def _follow_primary(self) -> None:
         """Resolve the primary (multi-host) and make sure the slot exists there."""
-        self.server = resolve_primary(self.o.conninfo)
+        self.server = primary_or_incident(self.o.conninfo, self.incidents)
         address = server_address(self.server)
         if ensure_slot(self.server, self.o.slot) and self.status.primary is not None:
             message = (
@@ -311,10 +189,10 @@ class Streamer:
                 "(`pgdr wal status` shows any gap). Declare the slot permanent in Patroni "
                 "(`pgdr wal setup --patroni`)."
             )
-            log.warning(message)
+            self.log.warning(message)
             self._incident("wal-slot-missing", message, Severity.P1)
         if self.status.primary not in (None, address):
-            log.warning("The primary moved: following %s now.", address)
+            self.log.warning("The primary moved: following %s now.", address)
             self._incident("wal-primary-moved", f"the streamer follows the new primary {address}")
         if self.status.primary != address:
             self.status.following_since = time.time()
@@ -340,19 +218,13 @@ class Streamer:
         ]
         if self.o.synchronous:
             args.append("--synchronous")
-        logfile = (self.o.spool / "pg_receivewal.log").open("ab")
-        try:
-            return runner.start(
-                args, env=env, stdout=logfile, stderr=logfile, preexec=_die_with_parent
-            )
-        finally:
-            logfile.close()
-
-    def _receiver_reason(self) -> str:
-        try:
-            return runner.last_line((self.o.spool / "pg_receivewal.log").read_bytes())
-        except OSError:
-            return "no log"
+        return runner.start(
+            args,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec=_die_with_parent,
+        )
 
     # ----- the server side --------------------------------------------------------------------
     def _observe_server(self) -> bool:
@@ -367,15 +239,19 @@ class Streamer:
                     " (SELECT flush_lsn - '0/0'::pg_lsn FROM pg_stat_replication"
                     "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1),"
                     " (SELECT sync_state FROM pg_stat_replication"
+                    "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1),"
+                    " (SELECT write_lsn - '0/0'::pg_lsn FROM pg_stat_replication"
                     "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1)",
-                    (self.o.application, self.o.application),
+                    (self.o.application,) * 3,
                 ).fetchone()
                 assert row is not None
                 self.status.server_lsn = int(row[0])
                 self.status.flush_lsn = None if row[1] is None else int(row[1])
                 self.status.sync_state = row[2]
+                self.status.write_lsn = None if row[3] is None else int(row[3])
                 if self.o.synchronous:
-                    self._manage_sync(conn)
+                    wanted = sync_names_value(self.o.application, self.o.quorum_with)
+                    self.sync.manage(conn, wanted, self.o.degrade_after)
         except (PgdrError, psycopg.Error):
             return False
         return True
@@ -388,7 +264,7 @@ class Streamer:
         if len(hosts(self.o.conninfo)) < 2:
             return
         if self.proc is not None and self.proc.poll() is None:
-            log.warning("%s is a standby now; leaving it.", server_address(self.server))
+            self.log.warning("%s is a standby now; leaving it.", server_address(self.server))
             runner.stop(self.proc, grace_s=10, sig=signal.SIGINT)
 
     def _drop_foreign_partials(self) -> None:
@@ -397,12 +273,12 @@ class Streamer:
         It is WAL the new primary never had (an asynchronous failover's loss); pg_receivewal
         then starts from the slot's position on the new primary.
         """
-        if not any(marker in self._receiver_reason() for marker in NOT_IN_HISTORY):
+        if not any(marker in self.health.cause() for marker in NOT_IN_HISTORY):
             return
         if self.status.repository_error:
             return
         for path in self.o.spool.glob("*.partial"):
-            log.warning(
+            self.log.warning(
                 "Dropping %s from the spool: the new primary's history does not contain it "
                 "(WAL written by the old primary after the last replica's position; it stays "
                 "in the repository on its timeline).",
@@ -410,71 +286,9 @@ class Streamer:
             )
             path.unlink()
 
-    def _operator_off(self) -> bool:
-        """Whether an operator said `pgdr wal sync off` (the streamer then leaves it off)."""
-        try:
-            switch = self.archive.get_state(SYNC_SWITCH)
-        except PgdrError:
-            return False
-        return bool(switch and switch.get("off"))
-
-    def _manage_sync(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        if self._operator_off():
-            return
-        wanted = sync_names_value(self.o.application, self.o.quorum_with)
-        current = setting(conn, "synchronous_standby_names")
-        connected = self.status.flush_lsn is not None
-        now = time.monotonic()
-        if connected:
-            self._down_since = None
-        elif self._down_since is None:
-            self._down_since = now
-        if self.status.degraded:
-            caught_up = (
-                connected
-                and self.status.server_lsn is not None
-                and self.status.flush_lsn is not None
-                and self.status.server_lsn - self.status.flush_lsn < self.archive.segment_size
-            )
-            if caught_up:
-                set_system(conn, "synchronous_standby_names", wanted)
-                self.status.degraded = False
-                log.info("Caught up: synchronous commits are back on (RPO 0).")
-                self._incident("wal-sync-restored", "the streamer caught up; commits wait again")
-                if self.incidents is not None:
-                    with contextlib.suppress(PgdrError, OSError):
-                        self.incidents.resolve(
-                            DEGRADED, "The streamer caught up; commits wait again."
-                        )
-            return
-        if current != wanted and connected:
-            set_system(conn, "synchronous_standby_names", wanted)
-            log.info("synchronous_standby_names = '%s': commits now wait for pgdr.", wanted)
-            return
-        if (
-            self.o.degrade_after is not None
-            and self._down_since is not None
-            and now - self._down_since >= self.o.degrade_after
-            and current == wanted
-        ):
-            set_system(conn, "synchronous_standby_names", "")
-            self.status.degraded = True
-            message = (
-                f"The streamer has been disconnected for {self.o.degrade_after:g} s; switched "
-                "the server to ASYNCHRONOUS commits so the application is not blocked. RPO is "
-                "no longer 0 until pgdr catches up."
-            )
-            log.warning(message)
-            self._incident(DEGRADED, message, Severity.P1)
-
     def _incident(self, kind: str, message: str, severity: Severity | None = None) -> None:
-        moment = clock.now()
-        stamp = moment.strftime("%Y%m%dT%H%M%SZ")
-        record = {"kind": kind, "message": message, "at": clock.iso(moment), "severity": "critical"}
-        with contextlib.suppress(PgdrError):
-            self.archive.store.put(
-                f"incidents/{stamp}-{kind}.json", json.dumps(record, indent=2).encode()
-            )
+        """A record next to the WAL; with a severity also an incident in the incident store."""
+        repository_incident(self.archive, kind, message)
         if severity is not None and self.incidents is not None:
             with contextlib.suppress(PgdrError, OSError):
                 self.incidents.raise_(kind, severity, message)
@@ -500,7 +314,7 @@ class Streamer:
             return
         for path in self.o.spool.glob("*.partial"):
             if int(path.name[:8], 16) != timeline:
-                log.info(
+                self.log.info(
                     "Dropping %s from the spool: it is in the repository and "
                     "the server now writes timeline %d.",
                     path.name,
@@ -520,11 +334,11 @@ class Streamer:
                 if self.proc is None and now >= next_start:
                     try:
                         self.proc = self._start_receiver()
-                        self.status.state = "streaming"
-                        log.info("pg_receivewal started (slot %s).", self.o.slot)
+                        self.health.started(self.proc)
+                        self.log.info("pg_receivewal started (slot %s).", self.o.slot)
                     except PgdrError as exc:
                         self.status.state = "server unreachable"
-                        log.warning("Waiting for the server: %s", exc.message)
+                        self.log.warning("Waiting for the server: %s", exc.message)
                         next_start = now + backoff
                         backoff = min(backoff * 2, MAX_BACKOFF_S)
                 if self.proc is not None and self.proc.poll() is not None:
@@ -534,12 +348,10 @@ class Streamer:
                     self.status.restarts += 1
                     self.upload_spool(final=True)
                     self._drop_foreign_partials()
-                    log.warning(
-                        "pg_receivewal exited (%s): %s; restarting in %g s.",
-                        code,
-                        self._receiver_reason(),
-                        backoff,
-                    )
+                    drop_torn_partials(self.o.spool, self.archive.segment_size, self.log)
+                    if not self.status.repository_error:
+                        release_sealed(self.server, self.o.slot, self.uploader.sealed, self.log)
+                    self.health.failed(code, backoff)
                     next_start = time.monotonic() + backoff
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     self._heartbeat()
@@ -547,7 +359,9 @@ class Streamer:
                 self.upload_spool()
                 if now >= next_beat:
                     reachable = self._observe_server()
-                    if reachable and self.proc is not None and self.status.flush_lsn is not None:
+                    running = self.proc is not None
+                    self.health.observed(running, reachable)
+                    if reachable and running and self.status.flush_lsn is not None:
                         backoff = 0.5
                     self._heartbeat()
                     next_beat = now + HEARTBEAT_S

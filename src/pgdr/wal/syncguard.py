@@ -1,0 +1,138 @@
+"""Synchronous commits to pgdr, and the way out when the streamer cannot keep them.
+
+With ``synchronous=True`` the streamer lists its application name in
+``synchronous_standby_names`` once it is connected. While it is disconnected commits block;
+after ``degrade_after`` seconds of that :class:`SyncGuard` switches the server to asynchronous
+commits itself, loudly (log, repository record, P1 incident ``wal-sync-degraded``), and back
+once the streamer has caught up to within one segment. An operator's ``pgdr wal sync off``
+(the ``sync-switch`` state) is always respected: the guard then touches nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import psycopg
+
+from pgdr.core import time as clock
+from pgdr.core.errors import PgdrError
+from pgdr.core.incidents import IncidentStore
+from pgdr.core.severity import Severity
+from pgdr.wal.archive import WalArchive
+from pgdr.wal.server import set_system, setting
+from pgdr.wal.stream_state import StreamState
+
+DEGRADED = "wal-sync-degraded"
+SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
+
+
+def sync_names_value(application: str, quorum_with: list[str]) -> str:
+    """The ``synchronous_standby_names`` that makes ``application`` (or a quorum) synchronous."""
+    if not quorum_with:
+        return f'"{application}"'
+    members = ", ".join(f'"{n}"' for n in [application, *quorum_with])
+    return f"ANY 1 ({members})"
+
+
+def repository_incident(archive: WalArchive, kind: str, message: str) -> None:
+    """A record of what the streamer did, next to the WAL (``incidents/<stamp>-<kind>.json``)."""
+    moment = clock.now()
+    stamp = moment.strftime("%Y%m%dT%H%M%SZ")
+    record = {"kind": kind, "message": message, "at": clock.iso(moment), "severity": "critical"}
+    with contextlib.suppress(PgdrError):
+        archive.store.put(f"incidents/{stamp}-{kind}.json", json.dumps(record, indent=2).encode())
+
+
+class SyncGuard:
+    """Keeps ``synchronous_standby_names`` right for a synchronous streamer."""
+
+    def __init__(
+        self,
+        archive: WalArchive,
+        status: StreamState,
+        incidents: IncidentStore | None,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.archive = archive
+        self.status = status
+        self.incidents = incidents
+        self.log = log
+        self._down_since: float | None = None
+
+    def operator_off(self) -> bool:
+        """Whether an operator said `pgdr wal sync off` (the streamer then leaves it off)."""
+        try:
+            switch = self.archive.get_state(SYNC_SWITCH)
+        except PgdrError:
+            return False
+        return bool(switch and switch.get("off"))
+
+    def manage(
+        self,
+        conn: psycopg.Connection[tuple[Any, ...]],
+        wanted: str,
+        degrade_after: float | None,
+    ) -> None:
+        if self.operator_off():
+            return
+        current = setting(conn, "synchronous_standby_names")
+        connected = self.status.flush_lsn is not None
+        now = time.monotonic()
+        if connected:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
+        if self.status.degraded:
+            self._maybe_restore(conn, wanted, connected)
+            return
+        if current != wanted and connected:
+            set_system(conn, "synchronous_standby_names", wanted)
+            self.log.info("synchronous_standby_names = '%s': commits now wait for pgdr.", wanted)
+            return
+        if (
+            degrade_after is not None
+            and self._down_since is not None
+            and now - self._down_since >= degrade_after
+            and current == wanted
+        ):
+            self._degrade(conn, degrade_after)
+
+    def _maybe_restore(
+        self, conn: psycopg.Connection[tuple[Any, ...]], wanted: str, connected: bool
+    ) -> None:
+        s = self.status
+        caught_up = (
+            connected
+            and s.server_lsn is not None
+            and s.flush_lsn is not None
+            and s.server_lsn - s.flush_lsn < self.archive.segment_size
+        )
+        if not caught_up:
+            return
+        set_system(conn, "synchronous_standby_names", wanted)
+        s.degraded = False
+        self.log.info("Caught up: synchronous commits are back on (RPO 0).")
+        repository_incident(
+            self.archive, "wal-sync-restored", "the streamer caught up; commits wait again"
+        )
+        if self.incidents is not None:
+            with contextlib.suppress(PgdrError, OSError):
+                self.incidents.resolve(DEGRADED, "The streamer caught up; commits wait again.")
+
+    def _degrade(self, conn: psycopg.Connection[tuple[Any, ...]], degrade_after: float) -> None:
+        set_system(conn, "synchronous_standby_names", "")
+        self.status.degraded = True
+        message = (
+            f"The streamer has been disconnected for {degrade_after:g} s; switched "
+            "the server to ASYNCHRONOUS commits so the application is not blocked. RPO is "
+            "no longer 0 until pgdr catches up."
+        )
+        repository_incident(self.archive, DEGRADED, message)  # recorded before it is said
+        self.log.warning(message)
+        if self.incidents is not None:
+            with contextlib.suppress(PgdrError, OSError):
+                self.incidents.raise_(DEGRADED, Severity.P1, message)
