@@ -758,10 +758,17 @@ def _run(
             notes=notes,
         )
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if data_dir in made:
-            with contextlib.suppress(Exception):
-                LocalCluster(cluster_dir, repo.settings, data_dir=data_dir).stop("immediate")
-        for path in reversed(made):
-            shutil.rmtree(path, ignore_errors=True)
+        _undo(repo, staging, data_dir, cluster_dir, made)
         raise
+
+
+def _undo(
+    repo: Repository, staging: Path, data_dir: Path, cluster_dir: Path, made: list[Path]
+) -> None:
+    """Leave nothing of a failed run: the WAL staging, a started server, what it created."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if data_dir in made:
+        with contextlib.suppress(Exception):
+            LocalCluster(cluster_dir, repo.settings, data_dir=data_dir).stop("immediate")
+    for path in reversed(made):
+        shutil.rmtree(path, ignore_errors=True)
