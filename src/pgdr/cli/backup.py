@@ -11,7 +11,14 @@ from rich.table import Table
 from pgdr.backup import Manifest, open_repository, server_facts, take_backup
 from pgdr.backup.repository import Repository
 from pgdr.backup.verify import VerifyReport, backups_to_verify, verify_backup
-from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named, target
+from pgdr.cli.common import (
+    JsonOption,
+    WorkersOption,
+    command_group,
+    settings,
+    subcommand_named,
+    target,
+)
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
 from pgdr.core.output import (
     console,
@@ -70,9 +77,6 @@ MethodOption = Annotated[
         help="files: parallel workers read the data directory (pgdr beside the server); "
         "stream: pg_basebackup; auto: files when the data directory is readable here.",
     ),
-]
-WorkersOption = Annotated[
-    int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
 ]
 FromOption = Annotated[
     str,

@@ -16,6 +16,9 @@ from pgdr.config import (
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
+]
 
 
 def settings() -> PgdrSettings:

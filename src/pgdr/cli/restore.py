@@ -12,7 +12,7 @@ from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cli import pitr
 from pgdr.cli.backup import RepoOption, open_repo, show_key_note
-from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.common import JsonOption, WorkersOption, settings
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, progress_bar
 from pgdr.core.units import human_size
@@ -47,9 +47,6 @@ DeltaOption = Annotated[
         "--delta",
         help="Rewrite only what differs in the existing data directory --to (with --force).",
     ),
-]
-WorkersOption = Annotated[
-    int | None, typer.Option("--workers", min=1, help="Parallel workers (default: cores).")
 ]
 AsStandbyOption = Annotated[
     bool,
