@@ -40,9 +40,6 @@ class PgInstallation:
             )
         return path
 
-    def has_tool(self, name: str) -> bool:
-        return (self.bin_dir / name).is_file()
-
     @property
     def share_dir(self) -> Path:
         return Path(_pg_config(self.bin_dir, "--sharedir"))

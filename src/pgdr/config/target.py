@@ -35,9 +35,6 @@ class Target:
         """The connection string with any password removed, safe to print or log."""
         return redact(self.conninfo)
 
-    def for_database(self, dbname: str) -> Target:
-        return Target(make_conninfo(self.conninfo, dbname=dbname), self.source)
-
 
 def configured_target(
     url: str | None = None, environ: Mapping[str, str] | None = None

@@ -82,11 +82,6 @@ class Chain:
                 return True
         return False
 
-    def last_segno(self, tli: int) -> int | None:
-        """The newest segment number readable on ``tli``'s path (full or partial)."""
-        here = self.segments.get(tli, set()) | self.partials.get(tli, set())
-        return max(here) if here else None
-
     def timeline_of_segno(self, path: list[tuple[int, int, int | None]], segno: int) -> int:
         chosen = path[0][0]
         for t, begin, _end in path:

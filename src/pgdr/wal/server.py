@@ -212,10 +212,6 @@ def with_application_name(conninfo: str, name: str) -> str:
     return make_conninfo(conninfo, application_name=name)
 
 
-def replication_conninfo_ok(conninfo: str) -> None:
-    conninfo_to_dict(conninfo)  # raises on a malformed string
-
-
 def set_system(conn: psycopg.Connection[tuple[Any, ...]], name: str, value: str | None) -> None:
     """``ALTER SYSTEM SET name = value`` (RESET for None) and reload."""
     if value is None:
