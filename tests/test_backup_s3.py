@@ -101,7 +101,8 @@ def test_s3_server_stopped_mid_upload(
         assert "was abandoned and earlier backups are intact" in message
         assert "Traceback" not in second.stderr
 
-        s3.start()
+        s3.start(new_ports_if_taken=True)
+        env |= s3.env()
         listed = json.loads(run_cli("backup", "list", "--json", env=env).stdout)
         assert [b["id"] for b in listed["backups"]] == [first_id]
         third = run_cli("backup", "--json", env=env)
