@@ -28,7 +28,7 @@ def _describe_os_error(exc: OSError, action: str, path: Path) -> RuntimeFailure:
         return RuntimeFailure(f"The disk holding {path} is full; {action} stopped.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return RuntimeFailure(f"The repository at {path} is not writable ({exc.strerror}).")
-    return RuntimeFailure(f"Could not {action} {path}: {exc.strerror or exc}.")
+    return RuntimeFailure(f"{action.capitalize()} {path} failed: {exc.strerror or exc}.")
 
 
 class LocalStore(ObjectStore):
