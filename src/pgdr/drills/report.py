@@ -30,6 +30,10 @@ RPO_TARGET_S = 300.0  # the runbook: RPO 5 minutes
 QUARTER_MONTHS = 3
 KIND = "drill"
 
+# The phases of an incident's timeline, in order. A step names the phase it belongs to ("" for
+# the preparation before the disaster); the HTML report draws them against the runbook's boxes.
+PHASES = ("disaster", "detection", "decision", "restore", "verification")
+
 
 @dataclass
 class Step:
@@ -39,6 +43,7 @@ class Step:
     duration_s: float = 0.0
     ok: bool = True
     detail: str = ""
+    phase: str = ""  # one of PHASES, or "" for preparation
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -72,9 +77,11 @@ class DrillReport:
     _began: float = field(default_factory=time.monotonic, repr=False)
 
     @contextmanager
-    def step(self, name: str, *commands: str) -> Iterator[Step]:
-        """Time one step; a failure marks it and propagates."""
-        current = Step(name, list(commands), time.monotonic() - self._began)
+    def step(self, name: str, *commands: str, phase: str = "") -> Iterator[Step]:
+        """Time one step (of ``phase``, one of PHASES); a failure marks it and propagates."""
+        if phase and phase not in PHASES:
+            raise ValueError(f"unknown drill phase {phase!r}")
+        current = Step(name, list(commands), time.monotonic() - self._began, phase=phase)
         log.info("Drill %s: %s", self.scenario, name)
         if self.listener is not None:
             self.listener(name)
