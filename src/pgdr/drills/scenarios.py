@@ -32,6 +32,7 @@ from pgdr.config import PgdrSettings
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.core.records import RecordStore
+from pgdr.drills.html import write_drill_html
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_report
 from pgdr.drills.sandbox import DATABASE, Sandbox
 from pgdr.drills.workload import LossCount, WorkloadWriter, count_loss
@@ -493,5 +494,9 @@ def run_drill(
         sandbox.close(options.keep)
         report.kept = options.keep
         report.finished_at = datetime.now(UTC).isoformat()
+    try:
+        write_drill_html(settings.home, report.as_dict())
+    except (OSError, ConfigError) as exc:
+        report.issues.append(f"The HTML report could not be written: {exc}")
     save_report(settings.home, report)
     return report
