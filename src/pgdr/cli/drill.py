@@ -12,11 +12,18 @@ from rich.text import Text
 
 from pgdr.cli.common import JsonOption, settings
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.output import console, emit, markup, progress_bar, styled
+from pgdr.core.output import console, emit, markup, progress_bar, styled, table
 from pgdr.core.records import new_record_id
 from pgdr.core.units import parse_duration
 from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
 from pgdr.drills.html import drill_html, html_path
+from pgdr.drills.random_run import (
+    RandomDrill,
+    RandomRun,
+    new_seed,
+    plan,
+    run_random_drill,
+)
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
@@ -79,9 +86,10 @@ def render_drill(data: dict[str, Any]) -> None:
 
 
 ScenarioArgument = Annotated[
-    str,
+    str | None,
     typer.Argument(
-        help="scenario1 (database loss), scenario2 (corruption), scenario3 (deletion) or all."
+        help="scenario1 (database loss), scenario2 (corruption), scenario3 (deletion) or all; "
+        "leave it out with --random."
     ),
 ]
 ScaleOption = Annotated[
@@ -99,17 +107,36 @@ InjectOption = Annotated[
 ]
 RtoOption = Annotated[str, typer.Option("--rto-target", help="RTO target (the runbook: 1h).")]
 RpoOption = Annotated[str, typer.Option("--rpo-target", help="RPO target (the runbook: 5m).")]
+RandomOption = Annotated[
+    int | None,
+    typer.Option(
+        "--random",
+        help="Run N drills with random scenarios and disaster moments; fail if a commit older "
+        "than the measured RPO is missing.",
+        min=1,
+    ),
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Seed of --random (default: a new one, printed).")
+]
+MaxDelayOption = Annotated[
+    str,
+    typer.Option("--max-delay", help="--random: longest wait under load before the disaster."),
+]
 
 
 @app.command()
 def run(
-    scenario: ScenarioArgument,
+    scenario: ScenarioArgument = None,
     scale: ScaleOption = 0.02,
     pg_version: PgVersionOption = 18,
     keep: KeepOption = False,
     inject: InjectOption = None,
     rto_target: RtoOption = "1h",
     rpo_target: RpoOption = "5m",
+    random_count: RandomOption = None,
+    seed: SeedOption = None,
+    max_delay: MaxDelayOption = "10s",
     as_json: JsonOption = False,
 ) -> None:
     """Run a disaster drill in a sandbox of its own; exit 1 when it fails."""
@@ -122,6 +149,18 @@ def run(
         rto_target_s=parse_duration(rto_target, "--rto-target") if rto_target else RTO_TARGET_S,
         rpo_target_s=parse_duration(rpo_target, "--rpo-target") if rpo_target else RPO_TARGET_S,
     )
+    if random_count is not None:
+        if scenario is not None or inject is not None:
+            raise ConfigError("--random draws the scenarios and faults: name neither.")
+        drawn = plan(random_count, new_seed() if seed is None else seed, _delay(max_delay))
+        _run_random(drawn, options, as_json)
+        return
+    if scenario is None or seed is not None:
+        raise ConfigError(
+            "--seed goes with --random N."
+            if scenario is not None
+            else "Name a scenario (scenario1, scenario2, scenario3 or all) or --random N."
+        )
     reports, s = [], settings()
     for name in _drill_names(scenario, inject):
         with progress_bar(f"Drill {name}", None, enabled=not as_json) as advance:
@@ -141,6 +180,51 @@ def run(
     if not passed:
         failed = ", ".join(r["scenario"] for r in reports if not r["passed"])
         raise CheckFailed(f"The drill failed: {failed}; see the issues in the report.")
+
+
+def _delay(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text, "--max-delay")
+
+
+def _run_random(drawn: list[RandomDrill], options: DrillOptions, as_json: bool) -> None:
+    """The drills of ``drawn`` one after the other; exit 1 when one failed."""
+    s = settings()
+    results = []
+    for index, drill in enumerate(drawn, 1):
+        title = f"Random drill {index}/{len(drawn)}: {drill.scenario} (seed {drill.seed})"
+        with progress_bar(title, None, enabled=not as_json) as advance:
+            results.append(
+                run_random_drill(index, drill, s, options, on_step=lambda _step: advance(1))
+            )
+        if not as_json:
+            render_drill(results[-1].report.as_dict())
+    outcome = RandomRun(drawn[0].seed, len(drawn), results)
+    emit(outcome.as_dict(), as_json, lambda: _render_random(outcome))
+    if not outcome.passed:
+        raise CheckFailed(outcome.failure())
+
+
+def _render_random(outcome: RandomRun) -> None:
+    rows = []
+    for r in outcome.results:
+        check = r.rpo_check
+        rows.append(
+            [
+                str(r.index),
+                str(r.drill.seed),
+                r.drill.scenario + (f" + {r.drill.inject}" if r.drill.inject else ""),
+                f"{r.drill.delay_s:.2f} s",
+                _seconds(r.report.rpo_s),
+                str(check.violations) if check.checked else "not checked",
+                VERDICT[r.passed],
+                str(r.html),
+            ]
+        )
+    columns = ("#", "seed", "scenario", "delay", "RPO", "older commits missing", "", "report")
+    console.print(table(f"Random drills, seed {outcome.seed}", columns, rows))
+    console.print(
+        Text.assemble(VERDICT[outcome.passed], f": {len(outcome.results)} random drill(s).")
+    )
 
 
 def _drill_names(scenario: str, inject: str | None) -> list[str]:
