@@ -95,6 +95,29 @@ def test_two_random_drills_under_load(cli_env: dict[str, str], pgdr_home: Path) 
     assert drills[1]["missing_ticks"] == 0
 
 
+@pytest.mark.slow
+def test_a_random_drill_over_its_target_fails_the_run(cli_env: dict[str, str]) -> None:
+    result = run_cli(
+        "drill", "run", "--random", "1", "--seed", str(SEED), "--max-delay", "0",
+        "--rpo-target", "0.001s", "--scale", "0.01", "--json", env=cli_env, timeout=900,
+    )  # fmt: skip
+    assert result.stdout, result.stderr
+    data = json.loads(result.stdout)
+    assert result.code == 1, (data, result.stderr)
+    (drill,) = data["drills"]
+    assert not data["passed"] and not drill["passed"]
+    assert drill["scenario"] == "scenario1" and drill["inject"] == "streamer-down"
+    assert drill["disaster_delay_s"] == 0.0
+    assert not any(s["name"].startswith("Wait ") for s in drill["drill"]["steps"])
+    assert drill["rpo_check"]["checked"] and drill["rpo_check"]["violations"] == 0
+    assert drill["missing_ticks"] > 0
+    assert " ".join(result.stderr.split()).endswith(
+        f"The random drill run (seed {SEED}) failed: 1 of 1 drill(s), first drill 1 "
+        f"(scenario1, seed {SEED}): its RPO of {drill['rpo_seconds']:.3f} s is over the "
+        "target of 0.001 s."
+    )
+
+
 def test_random_refuses_a_scenario_or_a_fault(cli_env: dict[str, str]) -> None:
     result = run_cli("drill", "run", "scenario1", "--random", "2", env=cli_env)
     assert result.code == 2 and "--random draws the scenarios" in result.stderr

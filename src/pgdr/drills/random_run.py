@@ -123,9 +123,18 @@ class RandomResult:
     def why(self) -> str:
         """Why this drill failed, as a clause."""
         where = f"drill {self.index} ({self.drill.scenario}, seed {self.drill.seed})"
+        r = self.report
         if self.rpo_check.violations or not self.rpo_check.checked:
-            return f"{where}: {self.rpo_check.note}"
-        return f"{where}: {self.report.issues[0] if self.report.issues else 'see its report'}"
+            reason = self.rpo_check.note
+        elif r.issues:
+            reason = r.issues[0]
+        elif not r.rpo_ok:
+            reason = f"its RPO of {r.rpo_s or 0:.3f} s is over the target of {r.rpo_target_s:g} s"
+        elif not r.rto_ok:
+            reason = f"its RTO of {r.rto_s or 0:.1f} s is over the target of {r.rto_target_s:g} s"
+        else:
+            reason = "a step failed (see its report)"
+        return f"{where}: {reason}"
 
     def as_dict(self) -> dict[str, Any]:
         rpo = self.report.rpo
