@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -16,13 +15,11 @@ import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from conftest import Server
+from fixtures.browser import chromium, needs_chromium, screenshot
 from fixtures.fleet import fleet_home
 from pgdr.cluster import find_free_port
 
 TOKEN = "test-token-0123456789abcdef"
-ARTIFACTS = Path(
-    os.environ.get("PGDR_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
-)
 
 
 @contextmanager
@@ -124,39 +121,6 @@ def test_empty_token_file_is_refused(cli_env: dict[str, str], tmp_path: Path, co
     assert result.code == 2 and "is empty" in result.stderr
 
 
-needs_chromium = pytest.mark.skipif(
-    shutil.which("chromedriver") is None, reason="chromium-driver not installed"
-)
-
-
-@contextmanager
-def chromium() -> Iterator[WebDriver]:
-    """Real headless Chromium, with nothing fetched but what the page asks for."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,1400",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def _log_in(driver: WebDriver, token: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -171,12 +135,6 @@ def _incident_row(driver: WebDriver, *words: str) -> str:
 
     rows = driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr")
     return next(r.text for r in rows if all(w in r.text for w in words))
-
-
-def _screenshot(driver: WebDriver, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / name))
-    assert (ARTIFACTS / name).stat().st_size > 10_000
 
 
 @needs_chromium
@@ -208,7 +166,7 @@ def test_dashboard_in_chromium(api: str) -> None:
         # it refreshes itself: a new round shows up without a reload
         first = driver.find_element(By.ID, "updated").text
         wait.until(lambda d: d.find_element(By.ID, "updated").text != first)
-        _screenshot(driver, "dashboard.png")
+        screenshot(driver, "dashboard.png")
 
 
 def test_one_serve_watches_every_configured_database(fleet_api: str) -> None:
@@ -261,4 +219,4 @@ def test_dashboard_of_two_databases_in_chromium(fleet_api: str) -> None:
         assert driver.find_element(By.CSS_SELECTOR, "#db-alpha .latency").text.endswith("ms")
         worst = driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr")[0].text
         assert worst.startswith("P0 beta database_up") and "Runbook Scenario 1" in worst
-        _screenshot(driver, "dashboard-two-databases.png")
+        screenshot(driver, "dashboard-two-databases.png")

@@ -33,15 +33,20 @@ def record(
     return report
 
 
-def report(home: Path, cli_env: dict[str, str]) -> dict[str, object]:
+def report(home: Path, cli_env: dict[str, str], code: int = 0) -> dict[str, object]:
+    """``drill report --json``: exit 0, or 1 (and why on stderr) when the drill is overdue."""
     result = run_cli("drill", "report", "--json", env=cli_env | {"PGDR_HOME": str(home)})
-    assert result.code == 0, result.stderr
+    assert result.code == code, result.stderr
     data: dict[str, object] = json.loads(result.stdout)
+    schedule = data["schedule"]
+    assert isinstance(schedule, dict)
+    if code:
+        assert " ".join(result.stderr.split()) == f"error: {schedule['note']}"
     return data
 
 
 def test_no_drill_yet_is_overdue(home: Path, cli_env: dict[str, str]) -> None:
-    data = report(home, cli_env)
+    data = report(home, cli_env, code=1)
     assert data["drills"] == [] and data["last"] == {}
     assert data["schedule"] == {
         "last_full_run": None,
@@ -51,7 +56,7 @@ def test_no_drill_yet_is_overdue(home: Path, cli_env: dict[str, str]) -> None:
         "note": "No full drill has been run: run `pgdr drill run all` now.",
     }
     human = run_cli("drill", "report", env=cli_env | {"PGDR_HOME": str(home)})
-    assert human.code == 0 and "No full drill has been run" in human.stdout
+    assert human.code == 1 and "No full drill has been run" in human.stdout
 
 
 def test_next_quarterly_drill_after_the_last_full_run(home: Path, cli_env: dict[str, str]) -> None:
@@ -89,3 +94,15 @@ def test_overdue_after_three_months() -> None:
     assert "was due on 2026-04-15" in due["note"]
     assert not next_scheduled(history, now=datetime(2026, 4, 15, 8, 59, tzinfo=UTC))["overdue"]
     assert add_months(datetime(2026, 11, 30, tzinfo=UTC), 3) == datetime(2027, 2, 28, tzinfo=UTC)
+
+
+def test_an_overdue_drill_exits_1(home: Path, cli_env: dict[str, str]) -> None:
+    """Only a full run counts: a recent single drill does not make an old full run current."""
+    old = datetime.now(UTC) - timedelta(days=100)
+    for name in ("scenario1", "scenario2", "scenario3"):
+        record(home, name, old, True, "old-run")
+    record(home, "scenario1", datetime.now(UTC) - timedelta(days=1), True, None)
+    data = report(home, cli_env, code=1)
+    schedule = data["schedule"]
+    assert isinstance(schedule, dict) and schedule["overdue"] is True
+    assert schedule["note"].startswith("The quarterly drill was due on ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,10 +12,18 @@ from rich.text import Text
 
 from pgdr.cli.common import JsonOption, settings
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.output import console, emit, markup, progress_bar, styled
+from pgdr.core.output import console, emit, markup, progress_bar, styled, table
 from pgdr.core.records import new_record_id
 from pgdr.core.units import parse_duration
 from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
+from pgdr.drills.html import drill_html, html_path
+from pgdr.drills.random_run import (
+    RandomDrill,
+    RandomRun,
+    new_seed,
+    plan,
+    run_random_drill,
+)
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
@@ -77,9 +86,10 @@ def render_drill(data: dict[str, Any]) -> None:
 
 
 ScenarioArgument = Annotated[
-    str,
+    str | None,
     typer.Argument(
-        help="scenario1 (database loss), scenario2 (corruption), scenario3 (deletion) or all."
+        help="scenario1 (database loss), scenario2 (corruption), scenario3 (deletion) or all; "
+        "leave it out with --random."
     ),
 ]
 ScaleOption = Annotated[
@@ -97,22 +107,39 @@ InjectOption = Annotated[
 ]
 RtoOption = Annotated[str, typer.Option("--rto-target", help="RTO target (the runbook: 1h).")]
 RpoOption = Annotated[str, typer.Option("--rpo-target", help="RPO target (the runbook: 5m).")]
+RandomOption = Annotated[
+    int | None,
+    typer.Option(
+        "--random",
+        help="Run N drills with random scenarios and disaster moments; fail if a commit older "
+        "than the measured RPO is missing.",
+        min=1,
+    ),
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Seed of --random (default: a new one, printed).")
+]
+MaxDelayOption = Annotated[
+    str,
+    typer.Option("--max-delay", help="--random: longest wait under load before the disaster."),
+]
 
 
 @app.command()
 def run(
-    scenario: ScenarioArgument,
+    scenario: ScenarioArgument = None,
     scale: ScaleOption = 0.02,
     pg_version: PgVersionOption = 18,
     keep: KeepOption = False,
     inject: InjectOption = None,
     rto_target: RtoOption = "1h",
     rpo_target: RpoOption = "5m",
+    random_count: RandomOption = None,
+    seed: SeedOption = None,
+    max_delay: MaxDelayOption = "10s",
     as_json: JsonOption = False,
 ) -> None:
     """Run a disaster drill in a sandbox of its own; exit 1 when it fails."""
-    names = _drill_names(scenario, inject)
-    s = settings()
     options = DrillOptions(
         scale=scale,
         pg_version=pg_version,
@@ -122,13 +149,26 @@ def run(
         rto_target_s=parse_duration(rto_target, "--rto-target") if rto_target else RTO_TARGET_S,
         rpo_target_s=parse_duration(rpo_target, "--rpo-target") if rpo_target else RPO_TARGET_S,
     )
-    reports = []
-    for name in names:
+    if random_count is not None:
+        if scenario is not None or inject is not None:
+            raise ConfigError("--random draws the scenarios and faults: name neither.")
+        drawn = plan(random_count, new_seed() if seed is None else seed, _delay(max_delay))
+        _run_random(drawn, options, as_json)
+        return
+    if scenario is None or seed is not None:
+        raise ConfigError(
+            "--seed goes with --random N."
+            if scenario is not None
+            else "Name a scenario (scenario1, scenario2, scenario3 or all) or --random N."
+        )
+    reports, s = [], settings()
+    for name in _drill_names(scenario, inject):
         with progress_bar(f"Drill {name}", None, enabled=not as_json) as advance:
             report = run_drill(name, s, options, on_step=lambda _step: advance(1))
         reports.append(report.as_dict())
         if not as_json:
             render_drill(reports[-1])
+            console.print(f"HTML report: {html_path(s.home, report.id)}", highlight=False)
     passed = all(r["passed"] for r in reports)
     if as_json:
         data: dict[str, Any] = (
@@ -142,6 +182,51 @@ def run(
         raise CheckFailed(f"The drill failed: {failed}; see the issues in the report.")
 
 
+def _delay(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text, "--max-delay")
+
+
+def _run_random(drawn: list[RandomDrill], options: DrillOptions, as_json: bool) -> None:
+    """The drills of ``drawn`` one after the other; exit 1 when one failed."""
+    s = settings()
+    results = []
+    for index, drill in enumerate(drawn, 1):
+        title = f"Random drill {index}/{len(drawn)}: {drill.scenario} (seed {drill.seed})"
+        with progress_bar(title, None, enabled=not as_json) as advance:
+            results.append(
+                run_random_drill(index, drill, s, options, on_step=lambda _step: advance(1))
+            )
+        if not as_json:
+            render_drill(results[-1].report.as_dict())
+    outcome = RandomRun(drawn[0].seed, len(drawn), results)
+    emit(outcome.as_dict(), as_json, lambda: _render_random(outcome))
+    if not outcome.passed:
+        raise CheckFailed(outcome.failure())
+
+
+def _render_random(outcome: RandomRun) -> None:
+    rows = []
+    for r in outcome.results:
+        check = r.rpo_check
+        rows.append(
+            [
+                str(r.index),
+                str(r.drill.seed),
+                r.drill.scenario + (f" + {r.drill.inject}" if r.drill.inject else ""),
+                f"{r.drill.delay_s:.2f} s",
+                _seconds(r.report.rpo_s),
+                str(check.violations) if check.checked else "not checked",
+                VERDICT[r.passed],
+                str(r.html),
+            ]
+        )
+    columns = ("#", "seed", "scenario", "delay", "RPO", "older commits missing", "", "report")
+    console.print(table(f"Random drills, seed {outcome.seed}", columns, rows))
+    console.print(
+        Text.assemble(VERDICT[outcome.passed], f": {len(outcome.results)} random drill(s).")
+    )
+
+
 def _drill_names(scenario: str, inject: str | None) -> list[str]:
     """The scenarios ``scenario`` names (``all``: every one); a fault only for scenario 1."""
     names = list(SCENARIOS) if scenario == "all" else [scenario]
@@ -152,54 +237,77 @@ def _drill_names(scenario: str, inject: str | None) -> list[str]:
     return names
 
 
+HtmlOption = Annotated[
+    str | None,
+    typer.Option("--html", help="Write the HTML page of drill ID (its id or record file)."),
+]
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", help="With --html: write the page here (default: beside the record)."),
+]
+
+
 @app.command()
-def report(as_json: JsonOption = False) -> None:
-    """The drills run so far, the last result per scenario and the next quarterly drill."""
+def report(html: HtmlOption = None, out: OutOption = None, as_json: JsonOption = False) -> None:
+    """The drills run so far and the next quarterly drill; exit 1 when it is overdue.
+
+    With --html ID: write the drill's HTML report and print its path."""
+    if out is not None and html is None:
+        raise ConfigError("--out goes with --html ID.")
+    if html is not None:
+        path = drill_html(settings().home, html, out)
+        emit({"html": str(path)}, as_json, lambda: console.print(str(path), highlight=False))
+        return
     history = drill_history(settings().home)
     schedule = next_scheduled(history, datetime.now(UTC))
-    last = last_per_scenario(history)
+    data = _history_data(history, schedule)
+    emit(data, as_json, lambda: _render_history(data))
+    if schedule["overdue"]:
+        raise CheckFailed(schedule["note"])
+
+
+def _history_row(d: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "scenario", "started_at", "pg_version", "passed", "run_id")
-    data: dict[str, Any] = {
-        "drills": [
-            {k: d.get(k) for k in keys}
-            | {"rto_seconds": d["rto"]["seconds"], "rpo_seconds": d["rpo"].get("seconds")}
-            for d in history
-        ],
-        "last": {
-            name: {k: d.get(k) for k in keys}
-            | {"rto_seconds": d["rto"]["seconds"], "rpo_seconds": d["rpo"].get("seconds")}
-            for name, d in last.items()
-        },
+    return {k: d.get(k) for k in keys} | {
+        "rto_seconds": d["rto"]["seconds"],
+        "rpo_seconds": d["rpo"].get("seconds"),
+    }
+
+
+def _history_data(history: list[dict[str, Any]], schedule: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "drills": [_history_row(d) for d in history],
+        "last": {name: _history_row(d) for name, d in last_per_scenario(history).items()},
         "schedule": schedule,
     }
 
-    def render() -> None:
-        table = Table(title="Disaster drills", title_justify="left")
-        for column in ("drill", "scenario", "PostgreSQL", "RTO", "RPO", "result", "run"):
-            table.add_column(column)
-        for d in data["drills"]:
-            table.add_row(
-                d["id"],
-                d["scenario"],
-                str(d["pg_version"]),
-                _seconds(d["rto_seconds"]),
-                _seconds(d["rpo_seconds"]),
-                VERDICT[bool(d["passed"])],
-                "all" if d["run_id"] else "",
-            )
-        console.print(table)
-        for name in SCENARIOS:
-            d = data["last"].get(name)
-            state = (
-                Text.assemble(VERDICT[bool(d["passed"])], f" on {d['started_at'][:19]}")
-                if d
-                else Text("never run")
-            )
-            console.print(Text.assemble(f"{name}: ", state), highlight=False)
-        style = "bold red" if schedule["overdue"] else "green"
-        console.print(styled(schedule["note"], style), highlight=False)
 
-    emit(data, as_json, render)
+def _render_history(data: dict[str, Any]) -> None:
+    table_ = Table(title="Disaster drills", title_justify="left")
+    for column in ("drill", "scenario", "PostgreSQL", "RTO", "RPO", "result", "run"):
+        table_.add_column(column)
+    for d in data["drills"]:
+        table_.add_row(
+            d["id"],
+            d["scenario"],
+            str(d["pg_version"]),
+            _seconds(d["rto_seconds"]),
+            _seconds(d["rpo_seconds"]),
+            VERDICT[bool(d["passed"])],
+            "all" if d["run_id"] else "",
+        )
+    console.print(table_)
+    for name in SCENARIOS:
+        d = data["last"].get(name)
+        state = (
+            Text.assemble(VERDICT[bool(d["passed"])], f" on {d['started_at'][:19]}")
+            if d
+            else Text("never run")
+        )
+        console.print(Text.assemble(f"{name}: ", state), highlight=False)
+    schedule = data["schedule"]
+    style = "bold red" if schedule["overdue"] else "green"
+    console.print(styled(schedule["note"], style), highlight=False)
 
 
 @app.command()

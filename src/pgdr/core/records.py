@@ -31,15 +31,19 @@ def new_record_id() -> str:
 
 def write_json(path: Path, data: dict[str, Any], force: bool = False) -> Path:
     """Write ``data`` atomically with mode 0600; refuse to replace a file unless ``force``."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", force)
+
+
+def write_text(path: Path, text: str, force: bool = False) -> Path:
+    """Write ``text`` atomically with mode 0600; refuse to replace a file unless ``force``."""
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists; pass --force to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

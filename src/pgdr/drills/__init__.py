@@ -4,8 +4,10 @@ Each drill runs in a sandbox (sandbox.py) of its own under ``$PGDR_HOME/drills/<
 "production" cluster with the ConvoAI sample, its own repository and key, a base backup, a real
 ``pgdr wal stream`` process and a workload writer (workload.py) whose acknowledged commits make
 data loss a count. scenarios.py holds the three scenarios, report.py the drill report, its
-record in ``$PGDR_HOME/records/drills`` and the quarterly schedule. Nothing outside the sandbox
-is touched.
+record in ``$PGDR_HOME/records/drills`` and the quarterly schedule; html.py renders a report as
+a self-contained page beside its record (timeline.py draws the steps, timebox.py holds the
+runbook's time boxes per phase); random_run.py runs drills with random scenarios and moments
+and holds each to its measured RPO. Nothing outside the sandbox is touched.
 """
 
 from pgdr.drills.report import DrillReport, drill_history, next_scheduled

@@ -22,6 +22,7 @@ from typing import Any
 from pgdr.core.errors import ConfigError
 from pgdr.core.log import logger
 from pgdr.core.records import RecordStore, new_record_id
+from pgdr.drills.workload import LossCount
 
 log = logger(__name__)
 
@@ -74,6 +75,7 @@ class DrillReport:
     rto_target_s: float = RTO_TARGET_S
     rpo_target_s: float = RPO_TARGET_S
     listener: Callable[[str], None] | None = field(default=None, repr=False)
+    loss: LossCount | None = field(default=None, repr=False)  # the RPO's ticks, not recorded
     _began: float = field(default_factory=time.monotonic, repr=False)
 
     @contextmanager

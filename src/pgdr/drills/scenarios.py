@@ -32,6 +32,7 @@ from pgdr.config import PgdrSettings
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.core.records import RecordStore
+from pgdr.drills.html import write_drill_html
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport, save_report
 from pgdr.drills.sandbox import DATABASE, Sandbox
 from pgdr.drills.workload import LossCount, WorkloadWriter, count_loss
@@ -63,6 +64,7 @@ class DrillOptions:
     inject: str | None = None  # a fault to rehearse: "streamer-down"
     rto_target_s: float = RTO_TARGET_S
     rpo_target_s: float = RPO_TARGET_S
+    disaster_delay_s: float = 0.0  # a wait under load before the disaster (drill run --random)
 
 
 @dataclass
@@ -120,6 +122,9 @@ def _prepare(d: Drill) -> dict[str, Any]:
         if before.critical:
             r.fail(step, f"the production database had {before.critical} critical finding(s)")
         d.writer.wait_for_ticks(20)
+    if d.options.disaster_delay_s > 0:
+        with r.step(f"Wait {d.options.disaster_delay_s:.2f} s under load: a random moment"):
+            time.sleep(d.options.disaster_delay_s)
     return baseline
 
 
@@ -159,6 +164,7 @@ def _loss(d: Drill, url: str) -> None:
     d.writer.stop()
     loss = count_loss(url, d.writer.snapshot())
     d.report.rpo = loss.as_dict()
+    d.report.loss = loss
     d.report.facts["workload_failures"] = d.writer.failures
     if loss.missing:
         d.report.findings.append(
@@ -479,6 +485,8 @@ def run_drill(
     )
     if options.inject:
         report.facts["injected_fault"] = options.inject
+    if options.disaster_delay_s:
+        report.facts["disaster_delay_s"] = round(options.disaster_delay_s, 3)
     sandbox = Sandbox(settings, report.id, options.pg_version, options.scale)
     report.sandbox = str(sandbox.root)
     drill = Drill(sandbox, report, options, load_profile(SAMPLE_PROFILE))
@@ -493,5 +501,9 @@ def run_drill(
         sandbox.close(options.keep)
         report.kept = options.keep
         report.finished_at = datetime.now(UTC).isoformat()
+    try:
+        write_drill_html(settings.home, report.as_dict())
+    except (OSError, ConfigError) as exc:
+        report.issues.append(f"The HTML report could not be written: {exc}")
     save_report(settings.home, report)
     return report

@@ -119,6 +119,8 @@ class LossCount:
     seconds: float
     newest_acknowledged: str | None
     newest_present: str | None
+    acked: list[Tick] = field(default_factory=list, repr=False)  # every acknowledged tick
+    lost: list[Tick] = field(default_factory=list, repr=False)  # those missing
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -153,4 +155,6 @@ def count_loss(conninfo: str, acked: list[Tick]) -> LossCount:
         seconds=seconds,
         newest_acknowledged=newest_acked.isoformat() if newest_acked else None,
         newest_present=newest_kept.isoformat() if newest_kept else None,
+        acked=list(acked),
+        lost=missing,
     )
