@@ -18,6 +18,7 @@ from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, 
 from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
+from pgdr.watch import drill_monitor
 
 app = typer.Typer(help="Disaster drills: the runbook's scenarios end to end, RTO/RPO measured.")
 
@@ -54,10 +55,18 @@ def render_drill(data: dict[str, Any]) -> None:
         VERDICT[bool(rto["ok"])],
         highlight=False,
     )
-    if rpo.get("missing_ticks") is not None:
+    phases = data["facts"].get("phases") or {}
+    if any(phases.values()):
         console.print(
-            f"RPO {rpo['missing_ticks']} of {rpo['acknowledged_ticks']} acknowledged commits "
-            f"missing, {_seconds(rpo['seconds'])} (target {_seconds(rpo['target_seconds'])})",
+            "of which " + ", ".join(f"{p} {_seconds(v)}" for p, v in phases.items() if v),
+            highlight=False,
+        )
+    if rpo.get("missing_writes") is not None:
+        lost = ", ".join(f"{t} {n['missing']}" for t, n in rpo["tables"].items() if n["missing"])
+        console.print(
+            f"RPO {rpo['missing_writes']} of {rpo['acknowledged_writes']} acknowledged writes "
+            f"missing{f' ({lost})' if lost else ''}, {_seconds(rpo['seconds'])} "
+            f"(target {_seconds(rpo['target_seconds'])})",
             VERDICT[bool(rpo["ok"])],
             highlight=False,
         )
@@ -97,6 +106,13 @@ InjectOption = Annotated[
 ]
 RtoOption = Annotated[str, typer.Option("--rto-target", help="RTO target (the runbook: 1h).")]
 RpoOption = Annotated[str, typer.Option("--rpo-target", help="RPO target (the runbook: 5m).")]
+MonitorIntervalOption = Annotated[
+    str,
+    typer.Option(
+        "--monitor-interval",
+        help="How often pgdr's monitor watches the sandbox (production: every 2m).",
+    ),
+]
 
 
 @app.command()
@@ -108,6 +124,7 @@ def run(
     inject: InjectOption = None,
     rto_target: RtoOption = "1h",
     rpo_target: RpoOption = "5m",
+    monitor_interval: MonitorIntervalOption = "2s",
     as_json: JsonOption = False,
 ) -> None:
     """Run a disaster drill in a sandbox of its own; exit 1 when it fails."""
@@ -121,11 +138,14 @@ def run(
         inject=inject,
         rto_target_s=parse_duration(rto_target, "--rto-target") if rto_target else RTO_TARGET_S,
         rpo_target_s=parse_duration(rpo_target, "--rpo-target") if rpo_target else RPO_TARGET_S,
+        monitor_interval_s=parse_duration(monitor_interval, "--monitor-interval"),
     )
     reports = []
     for name in names:
         with progress_bar(f"Drill {name}", None, enabled=not as_json) as advance:
-            report = run_drill(name, s, options, on_step=lambda _step: advance(1))
+            report = run_drill(
+                name, s, options, on_step=lambda _step: advance(1), monitor=drill_monitor
+            )
         reports.append(report.as_dict())
         if not as_json:
             render_drill(reports[-1])
