@@ -14,7 +14,7 @@ from typing import Any
 
 from pgdr.cluster import LocalCluster
 from pgdr.core.connect import connect
-from pgdr.core.errors import CheckFailed, ConfigError
+from pgdr.core.errors import CheckFailed
 from pgdr.drills.detect import INTERVAL_S, Detection, MonitorFactory, SandboxWatch, WatchTarget
 from pgdr.drills.report import PHASES, RPO_TARGET_S, RTO_TARGET_S, DrillReport
 from pgdr.drills.sandbox import Sandbox
@@ -104,8 +104,7 @@ def watch_sandbox(d: Drill) -> None:
         f"Watch: pgdr's monitor every {interval:g} s (production: every 2 minutes)",
         f"pgdr monitor run --interval {interval:g}",
     ) as step:
-        if d.monitor is None:
-            raise ConfigError("A drill needs pgdr's monitor (pgdr.watch.drill_monitor).")
+        assert d.monitor is not None  # run_drill refuses to run without it
         target = WatchTarget(
             sb.settings, sb.url, sb.records, lambda: sb.repo, d.profile, sb.env(), interval
         )

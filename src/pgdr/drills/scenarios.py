@@ -225,8 +225,10 @@ def run_drill(
     """Run one scenario in a fresh sandbox, always clean up, record and return the report.
 
     ``monitor`` builds pgdr's monitor over the sandbox (:func:`pgdr.watch.drill_monitor`; the
-    watch layer sits above the drills, so its callers hand it in); without it the drill cannot
-    detect the disaster and says so."""
+    watch layer sits above the drills, so its callers hand it in); without it a drill could not
+    detect its disaster, and none is run."""
+    if monitor is None:
+        raise ConfigError("A drill needs pgdr's monitor: pass monitor=pgdr.watch.drill_monitor.")
     if name not in SCENARIOS:
         raise ConfigError(f"Unknown drill {name!r}: choose {', '.join(SCENARIOS)} or all.")
     if options.inject is not None and options.inject not in FAULTS:
