@@ -93,6 +93,7 @@ class WorkloadWriter:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _next_id: int = 1
+    _turn: int = 0  # whose turn among OPS
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _random: random.Random = field(default_factory=lambda: random.Random(14))  # noqa: S311 (not crypto)
 
@@ -143,7 +144,8 @@ class WorkloadWriter:
         """The ``n``-th application write (its kind in turn), or None when it wrote nothing."""
         ctx, pick = self.context, self._random.choice
         assert ctx is not None
-        op = OPS[n % len(OPS)]
+        self._turn += 1
+        op = OPS[self._turn % len(OPS)]
         query: str
         args: tuple[str, ...]
         if op == "message" and ctx.conversations:
