@@ -109,8 +109,9 @@ def watch_sandbox(d: Drill) -> None:
             sb.settings, sb.url, sb.records, lambda: sb.repo, d.profile, sb.env(), interval
         )
         d.watch = SandboxWatch(d.monitor(target))
+        began = time.time()
         d.watch.start()
-        clean = d.watch.wait_clean(max(DETECTION_TIMEOUT_S, 10 * interval))
+        clean = d.watch.wait_clean(began, max(DETECTION_TIMEOUT_S, 10 * interval))
         if clean is None:
             raise CheckFailed(
                 "pgdr's monitor found no clean round before the disaster: "

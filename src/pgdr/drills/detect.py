@@ -151,9 +151,9 @@ class SandboxWatch:
                 self._done.wait(min(left, 0.5))
             return found
 
-    def wait_clean(self, timeout: float) -> Round | None:
-        """Until a round that began from now on found nothing (the baseline of the window)."""
-        since = time.time()
+    def wait_clean(self, since: float, timeout: float) -> Round | None:
+        """Until a round that began at or after ``since`` found nothing (the baseline of the
+        window)."""
         return self._wait(  # type: ignore[no-any-return]
             lambda: next((r for r in self.rounds if r.began >= since and r.clean), None), timeout
         )
