@@ -15,7 +15,7 @@ from pgdr.core.output import console, emit, markup, progress_bar, styled
 from pgdr.core.records import new_record_id
 from pgdr.core.units import parse_duration
 from pgdr.drills import SCENARIOS, DrillOptions, drill_history, next_scheduled, run_drill
-from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
+from pgdr.drills.report import PHASES, RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
 from pgdr.watch import drill_monitor
@@ -58,7 +58,7 @@ def render_drill(data: dict[str, Any]) -> None:
     phases = data["facts"].get("phases") or {}
     if any(phases.values()):
         console.print(
-            "of which " + ", ".join(f"{p} {_seconds(v)}" for p, v in phases.items() if v),
+            "of which " + ", ".join(f"{p} {_seconds(phases[p])}" for p in PHASES if p in phases),
             highlight=False,
         )
     if rpo.get("missing_writes") is not None:
