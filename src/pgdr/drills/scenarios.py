@@ -151,8 +151,7 @@ def scenario2(d: Drill) -> None:
     """Data corruption: orphans and broken embeddings, repaired from a copy restored to just
     before the first damaging transaction."""
     baseline = _prepare(d)
-    watch_sandbox(d)
-    d.writer.wait_for_ticks(20)
+    watch_sandbox(d)  # the workload wrote meanwhile (and since the snapshot)
     streamed_since = s2.corrupt(d)
     found = detect(d)
     decide(d, found, "repair-tables")
@@ -185,7 +184,6 @@ def scenario3(d: Drill) -> None:
     watch_sandbox(d)
     chatbot = s3.busiest_chatbot(sb.url)
     r.facts["chatbot"] = chatbot
-    d.writer.wait_for_ticks(20)
     streamed_since = s3.delete_chatbot(d, chatbot)
     found = detect(d)
     decide(d, found, "undelete")
