@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from pgdr.drills.random_run import check_rpo, draw, plan
 from pgdr.drills.report import DrillReport, Step
-from pgdr.drills.workload import LossCount, Tick
+from pgdr.drills.workload import TICKS, LossCount, Write
 
 SEED = 4  # draws scenario1 with the WAL streamer down (a real loss), then scenario3
 
@@ -36,13 +36,13 @@ def drilled(lost_ids: set[int], with_disaster: bool = True) -> DrillReport:
     """A report whose workload acknowledged 100 ticks 10 ms apart, the disaster at tick 80."""
     report = DrillReport("scenario1", "t", 18, 0.01)
     began = datetime.fromisoformat(report.started_at)
-    ticks = [Tick(i, began + timedelta(seconds=1 + i / 100)) for i in range(1, 101)]
+    ticks = [Write(TICKS, str(i), began + timedelta(seconds=1 + i / 100)) for i in range(1, 101)]
     name = "Disaster: kill" if with_disaster else "Kill"
     report.steps = [Step(name, [], started_s=1.805, duration_s=1.0, phase="")]
-    lost = [t for t in ticks if t.id in lost_ids]
-    kept = [t for t in ticks if t.id not in lost_ids]
+    lost = [t for t in ticks if int(t.key) in lost_ids]
+    kept = [t for t in ticks if int(t.key) not in lost_ids]
     seconds = (max(t.committed_at for t in lost) - kept[-1].committed_at).total_seconds()
-    report.loss = LossCount(100, len(lost), max(0.0, seconds), None, None, ticks, lost)
+    report.loss = LossCount(100, len(lost), max(0.0, seconds), None, None, acked=ticks, lost=lost)
     report.rpo = report.loss.as_dict()
     return report
 

@@ -43,6 +43,7 @@ from pgdr.restore.scratch import scratch_cluster
 from pgdr.restore.tested import amcheck_cluster
 from pgdr.wal.archive import KEYRING, WalArchive, repository_archive
 from pgdr.wal.retention import prune_repository_wal
+from pgdr.watch import drill_monitor
 
 SCRATCH_PREFIX = "rt-"  # short: the server's socket path must stay under 107 bytes
 # One restore test at a time per agent: each starts a whole server and replays WAL, and two at
@@ -233,7 +234,9 @@ def drill_job(handle: DatabaseHandle, scenarios: list[str] | None = None) -> dic
     results = {}
     run_id = new_record_id()
     for name in scenarios or list(SCENARIOS):
-        report = run_drill(name, handle.settings, DrillOptions(run_id=run_id))
+        report = run_drill(
+            name, handle.settings, DrillOptions(run_id=run_id), monitor=drill_monitor
+        )
         results[name] = {
             "passed": report.passed,
             "id": report.id,

@@ -11,6 +11,7 @@ from pgdr.cli.common import settings
 from pgdr.core.errors import CheckFailed
 from pgdr.core.output import console, progress_bar, styled
 from pgdr.drills.demo import DemoHooks, DemoStep, run_demo
+from pgdr.watch import drill_monitor
 
 
 def _started(name: str) -> None:
@@ -29,7 +30,7 @@ def demo(
     ] = False,
 ) -> None:
     """The runbook end to end: database, sample, health, integrity, backup, three disasters."""
-    hooks = DemoHooks(_started, _finished, progress_bar)
+    hooks = DemoHooks(_started, _finished, progress_bar, drill_monitor)
     steps = run_demo(settings(), scale, not no_drills, hooks)
     table = Table(title="pgdr demo")
     for column in ("step", "result", "seconds", "detail"):

@@ -24,9 +24,10 @@ from pgdr.drills.random_run import (
     plan,
     run_random_drill,
 )
-from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
+from pgdr.drills.report import PHASES, RPO_TARGET_S, RTO_TARGET_S, last_per_scenario
 from pgdr.drills.sandbox import kept_sandboxes, remove_sandbox
 from pgdr.drills.scenarios import FAULTS
+from pgdr.watch import drill_monitor
 
 app = typer.Typer(help="Disaster drills: the runbook's scenarios end to end, RTO/RPO measured.")
 
@@ -63,10 +64,18 @@ def render_drill(data: dict[str, Any]) -> None:
         VERDICT[bool(rto["ok"])],
         highlight=False,
     )
-    if rpo.get("missing_ticks") is not None:
+    phases = data["facts"].get("phases") or {}
+    if any(phases.values()):
         console.print(
-            f"RPO {rpo['missing_ticks']} of {rpo['acknowledged_ticks']} acknowledged commits "
-            f"missing, {_seconds(rpo['seconds'])} (target {_seconds(rpo['target_seconds'])})",
+            "of which " + ", ".join(f"{p} {_seconds(phases[p])}" for p in PHASES if p in phases),
+            highlight=False,
+        )
+    if rpo.get("missing_writes") is not None:
+        lost = ", ".join(f"{t} {n['missing']}" for t, n in rpo["tables"].items() if n["missing"])
+        console.print(
+            f"RPO {rpo['missing_writes']} of {rpo['acknowledged_writes']} acknowledged writes "
+            f"missing{f' ({lost})' if lost else ''}, {_seconds(rpo['seconds'])} "
+            f"(target {_seconds(rpo['target_seconds'])})",
             VERDICT[bool(rpo["ok"])],
             highlight=False,
         )
@@ -123,6 +132,13 @@ MaxDelayOption = Annotated[
     str,
     typer.Option("--max-delay", help="--random: longest wait under load before the disaster."),
 ]
+MonitorIntervalOption = Annotated[
+    str,
+    typer.Option(
+        "--monitor-interval",
+        help="How often pgdr's monitor watches the sandbox (production: every 2m).",
+    ),
+]
 
 
 @app.command()
@@ -137,6 +153,7 @@ def run(
     random_count: RandomOption = None,
     seed: SeedOption = None,
     max_delay: MaxDelayOption = "10s",
+    monitor_interval: MonitorIntervalOption = "2s",
     as_json: JsonOption = False,
 ) -> None:
     """Run a disaster drill in a sandbox of its own; exit 1 when it fails."""
@@ -148,6 +165,7 @@ def run(
         inject=inject,
         rto_target_s=parse_duration(rto_target, "--rto-target") if rto_target else RTO_TARGET_S,
         rpo_target_s=parse_duration(rpo_target, "--rpo-target") if rpo_target else RPO_TARGET_S,
+        monitor_interval_s=parse_duration(monitor_interval, "--monitor-interval"),
     )
     if random_count is not None:
         if scenario is not None or inject is not None:
@@ -164,7 +182,9 @@ def run(
     reports, s = [], settings()
     for name in _drill_names(scenario, inject):
         with progress_bar(f"Drill {name}", None, enabled=not as_json) as advance:
-            report = run_drill(name, s, options, on_step=lambda _step: advance(1))
+            report = run_drill(
+                name, s, options, on_step=lambda _step: advance(1), monitor=drill_monitor
+            )
         reports.append(report.as_dict())
         if not as_json:
             render_drill(reports[-1])
@@ -194,7 +214,9 @@ def _run_random(drawn: list[RandomDrill], options: DrillOptions, as_json: bool) 
         title = f"Random drill {index}/{len(drawn)}: {drill.scenario} (seed {drill.seed})"
         with progress_bar(title, None, enabled=not as_json) as advance:
             results.append(
-                run_random_drill(index, drill, s, options, on_step=lambda _step: advance(1))
+                run_random_drill(
+                    index, drill, s, options, drill_monitor, on_step=lambda _step: advance(1)
+                )
             )
         if not as_json:
             render_drill(results[-1].report.as_dict())

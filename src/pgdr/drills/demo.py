@@ -20,6 +20,7 @@ from pgdr.cluster import choose_installation, default_cluster
 from pgdr.config import PgdrSettings, load_pool_settings
 from pgdr.core.connect import connect
 from pgdr.core.log import logger
+from pgdr.drills.detect import MonitorFactory
 from pgdr.drills.scenarios import SCENARIOS, DrillOptions, run_drill
 from pgdr.integrity import run_check
 from pgdr.pool import check_database_health
@@ -46,6 +47,7 @@ class DemoHooks:
     started: Callable[[str], None]
     finished: Callable[[DemoStep], None]
     progress: Progress
+    monitor: MonitorFactory | None = None  # pgdr's monitor for the drills (pgdr.watch's)
 
 
 def run_demo(s: PgdrSettings, scale: float, drills: bool, hooks: DemoHooks) -> list[DemoStep]:
@@ -68,7 +70,7 @@ def run_demo(s: PgdrSettings, scale: float, drills: bool, hooks: DemoHooks) -> l
     step("Encrypted base backup, read back", lambda: _backup(s, conninfo))
     if drills:
         for name in SCENARIOS:
-            step(f"Disaster drill {name}", _drill_step(s, name))
+            step(f"Disaster drill {name}", _drill_step(s, name, hooks.monitor))
     return steps
 
 
@@ -122,17 +124,20 @@ def _backup(s: PgdrSettings, conninfo: str) -> Outcome:
     return verified.ok, detail
 
 
-def _drill(s: PgdrSettings, name: str) -> Outcome:
-    report = run_drill(name, s, DrillOptions())
+def _drill(s: PgdrSettings, name: str, monitor: MonitorFactory | None) -> Outcome:
+    report = run_drill(name, s, DrillOptions(), monitor=monitor)
     rpo = report.rpo
     if report.rto_s is None or not rpo:
         return False, "; ".join(report.issues) or "no measurement"
+    detect = report.facts.get("detection", {}).get("seconds")
     detail = (
-        f"RTO {report.rto_s:.1f} s, RPO {rpo['missing_ticks']} of "
-        f"{rpo['acknowledged_ticks']} acknowledged commits lost ({rpo['seconds']} s)"
+        f"RTO {report.rto_s:.1f} s (detected after {detect} s), RPO {rpo['missing_writes']} of "
+        f"{rpo['acknowledged_writes']} acknowledged writes lost ({rpo['seconds']} s)"
     )
     return report.passed, detail
 
 
-def _drill_step(s: PgdrSettings, name: str) -> Callable[[], Outcome]:
-    return lambda: _drill(s, name)
+def _drill_step(
+    s: PgdrSettings, name: str, monitor: MonitorFactory | None
+) -> Callable[[], Outcome]:
+    return lambda: _drill(s, name, monitor)

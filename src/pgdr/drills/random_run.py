@@ -25,6 +25,7 @@ from typing import Any
 
 from pgdr.config import PgdrSettings
 from pgdr.core.time import to_datetime
+from pgdr.drills.detect import MonitorFactory
 from pgdr.drills.html import html_path
 from pgdr.drills.report import DrillReport
 from pgdr.drills.scenarios import FAULTS, SCENARIOS, DrillOptions, run_drill
@@ -159,11 +160,13 @@ def run_random_drill(
     drawn: RandomDrill,
     settings: PgdrSettings,
     options: DrillOptions,
+    monitor: MonitorFactory,
     on_step: Callable[[str], None] | None = None,
 ) -> RandomResult:
-    """Run one drawn drill (``options`` give scale, version, targets) and check its RPO."""
+    """Run one drawn drill (``options`` give scale, version, targets) and check its RPO;
+    ``monitor`` as for :func:`run_drill`."""
     chosen = replace(options, inject=drawn.inject, disaster_delay_s=drawn.delay_s, run_id=None)
-    report = run_drill(drawn.scenario, settings, chosen, on_step)
+    report = run_drill(drawn.scenario, settings, chosen, on_step, monitor)
     return RandomResult(
         index, drawn, report, check_rpo(report), html_path(settings.home, report.id)
     )

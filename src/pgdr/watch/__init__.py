@@ -14,6 +14,7 @@ from pgdr.watch.build import (
     adopt_monitor,
     backup_period,
     build_monitor,
+    drill_monitor,
     flap_policy,
     watch_checks,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "backup_period",
     "build_monitor",
     "dashboard_data",
+    "drill_monitor",
     "finish_review",
     "flap_policy",
     "incident_log",

@@ -14,6 +14,7 @@ from pgdr.config.fleet import DEFAULT_DATABASE, Database
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.config.settings import load_toml
 from pgdr.core.errors import ConfigError, PgdrError
+from pgdr.drills.detect import WatchTarget
 from pgdr.drills.watch import check_drill_overdue
 from pgdr.incident.store import FlapPolicy
 from pgdr.monitoring.checks import ExtraCheck, MonitorConfig
@@ -21,7 +22,8 @@ from pgdr.monitoring.monitor import Monitor
 from pgdr.monitoring.protection import ProtectionConfig, RepoOpener, protection_checks
 from pgdr.notify import Dispatcher, load_notify_config
 from pgdr.pool import make_pool
-from pgdr.watch.integrity import check_integrity
+from pgdr.watch.integrity import check_integrity, run_integrity
+from pgdr.watch.snapshot import check_rows_fell
 from pgdr.watch.sources import import_sources
 
 BACKUP_SLACK_S = 2 * 3600.0
@@ -169,3 +171,30 @@ def build_monitor(
 
     monitor.after_round = after_round
     return MonitorSetup(monitor, settings, dispatcher, repo_name, watched.opener)
+
+
+def drill_monitor(target: WatchTarget) -> Monitor:
+    """The monitor of a drill's sandbox: the checks of :func:`build_monitor` (the runbook's,
+    protection over the sandbox's repository, integrity) with ``[monitor]``'s flapping policy,
+    plus the two a drill's disasters need: ``rows_fell`` against the sandbox's snapshot, and
+    ``pgdr check`` run and recorded every round (production schedules it). No notifier (a
+    drill pages nobody), no imported incidents, no drill schedule (it is about the fleet)."""
+    config = protection_config(target.settings)
+    protection = protection_checks(
+        target.settings, target.conninfo, config, None, target.environ, target.repository
+    )
+    where, url, profile = target.records, target.conninfo, target.profile
+    return Monitor(
+        target.conninfo,
+        target.records,
+        PoolSettings(),
+        MonitorConfig(interval_seconds=target.interval_s),
+        extra=[
+            *protection,
+            # rows first: a round that sees the damage also runs `pgdr check` after it
+            lambda: check_rows_fell(where, url, profile),
+            lambda: run_integrity(where, url, profile),
+        ],
+        policy=flap_policy(target.settings),
+        database="drill",
+    )

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgdr.core.errors import ConfigError
+from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.core.severity import Severity, worst
 from pgdr.core.time import parse
-from pgdr.integrity.records import check_store
+from pgdr.integrity.records import check_store, save_check
+from pgdr.integrity.run import CheckOptions, run_check
 from pgdr.monitoring.checks import CheckResult, failed, passed, skipped
+from pgdr.profile import Profile
 
 NAME = "integrity"
 LEVELS = {s.value for s in Severity}
@@ -55,3 +57,15 @@ def check_integrity(records: Path) -> CheckResult:
     result = passed(NAME, f"{label} found nothing", 0)
     result.details = [facts]
     return result
+
+
+def run_integrity(records: Path, conninfo: str, profile: Profile) -> CheckResult:
+    """``pgdr check`` run and recorded now, then judged like :func:`check_integrity`: for a
+    monitor that runs the integrity check itself every round (a drill's; in production
+    ``pgdr check`` runs on its own schedule and the monitor reads its newest record)."""
+    try:
+        report = run_check(conninfo, profile, CheckOptions())
+    except PgdrError as exc:
+        return skipped(NAME, f"`pgdr check` could not run: {exc.message}")
+    save_check(records, report)
+    return check_integrity(records)
