@@ -289,6 +289,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connect-timeout-ms", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=30.0, help="client-side, seconds")
     parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="for pgdr serve only (e.g. PYTHONPATH=another checkout's src, to compare)",
+    )
     return parser.parse_args()
 
 
@@ -308,6 +315,7 @@ def main() -> None:
         "PGDR_API_TOKEN": TOKEN,
         "DB_CONNECTION_TIMEOUT": str(args.connect_timeout_ms),
     }
+    env |= dict(item.split("=", 1) for item in args.server_env)
     rows: list[str] = []
     log = home / "serve.log"
     proc, base = start_serve(env, args, log)
