@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,14 +19,16 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from conftest import Server
 from fixtures.browser import chromium, needs_chromium, screenshot
 from fixtures.fleet import fleet_home
+from pgdr.api import http_stack
 from pgdr.cluster import find_free_port
 
 TOKEN = "test-token-0123456789abcdef"
 
 
 @contextmanager
-def serving(env: dict[str, str]) -> Iterator[str]:
-    """`pgdr serve` as a real process (a round every 5 s); yields its base URL once it answers."""
+def serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`pgdr serve` as a real process (a round every 5 s); yields its base URL once it answers,
+    and the process."""
     port = find_free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgdr", "serve", "--port", str(port), "--interval", "5"],
@@ -42,7 +46,7 @@ def serving(env: dict[str, str]) -> Iterator[str]:
         except httpx.HTTPError:
             time.sleep(0.2)
     try:
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -55,7 +59,7 @@ def api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         "PGDR_API_TOKEN": TOKEN,
         "PGDR_HOME": str(tmp_path / "home"),  # its own records: no backup protects this database
     }
-    with serving(env) as base:
+    with serving(env) as (base, _proc):
         yield base
 
 
@@ -66,7 +70,7 @@ def fleet_api(pg18: Server, cli_env: dict[str, str], tmp_path: Path) -> Iterator
     urls = {"alpha": pg18.new_database(), "beta": down}
     env = cli_env | fleet_home(tmp_path / "home", urls) | {"PGDR_API_TOKEN": TOKEN}
     env.pop("DATABASE_URL", None)
-    with serving(env) as base:
+    with serving(env) as (base, _proc):
         yield base
 
 
@@ -96,6 +100,40 @@ def test_health_is_public_and_internals_need_the_token(api: str) -> None:
     assert "backup_age" in {i["check"] for i in incidents}
     assert "/metrics" in httpx.get(api + "/openapi.json", headers=auth).json()["paths"]
     assert httpx.get(api + "/docs", headers=auth).status_code == 200
+
+
+def test_a_hanging_database_is_a_503_within_the_connection_timeout(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A server that accepts the connection and never answers: every one of 100 concurrent
+    requests gets a 503 within the connection timeout (1 s, + 0.5 s the probe's bound, + 1.5 s
+    for a loaded machine), the first wave waiting for the one probe, the next answered from
+    the outage already known, none reset; the service itself is on the fast stack."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:  # never accepts
+        url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        env = cli_env | {
+            "DATABASE_URL": url,
+            "DB_CONNECTION_TIMEOUT": "1000",
+            "PGDR_API_TOKEN": TOKEN,
+            "PGDR_HOME": str(tmp_path / "home"),
+        }
+        with serving(env) as (base, proc):
+
+            async def wave() -> list[httpx.Response | BaseException]:
+                async with httpx.AsyncClient(base_url=base, timeout=3.0) as client:
+                    sent = (client.get("/api/health") for _ in range(100))
+                    return await asyncio.gather(*sent, return_exceptions=True)
+
+            for answers in (asyncio.run(wave()), asyncio.run(wave())):
+                codes = [a.status_code if isinstance(a, httpx.Response) else a for a in answers]
+                assert codes == [503] * 100, codes
+                assert answers[0].json() == {"healthy": False, "latency": None}  # type: ignore[union-attr]
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    loop, http = http_stack()
+    for module, name in ((loop, "uvloop"), (http, "httptools")):
+        # the stack in force is what is installed: uvloop's and httptools' compiled modules
+        # are loaded in the serving process exactly when they are installed
+        assert (module == name) == (f"/{name}/" in maps), (module, name)
 
 
 def test_token_too_short_is_refused(cli_env: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -14,7 +15,8 @@ import psycopg
 import pytest
 
 from conftest import Server, run_cli
-from pgdr.cluster import LocalCluster, choose_installation, find_installations
+from pgdr.api.answers import HealthAnswers
+from pgdr.cluster import LocalCluster, choose_installation, find_free_port, find_installations
 from pgdr.config import PgdrSettings
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.pool import check_database_health
@@ -48,6 +50,53 @@ def test_health_probe_is_single_flight(pg18: Server) -> None:
     assert again.fresh() is None  # a stale result is never offered
     again.get()
     assert calls == 3  # a stale result is never reused
+
+
+def test_health_answers_share_one_probe_and_wait_only_for_a_stale_healthy_result(
+    pg18: Server,
+) -> None:
+    """/api/health's answers (pgdr.api.answers), with the probe held until released: 200
+    concurrent requests share one probe; once the last result is stale, an outage is answered
+    at once while the next probe runs in the background, a healthy result never (the request
+    waits for the probe)."""
+    up, down = pg18.new_database(), f"postgresql://postgres@127.0.0.1:{find_free_port()}/x"
+    release, calls = threading.Event(), []
+
+    def held(conninfo: str, ttl_s: float) -> HealthAnswers:
+        def probe() -> HealthReport:
+            calls.append(conninfo)
+            release.wait(10)
+            return check_database_health(conninfo, PoolSettings())
+
+        return HealthAnswers([SharedProbe(probe, ttl_s)], ttl_s)
+
+    async def scenario() -> None:
+        shared = held(up, 60)
+        first = [asyncio.ensure_future(shared.answer()) for _ in range(200)]
+        await asyncio.sleep(0.3)  # every request is waiting while the one probe is held
+        assert not any(f.done() for f in first)
+        release.set()
+        answered = await asyncio.gather(*first)
+        assert calls == [up] and answered[0][1] == 200 and set(answered) == {answered[0]}
+
+        outage = held(down, 0)
+        assert (await outage.answer())[1] == 503  # nothing known yet: waits for the probe
+        release.clear()
+        assert (await outage.answer())[1] == 503  # known and stale: at once, probe held
+        await asyncio.sleep(0.3)
+        assert calls == [up, down, down]  # ... while the next probe runs in the background
+        release.set()
+
+        healthy = held(up, 0)
+        assert (await healthy.answer())[1] == 200
+        release.clear()
+        waiting = asyncio.ensure_future(healthy.answer())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # a stale "healthy" is never answered
+        release.set()
+        assert (await waiting)[1] == 200
+
+    asyncio.run(scenario())
 
 
 @pytest.fixture(

@@ -6,6 +6,7 @@ everything that reveals internals requires ``Authorization: Bearer <token>``.
 """
 
 from pgdr.api.app import create_app
+from pgdr.api.server import http_server, http_stack
 from pgdr.api.token import load_api_token
 
-__all__ = ["create_app", "load_api_token"]
+__all__ = ["create_app", "http_server", "http_stack", "load_api_token"]

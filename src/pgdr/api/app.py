@@ -15,26 +15,25 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response, status
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from pgdr import __version__
+from pgdr.api.answers import HealthAnswers, PrometheusAnswers
 from pgdr.api.token import check_token
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError
-from pgdr.monitoring.metrics import MetricsSnapshot, render_prometheus
+from pgdr.monitoring.metrics import MetricsSnapshot
 from pgdr.monitoring.monitor import Monitor
 from pgdr.pool import check_database_health
-from pgdr.pool.health import HealthReport, SharedProbe
+from pgdr.pool.health import SharedProbe
 from pgdr.watch import MonitorSetup, adopt_monitor
 from pgdr.watch.dashboard import dashboard_data, database_board
 
@@ -65,8 +64,8 @@ def _lifespan(monitors: Sequence[Monitor], background: bool) -> Lifespan:
     return lifespan
 
 
-def _token_guard(token: str) -> Callable[..., None]:
-    def require_token(
+def _token_guard(token: str) -> Callable[..., Awaitable[None]]:
+    async def require_token(  # async: checked on the event loop, no worker thread per request
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
         given = credentials.credentials if credentials else ""
@@ -87,31 +86,15 @@ def _probe(monitor: Monitor, ttl_s: float) -> SharedProbe:
 
 
 def _health_router(monitors: Sequence[Monitor], ttl_s: float) -> APIRouter:
-    """Public: one single-flight probe per database, each reused for ``ttl_s``.
-
-    Async: a result still fresh is answered on the event loop (no worker thread), so a flood
-    of requests costs no thread hand-offs; only a stale result waits, in one worker thread, for
-    the probes (all databases at once, so a database down costs one connection timeout)."""
-    probes = [_probe(m, ttl_s) for m in monitors]
+    """Public: one single-flight probe per database, each reused for ``ttl_s`` (see
+    :mod:`pgdr.api.answers`: a request almost never waits, and never in a thread of its own)."""
+    answers = HealthAnswers([_probe(m, ttl_s) for m in monitors], ttl_s)
     router = APIRouter()
 
-    def probe_all() -> list[HealthReport]:
-        if len(probes) == 1:
-            return [probes[0].get()]
-        with ThreadPoolExecutor(len(probes), thread_name_prefix="pgdr-health") as pool:
-            return list(pool.map(SharedProbe.get, probes))
-
     @router.get("/api/health")
-    async def health() -> JSONResponse:
-        cached = [p.fresh() for p in probes]
-        reports = [r for r in cached if r is not None]
-        if len(reports) < len(probes):
-            reports = await run_in_threadpool(probe_all)
-        healthy = all(r.healthy for r in reports)
-        latencies = [r.latency_ms for r in reports if r.latency_ms is not None]
-        body = {"healthy": healthy, "latency": max(latencies) if latencies else None}
-        code = status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE
-        return JSONResponse(body, status_code=code)
+    async def health() -> Response:
+        body, code = await answers.answer()
+        return Response(body, status_code=code, media_type="application/json")
 
     return router
 
@@ -166,10 +149,11 @@ def _monitoring_router(setups: Sequence[MonitorSetup]) -> APIRouter:
     def refresh(db: str | None = None) -> dict[str, Any]:
         return _shaped([s.monitor.run_once() for s in _chosen(setups, db)])
 
+    prometheus = PrometheusAnswers([s.monitor for s in setups])
+
     @router.get("/metrics")
-    def metrics_prometheus() -> Response:
-        text = render_prometheus(*(_latest(s) for s in setups))
-        return Response(text, media_type=PROMETHEUS_TYPE)
+    async def metrics_prometheus() -> Response:
+        return Response(await prometheus.answer(), media_type=PROMETHEUS_TYPE)
 
     @router.get("/api/incidents")
     def incidents(include_resolved: bool = False, db: str | None = None) -> list[dict[str, Any]]:

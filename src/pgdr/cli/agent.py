@@ -78,9 +78,7 @@ def agent(
 
 def _serve(agent_: Agent, host: str, port: int) -> Callable[[], None]:
     """Start `pgdr serve`'s app on a thread (the agent owns the signals); returns its stopper."""
-    import uvicorn  # noqa: PLC0415 - only --serve needs the server
-
-    from pgdr.api import create_app, load_api_token  # noqa: PLC0415
+    from pgdr.api import create_app, http_server, load_api_token  # noqa: PLC0415 - only --serve
     from pgdr.monitoring.monitor import Monitor  # noqa: PLC0415
 
     first = agent_.workers[0].handle
@@ -88,8 +86,7 @@ def _serve(agent_: Agent, host: str, port: int) -> Callable[[], None]:
     if note:
         say(note, style="yellow", err=True)
     monitor = Monitor(first.target().conninfo, first.records)
-    config = uvicorn.Config(create_app(monitor, token), host=host, port=port, log_level="warning")
-    server = uvicorn.Server(config)
+    server = http_server(create_app(monitor, token), host, port)
     threading.Thread(target=server.run, name="pgdr-api", daemon=True).start()
 
     def stop_server() -> None:

@@ -189,9 +189,7 @@ def serve(
     for every configured database (or the one named by --db)."""
     # Not a cycle: FastAPI and uvicorn take about a second to import, which every other
     # pgdr command would pay at start-up if they were imported at the top.
-    import uvicorn  # noqa: PLC0415
-
-    from pgdr.api import create_app, load_api_token  # noqa: PLC0415
+    from pgdr.api import create_app, http_server, http_stack, load_api_token  # noqa: PLC0415
 
     s = settings()
     token, note = load_api_token(s.home)
@@ -199,5 +197,9 @@ def serve(
         err_console.print(styled(note, "yellow"))
     setups = [_setup(s, h, interval, with_pool=True) for h in database_handles(s, db)]
     app = create_app(setups, token, health_ttl_s=health_cache)
-    err_console.print(f"Serving on http://{host}:{port}/ (token required except /api/health)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    err_console.print(
+        f"Serving on http://{host}:{port}/ (token required except /api/health; "
+        f"{', '.join(http_stack())})",
+        soft_wrap=True,
+    )
+    http_server(app, host, port).run()

@@ -172,11 +172,20 @@ class SharedProbe:
             return last[0]
         return None
 
-    def get(self) -> HealthReport:
+    def latest(self) -> tuple[HealthReport, float] | None:
+        """The last result and its age in seconds however old, or None before the first probe;
+        never blocks."""
+        last = self._last
+        return None if last is None else (last[0], time.monotonic() - last[1])
+
+    def get(self, max_age_s: float | None = None) -> HealthReport:
+        """A result younger than ``ttl_s`` (and than ``max_age_s`` when given: a caller probing
+        ahead of expiry), else the probe in flight's, else a new probe's."""
         with self._lock:
-            reuse = self.fresh()
-            if reuse is not None:
-                return reuse
+            last = self._last
+            limit = self._ttl_s if max_age_s is None else min(self._ttl_s, max_age_s)
+            if last is not None and time.monotonic() - last[1] < limit:
+                return last[0]
             done, leader = self._done, self._done is None
             if leader:
                 done = self._done = threading.Event()
