@@ -4,8 +4,9 @@ One embedded PostgreSQL 18 cluster with the ConvoAI sample (``--scale``, default
 1,020 chatbots with their conversations, messages, embeddings and knowledge base), WAL streamed
 into a local repository by the real ``pgdr wal stream``. One run of each (the machine is shared):
 
-* dump: ``pgdr dump`` (custom format streamed into sealed chunks) vs ``pg_dump -Fc -f FILE``
-  (the runbook's step 1): time and bytes on disk.
+* dump: ``pgdr dump`` (custom format streamed into sealed chunks) and ``pgdr dump --jobs 2``
+  (directory format staged, then stored) vs ``pg_dump -Fc -f FILE`` (the runbook's step 1):
+  time and bytes on disk.
 * undelete of 1,000 chatbots with every row that references them:
   - pgdr: ``pgdr undelete --table chatbots --key ... --yes`` (finds the deleting transaction in
     the WAL, throwaway point-in-time copy, rows back with their children);
@@ -71,14 +72,34 @@ def rows(url: str) -> int:
         )
 
 
-def runbook_undelete(cluster: LocalCluster, dump: Path, keys: list[str]) -> float:
-    """pg_restore --table of the five tables into a scratch DB, then copy the rows back."""
+def wait_streamed(env: dict[str, str], since: float) -> None:
+    """Until the repository holds WAL written after ``since`` (the deletion's commit)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [sys.executable, "-m", "pgdr", "wal", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        newest = json.loads(done.stdout or "{}").get("newest_wal_at") if done.stdout else None
+        if newest is not None and newest > since + 0.3:
+            return
+        time.sleep(1)
+    raise SystemExit("the deletion's WAL did not reach the repository within 180 s")
+
+
+def runbook_undelete(cluster: LocalCluster, dump: Path, keys: list[str]) -> tuple[float, float]:
+    """pg_restore --table of the five tables into a scratch DB, then copy the rows back;
+    (total seconds, of which pg_restore)."""
     began = time.monotonic()
     tools = cluster.installation
     with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
         conn.execute("CREATE DATABASE scratch")
     with psycopg.connect(cluster.conninfo("scratch"), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute("CREATE SCHEMA IF NOT EXISTS extensions")  # where the sample keeps pgvector
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA extensions")
     tables = [arg for t in TABLES for arg in ("--table", t)]
     restored = subprocess.run(
         [str(tools.tool("pg_restore")), "-d", cluster.conninfo("scratch"), *tables, str(dump)],
@@ -88,6 +109,7 @@ def runbook_undelete(cluster: LocalCluster, dump: Path, keys: list[str]) -> floa
     )
     if restored.returncode != 0:  # pg_restore goes on after errors; say which
         print("runbook pg_restore: " + restored.stderr.strip().splitlines()[-1])
+    restore_s = time.monotonic() - began
     with (
         psycopg.connect(cluster.conninfo("scratch")) as src,
         psycopg.connect(cluster.conninfo()) as dst,
@@ -102,7 +124,7 @@ def runbook_undelete(cluster: LocalCluster, dump: Path, keys: list[str]) -> floa
                 for data in reader:
                     writer.write(data)
         dst.commit()
-    return time.monotonic() - began
+    return time.monotonic() - began, restore_s
 
 
 def main() -> None:
@@ -145,6 +167,9 @@ def main() -> None:
         began = time.monotonic()
         made = pgdr(env, "dump")
         pgdr_dump_s = time.monotonic() - began
+        began = time.monotonic()
+        parallel = pgdr(env, "dump", "--jobs", "2")
+        jobs_dump_s = time.monotonic() - began
 
         log = (home / "stream.log").open("wb")
         stream = subprocess.Popen(
@@ -159,20 +184,26 @@ def main() -> None:
             ]
             conn.execute("DELETE FROM chatbots WHERE id = ANY(%s::uuid[])", (keys,))
             conn.execute("SELECT pg_switch_wal()")
+        deleted_at = time.time()
         after_delete = rows(cluster.conninfo())
-        time.sleep(15)  # the streamer uploads the WAL holding the deletion
+        wait_streamed(env, deleted_at)
         began = time.monotonic()
-        pgdr(env, "undelete", "--table", "chatbots", *[f"--key={k}" for k in keys], "--yes")
+        undone = pgdr(
+            env, "undelete", "--table", "chatbots", *[f"--key={k}" for k in keys], "--yes"
+        )
         undelete_s = time.monotonic() - began
         restored = rows(cluster.conninfo())
         print(
             f"pgdr: dump {pgdr_dump_s:.1f} s vs pg_dump -Fc {pg_dump_s:.1f} s; undelete of "
-            f"{len(keys):,} chatbots {undelete_s:.1f} s",
+            f"{len(keys):,} chatbots {undelete_s:.1f} s (wal find {undone['find_s']:.1f} s, "
+            f"throwaway copy's recovery {undone['restore_s']:.1f} s, "
+            f"rows {undone['rows_s']:.1f} s; "
+            f"{sum(undone['inserted'].values()):,} rows put back)",  # type: ignore[attr-defined]
             flush=True,
         )
         with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
             conn.execute("DELETE FROM chatbots WHERE id = ANY(%s::uuid[])", (keys,))
-        runbook_s = runbook_undelete(cluster, plain, keys)
+        runbook_s, runbook_restore_s = runbook_undelete(cluster, plain, keys)
         runbook_rows = rows(cluster.conninfo())
     finally:
         if stream is not None:
@@ -194,9 +225,19 @@ def main() -> None:
     stored = int(made["stored_size"])  # type: ignore[call-overload]
     print(f"| dump bytes | {stored:,} | {plain_bytes:,} | {stored / plain_bytes:.2f} |")
     print(
+        f"| dump --jobs 2 (directory format) time | {jobs_dump_s:.1f} s | {pg_dump_s:.1f} s "
+        f"| {jobs_dump_s / pg_dump_s:.2f} |"
+    )
+    stored_jobs = int(parallel["stored_size"])  # type: ignore[call-overload]
+    print(
+        f"| dump --jobs 2 bytes | {stored_jobs:,} | {plain_bytes:,} "
+        f"| {stored_jobs / plain_bytes:.2f} |"
+    )
+    print(
         f"| undelete 1,000 chatbots + children | {undelete_s:.1f} s | {runbook_s:.1f} s "
         f"| {undelete_s / runbook_s:.2f} |"
     )
+    print(f"runbook way: pg_restore of the five tables {runbook_restore_s:.1f} s, then copy back")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,12 @@ import psycopg
 import pytest
 
 from conftest import Server, run_cli
+from pgdr.backup import Repository
+from pgdr.backup.manifest import DUMPS
 from pgdr.core.errors import ConfigError
+from pgdr.logical.archive import open_dump
 from pgdr.logical.tools import binaries_for
+from test_bad_input import assert_one_sentence
 from test_recover_rows import contents
 
 
@@ -72,9 +76,33 @@ def test_schema_only_as_sql_for_version_control(
     assert stored["kind"] == "schema-dump"
 
 
-def test_a_dump_from_a_newer_postgresql_is_refused() -> None:
+def test_a_dump_from_a_newer_postgresql_is_refused(
+    pg18: Server, backup_env: dict[str, str], repo: Repository
+) -> None:
+    """A dump whose authentic manifest says PostgreSQL 99: refused before pg_restore runs."""
     with pytest.raises(ConfigError, match="newer than any installed"):
         binaries_for(99, "Dump x")
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    made = run_cli("dump", "--json", env=env)
+    assert made.code == 0, made.stderr
+    dump = open_dump(repo, json.loads(made.stdout)["id"])
+    manifest = dump.manifest
+    manifest.pg_major, manifest.pg_version = 99, "99.0"
+    manifest.wrapped_key = repo.master_key.wrap(dump.data_key)
+    manifest.sign_with(dump.data_key)  # as if PostgreSQL 99's pgdr had written it
+    repo.store.put(repo.manifest_key(manifest.id, DUMPS), manifest.to_json())
+    before = contents(url)
+    for args in (
+        ("dump", "verify", manifest.id, "--restore-test"),
+        ("restore-table", "chatbots", "--from", manifest.id, "--replace", "--force"),
+    ):
+        refused = run_cli(*args, env=env)
+        assert refused.code == 2, refused.stdout + refused.stderr
+        line = assert_one_sentence(refused.stderr)
+        assert "PostgreSQL 99, newer than any installed" in line
+    assert contents(url) == before
+    assert not list((Path(env["PGDR_HOME"]) / "scratch").glob("dump-test-*"))
 
 
 def test_directory_format_with_jobs_verifies_and_restores_a_table(

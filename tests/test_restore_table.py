@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from conftest import Server, run_cli
 from fixtures.wal import WalEnv
 from pgdr.sample import VectorType, load_sample
+from test_bad_input import assert_one_sentence
 from test_pitr import backup, wait_streamed
 from test_recover_rows import contents
+
+
+def tables(url: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT oid::regclass::text FROM pg_class WHERE relkind = 'r'")
+        return sorted(str(r[0]) for r in rows)
 
 
 def test_beside_then_replace_keeps_foreign_keys_valid(
@@ -35,11 +43,19 @@ def test_beside_then_replace_keeps_foreign_keys_valid(
         row = conn.execute("SELECT count(*) FROM cb_old WHERE name = 'damaged'").fetchone()
         assert row is not None and row[0] == 0
         conn.execute("ALTER TABLE chatbots DROP COLUMN tier")
+        kept = conn.execute("SELECT md5(string_agg(t::text, '' ORDER BY id)) FROM cb_old t")
+        old_copy = kept.fetchone()
+    damaged = contents(url)
     again = run_cli("restore-table", "chatbots", "--from", "latest", "--as", "cb_old", env=env)
-    assert again.code == 2 and "--force" in again.stderr
+    assert again.code == 2 and "--force" in assert_one_sentence(again.stderr)
 
+    # the production table in place without --force: refused, nothing written
     unconfirmed = run_cli("restore-table", "chatbots", "--from", "latest", "--replace", env=env)
-    assert unconfirmed.code == 2
+    assert unconfirmed.code == 2 and "--force" in assert_one_sentence(unconfirmed.stderr)
+    assert contents(url) == damaged
+    with psycopg.connect(url, autocommit=True) as conn:
+        kept = conn.execute("SELECT md5(string_agg(t::text, '' ORDER BY id)) FROM cb_old t")
+        assert kept.fetchone() == old_copy
     replaced = run_cli(
         "restore-table", "chatbots", "--from", "latest", "--replace", "--force", "--json", env=env
     )
@@ -59,11 +75,36 @@ def test_dropped_table_and_bad_input(pg18: Server, backup_env: dict[str, str]) -
     assert back.code == 0, back.stderr
     assert contents(url)["knowledge_base"] == expected
 
+    before, names = contents(url), tables(url)
     missing = run_cli("restore-table", "no_such_table", "--from", "latest", env=env)
-    assert missing.code == 2 and "is not in dump" in missing.stderr
-    other = env | {"DATABASE_URL": pg18.new_database()}
-    wrong = run_cli("restore-table", "chatbots", "--from", "latest", env=other)
-    assert wrong.code == 2 and "not of this database" in wrong.stderr
+    assert missing.code == 2 and "is not in dump" in assert_one_sentence(missing.stderr)
+    assert (contents(url), tables(url)) == (before, names)
+    other_url = pg18.new_database()
+    other = contents(other_url), tables(other_url)
+    wrong = run_cli(
+        "restore-table", "chatbots", "--from", "latest", env=env | {"DATABASE_URL": other_url}
+    )
+    assert wrong.code == 2 and "not of this database" in assert_one_sentence(wrong.stderr)
+    assert (contents(other_url), tables(other_url)) == other
+
+
+def test_a_dump_of_another_cluster_is_refused(
+    pg18: Server, pg15: Server, backup_env: dict[str, str]
+) -> None:
+    """Same database name, another database system: the system identifier tells them apart."""
+    url = pg18.new_database()
+    assert run_cli("dump", "--json", env=backup_env | {"DATABASE_URL": url}).code == 0
+    name = str(conninfo_to_dict(url)["dbname"])
+    with psycopg.connect(pg15.cluster.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg15.template}"')
+    twin = pg15.cluster.conninfo(name)
+    before = contents(twin), tables(twin)
+    env = backup_env | {"DATABASE_URL": twin}
+    for extra in ((), ("--replace", "--force")):
+        wrong = run_cli("restore-table", "chatbots", "--from", "latest", *extra, env=env)
+        assert wrong.code == 2, wrong.stdout + wrong.stderr
+        assert "not of this database" in assert_one_sentence(wrong.stderr)
+    assert (contents(twin), tables(twin)) == before
 
 
 def test_from_backup_at_a_time_beside_then_replace(walenv: WalEnv) -> None:
@@ -111,12 +152,28 @@ def test_from_backup_at_a_time_beside_then_replace(walenv: WalEnv) -> None:
     w.stop_stream(stream)
 
 
-def test_dropped_table_from_backup(walenv18: WalEnv) -> None:
-    """A table dropped from the live database comes back from the backup's throwaway copy."""
+def test_dropped_table_from_backup_and_another_clusters_backup(
+    walenv18: WalEnv, pg18: Server
+) -> None:
+    """A table dropped from the live database comes back from the backup's throwaway copy; a
+    backup of another database system is refused before anything is restored."""
     w = walenv18
     load_sample(w.conninfo, scale=0.01)
     stream = w.start_stream()
     backup_id = backup(w)
+    scratch = w.cluster.settings.home / "scratch"
+    copies = set(scratch.iterdir()) if scratch.exists() else set()
+    other_url = pg18.new_database()  # the same tables, another cluster
+    other = contents(other_url), tables(other_url)
+    for extra in ((), ("--at", "2999-01-01", "--replace", "--force")):
+        wrong = run_cli(
+            "restore-table", "chatbots", "--from-backup", backup_id, *extra,
+            env=w.env | {"DATABASE_URL": other_url},
+        )  # fmt: skip
+        assert wrong.code == 2, wrong.stdout + wrong.stderr
+        assert "database system" in assert_one_sentence(wrong.stderr)
+    assert (contents(other_url), tables(other_url)) == other
+    assert (set(scratch.iterdir()) if scratch.exists() else set()) == copies  # nothing restored
     good = contents(w.conninfo)
     w.sql("DROP TABLE knowledge_base")
     dropped = w.cli("restore-table", "knowledge_base", "--from-backup", backup_id, "--json")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import psycopg
 
 from fixtures.wal import WalEnv
 from pgdr.sample import VectorType, load_sample
+from test_bad_input import assert_one_sentence
 from test_pitr import backup, wait_streamed
 from test_recover_rows import contents
 
@@ -44,6 +46,10 @@ def test_undelete_finds_the_deletion_and_puts_rows_back(walenv: WalEnv) -> None:
     assert not preview["applied"] and preview["preview"]["public.chatbots"] == 3
     assert preview["preview"]["public.messages"] > 0 and preview["xid"]
     assert contents(w.conninfo) == damaged  # a dry run changes nothing
+    unknown = w.cli("undelete", "--table", "chatbots", "--key", str(uuid.uuid4()), "--yes")
+    assert unknown.code == 2, unknown.stdout + unknown.stderr
+    assert "No row of public.chatbots with these keys" in assert_one_sentence(unknown.stderr)
+    assert contents(w.conninfo) == damaged
 
     done = w.cli(*args, "--yes")
     assert done.code == 0, done.stdout + done.stderr

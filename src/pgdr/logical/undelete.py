@@ -20,13 +20,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
+from psycopg import IsolationLevel
+
 from pgdr.backup.repository import Repository
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.integrity.catalog import read_catalog
 from pgdr.logical.throwaway import throwaway_copy
 from pgdr.pool import connect
 from pgdr.restore.pitr import Target, make_target
-from pgdr.restore.rows import collect_rows, dependency_order, recover_rows
+from pgdr.restore.rows import choose_rows, row_errors
+from pgdr.restore.selection import write_selection
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.find import find_changes
 
@@ -43,7 +46,9 @@ class UndeleteResult:
     preview: dict[str, int] = field(default_factory=dict)  # rows found in the copy per table
     inserted: dict[str, int] = field(default_factory=dict)
     applied: bool = False
-    restore_s: float = 0.0
+    find_s: float = 0.0  # finding the deleting transaction in the WAL
+    restore_s: float = 0.0  # the throwaway copy's recovery
+    rows_s: float = 0.0  # choosing the rows in the copy and putting them back
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -79,17 +84,31 @@ def _target(
     return Target("lsn", tx.first_lsn), result
 
 
-def _preview(source: str, table: str, keys: list[str], key_column: str | None) -> dict[str, int]:
-    with connect(source, autocommit=True) as conn:
-        catalog = read_catalog(conn)
-        info = catalog.find(table, "public")
-        if info is None:
-            raise ConfigError(f"Table {table} did not exist at the chosen moment.")
-        column = key_column or (info.primary_key[0] if len(info.primary_key) == 1 else "")
-        if column not in info.columns:
-            raise ConfigError(f"{info.qualified} has no single-column key; give --key-column.")
-        rows, found = collect_rows(conn, catalog, info, column, keys, True)
-        return {t: len(rows[t]) for t in dependency_order(catalog, found)}
+def _put_back(
+    src: psycopg.Connection[Any],
+    conninfo: str,
+    result: UndeleteResult,
+    key_column: str | None,
+    apply: bool,
+    confirm: Confirm | None,
+) -> None:
+    """Choose the rows in the copy (one snapshot), show them, and insert them if asked."""
+    began = time.monotonic()
+    selection = choose_rows(
+        src, result.table, result.keys, key_column, True, missing="did not exist at that moment"
+    )
+    result.preview = selection.counts()
+    if not result.preview[selection.table.qualified]:
+        raise ConfigError(
+            f"No row of {selection.table.qualified} with these keys is in the copy at "
+            f"{result.target}, so nothing was inserted; check the keys, or give --at a time "
+            "before they were deleted."
+        )
+    if apply or (confirm is not None and confirm(result.preview)):
+        with row_errors(), connect(conninfo, autocommit=True) as dst:
+            result.inserted = write_selection(src, dst, selection)
+        result.applied = True
+    result.rows_s = round(time.monotonic() - began, 3)
 
 
 def undelete(
@@ -110,21 +129,17 @@ def undelete(
         raise ConfigError("Give at least one --key.")
     archive = WalArchive.open(repo.store, repo.master_key)
     target, result = _target(archive, repo, conninfo, table, at)
-    result.keys = list(keys)
+    result.keys, result.find_s = list(keys), round(time.monotonic() - began, 3)
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         dbname = conn.info.dbname
-    with throwaway_copy(repo, None, target, "undelete") as (copy, restored):
+    with (
+        throwaway_copy(repo, None, target, "undelete") as (copy, restored),
+        connect(copy.conninfo(dbname), autocommit=True) as src,
+    ):
         assert restored is not None
         result.restore_s = restored.recovery_s
-        source = copy.conninfo(dbname)
-        result.preview = _preview(source, table, keys, key_column)
-        if not result.preview:
-            raise CheckFailed(f"No row of {table} with these keys is in the copy.")
-        if apply or (confirm is not None and confirm(result.preview)):
-            done = recover_rows(
-                source, conninfo, table, keys, key_column=key_column, with_children=True
-            )
-            result.inserted = {t.table: t.inserted for t in done.tables}
-            result.applied = True
+        src.isolation_level, src.read_only = IsolationLevel.REPEATABLE_READ, True
+        with src.transaction():
+            _put_back(src, conninfo, result, key_column, apply, confirm)
     result.duration_s = round(time.monotonic() - began, 3)
     return result

@@ -1,36 +1,43 @@
 """Re-inserting chosen rows, and every row that depends on them, from a recovered copy.
 
 The runbook's alternative to a full restore after an accidental deletion: restore to just before
-it somewhere else, then put back exactly the deleted rows. ``recover_rows`` reads the rows of one
-table by key from the source (a scratch cluster restored to a point), follows every foreign key
-that points at them through the source's catalog (children, grandchildren, ...), and inserts all
+it somewhere else, then put back exactly the deleted rows. ``recover_rows`` chooses the rows of
+one table by key in the source (a scratch cluster restored to a point), follows every foreign key
+that points at them through the source's catalog (children, grandchildren, ...), and streams all
 of it into the target in dependency order (parents first) in one transaction, ``ON CONFLICT DO
-NOTHING``: rows that still exist are left as they are. Rows travel as ``jsonb`` (each value in
-its type's text form), so vectors and arrays come back exactly. The target's session turns
-``default_transaction_read_only`` off for itself, so the recovery works while the database is in
-read-only mode (which is when it should run).
+NOTHING``: rows that still exist are left as they are (:mod:`pgdr.restore.selection`: batched
+key lookups in one snapshot, ``COPY`` in text form, so vectors and arrays come back exactly).
+The target's session turns ``default_transaction_read_only`` off for itself, so the recovery
+works while the database is in read-only mode (which is when it should run).
 
 ``repair_tables`` is the table-wide variant for corruption (the runbook's option B): every row
 of the copy that is missing from the target or differs is put back, by primary key, and rows
-written to the target later are kept.
+written to the target later are kept (the rows travel as ``jsonb``).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import IsolationLevel, sql
 from psycopg.types.json import Jsonb
 
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.integrity.catalog import Catalog, TableInfo, read_catalog
+from pgdr.integrity.catalog import TableInfo, read_catalog
 from pgdr.pool import connect
+from pgdr.restore.selection import (
+    Selection,
+    dependency_order,
+    identifier,
+    insertable_columns,
+    select_rows,
+    write_selection,
+)
 
 
 @dataclass
@@ -70,135 +77,6 @@ class RowsResult:
         }
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _fetch(
-    conn: psycopg.Connection[Any], info: TableInfo, columns: list[str], values: list[list[str]]
-) -> list[dict[str, Any]]:
-    """Rows of ``info`` whose ``columns`` equal one of ``values`` (as jsonb objects)."""
-    if not values:
-        return []
-    arrays = sql.SQL(", ").join(
-        sql.SQL("%s::{}[]").format(sql.SQL(info.columns[c].formatted)) for c in columns
-    )
-    query = sql.SQL(
-        "SELECT to_jsonb(t) FROM {}.{} AS t WHERE ({}) IN (SELECT * FROM unnest({}))"
-    ).format(
-        sql.Identifier(info.schema),
-        sql.Identifier(info.name),
-        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
-        arrays,
-    )
-    params = [[v[i] for v in values] for i in range(len(columns))]
-    return [row[0] for row in conn.execute(query, params).fetchall()]
-
-
-def _identity(info: TableInfo, row: dict[str, Any]) -> str:
-    key = info.primary_key or sorted(row)
-    return json.dumps([row.get(c) for c in key], default=str)
-
-
-def collect_rows(
-    conn: psycopg.Connection[Any],
-    catalog: Catalog,
-    info: TableInfo,
-    key_column: str,
-    keys: list[str],
-    with_children: bool,
-) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """The chosen rows and (optionally) every row reachable through foreign keys to them."""
-    collected: dict[str, dict[str, dict[str, Any]]] = {}
-    found_order: list[str] = []
-    queue: deque[tuple[str, list[dict[str, Any]]]] = deque()
-
-    def add(table: TableInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        bucket = collected.setdefault(table.qualified, {})
-        if table.qualified not in found_order:
-            found_order.append(table.qualified)
-        new = []
-        for row in rows:
-            ident = _identity(table, row)
-            if ident not in bucket:
-                bucket[ident] = row
-                new.append(row)
-        return new
-
-    first = add(info, _fetch(conn, info, [key_column], [[k] for k in keys]))
-    queue.append((info.qualified, first))
-    while queue and with_children:
-        parent, rows = queue.popleft()
-        for fk in catalog.foreign_keys:
-            if fk.parent != parent or not rows:
-                continue
-            child = catalog.tables[fk.child]
-            values = [
-                [_text(row[c]) for c in fk.parent_columns]
-                for row in rows
-                if all(row.get(c) is not None for c in fk.parent_columns)
-            ]
-            new = add(child, _fetch(conn, child, list(fk.child_columns), values))
-            if new:
-                queue.append((child.qualified, new))
-    return {t: list(collected[t].values()) for t in found_order}, found_order
-
-
-def dependency_order(catalog: Catalog, tables: list[str]) -> list[str]:
-    """Parents before children among ``tables`` (self-references ignored; a cycle keeps the
-    order in which the tables were found)."""
-    wanted = set(tables)
-    parents = {
-        t: {fk.parent for fk in catalog.foreign_keys if fk.child == t and fk.parent in wanted} - {t}
-        for t in tables
-    }
-    ordered: list[str] = []
-    remaining = list(tables)
-    while remaining:
-        ready = [t for t in remaining if parents[t] <= set(ordered)]
-        if not ready:
-            return ordered + remaining
-        ordered.append(ready[0])
-        remaining.remove(ready[0])
-    return ordered
-
-
-def _identifier(table: str) -> sql.Identifier:
-    """``"schema.name"`` (each part as stored) as a qualified identifier."""
-    schema, name = table.split(".", 1)
-    return sql.Identifier(schema, name)
-
-
-def _insertable_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
-    """The columns of ``table`` ("schema.name", each part as stored: any case, any spaces)."""
-    schema, name = table.split(".", 1)
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
-        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
-        (schema, name),
-    ).fetchall()
-    if not rows:
-        raise RuntimeFailure(f"Table {table} is missing from the target. Nothing was changed.")
-    return [str(r[0]) for r in rows]
-
-
-def insert_rows(
-    conn: psycopg.Connection[Any], order: list[str], rows: dict[str, list[dict[str, Any]]]
-) -> dict[str, int]:
-    """Insert every table's rows in ``order`` in one transaction; returns rows inserted per
-    table. Rows that exist in the target are left as they are. ``conn`` must be in autocommit
-    mode."""
-
-    def insert(table: str, columns: list[str]) -> sql.Composed:
-        return sql.SQL(
-            "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
-            "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT DO NOTHING"
-        ).format(t=_identifier(table), c=sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-
-    return _write_rows(conn, order, rows, insert)
-
-
 def _write_rows(
     conn: psycopg.Connection[Any],
     order: list[str],
@@ -212,20 +90,29 @@ def _write_rows(
     conn.execute("SET default_transaction_read_only = off")
     with conn.transaction():
         for table in order:
-            query = statement(table, _insertable_columns(conn, table))
+            query = statement(table, insertable_columns(conn, table))
             cur = conn.execute(query, (Jsonb(rows[table]),))
             written[table] = max(cur.rowcount, 0)
     return written
 
 
-@dataclass
-class _SourceRows:
-    """Rows read from the source, and the order to write their tables in (parents first)."""
-
-    table: TableInfo
-    key_column: str
-    rows: dict[str, list[dict[str, Any]]]
-    order: list[str]
+@contextmanager
+def row_errors() -> Iterator[None]:
+    """Putting rows back failed: one sentence saying why, and that nothing was inserted."""
+    try:
+        yield
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise RuntimeFailure(
+            "The rows reference rows that are missing from the target too "
+            f"({exc.diag.message_detail or exc}); recover their parents first. Nothing was "
+            "inserted."
+        ) from exc
+    except psycopg.errors.UndefinedTable as exc:
+        raise RuntimeFailure(
+            f"A table of the source is missing from the target: {exc}. Nothing was inserted."
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
 
 
 def recover_rows(
@@ -242,55 +129,49 @@ def recover_rows(
     began = time.monotonic()
     if not keys:
         raise ConfigError("Give at least one --key.")
-    try:
-        found = _read_rows(source_url, table, keys, key_column, with_children)
-        if not found.rows.get(found.table.qualified):
-            raise RuntimeFailure(
-                f"No row of {found.table.qualified} with {found.key_column} in "
-                f"({', '.join(keys)}) exists in the source; is it restored to a moment before "
-                "the deletion?"
-            )
-        with connect(target_url, autocommit=True) as dst:
-            inserted = insert_rows(dst, found.order, found.rows)
-    except psycopg.errors.ForeignKeyViolation as exc:
-        raise RuntimeFailure(
-            "The rows reference rows that are missing from the target too "
-            f"({exc.diag.message_detail or exc}); recover their parents first. Nothing was "
-            "inserted."
-        ) from exc
-    except psycopg.errors.UndefinedTable as exc:
-        raise RuntimeFailure(
-            f"A table of the source is missing from the target: {exc}. Nothing was inserted."
-        ) from exc
-    except psycopg.OperationalError as exc:
-        raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
-    tables = [TableRows(t, len(found.rows[t]), inserted.get(t, 0)) for t in found.order]
+    with (
+        row_errors(),
+        connect(source_url, autocommit=True) as src,
+        connect(target_url, autocommit=True) as dst,
+    ):
+        src.isolation_level, src.read_only = IsolationLevel.REPEATABLE_READ, True
+        with src.transaction():
+            found = choose_rows(src, table, keys, key_column, with_children)
+            if not found.ctids[found.table.qualified]:
+                raise RuntimeFailure(
+                    f"No row of {found.table.qualified} with {found.key_column} in "
+                    f"({', '.join(keys)}) exists in the source; is it restored to a moment "
+                    "before the deletion?"
+                )
+            inserted = write_selection(src, dst, found)
+    counts = found.counts()
+    tables = [TableRows(t, counts[t], inserted.get(t, 0)) for t in found.order]
     return RowsResult(found.table.qualified, list(keys), tables, time.monotonic() - began)
 
 
-def _read_rows(
-    source_url: str,
+def choose_rows(
+    src: psycopg.Connection[Any],
     table: str,
     keys: list[str],
     key_column: str | None,
     with_children: bool,
-) -> _SourceRows:
-    """The chosen rows (and their descendants) from the source, read in a read-only session."""
-    with connect(source_url, autocommit=True) as src:
-        src.execute("SET default_transaction_read_only = on")
-        catalog = read_catalog(src)
-        info = catalog.find(table, "public")
-        if info is None:
-            raise ConfigError(f"Table {table} does not exist in the source database.")
-        column = _key_column(info, key_column)
-        try:
-            rows, found_order = collect_rows(src, catalog, info, column, keys, with_children)
-        except psycopg.errors.DataError as exc:
-            raise ConfigError(
-                f"A --key value does not fit {info.qualified}.{column} "
-                f"({info.columns[column].formatted}): {exc.diag.message_primary}."
-            ) from exc
-        return _SourceRows(info, column, rows, dependency_order(catalog, found_order))
+    *,
+    missing: str = "does not exist in the source database",
+) -> Selection:
+    """The chosen rows (and their descendants) in the source's current transaction; ``missing``
+    ends the sentence refusing a table the source does not have."""
+    catalog = read_catalog(src)
+    info = catalog.find(table, "public")
+    if info is None:
+        raise ConfigError(f"Table {table} {missing}.")
+    column = _key_column(info, key_column)
+    try:
+        return select_rows(src, catalog, info, column, keys, with_children)
+    except psycopg.errors.DataError as exc:
+        raise ConfigError(
+            f"A --key value does not fit {info.qualified}.{column} "
+            f"({info.columns[column].formatted}): {exc.diag.message_primary}."
+        ) from exc
 
 
 def _key_column(info: TableInfo, key_column: str | None) -> str:
@@ -376,7 +257,7 @@ def _upsert(table: str, columns: list[str], key: list[str]) -> sql.Composed:
         "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT ({k}) DO UPDATE "
         "SET {u} WHERE (old.*)::text IS DISTINCT FROM (EXCLUDED.*)::text"
     ).format(
-        t=_identifier(table),
+        t=identifier(table),
         c=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         k=sql.SQL(", ").join(sql.Identifier(c) for c in key),
         u=updates,

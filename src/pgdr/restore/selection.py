@@ -1,0 +1,211 @@
+"""Choosing rows in a restored copy, with everything that references them, and streaming them
+into the target.
+
+:func:`select_rows` finds, in one snapshot of the source, the rows of a table with the given
+keys and (``with_children``) every row that references them through foreign keys, children and
+grandchildren. Each row is remembered by its ``ctid``, which cannot change while the snapshot
+is open (the caller holds one ``REPEATABLE READ`` transaction for the selection and the copy),
+and only the columns that children reference are read. One query per table and foreign key:
+the keys of a level travel as one array (``(cols) IN (SELECT * FROM unnest(...))``), never one
+query per key.
+
+:func:`write_selection` then streams each table's chosen rows, parents first, from the source's
+``COPY (SELECT ... WHERE ctid = ANY(...)) TO STDOUT`` into a temporary table of the target
+(``COPY ... FROM STDIN``, text format: portable across major versions) and inserts them ``ON
+CONFLICT DO NOTHING``, all in one target transaction. Rows are never decoded in Python, so a
+thousand chatbots with their embeddings cost what the rows weigh. Columns are matched by name:
+a column only the source has is not copied, one only the target has gets its default.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgdr.core.errors import RuntimeFailure
+from pgdr.integrity.catalog import Catalog, TableInfo
+
+Found = list[tuple[str, dict[str, str | None]]]  # (ctid, referenced column -> text value)
+
+
+@dataclass
+class Selection:
+    """The chosen rows of each table (ctids in the source's snapshot), parents first."""
+
+    table: TableInfo
+    key_column: str
+    ctids: dict[str, list[str]]
+    order: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {t: len(self.ctids[t]) for t in self.order}
+
+
+def identifier(table: str) -> sql.Identifier:
+    """``"schema.name"`` (each part as stored) as a qualified identifier."""
+    schema, name = table.split(".", 1)
+    return sql.Identifier(schema, name)
+
+
+def insertable_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    """The columns of ``table`` ("schema.name", each part as stored: any case, any spaces)."""
+    schema, name = table.split(".", 1)
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+        (schema, name),
+    ).fetchall()
+    if not rows:
+        raise RuntimeFailure(f"Table {table} is missing from the target. Nothing was changed.")
+    return [str(r[0]) for r in rows]
+
+
+def _select(
+    conn: psycopg.Connection[Any],
+    info: TableInfo,
+    match: list[str],
+    values: list[list[str]],
+    wanted: list[str],
+) -> Found:
+    """The ctid and ``wanted`` columns (as text) of the rows whose ``match`` columns equal one
+    of ``values``."""
+    if not values:
+        return []
+    picked = [sql.SQL("t.ctid::text")] + [
+        sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in wanted
+    ]
+    arrays = sql.SQL(", ").join(
+        sql.SQL("%s::{}[]").format(sql.SQL(info.columns[c].formatted)) for c in match
+    )
+    query = sql.SQL("SELECT {} FROM {} AS t WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+        sql.SQL(", ").join(picked),
+        sql.Identifier(info.schema, info.name),
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in match),
+        arrays,
+    )
+    params = [[v[i] for v in values] for i in range(len(match))]
+    return [(str(r[0]), dict(zip(wanted, r[1:], strict=True))) for r in conn.execute(query, params)]
+
+
+def _referenced(catalog: Catalog) -> dict[str, list[str]]:
+    """Per table, the columns some foreign key points at (what its children match on)."""
+    columns: dict[str, list[str]] = {}
+    for fk in catalog.foreign_keys:
+        bucket = columns.setdefault(fk.parent, [])
+        bucket.extend(c for c in fk.parent_columns if c not in bucket)
+    return columns
+
+
+def select_rows(
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    info: TableInfo,
+    key_column: str,
+    keys: list[str],
+    with_children: bool,
+) -> Selection:
+    """The rows of ``info`` whose ``key_column`` is one of ``keys`` and (``with_children``)
+    every row reachable through foreign keys to them. ``conn`` must stay in one transaction
+    (REPEATABLE READ) until the rows are written: the ctids belong to its snapshot."""
+    referenced = _referenced(catalog) if with_children else {}
+    chosen: dict[str, dict[str, None]] = {}
+    found: list[str] = []
+
+    def add(table: TableInfo, rows: Found) -> list[dict[str, str | None]]:
+        bucket = chosen.setdefault(table.qualified, {})
+        if table.qualified not in found:
+            found.append(table.qualified)
+        new = [values for ctid, values in rows if ctid not in bucket]
+        bucket.update(dict.fromkeys(ctid for ctid, _values in rows))
+        return new
+
+    first = _select(
+        conn, info, [key_column], [[k] for k in keys], referenced.get(info.qualified, [])
+    )
+    queue = deque([(info.qualified, add(info, first))])
+    while queue and with_children:
+        parent, rows = queue.popleft()
+        for fk in catalog.foreign_keys:
+            if fk.parent != parent or not rows:
+                continue
+            child = catalog.tables[fk.child]
+            values = [
+                [str(row[c]) for c in fk.parent_columns]
+                for row in rows
+                if all(row[c] is not None for c in fk.parent_columns)
+            ]
+            wanted = referenced.get(child.qualified, [])
+            new = add(child, _select(conn, child, list(fk.child_columns), values, wanted))
+            if new:
+                queue.append((child.qualified, new))
+    ctids = {t: list(chosen[t]) for t in found}
+    return Selection(info, key_column, ctids, dependency_order(catalog, found))
+
+
+def dependency_order(catalog: Catalog, tables: list[str]) -> list[str]:
+    """Parents before children among ``tables`` (self-references ignored; a cycle keeps the
+    order in which the tables were found)."""
+    wanted = set(tables)
+    parents = {
+        t: {fk.parent for fk in catalog.foreign_keys if fk.child == t and fk.parent in wanted} - {t}
+        for t in tables
+    }
+    ordered: list[str] = []
+    remaining = list(tables)
+    while remaining:
+        ready = [t for t in remaining if parents[t] <= set(ordered)]
+        if not ready:
+            return ordered + remaining
+        ordered.append(ready[0])
+        remaining.remove(ready[0])
+    return ordered
+
+
+def write_selection(
+    src: psycopg.Connection[Any], dst: psycopg.Connection[Any], selection: Selection
+) -> dict[str, int]:
+    """Stream the chosen rows from ``src`` (still in the selection's snapshot) into ``dst``,
+    parents first, in one transaction, even in read-only mode; rows present in ``dst`` are left
+    as they are. Returns the rows inserted per table. ``dst`` must be in autocommit mode."""
+    inserted: dict[str, int] = {}
+    dst.execute("SET default_transaction_read_only = off")
+    with dst.transaction():
+        for number, table in enumerate(selection.order):
+            inserted[table] = _copy_table(src, dst, table, selection.ctids[table], number)
+    return inserted
+
+
+def _copy_table(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    table: str,
+    ctids: list[str],
+    number: int,
+) -> int:
+    if not ctids:
+        return 0
+    source_columns = set(insertable_columns(src, table))
+    columns = [c for c in insertable_columns(dst, table) if c in source_columns]
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    live, temp = identifier(table), sql.Identifier(f"pgdr_rows_{number}")
+    dst.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(temp, live))
+    tids = sql.Literal("{" + ",".join(f'"{c}"' for c in ctids) + "}")
+    out = sql.SQL("COPY (SELECT {} FROM {} WHERE ctid = ANY({}::tid[])) TO STDOUT")
+    into = sql.SQL("COPY {} ({}) FROM STDIN").format(temp, names)
+    with (
+        src.cursor().copy(out.format(names, live, tids)) as reader,
+        dst.cursor().copy(into) as writer,
+    ):
+        for data in reader:
+            writer.write(data)
+    cur = dst.execute(
+        sql.SQL(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT DO NOTHING"
+        ).format(live, names, names, temp)
+    )
+    return max(cur.rowcount, 0)
