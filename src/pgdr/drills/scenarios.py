@@ -218,6 +218,21 @@ SCENARIOS: dict[str, Callable[[Drill], None]] = {
 }
 
 
+def _check_request(name: str, options: DrillOptions) -> None:
+    """Refuse an unknown scenario or fault, or a PostgreSQL version that is not installed."""
+    if name not in SCENARIOS:
+        raise ConfigError(f"Unknown drill {name!r}: choose {', '.join(SCENARIOS)} or all.")
+    if options.inject is not None and options.inject not in FAULTS:
+        raise ConfigError(f"Unknown fault {options.inject!r}: choose {', '.join(FAULTS)}.")
+    if options.inject is not None and name != "scenario1":
+        raise ConfigError("--inject applies to scenario1 only.")
+    if not any(i.major == options.pg_version for i in find_installations()):
+        raise ConfigError(
+            f"PostgreSQL {options.pg_version} is not installed; a drill needs it for its "
+            "sandbox (see docs/embedded-database.md)."
+        )
+
+
 def run_drill(
     name: str,
     settings: PgdrSettings,
@@ -232,17 +247,7 @@ def run_drill(
     detect its disaster, and none is run."""
     if monitor is None:
         raise ConfigError("A drill needs pgdr's monitor: pass monitor=pgdr.watch.drill_monitor.")
-    if name not in SCENARIOS:
-        raise ConfigError(f"Unknown drill {name!r}: choose {', '.join(SCENARIOS)} or all.")
-    if options.inject is not None and options.inject not in FAULTS:
-        raise ConfigError(f"Unknown fault {options.inject!r}: choose {', '.join(FAULTS)}.")
-    if options.inject is not None and name != "scenario1":
-        raise ConfigError("--inject applies to scenario1 only.")
-    if not any(i.major == options.pg_version for i in find_installations()):
-        raise ConfigError(
-            f"PostgreSQL {options.pg_version} is not installed; a drill needs it for its "
-            "sandbox (see docs/embedded-database.md)."
-        )
+    _check_request(name, options)
     report = DrillReport(
         name,
         TITLES[name],
