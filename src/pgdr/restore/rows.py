@@ -12,7 +12,7 @@ works while the database is in read-only mode (which is when it should run).
 
 ``repair_tables`` is the table-wide variant for corruption (the runbook's option B): every row
 of the copy that is missing from the target or differs is put back, by primary key, and rows
-written to the target later are kept (the rows travel as ``jsonb``).
+written to the target later are kept (each table streamed by ``COPY`` from one snapshot).
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ from typing import Any
 
 import psycopg
 from psycopg import IsolationLevel, sql
-from psycopg.types.json import Jsonb
 
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.integrity.catalog import TableInfo, read_catalog
 from pgdr.pool import connect
 from pgdr.restore.selection import (
+    ON_CONFLICT_KEEP,
     Selection,
+    copy_rows,
     dependency_order,
-    identifier,
-    insertable_columns,
     select_rows,
     write_selection,
 )
@@ -75,25 +74,6 @@ class RowsResult:
             "inserted": self.inserted,
             "duration_s": round(self.duration_s, 3),
         }
-
-
-def _write_rows(
-    conn: psycopg.Connection[Any],
-    order: list[str],
-    rows: dict[str, list[dict[str, Any]]],
-    statement: Callable[[str, list[str]], sql.Composed],
-) -> dict[str, int]:
-    """Run ``statement`` (of a table and its insertable columns) with each table's rows as one jsonb
-    parameter, tables in ``order``, all in one transaction, even in read-only mode; the rows
-    each statement wrote."""
-    written: dict[str, int] = {}
-    conn.execute("SET default_transaction_read_only = off")
-    with conn.transaction():
-        for table in order:
-            query = statement(table, insertable_columns(conn, table))
-            cur = conn.execute(query, (Jsonb(rows[table]),))
-            written[table] = max(cur.rowcount, 0)
-    return written
 
 
 @contextmanager
@@ -195,17 +175,25 @@ def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[T
     rows that exist only in the target (written after the source's moment) are kept. This is
     the runbook's "restore specific tables" without losing the table's later rows. Rows of
     these tables changed after the source's moment go back to the source's version. Each table
-    needs a primary key, and the whole table is read from the source.
+    needs a primary key; the whole table is streamed from one snapshot of the source by
+    ``COPY`` (never decoded in Python) into a temporary table, then upserted.
     """
     try:
-        infos, order, rows = _read_tables(source_url, tables)
-        keys = {i.qualified: i.primary_key for i in infos}
-
-        def upsert(table: str, columns: list[str]) -> sql.Composed:
-            return _upsert(table, columns, keys[table])
-
-        with connect(target_url, autocommit=True) as dst:
-            changed = _write_rows(dst, order, rows, upsert)
+        with (
+            connect(source_url, autocommit=True) as src,
+            connect(target_url, autocommit=True) as dst,
+        ):
+            src.execute("SET default_transaction_read_only = on")
+            infos, order = _repaired_tables(src, tables)
+            keys = {i.qualified: i.primary_key for i in infos}
+            dst.execute("SET default_transaction_read_only = off")
+            counts: dict[str, tuple[int, int]] = {}
+            src.isolation_level = IsolationLevel.REPEATABLE_READ
+            with src.transaction(), dst.transaction():
+                for number, table in enumerate(order):
+                    counts[table] = copy_rows(
+                        src, dst, table, number, sql.SQL(""), _upsert(keys[table])
+                    )
     except psycopg.errors.ForeignKeyViolation as exc:
         raise RuntimeFailure(
             f"The repaired rows reference rows missing from the target ({exc}); repair their "
@@ -213,52 +201,41 @@ def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[T
         ) from exc
     except psycopg.OperationalError as exc:
         raise RuntimeFailure(f"Cannot reach a database: {str(exc).strip()}.") from exc
-    return [TableRows(t, len(rows[t]), changed[t]) for t in order]
+    return [TableRows(t, counts[t][0], counts[t][1]) for t in order]
 
 
-def _read_tables(
-    source_url: str, tables: list[str]
-) -> tuple[list[TableInfo], list[str], dict[str, list[dict[str, Any]]]]:
-    """Every row of ``tables`` (each needs a primary key) from the source, read-only; with the
-    tables' catalog entries and the order to write them in (parents first)."""
-    with connect(source_url, autocommit=True) as src:
-        src.execute("SET default_transaction_read_only = on")
-        catalog = read_catalog(src)
-        infos = []
-        for name in tables:
-            info = catalog.find(name, "public")
-            if info is None:
-                raise ConfigError(f"Table {name} does not exist in the source database.")
-            if not info.primary_key:
-                raise ConfigError(f"{info.qualified} has no primary key to match rows by.")
-            infos.append(info)
-        order = dependency_order(catalog, [i.qualified for i in infos])
-        rows = {
-            i.qualified: [
-                r[0]
-                for r in src.execute(
-                    sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
-                        sql.Identifier(i.schema, i.name)
-                    )
-                )
-            ]
-            for i in infos
-        }
-    return infos, order, rows
+def _repaired_tables(
+    src: psycopg.Connection[Any], tables: list[str]
+) -> tuple[list[TableInfo], list[str]]:
+    """The tables' catalog entries (each needs a primary key) and the order to write them in
+    (parents first)."""
+    catalog = read_catalog(src)
+    infos = []
+    for name in tables:
+        info = catalog.find(name, "public")
+        if info is None:
+            raise ConfigError(f"Table {name} does not exist in the source database.")
+        if not info.primary_key:
+            raise ConfigError(f"{info.qualified} has no primary key to match rows by.")
+        infos.append(info)
+    return infos, dependency_order(catalog, [i.qualified for i in infos])
 
 
-def _upsert(table: str, columns: list[str], key: list[str]) -> sql.Composed:
-    """Insert the missing rows, update those that differ (by primary key ``key``)."""
-    updates = sql.SQL(", ").join(
-        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns if c not in key
-    )
-    return sql.SQL(
-        "INSERT INTO {t} AS old ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM "
-        "jsonb_populate_recordset(NULL::{t}, %s) ON CONFLICT ({k}) DO UPDATE "
-        "SET {u} WHERE (old.*)::text IS DISTINCT FROM (EXCLUDED.*)::text"
-    ).format(
-        t=identifier(table),
-        c=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        k=sql.SQL(", ").join(sql.Identifier(c) for c in key),
-        u=updates,
-    )
+def _upsert(key: list[str]) -> Callable[[list[str]], sql.Composable]:
+    """The conflict clause: update the rows that differ (matched by primary key ``key``)."""
+
+    def clause(columns: list[str]) -> sql.Composable:
+        updates = [c for c in columns if c not in key]
+        if not updates:
+            return ON_CONFLICT_KEEP
+        return sql.SQL(
+            "ON CONFLICT ({k}) DO UPDATE SET {u} WHERE (old.*)::text IS DISTINCT FROM "
+            "(EXCLUDED.*)::text"
+        ).format(
+            k=sql.SQL(", ").join(sql.Identifier(c) for c in key),
+            u=sql.SQL(", ").join(
+                sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updates
+            ),
+        )
+
+    return clause

@@ -20,6 +20,7 @@ a column only the source has is not copied, one only the target has gets its def
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,23 +190,39 @@ def _copy_table(
 ) -> int:
     if not ctids:
         return 0
+    tids = sql.Literal("{" + ",".join(f'"{c}"' for c in ctids) + "}")
+    where = sql.SQL(" WHERE ctid = ANY({}::tid[])").format(tids)
+    return copy_rows(src, dst, table, number, where, lambda _columns: ON_CONFLICT_KEEP)[1]
+
+
+ON_CONFLICT_KEEP = sql.SQL("ON CONFLICT DO NOTHING")
+
+
+def copy_rows(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    table: str,
+    number: int,
+    where: sql.Composable,
+    conflict: Callable[[list[str]], sql.Composable],
+) -> tuple[int, int]:
+    """Stream ``table``'s rows matching ``where`` from ``src`` into a temporary table of ``dst``
+    (text ``COPY``, never decoded in Python), then insert them into the live table with the
+    ``conflict`` clause made for the copied columns. Returns (rows copied, rows written)."""
     source_columns = set(insertable_columns(src, table))
     columns = [c for c in insertable_columns(dst, table) if c in source_columns]
     names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     live, temp = identifier(table), sql.Identifier(f"pgdr_rows_{number}")
     dst.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(temp, live))
-    tids = sql.Literal("{" + ",".join(f'"{c}"' for c in ctids) + "}")
-    out = sql.SQL("COPY (SELECT {} FROM {} WHERE ctid = ANY({}::tid[])) TO STDOUT")
+    out = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(names, live, where)
     into = sql.SQL("COPY {} ({}) FROM STDIN").format(temp, names)
-    with (
-        src.cursor().copy(out.format(names, live, tids)) as reader,
-        dst.cursor().copy(into) as writer,
-    ):
+    with src.cursor().copy(out) as reader, dst.cursor().copy(into) as writer:
         for data in reader:
             writer.write(data)
+    counted = dst.execute(sql.SQL("SELECT count(*) FROM {}").format(temp)).fetchone()
     cur = dst.execute(
-        sql.SQL(
-            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT DO NOTHING"
-        ).format(live, names, names, temp)
+        sql.SQL("INSERT INTO {} AS old ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} {}").format(
+            live, names, names, temp, conflict(columns)
+        )
     )
-    return max(cur.rowcount, 0)
+    return (int(counted[0]) if counted else 0), max(cur.rowcount, 0)
