@@ -171,6 +171,7 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         before_failover = datetime.now(UTC)  # a point-in-time restore target, mid-workload
         crashed_at = time.time()
         patroni.crash(second)
+        killed_at = time.time()  # commits acknowledged until the kill landed may be lost too
         patroni.wait(lambda: patroni.leader() not in (None, second), 120, "a failover to a replica")
         third = patroni.leader()
         assert third is not None
@@ -230,5 +231,10 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
     )
     if mode == "synchronous":
         assert lost == []
-    # nothing acknowledged before the crash's last moments nor after the failover is lost
-    assert all(crashed_at - 2.0 <= at <= crashed_at for _i, at in lost), lost
+    # nothing acknowledged before the crash's last moments (the asynchronous replica's lag, a
+    # few seconds at most on a loaded machine) nor after the failover is lost
+    assert all(crashed_at - 5.0 <= at <= killed_at for _i, at in lost), (
+        lost,
+        crashed_at,
+        killed_at,
+    )

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import json
-import tempfile
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,8 +31,12 @@ def find(w: WalEnv, *args: str) -> dict[str, Any]:
     return data
 
 
-def test_the_mass_deletion_stands_out(walenv: WalEnv) -> None:
+def test_the_mass_deletion_stands_out(walenv: WalEnv, tmp_path: Path) -> None:
     w = walenv
+    # a temporary directory of this test's own: other tests (drills) run `wal find` meanwhile
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    w.env["TMPDIR"] = str(private_tmp)
     stream = w.start_stream()
     w.sql("CREATE TABLE items (id int PRIMARY KEY, note text)")
     w.sql("INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 300) g")
@@ -58,7 +61,7 @@ def test_the_mass_deletion_stands_out(walenv: WalEnv) -> None:
     updates = find(w, "--table", "items", "--op", "update")
     assert [t["xid"] for t in updates["transactions"]] == [updated]
     assert updates["suspect"] == updated
-    assert not glob.glob(f"{tempfile.gettempdir()}/pgdr-walfind-*")  # the plaintext WAL is gone
+    assert not list(private_tmp.glob("pgdr-walfind-*"))  # the plaintext WAL is gone
     w.stop_stream(stream)
 
 
