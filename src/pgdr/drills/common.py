@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from pgdr.cluster import LocalCluster
-from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed
 from pgdr.drills.detect import INTERVAL_S, Detection, MonitorFactory, SandboxWatch, WatchTarget
 from pgdr.drills.report import PHASES, RPO_TARGET_S, RTO_TARGET_S, DrillReport
@@ -83,14 +82,6 @@ class Drill:
     def finish(self) -> None:
         """RTO: from the disaster to the verified recovery, by the clock."""
         self.report.rto_s = time.monotonic() - self.disaster_mono
-
-
-def server_now(url: str) -> datetime:
-    with connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT clock_timestamp()").fetchone()
-    assert row is not None
-    moment: datetime = row[0]
-    return moment
 
 
 def summary(report: Report) -> list[str]:
