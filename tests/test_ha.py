@@ -232,8 +232,9 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
     if mode == "synchronous":
         assert lost == []
     # nothing acknowledged before the crash's last moments (the asynchronous replica's lag, a
-    # few seconds at most on a loaded machine) nor after the failover is lost
-    assert all(crashed_at - 5.0 <= at <= killed_at for _i, at in lost), (
+    # few seconds at most on a loaded machine) nor after the failover is lost; an acknowledgement
+    # is stamped once the client thread runs again, a moment after the reply left the server
+    assert all(crashed_at - 5.0 <= at <= killed_at + 1.0 for _i, at in lost), (
         lost,
         crashed_at,
         killed_at,
