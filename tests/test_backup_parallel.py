@@ -63,7 +63,7 @@ def test_both_methods_restore_verify_and_start(
     )
     assert chosen == [(method, "")]
     assert all(c.size == manifest.chunk_size for c in manifest.chunks[:-1])
-    assert all(f.sha256 for f in manifest.files if f.kind == "file")
+    assert all(f.digest for f in manifest.files if f.kind == "file")
     paths = {f.path for f in manifest.files}
     assert {"backup_label", "backup_manifest", "global/pg_control", "PG_VERSION"} <= paths
     assert not {"postmaster.pid", "postmaster.opts"} & paths

@@ -9,7 +9,6 @@ Both restore paths are tried (chunks in parallel, and ``--check-files``'s stream
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import tarfile
 from collections.abc import Iterator
@@ -75,7 +74,7 @@ def _forge(
 ) -> Manifest:
     """Store ``archive`` as an authentic backup, sealed and signed with the repository's key
     (its file list is the archive's own unless ``files`` is given)."""
-    hasher = _Hasher()
+    hasher = _Hasher(template.chunk_size)
     hasher.feed(archive)
     hasher.close()
     hasher.finish()
@@ -86,7 +85,7 @@ def _forge(
         plain = archive[start : start + size]
         sealed = seal(data_key, chunk_key(backup_id, index), plain)
         repo.store.put(chunk_key(backup_id, index), sealed)
-        chunks.append(ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest()))
+        chunks.append(ChunkEntry(len(plain), len(sealed), template.object_digest(sealed)))
     forged = dataclasses.replace(
         template,
         id=backup_id,

@@ -7,7 +7,6 @@ Every check names what is wrong in terms a person can act on: which chunk of whi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,20 +42,20 @@ def damaged_chunk(manifest: Manifest, index: int, reason: str, limit: int = 5) -
 
 
 def fetch_sealed(repo: Repository, manifest: Manifest, index: int) -> bytes:
-    """One chunk as stored, checked against the manifest (present, size, SHA-256)."""
+    """One chunk as stored, checked against the manifest (present, size, digest)."""
     entry = manifest.chunks[index]
     try:
         sealed = repo.store.get(manifest.chunk_key(index))
     except ObjectNotFound as exc:
         raise damaged_chunk(manifest, index, "it is missing") from exc
-    if len(sealed) != entry.stored_size or hashlib.sha256(sealed).hexdigest() != entry.sha256:
+    if len(sealed) != entry.stored_size or manifest.object_digest(sealed) != entry.digest:
         reason = "it is truncated" if len(sealed) < entry.stored_size else "its checksum differs"
         raise damaged_chunk(manifest, index, reason)
     return sealed
 
 
 def fetch_chunk(repo: Repository, manifest: Manifest, data_key: DataKey, index: int) -> bytes:
-    """One chunk, checked (present, size, SHA-256, authentication) and opened."""
+    """One chunk, checked (present, size, digest, authentication) and opened."""
     sealed = fetch_sealed(repo, manifest, index)
     try:
         plain = open_sealed(data_key, manifest.chunk_key(index), sealed)

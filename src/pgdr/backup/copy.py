@@ -11,7 +11,6 @@ WAL those backups need, so a tier that receives copies can restore to a point in
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,11 +87,11 @@ def _copy_one(
             sealed = source.store.get(key)
         except ObjectNotFound as exc:
             raise damaged_chunk(manifest, index, "it is missing") from exc
-        if hashlib.sha256(sealed).hexdigest() != entry.sha256:
+        if manifest.object_digest(sealed) != entry.digest:
             raise damaged_chunk(manifest, index, "its checksum differs")
         _authenticate(manifest, data_key, index, sealed)
         destination.store.put(key, sealed)
-        if hashlib.sha256(destination.store.get(key)).hexdigest() != entry.sha256:
+        if manifest.object_digest(destination.store.get(key)) != entry.digest:
             raise RuntimeFailure(
                 f"Chunk {index + 1} of backup {manifest.id} reads back differently from "
                 f"{destination.name}; the copy was abandoned."

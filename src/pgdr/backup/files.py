@@ -16,8 +16,8 @@ Invariants:
   and stored by any worker independently, and chunks are fixed-size like the stream's.
 - A file that shrinks while it is read is padded with zeros to its planned size and one that
   grows is cut to it, as ``pg_basebackup`` does; WAL replay from the backup's start repairs both.
-- Every file's SHA-256 is computed over exactly the bytes stored; pieces of a file that spans
-  chunks are hashed in archive order (a worker waits for the previous chunk's piece).
+- Every file's digest is computed over exactly the bytes stored: each worker hashes the pieces
+  of the files in its own chunk, and a file's digest combines them (``pgdr.backup.digest``).
 - The backup label, WAL and ``backup_manifest`` come after the data files, once
   ``pg_backup_stop`` has returned; until the pgdr manifest is written the backup does not exist,
   and a killed run leaves only chunks that the next run removes (the server ends the backup and
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import psycopg
 
+from pgdr.backup.digest import PIECES, combine, object_digest, piece_digest
 from pgdr.backup.manifest import ChunkEntry, FileEntry, chunk_key
 from pgdr.backup.repository import Repository
 from pgdr.core.connect import connect
@@ -163,7 +164,7 @@ class Layout:
             kind=kind,
             size=size,
             mode=mode & 0o7777,
-            sha256=None,
+            digest=None,
             offset=self.size + len(header),
             linkname=info.linkname,
         )
@@ -239,37 +240,22 @@ def plan_data(data_dir: Path) -> Layout:
 
 
 # ----- building chunks ----------------------------------------------------------------------
-class OrderedHashes:
-    """Per-file SHA-256 fed by many workers; pieces of one file are taken in file order."""
+class PieceDigests:
+    """The digests of the pieces of every file (its parts in each chunk), added by any worker in
+    any order; a file's digest combines them in file order (``pgdr.backup.digest``)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._state: dict[str, tuple[hashlib._Hash, int]] = {}
-        self.digests: dict[str, str] = {}
-        self.failed = False
+        self._lock = threading.Lock()
+        self._pieces: dict[str, dict[int, bytes]] = {}
 
-    def update(self, entry: FileEntry, at: int, data: memoryview) -> None:
-        with self._cond:
-            while not self.failed and self._state.get(entry.path, (None, 0))[1] != at:
-                self._cond.wait(1.0)
-            if self.failed:
-                raise RuntimeFailure("The backup was abandoned by another worker.")
-            state = self._state.get(entry.path)
-            digest = state[0] if state else hashlib.sha256()
-        digest.update(data)
-        done = at + len(data)
-        with self._cond:
-            if done >= entry.size:
-                self._state.pop(entry.path, None)
-                self.digests[entry.path] = digest.hexdigest()
-            else:
-                self._state[entry.path] = (digest, done)
-            self._cond.notify_all()
+    def add(self, entry: FileEntry, at: int, data: memoryview) -> None:
+        digest = piece_digest(data)
+        with self._lock:
+            self._pieces.setdefault(entry.path, {})[at] = digest
 
-    def fail(self) -> None:
-        with self._cond:
-            self.failed = True
-            self._cond.notify_all()
+    def of(self, entry: FileEntry) -> str:
+        pieces = self._pieces.get(entry.path) or {0: piece_digest(b"")}  # an empty file
+        return combine(pieces[at] for at in sorted(pieces))
 
 
 def _read_into(path: Path, view: memoryview, at: int) -> None:
@@ -300,13 +286,13 @@ class ChunkBuilder:
         self.repo, self.backup_id, self.data_key, self.level = repo, backup_id, data_key, level
         self.layout = layout
         self.size = repo.config.chunk_size
-        self.hashes = OrderedHashes()
+        self.digests = PieceDigests()
         # The last, partial chunk of the data files, read before the archive grows past it.
         self.prefix: tuple[int, int, bytes] | None = None  # (chunk, members placed, bytes)
 
     def read_partial(self) -> None:
-        """Read (and hash) the data files' bytes in the last, partial chunk now: their hashes
-        must be known before ``backup_manifest`` is written, which follows them."""
+        """Read the data files' bytes in the last, partial chunk now, before ``pg_backup_stop``:
+        the rest of that chunk (the label, WAL and ``backup_manifest``) is known only after it."""
         index, rest = divmod(self.layout.size, self.size)
         if rest:
             start = index * self.size
@@ -317,24 +303,20 @@ class ChunkBuilder:
             self.prefix = (index, len(self.layout.members), bytes(buffer))
 
     def __call__(self, index: int) -> ChunkEntry:
-        try:
-            start = index * self.size
-            buffer = bytearray(min(self.size, self.layout.size - start))
-            placed = 0
-            if self.prefix is not None and self.prefix[0] == index:
-                _, placed, head = self.prefix
-                buffer[: len(head)] = head
-            with memoryview(buffer) as view:
-                for position, member in self._members(start, start + len(buffer)):
-                    if position >= placed:
-                        self._place(member, view, start)
-            key = chunk_key(self.backup_id, index)
-            sealed = seal(self.data_key, key, buffer, level=self.level)
-            self.repo.store.put(key, sealed)
-            return ChunkEntry(len(buffer), len(sealed), hashlib.sha256(sealed).hexdigest())
-        except BaseException:
-            self.hashes.fail()
-            raise
+        start = index * self.size
+        buffer = bytearray(min(self.size, self.layout.size - start))
+        placed = 0
+        if self.prefix is not None and self.prefix[0] == index:
+            _, placed, head = self.prefix
+            buffer[: len(head)] = head
+        with memoryview(buffer) as view:
+            for position, member in self._members(start, start + len(buffer)):
+                if position >= placed:
+                    self._place(member, view, start)
+        key = chunk_key(self.backup_id, index)
+        sealed = seal(self.data_key, key, buffer, level=self.level)
+        self.repo.store.put(key, sealed)
+        return ChunkEntry(len(buffer), len(sealed), object_digest(PIECES, sealed))
 
     def _members(self, low: int, high: int) -> Iterator[tuple[int, Member]]:
         members = self.layout.members
@@ -366,7 +348,7 @@ class ChunkBuilder:
         elif isinstance(member.source, bytes):
             piece[:] = member.source[low - entry.offset : high - entry.offset]
         if entry.kind == "file":
-            self.hashes.update(entry, low - entry.offset, piece)
+            self.digests.add(entry, low - entry.offset, piece)
 
     @staticmethod
     def _copy(data: bytes, at: int, view: memoryview, start: int) -> None:
@@ -424,14 +406,8 @@ def files_backup(
         path = wal_dir / segment
         layout.add(f"pg_wal/{segment}", "file", 0o600, now, path.stat().st_size, source=path)
     done = {m.entry.path: m for m in layout.members if m.entry.kind == "file"}
-    builder.hashes.digests.update(
-        {name: hashlib.sha256(body).hexdigest() for name, body in extras.items()}
-    )
-    empty = hashlib.sha256(b"").hexdigest()
-    builder.hashes.digests.update({path: empty for path, m in done.items() if not m.entry.size})
     pg_manifest = postgres_manifest(
         [m for m in done.values() if not m.entry.path.startswith("pg_wal/")],
-        builder.hashes.digests,
         (timeline, start_lsn, stop_lsn),
         system_identifier if major >= 17 else None,
     )
@@ -442,7 +418,7 @@ def files_backup(
     entries = [m.entry for m in layout.members if m.entry.kind != "end"]
     for entry in entries:
         if entry.kind == "file":
-            entry.sha256 = builder.hashes.digests[entry.path]
+            entry.digest = builder.digests.of(entry)
     captured = {"backup_label": extras["backup_label"], "backup_manifest": pg_manifest}
     return Collected(entries, captured), chunks, layout.size
 
@@ -530,11 +506,12 @@ def _held_backup(conninfo: str, backup_id: str, label: str) -> Iterator[_Session
 
 def postgres_manifest(
     members: list[Member],
-    digests: dict[str, str],
     wal: tuple[int, str, str],
     system_identifier: str | None,
 ) -> bytes:
-    """A ``backup_manifest`` in PostgreSQL's format, as pg_basebackup writes it."""
+    """A ``backup_manifest`` in PostgreSQL's format, as ``pg_basebackup --manifest-checksums=NONE``
+    writes it: paths, sizes and the WAL range. Contents are checked by pgdr's own digests (a
+    SHA-256 of every file here would cost more than the rest of the backup)."""
     version = 2 if system_identifier else 1
     lines = [f'{{ "PostgreSQL-Backup-Manifest-Version": {version},']
     if system_identifier:
@@ -548,8 +525,6 @@ def postgres_manifest(
                 "Last-Modified": datetime.fromtimestamp(m.mtime, UTC).strftime(
                     "%Y-%m-%d %H:%M:%S GMT"
                 ),
-                "Checksum-Algorithm": "SHA256",
-                "Checksum": digests[m.entry.path],
             }
         )
         for m in members

@@ -1,23 +1,26 @@
-"""SHA-256 of every file of an archive stream, computed on a thread of its own.
+"""The digest of every file of an archive stream, computed on a thread of its own.
 
-Hashing is the one sequential per-file cost of a backup or restore (about 0.4 GB/s per core
-without SHA extensions); ``hashlib`` releases the GIL, so a dedicated thread lets it overlap the
-pipe reads, tar parsing and disk writes of the main thread and the sealing workers.
+Where an archive is read as one stream (``pg_basebackup``'s, or a restore that checks every
+file), hashing is a sequential per-file cost; ``hashlib`` releases the GIL, so a dedicated
+thread lets it overlap the pipe reads, tar parsing and disk writes of the main thread and the
+sealing workers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from pgdr.backup.digest import Data, FileDigest
+
 _END = object()
 
 
 class HashThread:
-    """Feed ``start(name)``, ``update(data)``..., ``end()`` per file; results via ``done``."""
+    """Feed ``start(name, digest)``, ``update(data)``..., ``end()`` per file; results (hex
+    digests) via ``done``."""
 
     def __init__(self, done: Callable[[str, str], None], depth: int = 16) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
@@ -36,8 +39,8 @@ class HashThread:
             if self._error is not None:
                 continue
             try:
-                if isinstance(item, str):
-                    name, current = item, hashlib.sha256()
+                if isinstance(item, tuple):
+                    name, current = item
                 elif item is _END:
                     self._done(name, current.hexdigest())
                 else:
@@ -45,10 +48,10 @@ class HashThread:
             except BaseException as exc:  # reported by close()
                 self._error = exc
 
-    def start(self, name: str) -> None:
-        self._queue.put(name)
+    def start(self, name: str, digest: FileDigest) -> None:
+        self._queue.put((name, digest))
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: Data) -> None:
         self._queue.put(data)
 
     def end(self) -> None:

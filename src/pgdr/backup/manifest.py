@@ -1,9 +1,10 @@
 """The manifest of a base backup: what it holds, and proof that nobody altered it.
 
 A backup exists when ``backups/<id>/manifest.json`` exists; it is written last and atomically.
-It lists every chunk (stored size and SHA-256 of the stored object) and every file of the data
-directory (size, SHA-256, and where its bytes lie in the archive stream, hence which chunks hold
-it), plus the PostgreSQL version, system identifier, timeline, start/stop LSN and time.
+It lists every chunk (stored size and digest of the stored object) and every file of the data
+directory (size, digest, and where its bytes lie in the archive stream, hence which chunks hold
+it; ``pgdr.backup.digest`` says how digests are computed), plus the PostgreSQL version, system
+identifier, timeline, start/stop LSN and time.
 
 Authentication: an HMAC-SHA256, keyed by a subkey of the backup's data key, over a canonical JSON
 encoding of everything except ``wrapped_key`` and ``hmac`` themselves, so ``pgdr key rotate``
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from pgdr.backup.digest import LEGACY, SCHEMES, FileDigest, object_digest
 from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import DataKey, MasterKey, WrappedKey, derive_subkey, sign, verify_signature
 
@@ -25,6 +27,7 @@ SIGNING_PURPOSE = "manifest/v1"
 BACKUPS = "backups/"
 DUMPS = "dumps/"
 DUMP_KINDS = ("dump", "schema-dump", "export")  # logical (pgdr.logical), under dumps/
+LEGACY_KEY = "sha256"  # the digest fields' name in manifests of the legacy scheme
 
 
 class ForgedManifest(RuntimeFailure):
@@ -37,7 +40,7 @@ class ChunkEntry:
 
     size: int
     stored_size: int
-    sha256: str  # of the stored (sealed) object
+    digest: str  # of the stored (sealed) object, under the manifest's digest scheme
 
 
 @dataclass
@@ -48,7 +51,7 @@ class FileEntry:
     kind: str  # file, dir, symlink
     size: int
     mode: int
-    sha256: str | None
+    digest: str | None  # under the manifest's digest scheme (pgdr.backup.digest)
     offset: int  # where the data starts in the archive stream
     linkname: str = ""
 
@@ -81,6 +84,7 @@ class Manifest:
     hmac: str = ""
     format: int = FORMAT
     database: str = ""  # the database of a dump; base backups hold the whole cluster
+    digest_scheme: str = LEGACY  # how ``digest`` fields are computed (pgdr.backup.digest)
 
     # ----- derived --------------------------------------------------------------------------
     @property
@@ -99,6 +103,14 @@ class Manifest:
     def area(self) -> str:
         """Where the object lives: ``dumps/`` for logical dumps, ``backups/`` otherwise."""
         return DUMPS if self.kind in DUMP_KINDS else BACKUPS
+
+    def file_digest(self, entry: FileEntry) -> FileDigest:
+        """A digest to feed ``entry``'s bytes, in order, to compare with ``entry.digest``."""
+        return FileDigest(self.digest_scheme, entry.offset, self.chunk_size)
+
+    def object_digest(self, sealed: bytes) -> str:
+        """The digest of a stored object, to compare with its ``ChunkEntry.digest``."""
+        return object_digest(self.digest_scheme, sealed)
 
     def chunk_key(self, index: int) -> str:
         return chunk_key(self.id, index, self.area)
@@ -126,6 +138,10 @@ class Manifest:
         data.pop("hmac")
         if not data["database"]:
             data.pop("database")  # base backups keep the encoding they were signed with
+        if data["digest_scheme"] == LEGACY:  # as written before there were two schemes
+            data.pop("digest_scheme")
+            for entry in (*data["chunks"], *data["files"]):
+                entry[LEGACY_KEY] = entry.pop("digest")
         return data
 
     def canonical(self) -> bytes:
@@ -144,8 +160,8 @@ class Manifest:
     def from_json(cls, raw: bytes, where: str) -> Manifest:
         try:
             data = json.loads(raw)
-            chunks = [ChunkEntry(**c) for c in data.pop("chunks")]
-            files = [FileEntry(**f) for f in data.pop("files")]
+            chunks = [ChunkEntry(**_renamed(c)) for c in data.pop("chunks")]
+            files = [FileEntry(**_renamed(f)) for f in data.pop("files")]
             wrapped = data.pop("wrapped_key")
             manifest = cls(**data, chunks=chunks, files=files)
             manifest.wrapped_key = WrappedKey.from_dict(wrapped) if wrapped else None
@@ -172,6 +188,8 @@ class Manifest:
                 parse_time(getattr(self, name))
             except ValueError:
                 return f"{name} is {getattr(self, name)!r}"
+        if self.digest_scheme not in SCHEMES:
+            return f"digest_scheme is {self.digest_scheme!r}"
         return None
 
     def authenticate(self, master: MasterKey, where: str) -> DataKey:
@@ -194,6 +212,13 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "str | None": (str, type(None)),
 }
+
+
+def _renamed(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry as stored by a manifest of the legacy scheme, with the current field names."""
+    if LEGACY_KEY in entry and "digest" not in entry:
+        entry["digest"] = entry.pop(LEGACY_KEY)
+    return entry
 
 
 def _is_instance(value: object, expected: tuple[type, ...]) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from typing import IO, Any, ParamSpec
 import psycopg
 
 from pgdr import __version__
+from pgdr.backup.digest import LEGACY, PIECES, FileDigest, object_digest
 from pgdr.backup.files import Collected, choose_method, files_backup, locate
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import (
@@ -94,10 +94,11 @@ def server_facts(conninfo: str) -> ServerFacts:
 
 
 class _Hasher(TarReader):
-    """Records every member with its SHA-256 and captures the small files pgdr needs."""
+    """Records every member with its digest and captures the small files pgdr needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_size: int) -> None:
         super().__init__()
+        self.chunk_size = chunk_size
         self.files: list[FileEntry] = []
         self.captured: dict[str, bytearray] = {}
         self._digests: dict[str, str] = {}
@@ -105,7 +106,8 @@ class _Hasher(TarReader):
 
     def on_member(self, member: TarMember) -> None:
         if member.kind == "file":
-            self._hasher.start(member.path)
+            digest = FileDigest(PIECES, member.data_offset, self.chunk_size)
+            self._hasher.start(member.path, digest)
         if member.path in CAPTURED:
             self.captured[member.path] = bytearray()
 
@@ -124,7 +126,7 @@ class _Hasher(TarReader):
                 kind=member.kind,
                 size=member.size,
                 mode=member.mode,
-                sha256=None,
+                digest=None,
                 offset=member.data_offset,
                 linkname=member.linkname,
             )
@@ -135,7 +137,7 @@ class _Hasher(TarReader):
         self._hasher.close()
         for entry in self.files:
             if entry.kind == "file":
-                entry.sha256 = self._digests[entry.path]
+                entry.digest = self._digests[entry.path]
 
     def abandon(self) -> None:
         self._hasher.abandon()
@@ -396,7 +398,7 @@ def _incremental_parent(repo: Repository, facts: ServerFacts) -> Manifest:
 def _stream(
     run: _BackupRun, args: list[str], stderr_path: Path, env: dict[str, str]
 ) -> tuple[_Hasher, list[ChunkEntry], int]:
-    hasher = _Hasher()
+    hasher = _Hasher(run.repo.config.chunk_size)
     try:
         chunks, stream_size = stream_into_chunks(
             run.repo,
@@ -406,6 +408,7 @@ def _stream(
             stderr_path,
             env=env,
             chunk_size=run.repo.config.chunk_size,
+            scheme=PIECES,
             feed=hasher.feed,
             progress=run.progress,
             workers=run.workers,
@@ -432,6 +435,7 @@ def stream_into_chunks(
     *,
     env: dict[str, str],
     chunk_size: int,
+    scheme: str,
     feed: Callable[[bytearray], None],
     progress: Progress | None,
     workers: int | None,
@@ -454,6 +458,7 @@ def stream_into_chunks(
                 key_of,
                 data_key,
                 _read_chunks(proc.stdout, chunk_size),
+                scheme=scheme,
                 feed=feed,
                 progress=progress,
                 workers=workers,
@@ -474,6 +479,7 @@ def store_chunks(
     data_key: DataKey,
     pieces: Iterable[bytearray],
     *,
+    scheme: str,
     feed: Callable[[bytearray], None],
     progress: Progress | None,
     workers: int | None,
@@ -491,7 +497,7 @@ def store_chunks(
         key = key_of(index)
         sealed = seal(data_key, key, plain, level=level)
         store.put(key, sealed)
-        return ChunkEntry(len(plain), len(sealed), hashlib.sha256(sealed).hexdigest())
+        return ChunkEntry(len(plain), len(sealed), object_digest(scheme, sealed))
 
     def numbered() -> Iterator[tuple[int, bytearray]]:
         nonlocal stream_size
@@ -543,6 +549,7 @@ def _finish(
         start_time=run.start_time,
         stored=(chunks, stream_size, hasher.files),
         level=run.level,
+        digest_scheme=PIECES,
     )
 
 
@@ -561,6 +568,7 @@ def build_manifest(
     stored: tuple[list[ChunkEntry], int, list[FileEntry]],
     level: int,
     database: str = "",
+    digest_scheme: str = LEGACY,
 ) -> Manifest:
     """The manifest of an object set (a base backup or a dump) just stored, stopped now;
     ``lsns`` is (start, stop), ``stored`` is (chunks, stream size, files). Not yet sealed."""
@@ -589,6 +597,7 @@ def build_manifest(
         chunks=chunks,
         files=files,
         database=database,
+        digest_scheme=digest_scheme,
     )
 
 

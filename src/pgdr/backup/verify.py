@@ -12,7 +12,6 @@ this package.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -66,7 +65,7 @@ def _check_files(
     report: VerifyReport,
     progress: Progress | None = None,
 ) -> None:
-    """Recompute every file's SHA-256 from the chunks (``None`` = damaged chunk)."""
+    """Recompute every file's digest from the chunks (``None`` = damaged chunk)."""
     files = sorted(
         (f for f in manifest.files if f.kind == "file"), key=lambda f: (f.offset, f.path)
     )
@@ -80,7 +79,7 @@ def _check_files(
         if progress:
             progress(manifest.chunks[index].size)
         while pointer < len(files) and files[pointer].offset < end:
-            active.append(_FileState(files[pointer], hashlib.sha256()))
+            active.append(_FileState(files[pointer], manifest.file_digest(files[pointer])))
             pointer += 1
         still: list[_FileState] = []
         for state in active:
@@ -103,7 +102,7 @@ def _check_files(
 
 def _finish_file(state: _FileState, report: VerifyReport) -> None:
     report.files_checked += 1
-    if state.damaged or state.hash.hexdigest() != state.entry.sha256:
+    if state.damaged or state.hash.hexdigest() != state.entry.digest:
         report.damaged_files.append(state.entry.path)
 
 

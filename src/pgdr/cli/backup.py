@@ -32,6 +32,7 @@ from pgdr.core.output import (
     styled,
 )
 from pgdr.core.units import human_size
+from pgdr.crypto.envelope import DEFAULT_LEVEL
 from pgdr.restore.tested import restore_test as run_restore_test
 from pgdr.wal.server import backup_source
 
@@ -78,6 +79,17 @@ MethodOption = Annotated[
         "stream: pg_basebackup; auto: files when the data directory is readable here.",
     ),
 ]
+CompressLevelOption = Annotated[
+    int,
+    typer.Option(
+        "--compress-level",
+        envvar="PGDR_COMPRESS_LEVEL",
+        min=1,
+        max=19,
+        help="zstd level of the chunks: 1 is the fastest; higher ones store less at more CPU "
+        "(pgBackRest's default is 3).",
+    ),
+]
 FromOption = Annotated[
     str,
     typer.Option(
@@ -98,6 +110,7 @@ def backup(
     new_key: NewKeyOption = False,
     method: MethodOption = "auto",
     workers: WorkersOption = None,
+    compress_level: CompressLevelOption = DEFAULT_LEVEL,
     source: FromOption = "primary",
     as_json: JsonOption = False,
 ) -> None:
@@ -128,6 +141,7 @@ def backup(
             method=method,
             on_method=on_method,
             workers=workers,
+            level=compress_level,
         )
     duration = time.monotonic() - began
     data = manifest.summary() | {
@@ -224,11 +238,11 @@ def show(
         console.print(key_value_table(f"Backup {manifest.id}", rows))
         if files:
             table = Table(show_header=True)
-            for column in ("path", "size", "sha256"):
+            for column in ("path", "size", "digest"):
                 table.add_column(column)
             for f in manifest.files:
                 if f.kind == "file":
-                    table.add_row(f.path, str(f.size), f.sha256 or "")
+                    table.add_row(f.path, str(f.size), f.digest or "")
             console.print(table)
 
     emit(data, as_json, render)

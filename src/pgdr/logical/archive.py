@@ -70,7 +70,7 @@ def plaintext(dump: OpenDump) -> Iterator[bytes]:
         digest.update(piece)
         yield piece
     files = dump.manifest.files
-    if len(files) == 1 and digest.hexdigest() != files[0].sha256:
+    if len(files) == 1 and digest.hexdigest() != files[0].digest:
         raise DamagedBackup(f"Dump {dump.id} does not match its recorded SHA-256.")
 
 

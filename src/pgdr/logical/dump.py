@@ -27,6 +27,7 @@ from pathlib import Path
 import psycopg
 
 from pgdr.backup.chunks import private_dir
+from pgdr.backup.digest import LEGACY
 from pgdr.backup.manifest import (
     DUMPS,
     ChunkEntry,
@@ -178,6 +179,7 @@ def take_dump(
                 Path(tmp) / "stderr",
                 env=env,
                 chunk_size=repo.config.chunk_size,
+                scheme=LEGACY,
                 feed=digest.update,
                 progress=progress,
                 workers=None,

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgdr.backup.digest import LEGACY
 from pgdr.backup.manifest import ChunkEntry, FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.backup.take import store_chunks
@@ -120,7 +121,7 @@ def _rechunk(
     if buffer:
         yield buffer
     for entry in files:
-        entry.sha256 = digests[entry.path].hexdigest()
+        entry.digest = digests[entry.path].hexdigest()
 
 
 def export_to_repository(
@@ -143,6 +144,7 @@ def export_to_repository(
                 sink.key_of,
                 sink.data_key,
                 _rechunk(_csv_files(conn, tables, result), repo.config.chunk_size, files),
+                scheme=LEGACY,
                 feed=lambda _chunk: None,
                 progress=None,
                 workers=None,

@@ -111,7 +111,7 @@ def _verify_export(dump: OpenDump) -> dict[str, Any]:
             offset += len(piece)
     except DamagedBackup as exc:
         problem = exc.message
-    bad = [e.path for e, d in zip(files, digests, strict=True) if d.hexdigest() != e.sha256]
+    bad = [e.path for e, d in zip(files, digests, strict=True) if d.hexdigest() != e.digest]
     if bad and not problem:
         problem = f"files differ from their recorded SHA-256: {', '.join(bad)}"
     return {

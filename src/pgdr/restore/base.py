@@ -114,7 +114,7 @@ class _Extractor(TarReader):
         self.bytes_written = 0
 
     def _compare(self, path: str, digest: str) -> None:
-        if digest != self.expected[path].sha256:
+        if digest != self.expected[path].digest:
             self.mismatched.append(path)
 
     def _ids(self) -> tuple[int, int] | None:
@@ -147,7 +147,7 @@ class _Extractor(TarReader):
             self._fd = self.beneath.open(member.path, flags, create_parents=True)
             if ids:
                 os.fchown(self._fd, *ids)
-            self._hasher.start(member.path)
+            self._hasher.start(member.path, self.manifest.file_digest(entry))
         elif member.kind == "symlink":
             self.beneath.symlink(member.path, member.linkname, ids)
 

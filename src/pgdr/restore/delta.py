@@ -17,7 +17,6 @@ incremental chain is refused (restore it in full). Nothing is written outside ``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pgdr.backup.chunks import DamagedBackup
+from pgdr.backup.digest import digest_of_file
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
@@ -120,7 +120,7 @@ def _remove_extra(target: Path, expected: dict[str, FileEntry]) -> int:
     return removed
 
 
-def _differs(target: Path, entry: FileEntry, owner: ServiceUser) -> bool:
+def _differs(target: Path, manifest: Manifest, entry: FileEntry, owner: ServiceUser) -> bool:
     """Whether ``entry`` must be (re)written; creates or truncates it to its size if so."""
     path = target / entry.path
     try:
@@ -135,9 +135,8 @@ def _differs(target: Path, entry: FileEntry, owner: ServiceUser) -> bool:
     if size == entry.size and size > HASH_BELOW:
         return True  # compared page by page against its chunks: one read instead of two
     if size == entry.size:
-        with path.open("rb") as handle:
-            if hashlib.file_digest(handle, "sha256").hexdigest() == entry.sha256:
-                return False
+        if digest_of_file(path, manifest.file_digest(entry)) == entry.digest:
+            return False
     else:
         os.truncate(path, entry.size)
     return True
@@ -191,7 +190,7 @@ def delta_restore(
     workers = workers or len(os.sched_getaffinity(0))
     removed = _remove_extra(target, {f.path: f for f in manifest.files})
     files = _lay_out(target, manifest, owner)
-    checks = parallel_map(lambda f: _differs(target, f, owner), files, workers)
+    checks = parallel_map(lambda f: _differs(target, manifest, f, owner), files, workers)
     changed = [f for f, differs in zip(files, checks, strict=True) if differs]
     with Beneath(target) as beneath:
         writer = _DeltaWriter(repo, manifest, data_key, target, changed, beneath)
