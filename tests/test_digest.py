@@ -14,9 +14,11 @@ import pytest
 
 from conftest import Server
 from pgdr.backup import Repository, take_backup
+from pgdr.backup.chunks import DamagedBackup
 from pgdr.backup.digest import LEGACY, PIECES, FileDigest, combine, digest_of_file, piece_digest
 from pgdr.backup.verify import verify_backup
 from pgdr.restore import restore_backup
+from pgdr.restore.delta import delta_restore
 
 CHUNK = 1000
 
@@ -119,3 +121,35 @@ def test_a_legacy_manifest_still_verifies_and_restores(
     repo.store.put(repo.manifest_key(manifest.id), forged.to_json())
     report = verify_backup(repo, manifest.id)
     assert not report.ok and report.damaged_files == ["PG_VERSION"]
+
+
+@pytest.mark.parametrize("method", ["files", "stream"])
+def test_every_restore_checks_every_file(
+    pg18: Server, repo: Repository, scratch: Path, method: str
+) -> None:
+    """A file whose bytes do not match its digest fails the plain (parallel) restore and the
+    delta restore, not only ``--check-files``; nothing is left behind. The manifest here is
+    re-signed by the key holder, so only the digest can catch it."""
+    manifest = take_backup(repo, pg18.cluster.conninfo(), method=method)
+    good = restore_backup(repo, manifest.id, scratch / "good").data_dir
+    data_key = manifest.authenticate(repo.master_key, "test")
+    victim = max((f for f in manifest.files if f.kind == "file"), key=lambda f: f.size)
+    forged = dataclasses.replace(
+        manifest,
+        files=[
+            dataclasses.replace(f, digest="0" * 32) if f.path == victim.path else f
+            for f in manifest.files
+        ],
+    )
+    forged.sign_with(data_key)
+    repo.store.put(repo.manifest_key(manifest.id), forged.to_json())
+    sentence = f"{victim.path} in backup {manifest.id} does not match its checksum."
+    for check_files in (False, True):
+        with pytest.raises(DamagedBackup) as caught:
+            restore_backup(repo, manifest.id, scratch / "bad", check_files=check_files)
+        assert caught.value.message == sentence
+        assert not (scratch / "bad").exists()
+    (good / victim.path).write_bytes(b"\0" * victim.size)  # the delta must rewrite it
+    with pytest.raises(DamagedBackup) as caught:
+        delta_restore(repo, manifest.id, good, force=True)
+    assert caught.value.message == sentence

@@ -25,6 +25,7 @@ an accidental match at 2^-128.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def object_digest(scheme: str, data: Data) -> str:
 def piece_digest(data: Data) -> bytes:
     """The digest of one piece of a file (``PIECES`` scheme)."""
     return xxhash.xxh3_128_digest(data)
+
+
+def piece_hasher() -> xxhash.xxh3_128:
+    """A digest of one piece fed in parts: ``update()``, then ``digest()``."""
+    return xxhash.xxh3_128()
 
 
 def combine(pieces: Iterable[bytes]) -> str:
@@ -95,6 +101,24 @@ class FileDigest:
         if self._open or not pieces:  # the last piece, or the one (empty) piece of an empty file
             pieces.append(self._piece.digest())
         return combine(pieces)
+
+
+class PieceDigests:
+    """The digests of the pieces of many files (their parts in each chunk), added by any
+    thread in any order; a file's digest combines them in file order (``PIECES`` scheme)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pieces: dict[str, dict[int, bytes]] = {}
+
+    def add(self, path: str, at: int, digest: bytes) -> None:
+        """The digest of ``path``'s piece that starts ``at`` bytes into the file."""
+        with self._lock:
+            self._pieces.setdefault(path, {})[at] = digest
+
+    def of(self, path: str) -> str:
+        pieces = self._pieces.get(path) or {0: piece_digest(b"")}  # an empty file
+        return combine(pieces[at] for at in sorted(pieces))
 
 
 def digest_of_file(path: Path, digest: FileDigest) -> str:

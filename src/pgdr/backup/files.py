@@ -32,7 +32,6 @@ import json
 import os
 import stat
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import psycopg
 
-from pgdr.backup.digest import PIECES, combine, object_digest, piece_digest
+from pgdr.backup.digest import PIECES, PieceDigests, object_digest, piece_digest
 from pgdr.backup.manifest import ChunkEntry, FileEntry, chunk_key
 from pgdr.backup.repository import Repository
 from pgdr.core.connect import connect
@@ -240,24 +239,6 @@ def plan_data(data_dir: Path) -> Layout:
 
 
 # ----- building chunks ----------------------------------------------------------------------
-class PieceDigests:
-    """The digests of the pieces of every file (its parts in each chunk), added by any worker in
-    any order; a file's digest combines them in file order (``pgdr.backup.digest``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pieces: dict[str, dict[int, bytes]] = {}
-
-    def add(self, entry: FileEntry, at: int, data: memoryview) -> None:
-        digest = piece_digest(data)
-        with self._lock:
-            self._pieces.setdefault(entry.path, {})[at] = digest
-
-    def of(self, entry: FileEntry) -> str:
-        pieces = self._pieces.get(entry.path) or {0: piece_digest(b"")}  # an empty file
-        return combine(pieces[at] for at in sorted(pieces))
-
-
 def _read_into(path: Path, view: memoryview, at: int) -> None:
     """``len(view)`` bytes of ``path`` from ``at``; zeros past its end (or if it vanished)."""
     filled = 0
@@ -348,7 +329,7 @@ class ChunkBuilder:
         elif isinstance(member.source, bytes):
             piece[:] = member.source[low - entry.offset : high - entry.offset]
         if entry.kind == "file":
-            self.digests.add(entry, low - entry.offset, piece)
+            self.digests.add(entry.path, low - entry.offset, piece_digest(piece))
 
     @staticmethod
     def _copy(data: bytes, at: int, view: memoryview, start: int) -> None:
@@ -418,7 +399,7 @@ def files_backup(
     entries = [m.entry for m in layout.members if m.entry.kind != "end"]
     for entry in entries:
         if entry.kind == "file":
-            entry.digest = builder.digests.of(entry)
+            entry.digest = builder.digests.of(entry.path)
     captured = {"backup_label": extras["backup_label"], "backup_manifest": pg_manifest}
     return Collected(entries, captured), chunks, layout.size
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk, fetch_chunk_pieces
+from pgdr.backup.digest import PIECES, PieceDigests, piece_hasher
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
@@ -174,15 +175,7 @@ class _Extractor(TarReader):
         self.close()
         self.beneath.close()
         self._hasher.close()
-        if self.mismatched:
-            raise DamagedBackup(
-                f"{self.mismatched[0]} in backup {self.manifest.id} does not match its checksum"
-                + (
-                    f" (and {len(self.mismatched) - 1} more files)."
-                    if len(self.mismatched) > 1
-                    else "."
-                )
-            )
+        check_digests(self.manifest, self.mismatched)
         missing = [f.path for f in self.manifest.files if f.path not in self.seen]
         if missing:
             raise DamagedBackup(
@@ -268,6 +261,8 @@ class _ChunkWriter:
         self.target = target
         self.beneath = beneath
         self.holders: list[list[FileEntry]] = [[] for _ in manifest.chunks]
+        # every file's digest, recomputed from the bytes written (manifests of the pieces scheme)
+        self.digests = PieceDigests() if manifest.digest_scheme == PIECES else None
         for entry in sorted(files, key=lambda f: f.offset):
             if entry.size:
                 for index in manifest.chunks_of(entry):
@@ -278,6 +273,7 @@ class _ChunkWriter:
         targets = self.holders[index]
         first = 0
         fds: dict[str, int] = {}
+        hashers: dict[str, tuple[int, Any]] = {}  # path: (where its piece starts, digest)
         try:
             pieces = fetch_chunk_pieces(self.repo, self.manifest, self.data_key, index, PIECE)
             for piece in pieces:
@@ -287,25 +283,41 @@ class _ChunkWriter:
                 for entry in targets[first:]:
                     if entry.offset >= end:
                         break
-                    self._write(fds, entry, memoryview(piece), position, end)
+                    written = self._write(fds, entry, memoryview(piece), position, end)
+                    if written is not None and self.digests is not None:
+                        at, data = written
+                        hashers.setdefault(entry.path, (at, piece_hasher()))[1].update(data)
                 position = end
         finally:
             for fd in fds.values():
                 os.close(fd)
+        if self.digests is not None:
+            for path, (at, hasher) in hashers.items():
+                self.digests.add(path, at, hasher.digest())
         return position - start
+
+    def mismatched(self, files: list[FileEntry]) -> list[str]:
+        """The files whose bytes, as written, do not match their digest in the manifest."""
+        if self.digests is None:
+            return []
+        return [f.path for f in files if self.digests.of(f.path) != f.digest]
 
     def _write(
         self, fds: dict[str, int], entry: FileEntry, view: memoryview, position: int, end: int
-    ) -> None:
+    ) -> tuple[int, memoryview] | None:
+        """Write ``entry``'s part of ``view`` (archive bytes ``[position, end)``); returns where
+        in the file that part starts and its bytes, or None if it holds none of the file."""
         low = max(entry.offset, position)
         high = min(_end(entry), end)
         if low >= high:
-            return
+            return None
         fd = fds.get(entry.path)
         if fd is None:
             fd = fds[entry.path] = self.beneath.open(entry.path, os.O_WRONLY)
-        os.pwrite(fd, view[low - position : high - position], low - entry.offset)
+        part = view[low - position : high - position]
+        os.pwrite(fd, part, low - entry.offset)
         start_writeback(fd, low - entry.offset, high - low)
+        return low - entry.offset, part
 
 
 def write_backup(
@@ -337,7 +349,17 @@ def write_backup(
             raise DamagedBackup(
                 f"{entry.path} in backup {manifest.id} was not restored to its recorded size."
             )
+    check_digests(manifest, writer.mismatched(files))
     return sum(f.size for f in files)
+
+
+def check_digests(manifest: Manifest, mismatched: list[str]) -> None:
+    """Refuse a restore in which some files do not match their digests (one sentence)."""
+    if mismatched:
+        raise DamagedBackup(
+            f"{mismatched[0]} in backup {manifest.id} does not match its checksum"
+            + (f" (and {len(mismatched) - 1} more files)." if len(mismatched) > 1 else ".")
+        )
 
 
 def extract_backup(

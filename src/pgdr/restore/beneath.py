@@ -74,7 +74,10 @@ class Beneath:
         self._fd = os.open(root, _DIR_FLAGS)
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Release the root's descriptor; closing twice is harmless (a failure path may)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
     def __enter__(self) -> Beneath:
         return self

@@ -31,7 +31,13 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError
 from pgdr.crypto import parallel_map
-from pgdr.restore.base import RestoreResult, _ChunkWriter, backup_chain, not_a_standby
+from pgdr.restore.base import (
+    RestoreResult,
+    _ChunkWriter,
+    backup_chain,
+    check_digests,
+    not_a_standby,
+)
 from pgdr.restore.beneath import Beneath, check_layout, joined
 
 PAGE = 8192
@@ -79,10 +85,10 @@ class _DeltaWriter(_ChunkWriter):
 
     def _write(
         self, fds: dict[str, int], entry: FileEntry, view: memoryview, position: int, end: int
-    ) -> None:
+    ) -> tuple[int, memoryview] | None:
         low, high = max(entry.offset, position), min(entry.offset + entry.size, end)
         if low >= high:
-            return
+            return None
         fd = fds.get(entry.path)
         if fd is None:
             fd = fds[entry.path] = self.beneath.open(entry.path, os.O_RDWR)
@@ -90,7 +96,7 @@ class _DeltaWriter(_ChunkWriter):
         wanted = view[low - position : high - position]
         present = os.pread(fd, len(wanted), at)
         if present == wanted:
-            return
+            return at, wanted
         count = 0
         for start in range(0, len(wanted), PAGE):
             page = wanted[start : start + PAGE]
@@ -99,6 +105,7 @@ class _DeltaWriter(_ChunkWriter):
                 count += len(page)
         with self.lock:
             self.written += count
+        return at, wanted
 
 
 def _remove_extra(target: Path, expected: dict[str, FileEntry]) -> int:
@@ -202,6 +209,7 @@ def delta_restore(
     for entry in changed:
         if (target / entry.path).stat().st_size != entry.size:
             raise DamagedBackup(f"{entry.path} was not restored to its recorded size.")
+    check_digests(manifest, writer.mismatched(changed))
     notes = not_a_standby(target)
     return RestoreResult(
         backup_id=manifest.id,
