@@ -1,8 +1,9 @@
 """Benchmark: pgdr backup/restore against pgBackRest and ``pg_basebackup | zstd``.
 
 One PostgreSQL 15 cluster (Debian's, so Debian's pgBackRest 2.45 can take part) filled with
-``pgbench -i`` at a scale giving about 2 GB; each tool backs it up and restores it (medians over
-``--runs``), all on the same machine with the same two cores:
+``pgbench -i`` at a scale giving about 2 GB (or, with ``--data convoai``, the ConvoAI sample
+with its vectors as ``real[]``: vector-heavy pages that compress poorly); each tool backs it up
+and restores it (medians over ``--runs``), all on the same machine with the same two cores:
 
 * pgdr: ``pgdr backup --method files --workers N`` (N = 2 and 1: parallel workers reading the
   data directory) and ``--method stream`` (``pg_basebackup``) into a local repository;
@@ -15,7 +16,8 @@ One PostgreSQL 15 cluster (Debian's, so Debian's pgBackRest 2.45 can take part) 
 Every step is printed with its MB/s (database size / time) and its CPU use (CPU seconds of the
 child processes / wall seconds: how many cores the step kept busy).
 
-Usage: ``.venv/bin/python bench/backup.py [--scale 130] [--runs 1] [--cache cold] [--keep]``
+Usage: ``.venv/bin/python bench/backup.py [--data pgbench|convoai] [--scale 130] [--runs 1]
+[--cache cold] [--keep]``
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from pathlib import Path
 
 import psycopg
 
-from pgdr.cluster import LocalCluster, choose_installation
+from pgdr.cluster import LocalCluster, PgInstallation, choose_installation
 from pgdr.config import PgdrSettings
+from pgdr.sample import VectorType, load_sample
 
 STANZA = "bench"
 PGDR_VARIANTS = {  # the last one's backup stays in the repository for the restores
@@ -109,6 +112,16 @@ def damage_pages(root: Path, fraction: float, seed: int = 15) -> int:
     return changed
 
 
+def load_data(data: str, scale: float, inst: PgInstallation, conninfo: str) -> None:
+    """pgbench's tables, or the ConvoAI sample with its vectors as ``real[]`` (PostgreSQL 15
+    has no pgvector here, and pgBackRest runs against Debian's 15)."""
+    if data == "pgbench":
+        pgbench = str(inst.tool("pgbench"))
+        run([pgbench, "-i", "-s", str(int(scale)), "-I", "dtGvp", "-q", conninfo])
+    else:
+        load_sample(conninfo, scale=scale, vector_type=VectorType.ARRAY, vector_indexes=False)
+
+
 def run(args: list[str], **kwargs: object) -> None:
     result = subprocess.run(args, check=False, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
     if result.returncode != 0:
@@ -117,9 +130,20 @@ def run(args: list[str], **kwargs: object) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=130, help="pgbench scale (130 = ~2 GB)")
+    parser.add_argument(
+        "--data",
+        choices=["pgbench", "convoai"],
+        default="pgbench",
+        help="pgbench tables, or the ConvoAI sample with its vectors as real[] (vector-heavy)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=130,
+        help="pgbench scale (130 = ~2 GB) or ConvoAI sample scale (20 = ~2 GB)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="runs per tool; medians reported")
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/pgdr-bench-backup"))
+    parser.add_argument("--dir", type=Path, help="default: /tmp/pgdr-bench-backup[-convoai]")
     parser.add_argument("--keep", action="store_true", help="keep the cluster for another run")
     parser.add_argument(
         "--cache",
@@ -129,7 +153,9 @@ def main() -> None:
     )
     opts = parser.parse_args()
 
-    base: Path = opts.dir
+    base: Path = opts.dir or Path(
+        "/tmp/pgdr-bench-backup" + ("" if opts.data == "pgbench" else "-convoai")
+    )
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o711)
     settings = PgdrSettings(home=base / "home")
@@ -180,21 +206,8 @@ pg1-user=postgres
     cluster.start()
     conninfo = cluster.conninfo()
     if fresh:
-        print(f"Loading pgbench scale {opts.scale} ...", flush=True)
-        load = timed(
-            lambda: run(
-                [
-                    str(inst.tool("pgbench")),
-                    "-i",
-                    "-s",
-                    str(opts.scale),
-                    "-I",
-                    "dtGvp",
-                    "-q",
-                    conninfo,
-                ]
-            )
-        )
+        print(f"Loading {opts.data} scale {opts.scale:g} ...", flush=True)
+        load = timed(lambda: load_data(opts.data, opts.scale, inst, conninfo))
         print(f"  loaded in {load:.0f} s", flush=True)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
@@ -313,8 +326,8 @@ pg1-user=postgres
     print()
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
     print(
-        f"Database {db_bytes / 1e9:.2f} GB (pgbench scale {opts.scale}), medians of {opts.runs}, "
-        f"{opts.cache} page cache"
+        f"Database {db_bytes / 1e9:.2f} GB ({opts.data} scale {opts.scale:g}), "
+        f"medians of {opts.runs}, {opts.cache} page cache"
     )
     print(
         f"{'tool':<22} {'stored':>10} {'backup s':>9} {'MB/s':>6} {'restore s':>10} {'delta s':>8}"
