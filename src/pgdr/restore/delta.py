@@ -95,11 +95,12 @@ class _DeltaWriter(_ChunkWriter):
         at = low - entry.offset
         wanted = view[low - position : high - position]
         present = os.pread(fd, len(wanted), at)
-        if present == wanted:
+        expected = bytes(wanted)  # bytes compare by memcmp; a memoryview byte by byte (40x)
+        if present == expected:
             return at, wanted
         count = 0
-        for start in range(0, len(wanted), PAGE):
-            page = wanted[start : start + PAGE]
+        for start in range(0, len(expected), PAGE):
+            page = expected[start : start + PAGE]
             if present[start : start + PAGE] != page:
                 os.pwrite(fd, page, at + start)
                 count += len(page)
