@@ -114,6 +114,24 @@ def test_cli_backup_list_show_restore_start(
     assert "already exists" in again.stderr
 
 
+def test_compress_level_and_digest_scheme(
+    server: Server, backup_env: dict[str, str], scratch: Path
+) -> None:
+    """``--compress-level`` sets the chunks' zstd level (1 by default); out of range is refused
+    before anything is taken; new backups name their digest scheme."""
+    env = backup_env | {"DATABASE_URL": server.new_database()}
+    refused = run_cli("backup", "--compress-level", "0", env=env)
+    assert refused.code == 2, refused.stdout + refused.stderr
+    assert "--compress-level" in refused.stderr
+    assert json.loads(run_cli("backup", "list", "--json", env=env).stdout)["backups"] == []
+    for args, level in (([], 1), (["--compress-level", "3"], 3)):
+        taken = run_cli("backup", *args, "--json", env=env)
+        assert taken.code == 0, taken.stderr
+        shown = json.loads(run_cli("backup", "show", "latest", "--json", env=env).stdout)
+        assert shown["compression"] == f"zstd-{level}"
+        assert shown["digest_scheme"] == "xxh3-128-pieces"
+
+
 def test_restore_refuses_existing_directory_without_force(
     pg18: Server, repo: Repository, scratch: Path
 ) -> None:
