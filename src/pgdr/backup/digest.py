@@ -71,7 +71,7 @@ class FileDigest:
         self.scheme = scheme
         self._legacy = hashlib.sha256()
         self._position, self._chunk_size = offset, chunk_size
-        self._piece = xxhash.xxh3_128()
+        self._piece = piece_hasher()
         self._pieces: list[bytes] = []
         self._open = False  # the current piece has bytes
 
@@ -91,7 +91,7 @@ class FileDigest:
 
     def _close_piece(self) -> None:
         self._pieces.append(self._piece.digest())
-        self._piece = xxhash.xxh3_128()
+        self._piece = piece_hasher()
         self._open = False
 
     def hexdigest(self) -> str:

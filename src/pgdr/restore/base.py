@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk, fetch_chunk_pieces
 from pgdr.backup.digest import PIECES, PieceDigests, piece_hasher
 from pgdr.backup.hashing import HashThread
@@ -273,7 +275,8 @@ class _ChunkWriter:
         targets = self.holders[index]
         first = 0
         fds: dict[str, int] = {}
-        hashers: dict[str, tuple[int, Any]] = {}  # path: (where its piece starts, digest)
+        # path: (where its piece starts in the file, the piece's digest so far)
+        hashers: dict[str, tuple[int, xxhash.xxh3_128]] = {}
         try:
             pieces = fetch_chunk_pieces(self.repo, self.manifest, self.data_key, index, PIECE)
             for piece in pieces:
