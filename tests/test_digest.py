@@ -108,7 +108,10 @@ def test_a_legacy_manifest_still_verifies_and_restores(
 
     report = verify_backup(repo, manifest.id)
     assert report.ok and report.files_checked > 100, report.as_dict()
-    restore_backup(repo, manifest.id, scratch / "checked", check_files=True)
+    checked = restore_backup(repo, manifest.id, scratch / "checked", check_files=True)
+    assert not any("not checked" in n for n in checked.notes)
+    plain = restore_backup(repo, manifest.id, scratch / "plain")  # says what it did not check
+    assert any(f"File digests not checked for backup {manifest.id}" in n for n in plain.notes)
 
     victim = next(f for f in stored["files"] if f["path"] == "PG_VERSION")
     victim["sha256"] = hashlib.sha256(b"something else").hexdigest()

@@ -498,6 +498,18 @@ def not_a_standby(target: Path) -> list[str]:
             "restored copy does not follow that standby's primary."]  # fmt: skip
 
 
+def unchecked_files(chain: list[Manifest]) -> list[str]:
+    """What a restore without ``--check-files`` does not check: the files of backups whose
+    manifest predates per-piece digests (their chunks are still authenticated)."""
+    older = [m.id for m in chain if m.digest_scheme != PIECES]
+    if not older:
+        return []
+    return [
+        f"File digests not checked for backup {', '.join(older)} (its manifest predates "
+        "per-piece digests; every chunk was authenticated): --check-files checks them."
+    ]
+
+
 def _restore_into(
     repo: Repository,
     chain: list[Manifest],
@@ -513,7 +525,7 @@ def _restore_into(
     manifest = chain[-1]
     staging = staging_dir(target)
     scratch: list[Path] = []
-    notes: list[str] = []
+    notes = [] if check_files else unchecked_files(chain)
     try:
         if len(chain) == 1:
             staging.mkdir(mode=0o700)
