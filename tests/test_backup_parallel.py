@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from pgdr.cluster import LocalCluster, choose_installation, installation_for_maj
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError
 from pgdr.restore import adopt_restored, restore_backup
-from pgdr.restore.delta import delta_restore
+from pgdr.restore.delta import PAGE, _pages_differing, delta_restore
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -208,3 +209,16 @@ def test_delta_restore_rewrites_only_what_differs(
         assert _table_digest(again.conninfo(dbname), "accounts") == expected
     finally:
         again.stop()
+
+
+def test_delta_compares_every_window_of_a_piece() -> None:
+    """The page comparison finds a change in any 8 KiB window, the partial last one too."""
+    size = 5 * PAGE + 100  # a piece need not end on a page
+    old = bytearray(random.Random(15).randbytes(size))
+    scratch = bytearray(size)
+    assert _pages_differing(memoryview(old), memoryview(bytes(old)), scratch) == []
+    new = bytearray(old)
+    for at in (0, 3 * PAGE - 1, size - 1):  # first byte, last byte of a page, the tail
+        new[at] ^= 0xFF
+    found = _pages_differing(memoryview(old), memoryview(new), scratch)
+    assert found == [0, 2 * PAGE, 5 * PAGE]

@@ -67,13 +67,14 @@ def fetch_chunk(repo: Repository, manifest: Manifest, data_key: DataKey, index: 
 
 
 def fetch_chunk_pieces(
-    repo: Repository, manifest: Manifest, data_key: DataKey, index: int, piece_size: int
-) -> Iterator[bytes]:
-    """Like :func:`fetch_chunk`, in pieces; authenticated before the first piece."""
+    repo: Repository, manifest: Manifest, data_key: DataKey, index: int, buffer: bytearray
+) -> Iterator[memoryview]:
+    """Like :func:`fetch_chunk`, in pieces decompressed into ``buffer`` (each valid until the
+    next is asked for); authenticated before the first piece."""
     sealed = fetch_sealed(repo, manifest, index)
     total = 0
     try:
-        for piece in open_sealed_pieces(data_key, manifest.chunk_key(index), sealed, piece_size):
+        for piece in open_sealed_pieces(data_key, manifest.chunk_key(index), sealed, buffer):
             total += len(piece)
             yield piece
     except CorruptObject as exc:

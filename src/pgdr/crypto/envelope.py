@@ -71,25 +71,27 @@ def open_sealed(key: DataKey, name: str, sealed: bytes) -> bytes:
 
 
 def open_sealed_pieces(
-    key: DataKey, name: str, sealed: bytes, piece_size: int = 1 << 20
-) -> Iterator[bytes]:
-    """Like :func:`open_sealed`, but yields the plaintext in pieces of ``piece_size`` bytes.
+    key: DataKey, name: str, sealed: bytes, buffer: bytearray
+) -> Iterator[memoryview]:
+    """Like :func:`open_sealed`, but yields the plaintext in pieces of at most ``len(buffer)``
+    bytes, each a view of ``buffer`` (valid until the next piece is asked for).
 
-    The whole object is authenticated before the first piece is returned; decompressing into
-    small pieces keeps the data in the CPU cache for whoever consumes it (e.g. writes it).
+    The whole object is authenticated before the first piece is returned. Decompressing into one
+    reused buffer keeps the data in the CPU cache for whoever consumes it (writes, hashes it)
+    and allocates nothing per piece: fresh 1 MiB objects cost a page fault per 4 KiB, which was
+    most of a restore's system time.
     """
     body, compressed = _authenticate(key, name, sealed)
     if not compressed:
-        for start in range(0, len(body), piece_size):
-            yield body[start : start + piece_size]
+        view = memoryview(body)
+        for start in range(0, len(body), len(buffer)):
+            yield view[start : start + len(buffer)]
         return
+    out = memoryview(buffer)
     try:
-        with zstandard.ZstdDecompressor().stream_reader(body, read_size=piece_size) as reader:
-            while True:
-                piece = reader.read(piece_size)
-                if not piece:
-                    return
-                yield piece
+        with zstandard.ZstdDecompressor().stream_reader(body, read_size=len(buffer)) as reader:
+            while count := reader.readinto(buffer):
+                yield out[:count]
     except zstandard.ZstdError as exc:
         raise CorruptObject(name, f"it does not decompress ({exc})") from exc
 

@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,6 +264,7 @@ class _ChunkWriter:
         self.target = target
         self.beneath = beneath
         self.holders: list[list[FileEntry]] = [[] for _ in manifest.chunks]
+        self.local = threading.local()  # each thread's piece buffers, reused chunk after chunk
         # every file's digest, recomputed from the bytes written (manifests of the pieces scheme)
         self.digests = PieceDigests() if manifest.digest_scheme == PIECES else None
         for entry in sorted(files, key=lambda f: f.offset):
@@ -278,7 +280,8 @@ class _ChunkWriter:
         # path: (where its piece starts in the file, the piece's digest so far)
         hashers: dict[str, tuple[int, xxhash.xxh3_128]] = {}
         try:
-            pieces = fetch_chunk_pieces(self.repo, self.manifest, self.data_key, index, PIECE)
+            buffer = self.buffer("pieces")
+            pieces = fetch_chunk_pieces(self.repo, self.manifest, self.data_key, index, buffer)
             for piece in pieces:
                 end = position + len(piece)
                 while first < len(targets) and _end(targets[first]) <= position:
@@ -286,7 +289,7 @@ class _ChunkWriter:
                 for entry in targets[first:]:
                     if entry.offset >= end:
                         break
-                    written = self._write(fds, entry, memoryview(piece), position, end)
+                    written = self._write(fds, entry, piece, position, end)
                     if written is not None and self.digests is not None:
                         at, data = written
                         hashers.setdefault(entry.path, (at, piece_hasher()))[1].update(data)
@@ -298,6 +301,14 @@ class _ChunkWriter:
             for path, (at, hasher) in hashers.items():
                 self.digests.add(path, at, hasher.digest())
         return position - start
+
+    def buffer(self, name: str) -> bytearray:
+        """This thread's ``PIECE``-sized buffer ``name`` (allocated once per thread)."""
+        found: bytearray | None = getattr(self.local, name, None)
+        if found is None:
+            found = bytearray(PIECE)
+            setattr(self.local, name, found)
+        return found
 
     def mismatched(self, files: list[FileEntry]) -> list[str]:
         """The files whose bytes, as written, do not match their digest in the manifest."""

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from pgdr.backup.chunks import DamagedBackup
 from pgdr.backup.digest import digest_of_file
 from pgdr.backup.manifest import FileEntry, Manifest
@@ -77,6 +79,24 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
         raise ConfigError(f"--delta rewrites {target} in place; pass --force to allow it.")
 
 
+def _pages_differing(present: memoryview, wanted: memoryview, scratch: bytearray) -> list[int]:
+    """The starts of the ``PAGE``-sized windows in which two equally long views differ,
+    compared with numpy at memory speed into ``scratch`` (at least as long; a memoryview
+    compares byte by byte in Python, and a fresh array per piece costs page faults)."""
+    differ = np.frombuffer(scratch, dtype=np.bool_, count=len(wanted))
+    np.not_equal(
+        np.frombuffer(present, dtype=np.uint8), np.frombuffer(wanted, dtype=np.uint8), out=differ
+    )
+    if not differ.any():
+        return []
+    whole = len(wanted) - len(wanted) % PAGE
+    pages = differ[:whole].reshape(-1, PAGE).any(axis=1)
+    starts = [int(page) * PAGE for page in np.flatnonzero(pages)]
+    if whole < len(wanted) and differ[whole:].any():
+        starts.append(whole)
+    return starts
+
+
 class _DeltaWriter(_ChunkWriter):
     """Writes only the pages of a chunk that differ from what the file already holds."""
 
@@ -94,16 +114,12 @@ class _DeltaWriter(_ChunkWriter):
             fd = fds[entry.path] = self.beneath.open(entry.path, os.O_RDWR)
         at = low - entry.offset
         wanted = view[low - position : high - position]
-        present = os.pread(fd, len(wanted), at)
-        expected = bytes(wanted)  # bytes compare by memcmp; a memoryview byte by byte (40x)
-        if present == expected:
-            return at, wanted
+        present = memoryview(self.buffer("present"))[: len(wanted)]
+        if os.preadv(fd, [present], at) != len(wanted):
+            raise DamagedBackup(f"{entry.path} in {self.target} changed size during the restore.")
         count = 0
-        for start in range(0, len(expected), PAGE):
-            page = expected[start : start + PAGE]
-            if present[start : start + PAGE] != page:
-                os.pwrite(fd, page, at + start)
-                count += len(page)
+        for start in _pages_differing(present, wanted, self.buffer("differ")):
+            count += os.pwrite(fd, wanted[start : start + PAGE], at + start)
         with self.lock:
             self.written += count
         return at, wanted
