@@ -22,10 +22,10 @@ itself was (if that is large, the load generator, not the server, was the bottle
 The clients speak HTTP/1.1 on raw asyncio streams (uvloop when installed): httpx's connection
 pool costs more CPU per request than the server under test once 200 connections are open, and
 it runs on the same cores. While the health load runs with the database up, a separate
-connection samples ``pg_stat_activity`` every 10 ms for the health probe's statement in flight
-and prints the most seen at once (single-flight means at most 1; sampling can miss a probe but
-never invents one). ``--health-cache 0`` makes every request want a fresh probe: the hardest
-case.
+connection, in a process of its own, samples ``pg_stat_activity`` every 10 ms for the health
+probe's statement in flight and prints the most seen at once (single-flight means at most 1;
+sampling can miss a probe but never invents one). ``--health-cache 0`` makes every request
+want a fresh probe: the hardest case.
 
     python bench/health.py --mode both --clients 200 --requests 5000 --rate 5 --seconds 10
 """
@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -157,46 +158,64 @@ async def load(base: str, path: str, args: argparse.Namespace, mode: str) -> Pha
 
 
 def run_async(make: Callable[[], Awaitable[Any]]) -> Any:
-    """On uvloop when installed (a cheaper generator leaves more of the cores to the server)."""
+    """On uvloop when installed (a cheaper generator leaves more of the cores to the server),
+    without the generator's garbage collector: a full collection of its heap stalls the sender
+    for tens of milliseconds, counted as the server's latency."""
+    gc.collect()
+    gc.disable()
     try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:
-        return asyncio.run(make())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(make())
+        try:
+            import uvloop  # noqa: PLC0415
+        except ImportError:
+            return asyncio.run(make())
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(make())
+    finally:
+        gc.enable()
 
 
 class ProbeSampler:
-    """Samples how many health probes are running at once in the database (at most 1 wanted)."""
+    """Samples how many health probes are running at once in the database (at most 1 wanted).
+
+    It runs in a process of its own: as a thread of the load generator, its queries took the
+    generator's GIL every 10 ms and showed up as the server's latency."""
 
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self.most = 0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread()
+        context = multiprocessing.get_context("fork")
+        self._stop = context.Event()
+        self._most = context.Value("i", 0)
+        self._count = context.Value("i", 0)
+        self._process: Any = None
+        self._context = context
 
     def __enter__(self) -> ProbeSampler:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        args = (self.conninfo, self._stop, self._most, self._count)
+        self._process = self._context.Process(target=_sample, args=args, daemon=True)
+        self._process.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self._process.join()
+        self.most = max(self.most, int(self._most.value))
+        self.samples = int(self._count.value)
 
-    def _run(self) -> None:
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            while not self._stop.is_set():
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                    "AND pid <> pg_backend_pid() AND query LIKE %s",
-                    (f"%{PROBE_MARK}%",),
-                ).fetchone()
-                self.most = max(self.most, int(row[0]) if row else 0)
-                self.samples += 1
-                time.sleep(0.01)  # every 10 ms: a tighter loop would load a core itself
+
+def _sample(conninfo: str, stop: Any, most: Any, count: Any) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while not stop.is_set():
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND pid <> pg_backend_pid() AND query LIKE %s",
+                (f"%{PROBE_MARK}%",),
+            ).fetchone()
+            most.value = max(int(most.value), int(row[0]) if row else 0)
+            count.value += 1
+            time.sleep(0.01)  # every 10 ms: a tighter loop would load a core itself
 
 
 def start_serve(env: dict[str, str], args: argparse.Namespace, log: Path) -> tuple[Any, str]:
