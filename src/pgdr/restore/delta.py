@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from pgdr.backup.chunks import DamagedBackup
 from pgdr.backup.digest import digest_of_file
 from pgdr.backup.manifest import FileEntry, Manifest
@@ -79,22 +77,17 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
         raise ConfigError(f"--delta rewrites {target} in place; pass --force to allow it.")
 
 
-def _pages_differing(present: memoryview, wanted: memoryview, scratch: bytearray) -> list[int]:
-    """The starts of the ``PAGE``-sized windows in which two equally long views differ,
-    compared with numpy at memory speed into ``scratch`` (at least as long; a memoryview
-    compares byte by byte in Python, and a fresh array per piece costs page faults)."""
-    differ = np.frombuffer(scratch, dtype=np.bool_, count=len(wanted))
-    np.not_equal(
-        np.frombuffer(present, dtype=np.uint8), np.frombuffer(wanted, dtype=np.uint8), out=differ
-    )
-    if not differ.any():
-        return []
-    whole = len(wanted) - len(wanted) % PAGE
-    pages = differ[:whole].reshape(-1, PAGE).any(axis=1)
-    starts = [int(page) * PAGE for page in np.flatnonzero(pages)]
-    if whole < len(wanted) and differ[whole:].any():
-        starts.append(whole)
-    return starts
+def _pages_differing(present: memoryview, wanted: memoryview) -> list[int]:
+    """The starts of the ``PAGE``-sized windows in which two equally long views differ.
+
+    Page by page as bytes: 8 KiB copies come from the heap and compare by memcmp, 0.4 ms per
+    MiB here; a memoryview compares element by element (15 times slower), and one copy of a
+    whole 1 MiB piece costs a page fault per 4 KiB (8 times slower)."""
+    return [
+        start
+        for start in range(0, len(wanted), PAGE)
+        if bytes(present[start : start + PAGE]) != bytes(wanted[start : start + PAGE])
+    ]
 
 
 class _DeltaWriter(_ChunkWriter):
@@ -118,7 +111,7 @@ class _DeltaWriter(_ChunkWriter):
         if os.preadv(fd, [present], at) != len(wanted):
             raise DamagedBackup(f"{entry.path} in {self.target} changed size during the restore.")
         count = 0
-        for start in _pages_differing(present, wanted, self.buffer("differ")):
+        for start in _pages_differing(present, wanted):
             count += os.pwrite(fd, wanted[start : start + PAGE], at + start)
         with self.lock:
             self.written += count
