@@ -1,10 +1,12 @@
 """Restoring a base backup into a new data directory.
 
-Chunks are fetched, checked against the manifest and opened in parallel (in order); the archive
-stream is extracted by a streaming tar reader that checks each file's SHA-256 against the
-(authenticated) manifest as it is written. Everything lands in a staging directory next to the
-target, which is renamed into place only when complete, so a failed restore leaves nothing
-half-written behind and an existing directory is never touched without ``force``.
+Chunks are fetched, checked against the manifest and opened in parallel, and each chunk's bytes
+are written straight into the files it holds, whose digests are recomputed from those bytes and
+checked against the (authenticated) manifest; with ``check_files`` the archive stream is
+instead extracted in order by a streaming tar reader that checks each file as it is written.
+Everything lands in a staging directory next to the target, which is renamed into place only
+when complete, so a failed restore leaves nothing half-written behind and an existing directory
+is never touched without ``force``.
 
 An incremental backup (PostgreSQL 17+) is restored by materialising its chain (full + each
 incremental) into temporary directories next to the target, then ``pg_combinebackup`` writes the
@@ -347,8 +349,9 @@ def write_backup(
     """Write one backup into the empty directory ``target``, chunks in parallel.
 
     The layout (directories, empty files, symlinks) comes from the authenticated manifest; then
-    every chunk is fetched, checked (size, SHA-256, AES-GCM) and its bytes written straight to
-    the files it holds at their offsets, on several threads. Returns the bytes written.
+    every chunk is fetched, checked (size, digest, AES-GCM) and its bytes written straight to
+    the files it holds at their offsets, on several threads; every file's digest is recomputed
+    from those bytes and checked (per-piece manifests). Returns the bytes written.
     """
     files = _create_layout(manifest, target, owner)
     cpus = os.cpu_count() or 1
@@ -458,9 +461,10 @@ def restore_backup(
     the WAL that makes it consistent; it is not started. ``on_start(manifest, total_bytes)`` is
     called before data flows (for a progress bar).
 
-    Every chunk is checked against the authenticated manifest (size, SHA-256, AES-GCM) before
-    its bytes are written, and every file's size afterwards; ``check_files`` also recomputes
-    each file's SHA-256 while extracting the archive in order (one stream, slower).
+    Every chunk is checked against the authenticated manifest (size, digest, AES-GCM) before
+    its bytes are written, and every file's size and digest afterwards (manifests older than
+    per-piece digests: sizes only, said in the notes); ``check_files`` recomputes each file's
+    digest while extracting the archive in order (one stream, slower).
     """
     log.info("Restoring backup %s from %s into %s.", backup_id, repo.url, target)
     began = time.monotonic()

@@ -1,7 +1,7 @@
 """Delta restore: bring an existing data directory back to a backup, rewriting only what differs.
 
 pgBackRest's ``--delta``: the quick way to rebuild a failed primary or a lagging replica. Files
-smaller than 1 MiB whose size and SHA-256 match the (authenticated) manifest are left alone;
+smaller than 1 MiB whose size and digest match the (authenticated) manifest are left alone;
 larger files and the others are compared with the chunks holding them (fetched, checked and
 opened), and only the 8 KiB pages that differ are written: a large file is read once, not
 hashed and then read again. Files, directories and links the backup does not hold are
