@@ -19,6 +19,7 @@ from fixtures.embeddings import migrate_005
 from pgdr.embeddings import EmbeddingSettings, OpenAIProvider, Reembedder, ReembedOptions
 from pgdr.embeddings.engine import PROBE_TEXT
 from pgdr.embeddings.fake_api import FakeEmbeddingsAPI, fake_vector
+from pgdr.embeddings.jobs import ensure_schema
 from pgdr.profile import load_profile
 
 KB_TEXT = "question || E'\\n' || answer"
@@ -304,6 +305,33 @@ def test_warm_cache_regenerates_without_api_calls(
     assert after
     for key, vec in after.items():
         np.testing.assert_array_equal(vec.to_numpy(), before[key].to_numpy())
+    # Cached vectors (1,536 dimensions) are kept whole in the heap: none went to TOAST.
+    options, toasted = _rows(
+        db18,
+        "SELECT reloptions, pg_relation_size(reltoastrelid) FROM pg_class "
+        "WHERE oid = 'pgdr.embedding_cache'::regclass",
+    )[0]
+    assert "toast_tuple_target=8160" in options
+    assert toasted == 0
+
+
+def test_a_cache_created_before_inline_rows_gets_them(db18: str) -> None:
+    """A cache table made by an older pgdr (default TOAST) is given the option once."""
+    with psycopg.connect(db18, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS pgdr CASCADE")
+        conn.execute("CREATE SCHEMA pgdr")
+        conn.execute(
+            "CREATE TABLE pgdr.embedding_cache (model text NOT NULL, dimension integer NOT NULL, "
+            "sha256 bytea NOT NULL, embedding real[] NOT NULL, created_at timestamptz NOT NULL "
+            "DEFAULT clock_timestamp(), PRIMARY KEY (model, dimension, sha256))"
+        )
+        ensure_schema(conn)
+        ensure_schema(conn)  # idempotent
+        row = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'pgdr.embedding_cache'::regclass"
+        ).fetchone()
+    assert row is not None
+    assert row[0] == ["toast_tuple_target=8160"]
 
 
 def test_missing_only_sends_only_missing_rows(

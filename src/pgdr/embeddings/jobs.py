@@ -82,7 +82,13 @@ CREATE TABLE IF NOT EXISTS pgdr.embedding_cache (
     embedding   real[] NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (model, dimension, sha256)
-);
+) WITH (toast_tuple_target = 8160);
+DO $$ BEGIN  -- caches created before the option: set it once (new rows only)
+    IF NOT EXISTS (SELECT FROM pg_class WHERE oid = 'pgdr.embedding_cache'::regclass
+                   AND 'toast_tuple_target=8160' = ANY (coalesce(reloptions, '{}'))) THEN
+        ALTER TABLE pgdr.embedding_cache SET (toast_tuple_target = 8160);
+    END IF;
+END $$;
 """
 
 

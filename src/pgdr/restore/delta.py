@@ -29,7 +29,7 @@ from pgdr.backup.digest import digest_of_file
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
-from pgdr.core.errors import ConfigError
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import parallel_map
 from pgdr.restore.base import (
     RestoreResult,
@@ -109,7 +109,7 @@ class _DeltaWriter(_ChunkWriter):
         wanted = view[low - position : high - position]
         present = memoryview(self.buffer("present"))[: len(wanted)]
         if os.preadv(fd, [present], at) != len(wanted):
-            raise DamagedBackup(f"{entry.path} in {self.target} changed size during the restore.")
+            raise RuntimeFailure(f"{entry.path} in {self.target} changed size during the restore.")
         count = 0
         for start in _pages_differing(present, wanted):
             count += os.pwrite(fd, wanted[start : start + PAGE], at + start)
