@@ -176,7 +176,7 @@ class FakeEmbeddingsAPI:
         with self.lock:
             self.inputs += len(inputs)
             self.texts.update(inputs)
-        return 200, {}, json.dumps(self._embeddings(request, inputs)).encode()
+        return 200, {}, self._embeddings(request, inputs)
 
     def _count_request(self) -> str | None:
         """Count one request; the fault queued for it, if any."""
@@ -218,33 +218,35 @@ class FakeEmbeddingsAPI:
                 )
         return None
 
-    def _embeddings(self, request: dict[str, Any], inputs: list[str]) -> dict[str, Any]:
-        """The API's list of embeddings for ``inputs``, in the encoding the request asked."""
+    def _embeddings(self, request: dict[str, Any], inputs: list[str]) -> bytes:
+        """The API's JSON list of embeddings for ``inputs``, in the encoding the request asked.
+
+        Base64 vectors are written into the JSON as they are (their alphabet needs no escaping):
+        ``json.dumps`` scanned the 8 MB of a 1,000-input answer at 70 MB/s, time a real
+        provider spends on its own machines."""
         dimension = self.fixed_dimension or int(request.get("dimensions") or self.dimension)
         asked = str(request.get("encoding_format") or "float")
         with self.lock:
             self.encodings[asked] += 1
-        as_base64 = asked == "base64" and not self.ignore_encoding
         vecs = fake_vectors(inputs, dimension).astype("<f4")
+        envelope = {**_ENVELOPE, "model": request.get("model", "")}
+        if asked != "base64" or self.ignore_encoding:
+            data = [
+                {"object": "embedding", "index": i, "embedding": vec.tolist()}
+                for i, vec in enumerate(vecs)
+            ]
+            return json.dumps({**envelope, "data": data}).encode()
         raw, size = vecs.tobytes(), dimension * 4
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": (
-                    base64.b64encode(raw[i * size : (i + 1) * size]).decode()
-                    if as_base64
-                    else vecs[i].tolist()
-                ),
-            }
+        items = b",".join(
+            b'{"object": "embedding", "index": %d, "embedding": "%s"}'
+            % (i, base64.b64encode(raw[i * size : (i + 1) * size]))
             for i in range(len(inputs))
-        ]
-        return {
-            "object": "list",
-            "data": data,
-            "model": request.get("model", ""),
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
-        }
+        )
+        head = json.dumps(envelope)[:-1].encode()
+        return head + b', "data": [' + items + b"]}"
+
+
+_ENVELOPE = {"object": "list", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
 
 
 def _error(status: int, message: str, code: str | None) -> Reply:
