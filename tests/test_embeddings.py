@@ -391,6 +391,39 @@ def test_one_chatbot_and_two_processes_share_a_job(
     assert {n for t, n in fake_api.texts.items() if t != PROBE_TEXT} == {1}
 
 
+def test_a_worker_finishing_second_waits_for_the_first(
+    embed_env: dict[str, str], db18: str, fake_api: FakeEmbeddingsAPI
+) -> None:
+    """Two workers end together: the one that does not close the job waits for the one that
+    does and reports it done (it used to read the job too early and exit 1)."""
+    migrate_005(db18)
+    args = [sys.executable, "-m", "pgdr", "reembed", "--source", "embeddings", "--json"]
+    with psycopg.connect(db18) as other:  # the other worker, closing job 1 right now
+        other.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x70676472, 1))
+        proc = subprocess.Popen(
+            args, env=embed_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 120
+        while _pending_batches(db18) != 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the batches were not written"
+            time.sleep(0.2)
+        time.sleep(1)
+        assert proc.poll() is None, proc.communicate()  # waiting for the other worker
+        other.execute("UPDATE pgdr.reembed_jobs SET state = 'done' WHERE id = 1")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["sources"][0]["finished"]
+
+
+def _pending_batches(conninfo: str) -> int | None:
+    try:
+        return int(
+            _one(conninfo, "SELECT count(*) FROM pgdr.reembed_batches WHERE state = 'pending'")
+        )
+    except psycopg.errors.UndefinedTable:
+        return None
+
+
 def test_vector_relocate_keeps_every_vector(embed_env: dict[str, str], db18: str) -> None:
     count = _one(db18, "SELECT count(embedding) FROM embeddings")
     r = run_cli("vector", "relocate", "--schema", "public", "--json", env=embed_env)

@@ -489,11 +489,14 @@ class Reembedder:
         return out
 
     def _finish(self, src: ResolvedSource, job: Job, report: SourceReport) -> None:
-        """Close the job once no batch is left: rebuild dropped indexes, mark it done."""
+        """Close the job once no batch is left: rebuild dropped indexes, mark it done.
+
+        One worker at a time: the others wait for it and then see the job done. (With a
+        ``try`` lock, a worker that lost the race read the job before the winner committed and
+        reported it unfinished, exit 1, although nothing was left.)"""
         with connect(self.conninfo) as conn, conn.transaction():
             t0 = time.perf_counter()
-            got = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (0x70676472, job.id))
-            row = got.fetchone()
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x70676472, job.id))
             state = conn.execute(
                 "SELECT state, dropped_indexes, (SELECT count(*) FROM pgdr.reembed_batches "
                 "WHERE job_id = j.id AND state = 'pending'), "
@@ -505,7 +508,7 @@ class Reembedder:
             report.job_failures = int(state[3])
             if state[0] == "done":
                 report.finished = True
-            elif row and row[0] and int(state[2]) == 0:
+            elif int(state[2]) == 0:
                 rebuild_indexes(conn, list(state[1]), self.options.maintenance_work_mem)
                 report.indexes_rebuilt = len(state[1])
                 conn.execute(
