@@ -109,19 +109,24 @@ def _count_off(
         (job_id, names),
     )
     # One pass over the touched groups; those this batch finished come back with remaining <= 0.
+    # No join: with ``group_key = ANY(...)`` it is one index probe per group whatever the
+    # statistics say. (Joined with ``unnest``, a new job's groups, not yet analysed, were
+    # estimated at one row: the plan walked all of the job's groups and rescanned the batch's
+    # list for each, 0.6 s a batch at 7,500 groups, most of a warm 100,000-row run.)
     updated = conn.execute(
-        "UPDATE pgdr.reembed_groups g SET remaining = g.remaining - d.n, "
-        "failed = g.failed + d.f, reason = coalesce(g.reason, d.r) "
-        "FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS d(k, n, f, r) "
-        "WHERE g.job_id = %s AND g.group_key = d.k "
+        "UPDATE pgdr.reembed_groups g SET "
+        "remaining = g.remaining - (%(n)s::int[])[array_position(%(k)s::text[], g.group_key)], "
+        "failed = g.failed + (%(f)s::int[])[array_position(%(k)s::text[], g.group_key)], "
+        "reason = coalesce(g.reason, (%(r)s::text[])[array_position(%(k)s::text[], g.group_key)]) "
+        "WHERE g.job_id = %(job)s AND g.group_key = ANY(%(k)s::text[]) "
         "RETURNING g.group_key, g.failed, g.total, g.reason, g.remaining",
-        (
-            names,
-            [done[g] for g in names],
-            [failed[g] for g in names],
-            [first_reason.get(g) for g in names],
-            job_id,
-        ),
+        {
+            "k": names,
+            "n": [done[g] for g in names],
+            "f": [failed[g] for g in names],
+            "r": [first_reason.get(g) for g in names],
+            "job": job_id,
+        },
     ).fetchall()
     return [FinishedGroup(r[0], r[1], r[2], r[3]) for r in updated if r[4] <= 0]
 
