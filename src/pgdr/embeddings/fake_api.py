@@ -55,8 +55,9 @@ def fake_vectors(texts: list[str], dimension: int) -> npt.NDArray[np.float32]:
     out = np.empty((len(texts), dimension), dtype=np.float32)
     block = np.empty((_BLOCK, dimension), dtype=np.uint64)  # reused: stays in the CPU cache
     for start in range(0, len(texts), _BLOCK):
-        z = block[: len(seeds[start : start + _BLOCK])]
-        np.add(seeds[start : start + _BLOCK], steps, out=z)
+        part = seeds[start : start + _BLOCK]
+        z = block[: len(part)]
+        np.add(part, steps, out=z)
         z ^= z >> np.uint64(30)
         z *= _MIX1
         z ^= z >> np.uint64(27)
