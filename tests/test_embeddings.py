@@ -315,6 +315,38 @@ def test_warm_cache_regenerates_without_api_calls(
     assert toasted == 0
 
 
+def test_a_batch_mixes_cache_hits_and_changed_texts(
+    embed_env: dict[str, str], db18: str, fake_api: FakeEmbeddingsAPI
+) -> None:
+    """Rows whose text is cached get the cached vector; only the changed texts go out, once."""
+    before = dict(_rows(db18, "SELECT id, embedding FROM embeddings"))
+    r = run_cli("reembed", "--source", "embeddings", "--save-cache", "--json", env=embed_env)
+    assert r.code == 0, r.stderr
+    changed = [
+        row[0]
+        for row in _rows(
+            db18,
+            "UPDATE embeddings SET content = 'rewritten: ' || content WHERE id IN (SELECT e.id "
+            "FROM embeddings e JOIN chatbots c ON c.id = e.chatbot_id WHERE c.status = 'ready' "
+            "ORDER BY e.id LIMIT 7) RETURNING id",
+        )
+    ]
+    migrate_005(db18)
+    fake_api.reset()
+    r = run_cli("reembed", "--source", "embeddings", "--batch-rows", "50", "--json", env=embed_env)
+    assert r.code == 0, r.stderr
+    src = json.loads(r.stdout)["sources"][0]
+    assert (src["api_inputs"], src["written"]) == (7, src["total_rows"])
+    assert src["cache_hits"] == src["total_rows"] - 7
+    assert fake_api.stats()["inputs"] == 7  # no probe either: the cache knows the dimension
+    assert _assert_fake_vectors(db18, "embeddings", "content", "content LIKE 'rewritten: %'") == 7
+    after = _rows(db18, "SELECT id, embedding FROM embeddings WHERE embedding IS NOT NULL")
+    assert len(after) == src["total_rows"]
+    for key, vec in after:
+        if key not in changed:  # the very vector the cache was given
+            np.testing.assert_array_equal(vec.to_numpy(), before[key].to_numpy())
+
+
 def test_a_cache_created_before_inline_rows_gets_them(db18: str) -> None:
     """A cache table made by an older pgdr (default TOAST) is given the option once."""
     with psycopg.connect(db18, autocommit=True) as conn:
