@@ -12,6 +12,10 @@ and restores it (medians over ``--runs``), all on the same machine with the same
   ``pgbackrest restore --delta`` after the same damage)
 * pgBackRest: full backup, ``compress-type=zst``, ``process-max=2``, local repo; ``restore``
 * ``pg_basebackup -Ft -X fetch -D - | zstd -3 -T2`` to a file; ``zstd -d | tar -x``
+* the disk's floors, the least any tool must do: "restore" writes as many bytes as the database
+  holds into 1 GiB files from one buffer and syncs them (no reading, no decompression); "delta"
+  reads every file of a restored data directory with two readers (a delta restore must read
+  them all when changes are spread over every file)
 
 Every step is printed with its MB/s (database size / time) and its CPU use (CPU seconds of the
 child processes / wall seconds: how many cores the step kept busy).
@@ -110,6 +114,32 @@ def damage_pages(root: Path, fraction: float, seed: int = 15) -> int:
                     changed += 1
     os.sync()
     return changed
+
+
+WRITE_FLOOR = """
+import os, sys
+target, left = sys.argv[1], int(sys.argv[2])
+piece, n = os.urandom(1 << 20), 0
+while left > 0:
+    size = min(left, 1 << 30)
+    with open(os.path.join(target, f"segment.{n}"), "wb") as out:
+        for start in range(0, size, len(piece)):
+            out.write(piece[: min(len(piece), size - start)])
+    left, n = left - size, n + 1
+os.sync()
+"""
+
+
+def floors(directory: Path, db_bytes: int, record: Callable[[str, str, float], None]) -> None:
+    """The disk's floors (see the module's docstring), recorded as the tool "disk floor"."""
+    read_all = f"find {directory} -type f -print0 | xargs -0 -P2 -n 64 cat > /dev/null"
+    record("disk floor", "delta", timed(lambda: run(["bash", "-o", "pipefail", "-c", read_all])))
+    scratch = directory.with_name("write-floor")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    write = [sys.executable, "-c", WRITE_FLOOR, str(scratch), str(db_bytes)]
+    record("disk floor", "restore", timed(lambda: run(write)))
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_data(data: str, scale: float, inst: PgInstallation, conninfo: str) -> None:
@@ -295,6 +325,7 @@ pg1-user=postgres
                 "restore",
                 timed(lambda w=workers, r=restore: run([*r, "--workers", w], env=env)),
             )
+        floors(restore_dir, db_bytes, record)
         pages = damage_pages(restore_dir, 0.01)
         print(f"  (overwrote {pages} pages, 1%, in the restored directory)", flush=True)
         delta = [*restore, "--delta", "--force", "--workers", "2"]
@@ -357,6 +388,12 @@ pg1-user=postgres
         f"delta after 1% of pages changed / full restore: pgdr "
         f"{files2['delta'] / files2['restore']:.2f}, pgBackRest "
         f"{ref['delta'] / ref['restore']:.2f}"
+    )
+    disk = med["disk floor"]
+    print(
+        f"disk floors: restore {disk['restore']:.1f} s = {disk['restore'] / ref['restore']:.2f} "
+        f"of pgBackRest's restore; reading everything {disk['delta']:.1f} s = "
+        f"{disk['delta'] / files2['restore']:.2f} of pgdr's full restore"
     )
     if not opts.keep:
         cluster.destroy()
