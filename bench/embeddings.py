@@ -8,7 +8,10 @@ up to 2,048 inputs per request) on the same ConvoAI database after a simulated m
 * runbook: a faithful Python port of ``regenerate-embeddings.ts``: chatbot by chatbot, batches of
   10 chunks in parallel, one API request and one ``UPDATE`` per chunk;
 * pgdr: ``Reembedder`` with the CLI's defaults (cache on, index policy auto);
-* pgdr, cache warm: migration 005 again, then a full regeneration from the content-hash cache.
+* pgdr, cache warm: migration 005 again, then a full regeneration from the content-hash cache;
+* the server alone: migration 005 again, then one ``UPDATE`` that takes every row's vector from
+  the cache in a single statement (no client, no batches, no API): what this server does with
+  the same writes and nothing else, a reference for the ratios above.
 
 Prints rows/s, the ratio, database time against wall time, and API requests.
 
@@ -149,6 +152,24 @@ def runbook(conninfo: str, url: str, max_rows: int | None) -> dict[str, float]:
     return {"rows": done, "wall": wall, "db": clock.db, "threads": 10}
 
 
+def server_alone(conninfo: str) -> dict[str, Any]:
+    """Every row's vector from the cache in one statement: the server's time, and its WAL."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        start_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        t = time.perf_counter()
+        rows = conn.execute(
+            "UPDATE embeddings e SET embedding = c.embedding::extensions.vector(1536) "
+            "FROM pgdr.embedding_cache c WHERE c.model = %s AND c.dimension = 1536 "
+            "AND c.sha256 = sha256(convert_to(e.content, 'UTF8'))",
+            (MODEL,),
+        ).rowcount
+        wall = time.perf_counter() - t
+        wal = conn.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", start_lsn).fetchone()
+    assert wal is not None
+    return {"rows": rows, "wall": wall, "db": wall, "threads": 1, "wal_mb": float(wal[0]) / 1e6}
+
+
 def pgdr_run(
     conninfo: str, url: str, workers: int, batch_rows: int, drop_indexes: str = "auto"
 ) -> dict[str, Any]:
@@ -236,6 +257,10 @@ def main() -> None:
         warm = pgdr_run(db, url, args.workers, args.batch_rows, args.drop_indexes)
         warm_api = api_stats(url)
         print(f"pgdr warm: {json.dumps(warm)} api={warm_api}", flush=True)
+
+        migrate_005(db, False)
+        alone = server_alone(db)
+        print(f"server alone: {json.dumps(alone)}", flush=True)
     finally:
         api.terminate()
         cluster.stop()
@@ -258,12 +283,21 @@ def main() -> None:
     print(line("runbook port", base, base_api))
     print(line("pgdr reembed", ours, ours_api))
     print(line("pgdr reembed, cache warm", warm, warm_api))
+    print(line("server alone: one UPDATE from the cache", alone, {"requests": 0}))
     print(f"\nload average {os.getloadavg()[0]:.1f} (2 cores here)")
     if base["rows"]:
         ratio = (ours["rows"] / ours["wall"]) / (base["rows"] / base["wall"])
         print(f"pgdr / runbook: {ratio:.1f}x rows/s")
     warm_ratio = (warm["rows"] / warm["wall"]) / (ours["rows"] / ours["wall"])
     print(f"pgdr warm / cold: {warm_ratio:.1f}x rows/s")
+    alone_rate = alone["rows"] / alone["wall"]
+    print(f"pgdr warm / server alone: {warm['rows'] / warm['wall'] / alone_rate:.2f}x rows/s")
+    if base["rows"]:
+        reference = alone_rate / (base["rows"] / base["wall"])
+        print(
+            f"server alone / runbook: {reference:.1f}x rows/s "
+            f"({alone['wal_mb']:,.0f} MB of WAL for the one UPDATE)"
+        )
 
 
 if __name__ == "__main__":
