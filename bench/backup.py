@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -158,7 +159,7 @@ def run(args: list[str], **kwargs: object) -> None:
         sys.exit(f"{' '.join(args[:3])} failed ({result.returncode}): {result.stderr[-2000:]}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data",
@@ -181,223 +182,258 @@ def main() -> None:
         default="warm",
         help="before each step: drop the page cache, then (warm) read the database back in",
     )
-    opts = parser.parse_args()
+    return parser.parse_args()
 
-    base: Path = opts.dir or Path(
-        "/tmp/pgdr-bench-backup" + ("" if opts.data == "pgbench" else "-convoai")
-    )
-    base.mkdir(parents=True, exist_ok=True)
-    base.chmod(0o711)
-    settings = PgdrSettings(home=base / "home")
-    settings.home.mkdir(exist_ok=True)
-    settings.home.chmod(0o711)
-    cluster = LocalCluster(settings.home / "clusters" / "pg15", settings)
-    inst = choose_installation(None, 15)
-    user = cluster.user
-    pgbr_dir = base / "pgbackrest"
-    pgbr_conf = pgbr_dir / "pgbackrest.conf"
 
-    fresh = not cluster.exists
-    if fresh:
-        cluster.create(inst)
-    pgbr_dir.mkdir(exist_ok=True)
-    for sub in ("repo", "log", "lock", "spool"):
-        (pgbr_dir / sub).mkdir(exist_ok=True)
-        user.own(pgbr_dir / sub, 0o700)
-    user.own(pgbr_dir, 0o755)
-    pgbr_conf.write_text(
-        f"""[global]
-repo1-path={pgbr_dir / "repo"}
+PGBR_CONF = """[global]
+repo1-path={repo}
 repo1-retention-full=1
 compress-type=zst
 process-max=2
 start-fast=y
 log-level-console=warn
 log-level-file=off
-log-path={pgbr_dir / "log"}
-lock-path={pgbr_dir / "lock"}
-spool-path={pgbr_dir / "spool"}
+log-path={dir}/log
+lock-path={dir}/lock
+spool-path={dir}/spool
 
-[{STANZA}]
-pg1-path={cluster.data_dir}
-pg1-socket-path={cluster.socket_dir}
-pg1-port={cluster.port}
+[{stanza}]
+pg1-path={data_dir}
+pg1-socket-path={socket_dir}
+pg1-port={port}
 pg1-user=postgres
 """
-    )
-    pgbr_conf.chmod(0o644)
-    cluster.set_config(
-        "archive_mode = on\n"
-        f"archive_command = 'pgbackrest --config={pgbr_conf} --stanza={STANZA} archive-push %p'\n"
-        "max_wal_size = '4GB'\n"
-        "checkpoint_timeout = '30min'\n"
-    )
-    cluster.stop()
-    cluster.start()
-    conninfo = cluster.conninfo()
-    if fresh:
-        print(f"Loading {opts.data} scale {opts.scale:g} ...", flush=True)
-        load = timed(lambda: load_data(opts.data, opts.scale, inst, conninfo))
-        print(f"  loaded in {load:.0f} s", flush=True)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
-        row = conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()
-        db_bytes = int(row[0]) if row else 0
-    print(f"Database: PostgreSQL {inst.version}, {db_bytes / 1e9:.2f} GB", flush=True)
-    print(f"Load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
 
-    def pgbr(*args: str) -> None:
+
+class Bench:
+    """One cluster, its pgBackRest stanza and pgdr repository, and the figures recorded."""
+
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.base: Path = opts.dir or Path(
+            "/tmp/pgdr-bench-backup" + ("" if opts.data == "pgbench" else "-convoai")
+        )
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o711)
+        settings = PgdrSettings(home=self.base / "home")
+        settings.home.mkdir(exist_ok=True)
+        settings.home.chmod(0o711)
+        self.settings = settings
+        self.cluster = LocalCluster(settings.home / "clusters" / "pg15", settings)
+        self.inst = choose_installation(None, 15)
+        self.user = self.cluster.user
+        self.pgbr_dir = self.base / "pgbackrest"
+        self.pgbr_conf = self.pgbr_dir / "pgbackrest.conf"
+        self.zst_file = self.base / "basebackup.tar.zst"
+        self.restore_dir = self.base / "restore"
+        self.pgdr = [sys.executable, "-m", "pgdr"]
+        self.results: dict[str, dict[str, list[float]]] = {}
+        self.sizes: dict[str, int] = {}
+        self.conninfo = ""
+        self.db_bytes = 0
+        self.env: dict[str, str] = {}
+
+    def set_up(self) -> None:
+        """The cluster (loaded once), pgBackRest's stanza, pgdr's key and environment."""
+        fresh = not self.cluster.exists
+        if fresh:
+            self.cluster.create(self.inst)
+        self._configure_pgbackrest()
+        self.cluster.stop()
+        self.cluster.start()
+        self.conninfo = self.cluster.conninfo()
+        if fresh:
+            print(f"Loading {self.opts.data} scale {self.opts.scale:g} ...", flush=True)
+            data, scale = self.opts.data, self.opts.scale
+            load = timed(lambda: load_data(data, scale, self.inst, self.conninfo))
+            print(f"  loaded in {load:.0f} s", flush=True)
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+            row = conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()
+            self.db_bytes = int(row[0]) if row else 0
+        print(f"Database: PostgreSQL {self.inst.version}, {self.db_bytes / 1e9:.2f} GB", flush=True)
+        print(f"Load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
+        if self.opts.cache == "warm":
+            WARM.append(self.cluster.data_dir)
+        self.pgbr("stanza-create")
+        self.pgbr("check")
+        self.env = self._pgdr_env()
+
+    def _configure_pgbackrest(self) -> None:
+        self.pgbr_dir.mkdir(exist_ok=True)
+        for sub in ("repo", "log", "lock", "spool"):
+            (self.pgbr_dir / sub).mkdir(exist_ok=True)
+            self.user.own(self.pgbr_dir / sub, 0o700)
+        self.user.own(self.pgbr_dir, 0o755)
+        self.pgbr_conf.write_text(
+            PGBR_CONF.format(
+                repo=self.pgbr_dir / "repo",
+                dir=self.pgbr_dir,
+                stanza=STANZA,
+                data_dir=self.cluster.data_dir,
+                socket_dir=self.cluster.socket_dir,
+                port=self.cluster.port,
+            )
+        )
+        self.pgbr_conf.chmod(0o644)
+        self.cluster.set_config(
+            "archive_mode = on\n"
+            f"archive_command = 'pgbackrest --config={self.pgbr_conf} --stanza={STANZA} "
+            "archive-push %p'\n"
+            "max_wal_size = '4GB'\n"
+            "checkpoint_timeout = '30min'\n"
+        )
+
+    def _pgdr_env(self) -> dict[str, str]:
+        key_file = self.base / "master.key"
+        if not key_file.exists():
+            key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            key_file.chmod(0o600)
+        env = dict(os.environ)
+        env.update(
+            {
+                "PGDR_HOME": str(self.settings.home),
+                "PGDR_REPO": str(self.base / "pgdr-repo"),
+                "PGDR_ENCRYPTION_KEY_FILE": str(key_file),
+                "DATABASE_URL": self.conninfo,
+            }
+        )
+        return env
+
+    def pgbr(self, *args: str) -> None:
         run(
-            ["pgbackrest", f"--config={pgbr_conf}", f"--stanza={STANZA}", *args],
-            user=user.uid,
-            group=user.gid,
+            ["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", *args],
+            user=self.user.uid,
+            group=self.user.gid,
             extra_groups=[],
             cwd="/",
         )
 
-    if opts.cache == "warm":
-        WARM.append(cluster.data_dir)
-    pgbr("stanza-create")
-    pgbr("check")
-
-    key_file = base / "master.key"
-    if not key_file.exists():
-        key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-        key_file.chmod(0o600)
-    env = dict(os.environ)
-    env.update(
-        {
-            "PGDR_HOME": str(settings.home),
-            "PGDR_REPO": str(base / "pgdr-repo"),
-            "PGDR_ENCRYPTION_KEY_FILE": str(key_file),
-            "DATABASE_URL": conninfo,
-        }
-    )
-    pgdr = [sys.executable, "-m", "pgdr"]
-    zst_file = base / "basebackup.tar.zst"
-    restore_dir = base / "restore"
-    results: dict[str, dict[str, list[float]]] = {}
-
-    def record(tool: str, what: str, seconds: float) -> None:
-        results.setdefault(tool, {}).setdefault(what, []).append(seconds)
+    def record(self, tool: str, what: str, seconds: float) -> None:
+        self.results.setdefault(tool, {}).setdefault(what, []).append(seconds)
         busy = CPU[-1] / seconds if seconds else 0.0
         print(
-            f"  {tool:<22} {what:<8} {seconds:7.1f} s {db_bytes / 1e6 / seconds:7.0f} MB/s "
+            f"  {tool:<22} {what:<8} {seconds:7.1f} s {self.db_bytes / 1e6 / seconds:7.0f} MB/s "
             f"cpu {busy:.2f} cores",
             flush=True,
         )
 
-    sizes: dict[str, int] = {}
-    for attempt in range(opts.runs):
-        print(f"Run {attempt + 1}/{opts.runs}", flush=True)
-        for tool, args in PGDR_VARIANTS.items():
-            shutil.rmtree(base / "pgdr-repo", ignore_errors=True)
-            record(tool, "backup", timed(lambda a=args: run([*pgdr, "backup", *a], env=env)))
-            sizes[tool] = du(base / "pgdr-repo")
-        # the repository now holds the last variant's backup: files, 2 workers (see below)
-        record(
-            "pgBackRest",
-            "backup",
-            timed(lambda: pgbr("backup", "--type=full")),
-        )
-        sizes["pgBackRest"] = du(pgbr_dir / "repo" / "backup")
-        zst_file.unlink(missing_ok=True)
-        basebackup = (
-            f"{inst.tool('pg_basebackup')} -d '{conninfo}' -D - -Ft -X fetch -c fast "
-            f"| zstd -q -3 -T2 -o {zst_file}"
-        )
-        record(
-            "pg_basebackup | zstd",
-            "backup",
-            timed(lambda cmd=basebackup: run(["bash", "-o", "pipefail", "-c", cmd])),
-        )
-        sizes["pg_basebackup | zstd"] = zst_file.stat().st_size
+    def shell(self, command: str) -> None:
+        run(["bash", "-o", "pipefail", "-c", command])
 
-        restore = [*pgdr, "restore", "latest", "--to", str(restore_dir)]
+    def backups(self) -> None:
+        """Every tool backs the database up; the pgdr repository keeps the last variant's."""
+        for tool, args in PGDR_VARIANTS.items():
+            shutil.rmtree(self.base / "pgdr-repo", ignore_errors=True)
+            command = [*self.pgdr, "backup", *args]
+            self.record(tool, "backup", timed(partial(run, command, env=self.env)))
+            self.sizes[tool] = du(self.base / "pgdr-repo")
+        self.record("pgBackRest", "backup", timed(lambda: self.pgbr("backup", "--type=full")))
+        self.sizes["pgBackRest"] = du(self.pgbr_dir / "repo" / "backup")
+        self.zst_file.unlink(missing_ok=True)
+        basebackup = (
+            f"{self.inst.tool('pg_basebackup')} -d '{self.conninfo}' -D - -Ft -X fetch -c fast "
+            f"| zstd -q -3 -T2 -o {self.zst_file}"
+        )
+        self.record("pg_basebackup | zstd", "backup", timed(lambda: self.shell(basebackup)))
+        self.sizes["pg_basebackup | zstd"] = self.zst_file.stat().st_size
+
+    def pgdr_restores(self) -> None:
+        """pgdr's restores with 1 and 2 workers, the disk's floors, then the delta restore."""
+        restore = [*self.pgdr, "restore", "latest", "--to", str(self.restore_dir)]
         for tool, workers in (
             ("pgdr stream", "2"),
             ("pgdr files w=1", "1"),
             ("pgdr files w=2", "2"),
         ):
-            shutil.rmtree(restore_dir, ignore_errors=True)
-            record(
-                tool,
-                "restore",
-                timed(lambda w=workers, r=restore: run([*r, "--workers", w], env=env)),
-            )
-        floors(restore_dir, db_bytes, record)
-        pages = damage_pages(restore_dir, 0.01)
+            shutil.rmtree(self.restore_dir, ignore_errors=True)
+            command = [*restore, "--workers", workers]
+            self.record(tool, "restore", timed(partial(run, command, env=self.env)))
+        floors(self.restore_dir, self.db_bytes, self.record)
+        pages = damage_pages(self.restore_dir, 0.01)
         print(f"  (overwrote {pages} pages, 1%, in the restored directory)", flush=True)
         delta = [*restore, "--delta", "--force", "--workers", "2"]
-        record("pgdr files w=2", "delta", timed(lambda d=delta: run(d, env=env)))
-        shutil.rmtree(restore_dir, ignore_errors=True)
-        restore_dir.mkdir()
-        user.own(restore_dir, 0o700)
-        record(
-            "pgBackRest",
-            "restore",
-            timed(lambda: pgbr("restore", f"--pg1-path={restore_dir}")),
-        )
-        damage_pages(restore_dir, 0.01)
-        record(
-            "pgBackRest",
-            "delta",
-            timed(lambda: pgbr("restore", "--delta", f"--pg1-path={restore_dir}")),
-        )
-        shutil.rmtree(restore_dir, ignore_errors=True)
-        restore_dir.mkdir()
-        untar = f"zstd -q -d -c {zst_file} | tar -x -C {restore_dir} && sync"
-        record(
-            "pg_basebackup | zstd",
-            "restore",
-            timed(lambda cmd=untar: run(["bash", "-o", "pipefail", "-c", cmd])),
-        )
-        shutil.rmtree(restore_dir, ignore_errors=True)
+        self.record("pgdr files w=2", "delta", timed(partial(run, delta, env=self.env)))
 
-    print()
-    print(f"Load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
-    print(
-        f"Database {db_bytes / 1e9:.2f} GB ({opts.data} scale {opts.scale:g}), "
-        f"medians of {opts.runs}, {opts.cache} page cache"
-    )
-    print(
-        f"{'tool':<22} {'stored':>10} {'backup s':>9} {'MB/s':>6} {'restore s':>10} {'delta s':>8}"
-    )
-    med = {t: {w: statistics.median(v) for w, v in d.items()} for t, d in results.items()}
-    for tool, m in med.items():
-        stored = f"{sizes[tool] / 1e6:>8.0f} MB" if tool in sizes else f"{'':>11}"
-        cells = [f"{m[w]:.1f}" if w in m else "" for w in ("backup", "restore", "delta")]
-        rate = f"{db_bytes / 1e6 / m['backup']:.0f}" if "backup" in m else ""
-        print(f"{tool:<22} {stored} {cells[0]:>9} {rate:>6} {cells[1]:>10} {cells[2]:>8}")
-    ref = med["pgBackRest"]
-    zstd = med["pg_basebackup | zstd"]
-    for tool in PGDR_VARIANTS:
-        m = med[tool]
-        line = f"{tool}/pgBackRest: backup {m['backup'] / ref['backup']:.2f}"
-        if "restore" in m:
-            line += f", restore {m['restore'] / ref['restore']:.2f}"
-        line += f", size {sizes[tool] / sizes['pgBackRest']:.2f}"
-        line += f"; /pg_basebackup|zstd: backup {m['backup'] / zstd['backup']:.2f}"
-        print(line)
-    files1, files2 = med["pgdr files w=1"], med["pgdr files w=2"]
-    print(
-        f"1 -> 2 workers: backup {files1['backup'] / files2['backup']:.2f}x faster, "
-        f"restore {files1['restore'] / files2['restore']:.2f}x faster"
-    )
-    print(
-        f"delta after 1% of pages changed / full restore: pgdr "
-        f"{files2['delta'] / files2['restore']:.2f}, pgBackRest "
-        f"{ref['delta'] / ref['restore']:.2f}"
-    )
-    disk = med["disk floor"]
-    print(
-        f"disk floors: restore {disk['restore']:.1f} s = {disk['restore'] / ref['restore']:.2f} "
-        f"of pgBackRest's restore; reading everything {disk['delta']:.1f} s = "
-        f"{disk['delta'] / files2['restore']:.2f} of pgdr's full restore"
-    )
+    def peer_restores(self) -> None:
+        """pgBackRest's full and delta restores, then the tarball's."""
+        self._empty_restore_dir()
+        self.user.own(self.restore_dir, 0o700)
+        target = f"--pg1-path={self.restore_dir}"
+        self.record("pgBackRest", "restore", timed(lambda: self.pgbr("restore", target)))
+        damage_pages(self.restore_dir, 0.01)
+        self.record("pgBackRest", "delta", timed(lambda: self.pgbr("restore", "--delta", target)))
+        self._empty_restore_dir()
+        untar = f"zstd -q -d -c {self.zst_file} | tar -x -C {self.restore_dir} && sync"
+        self.record("pg_basebackup | zstd", "restore", timed(lambda: self.shell(untar)))
+        shutil.rmtree(self.restore_dir, ignore_errors=True)
+
+    def _empty_restore_dir(self) -> None:
+        shutil.rmtree(self.restore_dir, ignore_errors=True)
+        self.restore_dir.mkdir()
+
+    def report(self) -> None:
+        print()
+        print(f"Load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
+        print(
+            f"Database {self.db_bytes / 1e9:.2f} GB ({self.opts.data} scale {self.opts.scale:g}), "
+            f"medians of {self.opts.runs}, {self.opts.cache} page cache"
+        )
+        print(
+            f"{'tool':<22} {'stored':>10} {'backup s':>9} {'MB/s':>6} {'restore s':>10} "
+            f"{'delta s':>8}"
+        )
+        med = {t: {w: statistics.median(v) for w, v in d.items()} for t, d in self.results.items()}
+        for tool, m in med.items():
+            stored = f"{self.sizes[tool] / 1e6:>8.0f} MB" if tool in self.sizes else f"{'':>11}"
+            cells = [f"{m[w]:.1f}" if w in m else "" for w in ("backup", "restore", "delta")]
+            rate = f"{self.db_bytes / 1e6 / m['backup']:.0f}" if "backup" in m else ""
+            print(f"{tool:<22} {stored} {cells[0]:>9} {rate:>6} {cells[1]:>10} {cells[2]:>8}")
+        self._ratios(med)
+
+    def _ratios(self, med: dict[str, dict[str, float]]) -> None:
+        ref = med["pgBackRest"]
+        zstd = med["pg_basebackup | zstd"]
+        for tool in PGDR_VARIANTS:
+            m = med[tool]
+            line = f"{tool}/pgBackRest: backup {m['backup'] / ref['backup']:.2f}"
+            if "restore" in m:
+                line += f", restore {m['restore'] / ref['restore']:.2f}"
+            line += f", size {self.sizes[tool] / self.sizes['pgBackRest']:.2f}"
+            line += f"; /pg_basebackup|zstd: backup {m['backup'] / zstd['backup']:.2f}"
+            print(line)
+        files1, files2 = med["pgdr files w=1"], med["pgdr files w=2"]
+        print(
+            f"1 -> 2 workers: backup {files1['backup'] / files2['backup']:.2f}x faster, "
+            f"restore {files1['restore'] / files2['restore']:.2f}x faster"
+        )
+        print(
+            f"delta after 1% of pages changed / full restore: pgdr "
+            f"{files2['delta'] / files2['restore']:.2f}, pgBackRest "
+            f"{ref['delta'] / ref['restore']:.2f}"
+        )
+        disk = med["disk floor"]
+        print(
+            f"disk floors: restore {disk['restore']:.1f} s = "
+            f"{disk['restore'] / ref['restore']:.2f} of pgBackRest's restore; reading everything "
+            f"{disk['delta']:.1f} s = {disk['delta'] / files2['restore']:.2f} of pgdr's full "
+            "restore"
+        )
+
+
+def main() -> None:
+    opts = parse_args()
+    bench = Bench(opts)
+    bench.set_up()
+    for attempt in range(opts.runs):
+        print(f"Run {attempt + 1}/{opts.runs}", flush=True)
+        bench.backups()  # the pgdr repository keeps the last variant's backup: files, 2 workers
+        bench.pgdr_restores()
+        bench.peer_restores()
+    bench.report()
     if not opts.keep:
-        cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        bench.cluster.destroy()
+        shutil.rmtree(bench.base, ignore_errors=True)
 
 
 if __name__ == "__main__":

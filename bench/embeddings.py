@@ -173,7 +173,7 @@ def server_alone(conninfo: str) -> dict[str, Any]:
 def pgdr_run(
     conninfo: str, url: str, workers: int, batch_rows: int, drop_indexes: str = "auto"
 ) -> dict[str, Any]:
-    settings = EmbeddingSettings(OPENAI_BASE_URL=url, OPENAI_API_KEY=API_KEY)  # type: ignore[call-arg]
+    settings = EmbeddingSettings(OPENAI_BASE_URL=url, OPENAI_API_KEY=API_KEY)
     provider = OpenAIProvider(settings)
     try:
         engine = Reembedder(
@@ -241,62 +241,69 @@ def main() -> None:
         load_sample(db, scale=args.chunks / PER_SCALE["embeddings"], vector_indexes=False)
         print(f"loaded {args.chunks:,} chunks in {time.perf_counter() - t:.0f} s", flush=True)
 
-        migrate_005(db, args.hnsw)
-        base = runbook(db, url, 0 if args.skip_baseline else args.baseline_rows)
-        base_api = api_stats(url)
-        print(f"runbook: {json.dumps(base)} api={base_api}", flush=True)
-
-        migrate_005(db, args.hnsw)
-        api_reset(url)
-        ours = pgdr_run(db, url, args.workers, args.batch_rows, args.drop_indexes)
-        ours_api = api_stats(url)
-        print(f"pgdr: {json.dumps(ours)} api={ours_api}", flush=True)
-
-        migrate_005(db, args.hnsw)
-        api_reset(url)
-        warm = pgdr_run(db, url, args.workers, args.batch_rows, args.drop_indexes)
-        warm_api = api_stats(url)
-        print(f"pgdr warm: {json.dumps(warm)} api={warm_api}", flush=True)
-
-        migrate_005(db, False)
-        alone = server_alone(db)
-        print(f"server alone: {json.dumps(alone)}", flush=True)
+        runs = measure(db, url, args)
     finally:
         api.terminate()
         cluster.stop()
+    report(runs)
 
-    def line(name: str, r: dict[str, float], calls: dict[str, int]) -> str:
-        rate = r["rows"] / r["wall"]
-        share = r["db"] / r["wall"]
-        per_thread = r["db"] / (r["wall"] * r["threads"])
-        return (
-            f"| {name} | {int(r['rows']):,} | {r['wall']:.1f} | {rate:,.0f} | "
-            f"{r['db']:.1f} | {share:.0%} | {per_thread:.0%} | {calls['requests']:,} |"
-        )
 
+Run = tuple[dict[str, Any], dict[str, int]]  # figures, the fake API's counters
+
+
+def measure(db: str, url: str, args: argparse.Namespace) -> dict[str, Run]:
+    """Each run after its own migration 005: runbook, pgdr cold, pgdr warm, the server alone."""
+    runs: dict[str, Run] = {}
+    migrate_005(db, args.hnsw)
+    runs["runbook port"] = (
+        runbook(db, url, 0 if args.skip_baseline else args.baseline_rows),
+        api_stats(url),
+    )
+    for name in ("pgdr reembed", "pgdr reembed, cache warm"):
+        migrate_005(db, args.hnsw)
+        api_reset(url)
+        figures = pgdr_run(db, url, args.workers, args.batch_rows, args.drop_indexes)
+        runs[name] = (figures, api_stats(url))
+    migrate_005(db, False)
+    runs["server alone: one UPDATE from the cache"] = (server_alone(db), {"requests": 0})
+    for name, (figures, calls) in runs.items():
+        print(f"{name}: {json.dumps(figures)} api={calls}", flush=True)
+    return runs
+
+
+def _line(name: str, r: dict[str, float], calls: dict[str, int]) -> str:
+    rate = r["rows"] / r["wall"]
+    share = r["db"] / r["wall"]
+    per_thread = r["db"] / (r["wall"] * r["threads"])
+    return (
+        f"| {name} | {int(r['rows']):,} | {r['wall']:.1f} | {rate:,.0f} | "
+        f"{r['db']:.1f} | {share:.0%} | {per_thread:.0%} | {calls['requests']:,} |"
+    )
+
+
+def report(runs: dict[str, Run]) -> None:
     print()
     print(
         "| run | rows | wall s | rows/s | db s (sum) | db/wall | db/(wall x threads) "
         "| API requests |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(line("runbook port", base, base_api))
-    print(line("pgdr reembed", ours, ours_api))
-    print(line("pgdr reembed, cache warm", warm, warm_api))
-    print(line("server alone: one UPDATE from the cache", alone, {"requests": 0}))
+    for name, (figures, calls) in runs.items():
+        print(_line(name, figures, calls))
     print(f"\nload average {os.getloadavg()[0]:.1f} (2 cores here)")
-    if base["rows"]:
-        ratio = (ours["rows"] / ours["wall"]) / (base["rows"] / base["wall"])
-        print(f"pgdr / runbook: {ratio:.1f}x rows/s")
-    warm_ratio = (warm["rows"] / warm["wall"]) / (ours["rows"] / ours["wall"])
-    print(f"pgdr warm / cold: {warm_ratio:.1f}x rows/s")
-    alone_rate = alone["rows"] / alone["wall"]
-    print(f"pgdr warm / server alone: {warm['rows'] / warm['wall'] / alone_rate:.2f}x rows/s")
-    if base["rows"]:
-        reference = alone_rate / (base["rows"] / base["wall"])
+    rate = {name: r["rows"] / r["wall"] for name, (r, _calls) in runs.items()}
+    base = rate["runbook port"] if runs["runbook port"][0]["rows"] else None
+    cold, warm = rate["pgdr reembed"], rate["pgdr reembed, cache warm"]
+    alone = rate["server alone: one UPDATE from the cache"]
+    if base:
+        print(f"pgdr / runbook: {cold / base:.1f}x rows/s")
+    print(f"pgdr warm / cold: {warm / cold:.1f}x rows/s")
+    print(f"pgdr warm / server alone: {warm / alone:.2f}x rows/s")
+    if base:
+        wal = runs["server alone: one UPDATE from the cache"][0]["wal_mb"]
         print(
-            f"server alone / runbook: {reference:.1f}x rows/s "
-            f"({alone['wal_mb']:,.0f} MB of WAL for the one UPDATE)"
+            f"server alone / runbook: {alone / base:.1f}x rows/s "
+            f"({wal:,.0f} MB of WAL for the one UPDATE)"
         )
 
 
