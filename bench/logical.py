@@ -30,7 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -50,7 +52,7 @@ CHILD_FILTER = {
 }
 
 
-def pgdr(env: dict[str, str], *args: str) -> dict[str, object]:
+def pgdr(env: dict[str, str], *args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "pgdr", *args, "--json"],
         env=env,
@@ -60,16 +62,18 @@ def pgdr(env: dict[str, str], *args: str) -> dict[str, object]:
     )
     if done.returncode != 0:
         raise SystemExit(f"pgdr {' '.join(args[:2])} failed: {done.stderr.strip()}")
-    data: dict[str, object] = json.loads(done.stdout)
+    data: dict[str, Any] = json.loads(done.stdout)
     return data
 
 
 def rows(url: str) -> int:
+    total = 0
     with psycopg.connect(url) as conn:
-        return sum(
-            int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[index]
-            for t in TABLES
-        )
+        for table in TABLES:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            assert row is not None
+            total += int(row[0])
+    return total
 
 
 def wait_streamed(env: dict[str, str], since: float) -> None:
@@ -127,6 +131,106 @@ def runbook_undelete(cluster: LocalCluster, dump: Path, keys: list[str]) -> tupl
     return time.monotonic() - began, restore_s
 
 
+def timed_s(func: Callable[[], object]) -> tuple[float, Any]:
+    began = time.monotonic()
+    result = func()
+    return time.monotonic() - began, result
+
+
+def dumps(cluster: LocalCluster, env: dict[str, str], home: Path) -> dict[str, Any]:
+    """``pg_dump -Fc`` (the runbook's step 1, kept for its undelete), ``pgdr dump``, ``--jobs``."""
+    plain = home / "plain.dump"
+    pg_dump = [str(cluster.installation.tool("pg_dump")), "-Fc", "-f", str(plain)]
+    pg_dump_s, _ = timed_s(lambda: subprocess.run([*pg_dump, cluster.conninfo()], check=True))
+    pgdr_dump_s, made = timed_s(lambda: pgdr(env, "dump"))
+    jobs_dump_s, parallel = timed_s(lambda: pgdr(env, "dump", "--jobs", "2"))
+    return {
+        "plain": plain,
+        "pg_dump_s": pg_dump_s,
+        "plain_bytes": plain.stat().st_size,
+        "pgdr_dump_s": pgdr_dump_s,
+        "stored": int(made["stored_size"]),
+        "jobs_dump_s": jobs_dump_s,
+        "stored_jobs": int(parallel["stored_size"]),
+    }
+
+
+def undeletes(cluster: LocalCluster, env: dict[str, str], plain: Path) -> dict[str, Any]:
+    """Delete 1,000 chatbots; ``pgdr undelete`` them; delete them again; the runbook's way."""
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        keys = [
+            str(r[0])
+            for r in conn.execute("SELECT id FROM chatbots ORDER BY id LIMIT 1000").fetchall()
+        ]
+        conn.execute("DELETE FROM chatbots WHERE id = ANY(%s::uuid[])", (keys,))
+        conn.execute("SELECT pg_switch_wal()")
+    deleted_at = time.time()
+    after_delete = rows(cluster.conninfo())
+    wait_streamed(env, deleted_at)
+    command = ["undelete", "--table", "chatbots", *[f"--key={k}" for k in keys], "--yes"]
+    undelete_s, undone = timed_s(lambda: pgdr(env, *command))
+    restored = rows(cluster.conninfo())
+    print(
+        f"pgdr: undelete of {len(keys):,} chatbots {undelete_s:.1f} s (wal find "
+        f"{undone['find_s']:.1f} s, throwaway copy's recovery {undone['restore_s']:.1f} s, "
+        f"rows {undone['rows_s']:.1f} s; {sum(undone['inserted'].values()):,} rows put back)",
+        flush=True,
+    )
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM chatbots WHERE id = ANY(%s::uuid[])", (keys,))
+    runbook_s, runbook_restore_s = runbook_undelete(cluster, plain, keys)
+    return {
+        "keys": len(keys),
+        "after_delete": after_delete,
+        "undelete_s": undelete_s,
+        "restored": restored,
+        "runbook_s": runbook_s,
+        "runbook_restore_s": runbook_restore_s,
+        "runbook_rows": rows(cluster.conninfo()),
+    }
+
+
+def measure(cluster: LocalCluster, env: dict[str, str], home: Path, scale: float) -> dict[str, Any]:
+    """Load the sample, time the dumps, stream WAL, back up, time the undeletes."""
+    load_sample(cluster.conninfo(), scale=scale)
+    figures = {"total": rows(cluster.conninfo())} | dumps(cluster, env, home)
+    log = (home / "stream.log").open("wb")
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "pgdr", "wal", "stream"], env=env, stdout=log, stderr=log
+    )
+    try:
+        time.sleep(5)
+        pgdr(env, "backup")
+        figures |= undeletes(cluster, env, figures["plain"])
+    finally:
+        stream.send_signal(signal.SIGTERM)
+        stream.wait(60)
+    return figures
+
+
+def report(f: dict[str, Any], scale: float) -> None:
+    print(f"scale {scale}: {f['total']:,} rows in the five tables, {f['keys']:,} chatbots")
+    print(
+        f"rows: before {f['total']:,}, after the deletion {f['after_delete']:,}, "
+        f"pgdr undelete {f['restored']:,}, runbook way {f['runbook_rows']:,}"
+    )
+    print("| step | pgdr | runbook | ratio (pgdr / runbook) |")
+    print("| --- | --- | --- | --- |")
+    pg_dump_s, plain_bytes = f["pg_dump_s"], f["plain_bytes"]
+    for step, ours, theirs, unit in (
+        ("dump time", f["pgdr_dump_s"], pg_dump_s, "s"),
+        ("dump bytes", f["stored"], plain_bytes, ""),
+        ("dump --jobs 2 (directory format) time", f["jobs_dump_s"], pg_dump_s, "s"),
+        ("dump --jobs 2 bytes", f["stored_jobs"], plain_bytes, ""),
+        (f"undelete {f['keys']:,} chatbots + children", f["undelete_s"], f["runbook_s"], "s"),
+    ):
+        cells = (f"{ours:.1f} s", f"{theirs:.1f} s") if unit else (f"{ours:,}", f"{theirs:,}")
+        print(f"| {step} | {cells[0]} | {cells[1]} | {ours / theirs:.2f} |")
+    print(
+        f"runbook way: pg_restore of the five tables {f['runbook_restore_s']:.1f} s, then copy back"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=3.4)
@@ -146,98 +250,13 @@ def main() -> None:
         "PGDR_ENCRYPTION_KEY": generate_key_text(),
         "DATABASE_URL": cluster.conninfo(),
     }
-    stream = None
     try:
-        load_sample(cluster.conninfo(), scale=options.scale)
-        total = rows(cluster.conninfo())
-        plain = home / "plain.dump"
-        began = time.monotonic()
-        subprocess.run(
-            [
-                str(cluster.installation.tool("pg_dump")),
-                "-Fc",
-                "-f",
-                str(plain),
-                cluster.conninfo(),
-            ],
-            check=True,
-        )
-        pg_dump_s = time.monotonic() - began
-        plain_bytes = plain.stat().st_size
-        began = time.monotonic()
-        made = pgdr(env, "dump")
-        pgdr_dump_s = time.monotonic() - began
-        began = time.monotonic()
-        parallel = pgdr(env, "dump", "--jobs", "2")
-        jobs_dump_s = time.monotonic() - began
-
-        log = (home / "stream.log").open("wb")
-        stream = subprocess.Popen(
-            [sys.executable, "-m", "pgdr", "wal", "stream"], env=env, stdout=log, stderr=log
-        )
-        time.sleep(5)
-        pgdr(env, "backup")
-        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
-            keys = [
-                str(r[0])
-                for r in conn.execute("SELECT id FROM chatbots ORDER BY id LIMIT 1000").fetchall()
-            ]
-            conn.execute("DELETE FROM chatbots WHERE id = ANY(%s::uuid[])", (keys,))
-            conn.execute("SELECT pg_switch_wal()")
-        deleted_at = time.time()
-        after_delete = rows(cluster.conninfo())
-        wait_streamed(env, deleted_at)
-        began = time.monotonic()
-        undone = pgdr(
-            env, "undelete", "--table", "chatbots", *[f"--key={k}" for k in keys], "--yes"
-        )
-        undelete_s = time.monotonic() - began
-        restored = rows(cluster.conninfo())
-        print(
-            f"pgdr: dump {pgdr_dump_s:.1f} s vs pg_dump -Fc {pg_dump_s:.1f} s; undelete of "
-            f"{len(keys):,} chatbots {undelete_s:.1f} s (wal find {undone['find_s']:.1f} s, "
-            f"throwaway copy's recovery {undone['restore_s']:.1f} s, "
-            f"rows {undone['rows_s']:.1f} s; "
-            f"{sum(undone['inserted'].values()):,} rows put back)",  # type: ignore[attr-defined]
-            flush=True,
-        )
-        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
-            conn.execute("DELETE FROM chatbots WHERE id = ANY(%s::uuid[])", (keys,))
-        runbook_s, runbook_restore_s = runbook_undelete(cluster, plain, keys)
-        runbook_rows = rows(cluster.conninfo())
+        figures = measure(cluster, env, home, options.scale)
     finally:
-        if stream is not None:
-            stream.send_signal(signal.SIGTERM)
-            stream.wait(60)
         if not options.keep:
             cluster.destroy()
             shutil.rmtree(home, ignore_errors=True)
-    print(f"scale {options.scale}: {total:,} rows in the five tables, {len(keys):,} chatbots")
-    print(
-        f"rows: before {total:,}, after the deletion {after_delete:,}, "
-        f"pgdr undelete {restored:,}, runbook way {runbook_rows:,}"
-    )
-    print("| step | pgdr | runbook | ratio (pgdr / runbook) |")
-    print("| --- | --- | --- | --- |")
-    print(
-        f"| dump time | {pgdr_dump_s:.1f} s | {pg_dump_s:.1f} s | {pgdr_dump_s / pg_dump_s:.2f} |"
-    )
-    stored = int(made["stored_size"])  # type: ignore[call-overload]
-    print(f"| dump bytes | {stored:,} | {plain_bytes:,} | {stored / plain_bytes:.2f} |")
-    print(
-        f"| dump --jobs 2 (directory format) time | {jobs_dump_s:.1f} s | {pg_dump_s:.1f} s "
-        f"| {jobs_dump_s / pg_dump_s:.2f} |"
-    )
-    stored_jobs = int(parallel["stored_size"])  # type: ignore[call-overload]
-    print(
-        f"| dump --jobs 2 bytes | {stored_jobs:,} | {plain_bytes:,} "
-        f"| {stored_jobs / plain_bytes:.2f} |"
-    )
-    print(
-        f"| undelete 1,000 chatbots + children | {undelete_s:.1f} s | {runbook_s:.1f} s "
-        f"| {undelete_s / runbook_s:.2f} |"
-    )
-    print(f"runbook way: pg_restore of the five tables {runbook_restore_s:.1f} s, then copy back")
+    report(figures, options.scale)
 
 
 if __name__ == "__main__":
