@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from pgdr.backup import Repository, take_backup
 from pgdr.backup.files import Locality, choose_method, locate
 from pgdr.cluster import LocalCluster, choose_installation, installation_for_major
 from pgdr.config import PgdrSettings
-from pgdr.core.errors import ConfigError
+from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.restore import adopt_restored, restore_backup
 from pgdr.restore.delta import PAGE, _pages_differing, delta_restore
 
@@ -221,3 +222,74 @@ def test_delta_compares_every_window_of_a_piece() -> None:
         new[at] ^= 0xFF
     found = _pages_differing(memoryview(old), memoryview(new))
     assert found == [0, 2 * PAGE, 5 * PAGE]
+
+
+def test_delta_never_writes_outside_its_target(
+    pg18: Server, repo: Repository, scratch: Path
+) -> None:
+    """Links, hard links and a FIFO planted in the directory: the delta replaces them, never
+    writes, truncates or deletes through them, and ends byte for byte the backup."""
+    manifest = take_backup(repo, pg18.cluster.conninfo(), method="files")
+    data, reference = scratch / "data", scratch / "reference"
+    restore_backup(repo, manifest.id, data)
+    restore_backup(repo, manifest.id, reference)
+    outside = scratch / "outside"
+    (outside / "dir").mkdir(parents=True)
+    victims = {
+        "by-link": b"reached through a symbolic link",
+        "dangling-target": None,
+        "dir/kept": b"in a directory linked from the target",
+    }
+    for name, content in victims.items():
+        if content is not None:
+            (outside / name).write_bytes(content)
+    # a file replaced by a link to a file outside, another by a link to nowhere (O_CREAT)
+    (data / "global" / "pg_filenode.map").unlink()
+    (data / "global" / "pg_filenode.map").symlink_to(outside / "by-link")
+    (data / "PG_VERSION").rename(data / "PG_VERSION.keep")
+    (data / "base" / "1" / "PG_VERSION").unlink()
+    (data / "base" / "1" / "PG_VERSION").symlink_to(outside / "dangling-target")
+    # a file with a second name outside the target, changed through it
+    shared = outside / "hard-link"
+    os.link(data / "base" / "1" / "pg_filenode.map", shared)
+    shared.write_bytes(b"changed through a hard link")
+    # an extra directory that is a link to a directory outside, and a FIFO for a file
+    (data / "base" / "99999").symlink_to(outside / "dir")
+    (data / "global" / "pg_control").rename(data / "pg_control.old")
+    os.mkfifo(data / "global" / "pg_control")
+    (data / "PG_VERSION.keep").rename(data / "PG_VERSION")
+
+    delta_restore(repo, manifest.id, data, force=True)
+
+    assert _tree(data) == _tree(reference)
+    assert not (data / "base" / "99999").exists()
+    for name, content in victims.items():
+        assert (outside / name).exists() == (content is not None), name
+        if content is not None:
+            assert (outside / name).read_bytes() == content, name
+    assert shared.read_bytes() == b"changed through a hard link"
+    assert (data / "base" / "1" / "pg_filenode.map").stat().st_nlink == 1
+
+
+def test_a_failed_delta_leaves_nothing_postgres_would_start(
+    pg18: Server, repo: Repository, scratch: Path, tmp_path: Path
+) -> None:
+    """pg_control goes first and comes back last: a delta that fails half-way (here: the
+    repository lost its chunks) leaves a directory without it; a second run finishes."""
+    manifest = take_backup(repo, pg18.cluster.conninfo(), method="files")
+    data, reference = scratch / "data", scratch / "reference"
+    restore_backup(repo, manifest.id, data)
+    restore_backup(repo, manifest.id, reference)
+    for path in (data / "base").rglob("*"):
+        if path.is_file() and path.stat().st_size > 8192:
+            with path.open("r+b") as handle:
+                handle.write(b"\xff" * 64)
+    chunks = tmp_path / "repo" / "backups" / manifest.id / "chunks"
+    aside = tmp_path / "chunks-aside"
+    chunks.rename(aside)
+    with pytest.raises(PgdrError):
+        delta_restore(repo, manifest.id, data, force=True)
+    assert not (data / "global" / "pg_control").exists()
+    aside.rename(chunks)
+    delta_restore(repo, manifest.id, data, force=True)
+    assert _tree(data) == _tree(reference)

@@ -25,6 +25,7 @@ an accidental match at 2^-128.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,7 +124,17 @@ class PieceDigests:
 
 def digest_of_file(path: Path, digest: FileDigest) -> str:
     """``digest`` (fresh, from ``Manifest.file_digest``) fed the whole of ``path``."""
-    with path.open("rb") as handle:
-        while block := handle.read(READ):
-            digest.update(block)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return digest_of_descriptor(fd, digest)
+    finally:
+        os.close(fd)
+
+
+def digest_of_descriptor(fd: int, digest: FileDigest) -> str:
+    """``digest`` fed the whole of the open file ``fd`` (read from its start)."""
+    offset = 0
+    while block := os.pread(fd, READ, offset):
+        digest.update(block)
+        offset += len(block)
     return digest.hexdigest()

@@ -162,7 +162,10 @@ class _Extractor(TarReader):
             self._hasher.update(data)
             written = 0
             while written < len(data):
-                written += os.write(self._fd, data[written:])
+                count = os.write(self._fd, data[written:])
+                if count <= 0:
+                    raise RuntimeFailure("A write of the restore made no progress.")
+                written += count
             self.bytes_written += len(data)
 
     def on_member_end(self, member: TarMember) -> None:
@@ -200,17 +203,57 @@ PIECE = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _load_sync_file_range() -> Any:
+def _libc_function(name: str, argtypes: list[Any]) -> Any:
+    """A function of the C library (None where it has none), setting ``errno``."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        func = libc.sync_file_range
+        func = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.argtypes = argtypes
     return func
 
 
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = _libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+)
+_syncfs = _libc_function("syncfs", [ctypes.c_int])
+
+
+def sync_filesystem(directory: Path) -> None:
+    """Write everything of the filesystem holding ``directory`` to disk, and fail if the kernel
+    could not (``syncfs`` reports write-back errors, as PostgreSQL relies on for
+    ``recovery_init_sync_method = syncfs``; plain ``sync()`` reports nothing)."""
+    if _syncfs is None:
+        os.sync()
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise RuntimeFailure(f"Writing {directory} to disk failed: {os.strerror(error)}.")
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less: a full disk, a quota, a
+    network filesystem); returns its length, raises when nothing more can be written."""
+    done = 0
+    while done < len(data):
+        count = os.pwrite(fd, data[done:], offset + done)
+        if count <= 0:
+            raise RuntimeFailure("A write of the restore made no progress (is the disk full?).")
+        done += count
+    return done
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -331,7 +374,7 @@ class _ChunkWriter:
         if fd is None:
             fd = fds[entry.path] = self.beneath.open(entry.path, os.O_WRONLY)
         part = view[low - position : high - position]
-        os.pwrite(fd, part, low - entry.offset)
+        pwrite_all(fd, part, low - entry.offset)
         start_writeback(fd, low - entry.offset, high - low)
         return low - entry.offset, part
 
@@ -554,7 +597,7 @@ def _restore_into(
                 repo, chain, staging, owner, scratch, progress, workers, check_files
             )
             notes.append(f"Combined {len(chain)} backups with pg_combinebackup.")
-        os.sync()
+        sync_filesystem(staging)
         if target.exists() and force:
             aside = staging_dir(target, "replaced")
             target.rename(aside)
@@ -565,6 +608,7 @@ def _restore_into(
             if target.exists():
                 target.rmdir()  # an empty directory (checked): never anything else
             staging.rename(target)
+        fsync_directory(target.parent)  # the rename itself survives a crash
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -14,6 +14,7 @@ restore trusts no path in it:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from pgdr.backup.manifest import FileEntry
 
 KINDS = ("dir", "file", "symlink")
 SYMLINK_PLACES = re.compile(r"pg_wal|pg_tblspc/[0-9]+")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _parts(path: str, backup_id: str) -> tuple[str, ...]:
@@ -71,7 +72,7 @@ class Beneath:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._fd = os.open(root, _DIR_FLAGS)
+        self._fd = os.open(root, DIR_FLAGS)
 
     def close(self) -> None:
         """Release the root's descriptor; closing twice is harmless (a failure path may)."""
@@ -94,7 +95,7 @@ class Beneath:
                 if create:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(name, 0o700, dir_fd=fd)
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = child
         except BaseException:
@@ -108,7 +109,7 @@ class Beneath:
         try:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, mode, dir_fd=parent)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
             os.fchmod(fd, mode)
             return fd
         finally:
@@ -121,6 +122,34 @@ class Beneath:
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
         finally:
             os.close(parent)
+
+    def readlink(self, path: str) -> str | None:
+        """Where the link ``path`` points, or None if there is no link there."""
+        try:
+            parent, name = self._parent(path, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.readlink(name, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINVAL):  # nothing there, or not a link
+                return None
+            raise
+        finally:
+            os.close(parent)
+
+    def unlink(self, path: str) -> None:
+        """Remove the file or link ``path`` (a link itself, never what it points to)."""
+        parent, name = self._parent(path, create=False)
+        try:
+            os.unlink(name, dir_fd=parent)
+        finally:
+            os.close(parent)
+
+    @property
+    def fd(self) -> int:
+        """The root's descriptor (for walking it without following links)."""
+        return self._fd
 
     def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> None:
         parent, name = self._parent(path, create=True)

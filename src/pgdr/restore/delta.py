@@ -12,20 +12,29 @@ the full restore.
 Invariants: an existing directory is changed only with ``force``; a directory a live server
 runs on (its ``postmaster.pid`` names a live process) is refused even with ``force``; a
 directory that does not hold a data directory of the backup's major version is refused; an
-incremental chain is refused (restore it in full). Nothing is written outside ``target``.
+incremental chain is refused (restore it in full). Nothing is written outside ``target``:
+the directory is walked, cleaned and written through directory descriptors without following
+any link (a link planted while the restore runs makes it fail, never write through it), and a
+file with other names (a hard link, as ``pg_upgrade --link`` leaves) or that is not a regular
+file is replaced, never written in place. ``global/pg_control`` is removed before anything
+else changes and written last, once every other file is in place, checked and on disk: a delta
+restore that fails half-way leaves a directory PostgreSQL refuses to start (run it again to
+finish), never a mix of old and new pages that it would start on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pgdr.backup.chunks import DamagedBackup
-from pgdr.backup.digest import digest_of_file
+from pgdr.backup.digest import digest_of_descriptor
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
@@ -37,10 +46,14 @@ from pgdr.restore.base import (
     backup_chain,
     check_digests,
     not_a_standby,
+    pwrite_all,
+    sync_filesystem,
+    unchecked_files,
 )
-from pgdr.restore.beneath import Beneath, check_layout, joined
+from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout
 
 PAGE = 8192
+CONTROL = "global/pg_control"
 HASH_BELOW = 1 << 20  # smaller files are hashed first; larger ones compared chunk by chunk
 Progress = Callable[[int], None]
 
@@ -105,6 +118,8 @@ class _DeltaWriter(_ChunkWriter):
         fd = fds.get(entry.path)
         if fd is None:
             fd = fds[entry.path] = self.beneath.open(entry.path, os.O_RDWR)
+            if os.fstat(fd).st_nlink != 1:
+                raise RuntimeFailure(f"{entry.path} in {self.target} changed during the restore.")
         at = low - entry.offset
         wanted = view[low - position : high - position]
         present = memoryview(self.buffer("present"))[: len(wanted)]
@@ -112,73 +127,146 @@ class _DeltaWriter(_ChunkWriter):
             raise RuntimeFailure(f"{entry.path} in {self.target} changed size during the restore.")
         count = 0
         for start in _pages_differing(present, wanted):
-            count += os.pwrite(fd, wanted[start : start + PAGE], at + start)
+            count += pwrite_all(fd, wanted[start : start + PAGE], at + start)
         with self.lock:
             self.written += count
         return at, wanted
 
 
-def _remove_extra(target: Path, expected: dict[str, FileEntry]) -> int:
-    """Remove everything under ``target`` the backup does not hold (or holds as another kind)."""
+def _kind(item: os.DirEntry[str]) -> str:
+    if item.is_symlink():
+        return "symlink"
+    if item.is_dir(follow_symlinks=False):
+        return "dir"
+    return "file" if item.is_file(follow_symlinks=False) else "other"
+
+
+def _remove_extra(beneath: Beneath, expected: dict[str, FileEntry]) -> int:
+    """Remove everything under the target the backup does not hold (or holds as another kind,
+    or, for a link, pointing elsewhere), walking by descriptors: never through a link."""
+    return _sweep(beneath, beneath.fd, "", expected)
+
+
+def _sweep(beneath: Beneath, fd: int, prefix: str, expected: dict[str, FileEntry]) -> int:
     removed = 0
-    for root, dirs, files in os.walk(target, topdown=False):
-        for name in files + dirs:
-            path = Path(root) / name
-            relative = path.relative_to(target).as_posix()
-            entry = expected.get(relative)
-            kind = "symlink" if path.is_symlink() else "dir" if path.is_dir() else "file"
-            if entry is not None and entry.kind == kind:
-                continue
+    with os.scandir(fd) as listing:
+        items = list(listing)
+    for item in items:
+        relative = prefix + item.name
+        kind, entry = _kind(item), expected.get(relative)
+        if (
+            kind == "symlink"
+            and entry is not None
+            and entry.kind == "symlink"
+            and os.readlink(item.name, dir_fd=fd) != entry.linkname
+        ):
+            entry = None  # a link pointing elsewhere is replaced
+        if entry is not None and entry.kind == kind:
             if kind == "dir":
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            removed += 1
+                removed += _sweep_below(beneath, fd, item.name, relative, expected)
+            continue
+        if kind == "dir":
+            shutil.rmtree(item.name, dir_fd=fd)
+        else:
+            os.unlink(item.name, dir_fd=fd)
+        removed += 1
     return removed
 
 
-def _differs(target: Path, manifest: Manifest, entry: FileEntry, owner: ServiceUser) -> bool:
-    """Whether ``entry`` must be (re)written; creates or truncates it to its size if so."""
-    path = target / entry.path
+def _sweep_below(
+    beneath: Beneath, fd: int, name: str, relative: str, expected: dict[str, FileEntry]
+) -> int:
     try:
-        size = path.stat().st_size
+        child = os.open(name, DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"{relative} in {beneath.root} changed during the restore ({exc.strerror})."
+        ) from exc
+    try:
+        return _sweep(beneath, child, relative + "/", expected)
+    finally:
+        os.close(child)
+
+
+def _own_file(beneath: Beneath, entry: FileEntry, owner: ServiceUser) -> int:
+    """A descriptor of ``entry``'s file, a regular file with no other name: created if
+    missing, replaced by a new empty file if it is something else or has other names."""
+    flags = os.O_RDWR | os.O_NONBLOCK  # a FIFO in its place must not block the restore
+    try:
+        fd = beneath.open(entry.path, flags)
     except FileNotFoundError:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        if owner.switch:
-            os.fchown(fd, owner.uid, owner.gid)
+        fd = None
+    if fd is not None:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            return fd
         os.close(fd)
-        size = 0
-    if size == entry.size and size > HASH_BELOW:
-        return True  # compared page by page against its chunks: one read instead of two
-    if size == entry.size:
-        if digest_of_file(path, manifest.file_digest(entry)) == entry.digest:
-            return False
-    else:
-        os.truncate(path, entry.size)
-    return True
+        beneath.unlink(entry.path)
+    fd = beneath.open(entry.path, flags | os.O_CREAT | os.O_EXCL, create_parents=True)
+    if owner.switch:
+        os.fchown(fd, owner.uid, owner.gid)
+    return fd
 
 
-def _lay_out(target: Path, manifest: Manifest, owner: ServiceUser) -> list[FileEntry]:
+def _differs(beneath: Beneath, manifest: Manifest, entry: FileEntry, owner: ServiceUser) -> bool:
+    """Whether ``entry`` must be (re)written; creates or truncates it to its size if so."""
+    fd = _own_file(beneath, entry, owner)
+    try:
+        size = os.fstat(fd).st_size
+        if size == entry.size and size > HASH_BELOW:
+            return True  # compared page by page against its chunks: one read instead of two
+        if size == entry.size:
+            return digest_of_descriptor(fd, manifest.file_digest(entry)) != entry.digest
+        os.ftruncate(fd, entry.size)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _lay_out(beneath: Beneath, manifest: Manifest, owner: ServiceUser) -> list[FileEntry]:
     """Directories and links as the backup has them; returns the regular files."""
+    ids = (owner.uid, owner.gid) if owner.switch else None
     files: list[FileEntry] = []
     for entry in manifest.files:
-        path = joined(target, entry.path, manifest.id)
-        if entry.kind == "dir" and not path.is_dir():
-            path.mkdir(mode=0o700, parents=True)
-        elif entry.kind == "symlink":
-            if path.is_symlink() and str(path.readlink()) == entry.linkname:
-                continue
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.symlink_to(entry.linkname)
+        if entry.kind == "dir":
+            fd = beneath.mkdir(entry.path)
+            try:
+                if ids:
+                    os.fchown(fd, *ids)
+            finally:
+                os.close(fd)
+        elif entry.kind == "symlink" and beneath.readlink(entry.path) != entry.linkname:
+            beneath.symlink(entry.path, entry.linkname, ids)
         elif entry.kind == "file":
             files.append(entry)
-            continue
-        else:
-            continue
-        if owner.switch:
-            os.lchown(path, owner.uid, owner.gid)
     return files
+
+
+def _remove_control(beneath: Beneath) -> None:
+    """Remove ``global/pg_control`` before anything else changes: until it is written back,
+    last, PostgreSQL refuses to start on the directory."""
+    try:
+        beneath.unlink(CONTROL)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise  # else missing, or beneath something the sweep replaces: nothing to remove
+
+
+def _write_changed(
+    writer: _DeltaWriter, files: list[FileEntry], workers: int, progress: Progress | None
+) -> tuple[int, int]:
+    """Write the writer's files (chunks in parallel), check their sizes and digests, and put
+    them on disk; returns (chunks read, bytes written)."""
+    indexes = [i for i, holders in enumerate(writer.holders) if holders]
+    for size in parallel_map(writer, indexes, workers):
+        if progress:
+            progress(size)
+    for entry in files:
+        if (writer.target / entry.path).lstat().st_size != entry.size:
+            raise DamagedBackup(f"{entry.path} was not restored to its recorded size.")
+    check_digests(writer.manifest, writer.mismatched(files))
+    sync_filesystem(writer.target)
+    return len(indexes), writer.written
 
 
 def delta_restore(
@@ -205,35 +293,36 @@ def delta_restore(
     check_layout(manifest.files, manifest.id)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     workers = workers or len(os.sched_getaffinity(0))
-    removed = _remove_extra(target, {f.path: f for f in manifest.files})
-    files = _lay_out(target, manifest, owner)
-    checks = parallel_map(lambda f: _differs(target, manifest, f, owner), files, workers)
-    changed = [f for f, differs in zip(files, checks, strict=True) if differs]
     with Beneath(target) as beneath:
-        writer = _DeltaWriter(repo, manifest, data_key, target, changed, beneath)
-        indexes = [i for i, holders in enumerate(writer.holders) if holders]
-        for size in parallel_map(writer, indexes, workers):
-            if progress:
-                progress(size)
-    os.sync()
-    for entry in changed:
-        if (target / entry.path).stat().st_size != entry.size:
-            raise DamagedBackup(f"{entry.path} was not restored to its recorded size.")
-    check_digests(manifest, writer.mismatched(changed))
-    notes = not_a_standby(target)
+        _remove_control(beneath)
+        removed = _remove_extra(beneath, {f.path: f for f in manifest.files})
+        files = _lay_out(beneath, manifest, owner)
+        changed: list[FileEntry] = []
+        read, written = 0, 0
+        # pg_control alone and last: created only once every other file is in place
+        for group in (
+            [f for f in files if f.path != CONTROL],
+            [f for f in files if f.path == CONTROL],
+        ):
+            checks = parallel_map(lambda f: _differs(beneath, manifest, f, owner), group, workers)
+            differing = [f for f, differs in zip(group, checks, strict=True) if differs]
+            writer = _DeltaWriter(repo, manifest, data_key, target, differing, beneath)
+            chunks, count = _write_changed(writer, differing, workers, progress)
+            changed, read, written = changed + differing, read + chunks, written + count
+    notes = unchecked_files([manifest]) + not_a_standby(target)
     return RestoreResult(
         backup_id=manifest.id,
         data_dir=target,
         chain=[manifest.id],
         pg_major=manifest.pg_major,
         pg_version=manifest.pg_version,
-        bytes_restored=writer.written,
+        bytes_restored=written,
         files=len(changed),
         duration_s=time.monotonic() - began,
         notes=[
             f"Delta: {len(files) - len(changed)} files unchanged, {len(changed)} differed "
-            f"({len(indexes)} of {len(manifest.chunks)} chunks read, {writer.written:,} bytes "
-            f"written), {removed} entries removed.",
+            f"({read} chunk reads of {len(manifest.chunks)} chunks, {written:,} bytes written), "
+            f"{removed} entries removed.",
             *notes,
         ],
     )
