@@ -15,6 +15,7 @@ from pgdr.backup import Repository, take_backup
 from pgdr.backup.digest import digest_of_file
 from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
+from pgdr.core.errors import ConfigError
 from pgdr.restore import adopt_restored, restore_backup
 
 
@@ -142,6 +143,11 @@ def test_restore_refuses_existing_directory_without_force(
     with pytest.raises(Exception, match="already exists and is not empty"):
         restore_backup(repo, manifest.id, target)
     assert (target / "precious").read_text() == "keep me"
+    # --force replaces a data directory, never a directory of something else (--to ~ by mistake)
+    with pytest.raises(ConfigError, match="holds no PostgreSQL data directory"):
+        restore_backup(repo, manifest.id, target, force=True)
+    assert (target / "precious").read_text() == "keep me"
+    (target / "PG_VERSION").write_text("18\n")
     restore_backup(repo, manifest.id, target, force=True)
     assert not (target / "precious").exists()
     assert (target / "PG_VERSION").is_file()

@@ -458,6 +458,11 @@ def _check_target(target: Path, force: bool) -> None:
                 f"{target} already exists and is not empty; restore into a new directory "
                 "or pass --force to replace it."
             )
+        if not (target / "PG_VERSION").is_file():
+            raise ConfigError(
+                f"{target} is not empty and holds no PostgreSQL data directory; --force "
+                "replaces only a data directory: restore into a new directory."
+            )
         if (target / "postmaster.pid").exists():
             raise ConfigError(
                 f"{target} holds a data directory with a postmaster.pid; stop that server first."
