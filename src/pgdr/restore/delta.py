@@ -39,7 +39,7 @@ from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.crypto import parallel_map
+from pgdr.crypto import DataKey, parallel_map
 from pgdr.restore.base import (
     RestoreResult,
     _ChunkWriter,
@@ -269,6 +269,36 @@ def _write_changed(
     return len(indexes), writer.written
 
 
+def _rewrite(
+    repo: Repository,
+    manifest: Manifest,
+    data_key: DataKey,
+    target: Path,
+    owner: ServiceUser,
+    workers: int,
+    progress: Progress | None,
+) -> tuple[list[FileEntry], list[FileEntry], int, int, int]:
+    """Clean, lay out and rewrite ``target``; (changed files, all files, entries removed,
+    chunk reads, bytes written)."""
+    with Beneath(target) as beneath:
+        _remove_control(beneath)
+        removed = _remove_extra(beneath, {f.path: f for f in manifest.files})
+        files = _lay_out(beneath, manifest, owner)
+        changed: list[FileEntry] = []
+        read, written = 0, 0
+        # pg_control alone and last: created only once every other file is in place
+        for group in (
+            [f for f in files if f.path != CONTROL],
+            [f for f in files if f.path == CONTROL],
+        ):
+            checks = parallel_map(lambda f: _differs(beneath, manifest, f, owner), group, workers)
+            differing = [f for f, differs in zip(group, checks, strict=True) if differs]
+            writer = _DeltaWriter(repo, manifest, data_key, target, differing, beneath)
+            chunks, count = _write_changed(writer, differing, workers, progress)
+            changed, read, written = changed + differing, read + chunks, written + count
+    return changed, files, removed, read, written
+
+
 def delta_restore(
     repo: Repository,
     backup_id: str,
@@ -293,22 +323,15 @@ def delta_restore(
     check_layout(manifest.files, manifest.id)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     workers = workers or len(os.sched_getaffinity(0))
-    with Beneath(target) as beneath:
-        _remove_control(beneath)
-        removed = _remove_extra(beneath, {f.path: f for f in manifest.files})
-        files = _lay_out(beneath, manifest, owner)
-        changed: list[FileEntry] = []
-        read, written = 0, 0
-        # pg_control alone and last: created only once every other file is in place
-        for group in (
-            [f for f in files if f.path != CONTROL],
-            [f for f in files if f.path == CONTROL],
-        ):
-            checks = parallel_map(lambda f: _differs(beneath, manifest, f, owner), group, workers)
-            differing = [f for f, differs in zip(group, checks, strict=True) if differs]
-            writer = _DeltaWriter(repo, manifest, data_key, target, differing, beneath)
-            chunks, count = _write_changed(writer, differing, workers, progress)
-            changed, read, written = changed + differing, read + chunks, written + count
+    try:
+        changed, files, removed, read, written = _rewrite(
+            repo, manifest, data_key, target, owner, workers, progress
+        )
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"The delta restore of {target} stopped: {exc.strerror or exc} "
+            f"({exc.filename or 'no file named'}); run it again to finish it."
+        ) from exc
     notes = unchecked_files([manifest]) + not_a_standby(target)
     return RestoreResult(
         backup_id=manifest.id,
