@@ -99,3 +99,29 @@ def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
         conn.execute("INSERT INTO txlog (id) VALUES (-1)")  # would hang if it waited
     stop_restored(w, latest)
     w.stop_stream(stream)
+
+
+@pytest.mark.slow
+def test_a_setting_pinned_on_the_command_line_is_a_degrade_not_a_wait(walenv: WalEnv) -> None:
+    """synchronous_standby_names given on the server's command line (as pgdr starts a restored
+    copy) cannot be changed by ALTER SYSTEM: the streamer says once that commits do not wait,
+    raises the degrade, and never claims they wait."""
+    w = walenv
+    meta = json.loads(w.cluster.meta_file.read_text())
+    meta.setdefault("server_options", {})["synchronous_standby_names"] = ""
+    w.cluster.meta_file.write_text(json.dumps(meta))
+    w.cluster.stop()
+    w.cluster.start()
+    stream = w.start_stream("--synchronous")
+    try:
+        w.wait_for(lambda: "command line" in w.stream_log(), what="the pinned setting reported")
+        time.sleep(3)  # several rounds of the guard
+        log = w.stream_log()
+        assert "commits now wait" not in log
+        assert log.count("ALTER SYSTEM cannot change") == 1
+        assert sync_state(w) == "async"
+        degraded = _store_incident(w)
+        assert degraded and degraded["severity"] == "P1" and degraded["open"]
+        assert "do NOT wait" in degraded["message"]
+    finally:
+        w.stop_stream(stream)

@@ -27,6 +27,10 @@ from pgdr.wal.server import set_system, setting
 from pgdr.wal.stream_state import StreamState
 
 DEGRADED = "wal-sync-degraded"
+UNCHANGEABLE = (  # where a value comes from that ALTER SYSTEM cannot override
+    "command line",
+    "override",
+)
 SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
 
 
@@ -62,6 +66,7 @@ class SyncGuard:
         self.incidents = incidents
         self.log = log
         self._down_since: float | None = None
+        self._overridden: str | None = None  # the source that pins the setting, once reported
 
     def operator_off(self) -> bool:
         """Whether an operator said `pgdr wal sync off` (the streamer then leaves it off)."""
@@ -80,6 +85,8 @@ class SyncGuard:
         if self.operator_off():
             return
         current = setting(conn, "synchronous_standby_names")
+        if current != wanted and self._pinned(conn, current):
+            return
         connected = self.status.flush_lsn is not None
         now = time.monotonic()
         if connected:
@@ -100,6 +107,36 @@ class SyncGuard:
             and current == wanted
         ):
             self._degrade(conn, degrade_after)
+
+    def _pinned(self, conn: psycopg.Connection[tuple[Any, ...]], current: str) -> bool:
+        """Whether ``synchronous_standby_names`` is set where ALTER SYSTEM cannot change it (the
+        server's command line): then commits never wait for pgdr, and that is said once, as a
+        degrade (P1, RPO not 0), instead of claiming every second that they now wait."""
+        row = conn.execute(
+            "SELECT source FROM pg_settings WHERE name = 'synchronous_standby_names'"
+        ).fetchone()
+        source = str(row[0]) if row else ""
+        if source not in UNCHANGEABLE:
+            self._overridden = None
+            return False
+        if self._overridden != source:
+            self._overridden = source
+            self.status.degraded = True
+            message = (
+                f"synchronous_standby_names is '{current}', set on the server's {source}, which "
+                "ALTER SYSTEM cannot change: commits do NOT wait for pgdr and RPO is not 0. "
+                "Remove it from the server's start options to stream synchronously."
+            )
+            self._announce(message)
+        return True
+
+    def _announce(self, message: str) -> None:
+        """Record, log and raise the degrade incident (P1) with ``message``."""
+        repository_incident(self.archive, DEGRADED, message)  # recorded before it is said
+        self.log.warning(message)
+        if self.incidents is not None:
+            with contextlib.suppress(PgdrError, OSError):
+                self.incidents.raise_(DEGRADED, Severity.P1, message)
 
     def _maybe_restore(
         self, conn: psycopg.Connection[tuple[Any, ...]], wanted: str, connected: bool
@@ -126,13 +163,8 @@ class SyncGuard:
     def _degrade(self, conn: psycopg.Connection[tuple[Any, ...]], degrade_after: float) -> None:
         set_system(conn, "synchronous_standby_names", "")
         self.status.degraded = True
-        message = (
+        self._announce(
             f"The streamer has been disconnected for {degrade_after:g} s; switched "
             "the server to ASYNCHRONOUS commits so the application is not blocked. RPO is "
             "no longer 0 until pgdr catches up."
         )
-        repository_incident(self.archive, DEGRADED, message)  # recorded before it is said
-        self.log.warning(message)
-        if self.incidents is not None:
-            with contextlib.suppress(PgdrError, OSError):
-                self.incidents.raise_(DEGRADED, Severity.P1, message)
