@@ -13,7 +13,12 @@ The peer: pgBackRest with ``archive_command = 'pgbackrest archive-push %p'`` and
 
 Run: .venv/bin/python bench/pitr.py [--scale 70] [--seconds 20] [--clients 4]
 Each mode runs on the cluster the previous restore produced (a new timeline), so the run also
-exercises restoring across timelines.
+exercises restoring across timelines. A copy restored by pgdr starts with
+``archive_mode = off`` and ``synchronous_standby_names = ''`` on its command line (it must never
+archive into the repository it came from, nor wait for a standby it does not have); the next
+mode makes it the primary it is in this story, so it is restarted without those two options
+first (:func:`as_new_primary`), or neither synchronous streaming nor pgBackRest's archiving
+could work on it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +158,19 @@ def fresh_log_table(cluster: LocalCluster) -> None:
         conn.execute("CREATE TABLE bench_log (client int, n int, PRIMARY KEY (client, n))")
 
 
+def as_new_primary(cluster: LocalCluster) -> None:
+    """Restart a copy pgdr restored without the start options that keep it a mere copy."""
+    meta = json.loads(cluster.meta_file.read_text())
+    options = meta.get("server_options") or {}
+    if not {"archive_mode", "synchronous_standby_names"} & set(options):
+        return
+    for name in ("archive_mode", "synchronous_standby_names"):
+        options.pop(name, None)
+    cluster.meta_file.write_text(json.dumps(meta, indent=2))
+    cluster.stop()
+    cluster.start()
+
+
 def run_pgdr(
     mode: str,
     cluster: LocalCluster,
@@ -194,10 +213,27 @@ def run_pgdr(
     return row, LocalCluster(Path(result["cluster_dir"]), cluster.settings)
 
 
-def run_pgbackrest(
-    cluster: LocalCluster, work: Path, seconds: int, clients: int
-) -> tuple[dict[str, Any], LocalCluster]:
-    """The peer: pgBackRest 2.x with archive_command = archive-push, archive_timeout = 60."""
+PGBR_CONF = """[global]
+repo1-path={base}/repo
+compress-type=zst
+process-max=2
+start-fast=y
+log-level-console=warn
+log-level-file=off
+log-path={base}/log
+lock-path={base}/lock
+spool-path={base}/spool
+
+[bench]
+pg1-path={data_dir}
+pg1-socket-path={socket_dir}
+pg1-port={port}
+pg1-user=postgres
+"""
+
+
+def pgbackrest_for(cluster: LocalCluster, work: Path) -> tuple[Path, Callable[..., None]]:
+    """pgBackRest's configuration for ``cluster`` under ``work``, and a runner of its commands."""
     user = cluster.user
     base = work / "pgbackrest"
     conf = base / "pgbackrest.conf"
@@ -207,23 +243,12 @@ def run_pgbackrest(
     user.own(base, 0o755)
     work.chmod(0o711)
     conf.write_text(
-        f"""[global]
-repo1-path={base / "repo"}
-compress-type=zst
-process-max=2
-start-fast=y
-log-level-console=warn
-log-level-file=off
-log-path={base / "log"}
-lock-path={base / "lock"}
-spool-path={base / "spool"}
-
-[bench]
-pg1-path={cluster.data_dir}
-pg1-socket-path={cluster.socket_dir}
-pg1-port={cluster.port}
-pg1-user=postgres
-"""
+        PGBR_CONF.format(
+            base=base,
+            data_dir=cluster.data_dir,
+            socket_dir=cluster.socket_dir,
+            port=cluster.port,
+        )
     )
     conf.chmod(0o644)
 
@@ -241,6 +266,24 @@ pg1-user=postgres
         if done.returncode != 0:
             raise SystemExit(f"pgbackrest {args[0]} failed: {done.stdout}{done.stderr}")
 
+    return conf, pgbr
+
+
+def wait_promoted(cluster: LocalCluster, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        if row and not row[0]:
+            return
+        time.sleep(0.1)
+
+
+def run_pgbackrest(
+    cluster: LocalCluster, work: Path, seconds: int, clients: int
+) -> tuple[dict[str, Any], LocalCluster]:
+    """The peer: pgBackRest 2.x with archive_command = archive-push, archive_timeout = 60."""
+    conf, pgbr = pgbackrest_for(cluster, work)
     with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
         conn.execute("ALTER SYSTEM RESET ALL")  # pgdr's synchronous_standby_names and friends
         conn.execute("ALTER SYSTEM SET archive_mode = on")
@@ -266,24 +309,18 @@ pg1-user=postgres
     restored.directory.mkdir(parents=True)
     restored.directory.chmod(0o711)
     restored.data_dir.mkdir()
-    user.own(restored.data_dir, 0o700)
+    cluster.user.own(restored.data_dir, 0o700)
     pgbr("restore", f"--pg1-path={restored.data_dir}")
     restored.adopt(cluster.installation)
     restored.log_file.touch()
-    user.own(restored.log_file, 0o600)
+    cluster.user.own(restored.log_file, 0o600)
     restored.start()
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        with psycopg.connect(restored.conninfo(), autocommit=True) as conn:
-            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-        if row and not row[0]:
-            break
-        time.sleep(0.1)
+    wait_promoted(restored)
     rto = time.monotonic() - began
     return count("pgBackRest", restored.conninfo(), log_dir, rto, backup_s, {}), restored
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=70)
     parser.add_argument("--seconds", type=int, default=20)
@@ -293,7 +330,60 @@ def main() -> None:
     parser.add_argument(
         "--major", type=int, default=15, help="PostgreSQL major (pgBackRest 2.45 stops at 17)"
     )
-    opts = parser.parse_args()
+    return parser.parse_args()
+
+
+def source_cluster(
+    home: Path, settings: PgdrSettings, opts: argparse.Namespace, clusters: list[LocalCluster]
+) -> LocalCluster:
+    """The cluster the first mode starts from, with pgbench's tables (in ``clusters`` once
+    started, so that it is stopped whatever happens next)."""
+    cluster = LocalCluster(home / "clusters" / "source", settings)
+    cluster.create(choose_installation(None, opts.major))
+    cluster.set_config("max_wal_size = '2GB'\ncheckpoint_timeout = '15min'\n")
+    cluster.start()
+    clusters.append(cluster)
+    log(f"pgbench -i -s {opts.scale}")
+    began = time.monotonic()
+    pgbench = str(cluster.installation.tool("pgbench"))
+    subprocess.run(
+        [pgbench, "-i", "-q", "-s", str(opts.scale), cluster.conninfo()],
+        check=True,
+        capture_output=True,
+    )
+    log(f"initialised in {time.monotonic() - began:.0f} s")
+    return cluster
+
+
+def report(rows: list[dict[str, Any]], home: Path) -> None:
+    print()
+    header = (
+        f"{'':<12} {'committed':>9} {'lost':>6} {'RPO s':>7} {'RTO s':>6} "
+        f"{'DB GB':>6} {'backup s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['mode']:<12} {r['transactions_committed']:>9} {r['transactions_lost']:>6} "
+            f"{r['rpo_s']:>7.3f} {r['rto_s']:>6.1f} {r['database_gb']:>6.2f} "
+            f"{r['backup_s']:>8.1f}"
+        )
+    (home / "results.json").write_text(json.dumps(rows, indent=2))
+    print(f"\nresults: {home / 'results.json'}")
+
+
+def stop_all(clusters: list[LocalCluster]) -> None:
+    for c in clusters:
+        try:
+            if c.exists and c.status().running:
+                c.stop(mode="immediate")
+        except Exception as exc:
+            print(f"cleanup: {exc}")
+
+
+def main() -> None:
+    opts = parse_args()
     home = Path(tempfile.mkdtemp(prefix="pgdr-bench-pitr-", dir="/tmp"))
     home.chmod(0o711)
     settings = PgdrSettings(home=home)
@@ -305,58 +395,21 @@ def main() -> None:
     }
     clusters: list[LocalCluster] = []
     try:
-        cluster = LocalCluster(home / "clusters" / "source", settings)
-        cluster.create(choose_installation(None, opts.major))
-        cluster.set_config("max_wal_size = '2GB'\ncheckpoint_timeout = '15min'\n")
-        cluster.start()
-        clusters.append(cluster)
-        log(f"pgbench -i -s {opts.scale}")
-        began = time.monotonic()
-        subprocess.run(
-            [
-                str(cluster.installation.tool("pgbench")),
-                "-i",
-                "-q",
-                "-s",
-                str(opts.scale),
-                cluster.conninfo(),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        log(f"initialised in {time.monotonic() - began:.0f} s")
+        cluster = source_cluster(home, settings, opts, clusters)
         rows = []
         for mode in opts.modes.split(","):
             work = home / f"work-{mode}"
             work.mkdir()
+            as_new_primary(cluster)
             if mode == "pgbackrest":
                 row, cluster = run_pgbackrest(cluster, work, opts.seconds, opts.clients)
             else:
                 row, cluster = run_pgdr(mode, cluster, env, work, opts.seconds, opts.clients)
             clusters.append(cluster)
             rows.append(row)
-        print()
-        header = (
-            f"{'':<12} {'committed':>9} {'lost':>6} {'RPO s':>7} {'RTO s':>6} "
-            f"{'DB GB':>6} {'backup s':>8}"
-        )
-        print(header)
-        print("-" * len(header))
-        for r in rows:
-            print(
-                f"{r['mode']:<12} {r['transactions_committed']:>9} {r['transactions_lost']:>6} "
-                f"{r['rpo_s']:>7.3f} {r['rto_s']:>6.1f} {r['database_gb']:>6.2f} "
-                f"{r['backup_s']:>8.1f}"
-            )
-        (home / "results.json").write_text(json.dumps(rows, indent=2))
-        print(f"\nresults: {home / 'results.json'}")
+        report(rows, home)
     finally:
-        for c in clusters:
-            try:
-                if c.exists and c.status().running:
-                    c.stop(mode="immediate")
-            except Exception as exc:
-                print(f"cleanup: {exc}")
+        stop_all(clusters)
         if not opts.keep:
             shutil.rmtree(home, ignore_errors=True)
 
