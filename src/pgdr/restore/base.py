@@ -237,7 +237,12 @@ def sync_filesystem(directory: Path) -> None:
 
 
 def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Make the entries of ``path`` durable (a rename into it); a directory this process may
+    not open (no read permission) is left to the file system's own commit."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        return
     try:
         os.fsync(fd)
     finally:
