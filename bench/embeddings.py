@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -245,6 +246,8 @@ def main() -> None:
     finally:
         api.terminate()
         cluster.stop()
+        if args.home is None:  # a temporary home is not left behind (gigabytes each run)
+            shutil.rmtree(home, ignore_errors=True)  # the stopped cluster with it
     report(runs)
 
 

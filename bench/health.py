@@ -37,6 +37,7 @@ import asyncio
 import gc
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -356,6 +357,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
         cluster.stop()
+        if args.home is None:  # a temporary home is not left behind (a cluster each run)
+            shutil.rmtree(home, ignore_errors=True)  # the stopped cluster with it
     print(f"\nload average {os.getloadavg()[0]:.1f} (1 min) at the end")
     print()
     print(
