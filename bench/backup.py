@@ -6,8 +6,9 @@ with its vectors as ``real[]``: vector-heavy pages that compress poorly); each t
 and restores it (medians over ``--runs``), all on the same machine with the same two cores:
 
 * pgdr: ``pgdr backup --method files --workers N`` (N = 2 and 1: parallel workers reading the
-  data directory) and ``--method stream`` (``pg_basebackup``) into a local repository;
-  ``pgdr restore ID --to DIR --workers N``; ``pgdr restore --delta --force`` after 1% of the
+  data directory) and ``--method stream`` (``pg_basebackup``), each into a local repository
+  of its own; each row's ``pgdr restore latest --to DIR --workers N`` restores its own backup
+  (the stream backup with 2 workers); ``pgdr restore --delta --force`` after 1% of the
   restored directory's 8 KiB pages were overwritten (against a full restore, and against
   ``pgbackrest restore --delta`` after the same damage)
 * pgBackRest: full backup, ``compress-type=zst``, ``process-max=2``, local repo; ``restore``
@@ -49,7 +50,7 @@ from pgdr.config import PgdrSettings
 from pgdr.sample import VectorType, load_sample
 
 STANZA = "bench"
-PGDR_VARIANTS = {  # the last one's backup stays in the repository for the restores
+PGDR_VARIANTS = {  # each backs up into a repository of its own, restored by the same row
     "pgdr stream": ["--method", "stream", "--workers", "2"],
     "pgdr files w=1": ["--method", "files", "--workers", "1"],
     "pgdr files w=2": ["--method", "files", "--workers", "2"],
@@ -293,7 +294,6 @@ class Bench:
         env.update(
             {
                 "PGDR_HOME": str(self.settings.home),
-                "PGDR_REPO": str(self.base / "pgdr-repo"),
                 "PGDR_ENCRYPTION_KEY_FILE": str(key_file),
                 "DATABASE_URL": self.conninfo,
             }
@@ -324,10 +324,10 @@ class Bench:
     def backups(self) -> None:
         """Every tool backs the database up; the pgdr repository keeps the last variant's."""
         for tool, args in PGDR_VARIANTS.items():
-            shutil.rmtree(self.base / "pgdr-repo", ignore_errors=True)
+            shutil.rmtree(self.repo_of(tool), ignore_errors=True)
             command = [*self.pgdr, "backup", *args]
-            self.record(tool, "backup", timed(partial(run, command, env=self.env)))
-            self.sizes[tool] = du(self.base / "pgdr-repo")
+            self.record(tool, "backup", timed(partial(run, command, env=self.env_of(tool))))
+            self.sizes[tool] = du(self.repo_of(tool))
         self.record("pgBackRest", "backup", timed(lambda: self.pgbr("backup", "--type=full")))
         self.sizes["pgBackRest"] = du(self.pgbr_dir / "repo" / "backup")
         self.zst_file.unlink(missing_ok=True)
@@ -338,22 +338,27 @@ class Bench:
         self.record("pg_basebackup | zstd", "backup", timed(lambda: self.shell(basebackup)))
         self.sizes["pg_basebackup | zstd"] = self.zst_file.stat().st_size
 
+    def repo_of(self, tool: str) -> Path:
+        """The pgdr repository that ``tool``'s row backs up into and restores from."""
+        return self.base / ("pgdr-repo-" + tool.removeprefix("pgdr ").replace(" ", "-"))
+
+    def env_of(self, tool: str) -> dict[str, str]:
+        return {**self.env, "PGDR_REPO": str(self.repo_of(tool))}
+
     def pgdr_restores(self) -> None:
-        """pgdr's restores with 1 and 2 workers, the disk's floors, then the delta restore."""
+        """Each pgdr row restores its own backup with as many workers as it took (a stream
+        backup with 2), then the disk's floors, then the delta restore of the files backup."""
         restore = [*self.pgdr, "restore", "latest", "--to", str(self.restore_dir)]
-        for tool, workers in (
-            ("pgdr stream", "2"),
-            ("pgdr files w=1", "1"),
-            ("pgdr files w=2", "2"),
-        ):
+        for tool, args in PGDR_VARIANTS.items():
             shutil.rmtree(self.restore_dir, ignore_errors=True)
-            command = [*restore, "--workers", workers]
-            self.record(tool, "restore", timed(partial(run, command, env=self.env)))
+            command = [*restore, "--workers", args[-1]]
+            self.record(tool, "restore", timed(partial(run, command, env=self.env_of(tool))))
         floors(self.restore_dir, self.db_bytes, self.record)
         pages = damage_pages(self.restore_dir, 0.01)
         print(f"  (overwrote {pages} pages, 1%, in the restored directory)", flush=True)
         delta = [*restore, "--delta", "--force", "--workers", "2"]
-        self.record("pgdr files w=2", "delta", timed(partial(run, delta, env=self.env)))
+        env = self.env_of("pgdr files w=2")
+        self.record("pgdr files w=2", "delta", timed(partial(run, delta, env=env)))
 
     def peer_restores(self) -> None:
         """pgBackRest's full and delta restores, then the tarball's."""
@@ -427,7 +432,7 @@ def main() -> None:
     bench.set_up()
     for attempt in range(opts.runs):
         print(f"Run {attempt + 1}/{opts.runs}", flush=True)
-        bench.backups()  # the pgdr repository keeps the last variant's backup: files, 2 workers
+        bench.backups()
         bench.pgdr_restores()
         bench.peer_restores()
     bench.report()
