@@ -213,15 +213,19 @@ def test_delta_restore_rewrites_only_what_differs(
 
 
 def test_delta_compares_every_window_of_a_piece() -> None:
-    """The page comparison finds a change in any 8 KiB window, the partial last one too."""
+    """The page comparison finds a change in any of the file's 8 KiB pages, the partial first
+    and last ones of a piece too, and gives them as the file's page bounds."""
     size = 5 * PAGE + 100  # a piece need not end on a page
     old = bytearray(random.Random(15).randbytes(size))
-    assert _pages_differing(memoryview(old), memoryview(bytes(old))) == []
+    assert _pages_differing(memoryview(old), memoryview(bytes(old)), 0) == []
     new = bytearray(old)
     for at in (0, 3 * PAGE - 1, size - 1):  # first byte, last byte of a page, the tail
         new[at] ^= 0xFF
-    found = _pages_differing(memoryview(old), memoryview(new))
-    assert found == [0, 2 * PAGE, 5 * PAGE]
+    found = _pages_differing(memoryview(old), memoryview(new), 0)
+    assert found == [(0, PAGE), (2 * PAGE, 3 * PAGE), (5 * PAGE, size)]
+    # a piece starting 100 bytes before a page of its file: windows end on the file's pages
+    found = _pages_differing(memoryview(old), memoryview(new), PAGE - 100)
+    assert found == [(0, 100), (2 * PAGE + 100, 3 * PAGE + 100), (4 * PAGE + 100, size)]
 
 
 def test_delta_never_writes_outside_its_target(
