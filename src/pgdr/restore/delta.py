@@ -25,7 +25,6 @@ finish), never a mix of old and new pages that it would start on.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import shutil
 import stat
@@ -43,7 +42,6 @@ from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey, parallel_map
 from pgdr.restore.base import (
-    PIECE,
     RestoreResult,
     _ChunkWriter,
     backup_chain,
@@ -58,8 +56,6 @@ from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout
 PAGE = 8192
 CONTROL = "global/pg_control"
 HASH_BELOW = 1 << 20  # smaller files are hashed first; larger ones compared chunk by chunk
-ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to the logical block size
-DIRECT = "\0direct"  # key suffix of a file's O_DIRECT descriptor (no path holds a NUL)
 Progress = Callable[[int], None]
 
 
@@ -99,8 +95,9 @@ def _pages_differing(present: memoryview, wanted: memoryview, at: int) -> list[t
     """The ``(start, end)`` windows in which two equally long views of a file's bytes from
     offset ``at`` differ, windows being the file's ``PAGE``s (partial at either end).
 
-    Aligned on the file's pages, a differing page is written whole: a partial page would make
-    the kernel read the rest of it from disk first (the delta reads past the page cache).
+    Aligned on the file's pages, a changed page of the file is one window, written whole (a
+    window across two pages would write parts of both, each a read-modify-write for the kernel
+    where the page is not cached).
     Compared as bytes: 8 KiB copies come from the heap and compare by memcmp, 0.4 ms per MiB
     here; a memoryview compares element by element (15 times slower), and one copy of a whole
     1 MiB piece costs a page fault per 4 KiB (8 times slower)."""
@@ -131,60 +128,15 @@ class _DeltaWriter(_ChunkWriter):
                 raise RuntimeFailure(f"{entry.path} in {self.target} changed during the restore.")
         at = low - entry.offset
         wanted = view[low - position : high - position]
-        present = self._read(fds, entry, fd, at, len(wanted))
+        present = memoryview(self.buffer("present"))[: len(wanted)]
+        if os.preadv(fd, [present], at) != len(wanted):
+            raise RuntimeFailure(f"{entry.path} in {self.target} changed size during the restore.")
         count = 0
         for start, stop in _pages_differing(present, wanted, at):
             count += pwrite_all(fd, wanted[start:stop], at + start)
         with self.lock:
             self.written += count
         return at, wanted
-
-    def _read(
-        self, fds: dict[str, int], entry: FileEntry, fd: int, at: int, length: int
-    ) -> memoryview:
-        """The file's bytes ``[at, at + length)``, read past the page cache where the file
-        system allows it (``O_DIRECT``, whole aligned blocks): buffered reads of a data
-        directory kept both cores busy filling the cache (1.9 CPU seconds for 2 GB, 0.15 s
-        direct), time the delta needs to decompress and compare."""
-        buffer = memoryview(self.aligned_buffer())
-        direct = fds.get(entry.path + DIRECT)
-        if direct is None and (direct := _open_direct(fd)) is not None:
-            fds[entry.path + DIRECT] = direct
-        if direct is not None:
-            start = at - at % ALIGN
-            span = -(-(at + length - start) // ALIGN) * ALIGN
-            try:
-                got = os.preadv(direct, [buffer[:span]], start)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # else a block size O_DIRECT cannot use here
-                    raise
-            else:
-                if got < at + length - start:
-                    raise RuntimeFailure(f"{entry.path} in {self.target} shrank while restored.")
-                return buffer[at - start : at - start + length]
-        if os.preadv(fd, [buffer[:length]], at) != length:
-            raise RuntimeFailure(f"{entry.path} in {self.target} changed size during the restore.")
-        return buffer[:length]
-
-    def aligned_buffer(self) -> mmap.mmap:
-        """This thread's page-aligned buffer for a piece and the blocks around it."""
-        found: mmap.mmap | None = getattr(self.local, "aligned", None)
-        if found is None:
-            found = self.local.aligned = mmap.mmap(-1, PIECE + 2 * ALIGN)
-        return found
-
-
-def _open_direct(fd: int) -> int | None:
-    """A second descriptor of the very file open as ``fd`` (reopened through ``/proc``, so no
-    path is resolved again), reading past the page cache; None where that is not possible
-    (no ``O_DIRECT`` on this file system or platform, no ``/proc``)."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | flag | os.O_CLOEXEC)
-    except OSError:
-        return None
 
 
 def _kind(item: os.DirEntry[str]) -> str:
