@@ -15,8 +15,9 @@ from typing import Any
 from pgdr.cluster import LocalCluster
 from pgdr.core.errors import CheckFailed
 from pgdr.drills.detect import INTERVAL_S, Detection, MonitorFactory, SandboxWatch, WatchTarget
-from pgdr.drills.report import PHASES, RPO_TARGET_S, RTO_TARGET_S, DrillReport
+from pgdr.drills.report import RPO_TARGET_S, RTO_TARGET_S, DrillReport
 from pgdr.drills.sandbox import Sandbox
+from pgdr.drills.timebox import phase_times
 from pgdr.drills.workload import WorkloadWriter, count_loss
 from pgdr.incident.store import IncidentLog
 from pgdr.integrity import CheckOptions, Report, run_check
@@ -222,8 +223,6 @@ def loss(d: Drill, url: str) -> None:
 
 
 def phase_seconds(report: DrillReport) -> dict[str, float]:
-    """Seconds spent in each phase of the incident's timeline (steps of the phase summed)."""
-    return {
-        phase: round(sum(s.duration_s for s in report.steps if s.phase == phase), 3)
-        for phase in PHASES
-    }
+    """Seconds spent in each phase of the incident's timeline, as the HTML report's time boxes
+    measure them (steps of the phase summed; detection timed from the disaster)."""
+    return {p.phase: round(p.measured_s, 3) for p in phase_times(report.as_dict())}

@@ -7,7 +7,10 @@ recovery point 5 min, selective recovery 20-30 min; scenario 3 stop further oper
 (immediate), identify the deletion time 5 min, point-in-time recovery 15-20 min. Overall: RTO
 1 hour, RPO 5 minutes. RUNBOOK_BOXES maps each phase of a drill (report.PHASES) to its box; a
 phase the runbook gives no time for has none. A phase's measured time is the sum of its steps'
-durations (phases can interleave: scenario 2 verifies the copy at T before it repairs).
+durations (phases can interleave: scenario 2 verifies the copy at T before it repairs), and for
+detection at least the time from the disaster to the monitor's incident (the monitor watches
+while the disaster step still runs: scenario 1's server, killed as the step begins, can be
+noticed before its data directory is deleted, and the detection step then takes no time).
 """
 
 from __future__ import annotations
@@ -103,16 +106,25 @@ def phase_times(data: dict[str, Any]) -> list[PhaseTime]:
     out = []
     for phase in PHASES:
         steps = [s for s in data.get("steps", []) if group_of(s) == phase]
+        measured = sum(seconds(s.get("duration_s")) for s in steps)
+        if phase == "detection":
+            measured = max(measured, detected_s(data))
         out.append(
             PhaseTime(
                 phase,
                 len(steps),
-                sum(seconds(s.get("duration_s")) for s in steps),
+                measured,
                 min((seconds(s.get("started_s")) for s in steps), default=None),
                 boxes.get(phase),
             )
         )
     return out
+
+
+def detected_s(data: dict[str, Any]) -> float:
+    """Seconds from the disaster to the monitor's incident (0 when not recorded)."""
+    detection = (data.get("facts") or {}).get("detection")
+    return seconds(detection.get("seconds")) if isinstance(detection, dict) else 0.0
 
 
 def seconds(value: Any) -> float:
