@@ -71,6 +71,50 @@ def history(home: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def set_up(cluster: LocalCluster, home: Path, scale: float) -> None:
+    """The cluster with the sample in ``app``, pgbench's tables in ``bench``, the agent's
+    configuration."""
+    cluster.create(choose_installation(None, 18))
+    cluster.start()
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE app")
+        conn.execute("CREATE DATABASE bench")
+    load_sample(cluster.conninfo("app"), scale=scale)
+    pgbench_init = [str(cluster.installation.tool("pgbench")), "-i", "-q", "-s", "1"]
+    subprocess.run([*pgbench_init, cluster.conninfo("bench")], check=True, capture_output=True)
+    (home / "pgdr.toml").write_text(CONFIG.replace("{home}", str(home)))
+
+
+def first_restore_test(home: Path, timeout: float = 900) -> dict[str, object]:
+    """The agent's first restore test of ``app``, once it has finished or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in history(home):
+            if entry["job"] == "restore_test" and entry["event"] in ("finished", "failed"):
+                return entry
+        time.sleep(1)
+    raise AssertionError((home / "agent.log").read_text()[-3000:])
+
+
+def report(
+    args: argparse.Namespace, tps: tuple[float, float, float], test: dict[str, object]
+) -> None:
+    before, with_agent, after = tps
+    summary = test["summary"] or {}
+    assert isinstance(summary, dict)
+    print(f"sample scale {args.scale}; pgbench tpcb-like, scale 1, 2 clients, {args.seconds} s")
+    print(f"{'run':<28}{'tps':>10}")
+    print(f"{'without agent':<28}{before:>10.1f}")
+    print(f"{'with agent (streaming)':<28}{with_agent:>10.1f}")
+    print(f"{'without agent again':<28}{after:>10.1f}")
+    base = (before + after) / 2
+    print(f"overhead vs mean baseline: {100 * (base - with_agent) / base:.1f} %")
+    print(
+        f"restore test: {test['event']}; proven RTO {summary.get('proven_rto_s')} s; "
+        f"steps {summary.get('steps')}; detail: {summary.get('detail')}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0)
@@ -78,64 +122,26 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="pgdr-ba-", dir="/tmp"))
     home.chmod(0o711)
-    settings = PgdrSettings(home=home)
-    cluster = LocalCluster(home / "clusters" / "bench", settings)
+    cluster = LocalCluster(home / "clusters" / "bench", PgdrSettings(home=home))
     agent: subprocess.Popen[bytes] | None = None
     try:
-        cluster.create(choose_installation(None, 18))
-        cluster.start()
-        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE app")
-            conn.execute("CREATE DATABASE bench")
-        load_sample(cluster.conninfo("app"), scale=args.scale)
-        subprocess.run(
-            [
-                str(cluster.installation.tool("pgbench")),
-                "-i",
-                "-q",
-                "-s",
-                "1",
-                cluster.conninfo("bench"),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        (home / "pgdr.toml").write_text(CONFIG.replace("{home}", str(home)))
+        set_up(cluster, home, args.scale)
         before = pgbench(cluster, args.seconds)
         env = dict(os.environ, PGDR_HOME=str(home), APP_URL=cluster.conninfo("app"))
-        log = (home / "agent.log").open("wb")
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "pgdr", "agent"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 900
-        test: dict[str, object] | None = None
-        while test is None and time.monotonic() < deadline:
-            done = [
-                e
-                for e in history(home)
-                if e["job"] == "restore_test" and e["event"] in ("finished", "failed")
-            ]
-            test = done[0] if done else None
-            time.sleep(1)
-        assert test is not None, (home / "agent.log").read_text()[-3000:]
+        with (home / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "pgdr", "agent"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        test = first_restore_test(home)
         with_agent = pgbench(cluster, args.seconds)
         agent.send_signal(signal.SIGTERM)
         agent.wait(120)
         agent = None
         after = pgbench(cluster, args.seconds)
-        summary = test["summary"] or {}
-        assert isinstance(summary, dict)
-        print(f"sample scale {args.scale}; pgbench tpcb-like, scale 1, 2 clients, {args.seconds} s")
-        print(f"{'run':<28}{'tps':>10}")
-        print(f"{'without agent':<28}{before:>10.1f}")
-        print(f"{'with agent (streaming)':<28}{with_agent:>10.1f}")
-        print(f"{'without agent again':<28}{after:>10.1f}")
-        base = (before + after) / 2
-        print(f"overhead vs mean baseline: {100 * (base - with_agent) / base:.1f} %")
-        print(
-            f"restore test: {test['event']}; proven RTO {summary.get('proven_rto_s')} s; "
-            f"steps {summary.get('steps')}; detail: {summary.get('detail')}"
-        )
+        report(args, (before, with_agent, after), test)
     finally:
         if agent is not None:
             agent.kill()
