@@ -102,16 +102,49 @@ def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
 
 
 @pytest.mark.slow
-def test_a_setting_pinned_on_the_command_line_is_a_degrade_not_a_wait(walenv: WalEnv) -> None:
-    """synchronous_standby_names given on the server's command line (as pgdr starts a restored
-    copy) cannot be changed by ALTER SYSTEM: the streamer says once that commits do not wait,
-    raises the degrade, and never claims they wait."""
-    w = walenv
+def _start_as_a_copy(w: WalEnv) -> None:
+    """Restart the cluster as pgdr starts a restored copy: no synchronous standby, on the
+    server's command line."""
     meta = json.loads(w.cluster.meta_file.read_text())
     meta.setdefault("server_options", {})["synchronous_standby_names"] = ""
     w.cluster.meta_file.write_text(json.dumps(meta))
     w.cluster.stop()
     w.cluster.start()
+
+
+def test_a_copy_started_as_primary_makes_commits_wait(walenv: WalEnv) -> None:
+    """``pgdr cluster start NAME --as-primary``: refused while the copy runs; once stopped, it
+    starts without the copy's options, for good, and the synchronous streamer makes commits
+    wait on it."""
+    w = walenv
+    _start_as_a_copy(w)
+    name = w.cluster.name
+    running = w.cli("cluster", "start", name, "--as-primary")
+    assert running.code == 2 and "stop it first" in running.stderr, running.stderr
+    w.cluster.stop()
+    started = w.cli("cluster", "start", name, "--as-primary", "--json")
+    assert started.code == 0, started.stderr
+    data = json.loads(started.stdout)
+    assert data["dropped_options"] == ["synchronous_standby_names"]
+    assert data["settings"]["synchronous_standby_names"]["source"] != "command line"
+    assert data["settings"]["archive_mode"]["source"] != "command line"
+    w.cluster.stop()
+    w.cluster.start()  # a later start keeps it a primary
+    stream = w.start_stream("--synchronous")
+    try:
+        w.wait_for(lambda: sync_state(w) == "sync", what="a synchronous standby")
+        assert "commits now wait" in w.stream_log()
+        assert "command line" not in w.stream_log()
+    finally:
+        w.stop_stream(stream)
+
+
+def test_a_setting_pinned_on_the_command_line_is_a_degrade_not_a_wait(walenv: WalEnv) -> None:
+    """synchronous_standby_names given on the server's command line (as pgdr starts a restored
+    copy) cannot be changed by ALTER SYSTEM: the streamer says once that commits do not wait,
+    raises the degrade, and never claims they wait."""
+    w = walenv
+    _start_as_a_copy(w)
     stream = w.start_stream("--synchronous")
     try:
         w.wait_for(lambda: "command line" in w.stream_log(), what="the pinned setting reported")

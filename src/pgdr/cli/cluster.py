@@ -15,6 +15,7 @@ from pgdr.cluster.registry import list_clusters, remove_cluster
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, err_console
 from pgdr.restore.staging import cleanup as cleanup_restores
+from pgdr.restore.start import start_as_primary
 
 app = typer.Typer(
     help="The local clusters pgdr runs: the embedded default and those restores started.",
@@ -56,6 +57,15 @@ def start(
     port: Annotated[
         int | None, typer.Option(help="Start on this port from now on.", min=1, max=65535)
     ] = None,
+    as_primary: Annotated[
+        bool,
+        typer.Option(
+            "--as-primary",
+            help="Start a restored copy as the new primary, from now on: its own configuration "
+            "decides WAL archiving and synchronous standbys (a copy runs with archive_mode=off "
+            "and no synchronous standby). The cluster must be stopped.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Start a cluster (with pgdr's port and socket; its own configuration otherwise)."""
@@ -64,13 +74,17 @@ def start(
         if cluster.status().running:
             raise ConfigError(f"Cluster {name!r} is running on port {cluster.port}; stop it first.")
         cluster.set_port(port)
-    notes = cluster.start()
-    data = cluster.status().as_dict() | {"url": cluster.conninfo(), "notes": notes}
+    started = start_as_primary(cluster) if as_primary else {"notes": cluster.start()}
+    data = cluster.status().as_dict() | {"url": cluster.conninfo()} | started
 
     def render() -> None:
-        for note in notes:
+        for note in data["notes"]:
             err_console.print(f"[yellow]{escape(note)}[/]")
         console.print(f"Started cluster {escape(name)} on port {cluster.port}.")
+        for setting, found in data.get("settings", {}).items():
+            console.print(
+                f"  {setting} = {escape(repr(found['value']))} (from {escape(found['source'])})"
+            )
         console.print(f"URL: {escape(cluster.conninfo())}")
 
     emit(data, as_json, render)

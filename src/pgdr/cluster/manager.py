@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -321,6 +322,18 @@ class LocalCluster:
         if "server_options" not in meta:
             self._append_config(f"port = {port}\n")
         self._write_meta(meta)
+
+    def drop_server_options(self, names: Iterable[str]) -> list[str]:
+        """Stop giving the server the options ``names`` when pgdr starts it: from its next
+        start on, its own configuration decides them. Returns those it was given."""
+        meta = self._meta()
+        options: dict[str, str] = meta.get("server_options") or {}
+        dropped = [name for name in names if name in options]
+        for name in dropped:
+            del options[name]
+        if dropped:
+            self._write_meta(meta)
+        return dropped
 
     def start(self, timeout: float = START_TIMEOUT_S) -> list[str]:
         """Start the server and wait until it accepts connections; returns notes to show."""

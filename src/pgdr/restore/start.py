@@ -5,14 +5,22 @@ settings (a free port, a private socket directory, 127.0.0.1 only, WAL archiving
 restored copy never archives into the repository of the server it was copied from, and no
 synchronous standby it does not have) are given on the server's command line when pgdr starts
 it. The same directory started by a plain ``pg_ctl`` runs with the original configuration.
+
+A copy that is to become the new primary (runbook scenario 1: the original is gone) is started
+once with ``pgdr cluster start NAME --as-primary``: from then on pgdr no longer gives it the two
+options that keep it a copy, and its own configuration decides whether it archives WAL and which
+synchronous standbys commits wait for (``pgdr wal stream --synchronous`` can then make them wait).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pgdr.cluster import LocalCluster, installation_for_major
 from pgdr.config import PgdrSettings
+from pgdr.core.connect import connect
+from pgdr.core.errors import ConfigError
 
 SAFE_OPTIONS = {"archive_mode": "off", "synchronous_standby_names": ""}
 
@@ -57,3 +65,28 @@ def start_restored(
     cluster = adopt_restored(settings, data_dir, pg_major, cluster_dir, port=port)
     cluster.start()
     return {"url": cluster.conninfo(), "port": cluster.port, "cluster_dir": str(cluster_dir)}
+
+
+def start_as_primary(cluster: LocalCluster) -> dict[str, Any]:
+    """Start the stopped ``cluster`` as a primary: without the options that keep a restored
+    copy a copy, from now on. Returns the settings it now runs with and where they come from."""
+    if cluster.status().running:
+        raise ConfigError(
+            f"Cluster {cluster.name!r} is running; stop it first (`pgdr cluster stop "
+            f"{cluster.name}`): it becomes a primary at its next start."
+        )
+    dropped = cluster.drop_server_options(SAFE_OPTIONS)
+    notes = cluster.start()
+    with connect(cluster.conninfo()) as conn:
+        rows = conn.execute(
+            "SELECT name, setting, source FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+            (list(SAFE_OPTIONS),),
+        ).fetchall()
+    return {
+        "name": cluster.name,
+        "url": cluster.conninfo(),
+        "port": cluster.port,
+        "dropped_options": dropped,
+        "settings": {name: {"value": value, "source": source} for name, value, source in rows},
+        "notes": notes,
+    }
