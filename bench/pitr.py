@@ -17,8 +17,8 @@ exercises restoring across timelines. A copy restored by pgdr starts with
 ``archive_mode = off`` and ``synchronous_standby_names = ''`` on its command line (it must never
 archive into the repository it came from, nor wait for a standby it does not have); the next
 mode makes it the primary it is in this story, so it is restarted without those two options
-first (:func:`as_new_primary`), or neither synchronous streaming nor pgBackRest's archiving
-could work on it.
+first (:func:`as_new_primary`: what ``pgdr cluster start --as-primary`` does), or neither
+synchronous streaming nor pgBackRest's archiving could work on it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import psycopg
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
 from pgdr.crypto.keys import generate_key_text
+from pgdr.restore.start import SAFE_OPTIONS, start_as_primary
 
 SCRIPT = """\\set n :n + 1
 INSERT INTO bench_log (client, n) VALUES (:client_id, :n);
@@ -159,16 +160,13 @@ def fresh_log_table(cluster: LocalCluster) -> None:
 
 
 def as_new_primary(cluster: LocalCluster) -> None:
-    """Restart a copy pgdr restored without the start options that keep it a mere copy."""
+    """Restart a copy pgdr restored as the primary it is in this story, as an operator does
+    (``pgdr cluster start NAME --as-primary``); a cluster that is no copy is left running."""
     meta = json.loads(cluster.meta_file.read_text())
-    options = meta.get("server_options") or {}
-    if not {"archive_mode", "synchronous_standby_names"} & set(options):
+    if not SAFE_OPTIONS.keys() & set(meta.get("server_options") or {}):
         return
-    for name in ("archive_mode", "synchronous_standby_names"):
-        options.pop(name, None)
-    cluster.meta_file.write_text(json.dumps(meta, indent=2))
     cluster.stop()
-    cluster.start()
+    start_as_primary(cluster)
 
 
 def run_pgdr(
