@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -71,6 +72,39 @@ def _wal_objects(w: WalEnv) -> list[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("streamer", ["stopped", "frozen"])
+def test_latest_after_a_backup_the_streamer_did_not_see_end(walenv: WalEnv, streamer: str) -> None:
+    """The repository's WAL ends before a backup does: the streamer stopped before it
+    (nothing of the backup's WAL uploaded), or froze mid-segment (a partial of the backup's
+    segment that ends before the backup does). ``restore --latest`` recovers with the backup's
+    own copy of its WAL and says so, instead of refusing ("a gap") or replaying the
+    zero-padded partial and ending before the backup is consistent ("WAL ends before end of
+    online backup": what the agent's restore test hit right after a backup)."""
+    w = walenv
+    stream = w.start_stream()
+    try:
+        w.insert(10)
+        wait_streamed(w)
+        if streamer == "stopped":
+            w.stop_stream(stream)
+        else:
+            os.kill(stream.pid, signal.SIGSTOP)  # pg_receivewal runs on; nothing is uploaded
+        w.insert(10)
+        backup_id = backup(w)
+        everything = ids(w.conninfo)
+        restored = restore(w, "--latest")
+    finally:
+        if stream.poll() is None:
+            os.kill(stream.pid, signal.SIGCONT)
+            w.stop_stream(stream)
+    try:
+        assert restored["backup_id"] == backup_id
+        assert ids(restored["url"]) == everything
+        assert any("the backup's own" in n for n in restored["notes"]), restored["notes"]
+    finally:
+        stop_restored(w, restored)
+
+
 def test_latest_says_loudly_when_the_repository_lost_its_newest(walenv18: WalEnv) -> None:
     w = walenv18
     stream = w.start_stream()

@@ -71,7 +71,7 @@ from pgdr.wal.names import (
 )
 from pgdr.wal.server import current_timeline
 from pgdr.wal.status import newest_wal_time
-from pgdr.wal.transfer import fetch_bytes
+from pgdr.wal.transfer import fetch_segment
 
 log = logger(__name__)
 
@@ -348,7 +348,7 @@ def plan_pitr(
         _check_window(target_time, window_start, window_end)
     chosen = _choose_backup(repo, backups, target, backup_id, target_lsn, target_time, notes)
     tli = choose_timeline(chain, chosen.timeline, parse_lsn(chosen.start_lsn), timeline)
-    segments = _needed_wal(chain, archive.segment_size, chosen, tli, target, target_lsn)
+    segments = _needed_wal(chain, archive.segment_size, chosen, tli, target, target_lsn, notes)
     histories = sorted(n for n, _s in archive.names() if is_history(n))
     plan = PitrPlan(
         target=target,
@@ -373,8 +373,13 @@ def _needed_wal(
     tli: int,
     target: Target,
     target_lsn: int | None,
+    notes: list[str],
 ) -> list[tuple[Segment, bool]]:
-    """The WAL from the backup's start along ``tli``, checked to cover the backup and target."""
+    """The WAL from the backup's start along ``tli``, checked to cover the backup and target.
+
+    For ``--latest`` the repository's WAL may end before the backup does (a streamer that was
+    down or behind while it ran): the backup holds its own WAL (in ``pg_wal``), which
+    PostgreSQL reads where the restore command has none, so it is restored to its own end."""
     base_lsn = parse_lsn(chosen.start_lsn)
     if target_lsn is not None and target_lsn < base_lsn:
         raise CheckFailed(f"{target.describe()} is before backup {chosen.id} starts.")
@@ -382,10 +387,16 @@ def _needed_wal(
     segments = chain.needed(tli, base_lsn, None, use_partial=True, required_until=required_until)
     last_seg = segments[-1][0].segno if segments else None
     stop_seg = segment_of_lsn(parse_lsn(chosen.stop_lsn), size)
-    if last_seg is None or last_seg < stop_seg:
+    if (last_seg is None or last_seg < stop_seg) and target.kind != "latest":
         raise CheckFailed(
             f"The WAL of backup {chosen.id} (up to {chosen.stop_lsn}) is not in the repository."
         )
+    if last_seg is None or last_seg < stop_seg:
+        notes.append(
+            f"The repository's WAL ends before backup {chosen.id} does ({chosen.stop_lsn}): "
+            "recovered with the backup's own WAL, to the end of the backup."
+        )
+        return segments
     if target_lsn is not None and target_lsn > (last_seg + 1) * size:
         raise CheckFailed(
             f"{target.describe()} is after the newest WAL on timeline {tli} "
@@ -454,16 +465,22 @@ def fetch_wal(
     progress: Progress | None = None,
     workers: int = 2,
 ) -> int:
-    """Fetch and authenticate every planned WAL file into ``spool``; returns bytes written."""
+    """Fetch and authenticate every planned WAL file into ``spool``; returns bytes written.
+
+    A partial segment that ends before the backup does (a streamer that was down or behind
+    while the backup ran) is left out: served zero-padded, it would end recovery before the
+    backup is consistent, and the backup holds its own copy of that segment (in ``pg_wal``),
+    which PostgreSQL reads when the restore command has none."""
     spool.mkdir(mode=0o700, parents=True)
     size = archive.segment_size
+    backup_end = parse_lsn(plan.backup.stop_lsn)
     total = 0
 
-    def get(item: tuple[Segment, bool]) -> tuple[str, bytes]:
+    def get(item: tuple[Segment, bool]) -> tuple[str, bytes | None]:
         seg, partial = item
         name = seg.name(size)
         try:
-            return name, fetch_bytes(archive, name, allow_partial=partial)
+            data, received = fetch_segment(archive, name, allow_partial=partial)
         except ObjectNotFound:
             raise CheckFailed(
                 f"WAL segment {name} vanished from the repository during the restore."
@@ -473,10 +490,20 @@ def fetch_wal(
                 f"WAL segment {name} in the repository is damaged "
                 f"({exc.message.split(': ', 1)[-1].rstrip('.')}); nothing was restored."
             ) from None
+        if partial and seg.start_lsn(size) + received < backup_end:
+            plan.notes.append(
+                f"The repository's WAL ends at {format_lsn(seg.start_lsn(size) + received)}, "
+                f"before backup {plan.backup.id} does ({plan.backup.stop_lsn}): recovered with "
+                f"the backup's own copy of {name}, to the end of the backup's WAL."
+            )
+            return name, None
+        return name, data
 
     for name in plan.histories:
         (spool / name).write_bytes(archive.get(name))
     for name, data in parallel_map(get, plan.segments, workers):
+        if data is None:
+            continue
         (spool / name).write_bytes(data)
         total += len(data)
         if progress:

@@ -101,7 +101,8 @@ class Chain:
 
         Each entry says whether it comes from a ``.partial``. A missing segment up to
         ``required_until`` (a segment number; all of them when None) is a CheckFailed naming
-        it; past that, the list simply ends before the gap.
+        it; past that, the list simply ends before the gap. Without ``end_lsn`` and
+        ``required_until``, WAL that all ends before ``start_lsn`` gives an empty list.
         """
         path = self.ancestry(tli)
         first = segment_of_lsn(start_lsn, self.segment_size)
@@ -117,10 +118,8 @@ class Chain:
         )
         if end_lsn is not None:
             last = segment_of_lsn(end_lsn, self.segment_size)
-        elif newest is not None:
-            last = max(newest, first)
-        else:
-            last = first
+        else:  # the newest there is: none when all of it is older than ``start_lsn``
+            last = first - 1 if newest is None else max(newest, first - 1)
         if required_until is not None:
             last = max(last, required_until)
         result: list[tuple[Segment, bool]] = []

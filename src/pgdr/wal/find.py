@@ -422,6 +422,8 @@ def find_changes(
     tli = info.timeline
     start = _start_segment(chain, tli, backups, since)
     segments = chain.needed(tli, start * chain.segment_size, None, use_partial=True)
+    if not segments:
+        raise CheckFailed("The repository holds no WAL of this server to search.")
     tool = installation_for_major(info.major).tool("pg_waldump")
     reader = _Reader(file)
     with private_dir("pgdr-walfind-") as tmp:

@@ -38,13 +38,20 @@ def push_file(archive: WalArchive, path: Path) -> PushResult:
 
 def fetch_bytes(archive: WalArchive, name: str, allow_partial: bool = False) -> bytes:
     """A WAL file's content, verified; a full segment may come from its ``.partial``."""
+    return fetch_segment(archive, name, allow_partial)[0]
+
+
+def fetch_segment(archive: WalArchive, name: str, allow_partial: bool) -> tuple[bytes, int]:
+    """Like :func:`fetch_bytes`, with how many bytes of it are WAL: all of a complete file,
+    the received part of a ``.partial`` (the rest is zeros, which PostgreSQL replays up to)."""
     try:
-        return archive.get(name)
+        data = archive.get(name)
+        return data, len(data)
     except ObjectNotFound:
         if not (allow_partial and is_segment(name)):
             raise
     data = archive.get_partial(name)
-    return data.ljust(archive.segment_size, b"\0")
+    return data.ljust(archive.segment_size, b"\0"), len(data)
 
 
 def fetch_file(archive: WalArchive, name: str, dest: Path, allow_partial: bool = False) -> int:
