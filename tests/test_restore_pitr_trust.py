@@ -16,7 +16,9 @@ import psycopg
 import pytest
 
 from fixtures.wal import WalEnv
-from pgdr.wal.names import parse_lsn, parse_segment, segment_of_lsn
+from pgdr.backup.repository import repository_at
+from pgdr.wal.archive import repository_archive
+from pgdr.wal.names import is_partial, parse_lsn, parse_segment, partial_piece, segment_of_lsn
 from test_pitr import backup, ids, restore, stop_restored, wait_streamed
 
 
@@ -101,6 +103,41 @@ def test_latest_after_a_backup_the_streamer_did_not_see_end(walenv: WalEnv, stre
         assert restored["backup_id"] == backup_id
         assert ids(restored["url"]) == everything
         assert any("the backup's own" in n for n in restored["notes"]), restored["notes"]
+    finally:
+        stop_restored(w, restored)
+
+
+def test_latest_ignores_a_partial_that_ends_before_the_backup(walenv18: WalEnv) -> None:
+    """The repository's last WAL is a partial of the backup's own last segment that ends
+    before the backup does (the streamer had not uploaded the rest when a restore test ran
+    right after the backup): ``restore --latest`` leaves the partial out and recovers with the
+    backup's own copy of the segment. Served zero-padded, it ended recovery before the backup
+    was consistent ("WAL ends before end of online backup")."""
+    w = walenv18
+    stream = w.start_stream()
+    w.insert(10)
+    backup_id = backup(w)
+    everything = ids(w.conninfo)
+    wait_streamed(w)
+    w.stop_stream(stream)
+    stop = parse_lsn(json.loads(w.cli("backup", "show", backup_id, "--json").stdout)["stop_lsn"])
+    size = 16 * 2**20
+    last = segment_of_lsn(stop, size)
+    archive = repository_archive(repository_at(str(w.repo), w.cluster.settings))
+    name = next(
+        p.name[:24] for p in _wal_objects(w) if parse_segment(p.name[:24], size).segno == last
+    )
+    whole = archive.get(name) if not is_partial(name) else archive.get_partial(name)
+    for path in _wal_objects(w):  # the repository ends inside the backup's last segment
+        if parse_segment(path.name[:24], size).segno >= last:
+            path.unlink()
+    archive.push(partial_piece(name, 0), whole[: max(64, (stop % size) // 2)])
+
+    restored = restore(w, "--latest", "--accept-rollback")
+    try:
+        assert restored["backup_id"] == backup_id
+        assert everything <= ids(restored["url"])
+        assert any(f"the backup's own copy of {name}" in n for n in restored["notes"]), restored
     finally:
         stop_restored(w, restored)
 
