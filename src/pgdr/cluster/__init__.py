@@ -13,7 +13,7 @@ from pgdr.cluster.installation import (
     find_installations,
     installation_for_major,
 )
-from pgdr.cluster.manager import ClusterStatus, LocalCluster, default_cluster
+from pgdr.cluster.manager import ClusterStatus, LocalCluster, default_cluster, fatal_reason
 from pgdr.cluster.ports import find_free_port, port_in_use
 from pgdr.cluster.target import resolve_target
 
@@ -23,6 +23,7 @@ __all__ = [
     "PgInstallation",
     "choose_installation",
     "default_cluster",
+    "fatal_reason",
     "find_free_port",
     "find_installations",
     "installation_for_major",

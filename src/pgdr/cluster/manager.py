@@ -353,7 +353,7 @@ class LocalCluster:
         )
         if result.returncode != 0:
             raise RuntimeFailure(
-                f"The server of cluster {self.name!r} did not start: {_fatal_reason(self.log_file)}"
+                f"The server of cluster {self.name!r} did not start: {fatal_reason(self.log_file)}"
             )
         return notes
 
@@ -423,7 +423,7 @@ def _server_options(meta: dict[str, Any]) -> list[str]:
     return ["-o", " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())]
 
 
-def _fatal_reason(log_file: Path) -> str:
+def fatal_reason(log_file: Path) -> str:
     """Why the server stopped, from the last FATAL or PANIC line of its log."""
     try:
         lines = log_file.read_text(errors="replace").splitlines()

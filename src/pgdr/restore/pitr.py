@@ -41,7 +41,7 @@ import psycopg
 from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
 from pgdr.backup.seen import remember_wal, seen
-from pgdr.cluster import LocalCluster
+from pgdr.cluster import LocalCluster, fatal_reason
 from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.log import logger
@@ -606,7 +606,7 @@ def _recover(
             ) from None
         else:
             raise RuntimeFailure(
-                f"The restored server stopped during recovery; see {cluster.log_file}."
+                f"The restored server stopped during recovery: {fatal_reason(cluster.log_file)}"
             ) from None
 
 
