@@ -387,11 +387,11 @@ def _needed_wal(
     segments = chain.needed(tli, base_lsn, None, use_partial=True, required_until=required_until)
     last_seg = segments[-1][0].segno if segments else None
     stop_seg = segment_of_lsn(parse_lsn(chosen.stop_lsn), size)
-    if (last_seg is None or last_seg < stop_seg) and target.kind != "latest":
-        raise CheckFailed(
-            f"The WAL of backup {chosen.id} (up to {chosen.stop_lsn}) is not in the repository."
-        )
     if last_seg is None or last_seg < stop_seg:
+        if target.kind != "latest":
+            raise CheckFailed(
+                f"The WAL of backup {chosen.id} (up to {chosen.stop_lsn}) is not in the repository."
+            )
         notes.append(
             f"The repository's WAL ends before backup {chosen.id} does ({chosen.stop_lsn}): "
             "recovered with the backup's own WAL, to the end of the backup."
@@ -490,9 +490,10 @@ def fetch_wal(
                 f"WAL segment {name} in the repository is damaged "
                 f"({exc.message.split(': ', 1)[-1].rstrip('.')}); nothing was restored."
             ) from None
-        if partial and seg.start_lsn(size) + received < backup_end:
+        end = seg.start_lsn(size) + received
+        if partial and end < backup_end:
             plan.notes.append(
-                f"The repository's WAL ends at {format_lsn(seg.start_lsn(size) + received)}, "
+                f"The repository's WAL ends at {format_lsn(end)}, "
                 f"before backup {plan.backup.id} does ({plan.backup.stop_lsn}): recovered with "
                 f"the backup's own copy of {name}, to the end of the backup's WAL."
             )
