@@ -48,6 +48,14 @@ DeltaOption = Annotated[
         help="Rewrite only what differs in the existing data directory --to (with --force).",
     ),
 ]
+ByWalOption = Annotated[
+    bool,
+    typer.Option(
+        "--by-wal",
+        help="With --delta: find the changed pages in the WAL instead of reading every page, "
+        "where the WAL can say (see docs/backups.md); the report says what was left unread.",
+    ),
+]
 AsStandbyOption = Annotated[
     bool,
     typer.Option(
@@ -85,6 +93,7 @@ def restore(
     new_cluster: pitr.NewClusterOption = False,
     check_files: CheckFilesOption = False,
     delta: DeltaOption = False,
+    by_wal: ByWalOption = False,
     workers: WorkersOption = None,
     as_standby: AsStandbyOption = False,
     primary_conninfo_env: PrimaryConninfoEnvOption = None,
@@ -100,6 +109,8 @@ def restore(
     target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     to_point = target is not None or new_cluster
     _check_standby_options(as_standby, primary_conninfo_env, to_point or delta)
+    if by_wal and not delta:
+        raise ConfigError("--by-wal goes with --delta.")
     if to_point:
         pitr.restore_to_point(
             target, backup_id, to, repo_name, new_cluster, start, force, port, timeline,
@@ -112,8 +123,9 @@ def restore(
         )
     repo = open_repo(repo_name)
     manifest = repo.read_manifest(repo.resolve_id(backup_id))
+    how = ("by-wal" if by_wal else "delta") if delta else None
     result = _lay_down(
-        repo, manifest, to, force, delta, primary_conninfo_env, check_files, workers, as_json
+        repo, manifest, to, force, how, primary_conninfo_env, check_files, workers, as_json
     )
     data: dict[str, Any] = result.as_dict() | {"standby": as_standby}
     if start:
@@ -127,19 +139,21 @@ def _lay_down(
     manifest: Manifest,
     to: Path,
     force: bool,
-    delta: bool,
+    delta: str | None,
     conninfo_env: str | None,
     check_files: bool,
     workers: int | None,
     as_json: bool,
 ) -> RestoreResult:
-    """The backup's files into ``to``: in full, as a delta, or configured as a standby."""
+    """The backup's files into ``to``: in full, as a delta (``"delta"``, or ``"by-wal"``: its
+    changed pages found in the WAL), or configured as a standby."""
     total = sum(m.stream_size for m in backup_chain(repo, manifest))
     with progress_bar(f"Restoring {manifest.id}", total, enabled=not as_json) as advance:
         if delta:
             return delta_restore(
-                repo, manifest.id, to, force=force, progress=advance, workers=workers
-            )
+                repo, manifest.id, to, force=force, progress=advance, workers=workers,
+                by_wal=delta == "by-wal",
+            )  # fmt: skip
         if conninfo_env is not None:
             return restore_as_standby(
                 repo, manifest.id, to, conninfo_env, force=force, progress=advance,

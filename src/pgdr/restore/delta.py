@@ -30,7 +30,9 @@ import shutil
 import stat
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
@@ -52,6 +54,7 @@ from pgdr.restore.base import (
     unchecked_files,
 )
 from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout
+from pgdr.restore.walmap import ChangedPages, NoMap, changed_pages
 
 PAGE = 8192
 CONTROL = "global/pg_control"
@@ -110,10 +113,35 @@ def _pages_differing(present: memoryview, wanted: memoryview, at: int) -> list[t
 
 
 class _DeltaWriter(_ChunkWriter):
-    """Writes only the pages of a chunk that differ from what the file already holds."""
+    """Writes only the pages of a chunk that differ from what the file already holds; of a file
+    in ``pages``, only the pages listed there, unread (the WAL names them: see ``walmap``)."""
 
     lock = threading.Lock()
     written = 0
+
+    def __init__(
+        self,
+        repo: Repository,
+        manifest: Manifest,
+        data_key: DataKey,
+        target: Path,
+        files: list[FileEntry],
+        beneath: Beneath,
+        pages: dict[str, list[int]],
+    ) -> None:
+        super().__init__(repo, manifest, data_key, target, files, beneath)
+        self.pages = pages
+        size = manifest.chunk_size
+        for entry in files:
+            wanted = pages.get(entry.path)
+            if wanted is None:
+                continue
+            keep = {
+                (entry.offset + p * PAGE + edge) // size for p in wanted for edge in (0, PAGE - 1)
+            }
+            for index in manifest.chunks_of(entry):
+                if index not in keep:
+                    self.holders[index].remove(entry)
 
     def _write(
         self, fds: dict[str, int], entry: FileEntry, view: memoryview, position: int, end: int
@@ -128,15 +156,34 @@ class _DeltaWriter(_ChunkWriter):
                 raise RuntimeFailure(f"{entry.path} in {self.target} changed during the restore.")
         at = low - entry.offset
         wanted = view[low - position : high - position]
+        listed = self.pages.get(entry.path)
+        if listed is not None:
+            self._count(_write_pages(fd, listed, at, wanted))
+            return None  # not all of the file passes here: its digest cannot be checked
         present = memoryview(self.buffer("present"))[: len(wanted)]
         if os.preadv(fd, [present], at) != len(wanted):
             raise RuntimeFailure(f"{entry.path} in {self.target} changed size during the restore.")
         count = 0
         for start, stop in _pages_differing(present, wanted, at):
             count += pwrite_all(fd, wanted[start:stop], at + start)
-        with self.lock:
-            self.written += count
+        self._count(count)
         return at, wanted
+
+    def _count(self, written: int) -> None:
+        with self.lock:
+            self.written += written
+
+
+def _write_pages(fd: int, pages: list[int], at: int, wanted: memoryview) -> int:
+    """Write the parts of ``pages`` (sorted page numbers) that ``wanted``, the file's bytes from
+    offset ``at``, holds; returns the bytes written."""
+    count, end = 0, at + len(wanted)
+    for page in pages[bisect_left(pages, at // PAGE) :]:
+        start, stop = max(page * PAGE, at), min((page + 1) * PAGE, end)
+        if start >= end:
+            break
+        count += pwrite_all(fd, wanted[start - at : stop - at], start)
+    return count
 
 
 def _kind(item: os.DirEntry[str]) -> str:
@@ -214,11 +261,25 @@ def _own_file(beneath: Beneath, entry: FileEntry, owner: ServiceUser) -> int:
     return fd
 
 
-def _differs(beneath: Beneath, manifest: Manifest, entry: FileEntry, owner: ServiceUser) -> bool:
-    """Whether ``entry`` must be (re)written; creates or truncates it to its size if so."""
+Verdict = bool | list[int]  # unchanged, compare with the backup, or rewrite these pages
+
+
+def _verdict(
+    beneath: Beneath,
+    manifest: Manifest,
+    entry: FileEntry,
+    owner: ServiceUser,
+    changes: ChangedPages | None,
+) -> Verdict:
+    """Whether ``entry`` must be (re)written (``True``: compared page by page with its chunks),
+    or the pages the WAL says changed; creates the file or truncates it to its size if needed."""
     fd = _own_file(beneath, entry, owner)
     try:
         size = os.fstat(fd).st_size
+        if size == entry.size and changes is not None:
+            pages = changes.pages_of(entry.path)
+            if pages is not None:
+                return pages or False
         if size == entry.size and size > HASH_BELOW:
             return True  # compared page by page against its chunks: one read instead of two
         if size == entry.size:
@@ -258,11 +319,25 @@ def _remove_control(beneath: Beneath) -> None:
             raise  # else missing, or beneath something the sweep replaces: nothing to remove
 
 
+@dataclass
+class _Outcome:
+    """What a delta restore did: the files it (re)wrote, all the backup's files, entries
+    removed, chunks read, bytes written, and files left unread because the WAL names no page."""
+
+    changed: list[FileEntry] = field(default_factory=list)
+    files: list[FileEntry] = field(default_factory=list)
+    removed: int = 0
+    read: int = 0
+    written: int = 0
+    unread: int = 0
+    by_pages: int = 0
+
+
 def _write_changed(
     writer: _DeltaWriter, files: list[FileEntry], workers: int, progress: Progress | None
 ) -> tuple[int, int]:
-    """Write the writer's files (chunks in parallel), check their sizes and digests, and put
-    them on disk; returns (chunks read, bytes written)."""
+    """Write the writer's files (chunks in parallel), check their sizes and the digests of those
+    written whole, and put them on disk; returns (chunks read, bytes written)."""
     indexes = [i for i, holders in enumerate(writer.holders) if holders]
     for size in parallel_map(writer, indexes, workers):
         if progress:
@@ -270,9 +345,33 @@ def _write_changed(
     for entry in files:
         if (writer.target / entry.path).lstat().st_size != entry.size:
             raise DamagedBackup(f"{entry.path} was not restored to its recorded size.")
-    check_digests(writer.manifest, writer.mismatched(files))
+    check_digests(
+        writer.manifest, writer.mismatched([f for f in files if f.path not in writer.pages])
+    )
     sync_filesystem(writer.target)
     return len(indexes), writer.written
+
+
+def _rewrite_group(
+    writer_of: Callable[[list[FileEntry], dict[str, list[int]]], _DeltaWriter],
+    check: Callable[[FileEntry], Verdict],
+    group: list[FileEntry],
+    changes: ChangedPages | None,
+    workers: int,
+    progress: Progress | None,
+    outcome: _Outcome,
+) -> None:
+    """Decide, then write, one group of files (see :func:`_rewrite`)."""
+    verdicts = list(zip(group, parallel_map(check, group, workers), strict=True))
+    differing = [f for f, verdict in verdicts if verdict is not False]
+    pages = {f.path: v for f, v in verdicts if isinstance(v, list)}
+    chunks, count = _write_changed(writer_of(differing, pages), differing, workers, progress)
+    outcome.changed += differing
+    outcome.read, outcome.written = outcome.read + chunks, outcome.written + count
+    outcome.by_pages += len(pages)
+    if changes is not None:  # unchanged by the WAL's word (a file compared has a verdict)
+        unread = [f for f, v in verdicts if v is False and changes.pages_of(f.path) is not None]
+        outcome.unread += len(unread)
 
 
 def _rewrite(
@@ -283,26 +382,56 @@ def _rewrite(
     owner: ServiceUser,
     workers: int,
     progress: Progress | None,
-) -> tuple[list[FileEntry], list[FileEntry], int, int, int]:
-    """Clean, lay out and rewrite ``target``; (changed files, all files, entries removed,
-    chunk reads, bytes written)."""
+    changes: ChangedPages | None,
+) -> _Outcome:
+    """Clean, lay out and rewrite ``target``."""
+    outcome = _Outcome()
     with Beneath(target) as beneath:
         _remove_control(beneath)
-        removed = _remove_extra(beneath, {f.path: f for f in manifest.files})
-        files = _lay_out(beneath, manifest, owner)
-        changed: list[FileEntry] = []
-        read, written = 0, 0
+        outcome.removed = _remove_extra(beneath, {f.path: f for f in manifest.files})
+        outcome.files = _lay_out(beneath, manifest, owner)
+
+        def writer_of(files: list[FileEntry], pages: dict[str, list[int]]) -> _DeltaWriter:
+            return _DeltaWriter(repo, manifest, data_key, target, files, beneath, pages)
+
+        def check(entry: FileEntry) -> Verdict:
+            return _verdict(beneath, manifest, entry, owner, changes)
+
         # pg_control alone and last: created only once every other file is in place
         for group in (
-            [f for f in files if f.path != CONTROL],
-            [f for f in files if f.path == CONTROL],
+            [f for f in outcome.files if f.path != CONTROL],
+            [f for f in outcome.files if f.path == CONTROL],
         ):
-            checks = parallel_map(lambda f: _differs(beneath, manifest, f, owner), group, workers)
-            differing = [f for f, differs in zip(group, checks, strict=True) if differs]
-            writer = _DeltaWriter(repo, manifest, data_key, target, differing, beneath)
-            chunks, count = _write_changed(writer, differing, workers, progress)
-            changed, read, written = changed + differing, read + chunks, written + count
-    return changed, files, removed, read, written
+            _rewrite_group(writer_of, check, group, changes, workers, progress, outcome)
+    return outcome
+
+
+def _wal_map(
+    repo: Repository, manifest: Manifest, target: Path, by_wal: bool
+) -> tuple[ChangedPages | None, list[str]]:
+    """With ``by_wal``, the pages the WAL says changed, or a note saying why every page is read."""
+    if not by_wal:
+        return None, []
+    try:
+        return changed_pages(repo, manifest, target), []
+    except NoMap as exc:
+        return None, [f"Every page was read: the WAL cannot say which changed, because {exc}."]
+
+
+def _summary(manifest: Manifest, done: _Outcome, changes: ChangedPages | None) -> list[str]:
+    unchanged = len(done.files) - len(done.changed)
+    notes = [
+        f"Delta: {unchanged} files unchanged, {len(done.changed)} differed "
+        f"({done.read} chunk reads of {len(manifest.chunks)} chunks, {done.written:,} bytes "
+        f"written), {done.removed} entries removed."
+    ]
+    if changes is not None:
+        notes.append(
+            f"By the WAL: {changes.describe()}. {done.unread} relation files were left unread "
+            f"(no page named) and {done.by_pages} had only the named pages rewritten: their "
+            "other pages were not compared, and their digests not checked."
+        )
+    return notes
 
 
 def delta_restore(
@@ -314,8 +443,10 @@ def delta_restore(
     progress: Progress | None = None,
     workers: int | None = None,
     service_user: str | None = None,
+    by_wal: bool = False,
 ) -> RestoreResult:
-    """Make the existing data directory ``target`` byte for byte backup ``backup_id``."""
+    """Make the existing data directory ``target`` byte for byte backup ``backup_id``; with
+    ``by_wal``, the pages to rewrite are found in the WAL where it can say (see ``walmap``)."""
     began = time.monotonic()
     target = target.resolve()
     manifest = repo.read_manifest(repo.resolve_id(backup_id))
@@ -329,10 +460,9 @@ def delta_restore(
     check_layout(manifest.files, manifest.id)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     workers = workers or len(os.sched_getaffinity(0))
+    changes, why = _wal_map(repo, manifest, target, by_wal)
     try:
-        changed, files, removed, read, written = _rewrite(
-            repo, manifest, data_key, target, owner, workers, progress
-        )
+        done = _rewrite(repo, manifest, data_key, target, owner, workers, progress, changes)
     except OSError as exc:
         raise RuntimeFailure(
             f"The delta restore of {target} stopped: {exc.strerror or exc} "
@@ -345,13 +475,8 @@ def delta_restore(
         chain=[manifest.id],
         pg_major=manifest.pg_major,
         pg_version=manifest.pg_version,
-        bytes_restored=written,
-        files=len(changed),
+        bytes_restored=done.written,
+        files=len(done.changed),
         duration_s=time.monotonic() - began,
-        notes=[
-            f"Delta: {len(files) - len(changed)} files unchanged, {len(changed)} differed "
-            f"({read} chunk reads of {len(manifest.chunks)} chunks, {written:,} bytes written), "
-            f"{removed} entries removed.",
-            *notes,
-        ],
+        notes=[*_summary(manifest, done, changes), *why, *notes],
     )

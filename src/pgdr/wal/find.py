@@ -174,12 +174,14 @@ def fetch_window(
     return names
 
 
-def waldump_lines(tool: Path, directory: Path, first: str, last: str) -> Iterator[str]:
-    """``pg_waldump``'s records from ``first`` to ``last``; the end of valid WAL (zeros of a
-    partial segment, a segment still being written) ends the listing, anything else is an error."""
-    proc = runner.start(
-        [tool, "--path", str(directory), first, last], env=dict(os.environ, TZ="UTC")
-    )
+def waldump_lines(
+    tool: Path, directory: Path, args: list[str], recycled: bool = False
+) -> Iterator[str]:
+    """``pg_waldump``'s records (``args``: the segments or LSNs to read); the end of valid WAL
+    (zeros of a partial segment, a segment still being written, a missing segment, and with
+    ``recycled`` an old segment renamed for reuse, as a server's ``pg_wal`` holds) ends the
+    listing, anything else is an error."""
+    proc = runner.start([tool, "--path", str(directory), *args], env=dict(os.environ, TZ="UTC"))
     assert proc.stdout is not None and proc.stderr is not None
     try:
         for raw in proc.stdout:
@@ -194,6 +196,7 @@ def waldump_lines(tool: Path, directory: Path, first: str, last: str) -> Iterato
         "missing contrecord",
         "invalid magic number 0000",
         "record with incorrect prev-link",
+        *(["unexpected pageaddr"] if recycled else []),
     )
     if code != 0 and not any(h in error for h in harmless):
         raise RuntimeFailure(runner.sentence("pg_waldump", error))
@@ -428,7 +431,7 @@ def find_changes(
     reader = _Reader(file)
     with private_dir("pgdr-walfind-") as tmp:
         names = fetch_window(archive, segments, tmp)
-        reader.feed(waldump_lines(tool, tmp, names[0], names[-1]))
+        reader.feed(waldump_lines(tool, tmp, [names[0], names[-1]]))
     from_start = segments[0][0].segno == 1 and segments[0][0].timeline == 1
     from_backup = any(since is not None and m.stop_datetime <= since for m in backups)
     _check_window(archive, reader, since, until, from_start or from_backup)

@@ -1,0 +1,257 @@
+"""Which pages of a data directory changed since a backup, read from the WAL (``restore --delta
+--by-wal``), so that a delta restore need not read every page to find them.
+
+A page of a relation's main fork is only ever changed through a WAL record naming it (with data
+checksums on, hint bits too: the first hint after a checkpoint logs the page). So a page that no
+record names from the earlier of the backup's start and the directory's last checkpoint to the
+end of the directory's WAL holds the same bytes in the backup and in the directory: it is left
+alone, unread. This is what ``pg_rewind`` relies on. ``pg_waldump`` lists the records from the
+directory's own ``pg_wal``, with the repository's copies (opened into a private temporary
+directory) for the segments it no longer has.
+
+The WAL is not trusted for what it does not track, and those files are compared as by the plain
+delta: the other forks (free space and visibility maps, init forks), files that are not relation
+data, relations created or truncated in the window (``Storage`` records), the whole directory of
+a database created or dropped in it (``Database`` records), and any file whose size differs.
+
+The WAL says nothing (and the delta reads every page, with the reason in its report) when the
+directory has no ``pg_control`` (an earlier delta stopped half-way), is another database system
+or on another timeline, runs without data checksums, when the WAL of the window is missing or
+ends before the directory's last checkpoint or the backup's end, when the window holds a
+``Tablespace`` record, or when it is larger than an eighth of the backup's data and 256 MiB
+(reading the files is then quicker than reading the WAL).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgdr.backup.chunks import private_dir
+from pgdr.backup.manifest import Manifest
+from pgdr.backup.repository import Repository
+from pgdr.cluster import installation_for_major
+from pgdr.core import runner
+from pgdr.core.errors import PgdrError, RuntimeFailure
+from pgdr.wal.archive import WalArchive, repository_archive
+from pgdr.wal.chain import Chain
+from pgdr.wal.find import waldump_lines
+from pgdr.wal.names import format_lsn, parse_lsn, segment_name
+from pgdr.wal.transfer import fetch_bytes
+
+DEFAULT_TABLESPACE, GLOBAL_TABLESPACE = 1663, 1664
+WINDOW_SHARE = 8  # the WAL is read only when it is at most 1/8 of the backup's data,
+WINDOW_FLOOR = 256 << 20  # or at most 256 MiB (a second or two of pg_waldump)
+RELATION_FILE = re.compile(
+    r"^(?:base/(?P<db>\d+)|global|pg_tblspc/(?P<spc>\d+)/[^/]+/(?P<tdb>\d+))"
+    r"/(?P<rel>\d+)(?:\.(?P<seg>\d+))?$"
+)
+RECORD = re.compile(r"^rmgr: (\S+)\s.*?, lsn: ([0-9A-F]+/[0-9A-F]+), .*?desc: (.*)$")
+BLOCK = re.compile(r"rel (\d+)/(\d+)/(\d+)(?: fork (\w+))? blk (\d+)")
+DIRECTORY = re.compile(r"(\d+)/(\d+)")
+STORAGE_PATH = re.compile(r"((?:base|global|pg_tblspc)/\S+?)(?:_\w+)?(?:\s|$)")
+
+Relation = tuple[int, int, int]  # tablespace, database, file node
+
+
+class NoMap(PgdrError):
+    """The WAL cannot say which pages changed; the sentence says why."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """What ``pg_controldata`` says of a data directory."""
+
+    system_identifier: str
+    timeline: int
+    redo: int
+    checkpoint: int
+    min_recovery: int
+    checksums: bool
+    block_size: int
+    segment_blocks: int
+    segment_size: int
+
+    @classmethod
+    def parse(cls, text: str) -> Control:
+        fields = {
+            key.strip(): value.strip()
+            for key, _, value in (line.partition(":") for line in text.splitlines())
+        }
+        return cls(
+            system_identifier=fields["Database system identifier"],
+            timeline=int(fields["Latest checkpoint's TimeLineID"]),
+            redo=parse_lsn(fields["Latest checkpoint's REDO location"]),
+            checkpoint=parse_lsn(fields["Latest checkpoint location"]),
+            min_recovery=parse_lsn(fields["Minimum recovery ending location"]),
+            checksums=fields["Data page checksum version"] != "0",
+            block_size=int(fields["Database block size"]),
+            segment_blocks=int(fields["Blocks per segment of large relation"]),
+            segment_size=int(fields["Bytes per WAL segment"]),
+        )
+
+
+def relation_of(path: str) -> tuple[Relation, int] | None:
+    """The relation (main fork) and segment number a data-directory path holds, if any."""
+    match = RELATION_FILE.match(path)
+    if match is None:
+        return None
+    if match["spc"]:
+        relation = (int(match["spc"]), int(match["tdb"]), int(match["rel"]))
+    elif match["db"]:
+        relation = (DEFAULT_TABLESPACE, int(match["db"]), int(match["rel"]))
+    else:
+        relation = (GLOBAL_TABLESPACE, 0, int(match["rel"]))
+    return relation, int(match["seg"] or 0)
+
+
+@dataclass
+class ChangedPages:
+    """The main-fork pages the WAL names from ``start`` to ``end``."""
+
+    start: int
+    segment_blocks: int
+    end: int = 0
+    records: int = 0
+    blocks: dict[Relation, set[int]] = field(default_factory=dict)
+    whole: set[Relation] = field(default_factory=set)  # created or truncated: compared in full
+    databases: set[tuple[int, int]] = field(default_factory=set)  # created or dropped
+
+    def pages_of(self, path: str) -> list[int] | None:
+        """The changed pages (numbered within the file) of ``path``, or None when the WAL does
+        not track the file (compare it in full)."""
+        found = relation_of(path)
+        if found is None:
+            return None
+        relation, segment = found
+        if relation in self.whole or relation[:2] in self.databases:
+            return None
+        low = segment * self.segment_blocks
+        return sorted(
+            b - low for b in self.blocks.get(relation, ()) if low <= b < low + self.segment_blocks
+        )
+
+    def feed(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            match = RECORD.match(line)
+            if match is None:
+                continue
+            rmgr, lsn, desc = match.groups()
+            self.records += 1
+            self.end = max(self.end, parse_lsn(lsn))
+            if rmgr == "Tablespace":
+                raise NoMap(f"the WAL at {lsn} creates or drops a tablespace")
+            if rmgr == "Database":
+                self.databases.update((int(s), int(d)) for s, d in DIRECTORY.findall(desc))
+            elif rmgr == "Storage":
+                self.whole.update(_storage_relations(desc))
+            for spc, db, rel, fork, block in BLOCK.findall(desc):
+                if fork in ("", "main"):
+                    self.blocks.setdefault((int(spc), int(db), int(rel)), set()).add(int(block))
+
+    def describe(self) -> str:
+        pages = sum(len(b) for b in self.blocks.values())
+        return (
+            f"{self.records:,} WAL records from {format_lsn(self.start)} to "
+            f"{format_lsn(self.end)} name {pages:,} pages of {len(self.blocks):,} relations"
+        )
+
+
+def _storage_relations(desc: str) -> set[Relation]:
+    """The relations a ``Storage`` record (CREATE or TRUNCATE) names."""
+    found = set()
+    for path in STORAGE_PATH.findall(desc):
+        relation = relation_of(path)
+        if relation is not None:
+            found.add(relation[0])
+    return found
+
+
+def read_control(manifest: Manifest, target: Path) -> Control:
+    """``pg_controldata`` of ``target`` (by the backup's major version)."""
+    if not (target / "global" / "pg_control").is_file():
+        raise NoMap("it has no global/pg_control (an earlier delta restore stopped half-way?)")
+    tool = installation_for_major(manifest.pg_major).tool("pg_controldata")
+    result = runner.run(
+        [tool, "-D", str(target)], timeout_s=60, check=False, env=dict(os.environ, LC_ALL="C")
+    )
+    if result.returncode != 0:
+        raise NoMap(runner.sentence("pg_controldata", result.stderr))
+    try:
+        return Control.parse(result.stdout)
+    except (KeyError, ValueError) as exc:
+        raise NoMap(f"pg_controldata's report lacks {exc}") from exc
+
+
+def _check_same_history(manifest: Manifest, control: Control) -> None:
+    if control.system_identifier != manifest.system_identifier:
+        raise NoMap(f"it is database system {control.system_identifier}, not the backup's")
+    if control.timeline != manifest.timeline:
+        raise NoMap(f"it is on timeline {control.timeline}, the backup on {manifest.timeline}")
+    if not control.checksums:
+        raise NoMap("it runs without data checksums, so hint bits change pages without WAL")
+
+
+def _open_archive(repo: Repository) -> WalArchive | None:
+    try:
+        return repository_archive(repo)
+    except PgdrError:
+        return None  # no WAL in the repository: the directory's own pg_wal must do
+
+
+def _spool(
+    target: Path, repo: Repository, control: Control, first: int, last: int, into: Path
+) -> None:
+    """Segments ``first`` and on (at least to ``last``) into ``into``: links to the directory's
+    own, else opened from the repository; stops at the first segment neither holds."""
+    archive = _open_archive(repo)
+    chain = Chain.load(archive) if archive is not None else None
+    stored = set()
+    if chain is not None:
+        stored = chain.segments.get(control.timeline, set()) | chain.partials.get(
+            control.timeline, set()
+        )
+    segno = first
+    while True:
+        name = segment_name(control.timeline, segno, control.segment_size)
+        own = target / "pg_wal" / name
+        if own.is_file():
+            (into / name).symlink_to(own)
+        elif archive is not None and segno in stored:
+            (into / name).write_bytes(fetch_bytes(archive, name, allow_partial=True))
+        elif segno <= last:
+            raise NoMap(f"WAL segment {name} is in neither its pg_wal nor the repository")
+        else:
+            return
+        segno += 1
+
+
+def changed_pages(repo: Repository, manifest: Manifest, target: Path) -> ChangedPages:
+    """The pages of ``target`` that may differ from backup ``manifest``'s, as the WAL names
+    them; raises :class:`NoMap` with the reason when the WAL cannot say."""
+    control = read_control(manifest, target)
+    _check_same_history(manifest, control)
+    start = min(parse_lsn(manifest.start_lsn), control.redo)
+    need = max(parse_lsn(manifest.stop_lsn), control.checkpoint, control.min_recovery)
+    data = sum(f.size for f in manifest.files if f.kind == "file")
+    if need - start > max(data // WINDOW_SHARE, WINDOW_FLOOR):
+        raise NoMap(
+            f"its WAL since the backup ({(need - start) >> 20:,} MiB) is more than an eighth "
+            "of the backup's data and 256 MiB: reading the files is quicker"
+        )
+    changes = ChangedPages(start, control.segment_blocks)
+    tool = installation_for_major(manifest.pg_major).tool("pg_waldump")
+    size = control.segment_size
+    with private_dir("pgdr-delta-wal-") as spool:
+        _spool(target, repo, control, start // size, need // size, spool)
+        args = ["--timeline", str(control.timeline), "--start", format_lsn(start)]
+        try:
+            changes.feed(waldump_lines(tool, spool, args, recycled=True))
+        except RuntimeFailure as exc:
+            raise NoMap(str(exc).rstrip(".")) from exc
+    if changes.end < need:
+        raise NoMap(f"its WAL ends at {format_lsn(changes.end)}, before {format_lsn(need)}")
+    return changes

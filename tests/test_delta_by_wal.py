@@ -1,0 +1,160 @@
+"""``restore --delta --by-wal``: the pages to rewrite found in the WAL, not by reading every page.
+
+Real servers (PostgreSQL 15 and 18, data checksums on) changed after a backup (rows updated,
+inserted and deleted, a table created, truncated and dropped, a vacuum, hint bits set, a database
+created), then crashed or stopped, are brought back to the backup by rewriting only the pages the
+WAL names; the result is byte for byte a fresh restore of the backup, and the server starts with
+the backup's rows. WAL the directory no longer holds comes from the repository; where neither has
+it, every page is read and the report says why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fixtures.backup import add_rows
+from fixtures.wal import WalEnv
+from pgdr.restore.walmap import ChangedPages, Control, relation_of
+from test_backup_parallel import _table_digest, _tree
+from test_pitr import backup, wait_streamed
+
+BY_WAL = "By the WAL:"
+READ_ALL = "Every page was read"
+
+
+def _prepare(w: WalEnv, keep: str) -> str:
+    w.sql(f"ALTER SYSTEM SET wal_keep_size = '{keep}'")  # how much WAL pg_wal keeps
+    w.sql("SELECT pg_reload_conf()")
+    add_rows(w.conninfo, "accounts", 60000)
+    for table in ("cut", "gone"):
+        add_rows(w.conninfo, table, 5000)
+    w.sql("CREATE TABLE hinted AS SELECT generate_series(1, 20000) AS i")  # hint bits unset
+    return _table_digest(w.conninfo, "accounts")
+
+
+def _change(w: WalEnv) -> None:
+    """A small run of work after the backup, touching every kind of change the map follows."""
+    w.sql("UPDATE accounts SET note = 'changed' WHERE i %% 100 = 7")
+    w.sql("INSERT INTO accounts SELECT g, 'new' FROM generate_series(1, 500) g")
+    w.sql("DELETE FROM accounts WHERE i %% 100 = 3")
+    w.sql("VACUUM accounts")
+    w.sql("SELECT count(*) FROM hinted")  # sets hint bits: logged only because of checksums
+    w.sql("CREATE TABLE extra AS SELECT generate_series(1, 1000) AS i")
+    w.sql("TRUNCATE cut")
+    w.sql("DROP TABLE gone")
+    w.sql("CREATE DATABASE made")
+
+
+def _delta(w: WalEnv, backup_id: str) -> dict[str, Any]:
+    result = w.cli(
+        "restore", backup_id, "--to", str(w.cluster.data_dir), "--delta", "--by-wal", "--force",
+        "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.stdout + result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def _same_as_a_fresh_restore(w: WalEnv, backup_id: str, scratch: Path, expected: str) -> None:
+    reference = scratch / "reference"
+    result = w.cli("restore", backup_id, "--to", str(reference))
+    assert result.code == 0, result.stderr
+    assert _tree(w.cluster.data_dir) == _tree(reference)
+    w.cluster.start()
+    assert _table_digest(w.conninfo, "accounts") == expected
+    assert w.sql("SELECT to_regclass('extra'), count(*) FROM gone") == [(None, 5000)]
+
+
+def test_by_wal_rewrites_only_the_pages_the_wal_names(walenv: WalEnv, scratch: Path) -> None:
+    w = walenv
+    expected = _prepare(w, "1GB")  # pg_wal keeps the WAL since the backup
+    backup_id = backup(w)
+    _change(w)
+    w.sql("CHECKPOINT")  # every changed page on disk
+    w.cluster.kill()  # a crashed primary
+    full = w.cli("backup", "show", backup_id, "--json")
+    assert full.code == 0, full.stderr
+    data = _delta(w, backup_id)
+    notes = "\n".join(data["notes"])
+    assert BY_WAL in notes and READ_ALL not in notes, notes
+    assert "relation files were left unread" in notes
+    assert 0 < data["bytes_restored"] < json.loads(full.stdout)["stream_size"] / 4
+    _same_as_a_fresh_restore(w, backup_id, scratch, expected)
+
+
+def test_by_wal_reads_missing_wal_from_the_repository(walenv18: WalEnv, scratch: Path) -> None:
+    """Checkpoints after the backup recycled its WAL out of pg_wal: the streamed copies serve."""
+    w = walenv18
+    expected = _prepare(w, "0")  # pg_wal keeps no more WAL than a checkpoint needs
+    w.start_stream()
+    wait_streamed(w)
+    backup_id = backup(w)
+    _change(w)
+    for _ in range(2):
+        w.sql("SELECT pg_switch_wal()")
+        w.sql("CHECKPOINT")
+    wait_streamed(w)
+    w.cluster.stop()
+    w.stop_stream(w.procs[0])
+    notes = "\n".join(_delta(w, backup_id)["notes"])
+    assert BY_WAL in notes and READ_ALL not in notes, notes
+    _same_as_a_fresh_restore(w, backup_id, scratch, expected)
+
+
+def test_without_the_wal_every_page_is_read(walenv18: WalEnv, scratch: Path) -> None:
+    w = walenv18
+    expected = _prepare(w, "0")  # pg_wal keeps no more WAL than a checkpoint needs
+    backup_id = backup(w)
+    _change(w)
+    for _ in range(2):
+        w.sql("SELECT pg_switch_wal()")
+        w.sql("CHECKPOINT")
+    w.cluster.stop()
+    notes = "\n".join(_delta(w, backup_id)["notes"])
+    assert READ_ALL in notes and BY_WAL not in notes, notes
+    assert "is in neither its pg_wal nor the repository" in notes
+    _same_as_a_fresh_restore(w, backup_id, scratch, expected)
+
+
+def test_the_map_follows_what_the_wal_says() -> None:
+    """pg_waldump lines (PostgreSQL 15 and 18 forms) folded into pages per file."""
+    changes = ChangedPages(start=0, segment_blocks=131072)
+    changes.feed(
+        [
+            "rmgr: Heap        len (rec/tot):     61/    61, tx:        754, lsn: 0/0171D9C8, "
+            "prev 0/01720BB8, desc: INSERT off: 87, flags: 0x00, blkref #0: rel 1663/5/16384 "
+            "blk 131073, blkref #1: rel 1663/5/16384 fork vm blk 0",
+            "rmgr: Heap        len (rec/tot):     54/  1958, tx:        725, lsn: 0/01741960, "
+            "prev 0/01741930, desc: INSERT off 10 flags 0x01, blkref #0: rel 1663/5/1247 blk 14 "
+            "FPW",
+            "rmgr: Storage     len (rec/tot):     42/    42, tx:        753, lsn: 0/016EF800, "
+            "prev 0/016EF7D0, desc: CREATE base/5/16390",
+            "rmgr: Database    len (rec/tot):     34/    34, tx:        759, lsn: 0/01741A60, "
+            "prev 0/017418B0, desc: CREATE_WAL_LOG create dir 1663/16393",
+        ]
+    )
+    assert changes.records == 4 and changes.end == 0x01741A60
+    assert changes.pages_of("base/5/16384") == []
+    assert changes.pages_of("base/5/16384.1") == [1]
+    assert changes.pages_of("base/5/1247") == [14]
+    assert changes.pages_of("base/5/2619") == []  # named by no record: unchanged
+    assert changes.pages_of("base/5/16384_vm") is None  # other forks are compared
+    assert changes.pages_of("base/5/16390") is None  # created in the window
+    assert changes.pages_of("base/16393/1259") is None  # its database was created in the window
+    assert changes.pages_of("pg_xact/0000") is None
+    assert relation_of("global/1262") == ((1664, 0, 1262), 0)
+    assert relation_of("pg_tblspc/16400/PG_18_202506291/5/16401.2") == ((16400, 5, 16401), 2)
+    control = Control.parse(
+        "Database system identifier:           7441\n"
+        "Latest checkpoint's TimeLineID:       3\n"
+        "Latest checkpoint's REDO location:    0/2000028\n"
+        "Latest checkpoint location:           0/2000080\n"
+        "Minimum recovery ending location:     0/0\n"
+        "Data page checksum version:           1\n"
+        "Database block size:                  8192\n"
+        "Blocks per segment of large relation: 131072\n"
+        "Bytes per WAL segment:                16777216\n"
+    )
+    assert (control.timeline, control.redo, control.checksums) == (3, 0x2000028, True)
