@@ -272,14 +272,17 @@ def _verdict(
     changes: ChangedPages | None,
 ) -> Verdict:
     """Whether ``entry`` must be (re)written (``True``: compared page by page with its chunks),
-    or the pages the WAL says changed; creates the file or truncates it to its size if needed."""
+    or the pages the WAL says changed (with those the file lacks if it is shorter); creates the
+    file or truncates it to its size if needed."""
     fd = _own_file(beneath, entry, owner)
     try:
         size = os.fstat(fd).st_size
-        if size == entry.size and changes is not None:
-            pages = changes.pages_of(entry.path)
-            if pages is not None:
-                return pages or False
+        pages = changes.pages_of(entry.path) if changes is not None else None
+        if pages is not None:  # as pg_rewind: cut to size, the WAL's pages, a missing tail
+            if size != entry.size:
+                os.ftruncate(fd, entry.size)
+            tail = range(size // PAGE, -(-entry.size // PAGE)) if size < entry.size else ()
+            return sorted({*pages, *tail}) or False
         if size == entry.size and size > HASH_BELOW:
             return True  # compared page by page against its chunks: one read instead of two
         if size == entry.size:

@@ -9,10 +9,14 @@ alone, unread. This is what ``pg_rewind`` relies on. ``pg_waldump`` lists the re
 directory's own ``pg_wal``, with the repository's copies (opened into a private temporary
 directory) for the segments it no longer has.
 
+A relation file of another size is cut to the backup's size and, if shorter, given the pages it
+lacks, as ``pg_rewind`` does: a relation grows without a record of its own, but every page it
+gains is named when it is first written, and it shrinks only by a ``Storage`` record.
+
 The WAL is not trusted for what it does not track, and those files are compared as by the plain
 delta: the other forks (free space and visibility maps, init forks), files that are not relation
-data, relations created or truncated in the window (``Storage`` records), the whole directory of
-a database created or dropped in it (``Database`` records), and any file whose size differs.
+data, relations created or truncated in the window (``Storage`` records), and the whole
+directory of a database created or dropped in it (``Database`` records).
 
 The WAL says nothing (and the delta reads every page, with the reason in its report) when the
 directory has no ``pg_control`` (an earlier delta stopped half-way), is another database system
