@@ -10,7 +10,9 @@ and restores it (medians over ``--runs``), all on the same machine with the same
   of its own; each row's ``pgdr restore latest --to DIR --workers N`` restores its own backup
   (the stream backup with 2 workers); ``pgdr restore --delta --force`` after 1% of the
   restored directory's 8 KiB pages were overwritten (against a full restore, and against
-  ``pgbackrest restore --delta`` after the same damage)
+  ``pgbackrest restore --delta`` after the same damage); and ``pgdr restore --delta --by-wal``
+  of a fresh backup onto a copy of the source after a small ``pgbench`` run (about 1% of the
+  pages), its changed pages found in the WAL instead of by reading
 * pgBackRest: full backup, ``compress-type=zst``, ``process-max=2``, local repo; ``restore``
 * ``pg_basebackup -Ft -X fetch -D - | zstd -3 -T2`` to a file; ``zstd -d | tar -x``
 * the disk's floors, the least any tool must do: "restore" writes as many bytes as the database
@@ -31,8 +33,10 @@ import argparse
 import base64
 import compileall
 import contextlib
+import json
 import os
 import random
+import re
 import resource
 import secrets
 import shutil
@@ -157,9 +161,15 @@ def load_data(data: str, scale: float, inst: PgInstallation, conninfo: str) -> N
 
 
 def run(args: list[str], **kwargs: object) -> None:
+    run_out(args, [], **kwargs)
+
+
+def run_out(args: list[str], out: list[str], **kwargs: object) -> None:
+    """:func:`run`, keeping what the program printed in ``out``."""
     result = subprocess.run(args, check=False, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
     if result.returncode != 0:
         sys.exit(f"{' '.join(args[:3])} failed ({result.returncode}): {result.stderr[-2000:]}")
+    out.append(result.stdout)
 
 
 def parse_args() -> argparse.Namespace:
@@ -378,6 +388,36 @@ class Bench:
         self.record("pg_basebackup | zstd", "restore", timed(lambda: self.shell(untar)))
         shutil.rmtree(self.restore_dir, ignore_errors=True)
 
+    def wal_delta(self) -> None:
+        """``restore --delta --by-wal`` after a pgbench run: a pgdr files backup (untimed), a
+        small ``pgbench`` run on the source (about 1% of its pages), the source stopped and its
+        directory copied, then the backup restored onto the copy, its changed pages found in
+        the WAL the copy's ``pg_wal`` kept since the backup (``wal_keep_size``)."""
+        env = {**self.env, "PGDR_REPO": str(self.base / "pgdr-repo-by-wal")}
+        shutil.rmtree(env["PGDR_REPO"], ignore_errors=True)
+        run([*self.pgdr, "backup", "--method", "files", "--workers", "2"], env=env)
+        pages = self.db_bytes // 8192
+        transactions = pages // 100 // 2  # each updates a random account (its page and index)
+        pgbench = [str(self.inst.tool("pgbench")), "-n", "-c", "2", "-j", "2"]
+        run([*pgbench, "-t", str(transactions // 2), self.conninfo])
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")  # the changed pages on disk, as they would be by now
+        self.cluster.stop()
+        shutil.rmtree(self.restore_dir, ignore_errors=True)
+        run(["cp", "-a", str(self.cluster.data_dir), str(self.restore_dir)])
+        self.cluster.start()
+        out: list[str] = []
+        restore = [*self.pgdr, "restore", "latest", "--to", str(self.restore_dir), "--json"]
+        delta = [*restore, "--delta", "--by-wal", "--force", "--workers", "2"]
+        self.record("pgdr files --by-wal", "delta", timed(partial(run_out, delta, out, env=env)))
+        notes = "\n".join(json.loads(out[-1])["notes"])
+        named = re.search(r"name ([\d,]+) pages", notes)
+        if named is None:
+            sys.exit(f"restore --by-wal read every page:\n{notes}")
+        share = int(named[1].replace(",", "")) / pages
+        print(f"  ({transactions} pgbench transactions; the WAL named {share:.1%} of the pages)")
+        shutil.rmtree(self.restore_dir, ignore_errors=True)
+
     def _empty_restore_dir(self) -> None:
         shutil.rmtree(self.restore_dir, ignore_errors=True)
         self.restore_dir.mkdir()
@@ -422,6 +462,11 @@ class Bench:
             f"{files2['delta'] / files2['restore']:.2f}, pgBackRest "
             f"{ref['delta'] / ref['restore']:.2f}"
         )
+        if "pgdr files --by-wal" in med:
+            print(
+                f"delta --by-wal after a pgbench run / full restore: pgdr "
+                f"{med['pgdr files --by-wal']['delta'] / files2['restore']:.2f}"
+            )
         disk = med["disk floor"]
         print(
             f"disk floors: restore {disk['restore']:.1f} s = "
@@ -440,6 +485,8 @@ def main() -> None:
         bench.backups()
         bench.pgdr_restores()
         bench.peer_restores()
+        if opts.data == "pgbench":
+            bench.wal_delta()
     bench.report()
     if not opts.keep:
         bench.cluster.destroy()

@@ -14,8 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from fixtures.backup import add_rows
 from fixtures.wal import WalEnv
+from pgdr.config import PgdrSettings
+from pgdr.restore import adopt_restored
 from pgdr.restore.walmap import ChangedPages, Control, relation_of
 from test_backup_parallel import _table_digest, _tree
 from test_pitr import backup, wait_streamed
@@ -116,6 +120,41 @@ def test_without_the_wal_every_page_is_read(walenv18: WalEnv, scratch: Path) -> 
     assert READ_ALL in notes and BY_WAL not in notes, notes
     assert "is in neither its pg_wal nor the repository" in notes
     _same_as_a_fresh_restore(w, backup_id, scratch, expected)
+
+
+def test_a_copy_that_went_its_own_way_is_read_in_full(
+    walenv18: WalEnv, scratch: Path, settings: PgdrSettings
+) -> None:
+    """A copy restored from an earlier backup ran on by itself: its WAL is another history,
+    which says nothing of the pages the original changed before the later backup."""
+    w = walenv18
+    _prepare(w, "1GB")
+    first = backup(w)
+    copy = scratch / "copy"
+    assert w.cli("restore", first, "--to", str(copy)).code == 0
+    w.sql("UPDATE accounts SET note = 'original' WHERE i %% 50 = 1")
+    expected = _table_digest(w.conninfo, "accounts")
+    second = backup(w)
+    cluster = adopt_restored(settings, copy, 18, scratch / "copy-cluster")
+    cluster.start()
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("UPDATE accounts SET note = 'copy' WHERE i % 70 = 2")
+        conn.execute("CHECKPOINT")
+    cluster.kill()
+    result = w.cli(
+        "restore", second, "--to", str(copy), "--delta", "--by-wal", "--force", "--json"
+    )  # fmt: skip
+    assert result.code == 0, result.stdout + result.stderr
+    notes = "\n".join(json.loads(result.stdout)["notes"])
+    assert READ_ALL in notes and BY_WAL not in notes, notes
+    reference = scratch / "reference"
+    assert w.cli("restore", second, "--to", str(reference)).code == 0
+    assert _tree(copy) == _tree(reference)
+    cluster.start()
+    try:
+        assert _table_digest(cluster.conninfo(), "accounts") == expected
+    finally:
+        cluster.stop()
 
 
 def test_the_map_follows_what_the_wal_says() -> None:

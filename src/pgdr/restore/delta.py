@@ -58,6 +58,7 @@ from pgdr.restore.walmap import ChangedPages, NoMap, changed_pages
 
 PAGE = 8192
 CONTROL = "global/pg_control"
+UNLINKERS = 4  # files removed at once (the kernel's work: more than the cores)
 HASH_BELOW = 1 << 20  # smaller files are hashed first; larger ones compared chunk by chunk
 Progress = Callable[[int], None]
 
@@ -201,7 +202,7 @@ def _remove_extra(beneath: Beneath, expected: dict[str, FileEntry]) -> int:
 
 
 def _sweep(beneath: Beneath, fd: int, prefix: str, expected: dict[str, FileEntry]) -> int:
-    removed = 0
+    removed, unwanted = 0, []
     with os.scandir(fd) as listing:
         items = list(listing)
     for item in items:
@@ -221,8 +222,12 @@ def _sweep(beneath: Beneath, fd: int, prefix: str, expected: dict[str, FileEntry
         if kind == "dir":
             shutil.rmtree(item.name, dir_fd=fd)
         else:
-            os.unlink(item.name, dir_fd=fd)
+            unwanted.append(item.name)
         removed += 1
+    # in parallel: freeing a 16 MiB WAL segment takes the kernel 5 ms, and a failed primary's
+    # pg_wal holds hundreds the backup does not (recycled for reuse): 1.5 s one by one here
+    if unwanted:
+        list(parallel_map(lambda name: os.unlink(name, dir_fd=fd), unwanted, UNLINKERS))
     return removed
 
 

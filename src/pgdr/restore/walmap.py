@@ -32,6 +32,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from pgdr.backup.chunks import private_dir
@@ -43,8 +44,8 @@ from pgdr.core.errors import PgdrError, RuntimeFailure
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain
 from pgdr.wal.find import waldump_lines
-from pgdr.wal.names import format_lsn, parse_lsn, segment_name
-from pgdr.wal.transfer import fetch_bytes
+from pgdr.wal.names import format_lsn, parse_lsn, parse_segment, segment_name
+from pgdr.wal.transfer import fetch_bytes, fetch_segment
 
 DEFAULT_TABLESPACE, GLOBAL_TABLESPACE = 1663, 1664
 WINDOW_SHARE = 8  # the WAL is read only when it is at most 1/8 of the backup's data,
@@ -123,6 +124,7 @@ class ChangedPages:
     blocks: dict[Relation, set[int]] = field(default_factory=dict)
     whole: set[Relation] = field(default_factory=set)  # created or truncated: compared in full
     databases: set[tuple[int, int]] = field(default_factory=set)  # created or dropped
+    backup_ends: set[int] = field(default_factory=set)  # start LSNs of BACKUP_END records
 
     def pages_of(self, path: str) -> list[int] | None:
         """The changed pages (numbered within the file) of ``path``, or None when the WAL does
@@ -152,6 +154,8 @@ class ChangedPages:
                 self.databases.update((int(s), int(d)) for s, d in DIRECTORY.findall(desc))
             elif rmgr == "Storage":
                 self.whole.update(_storage_relations(desc))
+            elif rmgr == "XLOG" and desc.startswith("BACKUP_END "):
+                self.backup_ends.add(parse_lsn(desc.split()[1]))
             for spc, db, rel, fork, block in BLOCK.findall(desc):
                 if fork in ("", "main"):
                     self.blocks.setdefault((int(spc), int(db), int(rel)), set()).add(int(block))
@@ -210,27 +214,47 @@ def _spool(
     target: Path, repo: Repository, control: Control, first: int, last: int, into: Path
 ) -> None:
     """Segments ``first`` and on (at least to ``last``) into ``into``: links to the directory's
-    own, else opened from the repository; stops at the first segment neither holds."""
+    own, else opened from the repository; stops at the first segment neither holds. Where the
+    source changes, the directory's segment must match the repository's: one history."""
     archive = _open_archive(repo)
-    chain = Chain.load(archive) if archive is not None else None
-    stored = set()
-    if chain is not None:
-        stored = chain.segments.get(control.timeline, set()) | chain.partials.get(
-            control.timeline, set()
-        )
-    segno = first
+    stored: set[int] = set()
+    if archive is not None:
+        chain = Chain.load(archive)
+        stored = chain.segments.get(control.timeline, set())
+        stored |= chain.partials.get(control.timeline, set())
+    segno, sources = first, list[Path | None]()
     while True:
         name = segment_name(control.timeline, segno, control.segment_size)
         own = target / "pg_wal" / name
         if own.is_file():
             (into / name).symlink_to(own)
+            sources.append(own)
         elif archive is not None and segno in stored:
             (into / name).write_bytes(fetch_bytes(archive, name, allow_partial=True))
+            sources.append(None)
         elif segno <= last:
             raise NoMap(f"WAL segment {name} is in neither its pg_wal nor the repository")
         else:
-            return
+            break
         segno += 1
+    for before, after in pairwise(sources):
+        if (before is None) != (after is None):
+            _check_one_history(archive, before or after, stored)
+
+
+def _check_one_history(archive: WalArchive | None, own: Path | None, stored: set[int]) -> None:
+    """The directory's segment ``own`` holds what the repository's copy holds (as far as that
+    copy goes): the two sources are one history, not a restore that ran on by itself."""
+    assert archive is not None and own is not None
+    if parse_segment(own.name, archive.segment_size).segno not in stored:
+        raise NoMap(f"the repository lacks {own.name} to check that its WAL continues it")
+    data, valid = fetch_segment(archive, own.name, allow_partial=True)
+    with own.open("rb") as handle:
+        if handle.read(valid) != data[:valid]:
+            raise NoMap(
+                f"its WAL segment {own.name} differs from the repository's: its history left "
+                "the repository's (a restored copy that ran on by itself?)"
+            )
 
 
 def changed_pages(repo: Repository, manifest: Manifest, target: Path) -> ChangedPages:
@@ -258,4 +282,9 @@ def changed_pages(repo: Repository, manifest: Manifest, target: Path) -> Changed
             raise NoMap(str(exc).rstrip(".")) from exc
     if changes.end < need:
         raise NoMap(f"its WAL ends at {format_lsn(changes.end)}, before {format_lsn(need)}")
+    if parse_lsn(manifest.start_lsn) not in changes.backup_ends:
+        raise NoMap(
+            "its WAL does not hold the backup's end record (a backup of a standby, or a "
+            "directory whose history left the backup's before it)"
+        )
     return changes
