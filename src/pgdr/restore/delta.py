@@ -31,10 +31,11 @@ import stat
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from types import MappingProxyType
 
 from pgdr.backup.chunks import DamagedBackup
 from pgdr.backup.digest import digest_of_descriptor
@@ -120,29 +121,23 @@ class _DeltaWriter(_ChunkWriter):
     lock = threading.Lock()
     written = 0
 
-    def __init__(
-        self,
-        repo: Repository,
-        manifest: Manifest,
-        data_key: DataKey,
-        target: Path,
-        files: list[FileEntry],
-        beneath: Beneath,
-        pages: dict[str, list[int]],
-    ) -> None:
-        super().__init__(repo, manifest, data_key, target, files, beneath)
+    pages: Mapping[str, list[int]] = MappingProxyType({})
+
+    def limited_to(self, pages: dict[str, list[int]], files: list[FileEntry]) -> _DeltaWriter:
+        """Of each of ``files`` listed in ``pages``, write only the pages listed (unread), and
+        fetch only the chunks that hold them."""
         self.pages = pages
-        size = manifest.chunk_size
+        size = self.manifest.chunk_size
         for entry in files:
             wanted = pages.get(entry.path)
             if wanted is None:
                 continue
-            keep = {
-                (entry.offset + p * PAGE + edge) // size for p in wanted for edge in (0, PAGE - 1)
-            }
-            for index in manifest.chunks_of(entry):
+            edges = (entry.offset + p * PAGE + e for p in wanted for e in (0, PAGE - 1))
+            keep = {at // size for at in edges}
+            for index in self.manifest.chunks_of(entry):
                 if index not in keep:
                     self.holders[index].remove(entry)
+        return self
 
     def _write(
         self, fds: dict[str, int], entry: FileEntry, view: memoryview, position: int, end: int
@@ -400,7 +395,8 @@ def _rewrite(
         outcome.files = _lay_out(beneath, manifest, owner)
 
         def writer_of(files: list[FileEntry], pages: dict[str, list[int]]) -> _DeltaWriter:
-            return _DeltaWriter(repo, manifest, data_key, target, files, beneath, pages)
+            writer = _DeltaWriter(repo, manifest, data_key, target, files, beneath)
+            return writer.limited_to(pages, files)
 
         def check(entry: FileEntry) -> Verdict:
             return _verdict(beneath, manifest, entry, owner, changes)
