@@ -122,6 +122,25 @@ def test_without_the_wal_every_page_is_read(walenv18: WalEnv, scratch: Path) -> 
     _same_as_a_fresh_restore(w, backup_id, scratch, expected)
 
 
+def test_checksums_turned_on_since_the_backup_mean_reading_every_page(
+    walenv18: WalEnv, scratch: Path
+) -> None:
+    """pg_checksums --enable rewrites every page without WAL: the backup's own pg_control says
+    it was taken without checksums, so the WAL is not trusted."""
+    w = walenv18
+    expected = _prepare(w, "1GB")
+    tool, data = str(w.cluster.installation.tool("pg_checksums")), str(w.cluster.data_dir)
+    w.cluster.stop()
+    assert w.cluster.user.run([tool, "--disable", "-D", data]).returncode == 0
+    w.cluster.start()
+    backup_id = backup(w)
+    w.cluster.stop()
+    assert w.cluster.user.run([tool, "--enable", "-D", data]).returncode == 0
+    notes = "\n".join(_delta(w, backup_id)["notes"])
+    assert READ_ALL in notes and "taken without data checksums" in notes, notes
+    _same_as_a_fresh_restore(w, backup_id, scratch, expected)
+
+
 def test_a_copy_that_went_its_own_way_is_read_in_full(
     walenv18: WalEnv, scratch: Path, settings: PgdrSettings
 ) -> None:
@@ -195,5 +214,6 @@ def test_the_map_follows_what_the_wal_says() -> None:
         "Database block size:                  8192\n"
         "Blocks per segment of large relation: 131072\n"
         "Bytes per WAL segment:                16777216\n"
+        "wal_level setting:                    replica\n"
     )
     assert (control.timeline, control.redo, control.checksums) == (3, 0x2000028, True)

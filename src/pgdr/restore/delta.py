@@ -411,13 +411,13 @@ def _rewrite(
 
 
 def _wal_map(
-    repo: Repository, manifest: Manifest, target: Path, by_wal: bool
+    repo: Repository, manifest: Manifest, data_key: DataKey, target: Path, by_wal: bool
 ) -> tuple[ChangedPages | None, list[str]]:
     """With ``by_wal``, the pages the WAL says changed, or a note saying why every page is read."""
     if not by_wal:
         return None, []
     try:
-        return changed_pages(repo, manifest, target), []
+        return changed_pages(repo, manifest, data_key, target), []
     except NoMap as exc:
         return None, [f"Every page was read: the WAL cannot say which changed, because {exc}."]
 
@@ -464,7 +464,7 @@ def delta_restore(
     check_layout(manifest.files, manifest.id)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     workers = workers or len(os.sched_getaffinity(0))
-    changes, why = _wal_map(repo, manifest, target, by_wal)
+    changes, why = _wal_map(repo, manifest, data_key, target, by_wal)
     try:
         done = _rewrite(repo, manifest, data_key, target, owner, workers, progress, changes)
     except OSError as exc:

@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from pgdr.backup.chunks import private_dir
+from pgdr.backup.chunks import fetch_chunk_pieces, private_dir
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster import installation_for_major
 from pgdr.core import runner
 from pgdr.core.errors import PgdrError, RuntimeFailure
+from pgdr.crypto import DataKey
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain
 from pgdr.wal.find import waldump_lines
@@ -48,6 +49,7 @@ from pgdr.wal.names import format_lsn, parse_lsn, parse_segment, segment_name
 from pgdr.wal.transfer import fetch_bytes, fetch_segment
 
 DEFAULT_TABLESPACE, GLOBAL_TABLESPACE = 1663, 1664
+PIECE = 1 << 20  # the buffer pg_control's chunk is opened into
 WINDOW_SHARE = 8  # the WAL is read only when it is at most 1/8 of the backup's data,
 WINDOW_FLOOR = 256 << 20  # or at most 256 MiB (a second or two of pg_waldump)
 RELATION_FILE = re.compile(
@@ -79,6 +81,7 @@ class Control:
     block_size: int
     segment_blocks: int
     segment_size: int
+    wal_level: str
 
     @classmethod
     def parse(cls, text: str) -> Control:
@@ -96,6 +99,7 @@ class Control:
             block_size=int(fields["Database block size"]),
             segment_blocks=int(fields["Blocks per segment of large relation"]),
             segment_size=int(fields["Bytes per WAL segment"]),
+            wal_level=fields["wal_level setting"],
         )
 
 
@@ -178,13 +182,13 @@ def _storage_relations(desc: str) -> set[Relation]:
     return found
 
 
-def read_control(manifest: Manifest, target: Path) -> Control:
-    """``pg_controldata`` of ``target`` (by the backup's major version)."""
-    if not (target / "global" / "pg_control").is_file():
+def read_control(manifest: Manifest, directory: Path) -> Control:
+    """``pg_controldata`` of ``directory`` (by the backup's major version)."""
+    if not (directory / "global" / "pg_control").is_file():
         raise NoMap("it has no global/pg_control (an earlier delta restore stopped half-way?)")
     tool = installation_for_major(manifest.pg_major).tool("pg_controldata")
     result = runner.run(
-        [tool, "-D", str(target)], timeout_s=60, check=False, env=dict(os.environ, LC_ALL="C")
+        [tool, "-D", str(directory)], timeout_s=60, check=False, env=dict(os.environ, LC_ALL="C")
     )
     if result.returncode != 0:
         raise NoMap(runner.sentence("pg_controldata", result.stderr))
@@ -194,13 +198,42 @@ def read_control(manifest: Manifest, target: Path) -> Control:
         raise NoMap(f"pg_controldata's report lacks {exc}") from exc
 
 
-def _check_same_history(manifest: Manifest, control: Control) -> None:
+def backup_control(repo: Repository, manifest: Manifest, data_key: DataKey) -> Control:
+    """What the backup's own ``global/pg_control`` says (opened into a private directory)."""
+    entry = next((f for f in manifest.files if f.path == "global/pg_control"), None)
+    if entry is None:
+        raise NoMap("the backup holds no global/pg_control")
+    data, buffer = bytearray(), bytearray(PIECE)
+    for index in manifest.chunks_of(entry):
+        position = index * manifest.chunk_size
+        for piece in fetch_chunk_pieces(repo, manifest, data_key, index, buffer):
+            end = position + len(piece)
+            low, high = max(entry.offset, position), min(entry.offset + entry.size, end)
+            if low < high:
+                data += piece[low - position : high - position]
+            position = end
+    with private_dir("pgdr-delta-control-") as directory:
+        (directory / "global").mkdir()
+        (directory / "global" / "pg_control").write_bytes(bytes(data))
+        return read_control(manifest, directory)
+
+
+def _check_same_history(manifest: Manifest, control: Control, backup: Control) -> None:
     if control.system_identifier != manifest.system_identifier:
         raise NoMap(f"it is database system {control.system_identifier}, not the backup's")
     if control.timeline != manifest.timeline:
         raise NoMap(f"it is on timeline {control.timeline}, the backup on {manifest.timeline}")
     if not control.checksums:
         raise NoMap("it runs without data checksums, so hint bits change pages without WAL")
+    if not backup.checksums:
+        raise NoMap(
+            "the backup was taken without data checksums (pg_checksums, since, rewrote every "
+            "page without WAL)"
+        )
+    if control.wal_level == "minimal":
+        raise NoMap("it runs with wal_level minimal, which leaves some writes out of the WAL")
+    if (control.block_size, control.segment_blocks) != (backup.block_size, backup.segment_blocks):
+        raise NoMap("its page or relation segment size differs from the backup's")
 
 
 def _open_archive(repo: Repository) -> WalArchive | None:
@@ -257,11 +290,13 @@ def _check_one_history(archive: WalArchive | None, own: Path | None, stored: set
             )
 
 
-def changed_pages(repo: Repository, manifest: Manifest, target: Path) -> ChangedPages:
+def changed_pages(
+    repo: Repository, manifest: Manifest, data_key: DataKey, target: Path
+) -> ChangedPages:
     """The pages of ``target`` that may differ from backup ``manifest``'s, as the WAL names
     them; raises :class:`NoMap` with the reason when the WAL cannot say."""
     control = read_control(manifest, target)
-    _check_same_history(manifest, control)
+    _check_same_history(manifest, control, backup_control(repo, manifest, data_key))
     start = min(parse_lsn(manifest.start_lsn), control.redo)
     need = max(parse_lsn(manifest.stop_lsn), control.checkpoint, control.min_recovery)
     data = sum(f.size for f in manifest.files if f.kind == "file")
