@@ -20,10 +20,14 @@ directory of a database created or dropped in it (``Database`` records).
 
 The WAL says nothing (and the delta reads every page, with the reason in its report) when the
 directory has no ``pg_control`` (an earlier delta stopped half-way), is another database system
-or on another timeline, runs without data checksums, when the WAL of the window is missing or
-ends before the directory's last checkpoint or the backup's end, when the window holds a
-``Tablespace`` record, or when it is larger than an eighth of the backup's data and 256 MiB
-(reading the files is then quicker than reading the WAL).
+or on another timeline, runs without data checksums or with ``wal_level = minimal``, when the
+backup's own ``pg_control`` says it was taken without checksums (``pg_checksums --enable``
+rewrites every page without WAL), when the WAL of the window is missing, ends before the
+directory's last checkpoint or the backup's end, lacks the backup's end record (a standby's
+backup, or a directory whose history left the backup's) or, where the directory's segments and
+the repository's meet, differs from the repository's (a restored copy that ran on by itself),
+when the window holds a ``Tablespace`` record, or when it is larger than an eighth of the
+backup's data and 256 MiB (reading the files is then quicker than reading the WAL).
 """
 
 from __future__ import annotations
