@@ -217,3 +217,22 @@ def test_unreached_xid_and_stale_staging_leave_nothing(walenv18: WalEnv, scratch
     restored = w.cli("restore", backup_id, "--to", str(scratch / "r"))
     assert restored.code == 0, restored.stderr
     assert sorted(p.name for p in scratch.iterdir()) == ["r"]
+
+
+def test_restore_as_primary_restarts_the_copy_as_the_new_primary(walenv18: WalEnv) -> None:
+    """``restore --latest --new-cluster --as-primary`` (runbook scenario 1, steps 3-4 at once):
+    the copy is restarted without the options that keep a copy a copy, with every row."""
+    w = walenv18
+    streamed_backup(w)
+    refused = w.cli("restore", "--latest", "--to", str(w.repo.parent / "r"), "--as-primary")
+    assert refused.code == 2 and "add --new-cluster or --start" in refused.stderr
+    data = restore(w, "--latest", "--as-primary")
+    try:
+        primary = data["as_primary"]
+        assert sorted(primary["dropped_options"]) == ["archive_mode", "synchronous_standby_names"]
+        assert all(s["source"] != "command line" for s in primary["settings"].values())
+        with psycopg.connect(data["url"], autocommit=True) as conn:
+            row = conn.execute("SELECT count(*), pg_is_in_recovery() FROM txlog").fetchone()
+        assert row == (10, False)
+    finally:
+        stop_restored(w, data)

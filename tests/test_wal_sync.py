@@ -129,6 +129,12 @@ def test_a_copy_started_as_primary_makes_commits_wait(walenv: WalEnv) -> None:
     assert data["settings"]["synchronous_standby_names"]["source"] != "command line"
     assert data["settings"]["archive_mode"]["source"] != "command line"
     w.cluster.stop()
+    again = w.cli("cluster", "start", name, "--as-primary")  # the human form; nothing to drop
+    assert again.code == 0, again.stderr
+    for setting in ("archive_mode = ", "synchronous_standby_names = ", "(from "):
+        assert setting in again.stdout, again.stdout
+    assert "command line" not in again.stdout
+    w.cluster.stop()
     w.cluster.start()  # a later start keeps it a primary
     stream = w.start_stream("--synchronous")
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -81,13 +81,19 @@ def start(
         for note in data["notes"]:
             err_console.print(f"[yellow]{escape(note)}[/]")
         console.print(f"Started cluster {escape(name)} on port {cluster.port}.")
-        for setting, found in data.get("settings", {}).items():
-            console.print(
-                f"  {setting} = {escape(repr(found['value']))} (from {escape(found['source'])})"
-            )
+        render_settings(data)
         console.print(f"URL: {escape(cluster.conninfo())}")
 
     emit(data, as_json, render)
+
+
+def render_settings(started: dict[str, Any]) -> None:
+    """What ``--as-primary`` started with: each setting that kept a copy a copy, and where its
+    value comes from now."""
+    for setting, found in started.get("settings", {}).items():
+        console.print(
+            f"  {setting} = {escape(repr(found['value']))} (from {escape(found['source'])})"
+        )
 
 
 @app.command()

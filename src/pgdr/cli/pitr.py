@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pgdr.backup import open_repository
+from pgdr.cli.cluster import render_settings
 from pgdr.cli.common import settings as load_settings
+from pgdr.cluster import LocalCluster
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
 from pgdr.restore import new_cluster_dir
@@ -20,6 +22,7 @@ from pgdr.restore.pitr import (
     run_pitr,
     wait_for_streamer,
 )
+from pgdr.restore.start import restart_as_primary
 from pgdr.wal.archive import WalArchive, repository_archive
 
 __all__ = ["make_target", "restore_to_point"]
@@ -82,6 +85,7 @@ def restore_to_point(
     timeline: str | None,
     as_json: bool,
     accept_rollback: bool = False,
+    as_primary: bool = False,
 ) -> None:
     if target is None:
         raise ConfigError("--new-cluster restores to a point: add --latest or a --target-*.")
@@ -107,7 +111,11 @@ def restore_to_point(
             progress=lambda _what, n: advance(n),
         )
     result.notes = notes + result.notes
-    emit(result.as_dict(), as_json, lambda: _render_pitr(result))
+    data = result.as_dict()
+    if as_primary:
+        data["as_primary"] = restart_as_primary(LocalCluster(cluster_dir, repo.settings))
+        result.url = data["url"] = data["as_primary"]["url"]
+    emit(data, as_json, lambda: _render_pitr(result, data.get("as_primary")))
 
 
 def _streamer_notes(archive: WalArchive) -> list[str]:
@@ -116,7 +124,7 @@ def _streamer_notes(archive: WalArchive) -> list[str]:
     return [note] if note else []
 
 
-def _render_pitr(result: PitrResult) -> None:
+def _render_pitr(result: PitrResult, primary: dict[str, Any] | None) -> None:
     rows = [
         ("backup", result.backup_id),
         ("target", result.target),
@@ -131,5 +139,8 @@ def _render_pitr(result: PitrResult) -> None:
     console.print(key_value_table("Point-in-time restore", rows))
     for note in result.notes:
         err_console.print(styled(note, "yellow"), highlight=False)
+    if primary is not None:
+        console.print("Restarted as the new primary:")
+        render_settings(primary)
     if not result.running:
         console.print("The server was stopped after promotion; start it with --start next time.")

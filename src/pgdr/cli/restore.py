@@ -12,13 +12,16 @@ from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cli import pitr
 from pgdr.cli.backup import RepoOption, open_repo, show_key_note
+from pgdr.cli.cluster import render_settings
 from pgdr.cli.common import JsonOption, WorkersOption, settings
+from pgdr.cluster import LocalCluster
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, progress_bar
 from pgdr.core.units import human_size
 from pgdr.restore import RestoreResult, backup_chain, restore_backup, start_restored
 from pgdr.restore.delta import delta_restore
 from pgdr.restore.standby import restore_as_standby
+from pgdr.restore.start import restart_as_primary
 
 BackupArgument = Annotated[
     str | None,
@@ -54,6 +57,15 @@ ByWalOption = Annotated[
         "--by-wal",
         help="With --delta: find the changed pages in the WAL instead of reading every page, "
         "where the WAL can say (see docs/backups.md); the report says what was left unread.",
+    ),
+]
+AsPrimaryOption = Annotated[
+    bool,
+    typer.Option(
+        "--as-primary",
+        help="With --new-cluster or --start: once restored, restart it as the new primary (its "
+        "own configuration then decides WAL archiving and synchronous standbys); for when the "
+        "original is gone (see docs/point-in-time-recovery.md).",
     ),
 ]
 AsStandbyOption = Annotated[
@@ -95,6 +107,7 @@ def restore(
     delta: DeltaOption = False,
     by_wal: ByWalOption = False,
     workers: WorkersOption = None,
+    as_primary: AsPrimaryOption = False,
     as_standby: AsStandbyOption = False,
     primary_conninfo_env: PrimaryConninfoEnvOption = None,
     as_json: JsonOption = False,
@@ -109,12 +122,11 @@ def restore(
     target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     to_point = target is not None or new_cluster
     _check_standby_options(as_standby, primary_conninfo_env, to_point or delta)
-    if by_wal and not delta:
-        raise ConfigError("--by-wal goes with --delta.")
+    _check_companions(delta, by_wal, new_cluster or start, as_primary)
     if to_point:
         pitr.restore_to_point(
             target, backup_id, to, repo_name, new_cluster, start, force, port, timeline,
-            as_json, accept_rollback,
+            as_json, accept_rollback, as_primary,
         )  # fmt: skip
         return
     if backup_id is None or to is None:
@@ -129,9 +141,30 @@ def restore(
     )
     data: dict[str, Any] = result.as_dict() | {"standby": as_standby}
     if start:
-        data |= start_restored(settings(), manifest.id, result.data_dir, result.pg_major, port)
+        data |= _start(result, port, as_primary)
     show_key_note(repo)
     emit(data, as_json, lambda: _render(result, data))
+
+
+def _check_companions(delta: bool, by_wal: bool, starts: bool, as_primary: bool) -> None:
+    if by_wal and not delta:
+        raise ConfigError("--by-wal goes with --delta.")
+    if as_primary and not starts:
+        raise ConfigError(
+            "--as-primary restarts the restored server: add --new-cluster or --start."
+        )
+
+
+def _start(result: RestoreResult, port: int | None, as_primary: bool) -> dict[str, Any]:
+    """``--start``: the restored directory adopted and started (``--as-primary``: restarted
+    as the new primary); where it runs."""
+    started: dict[str, Any] = start_restored(
+        settings(), result.backup_id, result.data_dir, result.pg_major, port
+    )
+    if as_primary:
+        cluster = LocalCluster(Path(str(started["cluster_dir"])), settings())
+        started["as_primary"] = restart_as_primary(cluster)
+    return started
 
 
 def _lay_down(
@@ -187,4 +220,7 @@ def _render(result: RestoreResult, data: dict[str, Any]) -> None:
         console.print(note)
     if "port" in data:
         console.print(f"Started PostgreSQL {result.pg_version} on port {data['port']}.")
+    if "as_primary" in data:
+        console.print("Restarted as the new primary:")
+        render_settings(data["as_primary"])
         console.print(f"URL: {data['url']}")

@@ -90,3 +90,10 @@ def start_as_primary(cluster: LocalCluster) -> dict[str, Any]:
         "settings": {name: {"value": value, "source": source} for name, value, source in rows},
         "notes": notes,
     }
+
+
+def restart_as_primary(cluster: LocalCluster) -> dict[str, Any]:
+    """Stop the restored copy ``cluster`` (just started by a restore) and start it as a primary
+    (:func:`start_as_primary`): ``restore ... --as-primary``."""
+    cluster.stop()
+    return start_as_primary(cluster)
