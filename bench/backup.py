@@ -12,7 +12,8 @@ and restores it (medians over ``--runs``), all on the same machine with the same
   restored directory's 8 KiB pages were overwritten (against a full restore, and against
   ``pgbackrest restore --delta`` after the same damage); and ``pgdr restore --delta --by-wal``
   of a fresh backup onto a copy of the source after a small ``pgbench`` run (about 1% of the
-  pages), its changed pages found in the WAL instead of by reading
+  pages, spread) and after rows appended (1% of the pages, at the end of one table), its
+  changed pages found in the WAL instead of by reading
 * pgBackRest: full backup, ``compress-type=zst``, ``process-max=2``, local repo; ``restore``
 * ``pg_basebackup -Ft -X fetch -D - | zstd -3 -T2`` to a file; ``zstd -d | tar -x``
 * the disk's floors, the least any tool must do: "restore" writes as many bytes as the database
@@ -388,20 +389,15 @@ class Bench:
         self.record("pg_basebackup | zstd", "restore", timed(lambda: self.shell(untar)))
         shutil.rmtree(self.restore_dir, ignore_errors=True)
 
-    def wal_delta(self) -> None:
-        """``restore --delta --by-wal`` after a pgbench run: a pgdr files backup (untimed), a
-        small ``pgbench`` run on the source (about 1% of its pages), the source stopped and its
-        directory copied, then the backup restored onto the copy, its changed pages found in
-        the WAL the copy's ``pg_wal`` kept since the backup (``wal_keep_size``)."""
+    def wal_delta(self, workload: str) -> None:
+        """``restore --delta --by-wal`` after ``workload`` (below): a pgdr files backup
+        (untimed), the work on the source, a checkpoint, the source stopped and its directory
+        copied, then the backup restored onto the copy, its changed pages found in the WAL the
+        copy's ``pg_wal`` kept since the backup (``wal_keep_size``)."""
         env = {**self.env, "PGDR_REPO": str(self.base / "pgdr-repo-by-wal")}
         shutil.rmtree(env["PGDR_REPO"], ignore_errors=True)
         run([*self.pgdr, "backup", "--method", "files", "--workers", "2"], env=env)
-        pages = self.db_bytes // 8192
-        transactions = pages // 100 // 2  # each updates a random account (its page and index)
-        pgbench = [str(self.inst.tool("pgbench")), "-n", "-c", "2", "-j", "2"]
-        run([*pgbench, "-t", str(transactions // 2), self.conninfo])
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            conn.execute("CHECKPOINT")  # the changed pages on disk, as they would be by now
+        what = self._change(workload)
         self.cluster.stop()
         shutil.rmtree(self.restore_dir, ignore_errors=True)
         run(["cp", "-a", str(self.cluster.data_dir), str(self.restore_dir)])
@@ -409,14 +405,37 @@ class Bench:
         out: list[str] = []
         restore = [*self.pgdr, "restore", "latest", "--to", str(self.restore_dir), "--json"]
         delta = [*restore, "--delta", "--by-wal", "--force", "--workers", "2"]
-        self.record("pgdr files --by-wal", "delta", timed(partial(run_out, delta, out, env=env)))
+        tool = f"pgdr --by-wal {workload}"
+        self.record(tool, "delta", timed(partial(run_out, delta, out, env=env)))
         notes = "\n".join(json.loads(out[-1])["notes"])
         named = re.search(r"name ([\d,]+) pages", notes)
         if named is None:
             sys.exit(f"restore --by-wal read every page:\n{notes}")
-        share = int(named[1].replace(",", "")) / pages
-        print(f"  ({transactions} pgbench transactions; the WAL named {share:.1%} of the pages)")
+        share = int(named[1].replace(",", "")) / (self.db_bytes // 8192)
+        print(f"  ({what}; the WAL named {share:.1%} of the pages)", flush=True)
         shutil.rmtree(self.restore_dir, ignore_errors=True)
+
+    def _change(self, workload: str) -> str:
+        """About 1% of the database's pages changed: "pgbench" (its transactions update random
+        accounts, spread over the whole table) or "append" (rows added to pgbench_history, as an
+        application adds messages); then a checkpoint. Says what it did."""
+        pages = self.db_bytes // 8192
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            if workload == "append":
+                rows = pages // 100 * 150  # about 150 history rows fill a page
+                conn.execute(
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+                    "SELECT 1, 1, g, 0, now() FROM generate_series(1, %s) g",
+                    (rows,),
+                )
+                what = f"{rows:,} rows appended"
+            else:
+                transactions = pages // 100 // 2  # each: a random account's page and index
+                pgbench = [str(self.inst.tool("pgbench")), "-n", "-c", "2", "-j", "2"]
+                run([*pgbench, "-t", str(transactions // 2), self.conninfo])
+                what = f"{transactions:,} pgbench transactions"
+            conn.execute("CHECKPOINT")  # the changed pages on disk, as they would be by now
+        return what
 
     def _empty_restore_dir(self) -> None:
         shutil.rmtree(self.restore_dir, ignore_errors=True)
@@ -462,11 +481,13 @@ class Bench:
             f"{files2['delta'] / files2['restore']:.2f}, pgBackRest "
             f"{ref['delta'] / ref['restore']:.2f}"
         )
-        if "pgdr files --by-wal" in med:
-            print(
-                f"delta --by-wal after a pgbench run / full restore: pgdr "
-                f"{med['pgdr files --by-wal']['delta'] / files2['restore']:.2f}"
-            )
+        for workload in ("pgbench", "append"):
+            if f"pgdr --by-wal {workload}" in med:
+                by_wal = med[f"pgdr --by-wal {workload}"]["delta"]
+                print(
+                    f"delta --by-wal after {workload} (1% of pages) / full restore: "
+                    f"pgdr {by_wal / files2['restore']:.2f}"
+                )
         disk = med["disk floor"]
         print(
             f"disk floors: restore {disk['restore']:.1f} s = "
@@ -486,7 +507,8 @@ def main() -> None:
         bench.pgdr_restores()
         bench.peer_restores()
         if opts.data == "pgbench":
-            bench.wal_delta()
+            bench.wal_delta("pgbench")
+            bench.wal_delta("append")
     bench.report()
     if not opts.keep:
         bench.cluster.destroy()
