@@ -250,8 +250,9 @@ def _open_archive(repo: Repository) -> WalArchive | None:
 def _spool(
     target: Path, repo: Repository, control: Control, first: int, last: int, into: Path
 ) -> None:
-    """Segments ``first`` and on (at least to ``last``) into ``into``: links to the directory's
-    own, else opened from the repository; stops at the first segment neither holds. Where the
+    """Segments ``first`` to ``last`` into ``into``: links to the directory's own, else opened
+    from the repository; then the directory's own that follow (its pages can be no newer than
+    its own WAL: the repository's later WAL, e.g. of a lagging replica, is not read). Where the
     source changes, the directory's segment must match the repository's: one history."""
     archive = _open_archive(repo)
     stored: set[int] = set()
@@ -266,7 +267,7 @@ def _spool(
         if own.is_file():
             (into / name).symlink_to(own)
             sources.append(own)
-        elif archive is not None and segno in stored:
+        elif archive is not None and segno in stored and segno <= last:
             (into / name).write_bytes(fetch_bytes(archive, name, allow_partial=True))
             sources.append(None)
         elif segno <= last:
