@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
@@ -217,7 +218,7 @@ def _render(result: RestoreResult, data: dict[str, Any]) -> None:
         f"{result.duration_s:.1f} s."
     )
     for note in result.notes:
-        console.print(note)
+        console.print(escape(note))
     if "port" in data:
         console.print(f"Started PostgreSQL {result.pg_version} on port {data['port']}.")
     if "as_primary" in data:
