@@ -236,3 +236,19 @@ def test_restore_as_primary_restarts_the_copy_as_the_new_primary(walenv18: WalEn
         assert row == (10, False)
     finally:
         stop_restored(w, data)
+
+
+def test_restore_start_as_primary_prints_what_it_did(walenv18: WalEnv, scratch: Path) -> None:
+    """The human form of ``restore ID --to DIR --start --as-primary``: the settings and where
+    they come from, then the URL."""
+    w = walenv18
+    backup_id = backup(w)
+    out = w.cli("restore", backup_id, "--to", str(scratch / "copy"), "--start", "--as-primary")
+    name = f"restore-{backup_id}"
+    try:
+        assert out.code == 0, out.stderr
+        for text in ("Restarted as the new primary", "archive_mode = ", "URL: postgresql://"):
+            assert text in out.stdout, out.stdout
+        assert "command line" not in out.stdout
+    finally:
+        assert w.cli("cluster", "rm", name, "--yes").code == 0

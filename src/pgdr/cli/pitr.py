@@ -10,7 +10,7 @@ import typer
 from pgdr.backup import open_repository
 from pgdr.cli.cluster import render_settings
 from pgdr.cli.common import settings as load_settings
-from pgdr.cluster import LocalCluster
+from pgdr.cluster.manager import named_cluster
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
 from pgdr.restore import new_cluster_dir
@@ -113,7 +113,8 @@ def restore_to_point(
     result.notes = notes + result.notes
     data = result.as_dict()
     if as_primary:
-        data["as_primary"] = restart_as_primary(LocalCluster(cluster_dir, repo.settings))
+        cluster = named_cluster(repo.settings, cluster_dir.name)  # its data may be elsewhere
+        data["as_primary"] = restart_as_primary(cluster)
         result.url = data["url"] = data["as_primary"]["url"]
     emit(data, as_json, lambda: _render_pitr(result, data.get("as_primary")))
 

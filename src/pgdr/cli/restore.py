@@ -15,7 +15,7 @@ from pgdr.cli import pitr
 from pgdr.cli.backup import RepoOption, open_repo, show_key_note
 from pgdr.cli.cluster import render_settings
 from pgdr.cli.common import JsonOption, WorkersOption, settings
-from pgdr.cluster import LocalCluster
+from pgdr.cluster.manager import named_cluster
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, progress_bar
 from pgdr.core.units import human_size
@@ -163,7 +163,7 @@ def _start(result: RestoreResult, port: int | None, as_primary: bool) -> dict[st
         settings(), result.backup_id, result.data_dir, result.pg_major, port
     )
     if as_primary:
-        cluster = LocalCluster(Path(str(started["cluster_dir"])), settings())
+        cluster = named_cluster(settings(), Path(str(started["cluster_dir"])).name)
         started["as_primary"] = restart_as_primary(cluster)
     return started
 
@@ -213,7 +213,7 @@ def _check_standby_options(as_standby: bool, conninfo_env: str | None, to_point:
 
 def _render(result: RestoreResult, data: dict[str, Any]) -> None:
     console.print(
-        f"Restored backup {result.backup_id} into {result.data_dir}: "
+        f"Restored backup {result.backup_id} into {escape(str(result.data_dir))}: "
         f"{result.files} files, {human_size(result.bytes_restored)}, "
         f"{result.duration_s:.1f} s."
     )
@@ -224,4 +224,5 @@ def _render(result: RestoreResult, data: dict[str, Any]) -> None:
     if "as_primary" in data:
         console.print("Restarted as the new primary:")
         render_settings(data["as_primary"])
-        console.print(f"URL: {data['url']}")
+    if "port" in data:
+        console.print(f"URL: {escape(data['url'])}")
