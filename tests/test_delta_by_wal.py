@@ -11,6 +11,7 @@ it, every page is read and the report says why.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,108 @@ def test_a_copy_that_went_its_own_way_is_read_in_full(
         assert _table_digest(cluster.conninfo(), "accounts") == expected
     finally:
         cluster.stop()
+
+
+def _delta_matches(w: WalEnv, backup_id: str, target: Path, scratch: Path) -> str:
+    """The delta by the WAL of ``target``, which must then be byte for byte a fresh restore;
+    returns its notes."""
+    result = w.cli(
+        "restore", backup_id, "--to", str(target), "--delta", "--by-wal", "--force", "--json"
+    )  # fmt: skip
+    assert result.code == 0, result.stdout + result.stderr
+    reference = scratch / "reference"
+    assert w.cli("restore", backup_id, "--to", str(reference)).code == 0
+    assert _tree(target) == _tree(reference)
+    return "\n".join(json.loads(result.stdout)["notes"])
+
+
+def test_checksums_off_and_on_again_since_the_backup(walenv18: WalEnv, scratch: Path) -> None:
+    """(Found by a hostile review.) A transaction open across the backup commits after it;
+    checksums are turned off, a scan sets its hint bits without WAL, and they are turned on
+    again (pg_checksums rewrites every page without WAL). Both ends have checksums; the files
+    written after the backup with no page named give it away. Trusting the WAL made the
+    never-committed rows visible."""
+    w = walenv18
+    _prepare(w, "1GB")
+    w.sql("CREATE TABLE t (i int, note text)")
+    w.sql("INSERT INTO t SELECT g, 'base' FROM generate_series(1, 100) g")
+    with psycopg.connect(w.conninfo) as conn:  # one transaction open across the backup
+        conn.execute("INSERT INTO t SELECT g, 'open' FROM generate_series(1, 10) g")
+        backup_id = backup(w)
+        conn.commit()
+    tool, data = str(w.cluster.installation.tool("pg_checksums")), str(w.cluster.data_dir)
+    w.cluster.stop()
+    assert w.cluster.user.run([tool, "--disable", "-D", data]).returncode == 0
+    w.cluster.start()
+    assert w.sql("SELECT count(*) FROM t") == [(110,)]  # hint bits, without WAL
+    w.sql("CHECKPOINT")
+    w.cluster.stop()
+    assert w.cluster.user.run([tool, "--enable", "-D", data]).returncode == 0
+    notes = _delta_matches(w, backup_id, w.cluster.data_dir, scratch)
+    assert READ_ALL in notes and "written outside the WAL" in notes, notes
+    w.cluster.start()
+    assert w.sql("SELECT count(*) FROM t") == [(100,)]  # the open transaction never committed
+
+
+def test_unlogged_tables_are_compared(walenv: WalEnv, scratch: Path) -> None:
+    """(Found by a hostile review.) A files backup keeps an unlogged table's main fork, which
+    no WAL record names: it is compared, not trusted unchanged."""
+    w = walenv
+    _prepare(w, "1GB")
+    w.sql(
+        "CREATE UNLOGGED TABLE u AS SELECT g AS i, md5(g::text) AS note FROM generate_series(1, 20000) g"
+    )
+    w.sql("CREATE INDEX u_i ON u (i)")
+    backup_id = backup(w)
+    w.sql("UPDATE u SET note = 'x' WHERE i %% 10 = 1")
+    w.cluster.stop()
+    notes = _delta_matches(w, backup_id, w.cluster.data_dir, scratch)
+    assert BY_WAL in notes, notes
+
+
+def test_a_standby_promoted_after_its_last_checkpoint(
+    walenv18: WalEnv, scratch: Path, settings: PgdrSettings
+) -> None:
+    """(Found by a hostile review.) A copy runs as a standby, is promoted, changes rows and
+    crashes before the checkpoint that follows promotion: its pg_control still names timeline
+    1, whose WAL (the original's, in the repository) knows nothing of the copy's changes."""
+    w = walenv18
+    _prepare(w, "1GB")
+    w.start_stream()
+    wait_streamed(w)
+    backup_id = backup(w)
+    copy = scratch / "copy"
+    assert w.cli("restore", backup_id, "--to", str(copy)).code == 0
+    cluster = adopt_restored(settings, copy, 18, scratch / "copy-cluster")
+    cluster.drop_server_options(["archive_mode"])
+    with (copy / "postgresql.auto.conf").open("a") as conf:
+        conf.write(
+            "archive_mode = on\narchive_command = '/bin/true'\n"
+            f"primary_conninfo = '{w.conninfo}'\ncheckpoint_timeout = '1h'\n"
+        )
+    (copy / "standby.signal").touch()
+    cluster.start()
+    try:
+        w.sql("UPDATE accounts SET note = 'primary'")
+        lsn = w.sql("SELECT pg_current_wal_lsn()")[0][0]
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            for _ in range(300):
+                row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)).fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(0.1)
+            conn.execute("SELECT pg_promote(true)")
+            conn.execute("UPDATE cut SET note = 'copy' WHERE i % 50 = 3")
+            conn.execute("CREATE EXTENSION pg_buffercache")
+            conn.execute("SELECT pg_buffercache_evict(bufferid) FROM pg_buffercache WHERE isdirty")
+    finally:
+        cluster.kill()
+    w.sql("UPDATE accounts SET note = 'later' WHERE i %% 1000 = 1")  # the original writes on
+    w.sql("SELECT pg_switch_wal()")
+    wait_streamed(w)
+    w.stop_stream(w.procs[0])
+    notes = _delta_matches(w, backup_id, copy, scratch)
+    assert READ_ALL in notes and "changed timeline" in notes, notes
 
 
 def test_the_map_follows_what_the_wal_says() -> None:

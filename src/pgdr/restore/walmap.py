@@ -26,8 +26,11 @@ rewrites every page without WAL), when the WAL of the window is missing, ends be
 directory's last checkpoint or the backup's end, lacks the backup's end record (a standby's
 backup, or a directory whose history left the backup's) or, where the directory's segments and
 the repository's meet, differs from the repository's (a restored copy that ran on by itself),
-when the window holds a ``Tablespace`` record, or when it is larger than an eighth of the
-backup's data and 256 MiB (reading the files is then quicker than reading the WAL).
+when the window holds a ``Tablespace`` record, when its ``pg_wal`` holds a later timeline or a
+``.partial`` of its own (promoted after its last checkpoint), when a relation file the WAL names
+no page of was written after the backup ended (written outside the WAL: ``pg_checksums``), or
+when the window is larger than an eighth of the backup's data and 256 MiB (reading the files is
+then quicker than reading the WAL). Unlogged relations (with an init fork) are compared.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ class ChangedPages:
     blocks: dict[Relation, set[int]] = field(default_factory=dict)
     whole: set[Relation] = field(default_factory=set)  # created or truncated: compared in full
     databases: set[tuple[int, int]] = field(default_factory=set)  # created or dropped
+    unlogged: set[Relation] = field(default_factory=set)  # no WAL at all: compared in full
     backup_ends: set[int] = field(default_factory=set)  # start LSNs of BACKUP_END records
 
     def pages_of(self, path: str) -> list[int] | None:
@@ -141,7 +145,7 @@ class ChangedPages:
         if found is None:
             return None
         relation, segment = found
-        if relation in self.whole or relation[:2] in self.databases:
+        if relation in self.whole or relation in self.unlogged or relation[:2] in self.databases:
             return None
         low = segment * self.segment_blocks
         return sorted(
@@ -295,6 +299,55 @@ def _check_one_history(archive: WalArchive | None, own: Path | None, stored: set
             )
 
 
+def _check_no_later_timeline(target: Path, control: Control) -> None:
+    """Refuse a directory promoted (or switched timeline) after its last checkpoint: that
+    checkpoint still names the old timeline, and the old timeline's WAL (the repository's
+    too) knows nothing of what was done since."""
+    for path in sorted((target / "pg_wal").iterdir()):
+        name = path.name
+        if len(name) < 8 or not all(c in "0123456789ABCDEF" for c in name[:8]):
+            continue
+        tli = int(name[:8], 16)
+        if tli > control.timeline or (tli == control.timeline and name.endswith(".partial")):
+            raise NoMap(
+                f"its pg_wal holds {name}: it changed timeline after its last checkpoint, "
+                f"which still names timeline {control.timeline}"
+            )
+
+
+def unlogged_relations(manifest: Manifest) -> set[Relation]:
+    """The relations with an init fork (unlogged: none of their writes is in the WAL)."""
+    found = set()
+    for entry in manifest.files:
+        if entry.path.endswith("_init"):
+            relation = relation_of(entry.path.removesuffix("_init"))
+            if relation is not None:
+                found.add(relation[0])
+    return found
+
+
+def check_written_without_wal(target: Path, manifest: Manifest, changes: ChangedPages) -> None:
+    """Refuse when a relation file the WAL names no page of was written after the backup
+    ended: something wrote it outside the WAL (``pg_checksums --enable`` rewrites every page,
+    and hint bits set while checksums were off are in no WAL), so the WAL is not the whole
+    story. With checksums on throughout, every write after the backup is of a named page."""
+    after = manifest.stop_datetime.timestamp()
+    written = []
+    for entry in manifest.files:
+        if entry.kind != "file" or changes.pages_of(entry.path) != []:
+            continue
+        try:
+            if (target / entry.path).lstat().st_mtime > after:
+                written.append(entry.path)
+        except FileNotFoundError:
+            continue
+    if written:
+        raise NoMap(
+            f"{len(written):,} relation files (e.g. {written[0]}) were written after the backup "
+            "ended although the WAL names none of their pages: written outside the WAL"
+        )
+
+
 def changed_pages(
     repo: Repository, manifest: Manifest, data_key: DataKey, target: Path
 ) -> ChangedPages:
@@ -302,6 +355,7 @@ def changed_pages(
     them; raises :class:`NoMap` with the reason when the WAL cannot say."""
     control = read_control(manifest, target)
     _check_same_history(manifest, control, backup_control(repo, manifest, data_key))
+    _check_no_later_timeline(target, control)
     start = min(parse_lsn(manifest.start_lsn), control.redo)
     need = max(parse_lsn(manifest.stop_lsn), control.checkpoint, control.min_recovery)
     data = sum(f.size for f in manifest.files if f.kind == "file")
@@ -310,7 +364,7 @@ def changed_pages(
             f"its WAL since the backup ({(need - start) >> 20:,} MiB) is more than an eighth "
             "of the backup's data and 256 MiB: reading the files is quicker"
         )
-    changes = ChangedPages(start, control.segment_blocks)
+    changes = ChangedPages(start, control.segment_blocks, unlogged=unlogged_relations(manifest))
     tool = installation_for_major(manifest.pg_major).tool("pg_waldump")
     size = control.segment_size
     with private_dir("pgdr-delta-wal-") as spool:
@@ -327,4 +381,5 @@ def changed_pages(
             "its WAL does not hold the backup's end record (a backup of a standby, or a "
             "directory whose history left the backup's before it)"
         )
+    check_written_without_wal(target, manifest, changes)
     return changes
