@@ -63,9 +63,44 @@ RELATION_FILE = re.compile(
     r"^(?:base/(?P<db>\d+)|global|pg_tblspc/(?P<spc>\d+)/[^/]+/(?P<tdb>\d+))"
     r"/(?P<rel>\d+)(?:\.(?P<seg>\d+))?$"
 )
-RECORD = re.compile(r"^rmgr: (\S+)\s.*?, lsn: ([0-9A-F]+/[0-9A-F]+), .*?desc: (.*)$")
+RECORD = re.compile(
+    r"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*(\d+),.*?, lsn: ([0-9A-F]+/[0-9A-F]+), "
+    r".*?desc: (.*)$"
+)
+# the resource managers whose records pgdr follows: any other (an extension's own WAL) may
+# change relation files without naming their pages, as pg_rewind also refuses
+KNOWN_RMGRS = frozenset(
+    [
+        "XLOG",
+        "Transaction",
+        "Storage",
+        "CLOG",
+        "Database",
+        "Tablespace",
+        "MultiXact",
+        "RelMap",
+        "Standby",
+        "Heap2",
+        "Heap",
+        "Btree",
+        "Hash",
+        "Gin",
+        "Gist",
+        "Sequence",
+        "SPGist",
+        "BRIN",
+        "CommitTs",
+        "ReplicationOrigin",
+        "Generic",
+        "LogicalMessage",
+    ]
+)
+LABEL_START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.MULTILINE)
+LABEL_TIMELINE = re.compile(r"^START TIMELINE: (\d+)", re.MULTILINE)
 BLOCK = re.compile(r"rel (\d+)/(\d+)/(\d+)(?: fork (\w+))? blk (\d+)")
 DIRECTORY = re.compile(r"(\d+)/(\d+)")
+END_AT = re.compile(r"invalid record length at ([0-9A-F]+/[0-9A-F]+)")
+PAGE_AT = re.compile(r"(?:unexpected pageaddr|invalid magic number).*offset (\d+)")
 STORAGE_PATH = re.compile(r"((?:base|global|pg_tblspc)/\S+?)(?:_\w+)?(?:\s|$)")
 
 Relation = tuple[int, int, int]  # tablespace, database, file node
@@ -126,7 +161,8 @@ def relation_of(path: str) -> tuple[Relation, int] | None:
 
 @dataclass
 class ChangedPages:
-    """The main-fork pages the WAL names from ``start`` to ``end``."""
+    """The main-fork pages the WAL names from ``start`` to ``end`` (the end of the last record
+    read, or a little before it where it crossed a page)."""
 
     start: int
     segment_blocks: int
@@ -157,9 +193,11 @@ class ChangedPages:
             match = RECORD.match(line)
             if match is None:
                 continue
-            rmgr, lsn, desc = match.groups()
+            rmgr, total, lsn, desc = match.groups()
             self.records += 1
-            self.end = max(self.end, parse_lsn(lsn))
+            self.end = max(self.end, parse_lsn(lsn) + int(total))  # at most its true end
+            if rmgr not in KNOWN_RMGRS:
+                raise NoMap(f"the WAL at {lsn} holds a record of resource manager {rmgr}")
             if rmgr == "Tablespace":
                 raise NoMap(f"the WAL at {lsn} creates or drops a tablespace")
             if rmgr == "Database":
@@ -252,19 +290,26 @@ def _open_archive(repo: Repository) -> WalArchive | None:
 
 
 def _spool(
-    target: Path, repo: Repository, control: Control, first: int, last: int, into: Path
-) -> None:
-    """Segments ``first`` to ``last`` into ``into``: links to the directory's own, else opened
-    from the repository; then the directory's own that follow (its pages can be no newer than
-    its own WAL: the repository's later WAL, e.g. of a lagging replica, is not read). Where the
-    source changes, the directory's segment must match the repository's: one history."""
+    target: Path,
+    repo: Repository,
+    control: Control,
+    window: tuple[int, int],
+    into: Path,
+    tool: Path,
+) -> list[str]:
+    """Segments ``window`` (first, last) into ``into``; their names, in order. Links to the
+    directory's own, else opened from the repository; then the directory's own that follow (its
+    pages can be no newer than its own WAL: the repository's later WAL is not read). Where the
+    source changes, the two copies of the segment there must agree as far as both hold WAL
+    (``tool``, pg_waldump, finds where the directory's ends): one history. Where the
+    directory's WAL ends first (a replica behind), the repository's longer copy is used."""
     archive = _open_archive(repo)
     stored: set[int] = set()
     if archive is not None:
         chain = Chain.load(archive)
         stored = chain.segments.get(control.timeline, set())
         stored |= chain.partials.get(control.timeline, set())
-    segno, sources = first, list[Path | None]()
+    (segno, last), sources = window, list[Path | None]()
     while True:
         name = segment_name(control.timeline, segno, control.segment_size)
         own = target / "pg_wal" / name
@@ -280,23 +325,51 @@ def _spool(
             break
         segno += 1
     for before, after in pairwise(sources):
-        if (before is None) != (after is None):
-            _check_one_history(archive, before or after, stored)
+        if before is not None and after is None:  # its WAL ends first: the repository's goes on
+            (into / before.name).unlink()
+            (into / before.name).write_bytes(_one_history(tool, archive, before, stored))
+        elif before is None and after is not None:
+            _one_history(tool, archive, after, stored)
+    return sorted(p.name for p in into.iterdir())
 
 
-def _check_one_history(archive: WalArchive | None, own: Path | None, stored: set[int]) -> None:
-    """The directory's segment ``own`` holds what the repository's copy holds (as far as that
-    copy goes): the two sources are one history, not a restore that ran on by itself."""
-    assert archive is not None and own is not None
+def _one_history(tool: Path, archive: WalArchive | None, own: Path, stored: set[int]) -> bytes:
+    """The repository's copy of the directory's segment ``own``, once both are found to hold
+    the same WAL as far as both hold any: one history, not a restored copy that ran on by
+    itself."""
+    assert archive is not None
     if parse_segment(own.name, archive.segment_size).segno not in stored:
         raise NoMap(f"the repository lacks {own.name} to check that its WAL continues it")
     data, valid = fetch_segment(archive, own.name, allow_partial=True)
+    common = min(valid, _wal_end(tool, own))
     with own.open("rb") as handle:
-        if handle.read(valid) != data[:valid]:
+        if handle.read(common) != data[:common]:
             raise NoMap(
                 f"its WAL segment {own.name} differs from the repository's: its history left "
                 "the repository's (a restored copy that ran on by itself?)"
             )
+    return data
+
+
+def _wal_end(tool: Path, segment: Path) -> int:
+    """Where the valid WAL in ``segment`` ends (its offset), as ``pg_waldump`` finds it."""
+    with private_dir("pgdr-delta-end-") as alone:
+        (alone / segment.name).symlink_to(segment)
+        result = runner.run(
+            [tool, "--quiet", "--path", str(alone), segment.name],
+            timeout_s=120,
+            check=False,
+            env=dict(os.environ, LC_ALL="C"),
+        )
+    size = segment.stat().st_size
+    if result.returncode == 0 or "could not find file" in result.stderr:
+        return size  # valid to its end
+    found = END_AT.search(result.stderr) or PAGE_AT.search(result.stderr)
+    if found is None:
+        raise NoMap(f"{runner.sentence('pg_waldump', result.stderr).rstrip('.')} ({segment.name})")
+    if found.re is END_AT:
+        return parse_lsn(found[1]) % size
+    return int(found[1])
 
 
 def _check_no_later_timeline(target: Path, control: Control) -> None:
@@ -348,6 +421,22 @@ def check_written_without_wal(target: Path, manifest: Manifest, changes: Changed
         )
 
 
+def label_start(target: Path, control: Control) -> int | None:
+    """Where replay of ``target`` must start if it holds a ``backup_label`` (a restore not yet
+    started, ``pg_basebackup``'s or ``pg_rewind``'s output): its pages are a copy taken from
+    there on, and its ``pg_control``, copied last, may name a later checkpoint."""
+    try:
+        text = (target / "backup_label").read_text()
+    except FileNotFoundError:
+        return None
+    start, timeline = LABEL_START.search(text), LABEL_TIMELINE.search(text)
+    if start is None:
+        raise NoMap("its backup_label names no START WAL LOCATION")
+    if timeline is not None and int(timeline[1]) != control.timeline:
+        raise NoMap(f"its backup_label starts on timeline {timeline[1]}")
+    return parse_lsn(start[1])
+
+
 def changed_pages(
     repo: Repository, manifest: Manifest, data_key: DataKey, target: Path
 ) -> ChangedPages:
@@ -356,7 +445,8 @@ def changed_pages(
     control = read_control(manifest, target)
     _check_same_history(manifest, control, backup_control(repo, manifest, data_key))
     _check_no_later_timeline(target, control)
-    start = min(parse_lsn(manifest.start_lsn), control.redo)
+    starts = [parse_lsn(manifest.start_lsn), control.redo, label_start(target, control)]
+    start = min(lsn for lsn in starts if lsn is not None)
     need = max(parse_lsn(manifest.stop_lsn), control.checkpoint, control.min_recovery)
     data = sum(f.size for f in manifest.files if f.kind == "file")
     if need - start > max(data // WINDOW_SHARE, WINDOW_FLOOR):
@@ -368,8 +458,11 @@ def changed_pages(
     tool = installation_for_major(manifest.pg_major).tool("pg_waldump")
     size = control.segment_size
     with private_dir("pgdr-delta-wal-") as spool:
-        _spool(target, repo, control, start // size, need // size, spool)
+        names = _spool(target, repo, control, (start // size, need // size), spool, tool)
+        # the first and last segments named: PostgreSQL 15's pg_waldump reads the segment size
+        # from the first (else from any file, a zero-filled one among them)
         args = ["--timeline", str(control.timeline), "--start", format_lsn(start)]
+        args += [names[0], names[-1]]
         try:
             changes.feed(waldump_lines(tool, spool, args, recycled=True))
         except RuntimeFailure as exc:
