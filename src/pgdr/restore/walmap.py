@@ -7,7 +7,9 @@ record names from the earlier of the backup's start and the directory's last che
 end of the directory's WAL holds the same bytes in the backup and in the directory: it is left
 alone, unread. This is what ``pg_rewind`` relies on. ``pg_waldump`` lists the records from the
 directory's own ``pg_wal``, with the repository's copies (opened into a private temporary
-directory) for the segments it no longer has.
+directory) for the segments it no longer has, or not yet (a replica behind). A directory with
+a ``backup_label`` (a restore not yet started) is read from the label's start: its
+``pg_control``, copied last, may name a later checkpoint.
 
 A relation file of another size is cut to the backup's size and, if shorter, given the pages it
 lacks, as ``pg_rewind`` does: a relation grows without a record of its own, but every page it
@@ -26,7 +28,8 @@ rewrites every page without WAL), when the WAL of the window is missing, ends be
 directory's last checkpoint or the backup's end, lacks the backup's end record (a standby's
 backup, or a directory whose history left the backup's) or, where the directory's segments and
 the repository's meet, differs from the repository's (a restored copy that ran on by itself),
-when the window holds a ``Tablespace`` record, when its ``pg_wal`` holds a later timeline or a
+when the window holds a ``Tablespace`` record or one of a resource manager pgdr does not
+know (an extension's), when its ``pg_wal`` holds a later timeline or a
 ``.partial`` of its own (promoted after its last checkpoint), when a relation file the WAL names
 no page of was written after the backup ended (written outside the WAL: ``pg_checksums``), or
 when the window is larger than an eighth of the backup's data and 256 MiB (reading the files is
