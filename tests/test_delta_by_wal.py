@@ -338,21 +338,21 @@ def test_an_unstarted_restore_is_read_from_its_backup_label(
 def test_the_map_follows_what_the_wal_says() -> None:
     """pg_waldump lines (PostgreSQL 15 and 18 forms) folded into pages per file."""
     changes = ChangedPages(start=0, segment_blocks=131072)
-    changes.feed(
+    changes.feed(  # in LSN order, as pg_waldump lists them
         [
-            "rmgr: Heap        len (rec/tot):     61/    61, tx:        754, lsn: 0/0171D9C8, "
-            "prev 0/01720BB8, desc: INSERT off: 87, flags: 0x00, blkref #0: rel 1663/5/16384 "
-            "blk 131073, blkref #1: rel 1663/5/16384 fork vm blk 0",
-            "rmgr: Heap        len (rec/tot):     54/  1958, tx:        725, lsn: 0/01741960, "
-            "prev 0/01741930, desc: INSERT off 10 flags 0x01, blkref #0: rel 1663/5/1247 blk 14 "
-            "FPW",
             "rmgr: Storage     len (rec/tot):     42/    42, tx:        753, lsn: 0/016EF800, "
             "prev 0/016EF7D0, desc: CREATE base/5/16390",
-            "rmgr: Database    len (rec/tot):     34/    34, tx:        759, lsn: 0/01741A60, "
-            "prev 0/017418B0, desc: CREATE_WAL_LOG create dir 1663/16393",
+            "rmgr: Heap        len (rec/tot):     61/    61, tx:        754, lsn: 0/0171D9C8, "
+            "prev 0/016EF800, desc: INSERT off: 87, flags: 0x00, blkref #0: rel 1663/5/16384 "
+            "blk 131073, blkref #1: rel 1663/5/16384 fork vm blk 0",
+            "rmgr: Heap        len (rec/tot):     54/  1958, tx:        725, lsn: 0/01741960, "
+            "prev 0/0171D9C8, desc: INSERT off 10 flags 0x01, blkref #0: rel 1663/5/1247 blk 14 "
+            "FPW",
+            "rmgr: Database    len (rec/tot):     34/    34, tx:        759, lsn: 0/01742110, "
+            "prev 0/01741960, desc: CREATE_WAL_LOG create dir 1663/16393",
         ]
     )
-    assert changes.records == 4 and changes.end == 0x01741960 + 1958  # the longest record's end
+    assert changes.records == 4 and changes.end == 0x01742110 + 34  # the last record's end
     unknown = "rmgr: pgroonga    len (rec/tot):     42/    42, tx:        753, lsn: 0/016EF900, "
     with pytest.raises(NoMap, match="resource manager pgroonga"):  # an extension's own WAL
         changes.feed([unknown + "prev 0/016EF800, desc: INSERT"])
