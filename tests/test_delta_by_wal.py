@@ -335,6 +335,65 @@ def test_an_unstarted_restore_is_read_from_its_backup_label(
     assert BY_WAL in notes, notes
 
 
+def test_a_logical_message_cannot_pass_for_a_record(
+    walenv18: WalEnv, scratch: Path, settings: PgdrSettings
+) -> None:
+    """(Found by a hostile review.) A copy went its own way; on it, a role with no privilege
+    emits a logical message whose prefix, printed by pg_waldump as it is, reads as the later
+    backup's BACKUP_END record: the one-history guard was forged from plain SQL. Records of
+    managers that name no page (logical messages, transactions) are no longer listed."""
+    w = walenv18
+    _prepare(w, "1GB")
+    first = backup(w)
+    copy = scratch / "copy"
+    assert w.cli("restore", first, "--to", str(copy)).code == 0
+    cluster = adopt_restored(settings, copy, 18, scratch / "copy-cluster")
+    cluster.start()
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # the copy's recovery written before the second backup
+    time.sleep(1.1)
+    w.sql("UPDATE accounts SET note = 'original' WHERE i %% 50 = 1")
+    second = backup(w)
+    start = json.loads(w.cli("backup", "show", second, "--json").stdout)["start_lsn"]
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        for _ in range(2):  # the copy's own WAL passes the second backup's start
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CREATE ROLE nobody LOGIN")
+        conn.execute("UPDATE accounts SET note = 'copy' WHERE i = 2")
+    with psycopg.connect(cluster.conninfo(), user="nobody", autocommit=True) as conn:
+        forged = f"\ndesc: BACKUP_END {start}"
+        conn.execute("SELECT pg_logical_emit_message(false, %s, '')", (forged,))
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+    cluster.kill()
+    notes = _delta_matches(w, second, copy, scratch)
+    assert READ_ALL in notes, notes
+
+
+def test_a_standby_is_read_in_full(walenv18: WalEnv, scratch: Path, settings: PgdrSettings) -> None:
+    """(Found by a hostile review.) On a hot standby, a hint bit set on a page that replay left
+    dirty reaches the disk with it, without WAL (checksums on throughout): a standby is
+    refused, whether it runs, was stopped or crashed."""
+    w = walenv18
+    _prepare(w, "1GB")
+    w.start_stream()
+    wait_streamed(w)
+    first = backup(w)
+    copy = scratch / "standby"
+    assert w.cli("restore", first, "--to", str(copy)).code == 0
+    cluster = adopt_restored(settings, copy, 18, scratch / "standby-cluster")
+    with (copy / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"primary_conninfo = '{w.conninfo}'\n")
+    (copy / "standby.signal").touch()
+    cluster.start()
+    w.sql("UPDATE accounts SET note = 'primary' WHERE i %% 30 = 1")
+    second = backup(w)
+    cluster.kill()
+    notes = _delta_matches(w, second, copy, scratch)
+    assert READ_ALL in notes and "is a standby" in notes, notes
+
+
 def test_the_map_follows_what_the_wal_says() -> None:
     """pg_waldump lines (PostgreSQL 15 and 18 forms) folded into pages per file."""
     changes = ChangedPages(start=0, segment_blocks=131072)
@@ -352,10 +411,17 @@ def test_the_map_follows_what_the_wal_says() -> None:
             "prev 0/01741960, desc: CREATE_WAL_LOG create dir 1663/16393",
         ]
     )
-    assert changes.records == 4 and changes.end == 0x01742110 + 34  # the last record's end
-    unknown = "rmgr: pgroonga    len (rec/tot):     42/    42, tx:        753, lsn: 0/016EF900, "
-    with pytest.raises(NoMap, match="resource manager pgroonga"):  # an extension's own WAL
-        changes.feed([unknown + "prev 0/016EF800, desc: INSERT"])
+    changes.count(  # pg_waldump --stats: the records' number and end
+        "WAL statistics between 0/016EF800 and 0/01742138:\n"
+        "Type                                           N      (%)          Record size ...\n"
+        "----                                           -      ---          ----------- ...\n"
+        "Heap                                           2 ( 50.00)                 2019 ...\n"
+        "                                        --------                      -------- ...\n"
+        "Total                                          4                          2095 ...\n"
+    )
+    assert changes.records == 4 and changes.end == 0x01742138
+    with pytest.raises(NoMap, match="2 records of resource manager pgroonga"):  # an extension's
+        changes.count("WAL statistics between 0/1 and 0/2:\npgroonga      2 (  1.00)   84\n")
     assert changes.pages_of("base/5/16384") == []
     assert changes.pages_of("base/5/16384.1") == [1]
     assert changes.pages_of("base/5/1247") == [14]
@@ -377,5 +443,6 @@ def test_the_map_follows_what_the_wal_says() -> None:
         "Blocks per segment of large relation: 131072\n"
         "Bytes per WAL segment:                16777216\n"
         "wal_level setting:                    replica\n"
+        "Database cluster state:               in production\n"
     )
     assert (control.timeline, control.redo, control.checksums) == (3, 0x2000028, True)

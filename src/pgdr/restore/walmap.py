@@ -1,13 +1,16 @@
 """Which pages of a data directory changed since a backup, read from the WAL (``restore --delta
 --by-wal``), so that a delta restore need not read every page to find them.
 
-A page of a relation's main fork is only ever changed through a WAL record naming it (with data
-checksums on, hint bits too: the first hint after a checkpoint logs the page). So a page that no
+On a primary, a page of a relation's main fork is only ever changed through a WAL record naming
+it (with data checksums on, hint bits too: the first hint after a checkpoint logs the page; a
+standby writes hints without WAL and is refused). So a page that no
 record names from the earlier of the backup's start and the directory's last checkpoint to the
 end of the directory's WAL holds the same bytes in the backup and in the directory: it is left
 alone, unread. This is what ``pg_rewind`` relies on. ``pg_waldump`` lists the records from the
 directory's own ``pg_wal``, with the repository's copies (opened into a private temporary
-directory) for the segments it no longer has, or not yet (a replica behind). A directory with
+directory) for the segments it no longer has, or not yet (a copy behind). Only the records of
+resource managers that can name pages are listed: the others carry the only text a user can
+put in the WAL, which could pass for records. A directory with
 a ``backup_label`` (a restore not yet started) is read from the label's start: its
 ``pg_control``, copied last, may name a later checkpoint.
 
@@ -28,8 +31,9 @@ rewrites every page without WAL), when the WAL of the window is missing, ends be
 directory's last checkpoint or the backup's end, lacks the backup's end record (a standby's
 backup, or a directory whose history left the backup's) or, where the directory's segments and
 the repository's meet, differs from the repository's (a restored copy that ran on by itself),
-when the window holds a ``Tablespace`` record or one of a resource manager pgdr does not
-know (an extension's), when its ``pg_wal`` holds a later timeline or a
+when it is a standby (running or stopped in recovery: a standby writes hint bits on pages
+replay left dirty without WAL), when the window holds a ``Tablespace`` record or one of a
+resource manager pgdr does not know (an extension's), when its ``pg_wal`` holds a later timeline or a
 ``.partial`` of its own (promoted after its last checkpoint), when a relation file the WAL names
 no page of was written after the backup ended (written outside the WAL: ``pg_checksums``), or
 when the window is larger than an eighth of the backup's data and 256 MiB (reading the files is
@@ -66,10 +70,6 @@ RELATION_FILE = re.compile(
     r"^(?:base/(?P<db>\d+)|global|pg_tblspc/(?P<spc>\d+)/[^/]+/(?P<tdb>\d+))"
     r"/(?P<rel>\d+)(?:\.(?P<seg>\d+))?$"
 )
-RECORD = re.compile(
-    r"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*(\d+),.*?, lsn: ([0-9A-F]+/[0-9A-F]+), "
-    r".*?desc: (.*)$"
-)
 # the resource managers whose records pgdr follows: any other (an extension's own WAL) may
 # change relation files without naming their pages, as pg_rewind also refuses
 KNOWN_RMGRS = frozenset(
@@ -98,7 +98,28 @@ KNOWN_RMGRS = frozenset(
         "LogicalMessage",
     ]
 )
-UNKNOWN_RMGR = re.compile(rf"rmgr: (?!(?:{'|'.join(KNOWN_RMGRS)})\s)(\S+)")
+# the resource managers whose records can name relation pages (or create, drop or truncate
+# relation files): only theirs are listed. The others are left out, and with them the only
+# text a user can put in a record (a logical message's prefix, a prepared transaction's name),
+# which could otherwise pass for records in pg_waldump's listing
+PAGE_RMGRS = [
+    "XLOG",
+    "Storage",
+    "Database",
+    "Tablespace",
+    "Heap2",
+    "Heap",
+    "Btree",
+    "Hash",
+    "Gin",
+    "Gist",
+    "Sequence",
+    "SPGist",
+    "BRIN",
+    "Generic",
+]
+STATS_SPAN = re.compile(r"^WAL statistics between \S+ and ([0-9A-F]+/[0-9A-F]+):", re.MULTILINE)
+STATS_ROW = re.compile(r"^(\S+)\s+(\d+)\b", re.MULTILINE)  # "Heap  2067 ( 58.18) ...", "Total ..."
 LABEL_START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.MULTILINE)
 LABEL_TIMELINE = re.compile(r"^START TIMELINE: (\d+)", re.MULTILINE)
 MAIN_BLOCK = re.compile(r"rel (\d+/\d+/\d+)(?: fork main)? blk (\d+)")  # other forks: "fork vm"
@@ -108,7 +129,7 @@ SPECIAL = re.compile(
     r"rmgr: (Storage|Database|Tablespace)\s[^\n]*?, lsn: ([0-9A-F]+/[0-9A-F]+), "
     r"[^\n]*?desc: ([^\n]*)"
 )
-BACKUP_END = re.compile(r"desc: BACKUP_END ([0-9A-F]+/[0-9A-F]+)")
+BACKUP_END = re.compile(r"rmgr: XLOG\s[^\n]*?desc: BACKUP_END ([0-9A-F]+/[0-9A-F]+)")
 BATCH_LINES = 20_000
 DIRECTORY = re.compile(r"(\d+)/(\d+)")
 END_AT = re.compile(r"invalid record length at ([0-9A-F]+/[0-9A-F]+)")
@@ -136,6 +157,7 @@ class Control:
     segment_blocks: int
     segment_size: int
     wal_level: str
+    state: str
 
     @classmethod
     def parse(cls, text: str) -> Control:
@@ -154,6 +176,7 @@ class Control:
             segment_blocks=int(fields["Blocks per segment of large relation"]),
             segment_size=int(fields["Bytes per WAL segment"]),
             wal_level=fields["wal_level setting"],
+            state=fields["Database cluster state"],
         )
 
 
@@ -173,8 +196,8 @@ def relation_of(path: str) -> tuple[Relation, int] | None:
 
 @dataclass
 class ChangedPages:
-    """The main-fork pages the WAL names from ``start`` to ``end`` (the end of the last record
-    read, or a little before it where it crossed a page)."""
+    """The main-fork pages the WAL names from ``start`` to ``end`` (the end of the last valid
+    record)."""
 
     start: int
     segment_blocks: int
@@ -221,10 +244,6 @@ class ChangedPages:
             self._feed_text("".join(batch))
 
     def _feed_text(self, text: str) -> None:
-        unknown = UNKNOWN_RMGR.search(text)
-        if unknown is not None:
-            raise NoMap(f"the WAL holds a record of resource manager {unknown[1]}")
-        self.records += text.count("rmgr: ")
         for rmgr, lsn, desc in SPECIAL.findall(text):
             if rmgr == "Tablespace":
                 raise NoMap(f"the WAL at {lsn} creates or drops a tablespace")
@@ -235,11 +254,19 @@ class ChangedPages:
         self.backup_ends.update(parse_lsn(lsn) for lsn in BACKUP_END.findall(text))
         for relation, block in MAIN_BLOCK.findall(text):
             self._named.setdefault(relation, set()).add(int(block))
-        for line in reversed(text.splitlines()[-4:]):  # records come in LSN order: the last
-            last = RECORD.match(line)
-            if last is not None:  # its end (at most: a record crossing a page is longer)
-                self.end = max(self.end, parse_lsn(last[3]) + int(last[2]))
-                break
+
+    def count(self, statistics: str) -> None:
+        """Take the records' number and end from ``pg_waldump --stats``; refuse records of a
+        resource manager pgdr does not follow (an extension's own WAL)."""
+        found = STATS_SPAN.search(statistics)
+        if found is None:
+            raise NoMap("pg_waldump --stats printed no span of WAL")
+        self.end = max(self.end, parse_lsn(found[1]))
+        for name, count in STATS_ROW.findall(statistics):
+            if name == "Total":
+                self.records = int(count)
+            elif name not in KNOWN_RMGRS and int(count):
+                raise NoMap(f"the WAL holds {count} records of resource manager {name}")
 
     def describe(self) -> str:
         pages = sum(len(b) for b in self.blocks.values())
@@ -409,6 +436,15 @@ def _wal_end(tool: Path, segment: Path) -> int:
     return int(found[1])
 
 
+def _check_not_a_standby(target: Path, control: Control) -> None:
+    """Refuse a standby (running or stopped in recovery, or set up to recover): on a standby,
+    a hint bit set on a page replay left dirty reaches the disk with it, without WAL."""
+    signals = [name for name in ("standby.signal", "recovery.signal") if (target / name).exists()]
+    if "recovery" in control.state or signals:
+        why = signals[0] if signals else f"its state is {control.state!r}"
+        raise NoMap(f"it is a standby ({why}): a standby writes hint bits without WAL")
+
+
 def _check_no_later_timeline(target: Path, control: Control) -> None:
     """Refuse a directory promoted (or switched timeline) after its last checkpoint: that
     checkpoint still names the old timeline, and the old timeline's WAL (the repository's
@@ -482,6 +518,7 @@ def changed_pages(
     control = read_control(manifest, target)
     _check_same_history(manifest, control, backup_control(repo, manifest, data_key))
     _check_no_later_timeline(target, control)
+    _check_not_a_standby(target, control)
     starts = [parse_lsn(manifest.start_lsn), control.redo, label_start(target, control)]
     start = min(lsn for lsn in starts if lsn is not None)
     need = max(parse_lsn(manifest.stop_lsn), control.checkpoint, control.min_recovery)
@@ -501,7 +538,9 @@ def changed_pages(
         args = ["--timeline", str(control.timeline), "--start", format_lsn(start)]
         args += [names[0], names[-1]]
         try:
-            changes.feed(waldump_lines(tool, spool, args, recycled=True))
+            changes.count("".join(waldump_lines(tool, spool, [*args, "--stats"], recycled=True)))
+            listed = [*args, *(f"--rmgr={rmgr}" for rmgr in PAGE_RMGRS)]
+            changes.feed(waldump_lines(tool, spool, listed, recycled=True))
         except RuntimeFailure as exc:
             raise NoMap(str(exc).rstrip(".")) from exc
     if changes.end < need:
