@@ -27,17 +27,17 @@ The WAL says nothing (and the delta reads every page, with the reason in its rep
 directory has no ``pg_control`` (an earlier delta stopped half-way), is another database system
 or on another timeline, runs without data checksums or with ``wal_level = minimal``, when the
 backup's own ``pg_control`` says it was taken without checksums (``pg_checksums --enable``
-rewrites every page without WAL), when the WAL of the window is missing, ends before the
-directory's last checkpoint or the backup's end, lacks the backup's end record (a standby's
-backup, or a directory whose history left the backup's) or, where the directory's segments and
-the repository's meet, differs from the repository's (a restored copy that ran on by itself),
-when it is a standby (running or stopped in recovery: a standby writes hint bits on pages
-replay left dirty without WAL), when the window holds a ``Tablespace`` record or one of a
-resource manager pgdr does not know (an extension's), when its ``pg_wal`` holds a later timeline or a
-``.partial`` of its own (promoted after its last checkpoint), when a relation file the WAL names
-no page of was written after the backup ended (written outside the WAL: ``pg_checksums``), or
-when the window is larger than an eighth of the backup's data and 256 MiB (reading the files is
-then quicker than reading the WAL). Unlogged relations (with an init fork) are compared.
+rewrites pages without WAL), when the WAL of the window is missing, ends before the directory's
+last checkpoint or the backup's end, lacks the backup's end record (a standby's backup, or a
+directory whose history left the backup's) or, where the directory's segments and the
+repository's meet, differs from the repository's (a restored copy that ran on by itself), when
+it is a standby (running or stopped in recovery: a standby writes hint bits on pages replay
+left dirty without WAL), when the window holds a ``Tablespace`` record or one of a resource
+manager pgdr does not know (an extension's), when its ``pg_wal`` holds a later timeline or a
+``.partial`` of its own (promoted after its last checkpoint), when a relation file the WAL
+names no page of was written after the backup ended (written outside the WAL), or when the
+window is larger than an eighth of the backup's data and 256 MiB (reading the files is then
+quicker than reading the WAL). Unlogged relations (with an init fork) are compared.
 """
 
 from __future__ import annotations
