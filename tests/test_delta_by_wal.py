@@ -22,6 +22,7 @@ import pytest
 from conftest import run_cli
 from fixtures.backup import add_rows
 from fixtures.wal import WalEnv
+from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
 from pgdr.restore import adopt_restored
 from pgdr.restore.walmap import ChangedPages, Control, NoMap, relation_of
@@ -238,6 +239,19 @@ def test_unlogged_tables_are_compared(walenv: WalEnv, scratch: Path) -> None:
     assert BY_WAL in notes, notes
 
 
+def _standby_of(
+    w: WalEnv, backup_id: str, copy: Path, settings: PgdrSettings, config: str = ""
+) -> LocalCluster:
+    """Backup ``backup_id`` restored into ``copy``, adopted and set up as a standby of ``w``'s
+    server (with ``config`` added), not started."""
+    assert w.cli("restore", backup_id, "--to", str(copy)).code == 0
+    cluster = adopt_restored(settings, copy, 18, copy.with_name(copy.name + "-cluster"))
+    with (copy / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"primary_conninfo = '{w.conninfo}'\n{config}")
+    (copy / "standby.signal").touch()
+    return cluster
+
+
 def test_a_standby_promoted_after_its_last_checkpoint(
     walenv18: WalEnv, scratch: Path, settings: PgdrSettings
 ) -> None:
@@ -250,15 +264,9 @@ def test_a_standby_promoted_after_its_last_checkpoint(
     wait_streamed(w)
     backup_id = backup(w)
     copy = scratch / "copy"
-    assert w.cli("restore", backup_id, "--to", str(copy)).code == 0
-    cluster = adopt_restored(settings, copy, 18, scratch / "copy-cluster")
+    archiving = "archive_mode = on\narchive_command = '/bin/true'\ncheckpoint_timeout = '1h'\n"
+    cluster = _standby_of(w, backup_id, copy, settings, archiving)
     cluster.drop_server_options(["archive_mode"])
-    with (copy / "postgresql.auto.conf").open("a") as conf:
-        conf.write(
-            "archive_mode = on\narchive_command = '/bin/true'\n"
-            f"primary_conninfo = '{w.conninfo}'\ncheckpoint_timeout = '1h'\n"
-        )
-    (copy / "standby.signal").touch()
     cluster.start()
     try:
         w.sql("UPDATE accounts SET note = 'primary'")
@@ -379,13 +387,8 @@ def test_a_standby_is_read_in_full(walenv18: WalEnv, scratch: Path, settings: Pg
     _prepare(w, "1GB")
     w.start_stream()
     wait_streamed(w)
-    first = backup(w)
     copy = scratch / "standby"
-    assert w.cli("restore", first, "--to", str(copy)).code == 0
-    cluster = adopt_restored(settings, copy, 18, scratch / "standby-cluster")
-    with (copy / "postgresql.auto.conf").open("a") as conf:
-        conf.write(f"primary_conninfo = '{w.conninfo}'\n")
-    (copy / "standby.signal").touch()
+    cluster = _standby_of(w, backup(w), copy, settings)
     cluster.start()
     w.sql("UPDATE accounts SET note = 'primary' WHERE i %% 30 = 1")
     second = backup(w)

@@ -70,54 +70,19 @@ RELATION_FILE = re.compile(
     r"^(?:base/(?P<db>\d+)|global|pg_tblspc/(?P<spc>\d+)/[^/]+/(?P<tdb>\d+))"
     r"/(?P<rel>\d+)(?:\.(?P<seg>\d+))?$"
 )
-# the resource managers whose records pgdr follows: any other (an extension's own WAL) may
-# change relation files without naming their pages, as pg_rewind also refuses
-KNOWN_RMGRS = frozenset(
-    [
-        "XLOG",
-        "Transaction",
-        "Storage",
-        "CLOG",
-        "Database",
-        "Tablespace",
-        "MultiXact",
-        "RelMap",
-        "Standby",
-        "Heap2",
-        "Heap",
-        "Btree",
-        "Hash",
-        "Gin",
-        "Gist",
-        "Sequence",
-        "SPGist",
-        "BRIN",
-        "CommitTs",
-        "ReplicationOrigin",
-        "Generic",
-        "LogicalMessage",
-    ]
-)
 # the resource managers whose records can name relation pages (or create, drop or truncate
 # relation files): only theirs are listed. The others are left out, and with them the only
 # text a user can put in a record (a logical message's prefix, a prepared transaction's name),
 # which could otherwise pass for records in pg_waldump's listing
-PAGE_RMGRS = [
-    "XLOG",
-    "Storage",
-    "Database",
-    "Tablespace",
-    "Heap2",
-    "Heap",
-    "Btree",
-    "Hash",
-    "Gin",
-    "Gist",
-    "Sequence",
-    "SPGist",
-    "BRIN",
-    "Generic",
-]
+PAGE_RMGRS = (
+    "XLOG Storage Database Tablespace Heap2 Heap Btree Hash Gin Gist Sequence SPGist BRIN Generic"
+)
+# every resource manager pgdr knows: any other (an extension's own WAL) may change relation
+# files without naming their pages, as pg_rewind also refuses
+KNOWN_RMGRS = frozenset(
+    f"{PAGE_RMGRS} Transaction CLOG MultiXact RelMap Standby CommitTs ReplicationOrigin "
+    "LogicalMessage".split()
+)
 STATS_SPAN = re.compile(r"^WAL statistics between \S+ and ([0-9A-F]+/[0-9A-F]+):", re.MULTILINE)
 STATS_ROW = re.compile(r"^(\S+)\s+(\d+)\b", re.MULTILINE)  # "Heap  2067 ( 58.18) ...", "Total ..."
 LABEL_START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.MULTILINE)
@@ -539,7 +504,7 @@ def changed_pages(
         args += [names[0], names[-1]]
         try:
             changes.count("".join(waldump_lines(tool, spool, [*args, "--stats"], recycled=True)))
-            listed = [*args, *(f"--rmgr={rmgr}" for rmgr in PAGE_RMGRS)]
+            listed = [*args, *(f"--rmgr={rmgr}" for rmgr in PAGE_RMGRS.split())]
             changes.feed(waldump_lines(tool, spool, listed, recycled=True))
         except RuntimeFailure as exc:
             raise NoMap(str(exc).rstrip(".")) from exc
