@@ -171,8 +171,9 @@ def run(a: AgentEnv, alpha: LocalCluster, beta: LocalCluster) -> None:
     def alpha_protected() -> bool:
         code, report = a.status()
         alpha_now = report["databases"]["alpha"]
-        # the window's end is the newest streamed WAL's time: unknown (None) for the moment a
-        # partial segment is being replaced (one CI run in three on this VM); wait it out
+        # the window's end is the newest streamed WAL's time; it was unknown (None) for a moment
+        # in one CI run in three on this VM (cause not found: the recorded partial segment was
+        # found neither as a partial nor as a segment); wait it out
         window = alpha_now.get("recovery_window") or {}
         return code in (0, 1) and alpha_now["state"] == "protected" and bool(window.get("end"))
 
