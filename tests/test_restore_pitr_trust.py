@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -252,3 +253,21 @@ def test_restore_start_as_primary_prints_what_it_did(walenv18: WalEnv, scratch: 
         assert "command line" not in out.stdout
     finally:
         assert w.cli("cluster", "rm", name, "--yes").code == 0
+
+
+def test_the_window_ends_no_earlier_than_a_usable_backup(walenv18: WalEnv) -> None:
+    """The streamer's record of its newest partial can name a segment that is no longer in
+    the repository (retention removed it before the streamer's next upload replaced the
+    record). The window's end was then unknown (``None``) although the repository holds WAL
+    through the backup's stop; it is now never before that stop."""
+    w = walenv18
+    backup_id = streamed_backup(w)
+    shown = json.loads(w.cli("backup", "show", backup_id, "--json").stdout)
+    stopped_at = datetime.fromisoformat(shown["stop_time"]).timestamp()
+    archive = repository_archive(repository_at(str(w.repo), w.cluster.settings))
+    gone = "000000010000000000000000"  # no WAL segment has number 0
+    assert not archive.exists(gone) and not archive.has_partial(gone)
+    archive.put_state("partial", {"name": f"{gone}.partial", "read_at": 1.0, "bytes": 0})
+    window = json.loads(w.cli("wal", "status", "--json").stdout)
+    assert window["window_start"] is not None
+    assert window["window_end"] is not None and window["window_end"] >= stopped_at

@@ -260,8 +260,8 @@ def repository_wal_status(
 
     The window starts at the oldest base backup of this database system whose WAL this
     repository holds in full (the others are listed as without their WAL) and ends at the
-    newest WAL stored; with ``conninfo`` the lag is measured against the server and the
-    problems are listed.
+    newest WAL stored, never before the newest of those backups' stops; with ``conninfo`` the
+    lag is measured against the server and the problems are listed.
     """
     archive = repository_archive(repo)
     backups = [
@@ -272,4 +272,9 @@ def repository_wal_status(
     stops, without = usable_backup_stops(Chain.load(archive), backups)
     report = observe_wal(archive, min(stops) if stops else None, conninfo, limits)
     report.backups_without_wal = without
+    if stops:
+        # The repository holds WAL through every usable backup's stop, whatever the streamer's
+        # recorded partial says: that record can name a segment retention has since removed
+        # (the streamer writes a newer one on its next upload), leaving the end unknown.
+        report.window_end = max(report.window_end or 0.0, *stops)
     return report
