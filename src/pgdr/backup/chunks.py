@@ -11,11 +11,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pgdr.backup.manifest import Manifest
+from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import CorruptObject, DataKey, open_sealed, open_sealed_pieces
 from pgdr.storage import ObjectNotFound
+
+PIECE = 1 << 20  # how much of a chunk is opened at a time (the size of its buffer)
 
 
 class DamagedBackup(RuntimeFailure):
@@ -81,6 +83,20 @@ def fetch_chunk_pieces(
         raise damaged_chunk(manifest, index, "it fails authentication") from exc
     if total != manifest.chunks[index].size:
         raise damaged_chunk(manifest, index, "it has the wrong size")
+
+
+def read_file(repo: Repository, manifest: Manifest, data_key: DataKey, entry: FileEntry) -> bytes:
+    """One file of the backup, cut out of the chunks that hold it (each checked and opened)."""
+    data, buffer = bytearray(), bytearray(PIECE)
+    for index in manifest.chunks_of(entry):
+        position = index * manifest.chunk_size
+        for piece in fetch_chunk_pieces(repo, manifest, data_key, index, buffer):
+            end = position + len(piece)
+            low, high = max(entry.offset, position), min(entry.offset + entry.size, end)
+            if low < high:
+                data += piece[low - position : high - position]
+            position = end
+    return bytes(data)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from typing import Any
 
 import xxhash
 
-from pgdr.backup.chunks import DamagedBackup, fetch_chunk, fetch_chunk_pieces
+from pgdr.backup.chunks import PIECE, DamagedBackup, fetch_chunk, fetch_chunk_pieces
 from pgdr.backup.digest import PIECES, PieceDigests, piece_hasher
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import FileEntry, Manifest
@@ -199,7 +199,6 @@ class _Extractor(TarReader):
         self.beneath.close()
 
 
-PIECE = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from pgdr.backup.chunks import fetch_chunk_pieces, private_dir
+from pgdr.backup.chunks import private_dir, read_file
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster import installation_for_major
@@ -63,7 +63,6 @@ from pgdr.wal.names import format_lsn, parse_lsn, parse_segment, segment_name
 from pgdr.wal.transfer import fetch_bytes, fetch_segment
 
 DEFAULT_TABLESPACE, GLOBAL_TABLESPACE = 1663, 1664
-PIECE = 1 << 20  # the buffer pg_control's chunk is opened into
 WINDOW_SHARE = 8  # the WAL is read only when it is at most 1/8 of the backup's data,
 WINDOW_FLOOR = 256 << 20  # or at most 256 MiB (a second or two of pg_waldump)
 RELATION_FILE = re.compile(
@@ -173,6 +172,7 @@ class ChangedPages:
     databases: set[tuple[int, int]] = field(default_factory=set)  # created or dropped
     unlogged: set[Relation] = field(default_factory=set)  # no WAL at all: compared in full
     backup_ends: set[int] = field(default_factory=set)  # start LSNs of BACKUP_END records
+    _pages: dict[str, list[int] | None] = field(default_factory=dict, repr=False)  # pages_of's
 
     @property
     def blocks(self) -> dict[Relation, set[int]]:
@@ -181,7 +181,12 @@ class ChangedPages:
 
     def pages_of(self, path: str) -> list[int] | None:
         """The changed pages (numbered within the file) of ``path``, or None when the WAL does
-        not track the file (compare it in full)."""
+        not track the file (compare it in full). Worked out once per file."""
+        if path not in self._pages:
+            self._pages[path] = self._find_pages(path)
+        return self._pages[path]
+
+    def _find_pages(self, path: str) -> list[int] | None:
         found = relation_of(path)
         if found is None:
             return None
@@ -199,6 +204,7 @@ class ChangedPages:
         """Fold ``pg_waldump``'s lines in, a batch of lines at a time: the regular expressions
         run over a batch's text (hundreds of thousands of records take a second per line by
         line, a few tenths so)."""
+        self._pages.clear()
         batch: list[str] = []
         for line in lines:
             batch.append(line if line.endswith("\n") else line + "\n")
@@ -278,18 +284,10 @@ def backup_control(repo: Repository, manifest: Manifest, data_key: DataKey) -> C
     entry = next((f for f in manifest.files if f.path == "global/pg_control"), None)
     if entry is None:
         raise NoMap("the backup holds no global/pg_control")
-    data, buffer = bytearray(), bytearray(PIECE)
-    for index in manifest.chunks_of(entry):
-        position = index * manifest.chunk_size
-        for piece in fetch_chunk_pieces(repo, manifest, data_key, index, buffer):
-            end = position + len(piece)
-            low, high = max(entry.offset, position), min(entry.offset + entry.size, end)
-            if low < high:
-                data += piece[low - position : high - position]
-            position = end
+    data = read_file(repo, manifest, data_key, entry)
     with private_dir("pgdr-delta-control-") as directory:
         (directory / "global").mkdir()
-        (directory / "global" / "pg_control").write_bytes(bytes(data))
+        (directory / "global" / "pg_control").write_bytes(data)
         return read_control(manifest, directory)
 
 
