@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -14,10 +16,15 @@ from conftest import run_cli
 from fixtures.wal import WalEnv, make_wal_env
 from pgdr.config import PgdrSettings
 from pgdr.crypto import load_master_key
+from pgdr.crypto.keys import MasterKey
 from pgdr.restore import adopt_restored
 from pgdr.storage import LocalStore
 from pgdr.wal import WalArchive
 from pgdr.wal.names import is_segment
+from pgdr.wal.stream_state import StreamState
+from pgdr.wal.uploader import HEARTBEAT_S, SpoolUploader
+
+SEGMENT = 16 * 2**20
 
 
 def archive_of(w: WalEnv) -> WalArchive:
@@ -242,3 +249,46 @@ def test_setup_archive_refuses_when_server_user_cannot_run_pgdr(walenv18: WalEnv
     message = " ".join(result.stderr.split())
     assert "cannot run" in message and "archive_command runs as that user" in message
     assert "archive_command" not in (w.cluster.data_dir / "postgresql.auto.conf").read_text()
+
+
+def test_a_write_that_left_the_mtime_unchanged_is_uploaded(
+    walenv18: WalEnv, tmp_path: Path
+) -> None:
+    """On kernels with coarse file timestamps (before Linux 6.13), pg_receivewal's write in the
+    same clock tick as the uploader's last read leaves the partial file's size and mtime as
+    they were. The uploader took that for "nothing new" and, every heartbeat, recorded that the
+    repository held everything received until now, while those bytes stayed in the spool. The
+    coarse tick is reproduced by putting the file's mtime back after the write; the WAL is the
+    server's own, written into the spool in two steps as pg_receivewal would."""
+    w = walenv18
+    w.insert(50)
+    sysid = int(str(w.sql("SELECT system_identifier FROM pg_control_system()")[0][0]))
+    name, offset = w.sql("SELECT * FROM pg_walfile_name_offset(pg_current_wal_lsn())")[0]
+    wal = (w.cluster.data_dir / "pg_wal" / str(name)).read_bytes()[: int(str(offset))]
+    first, second = wal[: len(wal) // 2], wal[len(wal) // 2 :]
+    archive = WalArchive.open(
+        LocalStore(tmp_path / "repo"),
+        MasterKey(secrets.token_bytes(32), "test"),
+        system_identifier=sysid,
+        segment_size=SEGMENT,
+    )
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    partial = spool / f"{name}.partial"
+    partial.write_bytes(first + bytes(SEGMENT - len(first)))  # pre-allocated, as pg_receivewal
+    state = StreamState()
+    log = logging.LoggerAdapter(logging.getLogger("test"))
+    uploader = SpoolUploader(spool, archive, state, log, lambda: True)
+    uploader.upload()
+    assert state.repository_error is None
+    assert archive.get_partial(str(name)).rstrip(b"\0") == first.rstrip(b"\0")
+    stamp = partial.stat()
+    with partial.open("r+b") as handle:
+        handle.seek(len(first))
+        handle.write(second)
+    os.utime(partial, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the same clock tick
+    time.sleep(HEARTBEAT_S + 0.1)  # when the window would next be said to reach now
+    uploader.upload()
+    assert archive.get_partial(str(name)).rstrip(b"\0") == wal.rstrip(b"\0")
+    recorded = archive.get_state("partial")
+    assert recorded is not None and recorded["bytes"] == len(wal.rstrip(b"\0"))

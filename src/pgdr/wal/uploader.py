@@ -101,9 +101,12 @@ class SpoolUploader:
         except FileNotFoundError:
             return
         quick = (name, stat.st_mtime_ns, stat.st_size)
-        if quick == self._stat and not force:
-            self._confirm_partial(name, read_at)
+        if quick == self._stat and not force and not self._confirm_due():
             return
+        # Unchanged by its size and mtime, the file is still read before the window is said to
+        # reach now: a write in the same clock tick as the last read leaves the mtime as it was
+        # on kernels with coarse timestamps (before Linux 6.13), and its bytes would stay in
+        # the spool while the repository claimed them.
         start = self._ends.get(segment, 0)
         try:
             with path.open("rb") as handle:
@@ -135,7 +138,12 @@ class SpoolUploader:
         self._recorded = time.monotonic()
         self.archive.put_state("partial", {"name": name, "read_at": read_at, "bytes": size})
 
+    def _confirm_due(self) -> bool:
+        """Whether the recorded read time should be refreshed (pg_receivewal runs, and a
+        heartbeat has passed since the last record)."""
+        return self.running() and time.monotonic() - self._recorded >= HEARTBEAT_S
+
     def _confirm_partial(self, name: str, read_at: float) -> None:
-        if self.running() and time.monotonic() - self._recorded >= HEARTBEAT_S:
+        if self._confirm_due():
             size = self._sig[1] if self._sig else 0
             self._record_partial(name, read_at, size)
