@@ -44,12 +44,14 @@ def test_many_inputs_per_request_in_order(
     assert fake_api.stats()["inputs"] == 50
 
 
+@pytest.mark.parametrize("dimension", [1536, 1024])
 @pytest.mark.parametrize("ignore_encoding", [False, True], ids=["base64", "floats"])
-def test_asks_base64_and_accepts_floats(ignore_encoding: bool) -> None:
-    """Vectors are asked as base64 (decoded with numpy); a provider that ignores the option and
-    answers JSON floats gives the same vectors."""
+def test_asks_base64_and_accepts_floats(ignore_encoding: bool, dimension: int) -> None:
+    """Vectors are asked as base64 (decoded with numpy: a reply's vectors in one call when
+    they need no padding, 1536 dimensions, else one by one, 1024); a provider that ignores the
+    option and answers JSON floats gives the same vectors."""
     with FakeEmbeddingsAPI(api_key=API_KEY, ignore_encoding=ignore_encoding) as api:
-        p = OpenAIProvider(_settings(api), dimension=1536)
+        p = OpenAIProvider(_settings(api), dimension=dimension)
         try:
             result = p.embed(["one text", "another text"])
         finally:
@@ -57,7 +59,7 @@ def test_asks_base64_and_accepts_floats(ignore_encoding: bool) -> None:
         assert api.encodings == {"base64": 1}
     for text, vec in zip(["one text", "another text"], result.vectors, strict=True):
         assert vec is not None and vec.dtype == np.float32
-        np.testing.assert_array_equal(vec, fake_vector(text, 1536))
+        np.testing.assert_array_equal(vec, fake_vector(text, dimension))
 
 
 def test_request_token_limit_splits_requests(fake_api: FakeEmbeddingsAPI) -> None:

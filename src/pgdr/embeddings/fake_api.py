@@ -237,14 +237,22 @@ class FakeEmbeddingsAPI:
                 for i, vec in enumerate(vecs)
             ]
             return json.dumps({**envelope, "data": data}).encode()
-        raw, size = vecs.tobytes(), dimension * 4
         items = b",".join(
-            b'{"object": "embedding", "index": %d, "embedding": "%s"}'
-            % (i, base64.b64encode(raw[i * size : (i + 1) * size]))
-            for i in range(len(inputs))
+            b'{"object": "embedding", "index": %d, "embedding": "%s"}' % (i, text)
+            for i, text in enumerate(_base64_rows(vecs))
         )
         head = json.dumps(envelope)[:-1].encode()
         return head + b', "data": [' + items + b"]}"
+
+
+def _base64_rows(vecs: npt.NDArray[np.float32]) -> list[bytes]:
+    """Each row's bytes in base64; when a row's size is divisible by 3 (no padding), the whole
+    array is encoded in one call and cut (a call per row cost 30 us a vector)."""
+    raw, size = vecs.tobytes(), vecs.shape[1] * 4
+    if size % 3:
+        return [base64.b64encode(raw[i : i + size]) for i in range(0, len(raw), size)]
+    text, step = base64.b64encode(raw), size // 3 * 4
+    return [text[i : i + step] for i in range(0, len(text), step)]
 
 
 _ENVELOPE = {"object": "list", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
