@@ -6,10 +6,11 @@ never creates or changes anything. Each database is:
 * ``unprotected`` (exit 2, Nagios CRITICAL) when it has no complete backup, or the agent
   refused it;
 * ``degraded`` (exit 1, Nagios WARNING) when anything below holds: WAL is configured but no
-  streamer is alive; the newest backup is older than twice its schedule plus 5 minutes; no
-  restore test has passed yet, or the newest failed, or it is older than twice its schedule
-  plus 5 minutes; the repository cannot be read; the agent reports the database unreachable
-  or a job failing; an incident is open;
+  streamer is alive; the repository's WAL has a gap, or trails the server (as the streamer last
+  saw it) by more than 16 MiB or for more than 300 s; the newest backup is older than twice
+  its schedule plus 5 minutes; no restore test has passed yet, or the newest failed, or it is
+  older than twice its schedule plus 5 minutes; the repository cannot be read; the agent
+  reports the database unreachable or a job failing; an incident is open;
 * ``protected`` (exit 0, Nagios OK) otherwise.
 
 ``last_drill`` is the newest DR drill run recorded in ``$PGDR_HOME`` (the scenarios of one run
@@ -37,7 +38,7 @@ from pgdr.drills.report import drill_history
 from pgdr.incident.store import IncidentLog
 from pgdr.storage import ObjectNotFound
 from pgdr.wal.archive import KEYRING
-from pgdr.wal.status import repository_wal_status
+from pgdr.wal.status import LagLimits, gap_problems, lag_problems, repository_wal_status
 
 PROTECTED, DEGRADED, UNPROTECTED = "protected", "degraded", "unprotected"
 EXIT_CODES = {PROTECTED: 0, DEGRADED: 1, UNPROTECTED: 2}
@@ -175,6 +176,8 @@ def _wal_part(handle: DatabaseHandle, repo: Repository, status: DatabaseStatus, 
         status.degrade(f"The WAL receiver is failing: {streamer['receiver_error']}")
     if streamer.get("repository_error"):
         status.degrade(f"The streamer cannot upload: {streamer['repository_error']}")
+    for problem in gap_problems(report) + lag_problems(report, LagLimits()):
+        status.degrade(problem)
 
 
 def _agent_part(

@@ -77,10 +77,12 @@ class WalStatus:
 
 
 def newest_wal_time(archive: WalArchive) -> float | None:
-    """Up to when the repository holds WAL: the newest partial read or archived segment."""
+    """Up to when the repository holds WAL: the newest moment the streamer proved held (see
+    :mod:`pgdr.wal.uploader`; none yet right after it started), or the newest archived
+    segment's."""
     times: list[float] = []
     partial = archive.get_state("partial")
-    if partial:
+    if partial and partial.get("read_at") is not None:
         # still there, or completed since (then its segment holds at least as much)
         segment = str(partial["name"])[:24]
         if archive.has_partial(segment) or archive.exists(segment):
@@ -130,13 +132,15 @@ def wal_status(
 
 def usable_backup_stops(
     chain: Chain, backups: list[tuple[str, int, str, str, float]]
-) -> tuple[list[float], list[str]]:
-    """Stop times of the backups whose WAL is all here, and why the others are not usable.
+) -> tuple[list[float], list[str], bool]:
+    """Stop times of the backups whose WAL is all here, why the others are not usable, and
+    whether the WAL of one of them runs on to the newest without a gap.
 
     ``backups`` are (id, timeline, start LSN, stop LSN, stop time as a timestamp).
     """
     stops: list[float] = []
     missing: list[str] = []
+    unbroken = False
     for backup_id, tli, start, stop, stop_at in backups:
         start_lsn = parse_lsn(start)
         try:
@@ -152,7 +156,16 @@ def usable_backup_stops(
             missing.append(f"backup {backup_id}: {exc.message}")
             continue
         stops.append(stop_at)
-    return stops, missing
+        unbroken = unbroken or _runs_to_newest(chain, target, start_lsn)
+    return stops, missing, unbroken
+
+
+def _runs_to_newest(chain: Chain, tli: int, start_lsn: int) -> bool:
+    try:
+        chain.needed(tli, start_lsn, None, use_partial=True)
+    except CheckFailed:
+        return False
+    return True
 
 
 def repository_end(archive: WalArchive, chain: Chain) -> int | None:
@@ -201,12 +214,7 @@ def measure_lag(
 
 def wal_problems(report: WalStatus, limits: LagLimits) -> list[str]:
     """One sentence per reason the WAL protection is not in order; empty when it is."""
-    problems: list[str] = []
-    if report.gaps:
-        problems.append(
-            f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
-            "no restore can cross a gap; take a new base backup after it."
-        )
+    problems = gap_problems(report)
     if report.streamer and not report.streamer_alive:
         beat = float(report.streamer.get("heartbeat_at", 0))
         problems.append(
@@ -216,21 +224,36 @@ def wal_problems(report: WalStatus, limits: LagLimits) -> list[str]:
         )
     if report.streamer and report.streamer_alive and report.streamer.get("receiver_error"):
         problems.append(f"The WAL receiver is failing: {report.streamer['receiver_error']}")
+    return problems + lag_problems(report, limits)
+
+
+def gap_problems(report: WalStatus) -> list[str]:
+    """The sentence for missing segments, if any."""
+    if not report.gaps:
+        return []
+    return [
+        f"The WAL has {len(report.gaps)} missing segment(s), first {report.gaps[0]}: "
+        "no restore can cross a gap; take a new base backup after it."
+    ]
+
+
+def lag_problems(report: WalStatus, limits: LagLimits) -> list[str]:
+    """The sentence for a repository too far behind the server, if it is."""
     if report.lag_bytes is not None and report.lag_bytes > limits.max_bytes:
-        problems.append(
+        return [
             f"The repository is {report.lag_bytes:,} bytes behind the server "
             f"(limit {limits.max_bytes:,}): WAL is not reaching pgdr."
-        )
-    elif (
+        ]
+    if (
         report.lag_seconds is not None
         and report.lag_bytes
         and report.lag_seconds > limits.max_seconds
     ):
-        problems.append(
+        return [
             f"The repository's newest WAL is {report.lag_seconds:.0f} s old while the server "
             f"has {report.lag_bytes:,} bytes more (limit {limits.max_seconds:.0f} s)."
-        )
-    return problems
+        ]
+    return []
 
 
 def observe_wal(
@@ -245,6 +268,9 @@ def observe_wal(
     server_lsn: int | None = None
     if conninfo is not None:
         server_lsn, report.server_error = server_position(conninfo)
+    elif report.streamer_alive and report.streamer and report.streamer.get("server_lsn"):
+        # no server to ask: the live streamer's own observation of it (a heartbeat old)
+        server_lsn = parse_lsn(str(report.streamer["server_lsn"]))
     measure_lag(report, archive, chain, server_lsn)
     streamer = report.streamer or {}
     # commits block while a synchronous streamer is away (until it degrades them to async)
@@ -269,10 +295,12 @@ def repository_wal_status(
         for m in repo.list_backups()
         if m.system_identifier == str(archive.system_identifier)
     ]
-    stops, without = usable_backup_stops(Chain.load(archive), backups)
+    stops, without, unbroken = usable_backup_stops(Chain.load(archive), backups)
     report = observe_wal(archive, min(stops) if stops else None, conninfo, limits)
     report.backups_without_wal = without
-    if stops:
+    if stops and not unbroken:  # a gap after every usable backup: no restore passes it
+        report.window_end = max(stops)
+    elif stops:
         # The repository holds WAL through every usable backup's stop, whatever the streamer's
         # recorded partial says: that record can name a segment retention has since removed
         # (the streamer writes a newer one on its next upload), leaving the end unknown.

@@ -229,6 +229,7 @@ class Streamer:
     # ----- the server side --------------------------------------------------------------------
     def _observe_server(self) -> bool:
         """Positions and sync state from the server; False when it cannot be reached."""
+        asked_at = time.time()  # the positions read are at least those of this moment
         try:
             with connect(self.server) as conn:
                 if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
@@ -241,14 +242,17 @@ class Streamer:
                     " (SELECT sync_state FROM pg_stat_replication"
                     "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1),"
                     " (SELECT write_lsn - '0/0'::pg_lsn FROM pg_stat_replication"
-                    "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1)",
+                    "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1),"
+                    " pg_walfile_name(pg_current_wal_lsn())",
                     (self.o.application,) * 3,
                 ).fetchone()
                 assert row is not None
+                self.status.server_timeline = int(str(row[4])[:8], 16)
                 self.status.server_lsn = int(row[0])
                 self.status.flush_lsn = None if row[1] is None else int(row[1])
                 self.status.sync_state = row[2]
                 self.status.write_lsn = None if row[3] is None else int(row[3])
+                self.status.server_seen_at = asked_at
                 if self.o.synchronous:
                     wanted = sync_names_value(self.o.application, self.o.quorum_with)
                     self.sync.manage(conn, wanted, self.o.degrade_after)

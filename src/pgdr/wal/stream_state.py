@@ -28,6 +28,8 @@ class StreamState:
     partial_read_at: float | None = None
     received_lsn: int | None = None
     server_lsn: int | None = None
+    server_seen_at: float | None = None  # when server_lsn and flush_lsn were asked for
+    server_timeline: int | None = None  # the timeline server_lsn is on
     flush_lsn: int | None = None
     write_lsn: int | None = None  # what pg_receivewal reports written to the spool
     sync_state: str | None = None

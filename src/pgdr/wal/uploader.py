@@ -2,11 +2,16 @@
 
 Completed segments and timeline histories are pushed and then removed from the spool; the
 segment being written (``.partial``) is pushed piece by piece as it grows (only the new bytes,
-trimmed of pg_receivewal's zero padding), and while nothing new arrives its ``read_at`` is
-confirmed every ``HEARTBEAT_S`` so a quiet database's recovery window still reaches the
-present. A repository error keeps everything in the spool (``repository_error`` in the state)
-and the next round tries again. ``sealed`` is the (timeline, end LSN) of the newest segment
-pushed, what the slot may let go of (:func:`pgdr.wal.receiver.release_sealed`).
+trimmed of pg_receivewal's zero padding). With each piece, and every ``HEARTBEAT_S`` while
+nothing new arrives, the state records ``read_at``: the newest moment at which the repository
+is known to have held everything the server had written, the end of the recovery window. It is
+proven by the streamer's observations of the server (its WAL position, asked at a known time,
+is at or below what the repository holds), never assumed: a receiver that is alive but
+receives nothing (stopped, or cut off by a network black hole) leaves it where it was, so the
+window stops and the lag shows. A repository error keeps everything in the spool
+(``repository_error`` in the state) and the next round tries again. ``sealed`` is the
+(timeline, end LSN) of the newest segment pushed, what the slot may let go of
+(:func:`pgdr.wal.receiver.release_sealed`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pgdr.wal.names import is_history, is_partial, is_segment, parse_segment, pa
 from pgdr.wal.stream_state import StreamState
 
 HEARTBEAT_S = 1.0
+WATCHED = 600  # observations of the server kept until the repository holds their position
 
 
 def trimmed(data: bytes) -> bytes:
@@ -49,6 +55,13 @@ class SpoolUploader:
         self._stat: tuple[str, int, int] | None = None
         self._ends: dict[str, int] = {}  # segment -> bytes uploaded in this run
         self._recorded = 0.0
+        self._held: dict[int, int] = {}  # timeline -> end of the WAL uploaded on it
+        # the server's positions not yet held: (time, timeline, LSN); and the newest report of
+        # what the receiver had flushed: (time, timeline, LSN)
+        self._watched: list[tuple[float, int, int]] = []
+        self._flushed: tuple[float, int, int] | None = None
+        self._seen_at: float | None = None  # the last observation taken in
+        self._held_at: float | None = None  # the newest moment proven held
         self.sealed: tuple[int, int] | None = None  # (timeline, end) of the newest segment up
 
     def upload(self, final: bool = False) -> None:
@@ -73,6 +86,7 @@ class SpoolUploader:
                         end = (seg.segno + 1) * self.archive.segment_size
                         self.status.received_lsn = max(self.status.received_lsn or 0, end)
                         self.sealed = (seg.timeline, end)
+                        self._uploaded(seg.timeline, end)
                     path.unlink()
             partials = [n for n in names if is_partial(n)]
             if partials:
@@ -88,14 +102,15 @@ class SpoolUploader:
 
         Only the bytes past the last upload go up (a piece ``<segment>.partial.<offset>``), so
         the cost follows the WAL rate, not the segment's fill. The first upload of a run starts
-        at 0 and replaces older pieces. The recorded ``read_at`` says "the repository holds
-        everything pgdr had received at this moment", which ends the recovery window; while
-        nothing new arrives it is refreshed every heartbeat, so a quiet database's window still
-        reaches the present.
+        at 0 and replaces older pieces. The recorded ``read_at`` (see the module's docstring)
+        ends the recovery window; while nothing new arrives it moves on every heartbeat as the
+        streamer's observations prove it, so a quiet database's window still reaches the
+        present.
         """
         path = self.spool / name
         segment = name[:24]
         read_at = time.time()
+        self._take_observation()
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -131,12 +146,46 @@ class SpoolUploader:
         self.status.received_lsn = max(
             self.status.received_lsn or 0, seg.start_lsn(self.archive.segment_size) + end
         )
-        self._record_partial(name, read_at, end)
+        self._uploaded(seg.timeline, seg.start_lsn(self.archive.segment_size) + end)
+        self._record_partial(name, self._held_until(read_at), end)
 
-    def _record_partial(self, name: str, read_at: float, size: int) -> None:
-        self.status.partial_read_at = read_at
+    def _record_partial(self, name: str, held_at: float | None, size: int) -> None:
+        self.status.partial_read_at = held_at
         self._recorded = time.monotonic()
-        self.archive.put_state("partial", {"name": name, "read_at": read_at, "bytes": size})
+        self.archive.put_state("partial", {"name": name, "read_at": held_at, "bytes": size})
+
+    def _uploaded(self, timeline: int, end: int) -> None:
+        self._held[timeline] = max(self._held.get(timeline, 0), end)
+
+    def _take_observation(self) -> None:
+        """Take in the streamer's newest observation of the server, once."""
+        seen, tli = self.status.server_seen_at, self.status.server_timeline
+        if seen is None or tli is None or seen == self._seen_at:
+            return
+        self._seen_at = seen
+        if self.status.server_lsn is not None:  # the newest WATCHED, for a receiver stuck long
+            self._watched = [*self._watched[-WATCHED + 1 :], (seen, tli, self.status.server_lsn)]
+        if self.status.flush_lsn is not None:
+            self._flushed = (seen, tli, self.status.flush_lsn)
+
+    def _held_until(self, read_at: float) -> float | None:
+        """The newest moment at which the repository held all the server had written, now that
+        the spool was read at ``read_at`` and everything read is up.
+
+        Held, on each timeline: what was uploaded, and what the receiver had reported flushed at
+        an observation before the read (it was in the spool when it was read). An observation of
+        the server's position on a timeline at or below what is held on it proves its moment
+        (on its timeline only: after a failover the new timeline's WAL from the fork on must be
+        up, whatever the old one holds)."""
+        held = dict(self._held)
+        if self._flushed is not None and self._flushed[0] < read_at:
+            _seen, tli, lsn = self._flushed
+            held[tli] = max(held.get(tli, 0), lsn)
+        proven = [seen for seen, tli, lsn in self._watched if lsn <= held.get(tli, -1)]
+        if proven:
+            self._held_at = max(self._held_at or 0.0, *proven)
+            self._watched = [o for o in self._watched if o[0] > self._held_at]
+        return self._held_at
 
     def _confirm_due(self) -> bool:
         """Whether the recorded read time should be refreshed (pg_receivewal runs, and a
@@ -144,6 +193,10 @@ class SpoolUploader:
         return self.running() and time.monotonic() - self._recorded >= HEARTBEAT_S
 
     def _confirm_partial(self, name: str, read_at: float) -> None:
-        if self._confirm_due():
+        """Nothing new in the partial: record a newer proven moment, if there is one."""
+        if not self._confirm_due():
+            return
+        held_at = self._held_until(read_at)
+        if held_at is not None and held_at != self.status.partial_read_at:
             size = self._sig[1] if self._sig else 0
-            self._record_partial(name, read_at, size)
+            self._record_partial(name, held_at, size)
