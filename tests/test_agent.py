@@ -171,11 +171,11 @@ def run(a: AgentEnv, alpha: LocalCluster, beta: LocalCluster) -> None:
     def alpha_protected() -> bool:
         code, report = a.status()
         alpha_now = report["databases"]["alpha"]
-        # the window's end is the newest streamed WAL's time; it was unknown (None) for a moment
-        # in one CI run in three, most likely because the streamer's record named a segment
-        # that retention (a backup every 5 s, 0 days kept) had removed before the streamer's
-        # next upload. The end is now never before the newest usable backup's stop
-        # (test_restore_pitr_trust.py::test_the_window_ends_no_earlier_than_a_usable_backup)
+        # the window's end is the newest moment the streamer proved held; it is unknown (None)
+        # for a moment when the streamer's record names a segment that retention (a backup
+        # every 5 s, 0 days kept) removed before the streamer's next upload (in one CI run in
+        # three; test_restore_pitr_trust.py::
+        # test_a_record_of_a_removed_segment_leaves_the_window_end_unknown): wait it out
         window = alpha_now.get("recovery_window") or {}
         return code in (0, 1) and alpha_now["state"] == "protected" and bool(window.get("end"))
 

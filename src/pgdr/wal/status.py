@@ -286,8 +286,10 @@ def repository_wal_status(
 
     The window starts at the oldest base backup of this database system whose WAL this
     repository holds in full (the others are listed as without their WAL) and ends at the
-    newest WAL stored, never before the newest of those backups' stops; with ``conninfo`` the
-    lag is measured against the server and the problems are listed.
+    newest moment the streamer proved held (:mod:`pgdr.wal.uploader`), or the newest archived
+    segment's; unknown (None) when a gap follows every one of those backups. With ``conninfo``
+    the lag is measured against the server (else against the live streamer's observation of it)
+    and the problems are listed.
     """
     archive = repository_archive(repo)
     backups = [
@@ -298,11 +300,8 @@ def repository_wal_status(
     stops, without, unbroken = usable_backup_stops(Chain.load(archive), backups)
     report = observe_wal(archive, min(stops) if stops else None, conninfo, limits)
     report.backups_without_wal = without
-    if stops and not unbroken:  # a gap after every usable backup: no restore passes it
-        report.window_end = max(stops)
-    elif stops:
-        # The repository holds WAL through every usable backup's stop, whatever the streamer's
-        # recorded partial says: that record can name a segment retention has since removed
-        # (the streamer writes a newer one on its next upload), leaving the end unknown.
-        report.window_end = max(report.window_end or 0.0, *stops)
+    if stops and not unbroken:
+        # a gap after every usable backup: no restore passes it, and when it happened is not
+        # known (the gap is a problem, and `pgdr status` degraded)
+        report.window_end = None
     return report

@@ -101,6 +101,31 @@ PR_SET_PDEATHSIG = 1
 MAX_BACKOFF_S = 2.0
 NOT_IN_HISTORY = ("is not in this server's history", "ahead of the WAL flush position")
 RECEIVER_LOG = "pg_receivewal.log"
+SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; a segment's first page's
+
+# The server's WAL insert position (what any returned commit is within, synchronous_commit off
+# included), what our receiver (by its slot) had written and flushed, the sync state of our
+# application name, the timeline, and the WAL page and segment sizes.
+SERVER_POSITIONS = """
+SELECT i.lsn - '0/0'::pg_lsn, r.flush, (SELECT sync_state FROM pg_stat_replication
+       WHERE application_name = %(application)s ORDER BY backend_start DESC LIMIT 1),
+       r.written, pg_walfile_name(i.lsn), current_setting('wal_block_size')::int,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
+FROM (SELECT pg_current_wal_insert_lsn() AS lsn) i
+LEFT JOIN (SELECT p.flush_lsn - '0/0'::pg_lsn AS flush, p.write_lsn - '0/0'::pg_lsn AS written
+           FROM pg_stat_replication p JOIN pg_replication_slots s ON s.active_pid = p.pid
+           WHERE s.slot_name = %(slot)s LIMIT 1) r ON true
+"""
+
+
+def record_end(insert: int, block: int, segment: int) -> int:
+    """Where the server's last WAL record ends, from its insert position: a position just past
+    a page's header (where the next record will start) stands for the page's start."""
+    if insert % segment == LONG_PAGE_HEADER:
+        return insert - LONG_PAGE_HEADER
+    if insert % block == SHORT_PAGE_HEADER:
+        return insert - SHORT_PAGE_HEADER
+    return insert
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -236,19 +261,11 @@ class Streamer:
                     self._leave_standby()
                     return False
                 row = conn.execute(
-                    "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn,"
-                    " (SELECT flush_lsn - '0/0'::pg_lsn FROM pg_stat_replication"
-                    "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1),"
-                    " (SELECT sync_state FROM pg_stat_replication"
-                    "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1),"
-                    " (SELECT write_lsn - '0/0'::pg_lsn FROM pg_stat_replication"
-                    "  WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1),"
-                    " pg_walfile_name(pg_current_wal_lsn())",
-                    (self.o.application,) * 3,
+                    SERVER_POSITIONS, {"slot": self.o.slot, "application": self.o.application}
                 ).fetchone()
                 assert row is not None
                 self.status.server_timeline = int(str(row[4])[:8], 16)
-                self.status.server_lsn = int(row[0])
+                self.status.server_lsn = record_end(int(row[0]), int(row[5]), int(row[6]))
                 self.status.flush_lsn = None if row[1] is None else int(row[1])
                 self.status.sync_state = row[2]
                 self.status.write_lsn = None if row[3] is None else int(row[3])

@@ -57,9 +57,9 @@ class SpoolUploader:
         self._recorded = 0.0
         self._held: dict[int, int] = {}  # timeline -> end of the WAL uploaded on it
         # the server's positions not yet held: (time, timeline, LSN); and the newest report of
-        # what the receiver had flushed: (time, timeline, LSN)
+        # what the receiver had written into the spool: (time, timeline, LSN)
         self._watched: list[tuple[float, int, int]] = []
-        self._flushed: tuple[float, int, int] | None = None
+        self._written: tuple[float, int, int] | None = None
         self._seen_at: float | None = None  # the last observation taken in
         self._held_at: float | None = None  # the newest moment proven held
         self.sealed: tuple[int, int] | None = None  # (timeline, end) of the newest segment up
@@ -165,21 +165,22 @@ class SpoolUploader:
         self._seen_at = seen
         if self.status.server_lsn is not None:  # the newest WATCHED, for a receiver stuck long
             self._watched = [*self._watched[-WATCHED + 1 :], (seen, tli, self.status.server_lsn)]
-        if self.status.flush_lsn is not None:
-            self._flushed = (seen, tli, self.status.flush_lsn)
+        written = self.status.write_lsn or self.status.flush_lsn  # written: in the page cache
+        if written is not None:
+            self._written = (seen, tli, written)
 
     def _held_until(self, read_at: float) -> float | None:
         """The newest moment at which the repository held all the server had written, now that
         the spool was read at ``read_at`` and everything read is up.
 
-        Held, on each timeline: what was uploaded, and what the receiver had reported flushed at
+        Held, on each timeline: what was uploaded, and what the receiver had reported written at
         an observation before the read (it was in the spool when it was read). An observation of
         the server's position on a timeline at or below what is held on it proves its moment
         (on its timeline only: after a failover the new timeline's WAL from the fork on must be
         up, whatever the old one holds)."""
         held = dict(self._held)
-        if self._flushed is not None and self._flushed[0] < read_at:
-            _seen, tli, lsn = self._flushed
+        if self._written is not None and self._written[0] < read_at:
+            _seen, tli, lsn = self._written
             held[tli] = max(held.get(tli, 0), lsn)
         proven = [seen for seen, tli, lsn in self._watched if lsn <= held.get(tli, -1)]
         if proven:
