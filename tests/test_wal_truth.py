@@ -60,13 +60,19 @@ def _end(w: WalEnv) -> float:
     return float(end) if isinstance(end, (int, float)) else 0.0
 
 
-def test_a_stalled_receiver_stops_the_window(walenv18: WalEnv, scratch: Path) -> None:
-    w = walenv18
-    proc = w.start_stream()
+def protected(w: WalEnv, *stream_args: str) -> subprocess.Popen[bytes]:
+    """A streamer, a backup, a few commits, and the window at the present: the streamer."""
+    proc = w.start_stream(*stream_args)
     w.wait_for(lambda: streaming(w), what="the streamer to connect")
     backup(w)
-    w.insert(5)
+    w.insert(3)
     w.wait_for(lambda: _end(w) > time.time() - 3, what="the window to reach the present")
+    return proc
+
+
+def test_a_stalled_receiver_stops_the_window(walenv18: WalEnv, scratch: Path) -> None:
+    w = walenv18
+    proc = protected(w)
     receiver = receiver_pid(proc.pid)
     os.kill(receiver, signal.SIGSTOP)
     try:
@@ -101,9 +107,7 @@ def test_a_stalled_receiver_stops_the_window(walenv18: WalEnv, scratch: Path) ->
 
 def test_a_gap_degrades_status_and_ends_the_window(walenv18: WalEnv) -> None:
     w = walenv18
-    proc = w.start_stream()
-    w.wait_for(lambda: streaming(w), what="the streamer to connect")
-    backup(w)
+    proc = protected(w)
     names = [switch(w) for _ in range(3)]
     w.insert(5)
     w.wait_for(lambda: set(names) <= segments(w), what="the segments uploaded")
@@ -119,11 +123,7 @@ def test_a_gap_degrades_status_and_ends_the_window(walenv18: WalEnv) -> None:
 
 def test_a_quiet_database_keeps_its_window_at_the_present(walenv18: WalEnv) -> None:
     w = walenv18
-    proc = w.start_stream()
-    w.wait_for(lambda: streaming(w), what="the streamer to connect")
-    backup(w)
-    w.insert(3)
-    w.wait_for(lambda: _end(w) > time.time() - 3, what="the window to reach the present")
+    proc = protected(w)
     ages = []
     for _ in range(8):  # a healthy, idle server: the window follows the present
         time.sleep(1)
@@ -138,11 +138,7 @@ def test_an_asynchronous_commit_is_in_the_window_only_once_held(
     """With ``synchronous_commit = off`` a commit returns before its record is written; the
     WAL writer is slowed here so that it stays unwritten for seconds."""
     w = walenv18
-    proc = w.start_stream("--synchronous")
-    w.wait_for(lambda: streaming(w), what="the streamer to connect")
-    backup(w)
-    w.insert(3)
-    w.wait_for(lambda: _end(w) > time.time() - 3, what="the window to reach the present")
+    proc = protected(w, "--synchronous")
     w.sql("ALTER SYSTEM SET wal_writer_delay = '10s'")
     w.sql("SELECT pg_reload_conf()")
     time.sleep(1.5)
