@@ -84,7 +84,6 @@ class SpoolUploader:
                         self.status.timeline = int(name[:8], 16)
                         seg = parse_segment(name, self.archive.segment_size)
                         end = (seg.segno + 1) * self.archive.segment_size
-                        self.status.received_lsn = max(self.status.received_lsn or 0, end)
                         self.sealed = (seg.timeline, end)
                         self._uploaded(seg.timeline, end)
                     path.unlink()
@@ -143,9 +142,6 @@ class SpoolUploader:
         seg = parse_segment(segment, self.archive.segment_size)
         self.status.partial = name
         self.status.timeline = seg.timeline
-        self.status.received_lsn = max(
-            self.status.received_lsn or 0, seg.start_lsn(self.archive.segment_size) + end
-        )
         self._uploaded(seg.timeline, seg.start_lsn(self.archive.segment_size) + end)
         self._record_partial(name, self._held_until(read_at), end)
 
@@ -155,7 +151,9 @@ class SpoolUploader:
         self.archive.put_state("partial", {"name": name, "read_at": held_at, "bytes": size})
 
     def _uploaded(self, timeline: int, end: int) -> None:
+        """The repository now holds WAL up to ``end`` on ``timeline``."""
         self._held[timeline] = max(self._held.get(timeline, 0), end)
+        self.status.received_lsn = max(self.status.received_lsn or 0, end)
 
     def _take_observation(self) -> None:
         """Take in the streamer's newest observation of the server, once."""
