@@ -270,3 +270,5 @@ def test_a_record_of_a_removed_segment_leaves_the_window_end_unknown(walenv18: W
     window = json.loads(w.cli("wal", "status", "--json").stdout)
     assert window["window_start"] is not None
     assert window["window_end"] is None
+    human = w.cli("wal", "status").stdout
+    assert "unknown (not proven" in human and "None" not in human

@@ -15,7 +15,7 @@ import typer
 from pgdr.agent import Agent, AgentOptions, database_handles, fleet_status, nagios_line
 from pgdr.agent.status import EXIT_CODES
 from pgdr.agent.systemd import UNIT_PATH, UnitOptions, install_unit, unit_text
-from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.common import JsonOption, settings, window_text
 from pgdr.config import PgdrSettings
 from pgdr.config.fleet import load_agent_config
 from pgdr.core.errors import ConfigError, PgdrError
@@ -145,7 +145,10 @@ def _render_database(name: str, db: dict[str, Any]) -> None:
             if wal.get("configured")
             else "not configured",
         ),
-        ("recovery window", f"{window.get('start')} .. {window.get('end')}" if window else "none"),
+        (
+            "recovery window",
+            window_text(window.get("start"), window.get("end")) if window else "none",
+        ),
         (
             "last restore test",
             f"{test['at']}: {'passed' if test.get('passed') else 'FAILED'}, proven RTO "

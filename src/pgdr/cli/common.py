@@ -41,3 +41,9 @@ def command_group(help: str) -> typer.Typer:
 
 def subcommand_named(ctx: typer.Context) -> bool:
     return ctx.invoked_subcommand is not None
+
+
+def window_text(start: object, end: object) -> str:
+    """A recovery window as ``start .. end``: an end not proven (a gap after every usable
+    backup, or nothing yet shows what the repository holds) is said to be unknown."""
+    return f"{start} .. {'unknown (not proven: see `pgdr wal status`)' if end is None else end}"

@@ -17,7 +17,7 @@ from rich.text import Text
 from pgdr.backup import open_repository
 from pgdr.cli import walfind
 from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.common import JsonOption, settings, window_text
 from pgdr.cli.common import target as resolve_target
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.core.errors import CheckFailed, ConfigError
@@ -226,7 +226,7 @@ def status(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
             ("newest WAL", _stamp(report.newest_wal_at)),
             (
                 "recovery window",
-                f"{_stamp(report.window_start)} .. {_stamp(report.window_end)}"
+                window_text(_stamp(report.window_start), _stamp(report.window_end))
                 if report.window_start
                 else (
                     "none: no backup has all the WAL it needs here"
