@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ from pgdr.embeddings import EmbeddingSettings, OpenAIProvider, Reembedder, Reemb
 from pgdr.embeddings.engine import PROBE_TEXT
 from pgdr.embeddings.fake_api import FakeEmbeddingsAPI, fake_vector
 from pgdr.embeddings.jobs import ensure_schema
+from pgdr.embeddings.source import resolve_source
+from pgdr.embeddings.writer import write_batch
 from pgdr.profile import load_profile
 
 KB_TEXT = "question || E'\\n' || answer"
@@ -345,6 +348,41 @@ def test_a_batch_mixes_cache_hits_and_changed_texts(
     for key, vec in after:
         if key not in changed:  # the very vector the cache was given
             np.testing.assert_array_equal(vec.to_numpy(), before[key].to_numpy())
+
+
+def test_a_fresh_vector_already_cached_is_written_and_the_cached_one_kept(db18: str) -> None:
+    """A batch's fresh vectors are written to their rows and added to the cache; one whose text
+    another worker cached in the meantime is written to its row too, and the cached entry is
+    left as it was (the first one in stays)."""
+    migrate_005(db18)
+    profile = load_profile("convoai")
+    with psycopg.connect(
+        db18, autocommit=True, options="-c search_path=public,extensions"
+    ) as conn:  # each batch its own transaction, as in a run
+        ensure_schema(conn)
+        src = resolve_source(conn, profile.embedding_source("embeddings"), profile.schema_name)
+        texts = dict(conn.execute("SELECT id::text, content FROM embeddings LIMIT 4").fetchall())
+        keys = list(texts)
+        sha = {k: hashlib.sha256(t.encode()).digest() for k, t in texts.items()}
+        fresh = {k: fake_vector(t, 1536) for k, t in texts.items()}
+        with conn.transaction():
+            staged = [(k, sha[k], fresh[k]) for k in keys[:2]]
+            assert write_batch(conn, src, staged, "m", use_cache=True) == set(keys[:2])
+        stale = np.full(1536, 0.5, dtype=np.float32)  # another worker's entry for keys[2]
+        conn.execute(
+            "INSERT INTO pgdr.embedding_cache (model, dimension, sha256, embedding) "
+            "VALUES ('m', 1536, %s, %s)",
+            (sha[keys[2]], stale.tolist()),
+        )
+        with conn.transaction():
+            staged = [(k, sha[k], fresh[k]) for k in keys[2:]]
+            assert write_batch(conn, src, staged, "m", use_cache=True) == set(keys[2:])
+    cached = dict(_rows(db18, "SELECT sha256, embedding FROM pgdr.embedding_cache"))
+    assert set(cached) == {sha[k] for k in keys}
+    for key in keys:
+        expected = stale if key == keys[2] else fresh[key]
+        np.testing.assert_array_equal(np.array(cached[sha[key]], dtype=np.float32), expected)
+    assert _assert_fake_vectors(db18, "embeddings", "content", f"id IN ({','.join(keys)})") == 4
 
 
 def test_a_cache_created_before_inline_rows_gets_them(db18: str) -> None:
