@@ -4,7 +4,8 @@ A workload records every commit the server acknowledged; the streamer is given t
 multi-host URL. A switchover and then a kill -9 of the primary (a failover) must leave the
 streamer following the new primary on the new timeline, the repository without a gap, and a
 ``restore --latest`` holding every acknowledged commit except, in asynchronous replication, the
-few the crashed primary acknowledged but no replica had (reported and bounded here). The
+few the crashed primary acknowledged but no replica had (reported and bounded here), and the
+recovery window's end, proven on the newest timeline, a target that restores all of them. The
 figures (commits lost, seconds from failover to the streamer following) are printed.
 """
 
@@ -197,6 +198,7 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
         status = json.loads(pgdr(env, "wal", "status", "--json").stdout)
         assert status["gaps"] == []
         assert {t["timeline"] for t in status["timelines"]} >= {1, 2, 3}
+        window_end = datetime.fromtimestamp(status["window_end"], UTC)  # proven on timeline 3
     finally:
         if stream.poll() is None:
             stream.terminate()
@@ -212,6 +214,10 @@ def test_streamer_follows_switchover_and_failover_without_losing_replicated_comm
     pitr = restore(env, settings, before_failover, "--target-time", before_failover.isoformat())
     assert pitr["ids"] == latest["committed_by_target"] != set()
     assert pitr["ids"] < have
+    # the recovery window's end, proven across the switchover and the failover, is a target
+    # that restores every commit the repository holds (the workload had stopped before it)
+    at_end = restore(env, settings, window_end, "--target-time", window_end.isoformat())
+    assert at_end["ids"] == at_end["committed_by_target"] == have
     # a timeline whose history file is gone from the repository cannot be followed: a gap,
     # and the monitor opens an incident
     (tmp_path / "repo" / "wal" / "history" / "00000003.history").unlink()
