@@ -385,6 +385,26 @@ def test_a_fresh_vector_already_cached_is_written_and_the_cached_one_kept(db18: 
     assert _assert_fake_vectors(db18, "embeddings", "content", f"id IN ({','.join(keys)})") == 4
 
 
+def test_a_later_reader_of_the_cache_logs_no_page_images(
+    embed_env: dict[str, str], db18: str, fake_api: FakeEmbeddingsAPI
+) -> None:
+    """A run sets the hint bits of the cache entries it adds before the next checkpoint, so the
+    first reader after it (the next run, every text cached) does not log each entry's page
+    whole: with data checksums on, that was 8 KB of WAL per entry."""
+    migrate_005(db18)
+    r = run_cli("reembed", "--source", "embeddings", "--batch-rows", "5", "--json", env=embed_env)
+    assert r.code == 0, r.stderr
+    with psycopg.connect(db18, autocommit=True) as conn:
+        assert conn.execute("SHOW data_checksums").fetchone() == ("on",)
+        conn.execute("CHECKPOINT")  # nothing read the cache since the run
+        start = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        entries = conn.execute("SELECT count(embedding) FROM pgdr.embedding_cache").fetchone()
+        logged = conn.execute("SELECT pg_current_wal_insert_lsn() - %s::pg_lsn", start).fetchone()
+    assert entries is not None and entries[0] >= 20
+    assert logged is not None
+    assert logged[0] < 8192, f"{logged[0]} bytes of WAL to read {entries[0]} cache entries"
+
+
 def test_a_cache_created_before_inline_rows_gets_them(db18: str) -> None:
     """A cache table made by an older pgdr (default TOAST) is given the option once."""
     with psycopg.connect(db18, autocommit=True) as conn:

@@ -48,7 +48,13 @@ from pgdr.embeddings.jobs import (
 )
 from pgdr.embeddings.providers import Provider, Vector
 from pgdr.embeddings.source import ResolvedSource, resolve_source
-from pgdr.embeddings.writer import BatchRow, fetch_batch, prefer_index_probes, write_batch
+from pgdr.embeddings.writer import (
+    BatchRow,
+    fetch_batch,
+    prefer_index_probes,
+    settle_cache_entries,
+    write_batch,
+)
 from pgdr.pool import connect
 from pgdr.profile import Profile
 from pgdr.profile.required import not_required_causes
@@ -398,9 +404,9 @@ class Reembedder:
         """Claim, embed and commit one batch; its row count, or None when none is left."""
         with conn.transaction():
             t0 = time.perf_counter()
-            # The batch's vectors and its done mark commit together, so a commit lost in a server
-            # crash only means the batch is embedded again: no need to wait for the WAL flush.
-            conn.execute("SET LOCAL synchronous_commit = off")
+            # The commit waits for its WAL to be on disk (synchronous, though a commit lost in a
+            # server crash would only mean the batch is embedded again), so that the cache
+            # entries it adds can be settled right after it (see settle_cache_entries)
             prefer_index_probes(conn)
             claim = claim_next(conn, job.id)
             if claim is None:
@@ -412,7 +418,10 @@ class Reembedder:
             outcome = self._write_batch(conn, src, job, claim, rows, embedded)
             t = time.perf_counter()
             mark_done(conn, job.id, claim.batch_no, outcome, self.options.worker_name)
-        self.timings.step("commit", t)
+        t = self.timings.step("commit", t)
+        if self.options.use_cache:
+            settle_cache_entries(status_conn, self.provider.model, src.dimension, embedded.staged)
+            self.timings.step("settle", t)
         self.timings.add(db=_elapsed(t2))
         with self.timings.lock:
             report.add(outcome)
