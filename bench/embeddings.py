@@ -153,6 +153,17 @@ def runbook(conninfo: str, url: str, max_rows: int | None) -> dict[str, float]:
     return {"rows": done, "wall": wall, "db": clock.db, "threads": 10}
 
 
+def wal_and_checkpoints(conninfo: str) -> tuple[int, int]:
+    """The server's WAL position (bytes) and its checkpoints so far (timed and requested)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, num_timed + num_requested "
+            "FROM pg_stat_checkpointer"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 def server_alone(conninfo: str) -> dict[str, Any]:
     """Every row's vector from the cache in one statement: the server's time, and its WAL."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -188,10 +199,12 @@ def pgdr_run(
                 drop_indexes=drop_indexes,
             ),
         )
+        wal, checkpoints = wal_and_checkpoints(conninfo)
         started = time.perf_counter()
         engine.prepare()
         report = engine.run()
         wall = time.perf_counter() - started
+        wal_after, checkpoints_after = wal_and_checkpoints(conninfo)
     finally:
         provider.close()
     src = report.sources[0]
@@ -205,6 +218,8 @@ def pgdr_run(
         "indexes_rebuilt": src.indexes_rebuilt,
         "api": report.api_seconds,
         "steps": {k: round(v, 2) for k, v in report.db_steps.items()},
+        "wal_mb": (wal_after - wal) / 1e6,
+        "checkpoints": checkpoints_after - checkpoints,
     }
 
 
@@ -222,6 +237,11 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--skip-baseline", action="store_true", help="only run pgdr")
     parser.add_argument("--drop-indexes", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument(
+        "--max-wal-size",
+        default=None,
+        help="the server's max_wal_size (default: PostgreSQL's, 1GB): checkpoints in the run",
+    )
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="pgdr-bench-", dir="/tmp"))
@@ -233,6 +253,7 @@ def main() -> None:
     try:
         if not cluster.exists:
             cluster.create(choose_installation(None, 18))
+        cluster.set_config(f"max_wal_size = '{args.max_wal_size}'\n" if args.max_wal_size else "")
         cluster.start()
         with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
             conn.execute("DROP DATABASE IF EXISTS bench")
