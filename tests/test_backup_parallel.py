@@ -198,6 +198,20 @@ def test_delta_restore_rewrites_only_what_differs(
         assert _table_digest(cluster.conninfo(dbname), "accounts") != expected
         with pytest.raises(ConfigError, match="is running on"):
             delta_restore(repo, manifest.id, data, force=True)
+        # its process out of sight (another PID namespace): its socket still answers
+        pid_file = data / "postmaster.pid"
+        written = pid_file.read_text()
+        pid_file.write_text("\n".join(["999999999", *written.split("\n")[1:]]))
+        try:
+            with pytest.raises(ConfigError, match=r"socket .*\.s\.PGSQL.* accepts connections"):
+                delta_restore(repo, manifest.id, data, force=True)
+            without_socket = written.split("\n")
+            without_socket[:5] = ["999999999", *without_socket[1:4], ""]
+            pid_file.write_text("\n".join(without_socket))
+            with pytest.raises(ConfigError, match=f"port {cluster.port} of .* accepts"):
+                delta_restore(repo, manifest.id, data, force=True)
+        finally:
+            pid_file.write_text(written)  # pg_ctl stops the pid it names
     finally:
         cluster.stop()
     with pytest.raises(ConfigError, match="pass --force"):

@@ -8,9 +8,13 @@ that cannot be inspected is assumed to be ours, so a running server is never tak
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import time
 from pathlib import Path
+
+PROBE_TIMEOUT_S = 1.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -64,6 +68,68 @@ def _pid_in(pid_file: Path) -> int | None:
         return int(pid_file.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def server_on(data_dir: Path) -> str | None:
+    """Why a server seems to run on ``data_dir`` (a phrase), or None.
+
+    The process its ``postmaster.pid`` names is alive here; or, that process not being one
+    this PID namespace can see (a server in a container sharing the directory), the Unix socket
+    or the TCP port the file names accepts a connection. The last can be another server that
+    took the port since this one crashed: refused all the same, and the phrase says which.
+    """
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().split("\n")
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid_alive(pid):
+        return f"pid {pid}"
+    fields = [*lines[3:6], "", "", ""]  # port, socket directory, first listen address
+    port, socket_dir, listen = (field.strip() for field in fields[:3])
+    if not port.isdigit():
+        return None
+    answering = _answering(int(port), socket_dir, listen)
+    if answering is None:
+        return None
+    return (
+        f"{answering}, which its postmaster.pid names, accepts connections, though pid {pid} "
+        "is no process here (a server in another PID namespace, or another server on that port)"
+    )
+
+
+def _answering(port: int, socket_dir: str, listen: str) -> str | None:
+    """The socket or port (of the first listen address) that accepts a connection, or None."""
+    if socket_dir:
+        path = f"{socket_dir}/.s.PGSQL.{port}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(PROBE_TIMEOUT_S)
+            try:
+                probe.connect(path)
+                return f"its socket {path}"
+            except OSError:
+                pass
+    if listen:
+        host = _reachable(listen)
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+            return f"port {port} of {host}"
+        except OSError:
+            pass
+    return None
+
+
+def _reachable(listen: str) -> str:
+    """Where to reach a server listening on ``listen`` (a wildcard: the loopback address)."""
+    if listen == "*":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(listen)
+    except ValueError:
+        return listen  # a host name
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return listen
 
 
 def running_postmaster(data_dir: Path) -> int | None:

@@ -10,7 +10,7 @@ full restore), except that a backup taken from a standby loses its ``standby.sig
 the full restore.
 
 Invariants: an existing directory is changed only with ``force``; a directory a live server
-runs on (its ``postmaster.pid`` names a live process) is refused even with ``force``; a
+runs on (see ``cluster.processes.server_on``) is refused even with ``force``; a
 directory that does not hold a data directory of the backup's major version is refused; an
 incremental chain is refused (restore it in full). Nothing is written outside ``target``:
 the directory is walked, cleaned and written through directory descriptors without following
@@ -41,6 +41,7 @@ from pgdr.backup.chunks import DamagedBackup
 from pgdr.backup.digest import digest_of_descriptor
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
+from pgdr.cluster.processes import server_on
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey, parallel_map
@@ -64,21 +65,6 @@ HASH_BELOW = 1 << 20  # smaller files are hashed first; larger ones compared chu
 Progress = Callable[[int], None]
 
 
-def _live_postmaster(target: Path) -> int | None:
-    """The pid in ``postmaster.pid`` if that process is alive."""
-    try:
-        pid = int((target / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
 def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
     """Refuse what a delta restore must not touch (one sentence each)."""
     version = target / "PG_VERSION"
@@ -89,9 +75,9 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
             f"{target} holds PostgreSQL {version.read_text().strip()}, backup {manifest.id} "
             f"is {manifest.pg_major}; restore without --delta into a new directory."
         )
-    pid = _live_postmaster(target)
-    if pid is not None:
-        raise ConfigError(f"A server (pid {pid}) is running on {target}; stop it first.")
+    running = server_on(target)
+    if running is not None:
+        raise ConfigError(f"A server is running on {target} ({running}); stop it first.")
     if not force:
         raise ConfigError(f"--delta rewrites {target} in place; pass --force to allow it.")
 
