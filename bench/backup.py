@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -95,6 +96,14 @@ CPU: list[float] = []  # CPU seconds of the children during the last timed step
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _wait_for_archiving(conn: psycopg.Connection[Any]) -> None:
+    """Until the archiver has taken every segment a load left (thousands at 10 GB)."""
+    query = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
+    while (row := conn.execute(query).fetchone()) and row[0]:
+        print(f"  {row[0]} WAL segments still to archive ...", flush=True)
+        time.sleep(10)
 
 
 def timed(func: Callable[[], None]) -> float:
@@ -266,6 +275,7 @@ class Bench:
             print(f"  loaded in {load:.0f} s", flush=True)
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
+            _wait_for_archiving(conn)  # pgBackRest's check waits 60 s for the newest segment
             row = conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()
             self.db_bytes = int(row[0]) if row else 0
         print(f"Database: PostgreSQL {self.inst.version}, {self.db_bytes / 1e9:.2f} GB", flush=True)
