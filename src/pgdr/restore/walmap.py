@@ -58,7 +58,7 @@ from pgdr.core.errors import PgdrError, RuntimeFailure
 from pgdr.crypto import DataKey
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain
-from pgdr.wal.find import waldump_lines
+from pgdr.wal.find import waldump_text
 from pgdr.wal.names import format_lsn, parse_lsn, parse_segment, segment_name
 from pgdr.wal.transfer import fetch_bytes, fetch_segment
 
@@ -89,12 +89,12 @@ LABEL_TIMELINE = re.compile(r"^START TIMELINE: (\d+)", re.MULTILINE)
 MAIN_BLOCK = re.compile(r"rel (\d+/\d+/\d+)(?: fork main)? blk (\d+)")  # other forks: "fork vm"
 # "rmgr: " begins every record's line and nothing else; searched for without "^" (which
 # Python's re tries at every position under MULTILINE: ten times slower here)
+SPECIAL_RMGRS = ("Storage", "Database", "Tablespace")
 SPECIAL = re.compile(
-    r"rmgr: (Storage|Database|Tablespace)\s[^\n]*?, lsn: ([0-9A-F]+/[0-9A-F]+), "
+    rf"rmgr: ({'|'.join(SPECIAL_RMGRS)})\s[^\n]*?, lsn: ([0-9A-F]+/[0-9A-F]+), "
     r"[^\n]*?desc: ([^\n]*)"
 )
 BACKUP_END = re.compile(r"rmgr: XLOG\s[^\n]*?desc: BACKUP_END ([0-9A-F]+/[0-9A-F]+)")
-BATCH_LINES = 20_000
 DIRECTORY = re.compile(r"(\d+)/(\d+)")
 END_AT = re.compile(r"invalid record length at ([0-9A-F]+/[0-9A-F]+)")
 PAGE_AT = re.compile(r"(?:unexpected pageaddr|invalid magic number).*offset (\d+)")
@@ -200,30 +200,29 @@ class ChangedPages:
             if low <= b < low + self.segment_blocks
         )
 
-    def feed(self, lines: Iterable[str]) -> None:
-        """Fold ``pg_waldump``'s lines in, a batch of lines at a time: the regular expressions
-        run over a batch's text (hundreds of thousands of records take a second per line by
-        line, a few tenths so)."""
+    def feed(self, texts: Iterable[str]) -> None:
+        """Fold ``pg_waldump``'s listing in, given as texts of whole lines (blocks, as
+        :func:`waldump_text` reads them, or single lines): the regular expressions run over a
+        block's text (hundreds of thousands of records take seconds line by line)."""
         self._pages.clear()
-        batch: list[str] = []
-        for line in lines:
-            batch.append(line if line.endswith("\n") else line + "\n")
-            if len(batch) == BATCH_LINES:
-                self._feed_text("".join(batch))
-                batch.clear()
-        if batch:
-            self._feed_text("".join(batch))
+        for text in texts:
+            self._feed_text(text if text.endswith("\n") else text + "\n")
 
     def _feed_text(self, text: str) -> None:
-        for rmgr, lsn, desc in SPECIAL.findall(text):
+        # the rare records are looked for only in a text that holds them (a plain search runs
+        # at memory speed; a regular expression tries every record)
+        special = any(f"rmgr: {rmgr}" in text for rmgr in SPECIAL_RMGRS)
+        for rmgr, lsn, desc in SPECIAL.findall(text) if special else ():
             if rmgr == "Tablespace":
                 raise NoMap(f"the WAL at {lsn} creates or drops a tablespace")
             if rmgr == "Database":
                 self.databases.update((int(s), int(d)) for s, d in DIRECTORY.findall(desc))
             else:
                 self.whole.update(_storage_relations(desc))
-        self.backup_ends.update(parse_lsn(lsn) for lsn in BACKUP_END.findall(text))
-        for relation, block in MAIN_BLOCK.findall(text):
+        if "BACKUP_END" in text:
+            self.backup_ends.update(parse_lsn(lsn) for lsn in BACKUP_END.findall(text))
+        # each page once: records name the same pages over and over (150 inserts per page)
+        for relation, block in set(MAIN_BLOCK.findall(text)):
             self._named.setdefault(relation, set()).add(int(block))
 
     def count(self, statistics: str) -> None:
@@ -501,9 +500,9 @@ def changed_pages(
         args = ["--timeline", str(control.timeline), "--start", format_lsn(start)]
         args += [names[0], names[-1]]
         try:
-            changes.count("".join(waldump_lines(tool, spool, [*args, "--stats"], recycled=True)))
+            changes.count("".join(waldump_text(tool, spool, [*args, "--stats"], recycled=True)))
             listed = [*args, *(f"--rmgr={rmgr}" for rmgr in PAGE_RMGRS.split())]
-            changes.feed(waldump_lines(tool, spool, listed, recycled=True))
+            changes.feed(waldump_text(tool, spool, listed, recycled=True))
         except RuntimeFailure as exc:
             raise NoMap(str(exc).rstrip(".")) from exc
     if changes.end < need:

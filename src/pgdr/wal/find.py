@@ -45,6 +45,7 @@ from pgdr.wal.status import newest_wal_time
 from pgdr.wal.transfer import fetch_bytes
 
 OPS = ("delete", "update", "insert", "truncate")
+WALDUMP_BLOCK = 1 << 20  # bytes of pg_waldump's listing read at a time
 RECORD_RE = re.compile(
     r"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*\d+, tx:\s*(\d+), lsn: ([0-9A-F]+/[0-9A-F]+),"
     r" prev [0-9A-F]+/[0-9A-F]+, desc: (.*)$"
@@ -177,15 +178,32 @@ def fetch_window(
 def waldump_lines(
     tool: Path, directory: Path, args: list[str], recycled: bool = False
 ) -> Iterator[str]:
-    """``pg_waldump``'s records (``args``: the segments or LSNs to read); the end of valid WAL
-    (zeros of a partial segment, a segment still being written, a missing segment, and with
-    ``recycled`` an old segment renamed for reuse, as a server's ``pg_wal`` holds) ends the
-    listing, anything else is an error."""
+    """``pg_waldump``'s records, a line each (see :func:`waldump_text`)."""
+    for text in waldump_text(tool, directory, args, recycled):
+        yield from text.splitlines(keepends=True)
+
+
+def waldump_text(
+    tool: Path, directory: Path, args: list[str], recycled: bool = False
+) -> Iterator[str]:
+    """``pg_waldump``'s records (``args``: the segments or LSNs to read), as text in blocks of
+    whole lines (read a MiB at a time: a million records are a few hundred MB of text, and a
+    Python step per line cost seconds); the end of valid WAL (zeros of a partial segment, a
+    segment still being written, a missing segment, and with ``recycled`` an old segment
+    renamed for reuse, as a server's ``pg_wal`` holds) ends the listing, anything else is an
+    error."""
     proc = runner.start([tool, "--path", str(directory), *args], env=dict(os.environ, TZ="UTC"))
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        for raw in proc.stdout:
-            yield raw.decode("utf-8", errors="replace")
+        rest = b""
+        while read := proc.stdout.read(WALDUMP_BLOCK):
+            block = rest + read
+            cut = block.rfind(b"\n") + 1  # 0: no whole line yet
+            if cut:
+                yield block[:cut].decode("utf-8", errors="replace")
+            rest = block[cut:]
+        if rest:
+            yield rest.decode("utf-8", errors="replace")
         error = proc.stderr.read().decode("utf-8", errors="replace")
         code = proc.wait()
     finally:
