@@ -14,7 +14,7 @@ can re-wrap the data key without re-signing, and nobody without the master key c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,7 +133,11 @@ class Manifest:
 
     # ----- encoding -------------------------------------------------------------------------
     def signed_fields(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The fields the HMAC covers, as plain data (what ``asdict`` gives, without its deep
+        copy of every value: a thousand files took it 18 ms, at every authentication)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["chunks"] = [_plain(entry, CHUNK_FIELDS) for entry in self.chunks]
+        data["files"] = [_plain(entry, FILE_FIELDS) for entry in self.files]
         data.pop("wrapped_key")
         data.pop("hmac")
         if not data["database"]:
@@ -212,6 +216,15 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "str | None": (str, type(None)),
 }
+
+
+CHUNK_FIELDS = tuple(f.name for f in fields(ChunkEntry))
+FILE_FIELDS = tuple(f.name for f in fields(FileEntry))
+
+
+def _plain(entry: ChunkEntry | FileEntry, names: tuple[str, ...]) -> dict[str, Any]:
+    """An entry's fields (all of plain types) as a new dict."""
+    return {name: getattr(entry, name) for name in names}
 
 
 def _renamed(entry: dict[str, Any]) -> dict[str, Any]:
