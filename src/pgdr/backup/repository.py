@@ -43,7 +43,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -392,26 +392,34 @@ class Repository:
         """
         good: list[Manifest] = []
         damaged: list[DamagedManifest] = []
+        for checked in self._checked(self.complete_ids(area), area):
+            if isinstance(checked, DamagedManifest):
+                damaged.append(checked)
+            else:
+                good.append(checked)
+        return good, damaged
+
+    def complete_ids(self, area: str = BACKUPS) -> list[str]:
+        """The ids of the backups (or dumps) that have a manifest, oldest first, unread."""
+        return [
+            bid for bid, names in sorted(self.backup_dirs(area).items()) if "manifest.json" in names
+        ]
+
+    def _checked(self, ids: Iterable[str], area: str) -> Iterator[Manifest | DamagedManifest]:
+        """Each of ``ids``' manifests, read and authenticated, or why it is damaged."""
         record = self.info_record() if self.store.exists(INFO_KEY) else None
         system = record.get("system_identifier") if record else None
-        dirs = sorted(self.backup_dirs(area).items())
-        if any("manifest.json" in names for _id, names in dirs):
-            _ = self.master_key  # no key at all is the user's problem, not damage
-        for backup_id, names in dirs:
-            if "manifest.json" not in names:
-                continue
+        key_checked = False
+        for backup_id in ids:
+            if not key_checked:
+                _ = self.master_key  # no key at all is the user's problem, not damage
+                key_checked = True
             try:
                 manifest = self.read_manifest(backup_id, area=area)
             except PgdrError as exc:  # unparseable, forged, replayed, another key
-                wrong_key = isinstance(exc, ConfigError)
-                damaged.append(DamagedManifest(backup_id, exc.message, wrong_key))
+                yield DamagedManifest(backup_id, exc.message, isinstance(exc, ConfigError))
                 continue
-            foreign = _foreign(manifest, system)
-            if foreign is not None:
-                damaged.append(foreign)
-                continue
-            good.append(manifest)
-        return good, damaged
+            yield _foreign(manifest, system) or manifest
 
     def list_backups(self, area: str = BACKUPS) -> list[Manifest]:
         """Complete backups (or dumps) whose manifest authenticates, oldest first."""
@@ -423,17 +431,29 @@ class Repository:
         )
 
     def resolve_id(self, backup_id: str, area: str = BACKUPS) -> str:
-        """Accept ``latest`` or a unique prefix of an id."""
+        """Accept ``latest`` or a unique prefix of an id. Reads (and authenticates) only the
+        manifests that can be the answer: newest first for ``latest``, until one is sound;
+        those of the ids with the prefix otherwise (all of a repository's manifests took 30 ms
+        each, twice per restore)."""
         noun, listing = NOUNS[area]
-        backups, damaged = self.scan_backups(area)
-        for bad in damaged:
-            if bad.backup_id == backup_id or (backup_id == "latest" and not backups):
-                raise bad.error()
-        if not backups:
+        ids = self.complete_ids(area)
+        latest = backup_id == "latest"
+        candidates = ids[::-1] if latest else [bid for bid in ids if bid.startswith(backup_id)]
+        matches: list[str] = []
+        damaged: list[DamagedManifest] = []
+        for checked in self._checked(candidates, area):
+            if isinstance(checked, DamagedManifest):
+                if checked.backup_id == backup_id:
+                    raise checked.error()
+                damaged.append(checked)
+                continue
+            matches.append(checked.id)
+            if latest:
+                break
+        if latest and not matches and damaged:
+            raise damaged[-1].error()  # the oldest, as the listing shows them
+        if not ids:
             raise ConfigError(f"The repository {self.name} ({self.url}) holds no {noun}s yet.")
-        if backup_id == "latest":
-            return backups[-1].id
-        matches = [m.id for m in backups if m.id.startswith(backup_id)]
         if len(matches) == 1:
             return matches[0]
         if not matches:
