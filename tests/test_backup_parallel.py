@@ -27,6 +27,7 @@ from fixtures.backup import add_rows, count_rows
 from pgdr.backup import Repository, take_backup
 from pgdr.backup.files import Locality, choose_method, locate
 from pgdr.cluster import LocalCluster, choose_installation, installation_for_major
+from pgdr.cluster.processes import server_on
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.restore import adopt_restored, restore_backup
@@ -175,6 +176,31 @@ def test_killed_parallel_backup_and_restore(
     assert (target / "PG_VERSION").is_file()
 
 
+def _refused_out_of_sight(repo: Repository, backup_id: str, data: Path, scratch: Path) -> Path:
+    """A server whose process this machine cannot see (another PID namespace) is found by the
+    socket, then the port, its postmaster.pid names; a single-user backend by its negated pid.
+    Tried on a copy of the running server's postmaster.pid, in a directory of its own (the
+    server rereads its own file every minute and stops if another pid is in it)."""
+    lines = (data / "postmaster.pid").read_text().split("\n")
+    seen = scratch / "out-of-sight"
+    seen.mkdir()
+    shutil.copy(data / "PG_VERSION", seen / "PG_VERSION")
+    for socket_dir, refusal in (
+        (lines[4], r"its socket .*\.s\.PGSQL\.\d+ accepts connections"),
+        ("", rf"port {lines[3]} of 127\.0\.0\.1 accepts connections"),
+    ):
+        (seen / "postmaster.pid").write_text(
+            "\n".join(["999999999", *lines[1:4], socket_dir, *lines[5:]])
+        )
+        with pytest.raises(ConfigError, match=refusal):
+            delta_restore(repo, backup_id, seen, force=True)
+    (seen / "postmaster.pid").write_text("\n".join([f"-{os.getpid()}", *lines[1:3], "", "", ""]))
+    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):  # postgres --single's form
+        delta_restore(repo, backup_id, seen, force=True)
+    (seen / "postmaster.pid").write_text("\n".join(["999999999", *lines[1:]]))
+    return seen
+
+
 def test_delta_restore_rewrites_only_what_differs(
     pg18: Server, repo: Repository, scratch: Path, settings: PgdrSettings
 ) -> None:
@@ -198,22 +224,10 @@ def test_delta_restore_rewrites_only_what_differs(
         assert _table_digest(cluster.conninfo(dbname), "accounts") != expected
         with pytest.raises(ConfigError, match="is running on"):
             delta_restore(repo, manifest.id, data, force=True)
-        # its process out of sight (another PID namespace): its socket still answers
-        pid_file = data / "postmaster.pid"
-        written = pid_file.read_text()
-        pid_file.write_text("\n".join(["999999999", *written.split("\n")[1:]]))
-        try:
-            with pytest.raises(ConfigError, match=r"socket .*\.s\.PGSQL.* accepts connections"):
-                delta_restore(repo, manifest.id, data, force=True)
-            without_socket = written.split("\n")
-            without_socket[:5] = ["999999999", *without_socket[1:4], ""]
-            pid_file.write_text("\n".join(without_socket))
-            with pytest.raises(ConfigError, match=f"port {cluster.port} of .* accepts"):
-                delta_restore(repo, manifest.id, data, force=True)
-        finally:
-            pid_file.write_text(written)  # pg_ctl stops the pid it names
+        out_of_sight = _refused_out_of_sight(repo, manifest.id, data, scratch)
     finally:
         cluster.stop()
+    assert server_on(out_of_sight) is None  # its server gone: a stale postmaster.pid
     with pytest.raises(ConfigError, match="pass --force"):
         delta_restore(repo, manifest.id, data)
 

@@ -8,13 +8,20 @@ that cannot be inspected is assumed to be ours, so a running server is never tak
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 PROBE_TIMEOUT_S = 1.0
+# a connection refused, or to nothing there (no socket file, an address this host lacks)
+NOTHING_THERE = frozenset(
+    (errno.ENOENT, errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EAFNOSUPPORT)
+)
 
 
 def pid_alive(pid: int) -> bool:
@@ -73,50 +80,71 @@ def _pid_in(pid_file: Path) -> int | None:
 def server_on(data_dir: Path) -> str | None:
     """Why a server seems to run on ``data_dir`` (a phrase), or None.
 
-    The process its ``postmaster.pid`` names is alive here; or, that process not being one
-    this PID namespace can see (a server in a container sharing the directory), the Unix socket
-    or the TCP port the file names accepts a connection. The last can be another server that
-    took the port since this one crashed: refused all the same, and the phrase says which.
+    The process its ``postmaster.pid`` names is alive here (a negative pid is a single-user
+    backend's); or, that process not being one this PID namespace can see, the Unix socket or
+    the TCP port the file names accepts a connection, or cannot be told not to. That finds a
+    server in a container that shares this host's network, or has its socket directory mounted
+    at the same path; one that shares neither is out of reach. A server that took the port
+    since this one crashed is refused all the same, and the phrase says which.
     """
     try:
-        lines = (data_dir / "postmaster.pid").read_text().split("\n")
-        pid = int(lines[0])
+        lines = (data_dir / "postmaster.pid").read_bytes().split(b"\n")
+        pid = abs(int(lines[0]))
     except (OSError, ValueError, IndexError):
         return None
     if pid_alive(pid):
         return f"pid {pid}"
-    fields = [*lines[3:6], "", "", ""]  # port, socket directory, first listen address
-    port, socket_dir, listen = (field.strip() for field in fields[:3])
+    fields = [*lines[3:6], b"", b"", b""]  # port, socket directory, first listen address
+    port, socket_dir, listen = (f.strip().decode(errors="surrogateescape") for f in fields[:3])
     if not port.isdigit():
         return None
     answering = _answering(int(port), socket_dir, listen)
     if answering is None:
         return None
     return (
-        f"{answering}, which its postmaster.pid names, accepts connections, though pid {pid} "
-        "is no process here (a server in another PID namespace, or another server on that port)"
+        f"{answering}, which its postmaster.pid names, though pid {pid} is no process here (a "
+        "server in another PID namespace, or another server on that port)"
     )
 
 
 def _answering(port: int, socket_dir: str, listen: str) -> str | None:
-    """The socket or port (of the first listen address) that accepts a connection, or None."""
+    """The socket or port (of the first listen address) that accepts a connection or cannot
+    be told not to, as a phrase; None when each is refused or absent."""
     if socket_dir:
         path = f"{socket_dir}/.s.PGSQL.{port}"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(PROBE_TIMEOUT_S)
-            try:
-                probe.connect(path)
-                return f"its socket {path}"
-            except OSError:
-                pass
+        address = "\0" + path[1:] if path.startswith("@") else path  # "@": an abstract socket
+        found = _probe(partial(_connect_unix, address), f"its socket {path}")
+        if found is not None:
+            return found
     if listen:
         host = _reachable(listen)
-        try:
-            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
-            return f"port {port} of {host}"
-        except OSError:
-            pass
+        return _probe(partial(_connect_tcp, host, port), f"port {port} of {host}")
     return None
+
+
+def _connect_unix(address: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(PROBE_TIMEOUT_S)
+        probe.connect(address)
+
+
+def _connect_tcp(host: str, port: int) -> None:
+    socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+
+
+def _probe(connect: Callable[[], None], what: str) -> str | None:
+    """``what`` accepts connections, cannot be told not to, or (None) is refused or absent."""
+    try:
+        connect()
+    except socket.gaierror:
+        return None  # a listen address this host cannot resolve: nothing to reach here
+    except OSError as exc:
+        if exc.errno in NOTHING_THERE:
+            return None
+        return f"{what} cannot be told not to accept connections ({exc.strerror or exc})"
+    except (ValueError, OverflowError) as exc:
+        return f"{what} cannot be probed ({exc})"
+    return f"{what} accepts connections"
 
 
 def _reachable(listen: str) -> str:

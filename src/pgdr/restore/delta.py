@@ -77,7 +77,10 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
         )
     running = server_on(target)
     if running is not None:
-        raise ConfigError(f"A server is running on {target} ({running}); stop it first.")
+        raise ConfigError(
+            f"A server is running on {target} ({running}); stop it first (or, if that is "
+            "another server, move its postmaster.pid aside)."
+        )
     if not force:
         raise ConfigError(f"--delta rewrites {target} in place; pass --force to allow it.")
 
