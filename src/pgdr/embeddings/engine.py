@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.embeddings.batches import (
     BatchOutcome,
     Claim,
@@ -58,6 +59,8 @@ from pgdr.embeddings.writer import (
 from pgdr.pool import connect
 from pgdr.profile import Profile
 from pgdr.profile.required import not_required_causes
+
+log = logger(__name__)
 
 PROBE_TEXT = "pgdr dimension probe"
 
@@ -404,9 +407,10 @@ class Reembedder:
         """Claim, embed and commit one batch; its row count, or None when none is left."""
         with conn.transaction():
             t0 = time.perf_counter()
-            # The commit waits for its WAL to be on disk (synchronous, though a commit lost in a
-            # server crash would only mean the batch is embedded again), so that the cache
-            # entries it adds can be settled right after it (see settle_cache_entries)
+            # The commit waits for its WAL to be on this server's disk (a commit lost in a crash
+            # would only mean the batch is embedded again, but the cache entries it adds can be
+            # settled right after it only then: see settle_cache_entries), not for standbys
+            conn.execute("SET LOCAL synchronous_commit = local")
             prefer_index_probes(conn)
             claim = claim_next(conn, job.id)
             if claim is None:
@@ -420,12 +424,26 @@ class Reembedder:
             mark_done(conn, job.id, claim.batch_no, outcome, self.options.worker_name)
         t = self.timings.step("commit", t)
         if self.options.use_cache:
-            settle_cache_entries(status_conn, self.provider.model, src.dimension, embedded.staged)
+            self._settle(status_conn, src, embedded, claim.batch_no)
             self.timings.step("settle", t)
         self.timings.add(db=_elapsed(t2))
         with self.timings.lock:
             report.add(outcome)
         return len(claim.keys)
+
+    def _settle(
+        self,
+        status_conn: psycopg.Connection[Any],
+        src: ResolvedSource,
+        embedded: Embedded,
+        batch_no: int,
+    ) -> None:
+        """Set the hint bits of the batch's new cache entries (see settle_cache_entries): only a
+        saving of WAL later, so a failure is logged, never the job's end (the batch committed)."""
+        try:
+            settle_cache_entries(status_conn, self.provider.model, src.dimension, embedded.staged)
+        except psycopg.Error as exc:
+            log.warning("The cache entries of batch %d were not settled: %s", batch_no, exc)
 
     def _read_batch(
         self,
