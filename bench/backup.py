@@ -101,7 +101,10 @@ def _children_cpu() -> float:
 def _wait_for_archiving(conn: psycopg.Connection[Any]) -> None:
     """Until the archiver has taken every segment a load left (thousands at 10 GB)."""
     query = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
+    deadline = time.monotonic() + 1800
     while (row := conn.execute(query).fetchone()) and row[0]:
+        if time.monotonic() > deadline:
+            sys.exit(f"{row[0]} WAL segments still not archived after 30 minutes: see the log")
         print(f"  {row[0]} WAL segments still to archive ...", flush=True)
         time.sleep(10)
 

@@ -21,6 +21,7 @@ sentence; the report names the transaction that stands out and the exact restore
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -180,7 +181,7 @@ def waldump_lines(
 ) -> Iterator[str]:
     """``pg_waldump``'s records, a line each (see :func:`waldump_text`)."""
     for text in waldump_text(tool, directory, args, recycled):
-        yield from text.splitlines(keepends=True)
+        yield from io.StringIO(text, newline="\n")  # split at "\n" only, as pg_waldump ends lines
 
 
 def waldump_text(
