@@ -43,7 +43,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -405,15 +405,14 @@ class Repository:
             bid for bid, names in sorted(self.backup_dirs(area).items()) if "manifest.json" in names
         ]
 
-    def _checked(self, ids: Iterable[str], area: str) -> Iterator[Manifest | DamagedManifest]:
+    def _checked(self, ids: Sequence[str], area: str) -> Iterator[Manifest | DamagedManifest]:
         """Each of ``ids``' manifests, read and authenticated, or why it is damaged."""
+        if not ids:
+            return
+        _ = self.master_key  # no key at all is the user's problem, not damage
         record = self.info_record() if self.store.exists(INFO_KEY) else None
         system = record.get("system_identifier") if record else None
-        key_checked = False
         for backup_id in ids:
-            if not key_checked:
-                _ = self.master_key  # no key at all is the user's problem, not damage
-                key_checked = True
             try:
                 manifest = self.read_manifest(backup_id, area=area)
             except PgdrError as exc:  # unparseable, forged, replayed, another key

@@ -69,12 +69,21 @@ def is_postgres_for(pid: int, data_dir: Path) -> bool:
     return cmdline.endswith(b"postgres") and cwd.resolve() == data_dir.resolve()
 
 
+def _pid_file(pid_file: Path) -> tuple[int, list[bytes]] | None:
+    """The PID on the first line of ``postmaster.pid`` (negated by a single-user backend) and
+    all its lines, read as bytes (its data directory need not be UTF-8); None when missing or
+    unreadable."""
+    try:
+        lines = pid_file.read_bytes().split(b"\n")
+        return int(lines[0]), lines
+    except (OSError, ValueError):
+        return None
+
+
 def _pid_in(pid_file: Path) -> int | None:
     """The PID on the first line of ``postmaster.pid``; None when missing or unreadable."""
-    try:
-        return int(pid_file.read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    found = _pid_file(pid_file)
+    return None if found is None else found[0]
 
 
 def server_on(data_dir: Path) -> str | None:
@@ -87,11 +96,10 @@ def server_on(data_dir: Path) -> str | None:
     at the same path; one that shares neither is out of reach. A server that took the port
     since this one crashed is refused all the same, and the phrase says which.
     """
-    try:
-        lines = (data_dir / "postmaster.pid").read_bytes().split(b"\n")
-        pid = abs(int(lines[0]))
-    except (OSError, ValueError, IndexError):
+    found = _pid_file(data_dir / "postmaster.pid")
+    if found is None:
         return None
+    pid, lines = abs(found[0]), found[1]
     if pid_alive(pid):
         return f"pid {pid}"
     fields = [*lines[3:6], b"", b"", b""]  # port, socket directory, first listen address
