@@ -25,6 +25,8 @@ from pgdr.config import PgdrSettings
 from pgdr.crypto import DataKey
 from pgdr.crypto.envelope import seal
 from pgdr.restore import restore_backup
+from pgdr.restore.base import _Files
+from pgdr.restore.beneath import Beneath
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +174,34 @@ def test_honest_backup_still_restores(
         target = scratch / f"ok-{check_files}"
         result = restore_backup(repo, real.id, target, check_files=check_files)
         assert (target / "PG_VERSION").is_file() and result.files > 100
+
+
+def _entry(path: str, offset: int) -> FileEntry:
+    return FileEntry(path=path, kind="file", size=0, mode=0o600, digest=None, offset=offset)
+
+
+def test_each_file_is_created_once_and_never_over_one_already_there(tmp_path: Path) -> None:
+    """The restore's files are created while its chunks are written (a thread of their own, or
+    the writer that gets there first), each with ``O_EXCL``: one planted before the restore
+    (a hard link to a file elsewhere, say) is never opened, and the restore fails on it, in
+    whichever thread asks for it."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    target = tmp_path / "target"
+    (target / "base").mkdir(parents=True)
+    (target / "base" / "planted").hardlink_to(outside)
+    entries = [_entry(f"base/{n}", i) for i, n in enumerate(["a", "planted", "b", "c"])]
+    with (
+        Beneath(target) as beneath,
+        pytest.raises(FileExistsError),
+        _Files(beneath, entries, None) as files,
+    ):
+        files.ensure("base/c")  # a writer ahead of the creating thread
+        files.ensure("base/c")  # asked again: already made, not made twice
+        with pytest.raises(FileExistsError):
+            files.ensure("base/planted")
+    assert outside.read_bytes() == b"keep"
+    assert (target / "base" / "c").stat().st_size == 0
+    with Beneath(target) as beneath, _Files(beneath, [_entry("pg_wal/x", 0)], None):
+        pass  # nobody writes it (an empty file): the creating thread makes it
+    assert (target / "pg_wal" / "x").is_file()
