@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import signal
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +208,26 @@ def test_each_file_is_created_once_and_never_over_one_already_there(tmp_path: Pa
     with Beneath(target) as beneath, _Files(beneath, [_entry("pg_wal/x", 0)], None):
         pass  # nobody writes it (an empty file): the creating thread makes it
     assert (target / "pg_wal" / "x").is_file()
+
+
+class _SlowBeneath(Beneath):
+    def open(self, path: str, flags: int, mode: int = 0o600, create_parents: bool = False) -> int:
+        time.sleep(0.02)
+        return super().open(path, flags, mode, create_parents)
+
+
+def test_an_interrupted_restore_stops_creating_files_before_it_lets_go(tmp_path: Path) -> None:
+    """Ctrl-C while the restore waits for the last files to be created: the creating thread is
+    stopped and joined before the directory it creates in is closed (and removed)."""
+    entries = [_entry(f"f{i}", i) for i in range(200)]
+    main = threading.main_thread().ident
+    assert main is not None
+    with _SlowBeneath(tmp_path) as beneath:
+        files = _Files(beneath, entries, None)
+        threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt), files:
+            pass  # the chunks are written: waiting for the creating thread
+    made = len(list(tmp_path.iterdir()))
+    time.sleep(0.1)
+    assert files.failure is None  # it stopped; it did not run on into the closed directory
+    assert 0 < made == len(list(tmp_path.iterdir())) < len(entries)

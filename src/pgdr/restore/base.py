@@ -318,6 +318,7 @@ class _Files:
         self.stopped = False
         self.thread = threading.Thread(target=self._create_all, name="pgdr-files", daemon=True)
         self.failure: BaseException | None = None
+        self.finished = threading.Event()
 
     def __enter__(self) -> _Files:
         self.thread.start()
@@ -325,8 +326,18 @@ class _Files:
 
     def __exit__(self, *exc: object) -> None:
         self.stopped = exc[0] is not None
-        self.thread.join()
-        if self.failure is not None and not self.stopped:
+        try:
+            self.finished.wait()
+        except BaseException:  # interrupted while waiting: stop the thread before the caller
+            self.stopped = True  # closes the directory it creates in (an interrupted join()
+            self.finished.wait()  # would take a running thread for ended, on Python 3.11)
+            raise
+        if not self.stopped:
+            self.check()
+
+    def check(self) -> None:
+        """Raise what the creating thread's failure was, if it failed (the restore stops)."""
+        if self.failure is not None:
             raise self.failure
 
     def _create_all(self) -> None:
@@ -337,6 +348,8 @@ class _Files:
                 self.ensure(entry.path)
         except BaseException as exc:  # re-raised by the restore's thread (__exit__)
             self.failure = exc
+        finally:
+            self.finished.set()
 
     def ensure(self, path: str) -> None:
         """Create ``path`` (empty, mode 0600) unless done or under way; raises what its
@@ -483,6 +496,7 @@ def write_backup(
     with Beneath(target) as beneath, _Files(beneath, files, _owner_ids(owner)) as created:
         writer = _ChunkWriter(repo, manifest, data_key, target, files, beneath, created)
         for size in parallel_map(writer, range(len(manifest.chunks)), workers):
+            created.check()
             if progress:
                 progress(size)
     for entry in files:
