@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from pgdr.backup.chunks import READ_AHEAD, read_ahead
 from pgdr.core.errors import ConfigError
 from pgdr.crypto import CorruptObject, DataKey, MasterKey, load_master_key, open_sealed, seal
 from pgdr.crypto.keys import MissingMasterKey, generate_key_text
@@ -78,3 +80,35 @@ def test_master_key_sources_and_wrong_key(tmp_path: Path) -> None:
         load_master_key(tmp_path, environ={"PGDR_ENCRYPTION_KEY": base64.b64encode(b"x").decode()})
     from_env, _ = load_master_key(tmp_path, environ={"PGDR_ENCRYPTION_KEY": generate_key_text()})
     assert from_env.origin == "PGDR_ENCRYPTION_KEY"
+
+
+class _Asked(LocalStore):
+    """A local store that notes which objects it was asked to read ahead."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.asked: list[str] = []
+
+    def prefetch(self, key: str) -> None:
+        self.asked.append(key)
+        super().prefetch(key)
+
+
+def test_chunks_are_read_ahead_of_their_turn_once_each(tmp_path: Path) -> None:
+    """A restore hands its chunks on in order and asks the store to read each one once,
+    ``READ_AHEAD`` per worker before its turn; a missing object is no error of the hint (the
+    chunk's own read reports it)."""
+
+    def key(index: int) -> str:
+        return f"backups/b1/chunks/{index:06d}"
+
+    store = _Asked(tmp_path)
+    for index in range(3):
+        store.put(key(index), b"sealed")
+    repo, manifest = SimpleNamespace(store=store), SimpleNamespace(chunk_key=key)
+    seen = []
+    for index in read_ahead(repo, manifest, range(20), 2):  # type: ignore[arg-type]
+        seen.append(index)
+        assert len(store.asked) == min(20, index + 1 + READ_AHEAD * 2)
+    assert seen == list(range(20))
+    assert store.asked == [key(i) for i in range(20)]

@@ -7,8 +7,9 @@ Every check names what is wrong in terms a person can act on: which chunk of whi
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pgdr.backup.manifest import FileEntry, Manifest
@@ -18,6 +19,7 @@ from pgdr.crypto import CorruptObject, DataKey, open_sealed, open_sealed_pieces
 from pgdr.storage import ObjectNotFound
 
 PIECE = 1 << 20  # how much of a chunk is opened at a time (the size of its buffer)
+READ_AHEAD = 4  # chunks read ahead per worker (read_ahead); a chunk stores 0.4 MB of pgbench
 
 
 class DamagedBackup(RuntimeFailure):
@@ -54,6 +56,21 @@ def fetch_sealed(repo: Repository, manifest: Manifest, index: int) -> bytes:
         reason = "it is truncated" if len(sealed) < entry.stored_size else "its checksum differs"
         raise damaged_chunk(manifest, index, reason)
     return sealed
+
+
+def read_ahead(
+    repo: Repository, manifest: Manifest, indexes: Sequence[int], workers: int | None
+) -> Iterator[int]:
+    """``indexes`` as they are, each chunk's object asked for (``ObjectStore.prefetch``)
+    ``READ_AHEAD`` chunks per worker before its turn, so that a cold disk serves several reads
+    at once instead of one after another: feed it to ``parallel_map``."""
+    ahead = READ_AHEAD * max(1, workers or os.cpu_count() or 1)
+    for index in indexes[:ahead]:
+        repo.store.prefetch(manifest.chunk_key(index))
+    for n, index in enumerate(indexes):
+        if n + ahead < len(indexes):
+            repo.store.prefetch(manifest.chunk_key(indexes[n + ahead]))
+        yield index
 
 
 def fetch_chunk(repo: Repository, manifest: Manifest, data_key: DataKey, index: int) -> bytes:

@@ -33,7 +33,13 @@ from typing import Any
 
 import xxhash
 
-from pgdr.backup.chunks import PIECE, DamagedBackup, fetch_chunk, fetch_chunk_pieces
+from pgdr.backup.chunks import (
+    PIECE,
+    DamagedBackup,
+    fetch_chunk,
+    fetch_chunk_pieces,
+    read_ahead,
+)
 from pgdr.backup.digest import PIECES, PieceDigests, piece_hasher
 from pgdr.backup.hashing import HashThread
 from pgdr.backup.manifest import FileEntry, Manifest
@@ -495,7 +501,8 @@ def write_backup(
     workers = workers or repo.store.workers(cpus)
     with Beneath(target) as beneath, _Files(beneath, files, _owner_ids(owner)) as created:
         writer = _ChunkWriter(repo, manifest, data_key, target, files, beneath, created)
-        for size in parallel_map(writer, range(len(manifest.chunks)), workers):
+        indexes = read_ahead(repo, manifest, range(len(manifest.chunks)), workers)
+        for size in parallel_map(writer, indexes, workers):
             created.check()
             if progress:
                 progress(size)
@@ -529,7 +536,7 @@ def extract_backup(
 ) -> _Extractor:
     """Stream one backup's archive into the empty directory ``target``."""
     extractor = _Extractor(target, manifest, owner)
-    indexes = range(len(manifest.chunks))
+    indexes = read_ahead(repo, manifest, range(len(manifest.chunks)), workers)
     try:
         for plain in parallel_map(
             lambda i: fetch_chunk(repo, manifest, data_key, i), indexes, workers

@@ -37,7 +37,7 @@ from itertools import pairwise
 from pathlib import Path
 from types import MappingProxyType
 
-from pgdr.backup.chunks import DamagedBackup
+from pgdr.backup.chunks import DamagedBackup, read_ahead
 from pgdr.backup.digest import digest_of_descriptor
 from pgdr.backup.manifest import FileEntry, Manifest
 from pgdr.backup.repository import Repository
@@ -331,7 +331,8 @@ def _write_changed(
     """Write the writer's files (chunks in parallel), check their sizes and the digests of those
     written whole, and put them on disk; returns (chunks read, bytes written)."""
     indexes = [i for i, holders in enumerate(writer.holders) if holders]
-    for size in parallel_map(writer, indexes, workers):
+    ahead = read_ahead(writer.repo, writer.manifest, indexes, workers)
+    for size in parallel_map(writer, ahead, workers):
         if progress:
             progress(size)
     for entry in files:

@@ -75,6 +75,9 @@ class ObjectStore(ABC):
         """
         raise ConfigError(f"The store {self.url} offers no exclusive lock for writers.")
 
+    def prefetch(self, key: str) -> None:  # noqa: B027 - a hint, which most stores ignore
+        """Start reading ``key`` ahead of a coming :meth:`get`; never fails."""
+
     def clean_temporary(self, older_than_s: float = 0.0) -> int:
         """Remove leftovers of interrupted writes older than ``older_than_s``; how many."""
         return 0

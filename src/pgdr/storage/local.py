@@ -71,6 +71,21 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise _describe_os_error(exc, "reading", path) from exc
 
+    def prefetch(self, key: str) -> None:
+        """Ask the kernel to read the object into the page cache now. From a cold cache, chunks
+        read one after another each wait for the disk in turn; read ahead, they arrive while
+        the chunks before them are opened and written (docs/backups.md)."""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # missing or unreadable: the get reports it
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a hint the file system does not take
+        finally:
+            os.close(fd)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
