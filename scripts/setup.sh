@@ -35,6 +35,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+# pgdr's own modules as bytecode, as an installed tool has them: where PYTHONDONTWRITEBYTECODE
+# is set, every command would otherwise compile them again as it starts (0.05-0.3 s each)
+.venv/bin/python -m compileall -q src/pgdr >/dev/null
 
 # Patroni (for the high-availability tests) in its own venv on the system Python: it runs as the
 # unprivileged service user, who cannot reach a Python under /root.
