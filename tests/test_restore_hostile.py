@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import signal
 import tarfile
 import threading
@@ -25,11 +26,12 @@ from pgdr.backup.manifest import ChunkEntry, FileEntry, Manifest, chunk_key
 from pgdr.backup.take import _Hasher, take_backup
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
-from pgdr.crypto import DataKey
+from pgdr.crypto import Background, DataKey
 from pgdr.crypto.envelope import seal
 from pgdr.restore import restore_backup
 from pgdr.restore.base import _Files
 from pgdr.restore.beneath import Beneath
+from pgdr.restore.delta import Later, _remove_later
 
 
 @pytest.fixture(scope="module")
@@ -229,5 +231,20 @@ def test_an_interrupted_restore_stops_creating_files_before_it_lets_go(tmp_path:
             pass  # the chunks are written: waiting for the creating thread
     made = len(list(tmp_path.iterdir()))
     time.sleep(0.1)
-    assert files.failure is None  # it stopped; it did not run on into the closed directory
+    assert files.creating.failure is None  # it stopped; it did not run into the closed directory
     assert 0 < made == len(list(tmp_path.iterdir())) < len(entries)
+
+
+def test_files_removed_meanwhile_go_or_the_delta_says_why(tmp_path: Path) -> None:
+    """A delta removes what the backup does not hold while it rewrites the rest; a file gone
+    already is no error, but one that became a directory meanwhile stops the delta."""
+    (tmp_path / "stray").write_bytes(b"x")
+    (tmp_path / "now-a-directory").mkdir()
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        later = Later([(fd, ["stray", "gone", "now-a-directory"])])
+        with pytest.raises(IsADirectoryError), Background(_remove_later(later), "test"):
+            pass
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["now-a-directory"]

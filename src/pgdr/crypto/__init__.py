@@ -21,9 +21,10 @@ from pgdr.crypto.keys import (
     WrappedKey,
     load_master_key,
 )
-from pgdr.crypto.pipeline import parallel_map
+from pgdr.crypto.pipeline import Background, parallel_map
 
 __all__ = [
+    "Background",
     "CorruptObject",
     "DataKey",
     "MasterKey",

@@ -8,6 +8,7 @@ bounded however large the database is.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,3 +32,52 @@ def parallel_map(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+class Background:
+    """``work(stopped)`` on a thread of its own, for the length of a ``with`` block.
+
+    The block's end waits for the work and raises what it raised, unless the block itself
+    failed: then ``stopped()`` turns true, so the work ends early, and the block's own error is
+    the one raised. Ctrl-C during that wait stops the work too, and still waits for it, so the
+    caller never lets go of what the work uses (a directory's descriptor) while it runs. The
+    wait is on an event: an interrupted ``Thread.join()`` takes a running thread for ended on
+    Python 3.11.
+    """
+
+    def __init__(self, work: Callable[[Callable[[], bool]], None], name: str) -> None:
+        self._work = work
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._work(self._stop.is_set)
+        except BaseException as exc:  # raised by the caller's thread (check, __exit__)
+            self.failure = exc
+        finally:
+            self._done.set()
+
+    def __enter__(self) -> Background:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        failed = exc[0] is not None
+        if failed:
+            self._stop.set()
+        try:
+            self._done.wait()
+        except BaseException:
+            self._stop.set()
+            self._done.wait()
+            raise
+        if not failed:
+            self.check()
+
+    def check(self) -> None:
+        """Raise what the work raised, if it failed already."""
+        if self.failure is not None:
+            raise self.failure

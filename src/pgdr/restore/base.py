@@ -50,7 +50,7 @@ from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core import runner
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.log import logger
-from pgdr.crypto import DataKey, parallel_map
+from pgdr.crypto import Background, DataKey, parallel_map
 from pgdr.restore.beneath import Beneath, check_layout
 from pgdr.restore.staging import (
     check_space,
@@ -321,41 +321,20 @@ class _Files:
         self.ids = ids
         self.lock = threading.Lock()
         self.made: dict[str, tuple[threading.Event, list[BaseException]]] = {}
-        self.stopped = False
-        self.thread = threading.Thread(target=self._create_all, name="pgdr-files", daemon=True)
-        self.failure: BaseException | None = None
-        self.finished = threading.Event()
+        self.creating = Background(self._create_all, "pgdr-files")
 
     def __enter__(self) -> _Files:
-        self.thread.start()
+        self.creating.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stopped = exc[0] is not None
-        try:
-            self.finished.wait()
-        except BaseException:  # interrupted while waiting: stop the thread before the caller
-            self.stopped = True  # closes the directory it creates in (an interrupted join()
-            self.finished.wait()  # would take a running thread for ended, on Python 3.11)
-            raise
-        if not self.stopped:
-            self.check()
+        self.creating.__exit__(*exc)
 
-    def check(self) -> None:
-        """Raise what the creating thread's failure was, if it failed (the restore stops)."""
-        if self.failure is not None:
-            raise self.failure
-
-    def _create_all(self) -> None:
-        try:
-            for entry in self.files:
-                if self.stopped:
-                    return
-                self.ensure(entry.path)
-        except BaseException as exc:  # re-raised by the restore's thread (__exit__)
-            self.failure = exc
-        finally:
-            self.finished.set()
+    def _create_all(self, stopped: Callable[[], bool]) -> None:
+        for entry in self.files:
+            if stopped():
+                return
+            self.ensure(entry.path)
 
     def ensure(self, path: str) -> None:
         """Create ``path`` (empty, mode 0600) unless done or under way; raises what its
@@ -503,7 +482,7 @@ def write_backup(
         writer = _ChunkWriter(repo, manifest, data_key, target, files, beneath, created)
         indexes = read_ahead(repo, manifest, range(len(manifest.chunks)), workers)
         for size in parallel_map(writer, indexes, workers):
-            created.check()
+            created.creating.check()
             if progress:
                 progress(size)
     for entry in files:

@@ -24,6 +24,7 @@ finish), never a mix of old and new pages that it would start on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -44,7 +45,7 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster.processes import server_on
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.crypto import DataKey, parallel_map
+from pgdr.crypto import Background, DataKey, parallel_map
 from pgdr.restore.base import (
     RestoreResult,
     _ChunkWriter,
@@ -60,7 +61,6 @@ from pgdr.restore.walmap import ChangedPages, NoMap, changed_pages
 
 PAGE = 8192
 CONTROL = "global/pg_control"
-UNLINKERS = 4  # files removed at once (the kernel's work: more than the cores)
 HASH_BELOW = 1 << 20  # smaller files are hashed first; larger ones compared chunk by chunk
 Progress = Callable[[int], None]
 
@@ -179,13 +179,38 @@ def _kind(item: os.DirEntry[str]) -> str:
     return "file" if item.is_file(follow_symlinks=False) else "other"
 
 
-def _remove_extra(beneath: Beneath, expected: dict[str, FileEntry]) -> int:
+class Later(list[tuple[int, list[str]]]):
+    """Files to remove: a descriptor of their directory (closed by the owner), their names."""
+
+
+def _remove_extra(beneath: Beneath, expected: dict[str, FileEntry], later: Later) -> int:
     """Remove everything under the target the backup does not hold (or holds as another kind,
-    or, for a link, pointing elsewhere), walking by descriptors: never through a link."""
-    return _sweep(beneath, beneath.fd, "", expected)
+    or, for a link, pointing elsewhere), walking by descriptors: never through a link. Regular
+    files at paths the backup does not use at all are left in ``later``, for
+    :func:`_remove_later`; how many entries go either way."""
+    return _sweep(beneath, beneath.fd, "", expected, later)
 
 
-def _sweep(beneath: Beneath, fd: int, prefix: str, expected: dict[str, FileEntry]) -> int:
+def _remove_later(later: Later) -> Callable[[Callable[[], bool]], None]:
+    """The removal of ``later``'s files, to run in the background while the files are
+    rewritten: a failed primary's pg_wal holds hundreds of recycled segments the backup does
+    not, and removing a written 16 MiB file waits about 3 ms here, one after another or
+    not, with hardly any CPU (docs/backups.md)."""
+
+    def remove(stopped: Callable[[], bool]) -> None:
+        for fd, names in later:
+            for name in names:
+                if stopped():
+                    return
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+
+    return remove
+
+
+def _sweep(
+    beneath: Beneath, fd: int, prefix: str, expected: dict[str, FileEntry], later: Later
+) -> int:
     removed, unwanted = 0, []
     with os.scandir(fd) as listing:
         items = list(listing)
@@ -201,22 +226,27 @@ def _sweep(beneath: Beneath, fd: int, prefix: str, expected: dict[str, FileEntry
             entry = None  # a link pointing elsewhere is replaced
         if entry is not None and entry.kind == kind:
             if kind == "dir":
-                removed += _sweep_below(beneath, fd, item.name, relative, expected)
+                removed += _sweep_below(beneath, fd, item.name, relative, expected, later)
             continue
         if kind == "dir":
             shutil.rmtree(item.name, dir_fd=fd)
-        else:
+        elif kind == "file" and entry is None:
             unwanted.append(item.name)
+        else:  # in the way of what the backup has there
+            os.unlink(item.name, dir_fd=fd)
         removed += 1
-    # in parallel: freeing a 16 MiB WAL segment takes the kernel 5 ms, and a failed primary's
-    # pg_wal holds hundreds the backup does not (recycled for reuse): 1.5 s one by one here
     if unwanted:
-        list(parallel_map(lambda name: os.unlink(name, dir_fd=fd), unwanted, UNLINKERS))
+        later.append((os.dup(fd), unwanted))
     return removed
 
 
 def _sweep_below(
-    beneath: Beneath, fd: int, name: str, relative: str, expected: dict[str, FileEntry]
+    beneath: Beneath,
+    fd: int,
+    name: str,
+    relative: str,
+    expected: dict[str, FileEntry],
+    later: Later,
 ) -> int:
     try:
         child = os.open(name, DIR_FLAGS, dir_fd=fd)
@@ -225,7 +255,7 @@ def _sweep_below(
             f"{relative} in {beneath.root} changed during the restore ({exc.strerror})."
         ) from exc
     try:
-        return _sweep(beneath, child, relative + "/", expected)
+        return _sweep(beneath, child, relative + "/", expected, later)
     finally:
         os.close(child)
 
@@ -378,25 +408,31 @@ def _rewrite(
     changes: ChangedPages | None,
 ) -> _Outcome:
     """Clean, lay out and rewrite ``target``."""
-    outcome = _Outcome()
-    with Beneath(target) as beneath:
-        _remove_control(beneath)
-        outcome.removed = _remove_extra(beneath, {f.path: f for f in manifest.files})
-        outcome.files = _lay_out(beneath, manifest, owner)
+    outcome, later = _Outcome(), Later()
+    try:
+        with Beneath(target) as beneath:
+            _remove_control(beneath)
+            outcome.removed = _remove_extra(beneath, {f.path: f for f in manifest.files}, later)
+            outcome.files = _lay_out(beneath, manifest, owner)
 
-        def writer_of(files: list[FileEntry], pages: dict[str, list[int]]) -> _DeltaWriter:
-            writer = _DeltaWriter(repo, manifest, data_key, target, files, beneath)
-            return writer.limited_to(pages, files)
+            def writer_of(files: list[FileEntry], pages: dict[str, list[int]]) -> _DeltaWriter:
+                writer = _DeltaWriter(repo, manifest, data_key, target, files, beneath)
+                return writer.limited_to(pages, files)
 
-        def check(entry: FileEntry) -> Verdict:
-            return _verdict(beneath, manifest, entry, owner, changes)
+            def rewrite(group: list[FileEntry]) -> None:
+                def check(entry: FileEntry) -> Verdict:
+                    return _verdict(beneath, manifest, entry, owner, changes)
 
-        # pg_control alone and last: created only once every other file is in place
-        for group in (
-            [f for f in outcome.files if f.path != CONTROL],
-            [f for f in outcome.files if f.path == CONTROL],
-        ):
-            _rewrite_group(writer_of, check, group, changes, workers, progress, outcome)
+                _rewrite_group(writer_of, check, group, changes, workers, progress, outcome)
+
+            # the files the backup does not hold are removed meanwhile; pg_control alone and
+            # last: created only once every other file is in place and every other removed
+            with Background(_remove_later(later), "pgdr-remove"):
+                rewrite([f for f in outcome.files if f.path != CONTROL])
+            rewrite([f for f in outcome.files if f.path == CONTROL])
+    finally:
+        for fd, _names in later:
+            os.close(fd)
     return outcome
 
 
