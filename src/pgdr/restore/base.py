@@ -330,6 +330,10 @@ class _Files:
     def __exit__(self, *exc: object) -> None:
         self.creating.__exit__(*exc)
 
+    def check(self) -> None:
+        """Stop the restore if creating the files has failed already."""
+        self.creating.check()
+
     def _create_all(self, stopped: Callable[[], bool]) -> None:
         for entry in self.files:
             if stopped():
@@ -482,7 +486,7 @@ def write_backup(
         writer = _ChunkWriter(repo, manifest, data_key, target, files, beneath, created)
         indexes = read_ahead(repo, manifest, range(len(manifest.chunks)), workers)
         for size in parallel_map(writer, indexes, workers):
-            created.creating.check()
+            created.check()
             if progress:
                 progress(size)
     for entry in files:
