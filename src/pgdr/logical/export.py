@@ -72,13 +72,20 @@ def export_tables(profile: Profile, chosen: list[str] | None) -> list[tuple[str,
 def _csv_files(
     conn: psycopg.Connection[Any], tables: list[tuple[str, str]], result: ExportResult
 ) -> Iterator[tuple[str, bytes]]:
-    """(file name, piece) of every table's CSV, then the export manifest, in one snapshot."""
+    """(file name, piece) of every table's CSV, then the export manifest, in one snapshot.
+
+    Every table is checked to exist before any row is read, and rows are read with
+    ``row_security = off`` (as ``pg_dump`` does): a table whose row-level security policy
+    would hide rows from this role fails the export instead of passing for complete."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    conn.execute("SET LOCAL row_security = off")
     for schema, name in tables:
         ident = sql.Identifier(schema, name)
         if conn.execute("SELECT to_regclass(%s)", (ident.as_string(conn),)).fetchone() == (None,):
             conn.execute("ROLLBACK")
             raise ConfigError(f"Table {schema}.{name} does not exist; nothing was exported.")
+    for schema, name in tables:
+        ident = sql.Identifier(schema, name)
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
         digest, size, file = hashlib.sha256(), 0, f"{schema}.{name}.csv"
         copy = sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(ident)
@@ -167,16 +174,24 @@ def export_to_directory(
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     result = ExportResult(stored_as=str(out))
-    handles: dict[str, Any] = {}
+    handles: dict[str, Any] = {}  # each file is written as ".NAME.part", renamed when all are
+    done = False
     try:
         with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             for name, data in _csv_files(conn, tables, result):
                 if name not in handles:
-                    handles[name] = (out / name).open("wb")
+                    handles[name] = (out / f".{name}.part").open("wb")
                 handles[name].write(data)
+        done = True
     except psycopg.Error as exc:
         raise RuntimeFailure(f"The export failed: {str(exc).strip().splitlines()[0]}") from exc
     finally:
         for handle in handles.values():
             handle.close()
+        for name in handles:
+            part = out / f".{name}.part"
+            if done:
+                part.replace(out / name)
+            else:
+                part.unlink(missing_ok=True)
     return result

@@ -22,6 +22,7 @@ the dump, a dump of another database, a schema-only dump, a target name that exi
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -89,13 +90,51 @@ def _entries(dump: OpenDump, schema: str, name: str) -> tuple[TocEntry, TocEntry
     return found["TABLE"], found["TABLE DATA"]
 
 
+_BARE = re.compile(r'[^\s",().]+')
+
+
+def _identifier(line: str, at: int) -> tuple[str, int]:
+    """The identifier at ``at`` in a line pg_dump wrote (``"a ""b"", c"`` unquoted) and where
+    it ends."""
+    if line.startswith('"', at):
+        name, at = [], at + 1
+        while (quote := line.find('"', at)) >= 0:
+            name.append(line[at:quote])
+            if not line.startswith('""', quote):
+                return '"'.join(name), quote + 1
+            at = quote + 2
+    elif bare := _BARE.match(line, at):
+        return bare.group(), bare.end()
+    raise RuntimeFailure(f"The dump's line {line.strip()!r} cannot be read.")
+
+
+def copy_columns(line: str) -> list[str]:
+    """The column names of pg_dump's ``COPY schema.table (col, ...) FROM stdin;`` line, read
+    identifier by identifier: a name may hold commas, brackets, dots and quotes."""
+    _schema, at = _identifier(line, len("COPY "))
+    while line.startswith(".", at):
+        _name, at = _identifier(line, at + 1)
+    names: list[str] = []
+    if line.startswith(" (", at):  # none for a table without columns: "COPY t  FROM stdin;"
+        name, at = _identifier(line, at + 2)
+        names.append(name)
+        while line.startswith(", ", at):
+            name, at = _identifier(line, at + 2)
+            names.append(name)
+        at += 1 if line.startswith(")", at) else len(line)
+    else:
+        at += 1
+    if not line.startswith(" FROM stdin;", at):
+        raise RuntimeFailure(f"The dump's line {line.strip()!r} cannot be read.")
+    return names
+
+
 def copy_rows(path: Path) -> tuple[list[str], Iterator[str]]:
     """The column names and the text-format rows of the one ``COPY`` block in ``path``."""
     lines = path.open(encoding="utf-8")
     for line in lines:
         if line.startswith("COPY "):
-            columns = line.split("(", 1)[1].rsplit(")", 1)[0]
-            names = [c.strip().strip('"') for c in columns.split(",")]
+            names = copy_columns(line)
 
             def rows() -> Iterator[str]:
                 with lines:
@@ -155,7 +194,12 @@ def _replace(
     columns: list[str],
     key: list[str],
 ) -> tuple[int, int]:
-    """Make ``live`` hold exactly ``new``'s rows, by primary key; (deleted, upserted)."""
+    """Make ``live`` hold exactly ``new``'s rows, by primary key; (deleted, upserted).
+
+    Writers wait meanwhile (an ``EXCLUSIVE`` lock: reads go on), so none commits a row in
+    between; afterwards the table is compared with ``new``, so a trigger or rule that kept or
+    changed rows (a soft delete) fails the restore instead of passing for it."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(live))
     match = sql.SQL(" AND ").join(sql.SQL("n.{c} = l.{c}").format(c=sql.Identifier(c)) for c in key)
     deleted = conn.execute(
         sql.SQL("DELETE FROM {} l WHERE NOT EXISTS (SELECT 1 FROM {} n WHERE {})").format(
@@ -178,7 +222,41 @@ def _replace(
             "INSERT INTO {} AS l ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT ({}) {}"
         ).format(live, cols, cols, new, sql.SQL(", ").join(sql.Identifier(c) for c in key), action)
     ).rowcount
+    _check_equal(conn, live, new, columns, key)
     return max(deleted, 0), max(upserted, 0)
+
+
+class _Differs(Exception):
+    """The live table does not hold the restored rows after the replace."""
+
+
+def _check_equal(
+    conn: psycopg.Connection[Any],
+    live: sql.Composable,
+    new: sql.Composable,
+    columns: list[str],
+    key: list[str],
+) -> None:
+    """Raise :class:`_Differs` unless ``live`` and ``new`` hold the same rows: matched by key,
+    compared as text (a join on the key, as the upsert itself; no sort of wide rows)."""
+    match = sql.SQL(" AND ").join(sql.SQL("n.{c} = l.{c}").format(c=sql.Identifier(c)) for c in key)
+
+    def row(alias: str) -> sql.Composable:
+        fields = (sql.Identifier(alias, c) for c in columns)
+        return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(fields))
+
+    first = sql.Identifier(key[0])
+    found = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {} l FULL JOIN {} n ON {} WHERE l.{} IS NULL OR n.{} IS NULL "
+            "OR {} IS DISTINCT FROM {}"
+        ).format(live, new, match, first, first, row("l"), row("n"))
+    ).fetchone()
+    if found and found[0]:
+        raise _Differs(
+            f"after the replace the table still differs from the dump in {found[0]} rows "
+            "(a trigger or rule on it keeps or changes rows)"
+        )
 
 
 def primary_key(conn: psycopg.Connection[Any], ident: sql.Composable) -> list[str]:
@@ -256,7 +334,7 @@ def copy_in(
                 )
                 conn.execute(sql.SQL("DROP TABLE {}").format(plan.new))
                 result.replaced = True
-    except psycopg.Error as exc:
+    except (psycopg.Error, _Differs) as exc:
         raise RuntimeFailure(
             f"Restoring {result.table} from {result.source} failed and was rolled back, "
             f"nothing changed: {str(exc).strip().splitlines()[0]}"

@@ -3,18 +3,20 @@ into the target.
 
 :func:`select_rows` finds, in one snapshot of the source, the rows of a table with the given
 keys and (``with_children``) every row that references them through foreign keys, children and
-grandchildren. Each row is remembered by its ``ctid``, which cannot change while the snapshot
-is open (the caller holds one ``REPEATABLE READ`` transaction for the selection and the copy),
-and only the columns that children reference are read. One query per table and foreign key:
-the keys of a level travel as one array (``(cols) IN (SELECT * FROM unnest(...))``), never one
-query per key.
+grandchildren. Each row is remembered by its table's oid and its ``ctid``, which cannot change
+while the snapshot is open (the caller holds one ``REPEATABLE READ`` transaction for the
+selection and the copy); a ``ctid`` alone is unique only within one table, and each partition
+(or inheritance child) of a table has its own. Only the columns that children reference are
+read. One query per table and foreign key: the keys of a level travel as one array (``(cols)
+IN (SELECT * FROM unnest(...))``), never one query per key.
 
-:func:`write_selection` then streams each table's chosen rows, parents first, from the source's
-``COPY (SELECT ... WHERE ctid = ANY(...)) TO STDOUT`` into a temporary table of the target
-(``COPY ... FROM STDIN``, text format: portable across major versions) and inserts them ``ON
-CONFLICT DO NOTHING``, all in one target transaction. Rows are never decoded in Python, so a
-thousand chatbots with their embeddings cost what the rows weigh. Columns are matched by name:
-a column only the source has is not copied, one only the target has gets its default.
+:func:`write_selection` then streams each table's chosen rows, parents first, from the
+source's ``COPY (SELECT ... WHERE tableoid = ... AND ctid = ANY(...)) TO STDOUT`` into a
+temporary table of the target (``COPY ... FROM STDIN``, text format: portable across major
+versions) and inserts them ``ON CONFLICT DO NOTHING``, all in one target transaction. Rows are
+never decoded in Python, so a thousand chatbots with their embeddings cost what the rows weigh.
+Columns are matched by name: a column only the source has is not copied, one only the target
+has gets its default.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgdr.core.errors import RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.integrity.catalog import Catalog, TableInfo
 
-Found = list[tuple[str, dict[str, str | None]]]  # (ctid, referenced column -> text value)
+Found = list[tuple[str, dict[str, str | None]]]  # ("oid:ctid", referenced column -> value)
 
 
 @dataclass
 class Selection:
-    """The chosen rows of each table (ctids in the source's snapshot), parents first."""
+    """The chosen rows of each table ("oid:ctid" of the partition or table holding each, in the
+    source's snapshot), parents first."""
 
     table: TableInfo
     key_column: str
@@ -73,11 +76,11 @@ def _select(
     values: list[list[str]],
     wanted: list[str],
 ) -> Found:
-    """The ctid and ``wanted`` columns (as text) of the rows whose ``match`` columns equal one
-    of ``values``."""
+    """The "oid:ctid" and ``wanted`` columns (as text) of the rows whose ``match`` columns equal
+    one of ``values``."""
     if not values:
         return []
-    picked = [sql.SQL("t.ctid::text")] + [
+    picked = [sql.SQL("t.tableoid::oid::text || ':' || t.ctid::text")] + [
         sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in wanted
     ]
     arrays = sql.SQL(", ").join(
@@ -174,11 +177,32 @@ def write_selection(
     parents first, in one transaction, even in read-only mode; rows present in ``dst`` are left
     as they are. Returns the rows inserted per table. ``dst`` must be in autocommit mode."""
     inserted: dict[str, int] = {}
+    keyless = _without_unique_key(dst, [t for t in selection.order if selection.ctids[t]])
+    if keyless:
+        raise ConfigError(
+            f"Table {keyless[0]} has no primary key or unique constraint in the target, so its "
+            "rows that still exist cannot be told from those to bring back; nothing was changed."
+        )
     dst.execute("SET default_transaction_read_only = off")
     with dst.transaction():
         for number, table in enumerate(selection.order):
             inserted[table] = _copy_table(src, dst, table, selection.ctids[table], number)
     return inserted
+
+
+def _without_unique_key(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
+    """Those of ``tables`` ("schema.name") without a primary key or a unique constraint that
+    covers every row (``ON CONFLICT DO NOTHING`` keeps a row that exists only by one)."""
+    rows = conn.execute(
+        "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) WHERE NOT EXISTS ("
+        " SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+        " JOIN pg_namespace s ON s.oid = c.relnamespace"
+        " WHERE s.nspname = split_part(u.t, '.', 1)"
+        " AND c.relname = substr(u.t, length(split_part(u.t, '.', 1)) + 2)"
+        " AND i.indisunique AND i.indpred IS NULL AND i.indimmediate) ORDER BY n",
+        (tables,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def _copy_table(
@@ -190,9 +214,22 @@ def _copy_table(
 ) -> int:
     if not ctids:
         return 0
-    tids = sql.Literal("{" + ",".join(f'"{c}"' for c in ctids) + "}")
-    where = sql.SQL(" WHERE ctid = ANY({}::tid[])").format(tids)
-    return copy_rows(src, dst, table, number, where, lambda _columns: ON_CONFLICT_KEEP)[1]
+    return copy_rows(src, dst, table, number, _where(ctids), lambda _columns: ON_CONFLICT_KEEP)[1]
+
+
+def _where(rows: list[str]) -> sql.Composable:
+    """``WHERE`` these rows ("oid:ctid"): per partition, its own ctids (a TID scan each)."""
+    by_table: dict[str, list[str]] = {}
+    for row in rows:
+        oid, ctid = row.split(":", 1)
+        by_table.setdefault(oid, []).append(ctid)
+    arms = [
+        sql.SQL("(tableoid = {}::oid AND ctid = ANY({}::tid[]))").format(
+            sql.Literal(oid), sql.Literal("{" + ",".join(f'"{c}"' for c in tids) + "}")
+        )
+        for oid, tids in by_table.items()
+    ]
+    return sql.SQL(" WHERE ") + sql.SQL(" OR ").join(arms)
 
 
 ON_CONFLICT_KEEP = sql.SQL("ON CONFLICT DO NOTHING")

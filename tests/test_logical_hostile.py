@@ -1,0 +1,157 @@
+"""What a hostile review of the commands that write into a live database found (restore-table,
+recover rows, undelete, export), each a false "ok" before: now the truth or a refusal."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from conftest import CliResult, Server, run_cli
+
+
+def q(url: str, query: str) -> list[tuple[Any, ...]] | None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else None
+
+
+def test_recover_rows_of_a_partitioned_table_brings_back_only_those_asked_for(
+    pg18: Server, cli_env: dict[str, str]
+) -> None:
+    """Rows were remembered by ctid, which each partition numbers on its own: asked for row 1,
+    `recover rows` brought back row 2 of another partition too ("inserted": 2, exit 0)."""
+    source, target = pg18.new_database(), pg18.new_database()
+    for url in (source, target):
+        q(url, "CREATE TABLE ev (id int, region text, body text, PRIMARY KEY (id, region)) "
+               "PARTITION BY LIST (region)")  # fmt: skip
+        q(url, "CREATE TABLE ev_eu PARTITION OF ev FOR VALUES IN ('eu')")
+        q(url, "CREATE TABLE ev_us PARTITION OF ev FOR VALUES IN ('us')")
+        q(url, "INSERT INTO ev VALUES (1, 'eu', 'one'), (2, 'us', 'two')")
+    q(target, "DELETE FROM ev")
+    env = cli_env | {"DATABASE_URL": target, "SCRATCH_URL": source}
+    args = ("--from-env", "SCRATCH_URL", "--table", "ev", "--key-column", "id", "--key", "1")
+    result = run_cli("recover", "rows", *args, "--json", env=env)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["inserted"] == 1
+    assert q(target, "SELECT id, region FROM ev") == [(1, "eu")]
+
+
+def test_recover_rows_refuses_a_table_without_a_unique_key(
+    pg18: Server, cli_env: dict[str, str]
+) -> None:
+    """Without a key, ON CONFLICT DO NOTHING kept nothing out: a row still present was
+    inserted again (exit 0, "inserted": 1). Now refused, nothing changed."""
+    source, target = pg18.new_database(), pg18.new_database()
+    for url in (source, target):
+        q(url, "CREATE TABLE notes (ref text, body text)")
+        q(url, "INSERT INTO notes VALUES ('k1', 'hello'), ('k2', 'world')")
+    env = cli_env | {"DATABASE_URL": target, "SCRATCH_URL": source}
+    args = ("--from-env", "SCRATCH_URL", "--table", "notes", "--key-column", "ref", "--key", "k1")
+    result = run_cli("recover", "rows", *args, env=env)
+    assert result.code == 2, result.stderr
+    assert "no primary key or unique constraint" in result.stderr
+    assert q(target, "SELECT count(*) FROM notes") == [(2,)]
+
+
+def _dump_then(url: str, env: dict[str, str], *changes: str) -> None:
+    assert run_cli("dump", env=env).code == 0
+    for change in changes:
+        q(url, change)
+
+
+def test_restore_table_reads_column_names_that_hold_commas_and_brackets(
+    pg18: Server, backup_env: dict[str, str]
+) -> None:
+    """The COPY line's column list was split at every comma and the first bracket: a column
+    "last, first" shifted every value after it into the wrong column, and a table "t(x)"
+    lost its ids to the sequence, each with exit 0."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    q(url, 'CREATE TABLE tc (id int PRIMARY KEY, "last, first" text, note text, extra text)')
+    q(url, "INSERT INTO tc VALUES (1, 'x', 'n1', 'e1'), (2, 'y', 'n2', 'e2')")
+    quoted = '"a ""b"""'  # the column a "b"
+    q(url, 'CREATE TABLE "t(x)" (id serial PRIMARY KEY, ' + quoted + " text)")
+    q(url, 'INSERT INTO "t(x)" (' + quoted + ") VALUES ('a'), ('b')")
+    _dump_then(url, env, "ALTER TABLE tc DROP COLUMN extra", "UPDATE tc SET note = 'damaged'",
+               'UPDATE "t(x)" SET ' + quoted + " = 'damaged'")  # fmt: skip
+    for table in ("tc", "t(x)"):
+        result = run_cli("restore-table", table, "--from", "latest", "--replace", "--force",
+                         env=env)  # fmt: skip
+        assert result.code == 0, result.stderr
+    assert q(url, "SELECT * FROM tc ORDER BY id") == [(1, "x", "n1"), (2, "y", "n2")]
+    assert q(url, 'SELECT * FROM "t(x)" ORDER BY id') == [(1, "a"), (2, "b")]
+
+
+def test_restore_table_replace_waits_for_writers_and_checks_what_the_table_holds(
+    pg18: Server, backup_env: dict[str, str]
+) -> None:
+    """--replace took no lock: a row another session committed meanwhile stayed, and a soft
+    delete trigger kept a row, both reported as "now holds the rows of dump" (exit 0)."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    q(url, "CREATE TABLE cc (id int PRIMARY KEY, v text)")
+    q(url, "INSERT INTO cc VALUES (1, 'a'), (2, 'b')")
+    _dump_then(url, env)
+    writer = psycopg.connect(url)
+    writer.execute("INSERT INTO cc VALUES (99, 'concurrent')")  # uncommitted: holds its lock
+    done: list[CliResult] = []
+    args = ("restore-table", "cc", "--from", "latest", "--replace", "--force")
+    replace = threading.Thread(target=lambda: done.append(run_cli(*args, env=env)))
+    replace.start()
+    time.sleep(3)
+    writer.commit()
+    writer.close()
+    replace.join()
+    assert done[0].code == 0, done[0].stderr
+    assert q(url, "SELECT * FROM cc ORDER BY id") == [(1, "a"), (2, "b")]
+
+    q(url, "CREATE TABLE sd (id int PRIMARY KEY, v text, deleted bool DEFAULT false)")
+    q(url, "INSERT INTO sd VALUES (1, 'a'), (2, 'b')")
+    _dump_then(url, env, "INSERT INTO sd VALUES (3, 'later')",
+               "CREATE FUNCTION soft() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+               "UPDATE sd SET deleted = true WHERE id = OLD.id; RETURN NULL; END $$",
+               "CREATE TRIGGER soft BEFORE DELETE ON sd FOR EACH ROW EXECUTE FUNCTION soft()")  # fmt: skip
+    result = run_cli("restore-table", "sd", "--from", "latest", "--replace", "--force", env=env)
+    assert result.code == 3, result.stderr
+    assert "rolled back" in result.stderr and "still differs from the dump" in result.stderr
+    assert q(url, "SELECT id, deleted FROM sd ORDER BY id") == [(1, False), (2, False), (3, False)]
+
+
+def test_export_is_whole_or_nothing(
+    pg18: Server, backup_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A role that row-level security lets see 2 rows of 3 exported 2 and said so (exit 0);
+    a missing table failed the export ("nothing was exported") after the files of the
+    tables before it were written."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    q(
+        url,
+        "DO $$ BEGIN CREATE ROLE reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    )
+    q(url, "CREATE TABLE tenant_rows (id int PRIMARY KEY, tenant text)")
+    q(url, "INSERT INTO tenant_rows VALUES (1, 'a'), (2, 'b'), (3, 'a')")
+    q(url, "GRANT SELECT ON tenant_rows TO reader")
+    q(url, "ALTER TABLE tenant_rows ENABLE ROW LEVEL SECURITY")
+    q(url, "CREATE POLICY p ON tenant_rows USING (tenant = 'a')")
+    reader = env | {"DATABASE_URL": make_conninfo(url, user="reader")}
+    hidden = run_cli("export", "--tables", "tenant_rows", "--out", str(tmp_path / "a"), env=reader)
+    assert hidden.code == 3, hidden.stderr
+    assert "row-level security" in hidden.stderr
+    missing = run_cli("export", "--tables", "tenant_rows", "--tables", "nope", "--out",
+                      str(tmp_path / "b"), env=env)  # fmt: skip
+    assert missing.code == 2, missing.stderr
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+    whole = run_cli("export", "--tables", "tenant_rows", "--out", str(tmp_path / "c"), env=env)
+    assert whole.code == 0, whole.stderr
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "export-manifest.json",
+        "public.tenant_rows.csv",
+    ]
