@@ -155,3 +155,19 @@ def test_export_is_whole_or_nothing(
         "export-manifest.json",
         "public.tenant_rows.csv",
     ]
+
+
+def test_a_failed_pg_restore_says_what_went_wrong(pg18: Server, backup_env: dict[str, str]) -> None:
+    """A dropped table restored into a read-only database fails safely; the sentence said only
+    ``);`` (the last line of the command pg_restore echoes), now the error itself."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    q(url, "CREATE TABLE gone (id int PRIMARY KEY, v text)")
+    q(url, "INSERT INTO gone VALUES (1, 'a')")
+    _dump_then(url, env, "DROP TABLE gone")
+    database = (q(url, "SELECT current_database()") or [("",)])[0][0]
+    q(url, f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    result = run_cli("restore-table", "gone", "--from", "latest", "--as", "gone_back", env=env)
+    assert result.code == 3, result.stderr
+    assert "read-only transaction" in result.stderr, result.stderr
+    assert q(url, "SELECT to_regclass('gone'), to_regclass('gone_back')") == [(None, None)]

@@ -44,6 +44,18 @@ def last_line(text: str | bytes | None) -> str:
     return lines[-1] if lines else "no output"
 
 
+def error_line(text: str | bytes | None) -> str:
+    """The first line of a PostgreSQL tool's output that says ``error:`` (what went wrong;
+    ``pg_restore`` follows it with the failed command, whose last line is ``);``), else the
+    last line."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    for line in (text or "").splitlines():
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
+    return last_line(text)
+
+
 def sentence(program: str, text: str | bytes | None) -> str:
     """``"<program> failed: <last line>."``, one sentence."""
     return f"{program} failed: {last_line(text)}".rstrip(".") + "."

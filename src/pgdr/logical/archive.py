@@ -24,7 +24,7 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster import PgInstallation
 from pgdr.core import runner
 from pgdr.core.errors import RuntimeFailure
-from pgdr.core.runner import last_line
+from pgdr.core.runner import error_line
 from pgdr.crypto import DataKey
 from pgdr.logical.tools import DIRECTORY_SUFFIX, binaries_for
 
@@ -153,7 +153,7 @@ def _pg_restore(
         stderr.seek(0)
         message = stderr.read().decode(errors="replace")
     if code != 0:
-        raise RuntimeFailure(f"pg_restore failed on dump {dump.id}: {last_line(message)}")
+        raise RuntimeFailure(f"pg_restore failed on dump {dump.id}: {error_line(message)}")
 
 
 def _feed(pipe: IO[bytes] | None, pieces: Iterator[bytes]) -> None:
