@@ -48,15 +48,18 @@ def test_recover_rows_refuses_a_table_without_a_unique_key(
     """Without a key, ON CONFLICT DO NOTHING kept nothing out: a row still present was
     inserted again (exit 0, "inserted": 1). Now refused, nothing changed."""
     source, target = pg18.new_database(), pg18.new_database()
-    for url in (source, target):
+    for url in (source, target):  # a unique column that may be NULL keeps nothing out either
         q(url, "CREATE TABLE notes (ref text, body text)")
         q(url, "INSERT INTO notes VALUES ('k1', 'hello'), ('k2', 'world')")
+        q(url, "CREATE TABLE mails (ref text, email text UNIQUE)")
+        q(url, "INSERT INTO mails VALUES ('k1', NULL), ('k2', NULL)")
     env = cli_env | {"DATABASE_URL": target, "SCRATCH_URL": source}
-    args = ("--from-env", "SCRATCH_URL", "--table", "notes", "--key-column", "ref", "--key", "k1")
-    result = run_cli("recover", "rows", *args, env=env)
-    assert result.code == 2, result.stderr
-    assert "no primary key or unique constraint" in result.stderr
-    assert q(target, "SELECT count(*) FROM notes") == [(2,)]
+    for table in ("notes", "mails"):
+        args = ("--from-env", "SCRATCH_URL", "--table", table, "--key-column", "ref", "--key", "k1")
+        result = run_cli("recover", "rows", *args, env=env)
+        assert result.code == 2, result.stderr
+        assert "no primary key or unique constraint" in result.stderr
+        assert q(target, f"SELECT count(*) FROM {table}") == [(2,)]
 
 
 def _dump_then(url: str, env: dict[str, str], *changes: str) -> None:
@@ -171,3 +174,40 @@ def test_a_failed_pg_restore_says_what_went_wrong(pg18: Server, backup_env: dict
     assert result.code == 3, result.stderr
     assert "read-only transaction" in result.stderr, result.stderr
     assert q(url, "SELECT to_regclass('gone'), to_regclass('gone_back')") == [(None, None)]
+
+
+def test_restore_table_replace_compares_every_digit_and_restores_the_key_as_dumped(
+    pg18: Server, backup_env: dict[str, str]
+) -> None:
+    """With ``extra_float_digits = 0`` (a database setting), 0.30000000000000004 read as 0.3
+    like the dump's 0.3: left as it was, reported restored (exit 0). A key equal to the dump's
+    but written differently (1.00 for 1.0) was never updated, and the check refused it."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    database = (q(url, "SELECT current_database()") or [("",)])[0][0]
+    q(url, "CREATE TABLE fl (id numeric PRIMARY KEY, f float8)")
+    q(url, "INSERT INTO fl VALUES (1.0, 0.3)")
+    _dump_then(url, env, "UPDATE fl SET f = 0.1::float8 + 0.2::float8, id = 1.00",
+               f'ALTER DATABASE "{database}" SET extra_float_digits = 0')  # fmt: skip
+    result = run_cli("restore-table", "fl", "--from", "latest", "--replace", "--force", env=env)
+    assert result.code == 0, result.stderr
+    assert q(url, "SELECT id::text, f = 0.3 FROM fl") == [("1.0", True)]
+
+
+def test_restore_table_replace_does_not_wait_forever_for_the_table(
+    pg18: Server, backup_env: dict[str, str]
+) -> None:
+    """A session idle in a transaction that locked a row (a child's foreign key check does)
+    holds the table: the replace gives up after 30 s, rolled back, instead of waiting forever
+    with every writer queued behind it."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    q(url, "CREATE TABLE p (id int PRIMARY KEY, v text)")
+    q(url, "INSERT INTO p VALUES (1, 'a')")
+    _dump_then(url, env, "UPDATE p SET v = 'damaged'")
+    with psycopg.connect(url) as idle:
+        idle.execute("SELECT * FROM p FOR SHARE")
+        result = run_cli("restore-table", "p", "--from", "latest", "--replace", "--force", env=env)
+    assert result.code == 3, result.stderr
+    assert "lock timeout" in result.stderr and "rolled back" in result.stderr
+    assert q(url, "SELECT v FROM p") == [("damaged",)]

@@ -199,6 +199,7 @@ def _replace(
     Writers wait meanwhile (an ``EXCLUSIVE`` lock: reads go on), so none commits a row in
     between; afterwards the table is compared with ``new``, so a trigger or rule that kept or
     changed rows (a soft delete) fails the restore instead of passing for it."""
+    conn.execute("SET LOCAL lock_timeout = '30s'")  # a session holding the table: refused
     conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(live))
     match = sql.SQL(" AND ").join(sql.SQL("n.{c} = l.{c}").format(c=sql.Identifier(c)) for c in key)
     deleted = conn.execute(
@@ -207,16 +208,12 @@ def _replace(
         )
     ).rowcount
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    updates = [c for c in columns if c not in key]
-    action = (
-        sql.SQL("DO UPDATE SET {} WHERE (l.*)::text IS DISTINCT FROM (EXCLUDED.*)::text").format(
-            sql.SQL(", ").join(
-                sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updates
-            )
-        )
-        if updates
-        else sql.SQL("DO NOTHING")
-    )
+    # the key's columns too: a key equal to the dump's may still read differently ('alice'
+    # and 'Alice' in citext, 1.0 and 1.00 in numeric), and the dump's is the one restored
+    sets = (sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns)
+    action = sql.SQL(
+        "DO UPDATE SET {} WHERE (l.*)::text IS DISTINCT FROM (EXCLUDED.*)::text"
+    ).format(sql.SQL(", ").join(sets))
     upserted = conn.execute(
         sql.SQL(
             "INSERT INTO {} AS l ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT ({}) {}"
@@ -319,6 +316,8 @@ def copy_in(
     conn.execute("SET default_transaction_read_only = off")  # works in read-only mode
     try:
         with conn.transaction():
+            # rows are compared as text (the upsert, the check after it): every digit of a float
+            conn.execute("SET LOCAL extra_float_digits = 3")
             if not plan.replace:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(plan.new))
             temp = sql.SQL("TEMP ") if plan.replace else sql.SQL("")

@@ -191,15 +191,18 @@ def write_selection(
 
 
 def _without_unique_key(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
-    """Those of ``tables`` ("schema.name") without a primary key or a unique constraint that
-    covers every row (``ON CONFLICT DO NOTHING`` keeps a row that exists only by one)."""
+    """Those of ``tables`` ("schema.name") without a primary key or a unique constraint on
+    columns that are all ``NOT NULL`` (``ON CONFLICT DO NOTHING`` keeps out a row that exists
+    only by such a key: rows with a NULL in a unique column are never in conflict)."""
     rows = conn.execute(
         "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) WHERE NOT EXISTS ("
         " SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
         " JOIN pg_namespace s ON s.oid = c.relnamespace"
         " WHERE s.nspname = split_part(u.t, '.', 1)"
         " AND c.relname = substr(u.t, length(split_part(u.t, '.', 1)) + 2)"
-        " AND i.indisunique AND i.indpred IS NULL AND i.indimmediate) ORDER BY n",
+        " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indimmediate"
+        " AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid"
+        " AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)) ORDER BY n",
         (tables,),
     ).fetchall()
     return [str(r[0]) for r in rows]
