@@ -187,6 +187,11 @@ def _load(
     return count
 
 
+def _on_key(key: list[str]) -> sql.Composable:
+    """``n.k = l.k AND ...``: a row of the restored rows (n) and of the live table (l)."""
+    return sql.SQL(" AND ").join(sql.SQL("n.{c} = l.{c}").format(c=sql.Identifier(c)) for c in key)
+
+
 def _replace(
     conn: psycopg.Connection[Any],
     live: sql.Composable,
@@ -201,7 +206,7 @@ def _replace(
     changed rows (a soft delete) fails the restore instead of passing for it."""
     conn.execute("SET LOCAL lock_timeout = '30s'")  # a session holding the table: refused
     conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(live))
-    match = sql.SQL(" AND ").join(sql.SQL("n.{c} = l.{c}").format(c=sql.Identifier(c)) for c in key)
+    match = _on_key(key)
     deleted = conn.execute(
         sql.SQL("DELETE FROM {} l WHERE NOT EXISTS (SELECT 1 FROM {} n WHERE {})").format(
             live, new, match
@@ -236,7 +241,7 @@ def _check_equal(
 ) -> None:
     """Raise :class:`_Differs` unless ``live`` and ``new`` hold the same rows: matched by key,
     compared as text (a join on the key, as the upsert itself; no sort of wide rows)."""
-    match = sql.SQL(" AND ").join(sql.SQL("n.{c} = l.{c}").format(c=sql.Identifier(c)) for c in key)
+    match = _on_key(key)
 
     def row(alias: str) -> sql.Composable:
         fields = (sql.Identifier(alias, c) for c in columns)

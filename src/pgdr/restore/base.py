@@ -27,6 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,7 @@ class _Files:
         self.files = sorted(files, key=lambda f: f.offset)
         self.ids = ids
         self.lock = threading.Lock()
-        self.made: dict[str, tuple[threading.Event, list[BaseException]]] = {}
+        self.made: dict[str, Future[None]] = {}
         self.creating = Background(self._create_all, "pgdr-files")
 
     def __enter__(self) -> _Files:
@@ -344,30 +345,26 @@ class _Files:
         """Create ``path`` (empty, mode 0600) unless done or under way; raises what its
         creation raised, in whichever thread asks."""
         with self.lock:
-            found = self.made.get(path)
-            if found is None:
-                found = self.made[path] = (threading.Event(), [])
-                mine = True
-            else:
-                mine = False
-        done, errors = found
-        if not mine:
-            done.wait()
-            if errors:
-                raise errors[0]
-            return
-        try:
-            fd = self.beneath.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, create_parents=True)
+            made = self.made.get(path)
+            mine = made is None
+            if made is None:
+                made = self.made[path] = Future()
+        if mine:
             try:
-                if self.ids:
-                    os.fchown(fd, *self.ids)
-            finally:
-                os.close(fd)
-        except BaseException as exc:
-            errors.append(exc)
-            raise
+                self._create(path)
+            except BaseException as exc:
+                made.set_exception(exc)
+            else:
+                made.set_result(None)
+        made.result()
+
+    def _create(self, path: str) -> None:
+        fd = self.beneath.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, create_parents=True)
+        try:
+            if self.ids:
+                os.fchown(fd, *self.ids)
         finally:
-            done.set()
+            os.close(fd)
 
 
 class _ChunkWriter:

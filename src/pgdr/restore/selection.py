@@ -194,18 +194,17 @@ def _without_unique_key(conn: psycopg.Connection[Any], tables: list[str]) -> lis
     """Those of ``tables`` ("schema.name") without a primary key or a unique constraint on
     columns that are all ``NOT NULL`` (``ON CONFLICT DO NOTHING`` keeps out a row that exists
     only by such a key: rows with a NULL in a unique column are never in conflict)."""
+    parts = [table.split(".", 1) for table in tables]  # as identifier() splits them
     rows = conn.execute(
-        "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) WHERE NOT EXISTS ("
-        " SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
-        " JOIN pg_namespace s ON s.oid = c.relnamespace"
-        " WHERE s.nspname = split_part(u.t, '.', 1)"
-        " AND c.relname = substr(u.t, length(split_part(u.t, '.', 1)) + 2)"
+        "SELECT u.n FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS u(s, t, n)"
+        " WHERE NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+        " JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = u.s AND c.relname = u.t"
         " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indimmediate"
         " AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid"
-        " AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)) ORDER BY n",
-        (tables,),
+        " AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)) ORDER BY u.n",
+        ([p[0] for p in parts], [p[1] for p in parts]),
     ).fetchall()
-    return [str(r[0]) for r in rows]
+    return [tables[int(r[0]) - 1] for r in rows]
 
 
 def _copy_table(
