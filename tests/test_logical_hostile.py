@@ -62,6 +62,26 @@ def test_recover_rows_refuses_a_table_without_a_unique_key(
         assert q(target, f"SELECT count(*) FROM {table}") == [(2,)]
 
 
+def test_recover_rows_says_a_table_missing_from_the_target_is_missing(
+    pg18: Server, cli_env: dict[str, str]
+) -> None:
+    """A child table dropped from the target was refused as having "no primary key" (exit 2,
+    a configuration error), which sends the operator after the wrong fix."""
+    source, target = pg18.new_database(), pg18.new_database()
+    for url in (source, target):
+        q(url, "CREATE TABLE bots (id int PRIMARY KEY, name text)")
+        q(url, "CREATE TABLE msgs (id int PRIMARY KEY, bot int REFERENCES bots, body text)")
+        q(url, "INSERT INTO bots VALUES (1, 'one'); INSERT INTO msgs VALUES (10, 1, 'hi')")
+    q(target, "DROP TABLE msgs; DELETE FROM bots")
+    env = cli_env | {"DATABASE_URL": target, "SCRATCH_URL": source}
+    args = ("--from-env", "SCRATCH_URL", "--table", "bots", "--key", "1", "--with-children")
+    result = run_cli("recover", "rows", *args, env=env)
+    assert result.code == 3, result.stderr
+    assert "public.msgs is missing from the target" in result.stderr
+    assert "primary key" not in result.stderr
+    assert q(target, "SELECT count(*) FROM bots") == [(0,)]
+
+
 def _dump_then(url: str, env: dict[str, str], *changes: str) -> None:
     assert run_cli("dump", env=env).code == 0
     for change in changes:

@@ -177,7 +177,9 @@ def write_selection(
     parents first, in one transaction, even in read-only mode; rows present in ``dst`` are left
     as they are. Returns the rows inserted per table. ``dst`` must be in autocommit mode."""
     inserted: dict[str, int] = {}
-    keyless = _without_unique_key(dst, [t for t in selection.order if selection.ctids[t]])
+    missing, keyless = _unfit_targets(dst, [t for t in selection.order if selection.ctids[t]])
+    if missing:
+        raise RuntimeFailure(f"Table {missing[0]} is missing from the target. Nothing was changed.")
     if keyless:
         raise ConfigError(
             f"Table {keyless[0]} has no primary key or unique constraint in the target, so its "
@@ -190,21 +192,24 @@ def write_selection(
     return inserted
 
 
-def _without_unique_key(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
-    """Those of ``tables`` ("schema.name") without a primary key or a unique constraint on
-    columns that are all ``NOT NULL`` (``ON CONFLICT DO NOTHING`` keeps out a row that exists
-    only by such a key: rows with a NULL in a unique column are never in conflict)."""
+def _unfit_targets(conn: psycopg.Connection[Any], tables: list[str]) -> tuple[list[str], list[str]]:
+    """Those of ``tables`` ("schema.name") missing from the target, and those without a primary
+    key or a unique constraint on columns that are all ``NOT NULL`` (``ON CONFLICT DO NOTHING``
+    keeps out a row that exists only by such a key: rows with a NULL in a unique column are
+    never in conflict)."""
     parts = [table.split(".", 1) for table in tables]  # as identifier() splits them
     rows = conn.execute(
-        "SELECT u.n FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS u(s, t, n)"
-        " WHERE NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
-        " JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = u.s AND c.relname = u.t"
+        "SELECT u.n, c.oid IS NULL FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
+        " AS u(s, t, n) LEFT JOIN (pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace)"
+        " ON s.nspname = u.s AND c.relname = u.t AND c.relkind IN ('r', 'p')"
+        " WHERE c.oid IS NULL OR NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid"
         " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indimmediate"
         " AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid"
         " AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)) ORDER BY u.n",
         ([p[0] for p in parts], [p[1] for p in parts]),
     ).fetchall()
-    return [tables[int(r[0]) - 1] for r in rows]
+    missing = [tables[int(r[0]) - 1] for r in rows if r[1]]
+    return missing, [tables[int(r[0]) - 1] for r in rows if not r[1]]
 
 
 def _copy_table(
