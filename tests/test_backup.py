@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -11,12 +13,14 @@ import pytest
 
 from conftest import Server, run_cli
 from fixtures.backup import add_rows, count_rows
-from pgdr.backup import Repository, take_backup
+from pgdr.backup import Repository
 from pgdr.backup.digest import digest_of_file
+from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError
-from pgdr.restore import adopt_restored, restore_backup
+from pgdr.restore import restore_backup
+from pgdr.restore.start import adopt_restored
 
 
 def _tree(root: Path) -> dict[str, tuple[int, str]]:
@@ -113,6 +117,19 @@ def test_cli_backup_list_show_restore_start(
     again = run_cli("restore", backup["id"], "--to", str(target), env=env)
     assert again.code == 2
     assert "already exists" in again.stderr
+
+    # A restore of a base backup never connects, so it starts without psycopg (a third of a
+    # cold start): the process reports, as it exits, whether psycopg was ever loaded.
+    flag = scratch / "psycopg-loaded"
+    wrapper = (
+        "import atexit, runpy, sys; from pathlib import Path; "
+        f"atexit.register(lambda: Path({str(flag)!r}).write_text(str('psycopg' in sys.modules))); "
+        "sys.argv = ['pgdr', *sys.argv[1:]]; runpy.run_module('pgdr', run_name='__main__')"
+    )
+    args = ["restore", backup["id"], "--to", str(scratch / "plain")]
+    plain = subprocess.run([sys.executable, "-c", wrapper, *args], env=env, capture_output=True)
+    assert plain.returncode == 0, plain.stderr
+    assert flag.read_text() == "False"
 
 
 def test_compress_level_and_digest_scheme(

@@ -11,10 +11,12 @@ import pytest
 from conftest import Server, run_cli
 from fixtures.backup import add_rows, count_rows
 from fixtures.wal import WalEnv
-from pgdr.backup import Repository, take_backup
+from pgdr.backup import Repository
+from pgdr.backup.take import take_backup
 from pgdr.config import PgdrSettings
 from pgdr.crypto.keys import generate_key_text, write_key_file
-from pgdr.restore import adopt_restored, restore_backup
+from pgdr.restore import restore_backup
+from pgdr.restore.start import adopt_restored
 from test_pitr import backup, committed_by, ids, restore, stop_restored, wait_streamed
 
 

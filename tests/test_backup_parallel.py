@@ -24,14 +24,16 @@ import pytest
 
 from conftest import Server, run_cli
 from fixtures.backup import add_rows, count_rows
-from pgdr.backup import Repository, take_backup
+from pgdr.backup import Repository
 from pgdr.backup.files import Locality, choose_method, locate
+from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, choose_installation, installation_for_major
 from pgdr.cluster.processes import server_on
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError, PgdrError
-from pgdr.restore import adopt_restored, restore_backup
+from pgdr.restore import restore_backup
 from pgdr.restore.delta import PAGE, _pages_differing, delta_restore
+from pgdr.restore.start import adopt_restored
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, run_cli
-from pgdr.backup import Manifest, repository_at, take_backup
+from pgdr.backup import Manifest, repository_at
+from pgdr.backup.take import take_backup
 from pgdr.config import PgdrSettings
 from pgdr.crypto import MasterKey
 from pgdr.crypto.keys import decode_key, generate_key_text

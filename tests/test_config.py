@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from pgdr.cluster import resolve_target
-from pgdr.config import POOL_PROFILES, resolve_pool_settings
+from pgdr.cluster.target import resolve_target
+from pgdr.config.pool_settings import POOL_PROFILES, resolve_pool_settings
 from pgdr.config.settings import PgdrSettings
 from pgdr.core.connect import redact
 from pgdr.core.errors import ConfigError

@@ -24,7 +24,7 @@ from fixtures.backup import add_rows
 from fixtures.wal import WalEnv
 from pgdr.cluster import LocalCluster
 from pgdr.config import PgdrSettings
-from pgdr.restore import adopt_restored
+from pgdr.restore.start import adopt_restored
 from pgdr.restore.walmap import ChangedPages, Control, NoMap, relation_of
 from test_backup_parallel import _table_digest, _tree
 from test_pitr import backup, wait_streamed

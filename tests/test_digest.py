@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Server
-from pgdr.backup import Repository, take_backup
+from pgdr.backup import Repository
 from pgdr.backup.chunks import DamagedBackup
 from pgdr.backup.digest import LEGACY, PIECES, FileDigest, combine, digest_of_file, piece_digest
+from pgdr.backup.take import take_backup
 from pgdr.backup.verify import verify_backup
 from pgdr.restore import restore_backup
 from pgdr.restore.delta import delta_restore

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import Server, run_cli
 from pgdr.cluster import find_free_port
-from pgdr.config import PoolSettings, resolve_pool_settings
+from pgdr.config.pool_settings import PoolSettings, resolve_pool_settings
 from pgdr.pool import advise_pool, check_database_health, connect, make_pool
 
 

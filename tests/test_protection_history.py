@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from fixtures.agent import new_cluster
-from pgdr.backup import Manifest, Repository, repository_at, take_backup
+from pgdr.backup import Manifest, Repository, repository_at
+from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, find_free_port
 from pgdr.config import PgdrSettings
 from pgdr.config.fleet import parse_fleet

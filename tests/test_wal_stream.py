@@ -17,7 +17,7 @@ from fixtures.wal import WalEnv, make_wal_env
 from pgdr.config import PgdrSettings
 from pgdr.crypto import load_master_key
 from pgdr.crypto.keys import MasterKey
-from pgdr.restore import adopt_restored
+from pgdr.restore.start import adopt_restored
 from pgdr.storage import LocalStore
 from pgdr.wal import WalArchive
 from pgdr.wal.names import is_segment

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 from pgdr.agent.database import DatabaseHandle
 from pgdr.agent.state import JobState
-from pgdr.cluster import resolve_target
 from pgdr.cluster.manager import default_cluster
+from pgdr.cluster.target import resolve_target
 from pgdr.config.fleet import Schedule
 from pgdr.config.pool_settings import PoolSettings
 from pgdr.core.errors import RuntimeFailure

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgdr.backup.repository import RepoConfig, Repository, load_repositories
-from pgdr.cluster import resolve_target
+from pgdr.cluster.target import resolve_target
 from pgdr.config.fleet import Database, load_fleet, resolve_database, select
 from pgdr.config.settings import PgdrSettings
 from pgdr.config.target import Target

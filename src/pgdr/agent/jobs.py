@@ -38,8 +38,9 @@ from pgdr.core.records import new_record_id
 from pgdr.drills.scenarios import SCENARIOS, DrillOptions, run_drill
 from pgdr.integrity.run import run_check
 from pgdr.profile import load_profile
-from pgdr.restore.pitr import Target, plan_pitr, run_pitr
+from pgdr.restore.pitr import plan_pitr, run_pitr
 from pgdr.restore.scratch import scratch_cluster
+from pgdr.restore.target import Target
 from pgdr.restore.tested import amcheck_cluster
 from pgdr.wal.archive import KEYRING, WalArchive, repository_archive
 from pgdr.wal.retention import prune_repository_wal

@@ -5,6 +5,9 @@ Owns repositories (named, local or S3, with retention policies), taking base bac
 verification (every chunk, every file by name, optional restore test), retention (``prune``),
 copies between repositories and master-key rotation. The repository is the only source of truth
 about backups.
+
+Taking a backup is :mod:`pgdr.backup.take` (not re-exported: it needs psycopg, which a restore
+starts faster without).
 """
 
 from pgdr.backup.manifest import ChunkEntry, FileEntry, ForgedManifest, Manifest
@@ -17,7 +20,6 @@ from pgdr.backup.repository import (
     open_repository,
     repository_at,
 )
-from pgdr.backup.take import server_facts, take_backup
 
 __all__ = [
     "DEFAULT_REPOSITORY",
@@ -31,6 +33,4 @@ __all__ = [
     "load_repositories",
     "open_repository",
     "repository_at",
-    "server_facts",
-    "take_backup",
 ]

@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
 
-import psycopg
 import typer
 
 from pgdr import __version__
 from pgdr.core import log
-from pgdr.core.connect import translate
 from pgdr.core.errors import PgdrError
 from pgdr.core.output import err_console, markup
 
@@ -125,8 +123,8 @@ def main() -> None:
         build_app(command_name(sys.argv[1:]))()
     except PgdrError as exc:
         fail(exc)
-    except psycopg.Error as exc:
-        fail(translate(exc))
+    except Exception as exc:
+        fail(_translated(exc))
     except KeyboardInterrupt:
         err_console.print("Interrupted.")
         sys.exit(130)
@@ -170,6 +168,21 @@ def _register(name: str, entry: Entry) -> None:
     else:
         app.command(name)(target)
     _registered.add(name)
+
+
+def _translated(exc: Exception) -> PgdrError:
+    """A psycopg error as pgdr's one sentence; anything else raised again as it is.
+
+    psycopg is not imported here: a command that never talks to a database (a restore of a
+    base backup) starts without it, a third of a cold start. A psycopg error can only come from
+    a command that loaded psycopg, and then pgdr.core.connect costs nothing more to load.
+    """
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        raise exc
+    from pgdr.core.connect import translate  # noqa: PLC0415
+
+    return translate(exc)
 
 
 def fail(exc: PgdrError) -> NoReturn:

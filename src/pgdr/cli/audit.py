@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from pgdr.cli.check import chosen_profile
-from pgdr.cli.common import JsonOption, target
+from pgdr.cli.common import JsonOption
+from pgdr.cli.database import target
 from pgdr.core.output import console, emit, escape
 from pgdr.logical import audit as trail
 from pgdr.logical.audit import AuditStatus

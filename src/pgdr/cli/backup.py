@@ -8,22 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pgdr.backup import Manifest, open_repository, server_facts, take_backup
+from pgdr.backup import Manifest
 from pgdr.backup.repository import Repository
+from pgdr.backup.take import server_facts, take_backup
 from pgdr.backup.verify import VerifyReport, backups_to_verify, verify_backup
-from pgdr.cli.common import (
-    JsonOption,
-    WorkersOption,
-    command_group,
-    settings,
-    subcommand_named,
-    target,
-)
+from pgdr.cli.common import JsonOption, WorkersOption, command_group, subcommand_named
+from pgdr.cli.database import target
+from pgdr.cli.repository import RepoOption, open_repo, show_key_note
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError
 from pgdr.core.output import (
     console,
     emit,
-    err_console,
     escape,
     key_value_table,
     markup,
@@ -36,20 +31,7 @@ from pgdr.crypto.envelope import DEFAULT_LEVEL
 from pgdr.restore.tested import restore_test as run_restore_test
 from pgdr.wal.server import backup_source
 
-RepoOption = Annotated[
-    str | None, typer.Option("--repo", help="Repository name (default: primary).")
-]
-
 app = command_group("Take base backups (no sub-command) and inspect the repository's backups.")
-
-
-def open_repo(name: str | None, writable: bool = False) -> Repository:
-    return open_repository(settings(), name, check_writable=writable)
-
-
-def show_key_note(repo: Repository) -> None:
-    if repo.key_note:
-        err_console.print(styled(repo.key_note, "yellow"), highlight=False)
 
 
 LabelOption = Annotated[str | None, typer.Option(help="A note stored with the backup.")]

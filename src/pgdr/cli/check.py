@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from pgdr.backup import open_repository
-from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named, target
+from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named
+from pgdr.cli.database import target
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, escape, markup, progress_bar, styled
 from pgdr.core.records import RecordStore

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.common import JsonOption, render_settings, settings
 from pgdr.cluster.manager import named_cluster
 from pgdr.cluster.registry import list_clusters, remove_cluster
 from pgdr.core.errors import CheckFailed, ConfigError
@@ -85,15 +85,6 @@ def start(
         console.print(f"URL: {escape(cluster.conninfo())}")
 
     emit(data, as_json, render)
-
-
-def render_settings(started: dict[str, Any]) -> None:
-    """What ``--as-primary`` started with: each setting that kept a copy a copy, and where its
-    value comes from now."""
-    for setting, found in started.get("settings", {}).items():
-        console.print(
-            f"  {setting} = {escape(repr(found['value']))} (from {escape(found['source'])})"
-        )
 
 
 @app.command()

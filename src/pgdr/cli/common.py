@@ -1,19 +1,17 @@
-"""What every command shares: settings, the target database and the --json option."""
+"""What every command shares: settings, the --json and --workers options.
+
+The target database and the pool settings are :mod:`pgdr.cli.database`'s: they load psycopg
+and pydantic models that a command which never connects (a restore) starts faster without.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from pgdr.cluster import resolve_target
-from pgdr.config import (
-    PgdrSettings,
-    ResolvedPoolSettings,
-    Target,
-    load_pool_settings,
-    load_settings,
-)
+from pgdr.config import PgdrSettings, load_settings
+from pgdr.core.output import console, escape
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
 WorkersOption = Annotated[
@@ -23,14 +21,6 @@ WorkersOption = Annotated[
 
 def settings() -> PgdrSettings:
     return load_settings()
-
-
-def pool_settings(s: PgdrSettings | None = None) -> ResolvedPoolSettings:
-    return load_pool_settings(s or settings())
-
-
-def target(s: PgdrSettings | None = None) -> Target:
-    return resolve_target(s or settings())
 
 
 def command_group(help: str) -> typer.Typer:
@@ -47,3 +37,12 @@ def window_text(start: object, end: object) -> str:
     """A recovery window as ``start .. end``: an end not proven (a gap after every usable
     backup, or nothing yet shows what the repository holds) is said to be unknown."""
     return f"{start} .. {'unknown (not proven: see `pgdr wal status`)' if end is None else end}"
+
+
+def render_settings(started: dict[str, Any]) -> None:
+    """What ``--as-primary`` started with: each setting that kept a copy a copy, and where its
+    value comes from now."""
+    for setting, found in started.get("settings", {}).items():
+        console.print(
+            f"  {setting} = {escape(repr(found['value']))} (from {escape(found['source'])})"
+        )

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from pgdr.cli.backup import RepoOption, manifest_table, open_repo, show_key_note
+from pgdr.cli.backup import manifest_table
 from pgdr.cli.check import chosen_profile
-from pgdr.cli.common import JsonOption, command_group, subcommand_named, target
+from pgdr.cli.common import JsonOption, command_group, subcommand_named
+from pgdr.cli.database import target
+from pgdr.cli.repository import RepoOption, open_repo, show_key_note
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, escape, progress_bar, styled
 from pgdr.core.units import human_size

@@ -16,7 +16,8 @@ from pgdr.cli.check import (
     fail_on_critical,
     render_report,
 )
-from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named, target
+from pgdr.cli.common import JsonOption, command_group, settings, subcommand_named
+from pgdr.cli.database import target
 from pgdr.core.output import console, emit, markup
 from pgdr.core.records import RecordStore
 from pgdr.integrity.findings import Report

@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.backup import RepoOption, open_repo
 from pgdr.cli.check import chosen_profile
-from pgdr.cli.common import JsonOption, target
+from pgdr.cli.common import JsonOption
+from pgdr.cli.database import target
+from pgdr.cli.repository import RepoOption, open_repo
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, err_console, escape
 from pgdr.logical.export import export_tables, export_to_directory, export_to_repository

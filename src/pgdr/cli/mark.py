@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from pgdr.backup import open_repository
-from pgdr.cli.backup import RepoOption
 from pgdr.cli.common import JsonOption
 from pgdr.cli.common import settings as load_settings
-from pgdr.cli.common import target as resolve_target
+from pgdr.cli.database import target as resolve_target
+from pgdr.cli.repository import RepoOption
 from pgdr.core.output import console, emit
 from pgdr.wal.archive import repository_archive
 from pgdr.wal.marks import create_mark

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from pgdr.agent import DatabaseHandle, database_handle, database_handles, database_monitor
-from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.database import pool_settings, target
 from pgdr.cli.incident import emit_incidents
 from pgdr.config import PgdrSettings
 from pgdr.core.output import console, emit, err_console, markup, styled

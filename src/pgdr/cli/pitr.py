@@ -1,76 +1,23 @@
-"""The point-in-time half of ``pgdr restore``: its options, the run and the report."""
+"""The point-in-time half of ``pgdr restore``: the run and the report (its options are
+:mod:`pgdr.cli.restore`'s)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from pgdr.backup import open_repository
-from pgdr.cli.cluster import render_settings
+from pgdr.cli.common import render_settings
 from pgdr.cli.common import settings as load_settings
 from pgdr.cluster.manager import named_cluster
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, err_console, key_value_table, progress_bar, styled
-from pgdr.restore import new_cluster_dir
-from pgdr.restore.pitr import (
-    PitrResult,
-    Target,
-    make_target,
-    plan_pitr,
-    run_pitr,
-    wait_for_streamer,
-)
-from pgdr.restore.start import restart_as_primary
+from pgdr.restore.pitr import PitrResult, plan_pitr, run_pitr, wait_for_streamer
+from pgdr.restore.start import new_cluster_dir, restart_as_primary
+from pgdr.restore.target import Target
 from pgdr.wal.archive import WalArchive, repository_archive
 
-__all__ = ["make_target", "restore_to_point"]
-
-TargetTimeOption = Annotated[
-    str | None,
-    typer.Option("--target-time", help="Recover to this moment (ISO 8601; UTC if no zone)."),
-]
-TargetLsnOption = Annotated[
-    str | None, typer.Option("--target-lsn", help="Recover up to this WAL position (X/Y).")
-]
-TargetXidOption = Annotated[
-    str | None, typer.Option("--target-xid", help="Recover up to this transaction id.")
-]
-TargetNameOption = Annotated[
-    str | None, typer.Option("--target-name", help="Recover to a restore point (`pgdr mark`).")
-]
-LatestOption = Annotated[
-    bool, typer.Option("--latest", help="Recover everything in the repository (disaster).")
-]
-TimelineOption = Annotated[
-    str | None,
-    typer.Option(
-        "--timeline",
-        help="Timeline to follow: a number, 'current' (the backup's), or 'latest' (default: "
-        "the newest timeline holding WAL).",
-    ),
-]
-ExclusiveOption = Annotated[
-    bool,
-    typer.Option(
-        "--exclusive",
-        help="Stop just before the target transaction, time or LSN (e.g. the xid of a bad "
-        "DELETE), instead of just after it.",
-    ),
-]
-AcceptRollbackOption = Annotated[
-    bool,
-    typer.Option(
-        "--accept-rollback",
-        help="With --latest: restore even though the repository lost backups or WAL that "
-        "pgdr recorded (the result is older than the latest state).",
-    ),
-]
-NewClusterOption = Annotated[
-    bool,
-    typer.Option("--new-cluster", help="Restore into a new pgdr cluster left running."),
-]
+__all__ = ["restore_to_point"]
 
 
 def restore_to_point(

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.database import pool_settings, target
 from pgdr.config.pool_settings import POOL_VARIABLES
 from pgdr.core.output import console, emit, key_value_table, markup, styled
 from pgdr.pool import advise_pool, connect

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from pgdr.cli.common import JsonOption, settings, target
+from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.database import target
 from pgdr.core.output import console, emit, escape, styled
 from pgdr.integrity.discover import write_discovered
 from pgdr.profile import load_profile

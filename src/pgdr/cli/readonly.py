@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import JsonOption, pool_settings, settings, target
+from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.database import pool_settings, target
 from pgdr.core.errors import CheckFailed
 from pgdr.core.output import console, emit, escape, key_value_table
 from pgdr.incident import ReadOnlyState, read_only_status, set_read_only

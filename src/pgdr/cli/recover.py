@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, target
+from pgdr.cli.common import JsonOption
+from pgdr.cli.database import target
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit
 from pgdr.restore.rows import recover_rows, repair_tables

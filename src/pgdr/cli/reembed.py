@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, settings, subcommand_named, target
+from pgdr.cli.common import JsonOption, settings, subcommand_named
+from pgdr.cli.database import target
 from pgdr.core.output import console, emit, escape, progress_bar
 from pgdr.embeddings import ReembedOptions, ReembedReport, load_embedding_settings
 from pgdr.embeddings.jobs import job_statuses

@@ -10,8 +10,8 @@ from rich.table import Table
 from pgdr.backup import load_repositories
 from pgdr.backup.repository import DEFAULT_REPOSITORY
 from pgdr.backup.retention import prune as apply_retention
-from pgdr.cli.backup import RepoOption, open_repo
 from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.repository import RepoOption, open_repo
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, key_value_table, progress_bar, styled
 from pgdr.core.units import human_size

@@ -7,22 +7,64 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from pgdr.backup.manifest import Manifest
 from pgdr.backup.repository import Repository
-from pgdr.cli import pitr
-from pgdr.cli.backup import RepoOption, open_repo, show_key_note
-from pgdr.cli.cluster import render_settings
-from pgdr.cli.common import JsonOption, WorkersOption, settings
+from pgdr.cli.common import JsonOption, WorkersOption, render_settings, settings
+from pgdr.cli.repository import RepoOption, open_repo, show_key_note
 from pgdr.cluster.manager import named_cluster
 from pgdr.core.errors import ConfigError
-from pgdr.core.output import console, emit, progress_bar
+from pgdr.core.output import console, emit, escape, progress_bar
 from pgdr.core.units import human_size
-from pgdr.restore import RestoreResult, backup_chain, restore_backup, start_restored
+from pgdr.restore import RestoreResult, backup_chain, restore_backup
 from pgdr.restore.delta import delta_restore
-from pgdr.restore.standby import restore_as_standby
-from pgdr.restore.start import restart_as_primary
+from pgdr.restore.target import make_target
+
+TargetTimeOption = Annotated[
+    str | None,
+    typer.Option("--target-time", help="Recover to this moment (ISO 8601; UTC if no zone)."),
+]
+TargetLsnOption = Annotated[
+    str | None, typer.Option("--target-lsn", help="Recover up to this WAL position (X/Y).")
+]
+TargetXidOption = Annotated[
+    str | None, typer.Option("--target-xid", help="Recover up to this transaction id.")
+]
+TargetNameOption = Annotated[
+    str | None, typer.Option("--target-name", help="Recover to a restore point (`pgdr mark`).")
+]
+LatestOption = Annotated[
+    bool, typer.Option("--latest", help="Recover everything in the repository (disaster).")
+]
+TimelineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--timeline",
+        help="Timeline to follow: a number, 'current' (the backup's), or 'latest' (default: "
+        "the newest timeline holding WAL).",
+    ),
+]
+ExclusiveOption = Annotated[
+    bool,
+    typer.Option(
+        "--exclusive",
+        help="Stop just before the target transaction, time or LSN (e.g. the xid of a bad "
+        "DELETE), instead of just after it.",
+    ),
+]
+AcceptRollbackOption = Annotated[
+    bool,
+    typer.Option(
+        "--accept-rollback",
+        help="With --latest: restore even though the repository lost backups or WAL that "
+        "pgdr recorded (the result is older than the latest state).",
+    ),
+]
+NewClusterOption = Annotated[
+    bool,
+    typer.Option("--new-cluster", help="Restore into a new pgdr cluster left running."),
+]
+
 
 BackupArgument = Annotated[
     str | None,
@@ -95,15 +137,15 @@ def restore(
     force: ForceOption = False,
     start: StartOption = False,
     port: PortOption = None,
-    target_time: pitr.TargetTimeOption = None,
-    target_lsn: pitr.TargetLsnOption = None,
-    target_xid: pitr.TargetXidOption = None,
-    target_name: pitr.TargetNameOption = None,
-    latest: pitr.LatestOption = False,
-    exclusive: pitr.ExclusiveOption = False,
-    accept_rollback: pitr.AcceptRollbackOption = False,
-    timeline: pitr.TimelineOption = None,
-    new_cluster: pitr.NewClusterOption = False,
+    target_time: TargetTimeOption = None,
+    target_lsn: TargetLsnOption = None,
+    target_xid: TargetXidOption = None,
+    target_name: TargetNameOption = None,
+    latest: LatestOption = False,
+    exclusive: ExclusiveOption = False,
+    accept_rollback: AcceptRollbackOption = False,
+    timeline: TimelineOption = None,
+    new_cluster: NewClusterOption = False,
     check_files: CheckFilesOption = False,
     delta: DeltaOption = False,
     by_wal: ByWalOption = False,
@@ -120,12 +162,16 @@ def restore(
     docs/point-in-time-recovery.md) into --to DIR or a --new-cluster left running. With
     --as-standby: DIR starts as a replica that catches up from the repository and the primary.
     """
-    target = pitr.make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
+    target = make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     to_point = target is not None or new_cluster
     _check_standby_options(as_standby, primary_conninfo_env, to_point or delta)
     _check_companions(delta, by_wal, new_cluster or start, as_primary)
     if to_point:
-        pitr.restore_to_point(
+        # Loaded here, as for --start and --as-standby: these need psycopg, which is a third of
+        # a cold start, and a restore of a base backup never connects (docs/architecture.md).
+        from pgdr.cli.pitr import restore_to_point  # noqa: PLC0415
+
+        restore_to_point(
             target, backup_id, to, repo_name, new_cluster, start, force, port, timeline,
             as_json, accept_rollback, as_primary,
         )  # fmt: skip
@@ -159,6 +205,8 @@ def _check_companions(delta: bool, by_wal: bool, starts: bool, as_primary: bool)
 def _start(result: RestoreResult, port: int | None, as_primary: bool) -> dict[str, Any]:
     """``--start``: the restored directory adopted and started (``--as-primary``: restarted
     as the new primary); where it runs."""
+    from pgdr.restore.start import restart_as_primary, start_restored  # noqa: PLC0415
+
     started: dict[str, Any] = start_restored(
         settings(), result.backup_id, result.data_dir, result.pg_major, port
     )
@@ -189,6 +237,8 @@ def _lay_down(
                 by_wal=delta == "by-wal",
             )  # fmt: skip
         if conninfo_env is not None:
+            from pgdr.restore.standby import restore_as_standby  # noqa: PLC0415
+
             return restore_as_standby(
                 repo, manifest.id, to, conninfo_env, force=force, progress=advance,
                 workers=workers,

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgdr.cli.common import JsonOption, target
+from pgdr.cli.common import JsonOption
+from pgdr.cli.database import target
 from pgdr.core.output import console, emit, progress_bar
 from pgdr.sample import VectorType, load_sample, scale_counts
 

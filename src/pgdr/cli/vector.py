@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import JsonOption, target
+from pgdr.cli.common import JsonOption
+from pgdr.cli.database import target
 from pgdr.core.output import console, emit, err_console, styled
 from pgdr.embeddings.relocate import relocate_vector
 from pgdr.pool import connect

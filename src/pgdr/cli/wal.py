@@ -16,9 +16,9 @@ from rich.text import Text
 
 from pgdr.backup import open_repository
 from pgdr.cli import walfind
-from pgdr.cli.backup import RepoOption
 from pgdr.cli.common import JsonOption, settings, window_text
-from pgdr.cli.common import target as resolve_target
+from pgdr.cli.database import target as resolve_target
+from pgdr.cli.repository import RepoOption
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.core.output import console, emit, key_value_table, styled

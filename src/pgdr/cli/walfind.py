@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from pgdr.backup import open_repository
-from pgdr.cli.backup import RepoOption
-from pgdr.cli.common import JsonOption, settings, target
+from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.database import target
+from pgdr.cli.repository import RepoOption
 from pgdr.core.output import console, emit, escape
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.find import FindReport, find_changes, parse_moment

@@ -5,6 +5,10 @@ Owns finding PostgreSQL installations (the embedded 18 from the ``embedded-postg
 that server processes run as when pgdr runs as root, and the life of a cluster: initdb with data
 checksums, start on a free loopback port plus a unix socket, status, stop and destroy. The
 embedded default, restore targets and drill sandboxes are all clusters of this kind.
+
+The target database the settings name, or the embedded default, is
+:func:`pgdr.cluster.target.resolve_target` (not re-exported: it needs psycopg, which a command
+that never connects, such as a restore, starts faster without).
 """
 
 from pgdr.cluster.installation import (
@@ -15,7 +19,6 @@ from pgdr.cluster.installation import (
 )
 from pgdr.cluster.manager import ClusterStatus, LocalCluster, default_cluster, fatal_reason
 from pgdr.cluster.ports import find_free_port, port_in_use
-from pgdr.cluster.target import resolve_target
 
 __all__ = [
     "ClusterStatus",
@@ -28,5 +31,4 @@ __all__ = [
     "find_installations",
     "installation_for_major",
     "port_in_use",
-    "resolve_target",
 ]

@@ -1,29 +1,15 @@
 """Settings: where pgdr reads its configuration from and how it validates it.
 
-Owns the runbook's pool variables and their four environment profiles, the ``PGDR_*`` variables,
-the optional ``pgdr.toml`` file, and the target database the settings name (``DATABASE_URL``, the
+Owns the runbook's pool variables and their four environment profiles
+(:mod:`pgdr.config.pool_settings`), the ``PGDR_*`` variables, the optional ``pgdr.toml`` file,
+and the target database the settings name (:mod:`pgdr.config.target`: ``DATABASE_URL``, the
 libpq ``PG*`` variables); the embedded default is ``pgdr.cluster.resolve_target``.
+
+Only the settings are re-exported here: importing a module of this package loads this file,
+and the pool settings' models and psycopg (the target's connection strings) would add a third
+to the start of every command that needs neither.
 """
 
-from pgdr.config.pool_settings import (
-    POOL_PROFILES,
-    PoolSettings,
-    ResolvedPoolSettings,
-    load_pool_settings,
-    resolve_pool_settings,
-)
 from pgdr.config.settings import PgdrSettings, load_settings, load_toml
-from pgdr.config.target import Target, configured_target
 
-__all__ = [
-    "POOL_PROFILES",
-    "PgdrSettings",
-    "PoolSettings",
-    "ResolvedPoolSettings",
-    "Target",
-    "configured_target",
-    "load_pool_settings",
-    "load_settings",
-    "load_toml",
-    "resolve_pool_settings",
-]
+__all__ = ["PgdrSettings", "load_settings", "load_toml"]

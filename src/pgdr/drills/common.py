@@ -25,7 +25,7 @@ from pgdr.integrity.snapshot import compare_snapshot
 from pgdr.monitoring.checks import check_up
 from pgdr.pool.health import check_database_health
 from pgdr.profile import Profile
-from pgdr.restore.pitr import Target
+from pgdr.restore.target import Target
 
 DETECTION_TIMEOUT_S = 60.0
 # pgdr's action for each check that detects a disaster, most serious first

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from pgdr.backup import open_repository, take_backup
+from pgdr.backup import open_repository
+from pgdr.backup.take import take_backup
 from pgdr.backup.verify import verify_backup
 from pgdr.cluster import choose_installation, default_cluster
-from pgdr.config import PgdrSettings, load_pool_settings
+from pgdr.config import PgdrSettings
+from pgdr.config.pool_settings import load_pool_settings
 from pgdr.core.connect import connect
 from pgdr.core.log import logger
 from pgdr.drills.detect import MonitorFactory

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from pgdr.backup import Manifest, Repository, repository_at, take_backup
+from pgdr.backup import Manifest, Repository, repository_at
+from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
 from pgdr.core import runner
@@ -26,7 +27,8 @@ from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import MasterKey
 from pgdr.crypto.keys import decode_key, generate_key_text, write_key_file
 from pgdr.drills.workload import WorkloadWriter
-from pgdr.restore.pitr import PitrResult, Target, plan_pitr, run_pitr, wait_for_streamer
+from pgdr.restore.pitr import PitrResult, plan_pitr, run_pitr, wait_for_streamer
+from pgdr.restore.target import Target
 from pgdr.sample import VectorType, load_sample
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.status import newest_wal_time

@@ -22,8 +22,8 @@ from pgdr.drills.common import Drill
 from pgdr.drills.detect import Detection
 from pgdr.drills.workload import LossCount, count_loss
 from pgdr.integrity.records import check_store
-from pgdr.restore.pitr import Target
 from pgdr.restore.rows import repair_tables
+from pgdr.restore.target import Target
 from pgdr.wal.find import Transaction, find_changes
 from pgdr.wal.names import parse_lsn
 

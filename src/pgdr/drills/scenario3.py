@@ -23,8 +23,8 @@ from pgdr.drills.common import Drill
 from pgdr.drills.detect import Detection
 from pgdr.incident.readonly import Scope, set_read_only
 from pgdr.integrity.catalog import read_catalog
-from pgdr.restore.pitr import Target
 from pgdr.restore.rows import recover_rows
+from pgdr.restore.target import Target
 from pgdr.wal.find import find_changes
 
 # what goes with a chatbot (ON DELETE CASCADE), counted by the disaster itself

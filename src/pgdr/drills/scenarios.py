@@ -57,7 +57,7 @@ from pgdr.drills.sandbox import DATABASE, Sandbox
 from pgdr.integrity import CheckOptions, run_check
 from pgdr.integrity.snapshot import take_snapshot
 from pgdr.profile import load_profile
-from pgdr.restore.pitr import Target
+from pgdr.restore.target import Target
 
 __all__ = ["FAULTS", "SCENARIOS", "DrillOptions", "run_drill"]
 

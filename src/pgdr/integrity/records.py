@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pgdr.cluster import resolve_target
+from pgdr.cluster.target import resolve_target
 from pgdr.config import PgdrSettings
 from pgdr.config.fleet import resolve_database
 from pgdr.core.records import RecordStore, new_record_id

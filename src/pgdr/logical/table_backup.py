@@ -42,7 +42,7 @@ from pgdr.logical.table import (
 )
 from pgdr.logical.throwaway import throwaway_copy
 from pgdr.logical.tools import binaries_for
-from pgdr.restore.pitr import Target, make_target
+from pgdr.restore.target import Target, make_target
 
 
 def _system_identifier(conn: psycopg.Connection[Any]) -> str:

@@ -20,8 +20,9 @@ from contextlib import contextmanager, suppress
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
 from pgdr.core.errors import PgdrError
-from pgdr.restore.pitr import PitrResult, Target, plan_pitr, run_pitr
+from pgdr.restore.pitr import PitrResult, plan_pitr, run_pitr
 from pgdr.restore.scratch import scratch_cluster
+from pgdr.restore.target import Target
 from pgdr.wal.archive import WalArchive
 
 

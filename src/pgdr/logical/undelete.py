@@ -27,9 +27,9 @@ from pgdr.backup.repository import Repository
 from pgdr.core.errors import CheckFailed, ConfigError
 from pgdr.logical.throwaway import throwaway_copy
 from pgdr.pool import connect
-from pgdr.restore.pitr import Target, make_target
 from pgdr.restore.rows import choose_rows, row_errors
 from pgdr.restore.selection import write_selection
+from pgdr.restore.target import Target, make_target
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.find import find_changes
 

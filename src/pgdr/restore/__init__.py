@@ -5,6 +5,9 @@ started as a new cluster.
 ``adopt_restored`` makes the directory a pgdr cluster that can be started; ``scratch_cluster``
 does both for a throwaway copy that is always removed. Point-in-time recovery
 builds on these by writing recovery settings into the restored directory before starting it.
+
+Only laying files down is re-exported here; starting a restored copy (:mod:`pgdr.restore.start`,
+:mod:`pgdr.restore.scratch`) needs psycopg, which a plain restore starts faster without.
 """
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk
@@ -14,18 +17,12 @@ from pgdr.restore.base import (
     extract_backup,
     restore_backup,
 )
-from pgdr.restore.scratch import scratch_cluster
-from pgdr.restore.start import adopt_restored, new_cluster_dir, start_restored
 
 __all__ = [
     "DamagedBackup",
     "RestoreResult",
-    "adopt_restored",
     "backup_chain",
     "extract_backup",
     "fetch_chunk",
-    "new_cluster_dir",
     "restore_backup",
-    "scratch_cluster",
-    "start_restored",
 ]

@@ -42,7 +42,8 @@ from pgdr.cluster import installation_for_major
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError
 from pgdr.restore.base import RestoreResult, restore_backup
-from pgdr.restore.pitr import PitrPlan, Target, fetch_wal, plan_pitr
+from pgdr.restore.pitr import PitrPlan, fetch_wal, plan_pitr
+from pgdr.restore.target import Target
 from pgdr.wal.archive import WalArchive, repository_archive
 
 PASSFILE = "pgdr-primary.pgpass"

@@ -58,9 +58,9 @@ from pgdr.core.errors import PgdrError, RuntimeFailure
 from pgdr.crypto import DataKey
 from pgdr.wal.archive import WalArchive, repository_archive
 from pgdr.wal.chain import Chain
-from pgdr.wal.find import waldump_text
 from pgdr.wal.names import format_lsn, parse_lsn, parse_segment, segment_name
 from pgdr.wal.transfer import fetch_bytes, fetch_segment
+from pgdr.wal.waldump import waldump_text
 
 DEFAULT_TABLESPACE, GLOBAL_TABLESPACE = 1663, 1664
 WINDOW_SHARE = 8  # the WAL is read only when it is at most 1/8 of the backup's data,
