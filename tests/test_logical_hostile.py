@@ -82,6 +82,63 @@ def test_recover_rows_says_a_table_missing_from_the_target_is_missing(
     assert q(target, "SELECT count(*) FROM bots") == [(0,)]
 
 
+def test_recover_rows_puts_an_inheritance_childs_rows_back_into_that_child(
+    pg18: Server, cli_env: dict[str, str]
+) -> None:
+    """Rows of an inheritance child were inserted through the parent: they landed in the parent
+    (gone from ``ONLY child``), and a row still present in the child was inserted a second
+    time, since the parent's key does not cover its children ("inserted": 2, exit 0)."""
+    source, target = pg18.new_database(), pg18.new_database()
+    for url in (source, target):
+        q(url, "CREATE TABLE ev (id int PRIMARY KEY, body text)")
+        q(url, "CREATE TABLE ev_old (PRIMARY KEY (id)) INHERITS (ev)")
+        q(
+            url,
+            "INSERT INTO ev_old VALUES (1, 'one'), (3, 'three'); INSERT INTO ev VALUES (2, 'two')",
+        )
+    q(target, "DELETE FROM ev_old WHERE id = 3")
+    env = cli_env | {"DATABASE_URL": target, "SCRATCH_URL": source}
+    keys = ("--key", "1", "--key", "3")
+    result = run_cli("recover", "rows", "--from-env", "SCRATCH_URL", "--table", "ev", *keys,
+                     "--json", env=env)  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["inserted"] == 1
+    placed = q(target, "SELECT tableoid::regclass::text, id FROM ev ORDER BY id")
+    assert placed == [("ev_old", 1), ("ev", 2), ("ev_old", 3)]
+
+
+def test_recover_rows_accepts_keys_that_only_the_partitions_hold(
+    pg18: Server, cli_env: dict[str, str]
+) -> None:
+    """A table partitioned by month with each partition's own primary key (the key lacks the
+    partition column, so the parent cannot hold it) was refused as keyless, though each
+    partition's key keeps out the rows routed to it."""
+    source, target = pg18.new_database(), pg18.new_database()
+    for url in (source, target):
+        q(url, "CREATE TABLE m (id int, month int, body text) PARTITION BY LIST (month)")
+        q(url, "CREATE TABLE m1 PARTITION OF m (PRIMARY KEY (id)) FOR VALUES IN (1)")
+        q(url, "CREATE TABLE m2 PARTITION OF m (PRIMARY KEY (id)) FOR VALUES IN (2)")
+        q(url, "INSERT INTO m VALUES (1, 1, 'a'), (2, 2, 'b')")
+    q(target, "DELETE FROM m WHERE id = 1")
+    env = cli_env | {"DATABASE_URL": target, "SCRATCH_URL": source}
+    args = ("--table", "m", "--key-column", "id", "--key", "1", "--key", "2", "--json")
+    result = run_cli("recover", "rows", "--from-env", "SCRATCH_URL", *args, env=env)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["inserted"] == 1
+    assert q(target, "SELECT tableoid::regclass::text, id FROM m ORDER BY id") == [
+        ("m1", 1),
+        ("m2", 2),
+    ]
+    q(target, "CREATE TABLE n (id int, month int) PARTITION BY LIST (month)")  # one keyless
+    q(target, "CREATE TABLE n1 PARTITION OF n (PRIMARY KEY (id)) FOR VALUES IN (1)")
+    q(target, "CREATE TABLE n2 PARTITION OF n FOR VALUES IN (2)")
+    q(source, "CREATE TABLE n (id int, month int); INSERT INTO n VALUES (5, 2)")
+    refused = run_cli("recover", "rows", "--from-env", "SCRATCH_URL", "--table", "n",
+                      "--key-column", "id", "--key", "5", env=env)  # fmt: skip
+    assert refused.code == 2, refused.stderr
+    assert "no primary key or unique constraint" in refused.stderr
+
+
 def _dump_then(url: str, env: dict[str, str], *changes: str) -> None:
     assert run_cli("dump", env=env).code == 0
     for change in changes:

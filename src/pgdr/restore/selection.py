@@ -176,8 +176,8 @@ def write_selection(
     """Stream the chosen rows from ``src`` (still in the selection's snapshot) into ``dst``,
     parents first, in one transaction, even in read-only mode; rows present in ``dst`` are left
     as they are. Returns the rows inserted per table. ``dst`` must be in autocommit mode."""
-    inserted: dict[str, int] = {}
-    missing, keyless = _unfit_targets(dst, [t for t in selection.order if selection.ctids[t]])
+    places = _destinations(src, selection)
+    missing, keyless = _unfit_targets(dst, list(dict.fromkeys(into for _t, into, _r in places)))
     if missing:
         raise RuntimeFailure(f"Table {missing[0]} is missing from the target. Nothing was changed.")
     if keyless:
@@ -185,43 +185,62 @@ def write_selection(
             f"Table {keyless[0]} has no primary key or unique constraint in the target, so its "
             "rows that still exist cannot be told from those to bring back; nothing was changed."
         )
+    inserted = dict.fromkeys(selection.order, 0)
     dst.execute("SET default_transaction_read_only = off")
     with dst.transaction():
-        for number, table in enumerate(selection.order):
-            inserted[table] = _copy_table(src, dst, table, selection.ctids[table], number)
+        for number, (table, into, rows) in enumerate(places):
+            _copied, written = copy_rows(src, dst, into, number, _where(rows), _keep)
+            inserted[table] += written
     return inserted
 
 
+def _destinations(
+    src: psycopg.Connection[Any], selection: Selection
+) -> list[tuple[str, str, list[str]]]:
+    """(table, where its rows go back, those rows), parents first. A partition's rows go through
+    their table, which routes them (and whose partitions' keys keep out those present); an
+    inheritance child's rows go back into that child: inserted through the parent they would
+    stay in the parent, beside the child's rows, where no key of the child keeps them out."""
+    oids = sorted({row.split(":", 1)[0] for rows in selection.ctids.values() for row in rows})
+    children = dict(
+        src.execute(
+            "SELECT c.oid::text, n.nspname || '.' || c.relname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.oid = ANY(%s::oid[]) AND NOT c.relispartition",
+            (oids,),
+        ).fetchall()
+    )
+    places: list[tuple[str, str, list[str]]] = []
+    for table in selection.order:
+        by_place: dict[str, list[str]] = {}
+        for row in selection.ctids[table]:
+            by_place.setdefault(children.get(row.split(":", 1)[0], table), []).append(row)
+        places.extend((table, into, rows) for into, rows in by_place.items())
+    return places
+
+
 def _unfit_targets(conn: psycopg.Connection[Any], tables: list[str]) -> tuple[list[str], list[str]]:
-    """Those of ``tables`` ("schema.name") missing from the target, and those without a primary
-    key or a unique constraint on columns that are all ``NOT NULL`` (``ON CONFLICT DO NOTHING``
-    keeps out a row that exists only by such a key: rows with a NULL in a unique column are
-    never in conflict)."""
+    """Those of ``tables`` ("schema.name") missing from the target, and those without a key that
+    keeps out a row present: a primary key or a unique constraint on columns that are all
+    ``NOT NULL`` (rows with a NULL in a unique column are never in conflict), on the table or,
+    for a partitioned table, on every one of its partitions (each partition's own keys keep
+    out the rows routed to it)."""
     parts = [table.split(".", 1) for table in tables]  # as identifier() splits them
     rows = conn.execute(
-        "SELECT u.n, c.oid IS NULL FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
+        "WITH keyed AS (SELECT DISTINCT i.indrelid AS oid FROM pg_index i WHERE i.indisunique"
+        " AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indimmediate AND NOT EXISTS"
+        " (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid"
+        " AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull))"
+        " SELECT u.n, c.oid IS NULL FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
         " AS u(s, t, n) LEFT JOIN (pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace)"
         " ON s.nspname = u.s AND c.relname = u.t AND c.relkind IN ('r', 'p')"
-        " WHERE c.oid IS NULL OR NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid"
-        " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indimmediate"
-        " AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid"
-        " AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)) ORDER BY u.n",
+        " WHERE c.oid IS NULL OR (c.oid NOT IN (SELECT oid FROM keyed) AND (c.relkind = 'r'"
+        " OR EXISTS (SELECT 1 FROM pg_partition_tree(c.oid) p WHERE p.isleaf"
+        " AND p.relid NOT IN (SELECT oid FROM keyed)))) ORDER BY u.n",
         ([p[0] for p in parts], [p[1] for p in parts]),
     ).fetchall()
     missing = [tables[int(r[0]) - 1] for r in rows if r[1]]
     return missing, [tables[int(r[0]) - 1] for r in rows if not r[1]]
-
-
-def _copy_table(
-    src: psycopg.Connection[Any],
-    dst: psycopg.Connection[Any],
-    table: str,
-    ctids: list[str],
-    number: int,
-) -> int:
-    if not ctids:
-        return 0
-    return copy_rows(src, dst, table, number, _where(ctids), lambda _columns: ON_CONFLICT_KEEP)[1]
 
 
 def _where(rows: list[str]) -> sql.Composable:
@@ -240,6 +259,10 @@ def _where(rows: list[str]) -> sql.Composable:
 
 
 ON_CONFLICT_KEEP = sql.SQL("ON CONFLICT DO NOTHING")
+
+
+def _keep(_columns: list[str]) -> sql.Composable:
+    return ON_CONFLICT_KEEP
 
 
 def copy_rows(
