@@ -139,6 +139,32 @@ def test_recover_rows_accepts_keys_that_only_the_partitions_hold(
     assert "no primary key or unique constraint" in refused.stderr
 
 
+def test_recover_tables_repairs_a_parent_without_copying_its_inheritance_children_into_it(
+    pg18: Server, cli_env: dict[str, str]
+) -> None:
+    """`recover tables` streamed a parent with its inheritance children's rows and upserted them
+    all into the parent: every row of the child was copied into the parent (exit 0)."""
+    source, target = pg18.new_database(), pg18.new_database()
+    for url in (source, target):
+        q(url, "CREATE TABLE ev (id int PRIMARY KEY, body text)")
+        q(url, "CREATE TABLE ev_old (PRIMARY KEY (id)) INHERITS (ev)")
+        q(url, "INSERT INTO ev_old VALUES (1, 'one'); INSERT INTO ev VALUES (2, 'two')")
+        q(
+            url,
+            "CREATE TABLE m (id int, month int, PRIMARY KEY (id, month)) PARTITION BY LIST (month)",
+        )
+        q(url, "CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1)")
+        q(url, "INSERT INTO m VALUES (1, 1)")
+    q(target, "UPDATE ONLY ev SET body = 'damaged'; DELETE FROM m")
+    env = cli_env | {"DATABASE_URL": target, "SCRATCH_URL": source}
+    result = run_cli("recover", "tables", "--from-env", "SCRATCH_URL", "--table", "ev",
+                     "--table", "m", "--json", env=env)  # fmt: skip
+    assert result.code == 0, result.stderr
+    placed = q(target, "SELECT tableoid::regclass::text, id, body FROM ev ORDER BY id")
+    assert placed == [("ev_old", 1, "one"), ("ev", 2, "two")]
+    assert q(target, "SELECT tableoid::regclass::text, id FROM m") == [("m1", 1)]
+
+
 def _dump_then(url: str, env: dict[str, str], *changes: str) -> None:
     assert run_cli("dump", env=env).code == 0
     for change in changes:

@@ -192,7 +192,7 @@ def repair_tables(source_url: str, target_url: str, tables: list[str]) -> list[T
             with src.transaction(), dst.transaction():
                 for number, table in enumerate(order):
                     counts[table] = copy_rows(
-                        src, dst, table, number, sql.SQL(""), _upsert(keys[table])
+                        src, dst, table, number, _own_rows(table), _upsert(keys[table])
                     )
     except psycopg.errors.ForeignKeyViolation as exc:
         raise RuntimeFailure(
@@ -219,6 +219,19 @@ def _repaired_tables(
             raise ConfigError(f"{info.qualified} has no primary key to match rows by.")
         infos.append(info)
     return infos, dependency_order(catalog, [i.qualified for i in infos])
+
+
+def _own_rows(table: str) -> sql.Composable:
+    """``WHERE`` the rows of ``table`` itself and of its partitions, not of its inheritance
+    children: upserted through the parent, their rows would land in the parent beside the
+    child's own, where no key of the parent keeps them out (a child is a table to name too)."""
+    schema, name = table.split(".", 1)  # as identifier() splits it
+    relation = sql.SQL("to_regclass(quote_ident({}) || '.' || quote_ident({}))").format(
+        sql.Literal(schema), sql.Literal(name)
+    )
+    return sql.SQL(
+        " WHERE tableoid IN (SELECT {r} UNION SELECT relid FROM pg_partition_tree({r}))"
+    ).format(r=relation)
 
 
 def _upsert(key: list[str]) -> Callable[[list[str]], sql.Composable]:
