@@ -297,6 +297,24 @@ def test_restore_table_replace_compares_every_digit_and_restores_the_key_as_dump
     assert q(url, "SELECT id::text, f = 0.3 FROM fl") == [("1.0", True)]
 
 
+def test_restore_table_replace_leaves_the_inheritance_children_alone(
+    pg18: Server, backup_env: dict[str, str]
+) -> None:
+    """The dump holds a parent's own rows (a child's are the child's); --replace deleted from
+    the parent with its children, so every child row was gone, and the check after it read
+    the children too and found the table equal to the dump (exit 0)."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    q(url, "CREATE TABLE ev (id int PRIMARY KEY, body text)")
+    q(url, "CREATE TABLE ev_old (PRIMARY KEY (id)) INHERITS (ev)")
+    q(url, "INSERT INTO ev_old VALUES (1, 'one'); INSERT INTO ev VALUES (2, 'two')")
+    _dump_then(url, env, "UPDATE ONLY ev SET body = 'damaged'")
+    result = run_cli("restore-table", "ev", "--from", "latest", "--replace", "--force", env=env)
+    assert result.code == 0, result.stderr
+    placed = q(url, "SELECT tableoid::regclass::text, id, body FROM ev ORDER BY id")
+    assert placed == [("ev_old", 1, "one"), ("ev", 2, "two")]
+
+
 def test_restore_table_replace_does_not_wait_forever_for_the_table(
     pg18: Server, backup_env: dict[str, str]
 ) -> None:

@@ -199,7 +199,8 @@ def _replace(
     columns: list[str],
     key: list[str],
 ) -> tuple[int, int]:
-    """Make ``live`` hold exactly ``new``'s rows, by primary key; (deleted, upserted).
+    """Make ``live`` hold exactly ``new``'s rows, by primary key; (deleted, upserted). Only the
+    table's own rows: a dump holds an inheritance child's rows under the child's name.
 
     Writers wait meanwhile (an ``EXCLUSIVE`` lock: reads go on), so none commits a row in
     between; afterwards the table is compared with ``new``, so a trigger or rule that kept or
@@ -208,7 +209,7 @@ def _replace(
     conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(live))
     match = _on_key(key)
     deleted = conn.execute(
-        sql.SQL("DELETE FROM {} l WHERE NOT EXISTS (SELECT 1 FROM {} n WHERE {})").format(
+        sql.SQL("DELETE FROM ONLY {} l WHERE NOT EXISTS (SELECT 1 FROM {} n WHERE {})").format(
             live, new, match
         )
     ).rowcount
@@ -250,8 +251,8 @@ def _check_equal(
     first = sql.Identifier(key[0])
     found = conn.execute(
         sql.SQL(
-            "SELECT count(*) FROM {} l FULL JOIN {} n ON {} WHERE l.{} IS NULL OR n.{} IS NULL "
-            "OR {} IS DISTINCT FROM {}"
+            "SELECT count(*) FROM ONLY {} l FULL JOIN {} n ON {} WHERE l.{} IS NULL"
+            " OR n.{} IS NULL OR {} IS DISTINCT FROM {}"
         ).format(live, new, match, first, first, row("l"), row("n"))
     ).fetchone()
     if found and found[0]:
