@@ -136,9 +136,7 @@ class _DeltaWriter(_ChunkWriter):
             return None
         fd = fds.get(entry.path)
         if fd is None:
-            fd = fds[entry.path] = self.beneath.open(entry.path, os.O_RDWR)
-            if os.fstat(fd).st_nlink != 1:
-                raise RuntimeFailure(f"{entry.path} in {self.target} changed during the restore.")
+            fd = fds[entry.path] = self.open_own(entry.path, os.O_RDWR)
         at = low - entry.offset
         wanted = view[low - position : high - position]
         listed = self.pages.get(entry.path)

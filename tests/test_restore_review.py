@@ -1,0 +1,145 @@
+"""A hostile review of the newest restore code: files created while the chunks are written
+(``restore.base._Files``), the delta restore's background removal and pg_control last.
+
+Each test states what went wrong before its fix. Real backups of a small PostgreSQL 18 server;
+the races of a hostile process writing in the restore's directory are played at the exact
+moment they would have to win (a patched step), so that they are tested every time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgdr.backup import Repository, take_backup
+from pgdr.backup.manifest import Manifest
+from pgdr.cluster import LocalCluster, choose_installation
+from pgdr.config import PgdrSettings
+from pgdr.core.errors import RuntimeFailure
+from pgdr.restore import restore_backup
+from pgdr.restore.base import _Files
+
+
+@pytest.fixture(scope="module")
+def review_pg(settings: PgdrSettings) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(settings.home / "clusters" / "restore-review", settings)
+    cluster.create(choose_installation(None, 18))
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+
+
+def _kinds(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry's type and permission bits, owner and group (the root's as ``.``)."""
+    found = {".": root.lstat()}
+    found |= {p.relative_to(root).as_posix(): p.lstat() for p in root.rglob("*")}
+    return {name: (info.st_mode, info.st_uid, info.st_gid) for name, info in found.items()}
+
+
+def _contents(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _restored_pair(
+    repo: Repository, cluster: LocalCluster, scratch: Path
+) -> tuple[Manifest, Path, Path]:
+    manifest = take_backup(repo, cluster.conninfo(), method="files")
+    data, reference = scratch / "data", scratch / "reference"
+    restore_backup(repo, manifest.id, data)
+    restore_backup(repo, manifest.id, reference)
+    return manifest, data, reference
+
+
+def _swap_after_creation(
+    monkeypatch: pytest.MonkeyPatch, victim: str, swap: object
+) -> threading.Event:
+    """After ``_Files`` creates ``victim`` (and before a writer opens it), ``swap(path)``: what a
+    process writing in the staging directory at the worst moment does."""
+    created = _Files._create
+    done = threading.Event()
+
+    def create(self: _Files, path: str) -> None:
+        created(self, path)
+        if path == victim:
+            swap(self.beneath.root / path)  # type: ignore[operator]
+            done.set()
+
+    monkeypatch.setattr(_Files, "_create", create)
+    return done
+
+
+def test_a_file_swapped_for_a_hard_link_is_never_written_through(
+    review_pg: LocalCluster,
+    repo: Repository,
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between a file's creation (O_EXCL, then closed) and a chunk writer's open of it, a hard
+    link to a file outside the target takes its place. Before, the writer opened it by name
+    and wrote the backup's bytes into the outside file, and the restore reported success (the
+    digests are computed from the bytes written, the size check found the right size)."""
+    manifest = take_backup(repo, review_pg.conninfo(), method="files")
+    outside = scratch / "outside"
+    outside.write_bytes(b"15\n")  # as long as the backup's PG_VERSION
+
+    def swap(path: Path) -> None:
+        path.unlink()
+        os.link(outside, path)
+
+    done = _swap_after_creation(monkeypatch, "PG_VERSION", swap)
+    target = scratch / "restored"
+    with pytest.raises(RuntimeFailure, match="PG_VERSION"):
+        restore_backup(repo, manifest.id, target, workers=2)
+    assert done.is_set()
+    assert outside.read_bytes() == b"15\n"
+    assert not target.exists()
+
+
+def test_a_file_swapped_for_a_fifo_fails_the_restore_instead_of_hanging_it(
+    review_pg: LocalCluster,
+    repo: Repository,
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same race with a FIFO: before, the writer's open(O_WRONLY) waited for a reader
+    forever, and the restore hung (here released after 60 s by the test)."""
+    manifest = take_backup(repo, review_pg.conninfo(), method="files")
+    fifo: list[Path] = []
+
+    def swap(path: Path) -> None:
+        path.unlink()
+        os.mkfifo(path)
+        fifo.append(path)
+
+    _swap_after_creation(monkeypatch, "PG_VERSION", swap)
+    target = scratch / "restored"
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            restore_backup(repo, manifest.id, target, workers=2)
+            outcome.append(None)
+        except BaseException as exc:  # reported by the test's own thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # release the writer stuck on the FIFO, then fail
+        reader = os.open(fifo[0], os.O_RDONLY | os.O_NONBLOCK)
+        thread.join(60)
+        os.close(reader)
+        pytest.fail("the restore hung on a FIFO swapped in for one of its files")
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeFailure), outcome
+    assert "PG_VERSION" in str(outcome[0])
+    assert not target.exists()
+    assert stat.S_ISDIR(scratch.lstat().st_mode)
