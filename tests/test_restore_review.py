@@ -23,6 +23,7 @@ from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
 from pgdr.restore import restore_backup
 from pgdr.restore.base import _Files
+from pgdr.restore.delta import delta_restore
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,22 @@ def _restored_pair(
     restore_backup(repo, manifest.id, data)
     restore_backup(repo, manifest.id, reference)
     return manifest, data, reference
+
+
+def test_a_pg_control_directory_is_no_lasting_obstacle(
+    review_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """A directory where pg_control belongs: the delta removes what is in the way of the
+    backup's files. Before, removing pg_control first failed on it (EISDIR) and every run
+    stopped with "run it again to finish it", which could never finish it."""
+    manifest, data, reference = _restored_pair(repo, review_pg, scratch)
+    (data / "global" / "pg_control").unlink()
+    (data / "global" / "pg_control").mkdir()
+    (data / "global" / "pg_control" / "inside").write_bytes(b"x")
+
+    delta_restore(repo, manifest.id, data, force=True)
+
+    assert _contents(data) == _contents(reference)
 
 
 def _swap_after_creation(

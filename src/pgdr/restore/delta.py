@@ -335,8 +335,8 @@ def _remove_control(beneath: Beneath) -> None:
     try:
         beneath.unlink(CONTROL)
     except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            raise  # else missing, or beneath something the sweep replaces: nothing to remove
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
+            raise  # else missing, or something the sweep replaces: nothing to remove
 
 
 @dataclass
