@@ -60,6 +60,27 @@ def _restored_pair(
     return manifest, data, reference
 
 
+def test_delta_gives_back_the_owner_and_modes_of_a_restore(
+    review_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """A delta restore must leave what a full restore leaves: the directory 0700, every file
+    0600, all owned by the service user. Before, files whose bytes matched were left as they
+    were (here: PG_VERSION owned by root, postgresql.conf world-writable) and the directory
+    itself kept mode 0755: the delta reported success on a directory PostgreSQL refuses to
+    start on ("data directory has invalid permissions", PG_VERSION unreadable)."""
+    manifest, data, reference = _restored_pair(repo, review_pg, scratch)
+    data.chmod(0o755)
+    os.chown(data / "PG_VERSION", 0, 0)
+    (data / "postgresql.conf").chmod(0o666)
+    (data / "global").chmod(0o777)
+    os.chown(data / "base", 0, 0)
+
+    delta_restore(repo, manifest.id, data, force=True)
+
+    assert _contents(data) == _contents(reference)
+    assert _kinds(data) == _kinds(reference)
+
+
 def test_a_pg_control_directory_is_no_lasting_obstacle(
     review_pg: LocalCluster, repo: Repository, scratch: Path
 ) -> None:

@@ -269,6 +269,7 @@ def _own_file(beneath: Beneath, entry: FileEntry, owner: ServiceUser) -> int:
     if fd is not None:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            _give(fd, info, owner, 0o600)
             return fd
         os.close(fd)
         beneath.unlink(entry.path)
@@ -276,6 +277,16 @@ def _own_file(beneath: Beneath, entry: FileEntry, owner: ServiceUser) -> int:
     if owner.switch:
         os.fchown(fd, owner.uid, owner.gid)
     return fd
+
+
+def _give(fd: int, info: os.stat_result, owner: ServiceUser, mode: int) -> None:
+    """Make ``fd``'s file or directory what a full restore makes it: ``mode``, owned by the
+    service user (PostgreSQL refuses a data directory open to others, cannot read what is
+    not its user's)."""
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.fchmod(fd, mode)
+    if owner.switch and (info.st_uid, info.st_gid) != (owner.uid, owner.gid):
+        os.fchown(fd, owner.uid, owner.gid)
 
 
 Verdict = bool | list[int]  # unchanged, compare with the backup, or rewrite these pages
@@ -311,7 +322,9 @@ def _verdict(
 
 
 def _lay_out(beneath: Beneath, manifest: Manifest, owner: ServiceUser) -> list[FileEntry]:
-    """Directories and links as the backup has them; returns the regular files."""
+    """The directory itself, its directories and links as a full restore leaves them; returns
+    the regular files."""
+    _give(beneath.fd, os.fstat(beneath.fd), owner, 0o700)
     ids = (owner.uid, owner.gid) if owner.switch else None
     files: list[FileEntry] = []
     for entry in manifest.files:
