@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CliResult, run_cli
 from pgdr.backup import Repository, take_backup
 from pgdr.backup.manifest import Manifest
 from pgdr.cluster import LocalCluster, choose_installation
@@ -181,3 +182,28 @@ def test_a_file_swapped_for_a_fifo_fails_the_restore_instead_of_hanging_it(
     assert "PG_VERSION" in str(outcome[0])
     assert not target.exists()
     assert stat.S_ISDIR(scratch.lstat().st_mode)
+
+
+def _one_sentence(result: CliResult, code: int, *fragments: str) -> None:
+    assert result.code == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr
+    message = " ".join(result.stderr[result.stderr.index("error:") :].split())
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_a_delta_onto_a_damaged_pg_version_is_refused_in_one_sentence(
+    review_pg: LocalCluster, repo: Repository, scratch: Path, backup_env: dict[str, str]
+) -> None:
+    """A failed primary's PG_VERSION damaged (bytes that are no text): before, the delta's
+    check read it as UTF-8 and the command ended in a traceback with exit 1 (a check failed),
+    not one sentence and exit 2."""
+    manifest, data, _reference = _restored_pair(repo, review_pg, scratch)
+    (data / "PG_VERSION").write_bytes(b"\xff\xfe1\x00\n")
+    before = _contents(data)
+    result = run_cli(
+        "restore", manifest.id, "--to", str(data), "--delta", "--force", env=backup_env
+    )
+    _one_sentence(result, 2, "PG_VERSION", "restore without --delta")
+    assert _contents(data) == before

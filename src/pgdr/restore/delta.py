@@ -70,9 +70,10 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
     version = target / "PG_VERSION"
     if not version.is_file():
         raise ConfigError(f"{target} is not a data directory; restore without --delta.")
-    if version.read_text().strip() != str(manifest.pg_major):
+    found = version.read_bytes()[:64].decode(errors="replace").strip()  # damaged, perhaps
+    if found != str(manifest.pg_major):
         raise ConfigError(
-            f"{target} holds PostgreSQL {version.read_text().strip()}, backup {manifest.id} "
+            f"{target} holds PostgreSQL {found!r} by its PG_VERSION, backup {manifest.id} "
             f"is {manifest.pg_major}; restore without --delta into a new directory."
         )
     running = server_on(target)
