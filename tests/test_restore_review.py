@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,11 @@ from pgdr.backup import Repository, take_backup
 from pgdr.backup.manifest import Manifest
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
-from pgdr.core.errors import RuntimeFailure
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.restore import restore_backup
 from pgdr.restore.base import _Files
 from pgdr.restore.delta import delta_restore
+from test_restore_failures import tmpfs
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +209,37 @@ def test_a_delta_onto_a_damaged_pg_version_is_refused_in_one_sentence(
     )
     _one_sentence(result, 2, "PG_VERSION", "restore without --delta")
     assert _contents(data) == before
+
+
+def test_a_delta_never_removes_what_is_mounted_inside_its_target(
+    review_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """A file system mounted in the data directory where the backup holds no directory.
+    Before: a WAL archive mounted beside the data lost its segments (the sweep's rmtree went
+    into it), then every run stopped on the mount point itself ("run it again to finish it");
+    a file mounted over postgresql.conf was rewritten in place (the host's file, not the
+    target's) and the delta reported success. Both are refused now, before anything changes;
+    a directory the backup holds, mounted (pg_wal on a disk of its own), is restored as
+    before."""
+    manifest, data, reference = _restored_pair(repo, review_pg, scratch)
+    (data / "wal_archive").mkdir()
+    with tmpfs(data / "wal_archive", "size=16m") as archive:
+        (archive / "000000010000000000000001").write_bytes(b"archived")
+        with pytest.raises(ConfigError, match="wal_archive"):
+            delta_restore(repo, manifest.id, data, force=True)
+        assert (archive / "000000010000000000000001").read_bytes() == b"archived"
+    assert (data / "global" / "pg_control").is_file()  # nothing changed
+    (data / "wal_archive").rmdir()
+    conf = scratch / "postgresql.conf"
+    conf.write_bytes(b"# the host's own configuration\n")
+    subprocess.run(["mount", "--bind", str(conf), str(data / "postgresql.conf")], check=True)
+    try:
+        with pytest.raises(ConfigError, match=r"postgresql\.conf"):
+            delta_restore(repo, manifest.id, data, force=True)
+    finally:
+        subprocess.run(["umount", str(data / "postgresql.conf")], check=True)
+    assert conf.read_bytes() == b"# the host's own configuration\n"
+
+    with tmpfs(data / "pg_wal", "size=256m"):
+        delta_restore(repo, manifest.id, data, force=True)
+        assert _contents(data) == _contents(reference)
