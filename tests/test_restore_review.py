@@ -243,3 +243,22 @@ def test_a_delta_never_removes_what_is_mounted_inside_its_target(
     with tmpfs(data / "pg_wal", "size=256m"):
         delta_restore(repo, manifest.id, data, force=True)
         assert _contents(data) == _contents(reference)
+
+
+def test_a_forced_restore_never_removes_what_is_mounted_inside_its_target(
+    review_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """``--force`` replaces a data directory: the old one is renamed aside and removed. A
+    file system mounted in it moved aside with it, and its contents were removed too (here a
+    WAL archive's segments, not the data directory's), the mount left behind in the hidden
+    aside directory, and the restore reported success. It is refused now, before anything
+    changes."""
+    manifest, data, _reference = _restored_pair(repo, review_pg, scratch)
+    (data / "wal_archive").mkdir()
+    with tmpfs(data / "wal_archive", "size=16m") as archive:
+        (archive / "000000010000000000000001").write_bytes(b"archived")
+        before = _contents(data)
+        with pytest.raises(ConfigError, match="wal_archive"):
+            restore_backup(repo, manifest.id, data, force=True)
+        assert _contents(data) == before
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(".")] == []

@@ -54,7 +54,7 @@ from pgdr.core import runner
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.log import logger
 from pgdr.crypto import Background, DataKey, parallel_map
-from pgdr.restore.beneath import Beneath, check_layout
+from pgdr.restore.beneath import Beneath, check_layout, mounts_below
 from pgdr.restore.staging import (
     check_space,
     remove_stale,
@@ -566,6 +566,13 @@ def _check_target(target: Path, force: bool) -> None:
         if (target / "postmaster.pid").exists():
             raise ConfigError(
                 f"{target} holds a data directory with a postmaster.pid; stop that server first."
+            )
+        mounted = mounts_below(target)
+        if mounted:
+            raise ConfigError(
+                f"{target / mounted[0]} is a mount point: --force would remove what is mounted "
+                "there with the directory it replaces; unmount it first (or restore with "
+                "--delta, which keeps a mounted pg_wal)."
             )
 
 

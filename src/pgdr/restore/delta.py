@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import stat
 import threading
@@ -57,7 +56,7 @@ from pgdr.restore.base import (
     sync_filesystem,
     unchecked_files,
 )
-from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout
+from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout, mounts_below
 from pgdr.restore.walmap import ChangedPages, NoMap, changed_pages
 
 PAGE = 8192
@@ -93,26 +92,6 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
                 "directory: the delta restore would remove or rewrite what is mounted there; "
                 "unmount it first."
             )
-
-
-def mounts_below(directory: Path) -> list[str]:
-    """The mount points strictly inside ``directory`` (resolved), relative to it: what a
-    removal or a rewrite in it would reach of other file systems, or of other places of the
-    same one (bind mounts, a mounted file)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_bytes().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        fields = line.split(b" ")
-        if len(fields) < 5:
-            continue
-        unescaped = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
-        point = Path(os.fsdecode(unescaped))
-        if point != directory and point.is_relative_to(directory):
-            found.append(point.relative_to(directory).as_posix())
-    return found
 
 
 def _pages_differing(present: memoryview, wanted: memoryview, at: int) -> list[tuple[int, int]]:
