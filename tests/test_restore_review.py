@@ -262,3 +262,22 @@ def test_a_forced_restore_never_removes_what_is_mounted_inside_its_target(
             restore_backup(repo, manifest.id, data, force=True)
         assert _contents(data) == before
     assert [p.name for p in scratch.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_dead_restore_that_had_this_process_id_does_not_block_the_next(
+    review_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """Staging is named after the process id, and a staging of this process's own id was
+    taken for this process's, never stale. Where process ids repeat (a container's command
+    is pid 1 at every start), a restore killed there left a staging that blocked every next
+    restore into that place ("File exists") and that neither a restore nor ``pgdr cleanup``,
+    with the same pid, would ever remove."""
+    manifest = take_backup(repo, review_pg.conninfo(), method="files")
+    left = scratch / f".new.pgdr-restore-{os.getpid()}"  # a killed run with this pid left it
+    left.mkdir()
+    (left / "PG_VERSION").write_text("18\n")
+
+    restore_backup(repo, manifest.id, scratch / "new")
+
+    assert (scratch / "new" / "PG_VERSION").is_file()
+    assert sorted(p.name for p in scratch.iterdir()) == ["new"]
