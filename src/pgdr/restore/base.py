@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +54,7 @@ from pgdr.core import runner
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.log import logger
 from pgdr.crypto import Background, DataKey, parallel_map
-from pgdr.restore.beneath import Beneath, check_layout
+from pgdr.restore.beneath import Beneath, check_layout, mounts_below
 from pgdr.restore.staging import (
     check_space,
     remove_stale,
@@ -425,6 +427,22 @@ class _ChunkWriter:
                 self.digests.add(path, at, hasher.digest())
         return position - start
 
+    def open_own(self, path: str, flags: int) -> int:
+        """Open the restore's file ``path``, a regular file with no other name: one that
+        someone swapped in since it was made or checked (a hard link to a file elsewhere, a
+        FIFO, a device) is never written to, nor waited for."""
+        try:
+            fd = self.beneath.open(path, flags | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # a FIFO that nobody reads
+                raise
+        else:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                return fd
+            os.close(fd)
+        raise RuntimeFailure(f"{path} in {self.target} changed during the restore.")
+
     def buffer(self, name: str) -> bytearray:
         """This thread's ``PIECE``-sized buffer ``name`` (allocated once per thread)."""
         found: bytearray | None = getattr(self.local, name, None)
@@ -452,7 +470,7 @@ class _ChunkWriter:
         if fd is None:
             if self.created is not None:
                 self.created.ensure(entry.path)
-            fd = fds[entry.path] = self.beneath.open(entry.path, os.O_WRONLY)
+            fd = fds[entry.path] = self.open_own(entry.path, os.O_WRONLY)
         part = view[low - position : high - position]
         pwrite_all(fd, part, low - entry.offset)
         start_writeback(fd, low - entry.offset, high - low)
@@ -548,6 +566,13 @@ def _check_target(target: Path, force: bool) -> None:
         if (target / "postmaster.pid").exists():
             raise ConfigError(
                 f"{target} holds a data directory with a postmaster.pid; stop that server first."
+            )
+        mounted = mounts_below(target)
+        if mounted:
+            raise ConfigError(
+                f"{target / mounted[0]} is a mount point: --force would remove what is mounted "
+                "there with the directory it replaces; unmount it first (or restore with "
+                "--delta, which keeps a mounted pg_wal)."
             )
 
 

@@ -159,3 +159,23 @@ class Beneath:
                 os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(parent)
+
+
+def mounts_below(directory: Path) -> list[str]:
+    """The mount points strictly inside ``directory`` (resolved), relative to it: what a
+    removal or a rewrite in it would reach of other file systems, or of other places of the
+    same one (bind mounts, a mounted file)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_bytes().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        unescaped = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+        point = Path(os.fsdecode(unescaped))
+        if point != directory and point.is_relative_to(directory):
+            found.append(point.relative_to(directory).as_posix())
+    return found

@@ -56,7 +56,7 @@ from pgdr.restore.base import (
     sync_filesystem,
     unchecked_files,
 )
-from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout
+from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout, mounts_below
 from pgdr.restore.walmap import ChangedPages, NoMap, changed_pages
 
 PAGE = 8192
@@ -70,9 +70,10 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
     version = target / "PG_VERSION"
     if not version.is_file():
         raise ConfigError(f"{target} is not a data directory; restore without --delta.")
-    if version.read_text().strip() != str(manifest.pg_major):
+    found = version.read_bytes()[:64].decode(errors="replace").strip()  # damaged, perhaps
+    if found != str(manifest.pg_major):
         raise ConfigError(
-            f"{target} holds PostgreSQL {version.read_text().strip()}, backup {manifest.id} "
+            f"{target} holds PostgreSQL {found!r} by its PG_VERSION, backup {manifest.id} "
             f"is {manifest.pg_major}; restore without --delta into a new directory."
         )
     running = server_on(target)
@@ -83,6 +84,14 @@ def check_delta_target(target: Path, manifest: Manifest, force: bool) -> None:
         )
     if not force:
         raise ConfigError(f"--delta rewrites {target} in place; pass --force to allow it.")
+    held = {f.path for f in manifest.files if f.kind == "dir"}
+    for point in mounts_below(target):
+        if point not in held:
+            raise ConfigError(
+                f"{target / point} is a mount point where backup {manifest.id} holds no "
+                "directory: the delta restore would remove or rewrite what is mounted there; "
+                "unmount it first."
+            )
 
 
 def _pages_differing(present: memoryview, wanted: memoryview, at: int) -> list[tuple[int, int]]:
@@ -136,9 +145,7 @@ class _DeltaWriter(_ChunkWriter):
             return None
         fd = fds.get(entry.path)
         if fd is None:
-            fd = fds[entry.path] = self.beneath.open(entry.path, os.O_RDWR)
-            if os.fstat(fd).st_nlink != 1:
-                raise RuntimeFailure(f"{entry.path} in {self.target} changed during the restore.")
+            fd = fds[entry.path] = self.open_own(entry.path, os.O_RDWR)
         at = low - entry.offset
         wanted = view[low - position : high - position]
         listed = self.pages.get(entry.path)
@@ -271,6 +278,7 @@ def _own_file(beneath: Beneath, entry: FileEntry, owner: ServiceUser) -> int:
     if fd is not None:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            _give(fd, info, owner, 0o600)
             return fd
         os.close(fd)
         beneath.unlink(entry.path)
@@ -278,6 +286,16 @@ def _own_file(beneath: Beneath, entry: FileEntry, owner: ServiceUser) -> int:
     if owner.switch:
         os.fchown(fd, owner.uid, owner.gid)
     return fd
+
+
+def _give(fd: int, info: os.stat_result, owner: ServiceUser, mode: int) -> None:
+    """Make ``fd``'s file or directory what a full restore makes it: ``mode``, owned by the
+    service user (PostgreSQL refuses a data directory open to others, cannot read what is
+    not its user's)."""
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.fchmod(fd, mode)
+    if owner.switch and (info.st_uid, info.st_gid) != (owner.uid, owner.gid):
+        os.fchown(fd, owner.uid, owner.gid)
 
 
 Verdict = bool | list[int]  # unchanged, compare with the backup, or rewrite these pages
@@ -313,7 +331,9 @@ def _verdict(
 
 
 def _lay_out(beneath: Beneath, manifest: Manifest, owner: ServiceUser) -> list[FileEntry]:
-    """Directories and links as the backup has them; returns the regular files."""
+    """The directory itself, its directories and links as a full restore leaves them; returns
+    the regular files."""
+    _give(beneath.fd, os.fstat(beneath.fd), owner, 0o700)
     ids = (owner.uid, owner.gid) if owner.switch else None
     files: list[FileEntry] = []
     for entry in manifest.files:
@@ -337,8 +357,8 @@ def _remove_control(beneath: Beneath) -> None:
     try:
         beneath.unlink(CONTROL)
     except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            raise  # else missing, or beneath something the sweep replaces: nothing to remove
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
+            raise  # else missing, or something the sweep replaces: nothing to remove
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """Where a restore writes before its result is in place, and cleaning up after dead restores.
 
-A restore into ``DIR`` writes into hidden siblings named after its process id::
+A restore into ``DIR`` writes into hidden siblings named after its process id (and a token of
+the process, ``RUN`` below, as process ids repeat)::
 
-    .DIR.pgdr-restore-PID        the data directory being written
-    .DIR.pgdr-restore-PID-ID     one backup of an incremental chain (before pg_combinebackup)
-    .DIR.pgdr-wal-PID            the WAL spool of a point-in-time restore
-    .DIR.pgdr-replaced-PID       the previous contents of DIR while --force replaces them
+    .DIR.pgdr-restore-PID-RUN        the data directory being written
+    .DIR.pgdr-restore-PID-RUN-ID     one backup of an incremental chain (before pg_combinebackup)
+    .DIR.pgdr-wal-PID-RUN            the WAL spool of a point-in-time restore
+    .DIR.pgdr-replaced-PID-RUN       the previous contents of DIR while --force replaces them
 
 Each running restore also leaves a record in ``$PGDR_HOME/restores/PID.json`` naming its target
 (and the cluster directory it creates, if any); the record goes when the restore ends, however
@@ -23,6 +24,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,9 +40,25 @@ STAGING = re.compile(r"\..+\.pgdr-(?:restore|wal|replaced)-(?P<pid>[0-9]+)(?:-.+
 RECORDS = "restores"
 
 
+_TOKENS: dict[int, str] = {}
+
+
+def _run_id() -> str:
+    """This process's id and a token of its own (``PID-rTOKEN``): where process ids repeat (a
+    container's command is pid 1 at every start), a dead process's staging is not this one's."""
+    pid = os.getpid()
+    return f"{pid}-r{_TOKENS.setdefault(pid, secrets.token_hex(4))}"
+
+
 def staging_dir(target: Path, what: str = "restore") -> Path:
     """The hidden sibling of ``target`` this process writes ``what`` into."""
-    return target.with_name(f".{target.name}.pgdr-{what}-{os.getpid()}")
+    return target.with_name(f".{target.name}.pgdr-{what}-{_run_id()}")
+
+
+def _is_stale(name: str, pid: int) -> bool:
+    if pid == os.getpid():  # this process's, or one's that had its id before
+        return not re.search(rf"-{_run_id()}(?:-|$)", name)
+    return not pid_alive(pid)
 
 
 def stale_staging(parent: Path) -> list[Path]:
@@ -52,7 +70,7 @@ def stale_staging(parent: Path) -> list[Path]:
     stale = []
     for path in entries:
         match = STAGING.fullmatch(path.name)
-        if match and int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"])):
+        if match and _is_stale(path.name, int(match["pid"])):
             stale.append(path)
     return stale
 
