@@ -8,6 +8,7 @@ moment they would have to win (a patched step), so that they are tested every ti
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -18,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import CliResult, run_cli
-from pgdr.backup import Repository, take_backup
+from pgdr.backup import Repository
 from pgdr.backup.manifest import Manifest
+from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError, RuntimeFailure
@@ -281,3 +283,58 @@ def test_a_dead_restore_that_had_this_process_id_does_not_block_the_next(
 
     assert (scratch / "new" / "PG_VERSION").is_file()
     assert sorted(p.name for p in scratch.iterdir()) == ["new"]
+
+
+def test_check_files_with_a_delta_is_refused_not_ignored(cli_env: dict[str, str]) -> None:
+    """`--check-files` was silently ignored by `--delta`: the operator thought every file's
+    SHA-256 recomputed by a mode that never looked at the option. Refused before anything."""
+    home = Path(cli_env["PGDR_HOME"]) / "never-made"
+    args = ("restore", "latest", "--to", str(home / "data"), "--delta", "--force", "--check-files")
+    result = run_cli(*args, env=cli_env | {"PGDR_HOME": str(home)})
+    assert result.code == 2, result.stderr
+    assert "--check-files goes with a full restore" in result.stderr
+    assert not home.exists()
+
+
+def test_a_second_restore_into_a_directory_being_rewritten_is_refused(
+    review_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """Nothing stopped two restores writing one directory at once: a delta while another delta
+    (or a --force restore) ran wrote the same files, and one could put pg_control back while
+    the other was still half-way. The one that comes second is now refused, nothing changed."""
+    manifest = take_backup(repo, review_pg.conninfo(), method="files")
+    data = scratch / "held"
+    restore_backup(repo, manifest.id, data)
+    before = _contents(data)
+    (data / "PG_VERSION").chmod(0o644)  # would be put back by a delta that ran
+    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running restore holds it
+        for run in (
+            lambda: delta_restore(repo, manifest.id, data, force=True),
+            lambda: restore_backup(repo, manifest.id, data, force=True),
+        ):
+            with pytest.raises(RuntimeFailure, match="Another restore is writing"):
+                run()
+            assert _contents(data) == before
+            assert stat.S_IMODE((data / "PG_VERSION").stat().st_mode) == 0o644
+    finally:
+        os.close(fd)
+    delta_restore(repo, manifest.id, data, force=True)  # once it ends, the next one runs
+    assert stat.S_IMODE((data / "PG_VERSION").stat().st_mode) == 0o600
+
+
+def test_a_mount_point_as_the_target_is_refused_before_any_work(
+    repo: Repository, review_pg: LocalCluster, scratch: Path
+) -> None:
+    """An empty mount point as --to: the restore wrote the whole backup beside it, on the
+    parent's file system (its free space checked there), then failed on renaming over the mount
+    point (EBUSY) after all the work. Now refused at once, naming a directory on it instead."""
+    manifest = take_backup(repo, review_pg.conninfo(), method="files")
+    with tmpfs(scratch / "mounted", "size=256m") as mounted:
+        with pytest.raises(ConfigError, match="is a mount point"):
+            restore_backup(repo, manifest.id, mounted)
+        assert list(mounted.iterdir()) == []
+        assert [p.name for p in scratch.iterdir() if "pgdr-" in p.name] == []
+        restore_backup(repo, manifest.id, mounted / "data")  # as the sentence says
+        assert (mounted / "data" / "PG_VERSION").is_file()

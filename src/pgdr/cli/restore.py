@@ -165,7 +165,7 @@ def restore(
     target = make_target(target_time, target_lsn, target_xid, target_name, latest, exclusive)
     to_point = target is not None or new_cluster
     _check_standby_options(as_standby, primary_conninfo_env, to_point or delta)
-    _check_companions(delta, by_wal, new_cluster or start, as_primary)
+    _check_companions(delta, by_wal, check_files, new_cluster or start, as_primary)
     if to_point:
         # Loaded here, as for --start and --as-standby: these need psycopg, which is a third of
         # a cold start, and a restore of a base backup never connects (docs/architecture.md).
@@ -193,9 +193,16 @@ def restore(
     emit(data, as_json, lambda: _render(result, data))
 
 
-def _check_companions(delta: bool, by_wal: bool, starts: bool, as_primary: bool) -> None:
+def _check_companions(
+    delta: bool, by_wal: bool, check_files: bool, starts: bool, as_primary: bool
+) -> None:
     if by_wal and not delta:
         raise ConfigError("--by-wal goes with --delta.")
+    if check_files and delta:
+        raise ConfigError(
+            "--check-files goes with a full restore: a delta restore checks every file against "
+            "the backup already (docs/backups.md)."
+        )
     if as_primary and not starts:
         raise ConfigError(
             "--as-primary restarts the restored server: add --new-cluster or --start."

@@ -57,6 +57,7 @@ from pgdr.crypto import Background, DataKey, parallel_map
 from pgdr.restore.beneath import Beneath, check_layout, mounts_below
 from pgdr.restore.staging import (
     check_space,
+    held,
     remove_stale,
     restore_record,
     staging_dir,
@@ -552,6 +553,12 @@ def extract_backup(
 def _check_target(target: Path, force: bool) -> None:
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} exists and is not a directory.")
+    if target.is_dir() and os.path.ismount(target):
+        raise ConfigError(
+            f"{target} is a mount point: a restore writes beside its target and renames the "
+            f"result into place, which cannot replace a mount point; restore into a directory "
+            f"on it (such as {target / 'data'})."
+        )
     if target.is_dir() and any(target.iterdir()):
         if not force:
             raise ConfigError(
@@ -635,11 +642,10 @@ def restore_backup(
         on_start(manifest, total)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with restore_record(repo.settings, target):
+        with restore_record(repo.settings, target), held(target):
             written, files, notes = _restore_into(
                 repo, chain, target, owner, progress, workers, check_files, force
             )
-            notes += not_a_standby(target)
     except OSError as exc:
         raise write_failure(exc, target.parent, "restore") from exc
     return RestoreResult(
@@ -655,17 +661,24 @@ def restore_backup(
     )
 
 
-def not_a_standby(target: Path) -> list[str]:
+STANDBY_SIGNAL = "standby.signal"
+FROM_A_STANDBY = (
+    "The backup was taken from a standby: its standby.signal was left out, so the restored "
+    "copy does not follow that standby's primary."
+)
+
+
+def not_a_standby(directory: Path) -> list[str]:
     """A backup taken from a replica holds its ``standby.signal``: started as it is, the restored
-    copy would stream from the replica's primary. Taken out, the copy starts on its own (its
-    ``primary_conninfo`` is then unused); ``--as-standby`` makes a replica on purpose. The one
-    rule for the full and the delta restore (:mod:`pgdr.restore.delta`)."""
-    signal = target / "standby.signal"
+    copy would stream from the replica's primary. Taken out (before the copy is put in place,
+    so that no moment leaves a directory that would start as a replica), the copy starts on its
+    own (its ``primary_conninfo`` is then unused); ``--as-standby`` makes a replica on purpose.
+    The delta restore takes it out before it writes pg_control (:mod:`pgdr.restore.delta`)."""
+    signal = directory / STANDBY_SIGNAL
     if not signal.exists():
         return []
     signal.unlink()
-    return ["The backup was taken from a standby: its standby.signal was left out, so the "
-            "restored copy does not follow that standby's primary."]  # fmt: skip
+    return [FROM_A_STANDBY]
 
 
 def unchecked_files(chain: list[Manifest]) -> list[str]:
@@ -709,6 +722,7 @@ def _restore_into(
                 repo, chain, staging, owner, scratch, progress, workers, check_files
             )
             notes.append(f"Combined {len(chain)} backups with pg_combinebackup.")
+        notes += not_a_standby(staging)
         sync_filesystem(staging)
         if target.exists() and force:
             aside = staging_dir(target, "replaced")

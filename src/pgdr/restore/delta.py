@@ -47,16 +47,18 @@ from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import Background, DataKey, parallel_map
 from pgdr.restore.base import (
+    FROM_A_STANDBY,
+    STANDBY_SIGNAL,
     RestoreResult,
     _ChunkWriter,
     backup_chain,
     check_digests,
-    not_a_standby,
     pwrite_all,
     sync_filesystem,
     unchecked_files,
 )
 from pgdr.restore.beneath import DIR_FLAGS, Beneath, check_layout, mounts_below
+from pgdr.restore.staging import held
 from pgdr.restore.walmap import ChangedPages, NoMap, changed_pages
 
 PAGE = 8192
@@ -373,6 +375,7 @@ class _Outcome:
     written: int = 0
     unread: int = 0
     by_pages: int = 0
+    from_a_standby: bool = False
 
 
 def _write_changed(
@@ -449,11 +452,21 @@ def _rewrite(
             # last: created only once every other file is in place and every other removed
             with Background(_remove_later(later), "pgdr-remove"):
                 rewrite([f for f in outcome.files if f.path != CONTROL])
+            outcome.from_a_standby = _remove_standby_signal(beneath)  # see not_a_standby
             rewrite([f for f in outcome.files if f.path == CONTROL])
     finally:
         for fd, _names in later:
             os.close(fd)
     return outcome
+
+
+def _remove_standby_signal(beneath: Beneath) -> bool:
+    """Take out the ``standby.signal`` a backup of a replica holds; whether there was one."""
+    try:
+        beneath.unlink(STANDBY_SIGNAL)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _wal_map(
@@ -510,15 +523,16 @@ def delta_restore(
     check_layout(manifest.files, manifest.id)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     workers = workers or len(os.sched_getaffinity(0))
-    changes, why = _wal_map(repo, manifest, data_key, target, by_wal)
-    try:
-        done = _rewrite(repo, manifest, data_key, target, owner, workers, progress, changes)
-    except OSError as exc:
-        raise RuntimeFailure(
-            f"The delta restore of {target} stopped: {exc.strerror or exc} "
-            f"({exc.filename or 'no file named'}); run it again to finish it."
-        ) from exc
-    notes = unchecked_files([manifest]) + not_a_standby(target)
+    with held(target):
+        changes, why = _wal_map(repo, manifest, data_key, target, by_wal)
+        try:
+            done = _rewrite(repo, manifest, data_key, target, owner, workers, progress, changes)
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"The delta restore of {target} stopped: {exc.strerror or exc} "
+                f"({exc.filename or 'no file named'}); run it again to finish it."
+            ) from exc
+    notes = unchecked_files([manifest]) + ([FROM_A_STANDBY] if done.from_a_standby else [])
     return RestoreResult(
         backup_id=manifest.id,
         data_dir=target,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -123,6 +124,31 @@ def restore_record(
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def held(target: Path) -> Iterator[None]:
+    """Hold the existing directory ``target`` while this restore rewrites or replaces it: a
+    second one (a delta, a ``--force`` restore) is refused meanwhile instead of writing into it
+    at the same time. An advisory lock (``flock``) on the directory itself: nothing is created,
+    and the lock ends with the process however it ends. A target that does not exist yet is
+    not held (each restore writes its own staging; the last rename finds the other's result)."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeFailure(
+                f"Another restore is writing {target}; let it end, then run this one again. "
+                "Nothing was changed."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass
