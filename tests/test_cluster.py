@@ -108,6 +108,10 @@ def test_cli_db_lifecycle(
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert run_cli("health", "--json", env=env).code == 0
+    again = run_cli("db", "start", env=env)  # said "Started", as if it had not been running
+    assert again.code == 0 and "Already running" in again.stdout, again.stdout
+    listed = run_cli("cluster", "list", env=env)  # showed "[green]running[/]"
+    assert "running" in listed.stdout and "[green]" not in listed.stdout, listed.stdout
     # Destroy asks first; without an answer nothing is deleted.
     result = run_cli("db", "destroy", env=env, input="n\n")
     assert result.code == 2

@@ -176,6 +176,37 @@ def test_latest_says_loudly_when_the_repository_lost_its_newest(walenv18: WalEnv
     stop_restored(w, accepted)
 
 
+def test_latest_with_only_a_backup_lost_says_the_wal_still_reaches_the_end(
+    walenv18: WalEnv,
+) -> None:
+    """The newest backup gone, its WAL and all after it kept: the refusal said the restorable
+    state was "OLDER than what pgdr recorded", which was false (the WAL still reaches the end,
+    from the older backup). It now says so, and restoring anyway brings back every row."""
+    w = walenv18
+    stream = w.start_stream()
+    w.insert(10)
+    backup(w)
+    w.insert(10)
+    second = backup(w)
+    w.insert(10)
+    everything = ids(w.conninfo)
+    wait_streamed(w)
+    w.stop_stream(stream)
+    shutil.rmtree(w.repo / "backups" / second)
+
+    refused = w.cli("restore", "--latest", "--new-cluster")
+    message = " ".join(refused.stderr.split())
+    assert refused.code == 1, refused.stdout + refused.stderr
+    assert f"backup {second}" in message and "Its WAL still reaches" in message
+    assert "OLDER" not in message
+    accepted = restore(w, "--latest", "--accept-rollback")
+    try:
+        assert any(n.startswith("LOST BACKUP:") for n in accepted["notes"]), accepted["notes"]
+        assert ids(accepted["url"]) == everything
+    finally:
+        stop_restored(w, accepted)
+
+
 @pytest.mark.slow
 def test_unreached_xid_and_stale_staging_leave_nothing(walenv18: WalEnv, scratch: Path) -> None:
     w = walenv18

@@ -23,7 +23,7 @@ from pgdr.core.output import console, emit, key_value_table, say
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="A database of [databases.NAME] in pgdr.toml, or all (default)."),
+    typer.Option("--db", help="A database of \\[databases.NAME] in pgdr.toml, or all (default)."),
 ]
 ConfigOption = Annotated[
     Path | None,
@@ -124,6 +124,13 @@ def install(
     )
 
 
+def _restore_test_text(test: dict[str, Any]) -> str:
+    """The last restore test: when, and the RTO it proved (a failed one proved none)."""
+    if not test.get("passed"):
+        return f"{test['at']}: FAILED"
+    return f"{test['at']}: passed, proven RTO {test.get('proven_rto_s')} s"
+
+
 def _render_database(name: str, db: dict[str, Any]) -> None:
     backup = db.get("last_backup")
     wal = db.get("wal") or {}
@@ -151,10 +158,7 @@ def _render_database(name: str, db: dict[str, Any]) -> None:
         ),
         (
             "last restore test",
-            f"{test['at']}: {'passed' if test.get('passed') else 'FAILED'}, proven RTO "
-            f"{test.get('proven_rto_s')} s"
-            if test
-            else "none",
+            _restore_test_text(test) if test else "none",
         ),
     ]
     drill = db.get("last_drill")

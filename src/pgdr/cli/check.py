@@ -147,7 +147,7 @@ def check(
     timeout: TimeoutOption = 300.0,
     samples: Annotated[int, typer.Option(help="Sample keys per finding.", min=0)] = 5,
     db: Annotated[
-        str | None, typer.Option("--db", help="A database of pgdr.toml's [databases.NAME].")
+        str | None, typer.Option("--db", help="A database of pgdr.toml's \\[databases.NAME].")
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

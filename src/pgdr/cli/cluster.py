@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pgdr.cli.common import JsonOption, render_settings, settings
 from pgdr.cluster.manager import named_cluster
@@ -40,7 +41,7 @@ def list_(as_json: JsonOption = False) -> None:
             st = e.status
             table.add_row(
                 escape(st.name),
-                "[green]running[/]" if st.running else "stopped",
+                Text("running", style="green") if st.running else "stopped",
                 str(st.port or ""),
                 st.version or "",
                 escape(st.data_dir),

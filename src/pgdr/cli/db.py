@@ -51,14 +51,20 @@ def start(
                 f"The embedded database is already running on port {cluster.port}; stop it first."
             )
         cluster.set_port(port)
+    running = not created and cluster.status().running
     notes = cluster.start()
     status = cluster.status()
-    data = status.as_dict() | {"created": created, "url": cluster.conninfo(), "notes": notes}
+    data = status.as_dict() | {
+        "created": created,
+        "already_running": running,
+        "url": cluster.conninfo(),
+        "notes": notes,
+    }
 
     def render() -> None:
         for note in notes:
             err_console.print(styled(note, "yellow"))
-        verb = "Created and started" if created else "Started"
+        verb = "Created and started" if created else "Already running:" if running else "Started"
         console.print(f"{verb} PostgreSQL {status.version} on port {status.port}.")
         console.print(f"URL: {cluster.conninfo()}")
 

@@ -27,7 +27,7 @@ ByOption = Annotated[str | None, typer.Option("--by", help="Who (default: your u
 NoteOption = Annotated[str, typer.Option("--note", help="A sentence for the timeline.")]
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Only this database of pgdr.toml's [databases.NAME]."),
+    typer.Option("--db", help="Only this database of pgdr.toml's \\[databases.NAME]."),
 ]
 
 

@@ -26,11 +26,11 @@ app = typer.Typer(help="Health reports, scheduled checks and incidents.", no_arg
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="A database of pgdr.toml's [databases.NAME] (its metrics label)."),
+    typer.Option("--db", help="A database of pgdr.toml's \\[databases.NAME] (its metrics label)."),
 ]
 ServeDbOption = Annotated[
     str | None,
-    typer.Option("--db", help="One database of pgdr.toml's [databases.NAME]; default: all."),
+    typer.Option("--db", help="One database of pgdr.toml's \\[databases.NAME]; default: all."),
 ]
 
 

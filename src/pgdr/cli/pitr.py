@@ -72,11 +72,17 @@ def _streamer_notes(archive: WalArchive) -> list[str]:
     return [note] if note else []
 
 
+def _recovered_to(result: PitrResult) -> str:
+    if result.recovered_to_time is None:  # no transaction's commit replayed to date it
+        return f"LSN {result.recovered_to_lsn} (no commit replayed after the backup to date it)"
+    return f"{result.recovered_to_time} at LSN {result.recovered_to_lsn}"
+
+
 def _render_pitr(result: PitrResult, primary: dict[str, Any] | None) -> None:
     rows = [
         ("backup", result.backup_id),
         ("target", result.target),
-        ("recovered to", f"{result.recovered_to_time} at LSN {result.recovered_to_lsn}"),
+        ("recovered to", _recovered_to(result)),
         ("timeline", result.timeline),
         ("WAL replayed", f"{result.segments_fetched} segments"),
         ("data directory", result.data_dir),

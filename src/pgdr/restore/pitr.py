@@ -200,38 +200,41 @@ def _recorded_wal(repo: Repository, archive: WalArchive) -> dict[int, int]:
     return recorded
 
 
-def rollback_findings(
-    repo: Repository, archive: WalArchive, plan: PitrPlan, backups: list[Manifest], follow: bool
-) -> list[str]:
-    """What pgdr recorded of the repository that it no longer holds (empty when nothing):
-    a restore of "the latest" state would silently go back to an older one."""
-    found = []
+def _missing_backup(repo: Repository, backups: list[Manifest]) -> list[str]:
+    """The newest backup this machine took, when the repository no longer holds it."""
     record = seen(repo)
-    size = archive.segment_size
     last = record.get("last_backup")
     if last and last not in {m.id for m in backups}:
-        found.append(
+        return [
             f"backup {last} (taken from this machine, ending {record.get('last_backup_at')}) "
             "is missing from the repository"
-        )
+        ]
+    return []
+
+
+def _missing_wal(repo: Repository, archive: WalArchive, plan: PitrPlan, follow: bool) -> list[str]:
+    """The WAL pgdr recorded that the repository no longer holds: the latest state it can
+    restore is older than the one recorded."""
+    record = seen(repo)
+    size = archive.segment_size
     reached = plan.segments[-1][0] if plan.segments else None
     recorded = _recorded_wal(repo, archive)
     if reached is None:
-        return found
+        return []
     newest_tli = max(recorded, default=0)
     if follow and newest_tli > plan.timeline:
         seg = Segment(newest_tli, recorded[newest_tli])
-        found.append(f"the WAL of timeline {newest_tli} (up to {seg.name(size)}) is missing")
-    elif recorded.get(plan.timeline, -1) > reached.segno:
+        return [f"the WAL of timeline {newest_tli} (up to {seg.name(size)}) is missing"]
+    if recorded.get(plan.timeline, -1) > reached.segno:
         seg = Segment(plan.timeline, recorded[plan.timeline])
-        found.append(
+        return [
             f"the WAL ends at {reached.name(size)} although pgdr recorded WAL up to "
             f"{seg.name(size)}"
-        )
+        ]
     lsn = record.get("last_backup_lsn")
-    if not found and lsn and segment_of_lsn(parse_lsn(str(lsn)), size) > reached.segno:
-        found.append(f"the WAL up to the end of backup {last} ({lsn}) is missing")
-    return found
+    if lsn and segment_of_lsn(parse_lsn(str(lsn)), size) > reached.segno:
+        return [f"the WAL up to the end of backup {record.get('last_backup')} ({lsn}) is missing"]
+    return []
 
 
 def _check_rollback(
@@ -242,17 +245,25 @@ def _check_rollback(
     follow: bool,
     accept: bool,
 ) -> None:
-    findings = rollback_findings(repo, archive, plan, backups, follow)
+    """What pgdr recorded of the repository that it no longer holds stops a restore of "the
+    latest" state: with WAL lost it would silently go back to an older state; with only a
+    backup lost the WAL may still reach the end, but the repository lost something."""
+    wal = _missing_wal(repo, archive, plan, follow)
+    findings = _missing_backup(repo, backups) + wal
     if not findings:
         return
     reached = f"{_fmt(plan.window_end)} (WAL up to {plan.segment_names(archive.segment_size)[-1]})"
-    text = (
-        f"The repository {repo.name} lost recent data: {'; '.join(findings)}. The latest "
-        f"state it can restore is from {reached}, OLDER than what pgdr recorded"
+    text = f"The repository {repo.name} lost recent data: {'; '.join(findings)}. " + (
+        f"The latest state it can restore is from {reached}, OLDER than what pgdr recorded"
+        if wal
+        else f"Its WAL still reaches {reached}, the latest state pgdr recorded, from an older "
+        "backup; a repository that loses backups may have lost more"
     )
     if not accept:
         raise CheckFailed(f"{text}; nothing was restored (pass --accept-rollback to restore it).")
-    plan.notes.append(f"ROLLBACK: {text}; restored anyway (--accept-rollback).")
+    plan.notes.append(
+        f"{'ROLLBACK' if wal else 'LOST BACKUP'}: {text}; restored anyway (--accept-rollback)."
+    )
 
 
 def plan_pitr(
