@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from pgdr.core.errors import ConfigError
+
 
 def now() -> datetime:
     """The current moment, timezone-aware UTC."""
@@ -54,3 +56,15 @@ def stamp(moment: datetime | None = None) -> str:
 def utc_text(moment: datetime | float | str | None) -> str:
     """``2026-11-30 20:41:07 UTC`` for people (messages, reports); ``-`` when absent."""
     return "-" if moment is None else to_datetime(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def user_moment(text: str, option: str) -> datetime:
+    """A moment typed for ``option`` (ISO 8601, a space allowed before the time; without a zone,
+    UTC), or one sentence naming the option when it is not one."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise ConfigError(
+            f"{option} {text!r} is not a time (use ISO 8601, e.g. 2026-11-25T09:30:00Z)."
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

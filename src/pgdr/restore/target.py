@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pgdr.core.errors import ConfigError
+from pgdr.core.time import user_moment
 from pgdr.wal.names import parse_lsn
 
 
@@ -29,13 +30,7 @@ class Target:
 
 def parse_target_time(text: str) -> datetime:
     """ISO 8601; a time without a zone is UTC."""
-    try:
-        moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
-    except ValueError:
-        raise ConfigError(
-            f"--target-time {text!r} is not a time (use ISO 8601, e.g. 2026-11-25T09:30:00Z)."
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return user_moment(text, "--target-time")
 
 
 def make_target(

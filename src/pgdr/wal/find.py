@@ -35,6 +35,7 @@ from pgdr.backup.manifest import Manifest
 from pgdr.cluster import installation_for_major
 from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.core.time import user_moment
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.chain import Chain
 from pgdr.wal.names import Segment, parse_lsn
@@ -115,15 +116,7 @@ class FindReport:
 
 
 def parse_moment(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
-    except ValueError:
-        raise ConfigError(
-            f"{option} {text!r} is not a time (ISO 8601, e.g. 2026-11-25T09:30Z)."
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None if text is None else user_moment(text, option)
 
 
 def table_file(conninfo: str, table: str) -> TableFile:
