@@ -289,13 +289,14 @@ class Repository:
         )
 
     def sealed_key_ids(self) -> set[str]:
-        """Ids of the master keys that wrapped this repository's data keys (unauthenticated)."""
+        """Ids of the master keys that wrapped this repository's data keys (of backups, dumps,
+        exports and the WAL; unauthenticated)."""
         ids: set[str] = set()
-        for backup_id, names in self.backup_dirs().items():
-            if "manifest.json" in names:
+        for area in (BACKUPS, DUMPS):
+            for object_id in self.complete_ids(area):
                 try:
-                    raw = self.store.get(self.manifest_key(backup_id))
-                    ids.add(Manifest.from_json(raw, backup_id).key_id)
+                    raw = self.store.get(self.manifest_key(object_id, area))
+                    ids.add(Manifest.from_json(raw, object_id).key_id)
                 except PgdrError:
                     continue
         try:
