@@ -43,7 +43,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -430,11 +430,13 @@ class Repository:
             bid for bid, names in self.backup_dirs(area).items() if "manifest.json" not in names
         )
 
-    def resolve_id(self, backup_id: str, area: str = BACKUPS) -> str:
-        """Accept ``latest`` or a unique prefix of an id. Reads (and authenticates) only the
-        manifests that can be the answer: newest first for ``latest``, until one is sound;
-        those of the ids with the prefix otherwise (all of a repository's manifests took 30 ms
-        each, twice per restore)."""
+    def resolve_id(
+        self, backup_id: str, area: str = BACKUPS, kinds: Collection[str] | None = None
+    ) -> str:
+        """Accept ``latest`` (the newest of ``kinds``, if given) or a unique prefix of an id.
+        Reads (and authenticates) only the manifests that can be the answer: newest first for
+        ``latest``, until one is sound; those of the ids with the prefix otherwise (all of a
+        repository's manifests took 30 ms each, twice per restore)."""
         noun, listing = NOUNS[area]
         ids = self.complete_ids(area)
         latest = backup_id == "latest"
@@ -447,6 +449,8 @@ class Repository:
                     raise checked.error()
                 damaged.append(checked)
                 continue
+            if latest and kinds is not None and checked.kind not in kinds:
+                continue
             matches.append(checked.id)
             if latest:
                 break
@@ -454,6 +458,11 @@ class Repository:
             raise damaged[-1].error()  # the oldest, as the listing shows them
         if not ids:
             raise ConfigError(f"The repository {self.name} ({self.url}) holds no {noun}s yet.")
+        if latest and not matches and kinds is not None:
+            raise ConfigError(
+                f"The repository {self.name} ({self.url}) holds no {noun} of kind "
+                f"{' or '.join(kinds)} yet; see `{listing}`."
+            )
         if len(matches) == 1:
             return matches[0]
         if not matches:

@@ -181,7 +181,8 @@ def prune(
     repo_name: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Expire dumps: the newest of each week for 90 days, and every --keep dump, stay."""
+    """Expire dumps: the newest of each week for 90 days, and every --keep dump, stay (dumps,
+    schema-only dumps and exports counted apart)."""
     repo = open_repo(repo_name, writable=not dry_run)
     report = prune_dumps(repo, dry_run=dry_run)
     data = report.as_dict()

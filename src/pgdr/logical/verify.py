@@ -34,7 +34,8 @@ DUMP_RETENTION = RetentionPolicy(recovery_window_days=0, daily_days=0, weekly_da
 
 
 def prune_dumps(repo: Repository, *, dry_run: bool = False) -> PruneReport:
-    """The runbook's secondary tier: weekly dumps for 90 days; ``--keep`` dumps stay."""
+    """The runbook's secondary tier: weekly dumps for 90 days; ``--keep`` dumps stay. Dumps,
+    schema dumps and exports are each their own series: an export never displaces a dump."""
     return prune(repo, dry_run=dry_run, area=DUMPS, policy=DUMP_RETENTION)
 
 
