@@ -163,3 +163,46 @@ def test_rotation_rewraps_the_wal_keyring_and_pitr_works_without_the_old_key(
     assert len(committed_by(w, moment)) == 35
     stop_restored(w, restored)
     w.stop_stream(stream)
+
+
+def test_rotation_rewraps_dumps_and_exports_and_resumes(
+    pg18: Server, backup_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Dumps and exports are sealed under the master key too: rotated, readable with the new
+    key alone; an interrupted rotation (one manifest still old) is finished by running again."""
+    env = backup_env | {"DATABASE_URL": pg18.new_database()}
+    dump_id = json.loads(run_cli("dump", "--json", env=env).stdout)["id"]
+    export = run_cli("export", "--tables", "chatbots", "--json", env=env)
+    export_id = json.loads(export.stdout)["stored_as"]
+    export_manifest = tmp_path / "repo" / "dumps" / export_id / "manifest.json"
+    sealed_by_old = export_manifest.read_bytes()
+    new_key = tmp_path / "new.key"
+    write_key_file(new_key, generate_key_text())
+    rotate = ("key", "rotate", "--new-key-file", str(new_key), "--json")
+    rotated = run_cli(*rotate, env=env)
+    assert rotated.code == 0, rotated.stderr
+    report = json.loads(rotated.stdout)
+    assert report["rewrapped_dumps"] == {"primary": 2} and report["damaged"] == {"primary": []}
+
+    old_only = run_cli("dump", "list", "--json", env=env)  # the old key no longer opens them
+    assert old_only.code == 2 and dump_id in old_only.stderr and export_id in old_only.stderr
+    assert {d["id"] for d in json.loads(old_only.stdout)["unreadable"]} == {dump_id, export_id}
+
+    export_manifest.write_bytes(sealed_by_old)  # as if the rotation stopped before the export
+    resumed = run_cli(*rotate, env=env)
+    assert resumed.code == 0, resumed.stderr
+    again = json.loads(resumed.stdout)
+    assert again["rewrapped_dumps"] == {"primary": 1} and again["already_dumps"] == {"primary": 1}
+
+    env_new = {k: v for k, v in env.items() if k != "PGDR_ENCRYPTION_KEY"}
+    env_new["PGDR_ENCRYPTION_KEY_FILE"] = str(new_key)
+    listed = run_cli("dump", "list", "--json", env=env_new)
+    assert listed.code == 0, listed.stderr
+    assert [d["id"] for d in json.loads(listed.stdout)["dumps"]] == [dump_id, export_id]
+    for object_id in (dump_id, export_id):
+        checked = run_cli("dump", "verify", object_id, env=env_new)
+        assert checked.code == 0, checked.stdout + checked.stderr
+    back = run_cli("restore-table", "chatbots", "--from", dump_id, "--as", "cb", env=env_new)
+    assert back.code == 0, back.stderr
+    shown = json.loads(run_cli("key", "show", "--json", env=env_new).stdout)
+    assert shown["sealed_with"] == [report["new_key_id"]] and shown["opens_repository"]

@@ -53,3 +53,30 @@ def test_export_to_directory_and_repository(
     assert b"created_at" not in stored_bytes  # the CSV header is not readable at rest
     missing = run_cli("export", "--tables", "nope", "--out", str(tmp_path / "x"), env=env)
     assert missing.code == 2 and "does not exist" in missing.stderr
+
+
+def test_an_export_is_never_taken_for_a_dump(pg18: Server, backup_env: dict[str, str]) -> None:
+    """`latest` is the latest pg_dump (with rows, for restore-table); retention keeps each
+    kind's own weekly series, so neither an export nor a schema dump displaces a dump."""
+    env = backup_env | {"DATABASE_URL": pg18.new_database()}
+    dump_id = json.loads(run_cli("dump", "--json", env=env).stdout)["id"]
+    schema_id = json.loads(run_cli("dump", "--schema-only", "--json", env=env).stdout)["id"]
+    stored = run_cli("export", "--tables", "chatbots", "--json", env=env)
+    export_id = json.loads(stored.stdout)["stored_as"]
+
+    back = run_cli("restore-table", "chatbots", "--from", "latest", "--as", "cb", "--json", env=env)
+    assert back.code == 0, back.stderr
+    assert json.loads(back.stdout)["dump_id"] == dump_id
+    verified = run_cli("dump", "verify", "latest", "--json", env=env)
+    assert verified.code == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["dump_id"] == schema_id
+    refused = run_cli("restore-table", "chatbots", "--from", export_id, env=env)
+    assert refused.code == 2 and "CSV export" in refused.stderr
+
+    pruned = run_cli("dump", "prune", "--dry-run", "--json", env=env)
+    assert pruned.code == 0, pruned.stderr
+    plan = json.loads(pruned.stdout)
+    assert plan["removed"] == []
+    reasons = {d["backup_id"]: d["reasons"] for d in plan["backups"]}
+    assert any(r.startswith("weekly snapshot") for r in reasons[dump_id])
+    assert any(r.startswith("weekly snapshot") for r in reasons[export_id])

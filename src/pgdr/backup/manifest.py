@@ -27,6 +27,7 @@ SIGNING_PURPOSE = "manifest/v1"
 BACKUPS = "backups/"
 DUMPS = "dumps/"
 DUMP_KINDS = ("dump", "schema-dump", "export")  # logical (pgdr.logical), under dumps/
+PG_DUMP_KINDS = ("dump", "schema-dump")  # pg_dump archives; an export is CSV files
 LEGACY_KEY = "sha256"  # the digest fields' name in manifests of the legacy scheme
 
 

@@ -43,7 +43,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,13 +289,14 @@ class Repository:
         )
 
     def sealed_key_ids(self) -> set[str]:
-        """Ids of the master keys that wrapped this repository's data keys (unauthenticated)."""
+        """Ids of the master keys that wrapped this repository's data keys (of backups, dumps,
+        exports and the WAL; unauthenticated)."""
         ids: set[str] = set()
-        for backup_id, names in self.backup_dirs().items():
-            if "manifest.json" in names:
+        for area in (BACKUPS, DUMPS):
+            for object_id in self.complete_ids(area):
                 try:
-                    raw = self.store.get(self.manifest_key(backup_id))
-                    ids.add(Manifest.from_json(raw, backup_id).key_id)
+                    raw = self.store.get(self.manifest_key(object_id, area))
+                    ids.add(Manifest.from_json(raw, object_id).key_id)
                 except PgdrError:
                     continue
         try:
@@ -429,11 +430,13 @@ class Repository:
             bid for bid, names in self.backup_dirs(area).items() if "manifest.json" not in names
         )
 
-    def resolve_id(self, backup_id: str, area: str = BACKUPS) -> str:
-        """Accept ``latest`` or a unique prefix of an id. Reads (and authenticates) only the
-        manifests that can be the answer: newest first for ``latest``, until one is sound;
-        those of the ids with the prefix otherwise (all of a repository's manifests took 30 ms
-        each, twice per restore)."""
+    def resolve_id(
+        self, backup_id: str, area: str = BACKUPS, kinds: Collection[str] | None = None
+    ) -> str:
+        """Accept ``latest`` (the newest of ``kinds``, if given) or a unique prefix of an id.
+        Reads (and authenticates) only the manifests that can be the answer: newest first for
+        ``latest``, until one is sound; those of the ids with the prefix otherwise (all of a
+        repository's manifests took 30 ms each, twice per restore)."""
         noun, listing = NOUNS[area]
         ids = self.complete_ids(area)
         latest = backup_id == "latest"
@@ -446,6 +449,8 @@ class Repository:
                     raise checked.error()
                 damaged.append(checked)
                 continue
+            if latest and kinds is not None and checked.kind not in kinds:
+                continue
             matches.append(checked.id)
             if latest:
                 break
@@ -453,6 +458,11 @@ class Repository:
             raise damaged[-1].error()  # the oldest, as the listing shows them
         if not ids:
             raise ConfigError(f"The repository {self.name} ({self.url}) holds no {noun}s yet.")
+        if latest and not matches and kinds is not None:
+            raise ConfigError(
+                f"The repository {self.name} ({self.url}) holds no {noun} of kind "
+                f"{' or '.join(kinds)} yet; see `{listing}`."
+            )
         if len(matches) == 1:
             return matches[0]
         if not matches:

@@ -7,7 +7,8 @@ newest backup of each ISO week). Backups taken with ``--keep`` (before a major c
 ``keep_days`` (0, the default: they never expire), so a tier such as the runbook's secondary
 (90 days, weekly plus before major changes) ages them out too. Whatever is kept also keeps what
 it needs: an incremental backup's parents. The newest valid backup is never removed,
-and a backup whose manifest fails authentication is reported and left alone.
+and a backup whose manifest fails authentication is reported and left alone. Logical backups
+(``dumps/``) are planned kind by kind: dumps, schema dumps and exports are separate series.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pgdr.backup.manifest import BACKUPS, Manifest, now_utc
+from pgdr.backup.manifest import BACKUPS, DUMPS, Manifest, now_utc
 from pgdr.backup.repository import Repository, RetentionPolicy
 
 
@@ -75,6 +76,17 @@ def plan_retention(
         Decision(m.id, bool(reasons[m.id]), reasons[m.id], m.stored_size, m.stop_time)
         for m in ordered
     ]
+
+
+def plan_by_kind(
+    manifests: list[Manifest], policy: RetentionPolicy, now: datetime | None = None
+) -> list[Decision]:
+    """``plan_retention`` for each kind apart (logical backups: dump, schema dump, export), so
+    one kind never takes another's place as a period's snapshot or the newest one."""
+    decisions: list[Decision] = []
+    for kind in sorted({m.kind for m in manifests}):
+        decisions += plan_retention([m for m in manifests if m.kind == kind], policy, now)
+    return sorted(decisions, key=lambda d: (d.stop_time, d.backup_id))
 
 
 def _day(moment: datetime) -> str:
@@ -144,15 +156,16 @@ def prune(
     policy: RetentionPolicy | None = None,
 ) -> PruneReport:
     """Apply the repository's retention policy (or only show it with ``dry_run``); dumps
-    (``area=DUMPS``) pass their own ``policy``."""
+    (``area=DUMPS``) pass their own ``policy``, applied to each kind apart."""
     policy = policy or repo.config.retention
+    plan = plan_by_kind if area == DUMPS else plan_retention
     if dry_run:
         valid, invalid = valid_backups(repo, area)
-        decisions = plan_retention(valid, policy, now)
+        decisions = plan(valid, policy, now)
         return PruneReport(repo.name, True, decisions, invalid, repo.incomplete_backups(area))
     with repo.locked("prune"):
         valid, invalid = valid_backups(repo, area)
-        decisions = plan_retention(valid, policy, now)
+        decisions = plan(valid, policy, now)
         incomplete = repo.clean_incomplete(area=area)
         for decision in decisions:
             if not decision.keep:

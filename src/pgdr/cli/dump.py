@@ -14,10 +14,16 @@ from pgdr.cli.common import JsonOption, command_group, subcommand_named
 from pgdr.cli.database import target
 from pgdr.cli.repository import RepoOption, open_repo, show_key_note
 from pgdr.core.errors import CheckFailed, ConfigError
-from pgdr.core.output import console, emit, escape, progress_bar, styled
+from pgdr.core.output import console, emit, escape, markup, progress_bar, styled
 from pgdr.core.units import human_size
 from pgdr.logical.dump import schema_sql, take_dump
-from pgdr.logical.verify import dump_summary, list_dumps, prune_dumps, verify_dump
+from pgdr.logical.verify import (
+    dump_summary,
+    list_dumps,
+    prune_dumps,
+    unreadable_dumps,
+    verify_dump,
+)
 
 app = command_group(
     "Logical dumps (pg_dump) into the repository (no sub-command); list, verify, prune."
@@ -97,18 +103,28 @@ def _schema_to_file(conninfo: str, out: Path, force: bool, as_json: bool) -> Non
 
 @app.command("list")
 def list_command(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
-    """List the complete dumps in a repository, oldest first."""
+    """List the complete dumps in a repository, oldest first; exit non-zero naming any that
+    cannot be read (another master key, damaged)."""
     repo = open_repo(repo_name)
-    dumps = list_dumps(repo)
-    data = {"repository": repo.name, "url": repo.url, "dumps": [dump_summary(m) for m in dumps]}
+    dumps, unreadable = list_dumps(repo)
+    data = {
+        "repository": repo.name,
+        "url": repo.url,
+        "dumps": [dump_summary(m) for m in dumps],
+        "unreadable": [d.as_dict() for d in unreadable],
+    }
 
     def render() -> None:
-        if not dumps:
+        for d in unreadable:
+            console.print(markup("[red]UNREADABLE[/] {}: {}", d.backup_id, d.problem))
+        if dumps:
+            console.print(manifest_table(f"Dumps in {repo.name}", dumps, database=True))
+        elif not unreadable:
             console.print(f"The repository {repo.name} ({escape(repo.url)}) holds no dumps.")
-            return
-        console.print(manifest_table(f"Dumps in {repo.name}", dumps, database=True))
 
     emit(data, as_json, render)
+    if unreadable:
+        raise unreadable_dumps(repo, unreadable)
 
 
 @app.command()
@@ -165,7 +181,8 @@ def prune(
     repo_name: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Expire dumps: the newest of each week for 90 days, and every --keep dump, stay."""
+    """Expire dumps: the newest of each week for 90 days, and every --keep dump, stay (dumps,
+    schema-only dumps and exports counted apart)."""
     repo = open_repo(repo_name, writable=not dry_run)
     report = prune_dumps(repo, dry_run=dry_run)
     data = report.as_dict()

@@ -47,7 +47,8 @@ def rotate(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-wrap every backup's data key under a new master key (no data is rewritten)."""
+    """Re-wrap every backup's, dump's and export's data key and the WAL keyring under a new
+    master key (no data is rewritten)."""
     s = settings()
     names = repo_names or sorted(load_repositories(s))
     repos = [open_repository(s, name) for name in names]
@@ -55,10 +56,12 @@ def rotate(
 
     def render() -> None:
         total = sum(report.rewrapped.values())
+        dumps = sum(report.rewrapped_dumps.values())
         wal = sum(1 for v in report.wal_keyring.values() if v != "absent")
         console.print(
-            f"Rotated from key {report.old_key_id} to {report.new_key_id}: re-wrapped {total} "
-            f"backup data key(s) and {wal} WAL keyring(s) in {', '.join(names)}."
+            f"Rotated from key {report.old_key_id} to {report.new_key_id}: re-wrapped the data "
+            f"keys of {total} backup(s) and {dumps} dump(s) or export(s), and {wal} WAL "
+            f"keyring(s) in {', '.join(names)}."
         )
         for name, damaged in report.damaged.items():
             for line in damaged:

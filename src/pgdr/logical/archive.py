@@ -13,13 +13,13 @@ import hashlib
 import io
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from pgdr.backup.chunks import DamagedBackup, fetch_chunk, private_dir
-from pgdr.backup.manifest import DUMPS, Manifest
+from pgdr.backup.manifest import DUMPS, PG_DUMP_KINDS, Manifest
 from pgdr.backup.repository import Repository
 from pgdr.cluster import PgInstallation
 from pgdr.core import runner
@@ -54,8 +54,12 @@ class OpenDump:
         return len(files) == 1 and files[0].path.endswith(DIRECTORY_SUFFIX)
 
 
-def open_dump(repo: Repository, dump_id: str) -> OpenDump:
-    resolved = repo.resolve_id(dump_id, area=DUMPS)
+def open_dump(
+    repo: Repository, dump_id: str, latest_of: Collection[str] = PG_DUMP_KINDS
+) -> OpenDump:
+    """The dump (or export) ``dump_id``; ``latest`` is the newest of the kinds ``latest_of``
+    (a pg_dump by default: never an export)."""
+    resolved = repo.resolve_id(dump_id, area=DUMPS, kinds=latest_of)
     manifest = repo.read_manifest(resolved, authenticate=False, area=DUMPS)
     data_key = manifest.authenticate(repo.master_key, f"of dump {resolved} in {repo.name}")
     return OpenDump(repo, manifest, data_key)

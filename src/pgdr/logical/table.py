@@ -78,6 +78,8 @@ def _check_same_database(dump: OpenDump, conn: psycopg.Connection[Any]) -> None:
             f"Dump {dump.id} is of database {manifest.database} on system "
             f"{manifest.system_identifier}, not of this database ({row[0]} on {row[1]})."
         )
+    if manifest.kind == "export":
+        raise ConfigError(f"{dump.id} is a CSV export, not a dump; restore a table from a dump.")
     if manifest.kind != "dump":
         raise ConfigError(f"Dump {dump.id} holds the schema only, no rows.")
 
@@ -367,7 +369,7 @@ def restore_table(
     began = time.monotonic()
     check_replace_options(as_name, replace, force)
     schema, name = split_name(table)
-    dump = open_dump(repo, dump_id)
+    dump = open_dump(repo, dump_id, latest_of=("dump",))  # the latest with rows
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         _check_same_database(dump, conn)
         table_entry, data_entry = _entries(dump, schema, name)

@@ -2,9 +2,10 @@
 
 It lives with the WAL because it re-wraps both the backups' data keys and the WAL keyring.
 
-Rotation re-wraps every object sealed under the master key: each backup's data key (stored in
-its manifest outside the authenticated fields, so only ``wrapped_key`` is rewritten after the
-manifest is checked with the old key) and the WAL keyring ``wal/keyring.json`` (re-signed with
+Rotation re-wraps every object sealed under the master key: the data key of each backup, dump
+and CSV export (``backups/`` and ``dumps/``; stored in its manifest outside the authenticated
+fields, so only ``wrapped_key`` is rewritten after the manifest is checked with the old key) and
+the WAL keyring ``wal/keyring.json`` (re-signed with
 the WAL data key). Only once the new key is shown to open every one of them in every repository
 is the old key called retired; until then it stays in force. Rotation is resumable: objects
 already wrapped by the new key are checked and skipped, and with the embedded default key file
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgdr.backup.manifest import Manifest
-from pgdr.backup.repository import Repository
+from pgdr.backup.manifest import BACKUPS, DUMPS
+from pgdr.backup.repository import NOUNS, Repository
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.crypto.keys import default_key_path, generate_key_text, read_key_file, write_key_file
@@ -35,6 +36,8 @@ class RotationReport:
     new_key_id: str
     rewrapped: dict[str, int] = field(default_factory=dict)
     already: dict[str, int] = field(default_factory=dict)
+    rewrapped_dumps: dict[str, int] = field(default_factory=dict)  # dumps and exports
+    already_dumps: dict[str, int] = field(default_factory=dict)
     wal_keyring: dict[str, str] = field(default_factory=dict)
     damaged: dict[str, list[str]] = field(default_factory=dict)
     key_file: str | None = None
@@ -61,49 +64,69 @@ def describe_master_key(repo: Repository) -> dict[str, Any]:
 def rotate_repository(
     repo: Repository, old: MasterKey, new: MasterKey, report: RotationReport
 ) -> None:
-    """Re-wrap every backup's data key and the WAL keyring of ``repo`` under ``new``."""
-    rewrapped = already = 0
-    damaged: list[str] = []
+    """Re-wrap the data key of every backup, dump and export, and the WAL keyring of ``repo``,
+    under ``new``."""
     with repo.locked("key rotation"):
-        for backup_id, names in sorted(repo.backup_dirs().items()):
-            if "manifest.json" not in names:
-                continue
-            try:
-                manifest = repo.read_manifest(backup_id, authenticate=False)
-                if manifest.key_id == new.key_id:
-                    manifest.authenticate(new, f"of backup {backup_id} in {repo.name}")
-                    already += 1
-                    continue
-                data_key = manifest.authenticate(old, f"of backup {backup_id} in {repo.name}")
-            except PgdrError as exc:
-                damaged.append(f"{backup_id}: {exc.message}")
-                continue
-            manifest.wrapped_key = new.wrap(data_key)
-            _check(manifest, new)
-            repo.store.put(repo.manifest_key(backup_id), manifest.to_json())
-            rewrapped += 1
+        backups = _rewrap_area(repo, BACKUPS, old, new)
+        dumps = _rewrap_area(repo, DUMPS, old, new)
         report.wal_keyring[repo.name] = WalArchive.rewrap_keyring(repo.store, old, new)
-    report.rewrapped[repo.name] = rewrapped
-    report.already[repo.name] = already
-    report.damaged[repo.name] = damaged
+    report.rewrapped[repo.name], report.already[repo.name] = backups.rewrapped, backups.already
+    report.rewrapped_dumps[repo.name] = dumps.rewrapped
+    report.already_dumps[repo.name] = dumps.already
+    report.damaged[repo.name] = backups.damaged + dumps.damaged
 
 
-def _check(manifest: Manifest, new: MasterKey) -> None:
-    manifest.authenticate(new, f"of backup {manifest.id}")
+@dataclass
+class _AreaRewrap:
+    rewrapped: int = 0
+    already: int = 0
+    damaged: list[str] = field(default_factory=list)
+
+
+def _where(repo: Repository, area: str, object_id: str) -> str:
+    return f"of {NOUNS[area][0]} {object_id} in {repo.name}"
+
+
+def _rewrap_area(repo: Repository, area: str, old: MasterKey, new: MasterKey) -> _AreaRewrap:
+    """Re-wrap every manifest's data key in ``area`` (``backups/`` or ``dumps/``); one already
+    wrapped by ``new`` is checked and skipped, one the old key does not open is reported."""
+    done = _AreaRewrap()
+    for object_id in repo.complete_ids(area):
+        where = _where(repo, area, object_id)
+        try:
+            manifest = repo.read_manifest(object_id, authenticate=False, area=area)
+            if manifest.key_id == new.key_id:
+                manifest.authenticate(new, where)
+                done.already += 1
+                continue
+            data_key = manifest.authenticate(old, where)
+        except PgdrError as exc:
+            done.damaged.append(f"{object_id}: {exc.message}")
+            continue
+        manifest.wrapped_key = new.wrap(data_key)
+        manifest.authenticate(new, where)
+        repo.store.put(repo.manifest_key(object_id, area), manifest.to_json())
+        done.rewrapped += 1
+    return done
 
 
 def check_new_key_opens_all(repo: Repository, new: MasterKey, damaged: list[str]) -> None:
-    """Raise unless ``new`` opens every manifest (but the damaged ones) and the WAL keyring."""
-    for backup_id, names in sorted(repo.backup_dirs().items()):
-        if "manifest.json" not in names or any(d.startswith(f"{backup_id}:") for d in damaged):
-            continue
-        try:
-            _check(repo.read_manifest(backup_id, authenticate=False), new)
-        except PgdrError as exc:
-            raise RuntimeFailure(
-                f"After re-wrapping, the new key does not open backup {backup_id} in "
-                f"{repo.name} ({exc.message}); the old key stays in force."
-            ) from exc
+    """Raise unless ``new`` opens every manifest of a backup, dump or export (but the damaged
+    ones) and the WAL keyring."""
+    for area in (BACKUPS, DUMPS):
+        for object_id in repo.complete_ids(area):
+            if any(d.startswith(f"{object_id}:") for d in damaged):
+                continue
+            where = _where(repo, area, object_id)
+            try:
+                repo.read_manifest(object_id, authenticate=False, area=area).authenticate(
+                    new, where
+                )
+            except PgdrError as exc:
+                raise RuntimeFailure(
+                    f"After re-wrapping, the new key does not open the manifest {where} "
+                    f"({exc.message}); the old key stays in force."
+                ) from exc
     try:
         WalArchive.rewrap_keyring(repo.store, new, new)
     except PgdrError as exc:
@@ -156,13 +179,15 @@ def _retire_old_key(
         report.key_file = str(default_file)
         report.retired_key_file = str(retired)
         report.note = (
-            f"The new key is in {default_file} and opens every backup and the WAL; the old one "
+            f"The new key is in {default_file} and opens every backup, dump and export and the "
+            "WAL; the old one "
             f"was kept as {retired} for copies of the repository elsewhere. Delete it once "
             "they are rotated too."
         )
     else:
         report.key_file = str(new_key_file)
         report.note = (
-            f"Every backup's data key and the WAL keyring are now wrapped by the key in "
+            "The data key of every backup, dump and export and the WAL keyring are now wrapped "
+            f"by the key in "
             f"{new_key_file}; point PGDR_ENCRYPTION_KEY or PGDR_ENCRYPTION_KEY_FILE at it now."
         )
