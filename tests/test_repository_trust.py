@@ -159,7 +159,8 @@ def test_bad_manifests_are_damaged_rows_and_never_latest(
     plant("29991231T000001Z-full", json.dumps(forged))
 
     listed = run_cli("backup", "list", "--json", env=env)
-    assert listed.code == 0, listed.stderr
+    assert listed.code == 3, listed.stderr  # the good ones listed, but a partial list: no pass
+    assert "4 backup(s) in the repository" in listed.stderr and "cannot be read" in listed.stderr
     data = json.loads(listed.stdout)
     assert [b["id"] for b in data["backups"]] == [first, second]
     assert {d["id"] for d in data["damaged"]} == {

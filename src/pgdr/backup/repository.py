@@ -209,6 +209,22 @@ class DamagedManifest:
         return RuntimeFailure(f"Backup {self.backup_id} cannot be trusted: {self.problem}")
 
 
+def unreadable_error(
+    repo_name: str, key_id: str, found: list[DamagedManifest], noun: str
+) -> PgdrError:
+    """The error a listing ends with when some of its ``noun`` ("backup", "dump") cannot be read:
+    the listing is partial, so it is not a pass (and never "holds none")."""
+    ids = ", ".join(d.backup_id for d in found)
+    if all(d.wrong_key for d in found):
+        return ConfigError(
+            f"The key in use (id {key_id}) does not open {len(found)} {noun}(s) in the "
+            f"repository {repo_name}: {ids}; use the key that sealed them."
+        )
+    return RuntimeFailure(
+        f"{len(found)} {noun}(s) in the repository {repo_name} cannot be read or trusted: {ids}."
+    )
+
+
 @dataclass
 class LockInfo:
     pid: int

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from pgdr.backup import Manifest
-from pgdr.backup.repository import Repository
+from pgdr.backup.repository import Repository, unreadable_error
 from pgdr.backup.take import server_facts, take_backup
 from pgdr.backup.verify import VerifyReport, backups_to_verify, verify_backup
 from pgdr.cli.common import JsonOption, WorkersOption, command_group, subcommand_named
@@ -170,7 +170,8 @@ def manifest_table(title: str, manifests: list[Manifest], *, database: bool = Fa
 
 @app.command("list")
 def list_backups(repo_name: RepoOption = None, as_json: JsonOption = False) -> None:
-    """List the complete backups in a repository, oldest first."""
+    """List the complete backups in a repository, oldest first; exit non-zero naming any whose
+    manifest cannot be read (another master key: 2; damaged: 3), after listing the others."""
     repo = open_repo(repo_name)
     backups, damaged = repo.scan_backups()
     data = {
@@ -182,13 +183,16 @@ def list_backups(repo_name: RepoOption = None, as_json: JsonOption = False) -> N
 
     def render() -> None:
         for d in damaged:
-            console.print(markup("[red]DAMAGED[/] {}: {}", d.backup_id, d.problem))
-        if not backups:
-            console.print(f"The repository {repo.name} ({repo.url}) holds no usable backups.")
-            return
-        console.print(manifest_table(f"Backups in {repo.name} ({repo.url})", backups))
+            label = "UNREADABLE" if d.wrong_key else "DAMAGED"
+            console.print(markup("[red]{}[/] {}: {}", label, d.backup_id, d.problem))
+        if backups:
+            console.print(manifest_table(f"Backups in {repo.name} ({repo.url})", backups))
+        elif not damaged:
+            console.print(f"The repository {repo.name} ({repo.url}) holds no backups.")
 
     emit(data, as_json, render)
+    if damaged:
+        raise unreadable_error(repo.name, repo.master_key.key_id, damaged, "backup")
 
 
 @app.command()

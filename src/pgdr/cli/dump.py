@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pgdr.backup.repository import unreadable_error
 from pgdr.cli.backup import manifest_table
 from pgdr.cli.check import chosen_profile
 from pgdr.cli.common import JsonOption, command_group, subcommand_named
@@ -21,7 +22,6 @@ from pgdr.logical.verify import (
     dump_summary,
     list_dumps,
     prune_dumps,
-    unreadable_dumps,
     verify_dump,
 )
 
@@ -124,7 +124,7 @@ def list_command(repo_name: RepoOption = None, as_json: JsonOption = False) -> N
 
     emit(data, as_json, render)
     if unreadable:
-        raise unreadable_dumps(repo, unreadable)
+        raise unreadable_error(repo.name, repo.master_key.key_id, unreadable, "dump")
 
 
 @app.command()

@@ -21,7 +21,7 @@ from pgdr.backup.manifest import DUMPS, Manifest, format_time, now_utc
 from pgdr.backup.repository import DamagedManifest, Repository, RetentionPolicy
 from pgdr.backup.retention import PruneReport, prune
 from pgdr.cluster import LocalCluster
-from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.errors import PgdrError
 from pgdr.integrity.run import run_check
 from pgdr.logical.archive import OpenDump, feed_pg_restore, open_dump, plaintext, read_toc
 from pgdr.logical.tools import DIRECTORY_SUFFIX
@@ -43,19 +43,6 @@ def list_dumps(repo: Repository) -> tuple[list[Manifest], list[DamagedManifest]]
     """The dumps and exports whose manifest authenticates (oldest first), and those that cannot
     be read: sealed by another master key, or damaged."""
     return repo.scan_backups(area=DUMPS)
-
-
-def unreadable_dumps(repo: Repository, unreadable: list[DamagedManifest]) -> PgdrError:
-    """The error ``dump list`` ends with when some dumps cannot be read: never "no dumps"."""
-    ids = ", ".join(d.backup_id for d in unreadable)
-    if all(d.wrong_key for d in unreadable):
-        return ConfigError(
-            f"The key in use (id {repo.master_key.key_id}) does not open {len(unreadable)} "
-            f"dump(s) in the repository {repo.name}: {ids}; use the key that sealed them."
-        )
-    return RuntimeFailure(
-        f"{len(unreadable)} dump(s) in the repository {repo.name} cannot be read or trusted: {ids}."
-    )
 
 
 def dump_summary(manifest: Manifest) -> dict[str, Any]:
