@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +20,7 @@ from pgdr.cluster import LocalCluster, choose_installation, find_installations
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError
+from test_bad_input import assert_one_sentence
 
 
 def test_cluster_runs_with_checksums_socket_and_tcp(server: Server) -> None:
@@ -203,3 +207,51 @@ def test_missing_service_user_is_created(tmp_path: Path) -> None:
         subprocess.run(["userdel", name], capture_output=True)
     with pytest.raises(ConfigError, match="must not be root"):
         resolve_service_user("root")
+
+
+def run_on_terminal(*args: str, env: dict[str, str], typed: bytes) -> tuple[int, str]:
+    """Run `pgdr ARGS` with a terminal on stdin, type ``typed`` at it (b"\\x04" is Ctrl-D: end
+    of input); returns the exit code and stderr."""
+    main, tty = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgdr", *args],
+            env=env,
+            stdin=tty,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        os.write(main, typed)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(main)
+        os.close(tty)
+    return proc.returncode, err.decode()
+
+
+def test_unconfirmed_deletions_exit_2_without_a_terminal_or_an_answer(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`cluster rm` and `db destroy` delete only when confirmed: with stdin not a terminal
+    (even one that says y: only --yes skips the question), or at its end (Ctrl-D), nothing is
+    deleted and the one sentence says so, exit 2 (never click's "Aborted.", exit 1)."""
+    home = tmp_path / "home"
+    env = cli_env | {"PGDR_HOME": str(home)}
+    copy = home / "clusters" / "copy1"
+    copy.mkdir(parents=True)
+    (copy / "cluster.json").write_text("{}")
+    default = home / "clusters" / "default"
+    default.mkdir()
+    for command in (("cluster", "rm", "copy1"), ("db", "destroy")):
+        for answer in (None, "y\n"):
+            result = run_cli(*command, env=env, input=answer)
+            assert result.code == 2, (command, answer, result)
+            assert "Not confirmed: nothing was deleted" in assert_one_sentence(result.stderr)
+        code, err = run_on_terminal(*command, env=env, typed=b"\x04")
+        assert code == 2, (command, err)
+        assert "Not confirmed: nothing was deleted" in assert_one_sentence(err)
+        assert "Aborted" not in err
+    assert copy.is_dir() and default.is_dir()
+    code, err = run_on_terminal("db", "destroy", env=env, typed=b"y\n")  # a yes on a terminal
+    assert code == 0, err
+    assert not default.exists()

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from conftest import Server, run_cli
+from fixtures.wal import WalEnv
 from pgdr.backup import Repository
 from pgdr.backup.manifest import DUMPS
 from pgdr.core.errors import ConfigError
@@ -123,3 +124,23 @@ def test_directory_format_with_jobs_verifies_and_restores_a_table(
         same = conn.execute("SELECT count(*) FROM (TABLE chatbots EXCEPT TABLE cb) d").fetchone()
     assert same is not None and same[0] == 0
     assert run_cli("dump", "--jobs", "0", env=env).code == 2
+
+
+def test_a_dump_of_the_postgres_database_passes_its_restore_test(
+    walenv18: WalEnv, backup_env: dict[str, str]
+) -> None:
+    """The throwaway cluster has a `postgres` database of its own (as it has every database a
+    fresh cluster has): the dump of pgdr's default target still restores as pg_restore
+    --create restores it, its CREATE DATABASE and database-level settings included."""
+    w = walenv18
+    w.sql("ALTER DATABASE postgres SET work_mem = '7MB'")
+    w.sql("COMMENT ON DATABASE postgres IS 'the application'")
+    env = backup_env | {"DATABASE_URL": w.conninfo}  # a fresh cluster's own postgres database
+    made = run_cli("dump", "--json", env=env)
+    assert made.code == 0, made.stderr
+    assert json.loads(made.stdout)["database"] == "postgres"
+    checked = run_cli("dump", "verify", "latest", "--restore-test", "--json", env=env)
+    assert checked.code == 0, checked.stdout + checked.stderr
+    test = json.loads(checked.stdout)["restore_test"]
+    assert test["passed"], test
+    assert any("pg_restore --create" in step for step in test["steps"]), test

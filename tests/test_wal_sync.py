@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 
 from fixtures.wal import WalEnv
+from test_bad_input import assert_one_sentence
 from test_pitr import ids, restore, stop_restored
 
 
@@ -164,3 +168,101 @@ def test_a_setting_pinned_on_the_command_line_is_a_degrade_not_a_wait(walenv: Wa
         assert "do NOT wait" in degraded["message"]
     finally:
         w.stop_stream(stream)
+
+
+def commit_waited(w: WalEnv, bound_s: float = 3.0) -> bool:
+    """Whether one commit waited for a synchronous standby. The wait is bounded so that a
+    blocking setting fails the test fast instead of hanging it: statement_timeout is disabled
+    before PostgreSQL waits for the standby, so the bound is a cancel request (the commit then
+    returns with a warning that it did not wait)."""
+    notices: list[str] = []
+    with psycopg.connect(w.conninfo, autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute(f"SET statement_timeout = '{bound_s:g}s'")
+        bound = threading.Timer(bound_s, conn.cancel_safe)
+        began = time.monotonic()
+        bound.start()
+        try:
+            conn.execute("INSERT INTO txlog (id) VALUES (nextval('txlog_id'))")
+        finally:
+            bound.cancel()
+        waited = time.monotonic() - began
+    return waited >= bound_s * 0.8 or any("synchronous replication" in n for n in notices)
+
+
+def walsender_streaming(w: WalEnv, application: str = "pgdr") -> bool:
+    rows = w.sql(
+        "SELECT 1 FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
+        (application,),
+    )
+    return bool(rows)
+
+
+def assert_sync_on_refused(w: WalEnv, *phrases: str) -> None:
+    """`wal sync on` refused in one sentence, exit 2; nothing changed and commits go on."""
+    on = w.cli("wal", "sync", "on")
+    assert not commit_waited(w), f"commits block after `wal sync on`: {on.stdout}"
+    assert on.code == 2, on.stdout + on.stderr
+    sentence = assert_one_sentence(on.stderr)
+    for phrase in phrases:
+        assert phrase in sentence, sentence
+    assert "RPO 0" not in on.stdout
+    assert w.sql("SHOW synchronous_standby_names") == [("",)]
+
+
+def test_sync_on_is_refused_without_a_synchronous_streamer(walenv18: WalEnv) -> None:
+    """`wal sync on` makes every commit wait for pgdr: refused unless this repository's
+    streamer confirms every flush (--synchronous) and is connected now. An asynchronous
+    pg_receivewal confirms a flush only at its status interval, so commits would block."""
+    w = walenv18
+    assert_sync_on_refused(w, "pgdr wal stream --synchronous")  # no streamer at all
+    stream = w.start_stream()  # asynchronous
+    try:
+        w.wait_for(lambda: walsender_streaming(w), what="the asynchronous streamer")
+        w.wait_for(lambda: "streamer" in w.cli("wal", "status", "--json").stdout, what="state")
+        assert_sync_on_refused(w, "asynchronous", "pgdr wal stream --synchronous")
+    finally:
+        w.stop_stream(stream)
+    assert not list((w.repo / "wal").rglob("*sync-switch*")), "the refusal recorded a switch"
+
+
+def start_other_repository_stream(w: WalEnv) -> subprocess.Popen[bytes]:
+    """An asynchronous `pgdr wal stream` of another repository, also connected as "pgdr"."""
+    other = w.repo.parent / "other"
+    log = (w.repo.parent / "stream-other.log").open("wb")
+    args = ["wal", "stream", "--slot", "pgdr_other", "--spool", str(other / "spool")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgdr", *args],
+        env=w.env | {"PGDR_REPO": str(other / "repo")},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    w.procs.append(proc)
+    return proc
+
+
+def test_sync_on_needs_this_repositorys_synchronous_streamer_alone(walenv18: WalEnv) -> None:
+    """Another repository's streamer does not make this repository's RPO 0, and PostgreSQL
+    could wait for it under the shared name; once this repository's synchronous streamer is
+    the only "pgdr" connected, `wal sync on` turns commits waiting back on and they go on."""
+    w = walenv18
+    other = start_other_repository_stream(w)
+    w.wait_for(lambda: walsender_streaming(w), what="the other repository's streamer")
+    assert_sync_on_refused(w, "of this repository is running")
+    assert w.cli("wal", "sync", "off").code == 0  # so our streamer does not turn it on itself
+    ours = w.start_stream("--synchronous")
+    try:
+        count = "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgdr'"
+        w.wait_for(lambda: w.sql(count) == [(2,)], what="both streamers")
+        w.wait_for(lambda: "walsender_pid" in w.cli("wal", "status", "--json").stdout, what="st")
+        assert_sync_on_refused(w, "Another streamer", "another --application")
+        w.stop_stream(other)
+        w.wait_for(lambda: w.sql(count) == [(1,)], what="the other streamer gone")
+        on = w.cli("wal", "sync", "on")
+        assert on.code == 0, on.stderr
+        assert w.sql("SHOW synchronous_standby_names") == [('"pgdr"',)]
+        w.wait_for(lambda: sync_state(w) == "sync", what="a synchronous standby")
+        assert not commit_waited(w)  # the synchronous streamer confirms every flush
+    finally:
+        w.stop_stream(ours)

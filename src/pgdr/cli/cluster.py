@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from pgdr.cli.common import JsonOption, render_settings, settings
+from pgdr.cli.common import JsonOption, confirmed, render_settings, settings
 from pgdr.cluster.manager import named_cluster
 from pgdr.cluster.registry import list_clusters, remove_cluster
 from pgdr.core.errors import CheckFailed, ConfigError
@@ -125,7 +125,7 @@ def rm(
     """Stop a cluster and delete it (its data directory too when it lives inside it)."""
     s = settings()
     cluster = named_cluster(s, name)
-    if not yes and not typer.confirm(f"Delete cluster {name} ({cluster.directory})?"):
+    if not yes and not confirmed(f"Delete cluster {name} ({cluster.directory})?"):
         raise ConfigError("Not confirmed: nothing was deleted (pass --yes to skip the question).")
     removed = remove_cluster(s, name, with_data)
 

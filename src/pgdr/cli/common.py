@@ -6,6 +6,7 @@ and pydantic models that a command which never connects (a restore) starts faste
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +22,23 @@ WorkersOption = Annotated[
 
 def settings() -> PgdrSettings:
     return load_settings()
+
+
+def confirmed(question: str) -> bool:
+    """Whether the operator answers yes to ``question`` (asked on stderr, default no).
+
+    Only a terminal is asked: without one on stdin there is nobody to answer (a piped "y" is
+    no confirmation; --yes is), and the end of input (Ctrl-D) is no answer. Both are a no,
+    which the caller turns into its documented refusal, never click's "Aborted." (exit 1).
+    Ctrl-C stays an interruption (exit 130).
+    """
+    if not sys.stdin.isatty():
+        return False
+    typer.echo(f"{question} [y/N]: ", nl=False, err=True)
+    answer = sys.stdin.readline()
+    if not answer:
+        typer.echo(err=True)  # the end of input left the prompt's line open
+    return answer.strip().lower() in ("y", "yes")
 
 
 def command_group(help: str) -> typer.Typer:

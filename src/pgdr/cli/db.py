@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli.common import JsonOption, settings
+from pgdr.cli.common import JsonOption, confirmed, settings
 from pgdr.cluster import LocalCluster, default_cluster
 from pgdr.cluster.registry import prepare_default
 from pgdr.core.errors import CheckFailed, ConfigError
@@ -121,7 +121,7 @@ def destroy(
     if not cluster.directory.exists():
         console.print("There is no embedded database to destroy.")
         return
-    if not yes and not typer.confirm(f"Delete {cluster.directory} and every row in it?"):
+    if not yes and not confirmed(f"Delete {cluster.directory} and every row in it?"):
         raise ConfigError("Not confirmed: nothing was deleted (pass --yes to skip the question).")
     cluster.destroy()
     console.print(f"Destroyed {cluster.directory}.")

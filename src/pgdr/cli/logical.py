@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from pgdr.cli.check import chosen_profile
-from pgdr.cli.common import JsonOption
+from pgdr.cli.common import JsonOption, confirmed
 from pgdr.cli.database import target
 from pgdr.cli.repository import RepoOption, open_repo
 from pgdr.core.errors import ConfigError
@@ -58,7 +58,7 @@ def undelete(
 
     def confirm(preview: dict[str, int]) -> bool:
         _show_preview(preview, "Rows to put back (from the copy)")
-        return typer.confirm("Insert them?", default=False, err=True)
+        return confirmed("Insert them?")
 
     result = run_undelete(
         open_repo(repo_name),

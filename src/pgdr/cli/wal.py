@@ -41,6 +41,7 @@ from pgdr.wal.stream import (
     stream_until_stopped,
     sync_names_value,
 )
+from pgdr.wal.syncguard import sync_on_refusal
 from pgdr.wal.transfer import fetch_file, push_file, segment_identity
 
 app = typer.Typer(
@@ -273,18 +274,26 @@ def sync(
     repo_name: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Switch synchronous commits to pgdr on or off (the operator's explicit way out)."""
+    """Switch synchronous commits to pgdr on or off (the operator's explicit way out).
+
+    ``on`` is refused (exit 2, nothing changed) unless this repository's `pgdr wal stream
+    --synchronous` is connected now: otherwise every commit would block.
+    """
     if state not in ("on", "off"):
         raise ConfigError("Say `pgdr wal sync on` or `pgdr wal sync off`.")
     conninfo = resolve_target(settings()).conninfo
     value = sync_names_value(application, []) if state == "on" else ""
-    # a running `wal stream --synchronous` reads this and leaves the operator's choice alone;
-    # recorded before the server changes, so the streamer never undoes the change in between
     info = server_info(conninfo)
-    open_archive(repo_name, info.system_identifier, info.segment_size).put_state(
-        SYNC_SWITCH, {"off": state == "off", "at": time.time()}
-    )
+    archive = open_archive(repo_name, info.system_identifier, info.segment_size)
     with connect(conninfo) as conn:
+        if state == "on":
+            # every commit would wait for a standby that never (or only now and then) confirms
+            refusal = sync_on_refusal(conn, archive.get_state("streamer"), application)
+            if refusal:
+                raise ConfigError(f"{refusal}; nothing was changed.")
+        # a running `wal stream --synchronous` reads this and leaves the operator's choice
+        # alone; recorded before the server changes, so the streamer never undoes it in between
+        archive.put_state(SYNC_SWITCH, {"off": state == "off", "at": time.time()})
         set_system(conn, "synchronous_standby_names", value)
     emit(
         {"synchronous_standby_names": value},

@@ -16,11 +16,14 @@ import time
 from contextlib import suppress
 from typing import Any
 
+from psycopg import sql
+
 from pgdr.backup.chunks import DamagedBackup, private_dir
 from pgdr.backup.manifest import DUMPS, Manifest, format_time, now_utc
 from pgdr.backup.repository import DamagedManifest, Repository, RetentionPolicy
 from pgdr.backup.retention import PruneReport, prune
 from pgdr.cluster import LocalCluster
+from pgdr.core.connect import connect, translating
 from pgdr.core.errors import PgdrError
 from pgdr.integrity.run import run_check
 from pgdr.logical.archive import OpenDump, feed_pg_restore, open_dump, plaintext, read_toc
@@ -129,6 +132,25 @@ def _verify_export(dump: OpenDump) -> dict[str, Any]:
     }
 
 
+def _make_room(cluster: LocalCluster, database: str) -> tuple[str, bool]:
+    """The database pg_restore --create connects to, and whether the fresh throwaway cluster's
+    own database of the dump's name (``postgres``, ``template1``) was dropped: pg_restore then
+    creates it as the dump says (its CREATE DATABASE, settings and comment), as it would into
+    a cluster without it, instead of failing on "already exists"."""
+    maintenance = "postgres" if database == "template1" else "template1"
+    name = sql.Identifier(database)
+    with connect(cluster.conninfo(maintenance), autocommit=True) as conn, translating():
+        row = conn.execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+        if row is None:
+            return maintenance, False
+        if row[0]:
+            conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(name))
+        conn.execute(sql.SQL("DROP DATABASE {}").format(name))
+    return maintenance, True
+
+
 def _restore_test(dump: OpenDump, profile: Profile) -> dict[str, Any]:
     settings = dump.repo.settings
     at = format_time(now_utc())
@@ -143,6 +165,9 @@ def _restore_test(dump: OpenDump, profile: Profile) -> dict[str, Any]:
         cluster.start()
         steps.append("throwaway cluster started")
         database = dump.manifest.database or "restored"
+        maintenance, dropped = _make_room(cluster, database)
+        if dropped:
+            steps.append(f"the throwaway cluster's own empty database {database!r} dropped")
         with private_dir("pgdr-dump-test-") as tmp:
             feed_pg_restore(
                 dump,
@@ -152,7 +177,7 @@ def _restore_test(dump: OpenDump, profile: Profile) -> dict[str, Any]:
                     "--no-owner",
                     "--no-privileges",
                     "-d",
-                    cluster.conninfo(),
+                    cluster.conninfo(maintenance),
                 ],
                 tmp / "out",
             )

@@ -105,14 +105,15 @@ SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; a segment's
 
 # The server's WAL insert position (what any returned commit is within, synchronous_commit off
 # included), what our receiver (by its slot) had written and flushed, the sync state of our
-# application name, the timeline, and the WAL page and segment sizes.
+# application name, the timeline, the WAL page and segment sizes, and our walsender's pid.
 SERVER_POSITIONS = """
 SELECT i.lsn - '0/0'::pg_lsn, r.flush, (SELECT sync_state FROM pg_stat_replication
        WHERE application_name = %(application)s ORDER BY backend_start DESC LIMIT 1),
        r.written, pg_walfile_name(i.lsn), current_setting('wal_block_size')::int,
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), r.pid
 FROM (SELECT pg_current_wal_insert_lsn() AS lsn) i
-LEFT JOIN (SELECT p.flush_lsn - '0/0'::pg_lsn AS flush, p.write_lsn - '0/0'::pg_lsn AS written
+LEFT JOIN (SELECT p.flush_lsn - '0/0'::pg_lsn AS flush, p.write_lsn - '0/0'::pg_lsn AS written,
+                  p.pid
            FROM pg_stat_replication p JOIN pg_replication_slots s ON s.active_pid = p.pid
            WHERE s.slot_name = %(slot)s LIMIT 1) r ON true
 """
@@ -170,7 +171,9 @@ class Streamer:
         self.o = options
         self.archive = archive
         self.incidents = incidents
-        self.status = StreamState()
+        self.status = StreamState(
+            synchronous=options.synchronous, application=options.application, slot=options.slot
+        )
         self.proc: runner.Process | None = None
         self._lock_handle: IO[str] | None = None
         self.server = options.conninfo  # the primary's single-host conninfo once resolved
@@ -269,6 +272,7 @@ class Streamer:
                 self.status.flush_lsn = None if row[1] is None else int(row[1])
                 self.status.sync_state = row[2]
                 self.status.write_lsn = None if row[3] is None else int(row[3])
+                self.status.walsender_pid = None if row[7] is None else int(row[7])
                 self.status.server_seen_at = asked_at
                 if self.o.synchronous:
                     wanted = sync_names_value(self.o.application, self.o.quorum_with)

@@ -21,6 +21,10 @@ from pgdr.wal.names import format_lsn
 @dataclass
 class StreamState:
     state: str = "starting"
+    synchronous: bool = False  # pg_receivewal --synchronous: it confirms every flush at once
+    application: str | None = None  # the application_name it connects with
+    slot: str | None = None
+    walsender_pid: int | None = None  # the server's walsender for our slot, when connected
     timeline: int | None = None
     segments_uploaded: int = 0
     last_segment: str | None = None
@@ -48,6 +52,10 @@ class StreamState:
             lag = max(0, self.server_lsn - self.received_lsn)
         return {
             "state": self.state,
+            "synchronous": self.synchronous,
+            "application": self.application,
+            "slot": self.slot,
+            "walsender_pid": self.walsender_pid,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "timeline": self.timeline,

@@ -24,6 +24,7 @@ from pgdr.core.incidents import IncidentStore
 from pgdr.core.severity import Severity
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.server import set_system, setting
+from pgdr.wal.status import STALE_HEARTBEAT_S
 from pgdr.wal.stream_state import StreamState
 
 DEGRADED = "wal-sync-degraded"
@@ -168,3 +169,62 @@ class SyncGuard:
             "the server to ASYNCHRONOUS commits so the application is not blocked. RPO is "
             "no longer 0 until pgdr catches up."
         )
+
+
+def _streamer_refusal(streamer: dict[str, Any] | None, application: str) -> str | None:
+    """What in this repository's streamer state makes synchronous commits block, if anything."""
+    start = "start one with `pgdr wal stream --synchronous`, which turns them on itself"
+    if (
+        streamer is None
+        or streamer.get("state") == "stopped"
+        or time.time() - float(streamer.get("heartbeat_at") or 0) >= STALE_HEARTBEAT_S
+    ):
+        return (
+            "No `pgdr wal stream` of this repository is running, so every commit would wait "
+            f"for a standby that is not there; {start}"
+        )
+    if not streamer.get("synchronous"):
+        return (
+            "The streamer of this repository is asynchronous: it confirms its flushes only "
+            "now and then, so every commit would wait; restart it as "
+            "`pgdr wal stream --synchronous`, which turns synchronous commits on itself"
+        )
+    if streamer.get("application") != application:
+        return (
+            f'The streamer of this repository connects as "{streamer.get("application")}", '
+            f'not "{application}", so every commit would wait for a standby that is not '
+            "there; give --application its name"
+        )
+    return None
+
+
+def sync_on_refusal(
+    conn: psycopg.Connection[tuple[Any, ...]], streamer: dict[str, Any] | None, application: str
+) -> str | None:
+    """Why ``synchronous_standby_names = '"application"'`` would block every commit, or None.
+
+    Commits only go on when the one walsender named ``application`` is this repository's
+    streamer (its state, ``streamer``, names that walsender's pid), running with
+    ``--synchronous`` (pg_receivewal confirms every flush at once) and connected now. Another
+    walsender of that name (another repository's streamer) could be chosen to wait for.
+    """
+    refusal = _streamer_refusal(streamer, application)
+    if refusal or streamer is None:
+        return refusal
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_replication WHERE application_name = %s", (application,)
+    ).fetchall()
+    pids = {int(row[0]) for row in rows}
+    ours = streamer.get("walsender_pid")
+    if ours not in pids:
+        return (
+            "The synchronous streamer of this repository is not connected to the server now, "
+            "so every commit would wait; check `pgdr wal status` and try again once it streams"
+        )
+    if pids - {ours}:
+        return (
+            f'Another streamer (not this repository\'s) is connected as "{application}" too, '
+            "and PostgreSQL could make every commit wait for it; give one of them another "
+            "--application"
+        )
+    return None
