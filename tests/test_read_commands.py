@@ -47,7 +47,8 @@ from pgdr.sample import VectorType, load_sample
 SMALL = 1 << 20  # files up to this size are hashed
 UNREACHABLE = "postgresql://pgdr@127.0.0.1:1/nowhere?connect_timeout=2"
 
-# (id, arguments, accepts --json). "{incident}" is replaced by an incident id of the setup.
+# (id, arguments, accepts --json). "{incident}" is replaced by an incident id of the setup,
+# "{deleted}" by the key of a chatbot deleted (with its children) after the backup.
 READS: list[tuple[str, tuple[str, ...], bool]] = [
     ("version", ("version",), False),
     ("health", ("health",), True),
@@ -93,6 +94,8 @@ READS: list[tuple[str, tuple[str, ...], bool]] = [
     # a comparison with a backup restores it into a throwaway cluster under $PGDR_HOME/scratch
     # (docs/integrity.md) and removes it: it may use PGDR_HOME, never leave anything there
     ("check-compare-backup", ("check", "compare", "--backup", "latest"), False),
+    # a dry run (docs/surgical-recovery.md): a throwaway point-in-time copy, nothing put back
+    ("undelete-dry", ("undelete", "--table", "chatbots", "--key", "{deleted}", "--dry-run"), False),
 ]
 
 
@@ -199,6 +202,7 @@ class Setup:
     env: dict[str, str]
     url: str
     incident: str = "nosuch"
+    deleted: str = "00000000-0000-0000-0000-000000000000"
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -209,7 +213,9 @@ class Setup:
         }
 
     def run(self, *args: str) -> CliResult:
-        args = tuple(a.replace("{incident}", self.incident) for a in args)
+        args = tuple(
+            a.replace("{incident}", self.incident).replace("{deleted}", self.deleted) for a in args
+        )
         return run(*args, env=self.env, cwd=self.cwd)
 
 
@@ -220,7 +226,8 @@ def assert_read_only(setup: Setup, args: tuple[str, ...]) -> CliResult:
     said = f"pgdr {' '.join(args)} -> {result.code}\n{result.stdout[-1500:]}{result.stderr[-1500:]}"
     assert "Traceback" not in result.stderr, said
     assert result.code in (0, 1, 2, 3), said
-    if "--backup" in args:  # its throwaway came and went: PGDR_HOME's own mtime moved
+    if "--backup" in args or args[0] == "undelete":  # a throwaway came and went: PGDR_HOME's
+        # own mtime moved (docs/integrity.md, docs/surgical-recovery.md)
         for snap in (before, after):
             if "." in snap["home"]:
                 snap["home"]["."] = snap["home"]["."][:2] + snap["home"]["."][3:]
@@ -307,6 +314,11 @@ def populated(machine: tuple[Path, LocalCluster]) -> Setup:
     url = cluster.conninfo("app")
     setup = Setup(home, repo, cwd, base_env(home, url) | {"PGDR_REPO": str(repo)}, url)
     _cli_ok(setup, "backup")
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT chatbot_id::text FROM conversations LIMIT 1").fetchone()
+        assert row is not None
+        setup.deleted = str(row[0])
+        conn.execute("DELETE FROM chatbots WHERE id = %s::uuid", (setup.deleted,))
     _stream_wal(setup, cluster)
     _cli_ok(setup, "dump")
     _cli_ok(setup, "audit", "install")
@@ -342,7 +354,7 @@ def stranger(machine: tuple[Path, LocalCluster], populated: Setup) -> Setup:
     key = (populated.home / "keys" / "master.key").read_text().strip()
     setup.repo = populated.repo
     setup.env |= {"PGDR_REPO": str(populated.repo), "PGDR_ENCRYPTION_KEY": key}
-    setup.incident = populated.incident
+    setup.incident, setup.deleted = populated.incident, populated.deleted
     return setup
 
 

@@ -133,7 +133,10 @@ def undelete(
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         dbname = conn.info.dbname
     with (
-        throwaway_copy(repo, None, target, "undelete") as (copy, restored),
+        throwaway_copy(repo, None, target, "undelete", read_only=not apply and confirm is None) as (
+            copy,
+            restored,
+        ),
         connect(copy.conninfo(dbname), autocommit=True) as src,
     ):
         assert restored is not None

@@ -2,25 +2,19 @@
 
 The backup is restored into a throwaway cluster (never the live server), the same snapshot
 queries run there, and the cluster is removed whatever happens. A comparison is a read: it
-leaves ``PGDR_HOME`` as it found it (the ``scratch`` and ``restores`` directories it needed are
-removed again when it made them) and never creates ``PGDR_HOME`` itself.
+leaves ``PGDR_HOME`` as it found it and never creates it (:func:`pgdr.restore.scratch.as_found`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
 from pgdr.backup.repository import Repository
-from pgdr.core.errors import ConfigError
 from pgdr.integrity.snapshot import take_snapshot
 from pgdr.profile import Profile
-from pgdr.restore.scratch import scratch_cluster
-from pgdr.restore.staging import RECORDS
+from pgdr.restore.scratch import as_found, scratch_cluster
 
 
 def snapshot_of_backup(
@@ -29,30 +23,11 @@ def snapshot_of_backup(
     """Snapshot the database named in ``live_conninfo`` as it is inside backup ``backup_id``."""
     dbname = str(conninfo_to_dict(live_conninfo).get("dbname") or "postgres")
     manifest = repo.read_manifest(repo.resolve_id(backup_id))
-    home = repo.settings.home
-    if not home.is_dir():
-        raise ConfigError(
-            f"Comparing with a backup restores it into a throwaway cluster under PGDR_HOME, "
-            f"and {home} does not exist; create it (or point PGDR_HOME at pgdr's directory)."
-        )
     with (
-        _removed_if_new(home / "scratch", home / RECORDS),
+        as_found(repo.settings, "Comparing with a backup"),
         scratch_cluster(repo, manifest.id, "compare") as (cluster, _restored),
     ):
         snapshot = take_snapshot(cluster.conninfo(dbname), profile, timeout)
     snapshot["id"] = f"backup {manifest.id}"
     snapshot["taken_at"] = manifest.stop_datetime.isoformat()
     return snapshot
-
-
-@contextmanager
-def _removed_if_new(*directories: Path) -> Iterator[None]:
-    """Remove those of ``directories`` that did not exist before and are empty at the end (one
-    another process is using keeps its contents, so it stays)."""
-    new = [d for d in directories if not d.exists()]
-    try:
-        yield
-    finally:
-        for directory in new:
-            with suppress(OSError):
-                directory.rmdir()
