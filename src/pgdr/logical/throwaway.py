@@ -21,18 +21,34 @@ from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
 from pgdr.core.errors import PgdrError
 from pgdr.restore.pitr import PitrResult, plan_pitr, run_pitr
-from pgdr.restore.scratch import scratch_cluster
+from pgdr.restore.scratch import as_found, scratch_cluster
 from pgdr.restore.target import Target
 from pgdr.wal.archive import WalArchive
 
 
 @contextmanager
 def throwaway_copy(
-    repo: Repository, backup_id: str | None, target: Target | None, purpose: str
+    repo: Repository,
+    backup_id: str | None,
+    target: Target | None,
+    purpose: str,
+    *,
+    read_only: bool = False,
 ) -> Iterator[tuple[LocalCluster, PitrResult | None]]:
     """Yield a running copy restored from ``backup_id`` (to ``target`` when given); remove it
     on exit. Without a target the copy is the backup itself (``backup_id`` required); with one,
-    ``backup_id`` None lets the plan choose the backup."""
+    ``backup_id`` None lets the plan choose the backup. ``read_only`` (a dry run) leaves
+    ``PGDR_HOME`` as it found it and never creates it."""
+    if read_only:
+        with as_found(repo.settings, f"A dry run of {purpose}"):
+            yield from _copy(repo, backup_id, target, purpose, remember=False)
+    else:
+        yield from _copy(repo, backup_id, target, purpose, remember=True)
+
+
+def _copy(
+    repo: Repository, backup_id: str | None, target: Target | None, purpose: str, remember: bool
+) -> Iterator[tuple[LocalCluster, PitrResult | None]]:
     if target is None:
         assert backup_id is not None, "a copy without a recovery target needs a backup"
         with scratch_cluster(repo, backup_id, purpose) as (cluster, _restored):
@@ -52,6 +68,7 @@ def throwaway_copy(
             scratch,
             keep_running=True,
             publish_timeline=False,
+            remember=remember,
         )
         yield LocalCluster(scratch, repo.settings), restored
     finally:

@@ -132,8 +132,9 @@ def undelete(
     result.keys, result.find_s = list(keys), round(time.monotonic() - began, 3)
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         dbname = conn.info.dbname
+    dry_run = not apply and confirm is None  # a read: PGDR_HOME is left as it was found
     with (
-        throwaway_copy(repo, None, target, "undelete") as (copy, restored),
+        throwaway_copy(repo, None, target, "undelete", read_only=dry_run) as (copy, restored),
         connect(copy.conninfo(dbname), autocommit=True) as src,
     ):
         assert restored is not None

@@ -601,6 +601,7 @@ def run_pitr(
     progress: Progress | None = None,
     timeout: float = RECOVERY_TIMEOUT_S,
     publish_timeline: bool = True,
+    remember: bool = True,
 ) -> PitrResult:
     """Carry out a checked plan: fetch WAL, restore, recover, promote, report.
 
@@ -610,6 +611,8 @@ def run_pitr(
     data directory, cluster directory).
     ``publish_timeline=False`` (a throwaway restore test) keeps the new timeline's history file
     out of the repository, so the production server's WAL history is not touched.
+    ``remember=False`` (the throwaway of a read command) leaves this machine's record of what
+    it saw in the repository (:mod:`pgdr.backup.seen`) as it was.
     """
     log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     data_dir = data_dir.resolve()
@@ -622,7 +625,7 @@ def run_pitr(
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         with restore_record(repo.settings, data_dir, cluster_dir if made else None):
-            return _run(
+            result = _run(
                 repo,
                 archive,
                 plan,
@@ -636,6 +639,9 @@ def run_pitr(
                 timeout,
                 publish_timeline,
             )
+            if remember and plan.segments:
+                remember_wal(repo, plan.segments[-1][0].timeline, plan.segments[-1][0].segno)
+            return result
     except OSError as exc:
         raise write_failure(exc, data_dir.parent, "point-in-time restore") from exc
 
@@ -659,8 +665,6 @@ def _promoted(
     if publish_timeline and new_tli > 1 and history.is_file():
         archive.push(history.name, history.read_bytes())
     _unconfigure_recovery(cluster.data_dir)
-    if plan.segments:
-        remember_wal(repo, plan.segments[-1][0].timeline, plan.segments[-1][0].segno)
     return new_tli, row[0], str(row[1]) if row[1] else None
 
 

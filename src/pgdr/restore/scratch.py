@@ -2,7 +2,8 @@
 
 ``scratch_cluster`` restores a backup under ``$PGDR_HOME/scratch/``, lets the caller inspect the
 files before the server starts, starts it on a free port with the matching binaries, yields it,
-and always removes it afterwards, whatever happened.
+and always removes it afterwards, whatever happened. ``as_found`` wraps a throwaway of a read
+command (a comparison, a dry run), which leaves ``PGDR_HOME`` as it found it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
-from pgdr.core.errors import PgdrError
+from pgdr.config import PgdrSettings
+from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.restore.base import RestoreResult, restore_backup
+from pgdr.restore.staging import RECORDS
 from pgdr.restore.start import adopt_restored
 
 
@@ -46,3 +50,28 @@ def scratch_cluster(
             with suppress(PgdrError, OSError):
                 cluster.destroy()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def as_found(settings: PgdrSettings, what: str) -> Iterator[None]:
+    """For a read command that needs a throwaway under ``$PGDR_HOME/scratch``: a ``PGDR_HOME``
+    that does not exist is said, not created (``what`` names the command), and the ``scratch``
+    and ``restores`` directories go again when the block made them and they are empty at the
+    end (one that another process is using keeps its contents, so it stays)."""
+    home = settings.home
+    if not home.is_dir():
+        raise ConfigError(
+            f"{what} restores a throwaway copy under PGDR_HOME, and {home} does not exist; "
+            "create it (or point PGDR_HOME at pgdr's directory)."
+        )
+    new = [d for d in (home / "scratch", home / RECORDS) if not d.exists()]
+    try:
+        yield
+    finally:
+        _remove_empty(new)
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in directories:
+        with suppress(OSError):
+            directory.rmdir()

@@ -114,16 +114,28 @@ def restore_record(
 ) -> Iterator[None]:
     """Record a running restore for ``pgdr cleanup`` (removed when the block ends)."""
     records = settings.home / RECORDS
-    records.mkdir(parents=True, exist_ok=True)
     path = records / f"{os.getpid()}.json"
     data: dict[str, Any] = {"pid": os.getpid(), "target": str(target)}
     if cluster_dir is not None:
         data["cluster_dir"] = str(cluster_dir)
-    path.write_text(json.dumps(data))
+    _write_record(records, path, json.dumps(data))
     try:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _write_record(records: Path, path: Path, text: str) -> None:
+    """Write ``path`` into ``records``, made if missing. A comparison with a backup (a read)
+    removes that directory again when it made it and it is empty: if it just went, once more."""
+    for attempt in range(3):
+        records.mkdir(parents=True, exist_ok=True)
+        try:
+            path.write_text(text)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
 
 
 @contextlib.contextmanager
