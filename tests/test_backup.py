@@ -142,6 +142,10 @@ def test_compress_level_and_digest_scheme(
     assert refused.code == 2, refused.stdout + refused.stderr
     assert "--compress-level" in refused.stderr
     assert json.loads(run_cli("backup", "list", "--json", env=env).stdout)["backups"] == []
+    nowhere = scratch / "no-such-repo"  # a typo in PGDR_REPO, a backup disk not mounted
+    listed = run_cli("backup", "list", env=env | {"PGDR_REPO": str(nowhere)})
+    assert listed.code == 0 and "There is no repository at" in listed.stdout, listed.stdout
+    assert not nowhere.exists()
     for args, level in (([], 1), (["--compress-level", "3"], 3)):
         taken = run_cli("backup", *args, "--json", env=env)
         assert taken.code == 0, taken.stderr

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from pgdr.backup import Manifest
-from pgdr.backup.repository import Repository, unreadable_error
+from pgdr.backup.repository import INFO_KEY, Repository, unreadable_error
 from pgdr.backup.take import server_facts, take_backup
 from pgdr.backup.verify import VerifyReport, backups_to_verify, verify_backup
 from pgdr.cli.common import JsonOption, WorkersOption, command_group, subcommand_named
@@ -187,6 +187,11 @@ def list_backups(repo_name: RepoOption = None, as_json: JsonOption = False) -> N
             console.print(markup("[red]{}[/] {}: {}", label, d.backup_id, d.problem))
         if backups:
             console.print(manifest_table(f"Backups in {repo.name} ({repo.url})", backups))
+        elif not damaged and not repo.store.exists(INFO_KEY):
+            console.print(
+                f"There is no repository at {repo.url} ({repo.name}): nothing was ever stored "
+                "there (a first backup or `pgdr repo init` makes one; is the path right?)."
+            )
         elif not damaged:
             console.print(f"The repository {repo.name} ({repo.url}) holds no backups.")
 
