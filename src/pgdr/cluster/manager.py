@@ -35,7 +35,7 @@ from pgdr.cluster.processes import (
     pid_alive,
     running_postmaster,
 )
-from pgdr.cluster.runtime import reachable_installation
+from pgdr.cluster.runtime import RUNTIME, reachable_installation
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.config.settings import PgdrSettings
 from pgdr.core.errors import ConfigError, RuntimeFailure
@@ -199,7 +199,7 @@ class LocalCluster:
             )
         ensure_home(self.settings.home)
         inst = installation or choose_installation(self.settings.pg_bin, self.settings.pg_version)
-        inst = reachable_installation(inst, self.user, self.settings.home / "runtime")
+        inst = reachable_installation(inst, self.user, self.settings.home / RUNTIME)
         port = port or find_free_port()
         self._prepare_directories(self.data_dir, self.socket_dir)
         self._initdb(inst, checksums)
@@ -223,7 +223,7 @@ class LocalCluster:
         """
         if not (self.data_dir / "PG_VERSION").is_file():
             raise RuntimeFailure(f"{self.data_dir} is not a PostgreSQL data directory.")
-        inst = reachable_installation(installation, self.user, self.settings.home / "runtime")
+        inst = reachable_installation(installation, self.user, self.settings.home / RUNTIME)
         port = port or find_free_port()
         self._prepare_directories(self.socket_dir)
         self._chown_tree(self.data_dir)

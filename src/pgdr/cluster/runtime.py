@@ -15,6 +15,8 @@ from pgdr.cluster.installation import PgInstallation
 from pgdr.cluster.service_user import ServiceUser
 from pgdr.core.errors import RuntimeFailure
 
+RUNTIME = "runtime"  # under $PGDR_HOME: the staged copy, kept for the next server started
+
 
 def _copy_tree_atomically(pairs: list[tuple[Path, Path]], target: Path) -> None:
     staging = target.with_name(target.name + ".partial")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
+from pgdr.cluster.runtime import RUNTIME
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.restore.base import RestoreResult, restore_backup
@@ -57,7 +58,10 @@ def as_found(settings: PgdrSettings, what: str) -> Iterator[None]:
     """For a read command that needs a throwaway under ``$PGDR_HOME/scratch``: a ``PGDR_HOME``
     that does not exist is said, not created (``what`` names the command), and the ``scratch``
     and ``restores`` directories go again when the block made them and they are empty at the
-    end (one that another process is using keeps its contents, so it stays)."""
+    end (one that another process is using keeps its contents, so it stays). So does the copy
+    of the embedded PostgreSQL staged under ``runtime`` for a service user who cannot reach the
+    installed one (:mod:`pgdr.cluster.runtime`), when the block staged it: the throwaway that
+    ran from it is gone by then."""
     home = settings.home
     if not home.is_dir():
         raise ConfigError(
@@ -65,10 +69,13 @@ def as_found(settings: PgdrSettings, what: str) -> Iterator[None]:
             "create it (or point PGDR_HOME at pgdr's directory)."
         )
     new = [d for d in (home / "scratch", home / RECORDS) if not d.exists()]
+    staged = None if (home / RUNTIME).exists() else home / RUNTIME
     try:
         yield
     finally:
         _remove_empty(new)
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def _remove_empty(directories: list[Path]) -> None:
