@@ -134,12 +134,17 @@ def cli_env(pgdr_home: Path) -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, env: dict[str, str], timeout: float = 300, input: str | None = None
+    *args: str,
+    env: dict[str, str],
+    timeout: float = 300,
+    input: str | None = None,
+    cwd: Path | None = None,
 ) -> CliResult:
-    """Run `python -m pgdr ARGS` as a real process and capture everything."""
+    """Run `python -m pgdr ARGS` as a real process (in ``cwd``) and capture everything."""
     proc = subprocess.run(
         [sys.executable, "-m", "pgdr", *args],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -38,7 +38,7 @@ import pytest
 import typer
 
 import pgdr
-from conftest import CliResult
+from conftest import CliResult, run_cli
 from pgdr.cli.app import build_app
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
@@ -106,19 +106,6 @@ def _forms(with_json: bool = True) -> list[Any]:
         if has_json and with_json:
             forms.append(pytest.param((*args, "--json"), id=f"{name}-json"))
     return forms
-
-
-def run(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> CliResult:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pgdr", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def tree(root: Path) -> dict[str, tuple[Any, ...]]:
@@ -223,7 +210,7 @@ class Setup:
         args = tuple(
             a.replace("{incident}", self.incident).replace("{deleted}", self.deleted) for a in args
         )
-        return run(*args, env=self.env, cwd=self.cwd)
+        return run_cli(*args, env=self.env, cwd=self.cwd)
 
 
 def assert_read_only(setup: Setup, args: tuple[str, ...]) -> CliResult:
@@ -284,7 +271,7 @@ def machine(settings: PgdrSettings) -> Iterator[tuple[Path, LocalCluster]]:
 
 
 def _cli_ok(setup: Setup, *args: str) -> Any:
-    result = run(*args, "--json", env=setup.env, cwd=setup.cwd, timeout=600)
+    result = run_cli(*args, "--json", env=setup.env, cwd=setup.cwd, timeout=600)
     assert result.code == 0, f"pgdr {' '.join(args)}: {result.stdout}{result.stderr}"
     return json.loads(result.stdout)
 
@@ -308,7 +295,7 @@ def _stream_wal(setup: Setup, cluster: LocalCluster) -> None:
             conn.execute("SELECT pg_switch_wal()")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            out = run("wal", "status", "--json", env=setup.env, cwd=setup.cwd)
+            out = run_cli("wal", "status", "--json", env=setup.env, cwd=setup.cwd)
             if out.code == 0 and (json.loads(out.stdout)["newest_wal_at"] or 0) > since:
                 return
             time.sleep(0.5)
@@ -340,10 +327,10 @@ def populated(machine: tuple[Path, LocalCluster]) -> Setup:
     _cli_ok(setup, "check", "snapshot")
     _cli_ok(setup, "inventory", "--save")
     _cli_ok(setup, "mark", "before-reads")
-    run("check", "--json", env=setup.env, cwd=cwd)
-    run("monitor", "run", "--once", "--json", env=setup.env, cwd=cwd, timeout=300)
+    run_cli("check", "--json", env=setup.env, cwd=cwd)
+    run_cli("monitor", "run", "--once", "--json", env=setup.env, cwd=cwd, timeout=300)
     incidents = json.loads(
-        run("incident", "list", "--all", "--json", env=setup.env, cwd=cwd).stdout
+        run_cli("incident", "list", "--all", "--json", env=setup.env, cwd=cwd).stdout
     )
     listed = incidents.get("incidents", incidents) if isinstance(incidents, dict) else incidents
     if listed:
