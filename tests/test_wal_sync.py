@@ -266,3 +266,60 @@ def test_sync_on_needs_this_repositorys_synchronous_streamer_alone(walenv18: Wal
         assert not commit_waited(w)  # the synchronous streamer confirms every flush
     finally:
         w.stop_stream(ours)
+
+
+def _status(w: WalEnv) -> dict[str, Any]:
+    return dict(json.loads(w.cli("wal", "status", "--json").stdout))
+
+
+def test_a_synchronous_streamer_that_shares_its_name_does_not_claim_rpo_0(
+    walenv18: WalEnv,
+) -> None:
+    """Another walsender connected as "pgdr" (another repository's asynchronous streamer) could
+    be the one PostgreSQL waits for: the synchronous streamer does not turn commits waiting on
+    while it is there (they would stall on the other's occasional confirmations), says so once
+    (P1), and `wal status` does not report RPO 0; once it is alone, commits wait for it."""
+    w = walenv18
+    other = start_other_repository_stream(w)
+    w.wait_for(lambda: walsender_streaming(w), what="the other repository's streamer")
+    ours = w.start_stream("--synchronous")
+    try:
+        count = "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgdr'"
+        w.wait_for(lambda: w.sql(count) == [(2,)], what="both streamers")
+        w.wait_for(lambda: "connect as" in w.stream_log(), what="the shared name reported")
+        time.sleep(3)  # several rounds of the guard
+        log = w.stream_log()
+        assert log.count('other walsender(s) connect as "pgdr"') == 1, log
+        assert "commits now wait" not in log
+        assert w.sql("SHOW synchronous_standby_names") == [("",)]
+        assert not commit_waited(w)
+        status = _status(w)
+        assert status["synchronous"] is False and status["streamer"]["namesakes"] == 1
+        degraded = _store_incident(w)
+        assert degraded and degraded["severity"] == "P1" and degraded["open"]
+
+        w.stop_stream(other)
+        w.wait_for(lambda: sync_state(w) == "sync", what="commits waiting for pgdr alone")
+        assert w.sql("SHOW synchronous_standby_names") == [('"pgdr"',)]
+        w.wait_for(lambda: _status(w)["synchronous"] is True, what="RPO 0 reported")
+    finally:
+        w.stop_stream(ours)
+        w.stop_stream(other)
+
+
+def test_sync_on_keeps_the_streamers_quorum(walenv18: WalEnv) -> None:
+    """`wal sync off` then `on` gives back the value the streamer set (its --quorum-with),
+    not pgdr alone."""
+    w = walenv18
+    stream = w.start_stream("--synchronous", "--quorum-with", "replica2")
+    quorum = [('ANY 1 ("pgdr", "replica2")',)]
+    try:
+        w.wait_for(lambda: w.sql("SHOW synchronous_standby_names") == quorum, what="quorum")
+        assert w.cli("wal", "sync", "off").code == 0
+        assert w.sql("SHOW synchronous_standby_names") == [("",)]
+        on = w.cli("wal", "sync", "on")
+        assert on.code == 0, on.stderr
+        assert w.sql("SHOW synchronous_standby_names") == quorum
+        assert not commit_waited(w)
+    finally:
+        w.stop_stream(stream)

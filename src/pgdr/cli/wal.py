@@ -282,13 +282,16 @@ def sync(
     if state not in ("on", "off"):
         raise ConfigError("Say `pgdr wal sync on` or `pgdr wal sync off`.")
     conninfo = resolve_target(settings()).conninfo
-    value = sync_names_value(application, []) if state == "on" else ""
     info = server_info(conninfo)
     archive = open_archive(repo_name, info.system_identifier, info.segment_size)
+    streamer = archive.get_state("streamer")
+    # the streamer's own value: a --quorum-with streamer keeps its quorum
+    quorum = list((streamer or {}).get("quorum_with") or [])
+    value = sync_names_value(application, quorum) if state == "on" else ""
     with connect(conninfo) as conn:
         if state == "on":
             # every commit would wait for a standby that never (or only now and then) confirms
-            refusal = sync_on_refusal(conn, archive.get_state("streamer"), application)
+            refusal = sync_on_refusal(conn, streamer, application)
             if refusal:
                 raise ConfigError(f"{refusal}; nothing was changed.")
         # a running `wal stream --synchronous` reads this and leaves the operator's choice

@@ -273,8 +273,11 @@ def observe_wal(
         server_lsn = parse_lsn(str(report.streamer["server_lsn"]))
     measure_lag(report, archive, chain, server_lsn)
     streamer = report.streamer or {}
-    # commits block while a synchronous streamer is away (until it degrades them to async)
-    report.synchronous = streamer.get("sync_state") in SYNCHRONOUS_STATES
+    # commits block while a synchronous streamer is away (until it degrades them to async);
+    # with other walsenders under its name, PostgreSQL may wait for one of them instead
+    report.synchronous = streamer.get("sync_state") in SYNCHRONOUS_STATES and not streamer.get(
+        "namesakes"
+    )
     report.problems = wal_problems(report, limits or LagLimits())
     return report
 

@@ -104,16 +104,18 @@ RECEIVER_LOG = "pg_receivewal.log"
 SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; a segment's first page's
 
 # The server's WAL insert position (what any returned commit is within, synchronous_commit off
-# included), what our receiver (by its slot) had written and flushed, the sync state of our
-# application name, the timeline, the WAL page and segment sizes, and our walsender's pid.
+# included), what our receiver (by its slot) had written and flushed, its walsender's sync
+# state, the timeline, the WAL page and segment sizes, our walsender's pid, and how many other
+# walsenders connect under our application name (PostgreSQL could wait for any of them).
 SERVER_POSITIONS = """
-SELECT i.lsn - '0/0'::pg_lsn, r.flush, (SELECT sync_state FROM pg_stat_replication
-       WHERE application_name = %(application)s ORDER BY backend_start DESC LIMIT 1),
+SELECT i.lsn - '0/0'::pg_lsn, r.flush, r.sync_state,
        r.written, pg_walfile_name(i.lsn), current_setting('wal_block_size')::int,
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), r.pid
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), r.pid,
+       (SELECT count(*) FROM pg_stat_replication o
+        WHERE o.application_name = %(application)s AND o.pid IS DISTINCT FROM r.pid)
 FROM (SELECT pg_current_wal_insert_lsn() AS lsn) i
 LEFT JOIN (SELECT p.flush_lsn - '0/0'::pg_lsn AS flush, p.write_lsn - '0/0'::pg_lsn AS written,
-                  p.pid
+                  p.pid, p.sync_state
            FROM pg_stat_replication p JOIN pg_replication_slots s ON s.active_pid = p.pid
            WHERE s.slot_name = %(slot)s LIMIT 1) r ON true
 """
@@ -172,7 +174,10 @@ class Streamer:
         self.archive = archive
         self.incidents = incidents
         self.status = StreamState(
-            synchronous=options.synchronous, application=options.application, slot=options.slot
+            synchronous=options.synchronous,
+            application=options.application,
+            quorum_with=list(options.quorum_with),
+            slot=options.slot,
         )
         self.proc: runner.Process | None = None
         self._lock_handle: IO[str] | None = None
@@ -273,10 +278,11 @@ class Streamer:
                 self.status.sync_state = row[2]
                 self.status.write_lsn = None if row[3] is None else int(row[3])
                 self.status.walsender_pid = None if row[7] is None else int(row[7])
+                self.status.namesakes = int(row[8])
                 self.status.server_seen_at = asked_at
                 if self.o.synchronous:
                     wanted = sync_names_value(self.o.application, self.o.quorum_with)
-                    self.sync.manage(conn, wanted, self.o.degrade_after)
+                    self.sync.manage(conn, wanted, self.o.degrade_after, self.status.namesakes)
         except (PgdrError, psycopg.Error):
             return False
         return True

@@ -23,6 +23,7 @@ class StreamState:
     state: str = "starting"
     synchronous: bool = False  # pg_receivewal --synchronous: it confirms every flush at once
     application: str | None = None  # the application_name it connects with
+    quorum_with: list[str] = field(default_factory=list)  # --quorum-with: others it is ANY 1 of
     slot: str | None = None
     walsender_pid: int | None = None  # the server's walsender for our slot, when connected
     timeline: int | None = None
@@ -36,7 +37,8 @@ class StreamState:
     server_timeline: int | None = None  # the timeline server_lsn is on
     flush_lsn: int | None = None
     write_lsn: int | None = None  # what pg_receivewal reports written to the spool
-    sync_state: str | None = None
+    sync_state: str | None = None  # our walsender's, in pg_stat_replication
+    namesakes: int = 0  # other walsenders connected under our application name
     degraded: bool = False
     restarts: int = 0
     repository_error: str | None = None
@@ -54,6 +56,7 @@ class StreamState:
             "state": self.state,
             "synchronous": self.synchronous,
             "application": self.application,
+            "quorum_with": self.quorum_with,
             "slot": self.slot,
             "walsender_pid": self.walsender_pid,
             "pid": os.getpid(),
@@ -70,6 +73,7 @@ class StreamState:
             else format_lsn(self.flush_lsn),
             "lag_bytes": lag,
             "sync_state": self.sync_state,
+            "namesakes": self.namesakes,
             "degraded": self.degraded,
             "restarts": self.restarts,
             "repository_error": self.repository_error,

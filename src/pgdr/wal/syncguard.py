@@ -68,6 +68,7 @@ class SyncGuard:
         self.log = log
         self._down_since: float | None = None
         self._overridden: str | None = None  # the source that pins the setting, once reported
+        self._namesakes_said = False  # other walsenders under our name, once reported
 
     def operator_off(self) -> bool:
         """Whether an operator said `pgdr wal sync off` (the streamer then leaves it off)."""
@@ -82,11 +83,15 @@ class SyncGuard:
         conn: psycopg.Connection[tuple[Any, ...]],
         wanted: str,
         degrade_after: float | None,
+        namesakes: int = 0,
     ) -> None:
+        """One round: ``namesakes`` is how many other walsenders connect under our name."""
         if self.operator_off():
             return
         current = setting(conn, "synchronous_standby_names")
         if current != wanted and self._pinned(conn, current):
+            return
+        if self._shared(conn, current, wanted, namesakes):
             return
         connected = self.status.flush_lsn is not None
         now = time.monotonic()
@@ -129,6 +134,31 @@ class SyncGuard:
                 "Remove it from the server's start options to stream synchronously."
             )
             self._announce(message)
+        return True
+
+    def _shared(
+        self, conn: psycopg.Connection[tuple[Any, ...]], current: str, wanted: str, namesakes: int
+    ) -> bool:
+        """Whether other walsenders connect under our application name. PostgreSQL may then
+        make commits wait for one of them instead of pgdr (an asynchronous one only confirms
+        now and then: every commit would stall), so commits are switched to asynchronous and
+        that is said once, as a degrade (P1, RPO not 0), until pgdr is alone under its name;
+        the usual catching up then turns them back on."""
+        if not namesakes:
+            self._namesakes_said = False
+            return False
+        if current == wanted:
+            set_system(conn, "synchronous_standby_names", "")
+        if not self._namesakes_said:
+            self._namesakes_said = True
+            self.status.degraded = True
+            application = self.status.application
+            self._announce(
+                f'{namesakes} other walsender(s) connect as "{application}" too, and '
+                "PostgreSQL could make commits wait for them instead of pgdr: commits do NOT "
+                "wait for pgdr and RPO is not 0 until it is alone under its name (give the "
+                "others another application_name)."
+            )
         return True
 
     def _announce(self, message: str) -> None:
