@@ -276,6 +276,7 @@ class Bench:
             data, scale = self.opts.data, self.opts.scale
             load = timed(lambda: load_data(data, scale, self.inst, self.conninfo))
             print(f"  loaded in {load:.0f} s", flush=True)
+        self.pgbr("stanza-create")  # before the wait: archive-push fails until it exists
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
             _wait_for_archiving(conn)  # pgBackRest's check waits 60 s for the newest segment
@@ -285,7 +286,6 @@ class Bench:
         print(f"Load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
         if self.opts.cache == "warm":
             WARM.append(self.cluster.data_dir)
-        self.pgbr("stanza-create")
         self.pgbr("check")
         self.env = self._pgdr_env()
 
