@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,15 @@ import pytest
 
 from pgdr.backup.chunks import READ_AHEAD, read_ahead
 from pgdr.core.errors import ConfigError
-from pgdr.crypto import CorruptObject, DataKey, MasterKey, load_master_key, open_sealed, seal
+from pgdr.crypto import (
+    CorruptObject,
+    DataKey,
+    MasterKey,
+    load_master_key,
+    open_sealed,
+    open_sealed_pieces,
+    seal,
+)
 from pgdr.crypto.keys import MissingMasterKey, generate_key_text
 from pgdr.storage import LocalStore, ObjectNotFound, open_store
 
@@ -57,6 +66,30 @@ def test_seal_binds_name_and_detects_damage() -> None:
         open_sealed(key, "chunk-1", sealed[:10])
     with pytest.raises(CorruptObject):
         open_sealed(DataKey.generate(), "chunk-1", sealed)
+
+
+def test_objects_are_read_and_opened_into_reused_buffers(tmp_path: Path) -> None:
+    """A large object is read into the caller's buffer when it fits (else whole, as get does),
+    and opened with its body decrypted into the caller's buffer when that is large enough;
+    either way the bytes are the object's, and damage is found as without buffers."""
+    store, key = LocalStore(tmp_path), DataKey.generate()
+    plain = os.urandom(300_000)  # does not compress: the body is as large as the data
+    for compress in (True, False):
+        sealed = seal(key, "chunk-1", plain, compress=compress)
+        store.put("c", sealed)
+        roomy, cramped = bytearray(len(sealed) + 1), bytearray(10)
+        read = store.get_into("c", roomy)
+        assert read.obj is roomy and read == sealed
+        assert store.get_into("c", cramped) == sealed
+        for body in (bytearray(len(sealed)), bytearray(10), None):
+            pieces = open_sealed_pieces(key, "chunk-1", read, bytearray(1 << 16), body)
+            assert b"".join(bytes(p) for p in pieces) == plain
+        flipped = bytearray(sealed)
+        flipped[-20] ^= 1
+        with pytest.raises(CorruptObject, match="authentication failed"):
+            next(open_sealed_pieces(key, "chunk-1", memoryview(flipped), bytearray(10), roomy))
+    with pytest.raises(ObjectNotFound, match="missing"):
+        store.get_into("nothing", bytearray(10))
 
 
 def test_master_key_sources_and_wrong_key(tmp_path: Path) -> None:

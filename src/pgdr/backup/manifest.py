@@ -109,7 +109,7 @@ class Manifest:
         """A digest to feed ``entry``'s bytes, in order, to compare with ``entry.digest``."""
         return FileDigest(self.digest_scheme, entry.offset, self.chunk_size)
 
-    def object_digest(self, sealed: bytes) -> str:
+    def object_digest(self, sealed: bytes | memoryview) -> str:
         """The digest of a stored object, to compare with its ``ChunkEntry.digest``."""
         return object_digest(self.digest_scheme, sealed)
 

@@ -28,6 +28,7 @@ MAGIC = b"PGDR"
 VERSION = 1
 FLAG_ZSTD = 1
 HEADER_LEN = len(MAGIC) + 2 + 12
+TAG_LEN = 16  # AES-GCM's authentication tag, after the ciphertext
 # zstd's fastest level: on pgbench pages and on vectors it stores no more than level 3 and
 # compresses 1.3-1.6 times as fast (docs/backups.md); ``pgdr backup --compress-level`` changes it
 DEFAULT_LEVEL = 1
@@ -60,18 +61,22 @@ def seal(
     return header + AESGCM(key.key).encrypt(nonce, body, header + name.encode())
 
 
-def open_sealed(key: DataKey, name: str, sealed: bytes) -> bytes:
+def open_sealed(key: DataKey, name: str, sealed: bytes | memoryview) -> bytes:
     body, compressed = _authenticate(key, name, sealed)
     if compressed:
         try:
             return zstandard.ZstdDecompressor().decompress(body)
         except zstandard.ZstdError as exc:
             raise CorruptObject(name, f"it does not decompress ({exc})") from exc
-    return body
+    return body.obj if isinstance(body.obj, bytes) else bytes(body)
 
 
 def open_sealed_pieces(
-    key: DataKey, name: str, sealed: bytes, buffer: bytearray
+    key: DataKey,
+    name: str,
+    sealed: bytes | memoryview,
+    buffer: bytearray,
+    body: bytearray | None = None,
 ) -> Iterator[memoryview]:
     """Like :func:`open_sealed`, but yields the plaintext in pieces of at most ``len(buffer)``
     bytes, each a view of ``buffer`` (valid until the next piece is asked for).
@@ -79,38 +84,50 @@ def open_sealed_pieces(
     The whole object is authenticated before the first piece is returned. Decompressing into one
     reused buffer keeps the data in the CPU cache for whoever consumes it (writes, hashes it)
     and allocates nothing per piece: fresh 1 MiB objects cost a page fault per 4 KiB, which was
-    most of a restore's system time.
+    most of a restore's system time. For the same reason the object is decrypted into ``body``
+    when it is large enough (grown by the caller, reused for every object).
     """
-    body, compressed = _authenticate(key, name, sealed)
+    plain, compressed = _authenticate(key, name, sealed, body)
     if not compressed:
-        view = memoryview(body)
-        for start in range(0, len(body), len(buffer)):
-            yield view[start : start + len(buffer)]
+        for start in range(0, len(plain), len(buffer)):
+            yield plain[start : start + len(buffer)]
         return
     out = memoryview(buffer)
     try:
-        with zstandard.ZstdDecompressor().stream_reader(body, read_size=len(buffer)) as reader:
+        with zstandard.ZstdDecompressor().stream_reader(plain, read_size=len(buffer)) as reader:
             while count := reader.readinto(buffer):
                 yield out[:count]
     except zstandard.ZstdError as exc:
         raise CorruptObject(name, f"it does not decompress ({exc})") from exc
 
 
-def _authenticate(key: DataKey, name: str, sealed: bytes) -> tuple[bytes, bool]:
-    """The decrypted (still compressed) body and whether it is compressed."""
-    if len(sealed) < HEADER_LEN + 16 or not sealed.startswith(MAGIC):
-        raise CorruptObject(name, "it is truncated or not a pgdr object")
-    if sealed[4] != VERSION:
-        raise CorruptObject(name, f"unknown format version {sealed[4]}")
-    header = sealed[:HEADER_LEN]
-    nonce = header[6:HEADER_LEN]
+def _authenticate(
+    key: DataKey, name: str, sealed: bytes | memoryview, into: bytearray | None = None
+) -> tuple[memoryview, bool]:
+    """The decrypted (still compressed) body, in ``into`` if it is large enough, and whether it
+    is compressed."""
+    nonce, aad, data = _parts(name, sealed)
+    compressed = bool(aad[5] & FLAG_ZSTD)
     try:
-        body = AESGCM(key.key).decrypt(nonce, sealed[HEADER_LEN:], header + name.encode())
+        if into is not None and len(into) >= len(data) - TAG_LEN:
+            view = memoryview(into)[: len(data) - TAG_LEN]
+            AESGCM(key.key).decrypt_into(nonce, data, aad, view)
+            return view, compressed
+        return memoryview(AESGCM(key.key).decrypt(nonce, data, aad)), compressed
     except InvalidTag:
         raise CorruptObject(
             name, "authentication failed (altered, truncated or misplaced)"
         ) from None
-    return body, bool(sealed[5] & FLAG_ZSTD)
+
+
+def _parts(name: str, sealed: bytes | memoryview) -> tuple[bytes, bytes, memoryview]:
+    """A sealed object's nonce, associated data (its header and ``name``) and ciphertext."""
+    if len(sealed) < HEADER_LEN + TAG_LEN or bytes(sealed[:4]) != MAGIC:
+        raise CorruptObject(name, "it is truncated or not a pgdr object")
+    if sealed[4] != VERSION:
+        raise CorruptObject(name, f"unknown format version {sealed[4]}")
+    header = bytes(sealed[:HEADER_LEN])
+    return header[6:], header + name.encode(), memoryview(sealed)[HEADER_LEN:]
 
 
 def sign(key: bytes, payload: bytes) -> str:

@@ -39,6 +39,7 @@ import xxhash
 from pgdr.backup.chunks import (
     PIECE,
     DamagedBackup,
+    Scratch,
     fetch_chunk,
     fetch_chunk_pieces,
     read_ahead,
@@ -406,8 +407,8 @@ class _ChunkWriter:
         # path: (where its piece starts in the file, the piece's digest so far)
         hashers: dict[str, tuple[int, xxhash.xxh3_128]] = {}
         try:
-            buffer = self.buffer("pieces")
-            pieces = fetch_chunk_pieces(self.repo, self.manifest, self.data_key, index, buffer)
+            scratch = self.scratch()
+            pieces = fetch_chunk_pieces(self.repo, self.manifest, self.data_key, index, scratch)
             for piece in pieces:
                 end = position + len(piece)
                 while first < len(targets) and _end(targets[first]) <= position:
@@ -443,6 +444,13 @@ class _ChunkWriter:
                 return fd
             os.close(fd)
         raise RuntimeFailure(f"{path} in {self.target} changed during the restore.")
+
+    def scratch(self) -> Scratch:
+        """This thread's buffers for reading chunks (made once per thread)."""
+        found: Scratch | None = getattr(self.local, "scratch", None)
+        if found is None:
+            found = self.local.scratch = Scratch()
+        return found
 
     def buffer(self, name: str) -> bytearray:
         """This thread's ``PIECE``-sized buffer ``name`` (allocated once per thread)."""

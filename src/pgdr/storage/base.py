@@ -90,6 +90,13 @@ class ObjectStore(ABC):
     def get(self, key: str) -> bytes:
         """The whole object; :class:`ObjectNotFound` when missing."""
 
+    def get_into(self, key: str, buffer: bytearray) -> memoryview:
+        """The whole object, read into ``buffer`` where the store can and it fits (a view of
+        ``buffer``, valid until the caller reuses it), else a view of a new object. A reader
+        of many large objects passes one buffer for all: a fresh block of megabytes per
+        object costs a page fault per 4 KiB once the allocator has given it back."""
+        return memoryview(self.get(key))
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 

@@ -71,6 +71,22 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise _describe_os_error(exc, "reading", path) from exc
 
+    def get_into(self, key: str, buffer: bytearray) -> memoryview:
+        path = self._path(key)
+        try:
+            with path.open("rb", buffering=0) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > len(buffer):
+                    return memoryview(handle.readall())
+                view, done = memoryview(buffer), 0
+                while done < size and (count := handle.readinto(view[done:size])):
+                    done += count
+                return view[:done]
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{key} is missing from the repository at {self.root}.") from None
+        except OSError as exc:
+            raise _describe_os_error(exc, "reading", path) from exc
+
     def prefetch(self, key: str) -> None:
         """Ask the kernel to read the object into the page cache now. From a cold cache, chunks
         read one after another each wait for the disk in turn; read ahead, they arrive while
