@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +43,17 @@ class Scratch:
         if len(self.sealed) <= stored_size:
             self.sealed = bytearray(stored_size + 1)
             self.body = bytearray(stored_size)
+
+
+_THREADS = threading.local()
+
+
+def thread_scratch() -> Scratch:
+    """The calling thread's :class:`Scratch` (made at its first chunk, kept while it runs)."""
+    found: Scratch | None = getattr(_THREADS, "scratch", None)
+    if found is None:
+        found = _THREADS.scratch = Scratch()
+    return found
 
 
 class DamagedBackup(RuntimeFailure):
@@ -104,10 +116,12 @@ def read_ahead(
 
 
 def fetch_chunk(repo: Repository, manifest: Manifest, data_key: DataKey, index: int) -> bytes:
-    """One chunk, checked (present, size, digest, authentication) and opened."""
-    sealed = fetch_sealed(repo, manifest, index)
+    """One chunk, checked (present, size, digest, authentication) and opened (read and
+    decrypted in the thread's :func:`thread_scratch`: only the opened chunk is a new object)."""
+    scratch = thread_scratch()
+    sealed = fetch_sealed(repo, manifest, index, scratch)
     try:
-        plain = open_sealed(data_key, manifest.chunk_key(index), sealed)
+        plain = open_sealed(data_key, manifest.chunk_key(index), sealed, scratch.body)
     except CorruptObject as exc:
         raise damaged_chunk(manifest, index, "it fails authentication") from exc
     if len(plain) != manifest.chunks[index].size:

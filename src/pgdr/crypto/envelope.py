@@ -61,14 +61,21 @@ def seal(
     return header + AESGCM(key.key).encrypt(nonce, body, header + name.encode())
 
 
-def open_sealed(key: DataKey, name: str, sealed: bytes | memoryview) -> bytes:
-    body, compressed = _authenticate(key, name, sealed)
+def open_sealed(
+    key: DataKey, name: str, sealed: bytes | memoryview, body: bytearray | None = None
+) -> bytes:
+    """The plaintext of ``sealed``, decrypted into ``body`` first if it is large enough."""
+    body_view, compressed = _authenticate(key, name, sealed, body)
+    return _plain(name, body_view, compressed)
+
+
+def _plain(name: str, body: memoryview, compressed: bool) -> bytes:
     if compressed:
         try:
             return zstandard.ZstdDecompressor().decompress(body)
         except zstandard.ZstdError as exc:
             raise CorruptObject(name, f"it does not decompress ({exc})") from exc
-    return body.obj if isinstance(body.obj, bytes) else bytes(body)
+    return bytes(body)
 
 
 def open_sealed_pieces(

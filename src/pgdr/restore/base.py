@@ -39,10 +39,10 @@ import xxhash
 from pgdr.backup.chunks import (
     PIECE,
     DamagedBackup,
-    Scratch,
     fetch_chunk,
     fetch_chunk_pieces,
     read_ahead,
+    thread_scratch,
 )
 from pgdr.backup.digest import PIECES, PieceDigests, piece_hasher
 from pgdr.backup.hashing import HashThread
@@ -407,7 +407,7 @@ class _ChunkWriter:
         # path: (where its piece starts in the file, the piece's digest so far)
         hashers: dict[str, tuple[int, xxhash.xxh3_128]] = {}
         try:
-            scratch = self.scratch()
+            scratch = thread_scratch()
             pieces = fetch_chunk_pieces(self.repo, self.manifest, self.data_key, index, scratch)
             for piece in pieces:
                 end = position + len(piece)
@@ -444,13 +444,6 @@ class _ChunkWriter:
                 return fd
             os.close(fd)
         raise RuntimeFailure(f"{path} in {self.target} changed during the restore.")
-
-    def scratch(self) -> Scratch:
-        """This thread's buffers for reading chunks (made once per thread)."""
-        found: Scratch | None = getattr(self.local, "scratch", None)
-        if found is None:
-            found = self.local.scratch = Scratch()
-        return found
 
     def buffer(self, name: str) -> bytearray:
         """This thread's ``PIECE``-sized buffer ``name`` (allocated once per thread)."""
