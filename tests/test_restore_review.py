@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -338,3 +340,66 @@ def test_a_mount_point_as_the_target_is_refused_before_any_work(
         assert [p.name for p in scratch.iterdir() if "pgdr-" in p.name] == []
         restore_backup(repo, manifest.id, mounted / "data")  # as the sentence says
         assert (mounted / "data" / "PG_VERSION").is_file()
+
+
+def _junk(data: Path, files: int) -> None:
+    """Many small files in ``data``, so that removing it takes a while."""
+    junk = data / "junk"
+    junk.mkdir()
+    for i in range(files):
+        (junk / str(i)).write_bytes(b"x")
+
+
+def test_ctrl_c_while_a_forced_restore_puts_itself_in_place_finishes_it(
+    review_pg: LocalCluster, repo: Repository, scratch: Path
+) -> None:
+    """Ctrl-C after ``--force`` had swapped the restored directory in, while the replaced one
+    was being removed, said "Interrupted." (exit 130) with the restore in place and what was
+    left of the old directory hidden beside it. Now the swap and the removal finish, and the
+    restore ends with a note of the interrupt."""
+    manifest, data, _reference = _restored_pair(repo, review_pg, scratch)
+    _junk(data, 20_000)
+    main = threading.main_thread().ident
+    assert main is not None
+    done = threading.Event()
+
+    def interrupt_when_swapped() -> None:
+        while not done.is_set():
+            if any(".pgdr-replaced-" in p.name for p in scratch.iterdir()):
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=interrupt_when_swapped)
+    watcher.start()
+    try:
+        result = restore_backup(repo, manifest.id, data, force=True)
+    finally:
+        done.set()
+        watcher.join()
+    assert any("Ctrl-C came" in note for note in result.notes), result.notes
+    assert (data / "PG_VERSION").is_file() and not (data / "junk").exists()
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_forced_restore_that_cannot_take_the_place_puts_the_old_contents_back(
+    review_pg: LocalCluster, repo: Repository, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous contents are renamed aside before the restore takes their place; if that
+    second rename failed, the first was not undone: the data directory was gone from its
+    path, hidden beside it."""
+    manifest, data, _reference = _restored_pair(repo, review_pg, scratch)
+    (data / "marker").write_text("old")
+    rename = Path.rename
+
+    def failing(self: Path, target: Path) -> Path:
+        if ".pgdr-restore-" in self.name:
+            raise OSError(5, "Input/output error")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(RuntimeFailure, match="Input/output error"):
+        restore_backup(repo, manifest.id, data, force=True)
+    monkeypatch.undo()
+    assert (data / "marker").read_text() == "old"
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(".")] == []

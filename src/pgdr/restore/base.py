@@ -20,15 +20,17 @@ point-in-time recovery are a separate step that writes into the restored directo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
 import shutil
+import signal
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -725,17 +727,8 @@ def _restore_into(
             notes.append(f"Combined {len(chain)} backups with pg_combinebackup.")
         notes += not_a_standby(staging)
         sync_filesystem(staging)
-        if target.exists() and force:
-            aside = staging_dir(target, "replaced")
-            target.rename(aside)
-            staging.rename(target)
-            shutil.rmtree(aside, ignore_errors=True)
-            notes.append(f"Replaced the previous contents of {target} (--force).")
-        else:
-            if target.exists():
-                target.rmdir()  # an empty directory (checked): never anything else
-            staging.rename(target)
-        fsync_directory(target.parent)  # the rename itself survives a crash
+        with finishing(notes):
+            _put_in_place(staging, target, force, notes)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -743,6 +736,48 @@ def _restore_into(
         for path in scratch:
             shutil.rmtree(path, ignore_errors=True)
     return written, files, notes
+
+
+def _put_in_place(staging: Path, target: Path, force: bool, notes: list[str]) -> None:
+    """Rename the written ``staging`` to ``target``; with ``force``, the previous contents are
+    renamed aside first (and back if the new ones cannot take their place), then removed."""
+    if target.exists() and force:
+        aside = staging_dir(target, "replaced")
+        target.rename(aside)
+        try:
+            staging.rename(target)
+        except BaseException:
+            aside.rename(target)  # the previous contents stay where they were
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        notes.append(f"Replaced the previous contents of {target} (--force).")
+    else:
+        if target.exists():
+            target.rmdir()  # an empty directory (checked): never anything else
+        staging.rename(target)
+    fsync_directory(target.parent)  # the rename itself survives a crash
+
+
+@contextlib.contextmanager
+def finishing(notes: list[str]) -> Iterator[None]:
+    """Ctrl-C while the restored directory is put in place (and the one it replaces removed)
+    does not stop that half-way, with the new contents in place and the command saying it was
+    interrupted: it waits, and the restore ends with a note of it."""
+    arrived: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: arrived.append(signum))
+    except ValueError:  # not the main thread: the interrupt goes to the main thread anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if arrived:
+        notes.append(
+            "Ctrl-C came while the restored directory was being put in place; that was "
+            "finished first, so the restore is complete."
+        )
 
 
 def _restore_chain(
