@@ -17,6 +17,7 @@ import typer
 from pgdr import __version__
 from pgdr.core import log
 from pgdr.core.errors import PgdrError
+from pgdr.core.memory import keep_freed_memory
 from pgdr.core.output import err_console, markup
 
 
@@ -119,6 +120,7 @@ def main() -> None:
     typer itself reports usage errors (exit 2); everything pgdr anticipates is a PgdrError, and a
     psycopg error that escapes a command is translated into one (pgdr.core.connect.translate).
     """
+    keep_freed_memory()
     try:
         build_app(command_name(sys.argv[1:]))()
     except PgdrError as exc:
