@@ -31,7 +31,7 @@ from pgdr.crypto.envelope import seal
 from pgdr.restore import restore_backup
 from pgdr.restore.base import _Files
 from pgdr.restore.beneath import Beneath
-from pgdr.restore.delta import Later, _remove_later
+from pgdr.restore.delta import LATER_DIRS, Later, _remove_extra, _remove_later
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,28 @@ def test_files_removed_meanwhile_go_or_the_delta_says_why(tmp_path: Path) -> Non
     finally:
         os.close(fd)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["now-a-directory"]
+
+
+def test_extra_files_of_many_directories_do_not_hold_a_descriptor_each(tmp_path: Path) -> None:
+    """The delta kept a descriptor open for every directory holding files the backup does not
+    (to remove them in the background): a cluster of over a thousand databases with tables
+    made since the backup ran out of descriptors (1,024 by default). Beyond ``LATER_DIRS``
+    directories their files are removed at once."""
+    expected = {}
+    for n in range(LATER_DIRS + 10):
+        directory = tmp_path / "base" / str(n)
+        directory.mkdir(parents=True)
+        (directory / "16384").write_bytes(b"made since the backup")
+        expected[f"base/{n}"] = dataclasses.replace(_entry(f"base/{n}", 0), kind="dir")
+    expected["base"] = dataclasses.replace(_entry("base", 0), kind="dir")
+    later = Later()
+    with Beneath(tmp_path) as beneath:
+        removed = _remove_extra(beneath, expected, later)
+    try:
+        assert removed == LATER_DIRS + 10 and len(later) == LATER_DIRS
+        _remove_later(later)(lambda: False)
+    finally:
+        for fd, _names in later:
+            os.close(fd)
+    assert not list((tmp_path / "base").rglob("16384"))
+    assert len(list((tmp_path / "base").iterdir())) == LATER_DIRS + 10

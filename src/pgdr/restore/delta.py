@@ -188,8 +188,15 @@ def _kind(item: os.DirEntry[str]) -> str:
     return "file" if item.is_file(follow_symlinks=False) else "other"
 
 
+LATER_DIRS = 64  # directories whose extra files are removed in the background (Later)
+
+
 class Later(list[tuple[int, list[str]]]):
-    """Files to remove: a descriptor of their directory (closed by the owner), their names."""
+    """Files to remove: a descriptor of their directory (closed by the owner), their names.
+
+    At most ``LATER_DIRS`` directories are kept open for it; the extra files of any more (a
+    cluster of thousands of databases, each with tables made since the backup) are removed at
+    once, so that the descriptors never run out (1,024 by default)."""
 
 
 def _remove_extra(beneath: Beneath, expected: dict[str, FileEntry], later: Later) -> int:
@@ -244,8 +251,12 @@ def _sweep(
         else:  # in the way of what the backup has there
             os.unlink(item.name, dir_fd=fd)
         removed += 1
-    if unwanted:
+    if unwanted and len(later) < LATER_DIRS:
         later.append((os.dup(fd), unwanted))
+    else:
+        for name in unwanted:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
     return removed
 
 
