@@ -11,6 +11,7 @@ import pytest
 
 from pgdr.backup.chunks import READ_AHEAD, read_ahead
 from pgdr.core.errors import ConfigError
+from pgdr.core.memory import keep_freed_memory
 from pgdr.crypto import (
     CorruptObject,
     DataKey,
@@ -90,6 +91,11 @@ def test_objects_are_read_and_opened_into_reused_buffers(tmp_path: Path) -> None
             next(open_sealed_pieces(key, "chunk-1", memoryview(flipped), bytearray(10), roomy))
     with pytest.raises(ObjectNotFound, match="missing"):
         store.get_into("nothing", bytearray(10))
+
+
+def test_freed_memory_is_kept_for_reuse() -> None:
+    """The CLI's first step; glibc (Debian's, the CI's) takes it."""
+    assert keep_freed_memory()
 
 
 def test_master_key_sources_and_wrong_key(tmp_path: Path) -> None:
