@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -342,43 +343,30 @@ def test_a_mount_point_as_the_target_is_refused_before_any_work(
         assert (mounted / "data" / "PG_VERSION").is_file()
 
 
-def _junk(data: Path, files: int) -> None:
-    """Many small files in ``data``, so that removing it takes a while."""
-    junk = data / "junk"
-    junk.mkdir()
-    for i in range(files):
-        (junk / str(i)).write_bytes(b"x")
-
-
 def test_ctrl_c_while_a_forced_restore_puts_itself_in_place_finishes_it(
-    review_pg: LocalCluster, repo: Repository, scratch: Path
+    review_pg: LocalCluster,
+    repo: Repository,
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ctrl-C after ``--force`` had swapped the restored directory in, while the replaced one
     was being removed, said "Interrupted." (exit 130) with the restore in place and what was
     left of the old directory hidden beside it. Now the swap and the removal finish, and the
-    restore ends with a note of the interrupt."""
+    restore ends with a note of the interrupt. The Ctrl-C comes as the removal starts."""
     manifest, data, _reference = _restored_pair(repo, review_pg, scratch)
-    _junk(data, 20_000)
-    main = threading.main_thread().ident
-    assert main is not None
-    done = threading.Event()
+    (data / "old-only").write_text("of the replaced directory")
+    rmtree = shutil.rmtree
 
-    def interrupt_when_swapped() -> None:
-        while not done.is_set():
-            if any(".pgdr-replaced-" in p.name for p in scratch.iterdir()):
-                signal.pthread_kill(main, signal.SIGINT)
-                return
-            time.sleep(0.001)
+    def interrupted(path: Path, *args: Any, **kwargs: Any) -> None:
+        if ".pgdr-replaced-" in Path(path).name:
+            signal.raise_signal(signal.SIGINT)
+        rmtree(path, *args, **kwargs)
 
-    watcher = threading.Thread(target=interrupt_when_swapped)
-    watcher.start()
-    try:
-        result = restore_backup(repo, manifest.id, data, force=True)
-    finally:
-        done.set()
-        watcher.join()
+    monkeypatch.setattr(shutil, "rmtree", interrupted)
+    result = restore_backup(repo, manifest.id, data, force=True)
+    monkeypatch.undo()
     assert any("Ctrl-C came" in note for note in result.notes), result.notes
-    assert (data / "PG_VERSION").is_file() and not (data / "junk").exists()
+    assert (data / "PG_VERSION").is_file() and not (data / "old-only").exists()
     assert [p.name for p in scratch.iterdir() if p.name.startswith(".")] == []
 
 
