@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -115,19 +115,55 @@ def busy_pg(settings: PgdrSettings) -> Iterator[LocalCluster]:
     cluster.destroy()
 
 
-def _kill_after(args: list[str], env: dict[str, str], delay: float) -> bool:
+def _kill_when(
+    args: list[str], env: dict[str, str], ready: Callable[[], bool], timeout: float = 120
+) -> bool:
+    """Run pgdr ``args`` and SIGKILL it as soon as ``ready()`` (its work seen under way);
+    whether it was still running then. Progress, not a delay: a faster pgdr finished a small
+    backup before a fixed delay had passed, and nothing was killed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgdr", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(delay)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.001)
     killed = proc.poll() is None
     if killed:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     return killed
+
+
+def _chunks_written(repo: Path, count: int) -> Callable[[], bool]:
+    """Whether a backup begun from now on has ``count`` chunk objects (or temporary files of
+    them) in ``repo`` yet. It begins in a second of its own: a backup's id is its start to the
+    second, and one begun in the same second as a killed one would write into its directory."""
+    time.sleep(1.01 - time.time() % 1)
+    before = set((repo / "backups").glob("*/chunks"))
+
+    def ready() -> bool:
+        for directory in (repo / "backups").glob("*/chunks"):
+            if directory not in before and len(list(directory.iterdir())) >= count:
+                return True
+        return False
+
+    return ready
+
+
+def _staging_after(parent: Path, seconds: float) -> Callable[[], bool]:
+    """Whether a restore begun from now on has been writing its staging in ``parent`` for
+    ``seconds``."""
+    before, seen = set(parent.iterdir()), list[float]()
+
+    def ready() -> bool:
+        if not seen and any(".pgdr-restore-" in p.name for p in set(parent.iterdir()) - before):
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] >= seconds
+
+    return ready
 
 
 def _backup_sessions(cluster: LocalCluster) -> int:
@@ -147,8 +183,9 @@ def test_killed_parallel_backup_and_restore(
     assert first.code == 0, first.stderr
     first_id = json.loads(first.stdout)["id"]
     assert json.loads(first.stdout)["method"] == "files"
-    killed = sum(_kill_after(["backup"], env, delay) for delay in (0.8, 1.5, 2.5))
-    assert killed >= 1
+    repo = Path(env["PGDR_REPO"])
+    killed = sum(_kill_when(["backup"], env, _chunks_written(repo, count)) for count in (0, 1, 2))
+    assert killed == 3
     listed = json.loads(run_cli("backup", "list", "--json", env=env).stdout)["backups"]
     assert listed[0]["id"] == first_id
     verify = run_cli("backup", "verify", "--all", env=env)
@@ -166,8 +203,9 @@ def test_killed_parallel_backup_and_restore(
     target = scratch / "r"
     killed = 0
     verify = installation_for_major(18).tool("pg_verifybackup")
-    for delay in (0.5, 0.8, 1.6):
-        killed += _kill_after(["restore", first_id, "--to", str(target)], env, delay)
+    for delay in (0.0, 0.05, 0.15):
+        restore = ["restore", first_id, "--to", str(target)]
+        killed += _kill_when(restore, env, _staging_after(scratch, delay))
         if target.exists():  # renamed into place only when complete (the kill came later)
             checked = subprocess.run([str(verify), str(target)], capture_output=True, text=True)
             assert checked.returncode == 0, checked.stderr
