@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from pgdr.core.errors import RuntimeFailure
@@ -64,24 +64,26 @@ class LocalStore(ObjectStore):
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
-        try:
+        with self._reading(key, path):
             return path.read_bytes()
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{key} is missing from the repository at {self.root}.") from None
-        except OSError as exc:
-            raise _describe_os_error(exc, "reading", path) from exc
 
     def get_into(self, key: str, buffer: bytearray) -> memoryview:
         path = self._path(key)
+        with self._reading(key, path), path.open("rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > len(buffer):
+                return memoryview(handle.readall())
+            view, done = memoryview(buffer), 0
+            while done < size and (count := handle.readinto(view[done:size])):
+                done += count
+            return view[:done]
+
+    @contextmanager
+    def _reading(self, key: str, path: Path) -> Iterator[None]:
+        """Reading ``key`` (at ``path``): a missing object is :class:`ObjectNotFound`, any other
+        failure one sentence."""
         try:
-            with path.open("rb", buffering=0) as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size > len(buffer):
-                    return memoryview(handle.readall())
-                view, done = memoryview(buffer), 0
-                while done < size and (count := handle.readinto(view[done:size])):
-                    done += count
-                return view[:done]
+            yield
         except FileNotFoundError:
             raise ObjectNotFound(f"{key} is missing from the repository at {self.root}.") from None
         except OSError as exc:
