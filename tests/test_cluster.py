@@ -126,6 +126,42 @@ def test_cli_db_lifecycle(
     assert not (home / "clusters" / "default").exists()
 
 
+def test_a_deep_home_gets_a_short_socket_directory(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """A socket under a deep PGDR_HOME would exceed 107 bytes: the server did not start
+    ("could not create any Unix-domain sockets"). Its socket now lives in a short private
+    directory in /tmp, made again after a reboot empties /tmp, removed with the cluster, and
+    refused when someone else put something there."""
+    home = Path(cli_env["PGDR_HOME"]) / ("deep-" * 18)
+    env = cli_env | {"PGDR_HOME": str(home)}
+    assert run_cli("db", "start", env=env).code == 0
+    status = json.loads(run_cli("db", "status", "--json", env=env).stdout)
+    short = Path(status["socket_dir"])
+    assert short.parent == Path("/tmp") and short.name.startswith("pgdr-"), short
+    info = short.lstat()
+    assert info.st_mode & 0o777 == 0o700
+    assert info.st_uid == resolve_service_user(PgdrSettings().service_user).uid
+    url = LocalCluster(home / "clusters" / "default", PgdrSettings(home=home)).conninfo()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert run_cli("db", "stop", env=env).code == 0
+    subprocess.run(["rm", "-rf", str(short)], check=True)  # a reboot emptied /tmp
+    assert run_cli("db", "start", env=env).code == 0
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert run_cli("db", "destroy", "--yes", env=env).code == 0
+    assert not short.exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    short.symlink_to(elsewhere)
+    try:
+        result = run_cli("db", "start", "--new", env=env)
+        assert result.code == 2
+        assert str(short) in assert_one_sentence(result.stderr)
+        assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 != 0o700
+    finally:
+        short.unlink()
+
+
 def test_unusable_home_is_a_clear_error(cli_env: dict[str, str], tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

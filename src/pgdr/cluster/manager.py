@@ -5,7 +5,9 @@ A cluster lives in one directory::
     <dir>/cluster.json   what pgdr knows of it (binaries, port, version), root-only
     <dir>/password       the superuser's password for TCP connections, 0600
     <dir>/data/          PGDATA, owned by the service user
-    <dir>/run/           the unix socket directory, owned by the service user
+    <dir>/run/           the unix socket directory, owned by the service user (a short
+                         /tmp/pgdr-<digest> instead when <dir> is too deep for a socket's
+                         path: ``pgdr.cluster.sockets``)
     <dir>/server.log     the server's log
 
 Local (socket) connections use ``trust``, guarded by the socket directory's 0700 mode; TCP
@@ -37,6 +39,7 @@ from pgdr.cluster.processes import (
 )
 from pgdr.cluster.runtime import RUNTIME, reachable_installation
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
+from pgdr.cluster.sockets import is_short, prepare_short, remove_short, socket_dir_for
 from pgdr.config.settings import PgdrSettings
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.runner import last_line
@@ -125,7 +128,7 @@ class LocalCluster:
         self.settings = settings
         # A restored data directory may live elsewhere (``pgdr restore --to DIR --start``).
         self.data_dir = data_dir or directory / "data"
-        self.socket_dir = directory / "run"
+        self.socket_dir = socket_dir_for(directory)
         self.log_file = directory / "server.log"
         self.meta_file = directory / "cluster.json"
         self.password_file = directory / "password"
@@ -268,6 +271,9 @@ class LocalCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o711)
         for path in private:
+            if path == self.socket_dir and is_short(path, self.directory):
+                prepare_short(path, self.directory, self.user)
+                continue
             path.mkdir(exist_ok=True)
             self.user.own(path, 0o700)
         self.log_file.touch()
@@ -348,6 +354,8 @@ class LocalCluster:
         stale = move_stale_pid_file(self.data_dir)
         if stale:
             notes.append(stale)
+        if is_short(self.socket_dir, self.directory):  # /tmp may have been emptied meanwhile
+            prepare_short(self.socket_dir, self.directory, self.user)
         result = self._pg_ctl(
             "start", ["-l", self.log_file, *_server_options(self._meta())], timeout
         )
@@ -411,6 +419,7 @@ class LocalCluster:
         if self.exists and self.status().running:
             self.stop(mode="immediate")
         shutil.rmtree(self.directory, ignore_errors=False)
+        remove_short(self.socket_dir, self.directory)
 
 
 def _server_options(meta: dict[str, Any]) -> list[str]:
