@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -182,3 +183,46 @@ def test_dropped_table_from_backup_and_another_clusters_backup(
     assert contents(w.conninfo) == good
     assert not list((w.cluster.settings.home / "scratch").iterdir())
     w.stop_stream(stream)
+
+
+def test_a_dotted_name_is_one_table_not_a_schema_and_a_table(
+    pg18: Server, backup_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Each command split table names its own way: `restore-table '"a.b"' --replace --force`
+    restored the table b of schema a over its newer rows and left the damaged public."a.b"
+    (exit 0), and `export --tables '"a.b"'` exported a.b. Now every command reads names as SQL
+    writes them, in one place (pgdr.core.names)."""
+    url = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE SCHEMA a; CREATE TABLE a.b (id int PRIMARY KEY, v text);"
+            "INSERT INTO a.b VALUES (1, 'schema a');"
+            'CREATE TABLE public."a.b" (id int PRIMARY KEY, v text);'
+            """INSERT INTO public."a.b" VALUES (10, 'dotted');"""
+            """CREATE TABLE public."My ""Odd"" Table" (id int PRIMARY KEY);"""
+            """INSERT INTO public."My ""Odd"" Table" VALUES (7)"""
+        )
+    assert run_cli("dump", env=env).code == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("""UPDATE a.b SET v = 'changed since'; UPDATE "a.b" SET v = 'damaged'""")
+    back = run_cli("restore-table", '"a.b"', "--from", "latest", "--replace", "--force", env=env)
+    assert back.code == 0, back.stderr
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute('SELECT id, v FROM public."a.b"').fetchall() == [(10, "dotted")]
+        assert conn.execute("SELECT id, v FROM a.b").fetchall() == [(1, "changed since")]
+
+    out = tmp_path / "csv"
+    names = ('public."a.b"', '"My ""Odd"" Table"')
+    exported = run_cli(
+        "export", *(x for n in names for x in ("--tables", n)), "--out", str(out), env=env
+    )
+    assert exported.code == 0, exported.stderr
+    assert "dotted" in (out / "public.a.b.csv").read_text()
+    assert "7" in (out / 'public.My "Odd" Table.csv').read_text()
+    before = contents(url)
+    for bad in ("a.b.c", '"a.b', " ", '"".x', 'My "Odd" Table'):
+        refused = run_cli("restore-table", bad, "--from", "latest", "--replace", "--force", env=env)
+        assert refused.code == 2, (bad, refused.stderr)
+        assert "is not a table name" in assert_one_sentence(refused.stderr), bad
+    assert contents(url) == before

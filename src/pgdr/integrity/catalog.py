@@ -11,6 +11,8 @@ from typing import Any
 
 import psycopg
 
+from pgdr.core.names import qualified_name
+
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 
@@ -65,8 +67,7 @@ class Catalog:
     extensions: dict[str, str]  # name -> schema
 
     def find(self, name: str, default_schema: str) -> TableInfo | None:
-        qualified = name if "." in name else f"{default_schema}.{name}"
-        return self.tables.get(qualified)
+        return self.tables.get(qualified_name(name, default_schema))
 
     @property
     def has_pgvector(self) -> bool:

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.names import qualified_name, split_table_name
 from pgdr.logical.table import primary_key, table_columns
 from pgdr.profile import Profile
 
@@ -85,7 +86,7 @@ class AuditStatus:
 def audit_tables(profile: Profile, chosen: list[str] | None) -> list[tuple[str, str]]:
     """(schema, name): ``--tables`` or every table of the profile."""
     if chosen:
-        return [(t.rpartition(".")[0] or "public", t.rpartition(".")[2]) for t in chosen if t]
+        return [split_table_name(t) for t in chosen if t.strip()]
     tables = [(t.schema_name, t.name) for t in profile.tables]
     if not tables:
         raise ConfigError(f"The profile {profile.name} names no table; give --tables.")
@@ -211,10 +212,7 @@ def show(conninfo: str, *, table: str | None = None, limit: int = 50) -> AuditSt
 
 
 def _qualified(table: str | None) -> str | None:
-    if table is None:
-        return None
-    schema, _, name = table.rpartition(".")
-    return f"{schema or 'public'}.{name}"
+    return None if table is None else qualified_name(table)
 
 
 def _entries(

@@ -31,6 +31,7 @@ from pgdr.backup.repository import Repository
 from pgdr.backup.take import store_chunks
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.names import split_table_name
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 from pgdr.logical.dump import Sink, dump_source, store_logical
 from pgdr.profile import Profile
@@ -57,9 +58,7 @@ class ExportResult:
 def export_tables(profile: Profile, chosen: list[str] | None) -> list[tuple[str, str]]:
     """(schema, name) of the tables to export: ``--tables`` or the profile's ``export`` ones."""
     if chosen:
-        return [
-            (t.rpartition(".")[0] or "public", t.rpartition(".")[2]) for t in chosen if t.strip()
-        ]
+        return [split_table_name(t) for t in chosen if t.strip()]
     tables = [(t.schema_name, t.name) for t in profile.tables if t.export]
     if not tables:
         raise ConfigError(

@@ -36,6 +36,7 @@ from pgdr.backup.chunks import private_dir
 from pgdr.backup.repository import Repository
 from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.names import split_table_name
 from pgdr.logical.archive import OpenDump, TocEntry, feed_pg_restore, open_dump, read_toc
 
 
@@ -60,11 +61,6 @@ class TableRestore:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def split_name(table: str) -> tuple[str, str]:
-    schema, _, name = table.rpartition(".")
-    return (schema or "public").strip('"'), name.strip('"')
 
 
 def _check_same_database(dump: OpenDump, conn: psycopg.Connection[Any]) -> None:
@@ -287,14 +283,15 @@ class CopyIn:
 def plan_copy_in(
     conn: psycopg.Connection[Any],
     result: TableRestore,
+    table: tuple[str, str],
     live_columns: list[str],
     new_name: str,
     *,
     replace: bool,
     force: bool,
 ) -> CopyIn:
-    """Check the target name and the key; nothing is written yet."""
-    schema, name = split_name(result.table)
+    """Check the target name and the key of ``table`` (schema, name); nothing is written yet."""
+    schema, name = table
     live = sql.Identifier(schema, name)
     new = sql.Identifier(schema, new_name)
     if replace:
@@ -368,7 +365,7 @@ def restore_table(
     """Restore ``table`` from a dump beside the live table (or in its place with ``replace``)."""
     began = time.monotonic()
     check_replace_options(as_name, replace, force)
-    schema, name = split_name(table)
+    schema, name = split_table_name(table)
     dump = open_dump(repo, dump_id, latest_of=("dump",))  # the latest with rows
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         _check_same_database(dump, conn)
@@ -379,7 +376,9 @@ def restore_table(
             return _restore_dropped(dump, conninfo, conn, (schema, name), entries, as_name, force)
         new_name = as_name or f"{name}_{dump.id.split('-')[0].lower()}"
         result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", dump.id)
-        plan = plan_copy_in(conn, result, live_columns, new_name, replace=replace, force=force)
+        plan = plan_copy_in(
+            conn, result, (schema, name), live_columns, new_name, replace=replace, force=force
+        )
         with private_dir("pgdr-table-") as tmp:
             (tmp / "list").write_text(data_entry.line + "\n")
             feed_pg_restore(dump, ["-L", str(tmp / "list"), "-f", str(tmp / "rows")], tmp / "out")

@@ -31,13 +31,13 @@ from pgdr.backup.repository import Repository
 from pgdr.core import runner
 from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError
+from pgdr.core.names import split_table_name
 from pgdr.logical.table import (
     TableRestore,
     check_replace_options,
     copy_in,
     plan_copy_in,
     rename_and_count,
-    split_name,
     table_columns,
 )
 from pgdr.logical.throwaway import throwaway_copy
@@ -89,7 +89,7 @@ def restore_table_from_backup(
     check_replace_options(as_name, replace, force)
     target = make_target(at, None, xid, None, False, exclusive)
     manifest = repo.read_manifest(repo.resolve_id(backup_id))
-    schema, name = split_name(table)
+    schema, name = split_table_name(table)
     moment = target.describe() if target else f"the end of backup {manifest.id}"
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         system = _system_identifier(conn)
@@ -104,7 +104,9 @@ def restore_table_from_backup(
         new_name = as_name or f"{name}_{manifest.id.split('-')[0].lower()}"
         result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", manifest.id)
         result.source = f"backup {manifest.id} at {moment}"
-        plan = plan_copy_in(conn, result, live_columns, new_name, replace=replace, force=force)
+        plan = plan_copy_in(
+            conn, result, (schema, name), live_columns, new_name, replace=replace, force=force
+        )
         dbname = conn.info.dbname
         with (
             throwaway_copy(repo, manifest.id, target, "table") as (copy, _restored),

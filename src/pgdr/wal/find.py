@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pgdr.backup.chunks import private_dir
 from pgdr.backup.manifest import Manifest
 from pgdr.cluster import installation_for_major
 from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
+from pgdr.core.names import split_table_name
 from pgdr.core.time import user_moment
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.chain import Chain
@@ -121,6 +123,7 @@ def parse_moment(text: str | None, option: str) -> datetime | None:
 
 def table_file(conninfo: str, table: str) -> TableFile:
     """The table's OID and current file, as the live database knows them."""
+    ident = sql.Identifier(*split_table_name(table))
     try:
         with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             row = conn.execute(
@@ -128,7 +131,7 @@ def table_file(conninfo: str, table: str) -> TableFile:
                 " FROM pg_class c, pg_database d"
                 " WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')"
                 " AND d.datname = current_database()",
-                (table,),
+                (ident.as_string(conn),),
             ).fetchone()
     except psycopg.Error as exc:
         raise RuntimeFailure(f"Cannot read the table's catalog entry: {exc}".strip()) from exc
