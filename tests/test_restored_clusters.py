@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,9 @@ from conftest import run_cli
 from fixtures.backup import add_rows, count_rows
 from fixtures.wal import WalEnv
 from pgdr.cluster import LocalCluster
+from pgdr.cluster.runtime import RUNTIME, runtime_lock
 from pgdr.config import PgdrSettings
+from pgdr.restore.scratch import as_found
 from test_pitr import backup, ids, wait_streamed
 
 CONFIG_FILES = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf")
@@ -147,3 +151,38 @@ def test_embedded_default_restored_in_place(own_home: dict[str, str]) -> None:
     shutil.rmtree(data)
     fresh = run_cli("db", "start", "--new", "--json", env=env)
     assert fresh.code == 0 and json.loads(fresh.stdout)["created"] is True
+
+
+def test_a_staged_copy_that_another_cluster_takes_into_use_stays(settings: PgdrSettings) -> None:
+    """A read throwaway removes the copy of PostgreSQL it staged under runtime/ (a service user
+    who cannot reach the installed one). Another process that started a cluster from that copy
+    meanwhile lost its binaries on disk: its next `pg_ctl` failed. The removal now waits for a
+    cluster that is taking the copy into use (shared lock until its cluster.json names it) and
+    leaves the copy to any cluster that runs from it."""
+    home = settings.home
+    staged_bin = home / RUNTIME / "postgres-18.0" / "bin"
+    other = home / "clusters" / "other"
+    taking, recorded = threading.Event(), threading.Event()
+
+    def take_into_use() -> None:  # what LocalCluster.create/adopt does, slowly
+        with runtime_lock(home, exclusive=False):
+            taking.set()
+            time.sleep(1.0)
+            other.mkdir(parents=True)
+            (other / "cluster.json").write_text(json.dumps({"bin_dir": str(staged_bin)}))
+            recorded.set()
+
+    with as_found(settings, "A test"):
+        staged_bin.mkdir(parents=True)  # this throwaway staged the copy
+        taker = threading.Thread(target=take_into_use)
+        taker.start()
+        assert taking.wait(10)
+    assert recorded.is_set()  # the removal waited for the shared lock
+    taker.join()
+    assert staged_bin.is_dir()  # and left the copy to the cluster that runs from it
+
+    shutil.rmtree(other)
+    shutil.rmtree(home / RUNTIME)
+    with as_found(settings, "A test"):
+        staged_bin.mkdir(parents=True)
+    assert not (home / RUNTIME).exists()  # nobody else used it: removed as before

@@ -37,7 +37,7 @@ from pgdr.cluster.processes import (
     pid_alive,
     running_postmaster,
 )
-from pgdr.cluster.runtime import RUNTIME, reachable_installation
+from pgdr.cluster.runtime import RUNTIME, reachable_installation, runtime_lock
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.cluster.sockets import is_short, prepare_short, remove_short, socket_dir_for
 from pgdr.config.settings import PgdrSettings
@@ -200,16 +200,17 @@ class LocalCluster:
             raise ConfigError(
                 f"{self.data_dir} is not empty and holds no pgdr cluster; move it away first."
             )
-        ensure_home(self.settings.home)
+        home = ensure_home(self.settings.home)
         inst = installation or choose_installation(self.settings.pg_bin, self.settings.pg_version)
-        inst = reachable_installation(inst, self.user, self.settings.home / RUNTIME)
-        port = port or find_free_port()
-        self._prepare_directories(self.data_dir, self.socket_dir)
-        self._initdb(inst, checksums)
-        self._append_config(
-            BASE_CONFIG.format(port=port, socket_dir=self.socket_dir) + extra_config
-        )
-        self._record(inst, port, checksums=checksums)
+        with runtime_lock(home, exclusive=False):  # a staged copy stays until recorded below
+            inst = reachable_installation(inst, self.user, home / RUNTIME)
+            port = port or find_free_port()
+            self._prepare_directories(self.data_dir, self.socket_dir)
+            self._initdb(inst, checksums)
+            self._append_config(
+                BASE_CONFIG.format(port=port, socket_dir=self.socket_dir) + extra_config
+            )
+            self._record(inst, port, checksums=checksums)
 
     def adopt(
         self,
@@ -226,23 +227,20 @@ class LocalCluster:
         """
         if not (self.data_dir / "PG_VERSION").is_file():
             raise RuntimeFailure(f"{self.data_dir} is not a PostgreSQL data directory.")
-        inst = reachable_installation(installation, self.user, self.settings.home / RUNTIME)
-        port = port or find_free_port()
-        self._prepare_directories(self.socket_dir)
-        self._chown_tree(self.data_dir)
         server_options = {
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": str(self.socket_dir),
             "unix_socket_permissions": "0700",
             **(options or {}),
         }
-        self._record(
-            inst,
-            port,
-            adopted=True,
-            data_dir=str(self.data_dir),
-            server_options=server_options,
-        )
+        with runtime_lock(self.settings.home, exclusive=False):
+            inst = reachable_installation(installation, self.user, self.settings.home / RUNTIME)
+            port = port or find_free_port()
+            self._prepare_directories(self.socket_dir)
+            self._chown_tree(self.data_dir)
+            self._record(
+                inst, port, adopted=True, data_dir=str(self.data_dir), server_options=server_options
+            )
 
     def _record(self, inst: PgInstallation, port: int, **extra: Any) -> None:
         self._write_meta(

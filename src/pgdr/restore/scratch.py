@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pgdr.backup.repository import Repository
 from pgdr.cluster import LocalCluster
-from pgdr.cluster.runtime import RUNTIME
+from pgdr.cluster.runtime import RUNTIME, remove_unused_runtime
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError, PgdrError
 from pgdr.restore.base import RestoreResult, restore_backup
@@ -61,7 +61,8 @@ def as_found(settings: PgdrSettings, what: str) -> Iterator[None]:
     end (one that another process is using keeps its contents, so it stays). So does the copy
     of the embedded PostgreSQL staged under ``runtime`` for a service user who cannot reach the
     installed one (:mod:`pgdr.cluster.runtime`), when the block staged it: the throwaway that
-    ran from it is gone by then."""
+    ran from it is gone by then, and it stays when another process has started a cluster from
+    it meanwhile."""
     home = settings.home
     if not home.is_dir():
         raise ConfigError(
@@ -74,8 +75,8 @@ def as_found(settings: PgdrSettings, what: str) -> Iterator[None]:
         yield
     finally:
         _remove_empty(new)
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
+        if staged is not None and staged.exists():
+            remove_unused_runtime(home)
 
 
 def _remove_empty(directories: list[Path]) -> None:
