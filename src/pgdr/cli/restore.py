@@ -176,10 +176,7 @@ def restore(
             as_json, accept_rollback, as_primary,
         )  # fmt: skip
         return
-    if backup_id is None or to is None:
-        raise ConfigError(
-            "Give a backup id and --to DIR, or a recovery target (--latest, --target-time ...)."
-        )
+    backup_id, to = _base_backup_and_place(backup_id, to)
     repo = open_repo(repo_name)
     manifest = repo.read_manifest(repo.resolve_id(backup_id))
     how = ("by-wal" if by_wal else "delta") if delta else None
@@ -191,6 +188,15 @@ def restore(
         data |= _start(result, port, as_primary)
     show_key_note(repo)
     emit(data, as_json, lambda: _render(result, data))
+
+
+def _base_backup_and_place(backup_id: str | None, to: Path | None) -> tuple[str, Path]:
+    """A restore without a recovery target needs both a backup and a place."""
+    if backup_id is None or to is None:
+        raise ConfigError(
+            "Give a backup id and --to DIR, or a recovery target (--latest, --target-time ...)."
+        )
+    return backup_id, to
 
 
 def _check_companions(
