@@ -417,7 +417,7 @@ class LocalCluster:
         if self.exists and self.status().running:
             self.stop(mode="immediate")
         shutil.rmtree(self.directory, ignore_errors=False)
-        remove_short(self.socket_dir, self.directory)
+        remove_short(self.socket_dir, self.directory, self.user)
 
 
 def _server_options(meta: dict[str, Any]) -> list[str]:

@@ -44,13 +44,21 @@ def is_short(socket_dir: Path, directory: Path) -> bool:
     return socket_dir.parent != directory
 
 
+def _ours(socket_dir: Path, user: ServiceUser) -> bool:
+    """Whether ``socket_dir`` is a real directory of pgdr's user or of ``user``."""
+    try:
+        info = socket_dir.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid in (os.geteuid(), user.uid)
+
+
 def prepare_short(socket_dir: Path, directory: Path, user: ServiceUser) -> None:
     """Make (or take back) the short socket directory of the cluster in ``directory``: a real
     directory owned by pgdr's user or ``user``, given to ``user`` with mode 0700."""
     with suppress(FileExistsError):
         socket_dir.mkdir(mode=0o700)
-    info = socket_dir.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (os.geteuid(), user.uid):
+    if not _ours(socket_dir, user):
         raise ConfigError(
             f"{socket_dir}, the socket directory of the cluster at {directory} (whose own path "
             "is too long for a socket), is not a directory of pgdr's user or of the service "
@@ -59,7 +67,8 @@ def prepare_short(socket_dir: Path, directory: Path, user: ServiceUser) -> None:
     user.own(socket_dir, 0o700)
 
 
-def remove_short(socket_dir: Path, directory: Path) -> None:
-    """Remove the short socket directory of a destroyed cluster (nothing for ``run/``)."""
-    if is_short(socket_dir, directory) and not socket_dir.is_symlink():
+def remove_short(socket_dir: Path, directory: Path, user: ServiceUser) -> None:
+    """Remove the short socket directory of a destroyed cluster (nothing for ``run/``); one
+    that is not pgdr's or ``user``'s is left alone."""
+    if is_short(socket_dir, directory) and _ours(socket_dir, user):
         shutil.rmtree(socket_dir, ignore_errors=True)
