@@ -18,6 +18,8 @@ from pgdr.backup.manifest import format_time
 from pgdr.backup.retention import plan_retention
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError
+from pgdr.crypto.keys import generate_key_text
+from test_bad_input import assert_one_sentence
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -188,3 +190,33 @@ weekly_days = 90
     )
     assert restored.code == 0, restored.stderr
     assert (scratch / "r" / "PG_VERSION").read_text().strip() == "15"
+
+
+def test_prune_with_another_key_removes_nothing(pg15: Server, backup_env: dict[str, str]) -> None:
+    """With a key that opens none of the manifests, prune left every backup alone "as
+    damaged" and exited 0 (`dump prune` the same, without even naming them). Another key is
+    not damage: it stops first, as `backup list` does, with nothing removed."""
+    env = backup_env | {"DATABASE_URL": pg15.cluster.conninfo()}
+    for _ in range(2):
+        assert run_cli("backup", env=env).code == 0
+    assert run_cli("dump", env=env).code == 0
+    repo = Path(env["PGDR_REPO"])
+    before = sorted(p for p in repo.rglob("*") if p.is_file() and p.name != ".pgdr-lock")
+    other = env | {"PGDR_ENCRYPTION_KEY": generate_key_text()}
+    for args in (("prune",), ("prune", "--dry-run"), ("dump", "prune")):
+        result = run_cli(*args, env=other)
+        assert result.code == 2, (args, result.stdout, result.stderr)
+        assert "use the key that sealed them" in assert_one_sentence(result.stderr)
+    after = sorted(p for p in repo.rglob("*") if p.is_file() and p.name != ".pgdr-lock")
+    assert after == before
+
+
+def test_retention_beyond_a_century_is_a_typo() -> None:
+    """A window of a billion days crashed prune with a traceback (OverflowError, exit 1)."""
+    settings = PgdrSettings(home=Path("/nonexistent"))
+    for value in (36_501, 1_000_000_000):
+        table = {"repositories": {"x": {"url": "/a", "recovery_window_days": value}}}
+        with pytest.raises(ConfigError, match="from 0 to 36,500"):
+            load_repositories(settings, table)
+    table = {"repositories": {"x": {"url": "/a", "keep_days": 36_500}}}
+    assert load_repositories(settings, table)["x"].retention.keep_days == 36_500

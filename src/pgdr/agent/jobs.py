@@ -30,7 +30,6 @@ from pgdr.agent.database import DatabaseHandle
 from pgdr.backup.copy import copy_backup
 from pgdr.backup.manifest import format_time, now_utc
 from pgdr.backup.repository import Repository
-from pgdr.backup.retention import prune
 from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, installation_for_major
 from pgdr.core.errors import CheckFailed, PgdrError
@@ -43,7 +42,7 @@ from pgdr.restore.scratch import scratch_cluster
 from pgdr.restore.target import Target
 from pgdr.restore.tested import amcheck_cluster
 from pgdr.wal.archive import KEYRING, WalArchive, repository_archive
-from pgdr.wal.retention import prune_repository_wal
+from pgdr.wal.retention import prune_repository
 from pgdr.watch import drill_monitor
 
 SCRATCH_PREFIX = "rt-"  # short: the server's socket path must stay under 107 bytes
@@ -53,9 +52,7 @@ _RESTORE_TESTS = threading.Lock()
 
 
 def _retention(repo: Repository) -> dict[str, Any]:
-    report = prune(repo)
-    kept = [d.backup_id for d in report.decisions if d.keep]
-    wal = prune_repository_wal(repo, kept, dry_run=False)
+    report, wal = prune_repository(repo)
     return {
         "repository": repo.name,
         "removed": [d.backup_id for d in report.removed],

@@ -92,6 +92,7 @@ class RetentionPolicy:
 
 
 RETENTION_KEYS = ("recovery_window_days", "daily_days", "weekly_days", "keep_days")
+MAX_DAYS = 36_500  # a retention window beyond this is a typo (and past datetime's range)
 KNOWN_KEYS = {
     "url",
     "endpoint",
@@ -120,9 +121,10 @@ def _retention(name: str, table: Mapping[str, Any]) -> RetentionPolicy:
     for key in RETENTION_KEYS:
         if key in table:
             value = table[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DAYS:
                 raise ConfigError(
-                    f"repositories.{name}.{key} must be a whole number of days (0 or more)."
+                    f"repositories.{name}.{key} must be a whole number of days from 0 to "
+                    f"{MAX_DAYS:,} (a hundred years)."
                 )
             values[key] = value
     return RetentionPolicy(**values)
@@ -335,6 +337,13 @@ class Repository:
         except ValueError as exc:
             raise RuntimeFailure(f"{INFO_KEY} in the repository {self.url} is damaged.") from exc
         return data
+
+    def exists(self) -> bool:
+        """Whether anything was ever stored here: the repository's record (a first backup,
+        dump, WAL or ``repo init`` writes it), or objects of an older pgdr without it."""
+        if self.store.exists(INFO_KEY):
+            return True
+        return next(iter(self.store.list()), None) is not None
 
     def initialise(self) -> bool:
         """Create the repository (and bucket); False when it already existed."""

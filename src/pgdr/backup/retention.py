@@ -6,8 +6,9 @@ to replay WAL from), ``daily_days`` (the newest backup of each UTC day) and ``we
 newest backup of each ISO week). Backups taken with ``--keep`` (before a major change) stay
 ``keep_days`` (0, the default: they never expire), so a tier such as the runbook's secondary
 (90 days, weekly plus before major changes) ages them out too. Whatever is kept also keeps what
-it needs: an incremental backup's parents. The newest valid backup is never removed,
-and a backup whose manifest fails authentication is reported and left alone. Logical backups
+it needs: an incremental backup's parents. The newest valid backup is never removed, a backup
+whose manifest fails authentication is reported and left alone, and manifests sealed by another
+master key stop the run before anything is removed (as ``backup list`` does). Logical backups
 (``dumps/``) are planned kind by kind: dumps, schema dumps and exports are separate series.
 """
 
@@ -18,7 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pgdr.backup.manifest import BACKUPS, DUMPS, Manifest, now_utc
-from pgdr.backup.repository import Repository, RetentionPolicy
+from pgdr.backup.repository import Repository, RetentionPolicy, unreadable_error
+from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 
 
 @dataclass
@@ -66,16 +68,31 @@ def plan_retention(
     by_id = {m.id: m for m in ordered}
     for m in reversed(ordered):  # newest first, so a chain is kept before its parents are seen
         if reasons[m.id]:
-            parent = m.parent
-            while parent is not None and parent in by_id:
-                note = f"parent of {m.id}"
-                if note not in reasons[parent]:
-                    reasons[parent].append(note)
-                parent = by_id[parent].parent
+            _keep_parents(by_id, reasons, m)
     return [
         Decision(m.id, bool(reasons[m.id]), reasons[m.id], m.stored_size, m.stop_time)
         for m in ordered
     ]
+
+
+def _keep_parents(by_id: dict[str, Manifest], reasons: dict[str, list[str]], m: Manifest) -> None:
+    parent = m.parent
+    while parent is not None and parent in by_id:
+        note = f"parent of {m.id}"
+        if note not in reasons[parent]:
+            reasons[parent].append(note)
+        parent = by_id[parent].parent
+
+
+def keep_also(
+    decisions: list[Decision], backups: list[Manifest], chosen: Manifest, reason: str
+) -> None:
+    """Keep ``chosen`` for ``reason``, and the parents it needs, whatever the dates said."""
+    reasons = {d.backup_id: d.reasons for d in decisions}
+    reasons[chosen.id].append(reason)
+    _keep_parents({m.id: m for m in backups}, reasons, chosen)
+    for decision in decisions:
+        decision.keep = bool(decision.reasons)
 
 
 def plan_by_kind(
@@ -124,6 +141,17 @@ class PruneReport:
     decisions: list[Decision]
     invalid: list[str]
     incomplete_removed: list[str]
+    noun: str = "backup"
+
+    def left_alone(self) -> PgdrError | None:
+        """Backups that cannot be read were left alone: not a clean run (after its report)."""
+        if not self.invalid:
+            return None
+        return RuntimeFailure(
+            f"{len(self.invalid)} {self.noun}(s) in the repository {self.repository} cannot be "
+            f"read or trusted and were left alone: {', '.join(self.invalid)}; run "
+            f"`pgdr {'dump' if self.noun == 'dump' else 'backup'} verify` on them."
+        )
 
     @property
     def removed(self) -> list[Decision]:
@@ -141,10 +169,39 @@ class PruneReport:
         }
 
 
-def valid_backups(repo: Repository, area: str = BACKUPS) -> tuple[list[Manifest], list[str]]:
-    """Authenticated manifests, and the ids of the damaged ones (never pruned)."""
-    good, damaged = repo.scan_backups(area)
-    return good, [d.backup_id for d in damaged]
+def require_repository(repo: Repository) -> None:
+    """A repository that nothing was ever stored in is named, not created (a mistyped path
+    would otherwise "prune" an empty new repository and say it freed nothing)."""
+    if not repo.exists():
+        raise ConfigError(
+            f"There is no repository at {repo.url} ({repo.name}): nothing was ever stored "
+            "there, so there is nothing to prune; is the path right?"
+        )
+
+
+def decide(
+    repo: Repository, area: str, policy: RetentionPolicy, now: datetime | None
+) -> tuple[list[Manifest], list[Decision], list[str]]:
+    """The authenticated manifests, the decision on each, and the ids of the damaged ones
+    (left alone). Manifests sealed by another key stop it first: what they hold is unknown,
+    and that is the wrong key, not damage."""
+    valid, damaged = repo.scan_backups(area)
+    wrong_key = [d for d in damaged if d.wrong_key]
+    if wrong_key:
+        noun = "dump" if area == DUMPS else "backup"
+        raise unreadable_error(repo.name, repo.master_key.key_id, wrong_key, noun)
+    plan = plan_by_kind if area == DUMPS else plan_retention
+    return valid, plan(valid, policy, now), [d.backup_id for d in damaged]
+
+
+def carry_out(repo: Repository, decisions: list[Decision], area: str = BACKUPS) -> list[str]:
+    """Remove what ``decisions`` do not keep, and interrupted backups' leftovers (which it
+    returns); only while holding the repository's lock."""
+    incomplete = repo.clean_incomplete(area=area)
+    for decision in decisions:
+        if not decision.keep:
+            repo.delete_backup(decision.backup_id, area)
+    return incomplete
 
 
 def prune(
@@ -152,22 +209,20 @@ def prune(
     *,
     dry_run: bool = False,
     now: datetime | None = None,
-    area: str = BACKUPS,
+    area: str = DUMPS,
     policy: RetentionPolicy | None = None,
 ) -> PruneReport:
-    """Apply the repository's retention policy (or only show it with ``dry_run``); dumps
-    (``area=DUMPS``) pass their own ``policy``, applied to each kind apart."""
+    """Apply a retention policy to the logical backups (``pgdr dump prune``; or only show it
+    with ``dry_run``), each kind apart. Base backups are pruned with their WAL, under the same
+    lock, by :func:`pgdr.wal.retention.prune_repository`."""
+    require_repository(repo)
     policy = policy or repo.config.retention
-    plan = plan_by_kind if area == DUMPS else plan_retention
     if dry_run:
-        valid, invalid = valid_backups(repo, area)
-        decisions = plan(valid, policy, now)
-        return PruneReport(repo.name, True, decisions, invalid, repo.incomplete_backups(area))
+        _valid, decisions, invalid = decide(repo, area, policy, now)
+        incomplete = repo.incomplete_backups(area)
+        return PruneReport(repo.name, True, decisions, invalid, incomplete, "dump")
+    repo.store.check_writable()
     with repo.locked("prune"):
-        valid, invalid = valid_backups(repo, area)
-        decisions = plan(valid, policy, now)
-        incomplete = repo.clean_incomplete(area=area)
-        for decision in decisions:
-            if not decision.keep:
-                repo.delete_backup(decision.backup_id, area)
-    return PruneReport(repo.name, False, decisions, invalid, incomplete)
+        _valid, decisions, invalid = decide(repo, area, policy, now)
+        incomplete = carry_out(repo, decisions, area)
+    return PruneReport(repo.name, False, decisions, invalid, incomplete, "dump")

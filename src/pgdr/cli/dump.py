@@ -183,7 +183,7 @@ def prune(
 ) -> None:
     """Expire dumps: the newest of each week for 90 days, and every --keep dump, stay (dumps,
     schema-only dumps and exports counted apart)."""
-    repo = open_repo(repo_name, writable=not dry_run)
+    repo = open_repo(repo_name)
     report = prune_dumps(repo, dry_run=dry_run)
     data = report.as_dict()
 
@@ -194,5 +194,9 @@ def prune(
             + (", ".join(d.backup_id for d in report.removed) or "none")
             + "."
         )
+        for dump_id in report.invalid:
+            console.print(styled(f"{dump_id} fails authentication: left alone.", "red"))
 
     emit(data, as_json, render)
+    if (failure := report.left_alone()) is not None:
+        raise failure

@@ -9,13 +9,12 @@ from rich.table import Table
 
 from pgdr.backup import load_repositories
 from pgdr.backup.repository import DEFAULT_REPOSITORY
-from pgdr.backup.retention import prune as apply_retention
 from pgdr.cli.common import JsonOption, settings
 from pgdr.cli.repository import RepoOption, open_repo
 from pgdr.core.errors import ConfigError
 from pgdr.core.output import console, emit, key_value_table, progress_bar, styled
 from pgdr.core.units import human_size
-from pgdr.wal.retention import prune_repository_wal
+from pgdr.wal.retention import prune_repository
 from pgdr.wal.tier import copy_to_tier
 
 app = typer.Typer(
@@ -154,9 +153,8 @@ def prune(
 ) -> None:
     """Apply a repository's retention policy: remove expired backups and leftovers."""
     repo = open_repo(repo_name)
-    report = apply_retention(repo, dry_run=dry_run)
+    report, wal = prune_repository(repo, dry_run=dry_run)
     data = report.as_dict() | {"retention": repo.config.retention.as_dict()}
-    wal = prune_repository_wal(repo, [d.backup_id for d in report.decisions if d.keep], dry_run)
     data["wal"] = wal.as_dict() if wal else None
 
     def render() -> None:
@@ -189,10 +187,14 @@ def prune(
         freed = human_size(data["freed_bytes"])
         verb = "Would free" if dry_run else "Freed"
         console.print(f"{verb} {freed} ({len(report.removed)} backup(s)).")
-        if wal is not None:
+        if wal is not None and wal.skipped:
+            console.print(styled(f"WAL: {wal.skipped}.", "red"))
+        elif wal is not None:
             console.print(
                 f"WAL: {verb.lower()} {human_size(wal.freed_bytes)} ({len(wal.removed)} files "
                 f"before {wal.keep_from}, which no kept backup needs); kept {wal.kept_files}."
             )
 
     emit(data, as_json, render)
+    if (failure := report.left_alone()) is not None:  # and their WAL with them
+        raise failure
