@@ -56,6 +56,7 @@ def _retention(repo: Repository) -> dict[str, Any]:
     return {
         "repository": repo.name,
         "removed": [d.backup_id for d in report.removed],
+        "left_alone": report.invalid,  # unreadable manifests: their WAL is kept too
         "wal": wal.as_dict() if wal else None,
     }
 
