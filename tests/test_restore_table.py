@@ -218,11 +218,74 @@ def test_a_dotted_name_is_one_table_not_a_schema_and_a_table(
         "export", *(x for n in names for x in ("--tables", n)), "--out", str(out), env=env
     )
     assert exported.code == 0, exported.stderr
-    assert "dotted" in (out / "public.a.b.csv").read_text()
-    assert "7" in (out / 'public.My "Odd" Table.csv').read_text()
+    assert "dotted" in (out / 'public."a.b".csv').read_text()
+    assert "7" in (out / 'public."My ""Odd"" Table".csv').read_text()
     before = contents(url)
     for bad in ("a.b.c", '"a.b', " ", '"".x', 'My "Odd" Table'):
         refused = run_cli("restore-table", bad, "--from", "latest", "--replace", "--force", env=env)
         assert refused.code == 2, (bad, refused.stderr)
         assert "is not a table name" in assert_one_sentence(refused.stderr), bad
+    for blank in (" ", ""):  # exported nothing and said "Exported" (exit 0)
+        refused = run_cli("export", "--tables", blank, "--out", str(tmp_path / "b"), env=env)
+        assert refused.code == 2 and "is not a table name" in refused.stderr
     assert contents(url) == before
+
+
+def test_names_that_join_alike_stay_apart(pg18: Server, backup_env: dict[str, str]) -> None:
+    """A hostile review: schema "a.b" table c and schema a table "b.c" were one key, a.b.c, so
+    `recover rows --table '"a.b".c'` put the row into a."b.c" (exit 0); `restore-table a`
+    read the rows of table "a b" from the dump's list (names unquoted there) and replaced a's
+    rows with them (exit 0); a default name beside a 55-byte table lost its date to
+    PostgreSQL's 63-byte cut."""
+    url = pg18.new_database()
+    source = pg18.new_database()
+    env = backup_env | {"DATABASE_URL": url, "SOURCE_URL": source}
+    schema = (
+        'CREATE SCHEMA "a.b"; CREATE SCHEMA a;'
+        'CREATE TABLE "a.b".c (id int PRIMARY KEY, v text);'
+        'CREATE TABLE a."b.c" (id int PRIMARY KEY, v text);'
+        'CREATE TABLE public.a (id int PRIMARY KEY, v text);'
+        'CREATE TABLE public."a b" (id int PRIMARY KEY, v text);'
+        f"CREATE TABLE {'t' * 55} (id int PRIMARY KEY);"
+    )
+    for where in (url, source):
+        with psycopg.connect(where, autocommit=True) as conn:
+            conn.execute(schema)
+            conn.execute(
+                """INSERT INTO "a.b".c VALUES (1, 'dotted schema'), (2, 'dotted schema');"""
+                """INSERT INTO a."b.c" VALUES (1, 'dotted table'), (2, 'dotted table');"""
+                "INSERT INTO a VALUES (1, 'a'), (2, 'a');"
+                """INSERT INTO "a b" VALUES (10, 'a b'), (11, 'a b'), (12, 'a b')"""
+            )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('DELETE FROM "a.b".c; DELETE FROM a."b.c" WHERE id = 2')
+    rows = run_cli(
+        "recover", "rows", "--table", '"a.b".c', "--key", "1", "--key", "2",
+        "--from-env", "SOURCE_URL", env=env,
+    )  # fmt: skip
+    assert rows.code == 0, rows.stdout + rows.stderr
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute('SELECT count(*) FROM "a.b".c').fetchone() == (2,)
+        assert conn.execute('SELECT id FROM a."b.c"').fetchall() == [(1,)]
+
+    assert run_cli("dump", env=env).code == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE a SET v = 'damaged'")
+    back = run_cli("restore-table", "a", "--from", "latest", "--replace", "--force", env=env)
+    assert back.code == 0, back.stderr
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT id, v FROM a ORDER BY id").fetchall() == [(1, "a"), (2, "a")]
+        assert conn.execute('SELECT count(*) FROM "a b"').fetchone() == (3,)
+    spaced = run_cli("restore-table", '"a b"', "--from", "latest", "--json", env=env)
+    assert spaced.code == 0, spaced.stderr
+    beside = json.loads(spaced.stdout)["restored_as"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {beside}").fetchone() == (3,)
+
+    long = run_cli("restore-table", "t" * 55, "--from", "latest", "--json", env=env)
+    assert long.code == 0, long.stderr
+    report = json.loads(long.stdout)
+    made = report["restored_as"].split(".", 1)[1]
+    assert made == "t" * 46 + "_" + report["dump_id"].split("-")[0].lower()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (made,)).fetchone() == (True,)

@@ -105,3 +105,24 @@ def test_bad_windows_and_tables_are_one_sentence(walenv18: WalEnv) -> None:
     bad_op = w.cli("wal", "find", "--table", "txlog", "--op", "drop")
     assert bad_op.code == 2
     w.stop_stream(stream)
+
+
+def test_the_table_is_named_with_its_schema_whatever_search_path_says(walenv18: WalEnv) -> None:
+    """With search_path = app, public, `wal find --table app.items` reported the table as
+    `items` (regclass text), and `undelete --at auto` read that as public.items: it put the
+    rows back into public.items (exit 0), leaving app.items' rows deleted."""
+    w = walenv18
+    stream = w.start_stream()
+    w.sql("CREATE SCHEMA app")
+    for table in ("app.items", "public.items"):
+        w.sql(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        w.sql(f"INSERT INTO {table} SELECT generate_series(1, 5)")
+    dbname = w.sql("SELECT current_database()")[0][0]
+    w.sql(f'ALTER DATABASE "{dbname}" SET search_path = app, public')
+    backup(w)
+    since = w.sql("SELECT now()")[0][0]
+    deleted = in_one_transaction(w, "DELETE FROM app.items WHERE id IN (1, 2)")
+    wait_streamed(w)
+    w.stop_stream(stream)
+    data = find(w, "--table", "app.items", "--since", since.isoformat())
+    assert data["table"] == "app.items" and data["suspect"] == deleted

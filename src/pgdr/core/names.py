@@ -5,6 +5,10 @@ literally (it may hold dots, spaces and ``""`` for a double quote), a bare part 
 case folding, so ``My Table`` names the table ``"My Table"``). A name with a dot in it must be
 quoted: ``public."my.table"``. Before, each command split names its own way, and
 ``restore-table --table '"a.b"'`` restored the table ``b`` of schema ``a``.
+
+pgdr keys and shows a table as :func:`join_name` writes it, which reads back the same:
+``public.chunks``, ``public."My Table"``, ``"a.b".c``. Gluing the two parts with a bare dot
+made ``"a.b".c`` and ``a."b.c"`` one key, and rows went into the other table.
 """
 
 from __future__ import annotations
@@ -13,20 +17,22 @@ import re
 
 from pgdr.core.errors import ConfigError
 
+_SPACE = " \t\n\r\f\v"  # what PostgreSQL's scanner takes as white space (no other)
 _PART = r'"(?:[^"]|"")+"|[^".]+'
-_NAME = re.compile(rf"\s*({_PART})(?:\.({_PART}))?\s*")
+_NAME = re.compile(rf"[{_SPACE}]*({_PART})(?:\.({_PART}))?[{_SPACE}]*")
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 def _unquote(part: str) -> str:
     if part.startswith('"'):
         return part[1:-1].replace('""', '"')
-    return part.strip()
+    return part.strip(_SPACE)
 
 
 def split_table_name(text: str, default_schema: str = "public") -> tuple[str, str]:
     """``(schema, name)`` of ``text``; ``default_schema`` when it names no schema."""
     match = _NAME.fullmatch(text)
-    if match is None or not match[1].strip():
+    if match is None or not match[1].strip(_SPACE) or (match[2] and not match[2].strip(_SPACE)):
         raise ConfigError(
             f"{text!r} is not a table name: give name or schema.name, with a name that holds "
             'a dot or a double quote in double quotes (public."my.table").'
@@ -35,7 +41,16 @@ def split_table_name(text: str, default_schema: str = "public") -> tuple[str, st
     return (first, _unquote(second)) if second is not None else (default_schema, first)
 
 
+def quote_part(part: str) -> str:
+    """``part`` bare when it is a plain lower-case identifier, else in double quotes."""
+    return part if _PLAIN.fullmatch(part) else '"' + part.replace('"', '""') + '"'
+
+
+def join_name(schema: str, name: str) -> str:
+    """``schema.name`` as pgdr keys and shows tables: :func:`split_table_name` reads it back."""
+    return f"{quote_part(schema)}.{quote_part(name)}"
+
+
 def qualified_name(text: str, default_schema: str = "public") -> str:
-    """``schema.name`` of ``text`` as pgdr keys tables (each part as stored, unquoted)."""
-    schema, name = split_table_name(text, default_schema)
-    return f"{schema}.{name}"
+    """The :func:`join_name` of a table named in ``text``."""
+    return join_name(*split_table_name(text, default_schema))

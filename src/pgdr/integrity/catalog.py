@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from pgdr.core.names import qualified_name
+from pgdr.core.names import join_name, qualified_name
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -41,7 +41,7 @@ class TableInfo:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return join_name(self.schema, self.name)
 
     def is_unique(self, columns: list[str]) -> bool:
         wanted = frozenset(columns)
@@ -51,7 +51,7 @@ class TableInfo:
 @dataclass(frozen=True)
 class ForeignKey:
     name: str
-    child: str  # qualified "schema.table"
+    child: str  # qualified, as join_name writes it
     child_columns: tuple[str, ...]
     parent: str
     parent_columns: tuple[str, ...]
@@ -99,7 +99,7 @@ WHERE i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
 """
 
 _FOREIGN_KEYS = """
-SELECT con.conname, cn.nspname || '.' || c.relname, pn.nspname || '.' || p.relname,
+SELECT con.conname, cn.nspname, c.relname, pn.nspname, p.relname,
        con.convalidated,
        ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
@@ -114,7 +114,7 @@ JOIN pg_class p ON p.oid = con.confrelid
 JOIN pg_namespace pn ON pn.oid = p.relnamespace
 WHERE con.contype = 'f' AND con.conparentid = 0 AND NOT c.relispartition
   AND cn.nspname <> ALL(%s)
-ORDER BY 2, 1
+ORDER BY 2, 3, 1
 """
 
 
@@ -134,19 +134,19 @@ def read_catalog(conn: psycopg.Connection[Any]) -> Catalog:
         storage,
     ) in conn.execute(_TABLES, (system,)):
         info = tables.setdefault(
-            f"{schema}.{name}", TableInfo(schema, name, bool(readable), options=options or [])
+            join_name(schema, name), TableInfo(schema, name, bool(readable), options=options or [])
         )
         info.columns[col] = Column(col, typname, typschema, formatted, str(storage))
     for schema, name, primary, columns in conn.execute(_KEYS, (system,)):
-        found = tables.get(f"{schema}.{name}")
+        found = tables.get(join_name(schema, name))
         if found is None:
             continue
         found.unique_keys.append(frozenset(columns))
         if primary:
             found.primary_key = list(columns)
     fks = [
-        ForeignKey(name, child, tuple(ccols), parent, tuple(pcols), bool(valid))
-        for name, child, parent, valid, ccols, pcols in conn.execute(_FOREIGN_KEYS, (system,))
+        ForeignKey(name, join_name(cs, cn), tuple(ccols), join_name(ps, pn), tuple(pcols), valid)
+        for name, cs, cn, ps, pn, valid, ccols, pcols in conn.execute(_FOREIGN_KEYS, (system,))
     ]
     extensions = {
         str(name): str(schema)

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from pgdr.core.errors import ConfigError
+from pgdr.core.names import join_name
 from pgdr.integrity.catalog import Catalog, Column, TableInfo, read_catalog
 from pgdr.pool import connect
 from pgdr.profile import EmbeddingSource, Profile, Relation, TableSpec, load_profile
@@ -92,7 +93,7 @@ def _by_convention(catalog: Catalog, tables: list[TableInfo]) -> list[Relation]:
                 continue
             stem = column.name[: -len("_id")]
             for name in _candidates(stem):
-                parent = catalog.tables.get(f"{info.schema}.{name}")
+                parent = catalog.tables.get(join_name(info.schema, name))
                 if parent is None or parent.primary_key != ["id"] or parent is info:
                     continue
                 if _same_kind(column, parent.columns["id"]):

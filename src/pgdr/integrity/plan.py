@@ -15,6 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
+from pgdr.core.names import qualified_name
 from pgdr.core.severity import FindingLevel
 from pgdr.integrity.catalog import Catalog, Column, TableInfo
 from pgdr.integrity.findings import Finding, Report
@@ -149,10 +150,6 @@ class Plan:
     profile_tables: list[str]
 
 
-def qualify(name: str, schema: str) -> str:
-    return name if "." in name else f"{schema}.{name}"
-
-
 def relations(catalog: Catalog, profile: Profile) -> dict[Relation, dict[str, Any]]:
     """The references to check: the catalog's foreign keys and the profile's relations (a
     relation that repeats a foreign key sets its severity)."""
@@ -166,8 +163,8 @@ def relations(catalog: Catalog, profile: Profile) -> dict[Relation, dict[str, An
             "severity": "critical",
         }
     for rel in profile.relations:
-        child = qualify(rel.child, profile.schema_name)
-        parent = qualify(rel.parent, profile.schema_name)
+        child = qualified_name(rel.child, profile.schema_name)
+        parent = qualified_name(rel.parent, profile.schema_name)
         key = (child, tuple(rel.child_columns), parent, tuple(rel.parent_columns))
         if key in found:
             found[key]["source"] = "catalog+profile"
@@ -201,7 +198,7 @@ class Planner:
         if info is None:
             self.report.skip(
                 check,
-                f"{what} names table {qualify(name, self.profile.schema_name)}, "
+                f"{what} names table {qualified_name(name, self.profile.schema_name)}, "
                 "which does not exist.",
             )
             return None
@@ -238,7 +235,7 @@ class Planner:
                 (
                     t
                     for t in self.profile.tables
-                    if qualify(t.name, t.schema_name) == info.qualified
+                    if qualified_name(t.name, t.schema_name) == info.qualified
                 ),
                 None,
             )
@@ -255,7 +252,7 @@ class Planner:
     def tables(self) -> list[str]:
         names = []
         for spec in self.profile.tables:
-            qualified = qualify(spec.name, spec.schema_name)
+            qualified = qualified_name(spec.name, spec.schema_name)
             names.append(qualified)
             info = self.catalog.tables.get(qualified)
             if info is None:

@@ -17,10 +17,10 @@ import psycopg
 from psycopg import errors, sql
 
 from pgdr.core.connect import redact
+from pgdr.core.names import qualified_name
 from pgdr.core.records import new_record_id
 from pgdr.integrity.catalog import read_catalog
 from pgdr.integrity.findings import Finding, Report, iso
-from pgdr.integrity.plan import qualify
 from pgdr.integrity.run import database_errors, open_checked
 from pgdr.profile import Profile
 
@@ -67,7 +67,7 @@ def take_snapshot(
     with database_errors("The snapshot"), open_checked(conninfo, timeout_s) as conn:
         catalog = read_catalog(conn)
         for spec in profile.tables:
-            qualified = qualify(spec.name, spec.schema_name)
+            qualified = qualified_name(spec.name, spec.schema_name)
             info = catalog.tables.get(qualified)
             if info is None:
                 tables[qualified] = {"missing": True}

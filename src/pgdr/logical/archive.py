@@ -220,9 +220,13 @@ def parse_toc(text: str) -> list[TocEntry]:
     return entries
 
 
-def read_toc(dump: OpenDump) -> list[TocEntry]:
-    """The dump's table of contents (every chunk checked on the way)."""
+def read_toc(dump: OpenDump, table: tuple[str, str] | None = None) -> list[TocEntry]:
+    """The dump's table of contents (every chunk checked on the way); only the entries of
+    ``table`` (schema, name) when given, as pg_restore itself selects them (``-n`` and ``-t``
+    match names exactly: its list writes them unquoted, so "public a b" is table "a b" or a
+    table "a" whose owner has a space in its name)."""
+    only = [f"--schema={table[0]}", f"--table={table[1]}"] if table else []
     with private_dir("pgdr-toc-") as tmp:
         out = tmp / "toc"
-        feed_pg_restore(dump, ["--list"], out)
+        feed_pg_restore(dump, ["--list", *only], out)
         return parse_toc(out.read_text(errors="replace"))

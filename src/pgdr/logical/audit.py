@@ -30,7 +30,7 @@ from psycopg import sql
 
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.core.names import qualified_name, split_table_name
+from pgdr.core.names import split_table_name
 from pgdr.logical.table import primary_key, table_columns
 from pgdr.profile import Profile
 
@@ -86,7 +86,7 @@ class AuditStatus:
 def audit_tables(profile: Profile, chosen: list[str] | None) -> list[tuple[str, str]]:
     """(schema, name): ``--tables`` or every table of the profile."""
     if chosen:
-        return [split_table_name(t) for t in chosen if t.strip()]
+        return list(dict.fromkeys(split_table_name(t) for t in chosen))
     tables = [(t.schema_name, t.name) for t in profile.tables]
     if not tables:
         raise ConfigError(f"The profile {profile.name} names no table; give --tables.")
@@ -212,7 +212,8 @@ def show(conninfo: str, *, table: str | None = None, limit: int = 50) -> AuditSt
 
 
 def _qualified(table: str | None) -> str | None:
-    return None if table is None else qualified_name(table)
+    """As the trail stores it (``TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME``)."""
+    return None if table is None else ".".join(split_table_name(table))
 
 
 def _entries(

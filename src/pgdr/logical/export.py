@@ -31,7 +31,7 @@ from pgdr.backup.repository import Repository
 from pgdr.backup.take import store_chunks
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.core.names import split_table_name
+from pgdr.core.names import join_name, split_table_name
 from pgdr.crypto.envelope import DEFAULT_LEVEL
 from pgdr.logical.dump import Sink, dump_source, store_logical
 from pgdr.profile import Profile
@@ -55,10 +55,19 @@ class ExportResult:
         }
 
 
+def _file_safe(table: tuple[str, str]) -> tuple[str, str]:
+    """A table whose name can be its CSV file's name (no "/"), as the export writes it."""
+    if "/" in "".join(table):
+        raise ConfigError(
+            f"Table {join_name(*table)} cannot be exported: a file name cannot hold its '/'."
+        )
+    return table
+
+
 def export_tables(profile: Profile, chosen: list[str] | None) -> list[tuple[str, str]]:
     """(schema, name) of the tables to export: ``--tables`` or the profile's ``export`` ones."""
     if chosen:
-        return [split_table_name(t) for t in chosen if t.strip()]
+        return [_file_safe(t) for t in dict.fromkeys(split_table_name(t) for t in chosen)]
     tables = [(t.schema_name, t.name) for t in profile.tables if t.export]
     if not tables:
         raise ConfigError(
@@ -82,11 +91,13 @@ def _csv_files(
         ident = sql.Identifier(schema, name)
         if conn.execute("SELECT to_regclass(%s)", (ident.as_string(conn),)).fetchone() == (None,):
             conn.execute("ROLLBACK")
-            raise ConfigError(f"Table {schema}.{name} does not exist; nothing was exported.")
+            raise ConfigError(
+                f"Table {join_name(schema, name)} does not exist; nothing was exported."
+            )
     for schema, name in tables:
         ident = sql.Identifier(schema, name)
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
-        digest, size, file = hashlib.sha256(), 0, f"{schema}.{name}.csv"
+        digest, size, file = hashlib.sha256(), 0, f"{join_name(schema, name)}.csv"
         copy = sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(ident)
         with conn.cursor().copy(copy) as out:
             for piece in out:
@@ -95,7 +106,7 @@ def _csv_files(
                 size += len(data)
                 yield file, data
         rows = int(count[0]) if count else 0
-        result.tables[f"{schema}.{name}"] = {
+        result.tables[join_name(schema, name)] = {
             "file": file,
             "rows": rows,
             "bytes": size,

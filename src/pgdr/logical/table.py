@@ -36,7 +36,7 @@ from pgdr.backup.chunks import private_dir
 from pgdr.backup.repository import Repository
 from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.core.names import split_table_name
+from pgdr.core.names import join_name, split_table_name
 from pgdr.logical.archive import OpenDump, TocEntry, feed_pg_restore, open_dump, read_toc
 
 
@@ -63,6 +63,21 @@ class TableRestore:
         return asdict(self)
 
 
+NAME_MAX = 63  # bytes PostgreSQL keeps of a name; it cuts a longer one without a word
+
+
+def beside_name(name: str, source_id: str, as_name: str | None) -> str:
+    """The table a restore writes beside the live ``name``: ``--as``, or the name with the
+    source's date, cut so that the date stays (cut by PostgreSQL instead, a long name lost
+    the date, so every restore of a month wrote one table, or became the live table's name)."""
+    if as_name is not None:
+        if len(as_name.encode()) > NAME_MAX:
+            raise ConfigError(f"--as {as_name!r} is longer than a name's {NAME_MAX} bytes.")
+        return as_name
+    suffix = "_" + source_id.split("-", maxsplit=1)[0].lower()
+    return name.encode()[: NAME_MAX - len(suffix)].decode(errors="ignore") + suffix
+
+
 def _check_same_database(dump: OpenDump, conn: psycopg.Connection[Any]) -> None:
     row = conn.execute(
         "SELECT current_database(), (SELECT system_identifier::text FROM pg_control_system())"
@@ -81,10 +96,9 @@ def _check_same_database(dump: OpenDump, conn: psycopg.Connection[Any]) -> None:
 
 
 def _entries(dump: OpenDump, schema: str, name: str) -> tuple[TocEntry, TocEntry]:
-    toc = read_toc(dump)
-    found = {e.kind: e for e in toc if (e.schema, e.name) == (schema, name)}
+    found = {e.kind: e for e in read_toc(dump, (schema, name))}
     if "TABLE" not in found or "TABLE DATA" not in found:
-        raise ConfigError(f"Table {schema}.{name} is not in dump {dump.id}.")
+        raise ConfigError(f"Table {join_name(schema, name)} is not in dump {dump.id}.")
     return found["TABLE"], found["TABLE DATA"]
 
 
@@ -298,7 +312,7 @@ def plan_copy_in(
         new = sql.Identifier(f"pgdr_replace_{name}")
         result.restored_as = result.table
     elif table_columns(conn, new) is not None and not force:
-        raise ConfigError(f"{schema}.{new_name} exists; pass --force to replace it.")
+        raise ConfigError(f"{join_name(schema, new_name)} exists; pass --force to replace it.")
     key = primary_key(conn, live)
     if replace and not key:
         raise ConfigError(f"{result.table} has no primary key to match rows by.")
@@ -374,8 +388,8 @@ def restore_table(
         if live_columns is None:
             entries = f"{table_entry.line}\n{data_entry.line}\n"
             return _restore_dropped(dump, conninfo, conn, (schema, name), entries, as_name, force)
-        new_name = as_name or f"{name}_{dump.id.split('-')[0].lower()}"
-        result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", dump.id)
+        new_name = beside_name(name, dump.id, as_name)
+        result = TableRestore(join_name(schema, name), join_name(schema, new_name), dump.id)
         plan = plan_copy_in(
             conn, result, (schema, name), live_columns, new_name, replace=replace, force=force
         )
@@ -416,7 +430,7 @@ def _restore_dropped(
     began = time.monotonic()
     schema, name = qualified
     if as_name and table_columns(conn, sql.Identifier(schema, as_name)) is not None:
-        raise ConfigError(f"{schema}.{as_name} exists; choose another --as.")
+        raise ConfigError(f"{join_name(schema, as_name)} exists; choose another --as.")
     client, env = client_environment(conninfo)
     with private_dir("pgdr-table-") as tmp:
         (tmp / "list").write_text(entries)
@@ -430,10 +444,10 @@ def _restore_dropped(
             client,
         ]
         feed_pg_restore(dump, args, tmp / "out", env=env)
-    result = TableRestore(f"{schema}.{name}", f"{schema}.{as_name or name}", dump.id)
+    result = TableRestore(join_name(schema, name), join_name(schema, as_name or name), dump.id)
     result.rows = rename_and_count(conn, schema, name, as_name)
     result.notes.append(
-        f"{schema}.{name} did not exist in the database: it was created from the dump's "
+        f"{join_name(schema, name)} did not exist in the database: it was created from the dump's "
         "definition (without its indexes, constraints and triggers) with the dump's rows."
     )
     result.duration_s = round(time.monotonic() - began, 3)

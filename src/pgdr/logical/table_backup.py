@@ -31,9 +31,10 @@ from pgdr.backup.repository import Repository
 from pgdr.core import runner
 from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError
-from pgdr.core.names import split_table_name
+from pgdr.core.names import join_name, split_table_name
 from pgdr.logical.table import (
     TableRestore,
+    beside_name,
     check_replace_options,
     copy_in,
     plan_copy_in,
@@ -101,8 +102,8 @@ def restore_table_from_backup(
         live_columns = table_columns(conn, sql.Identifier(schema, name))
         if live_columns is None:
             return _restore_dropped(repo, conninfo, manifest, target, (schema, name), as_name)
-        new_name = as_name or f"{name}_{manifest.id.split('-')[0].lower()}"
-        result = TableRestore(f"{schema}.{name}", f"{schema}.{new_name}", manifest.id)
+        new_name = beside_name(name, manifest.id, as_name)
+        result = TableRestore(join_name(schema, name), join_name(schema, new_name), manifest.id)
         result.source = f"backup {manifest.id} at {moment}"
         plan = plan_copy_in(
             conn, result, (schema, name), live_columns, new_name, replace=replace, force=force
@@ -138,7 +139,7 @@ def _restore_dropped(
     client, env = client_environment(conninfo)
     with connect(conninfo, autocommit=True, raw_errors=True) as conn:
         if as_name and table_columns(conn, sql.Identifier(schema, as_name)) is not None:
-            raise ConfigError(f"{schema}.{as_name} exists; choose another --as.")
+            raise ConfigError(f"{join_name(schema, as_name)} exists; choose another --as.")
         dbname = conn.info.dbname
         pattern = sql.Identifier(schema, name).as_string(conn)
         with (
@@ -155,12 +156,13 @@ def _restore_dropped(
                 [*restore, "--exit-on-error", "-d", client, str(tmp / "table.dump")], env=env
             )
         rows = rename_and_count(conn, schema, name, as_name)
-    result = TableRestore(f"{schema}.{name}", f"{schema}.{as_name or name}", manifest.id)
+    result = TableRestore(join_name(schema, name), join_name(schema, as_name or name), manifest.id)
     result.source = f"backup {manifest.id} at {moment}"
     result.rows = rows
     result.notes.append(
-        f"{schema}.{name} did not exist in the database: it was created as it was at {moment} "
-        "(definition, rows, indexes and constraints) from a throwaway copy, removed afterwards."
+        f"{join_name(schema, name)} did not exist in the database: it was created as it was at "
+        f"{moment} (definition, rows, indexes and constraints) from a throwaway copy, removed "
+        "afterwards."
     )
     result.duration_s = round(time.monotonic() - began, 3)
     return result

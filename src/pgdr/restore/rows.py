@@ -27,6 +27,7 @@ import psycopg
 from psycopg import IsolationLevel, sql
 
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.names import split_table_name
 from pgdr.integrity.catalog import TableInfo, read_catalog
 from pgdr.pool import connect
 from pgdr.restore.selection import (
@@ -225,7 +226,7 @@ def _own_rows(table: str) -> sql.Composable:
     """``WHERE`` the rows of ``table`` itself and of its partitions, not of its inheritance
     children: upserted through the parent, their rows would land in the parent beside the
     child's own, where no key of the parent keeps them out (a child is a table to name too)."""
-    schema, name = table.split(".", 1)  # as identifier() splits it
+    schema, name = split_table_name(table)
     relation = sql.SQL("to_regclass(quote_ident({}) || '.' || quote_ident({}))").format(
         sql.Literal(schema), sql.Literal(name)
     )

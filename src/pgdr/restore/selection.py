@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.core.names import join_name, split_table_name
 from pgdr.integrity.catalog import Catalog, TableInfo
 
 Found = list[tuple[str, dict[str, str | None]]]  # ("oid:ctid", referenced column -> value)
@@ -50,14 +51,13 @@ class Selection:
 
 
 def identifier(table: str) -> sql.Identifier:
-    """``"schema.name"`` (each part as stored) as a qualified identifier."""
-    schema, name = table.split(".", 1)
-    return sql.Identifier(schema, name)
+    """A table as pgdr keys it (``join_name``) as a qualified identifier."""
+    return sql.Identifier(*split_table_name(table))
 
 
-def insertable_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
-    """The columns of ``table`` ("schema.name", each part as stored: any case, any spaces)."""
-    schema, name = table.split(".", 1)
+def insertable_columns(conn: psycopg.Connection[Any], table: str, side: str) -> list[str]:
+    """The columns of ``table`` (as ``join_name`` writes it) on the ``side`` it is read from."""
+    schema, name = split_table_name(table)
     rows = conn.execute(
         "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
@@ -65,7 +65,7 @@ def insertable_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
         (schema, name),
     ).fetchall()
     if not rows:
-        raise RuntimeFailure(f"Table {table} is missing from the target. Nothing was changed.")
+        raise RuntimeFailure(f"Table {table} is missing from the {side}. Nothing was changed.")
     return [str(r[0]) for r in rows]
 
 
@@ -202,14 +202,15 @@ def _destinations(
     inheritance child's rows go back into that child: inserted through the parent they would
     stay in the parent, beside the child's rows, where no key of the child keeps them out."""
     oids = sorted({row.split(":", 1)[0] for rows in selection.ctids.values() for row in rows})
-    children = dict(
-        src.execute(
-            "SELECT c.oid::text, n.nspname || '.' || c.relname FROM pg_class c"
+    children = {
+        str(oid): join_name(schema, name)
+        for oid, schema, name in src.execute(
+            "SELECT c.oid::text, n.nspname, c.relname FROM pg_class c"
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE c.oid = ANY(%s::oid[]) AND NOT c.relispartition",
             (oids,),
-        ).fetchall()
-    )
+        )
+    }
     places: list[tuple[str, str, list[str]]] = []
     for table in selection.order:
         by_place: dict[str, list[str]] = {}
@@ -220,12 +221,13 @@ def _destinations(
 
 
 def _unfit_targets(conn: psycopg.Connection[Any], tables: list[str]) -> tuple[list[str], list[str]]:
-    """Those of ``tables`` ("schema.name") missing from the target, and those without a key that
-    keeps out a row present: a primary key or a unique constraint on columns that are all
-    ``NOT NULL`` (rows with a NULL in a unique column are never in conflict), on the table or,
+    """Those of ``tables`` (as ``join_name`` writes them) missing from the target, and those
+    without a key that keeps out a row present: a primary key or a unique constraint on columns
+    that are all ``NOT NULL`` (rows with a NULL in a unique column are never in conflict), on the
+    table or,
     for a partitioned table, on every one of its partitions (each partition's own keys keep
     out the rows routed to it)."""
-    parts = [table.split(".", 1) for table in tables]  # as identifier() splits them
+    parts = [split_table_name(table) for table in tables]
     rows = conn.execute(
         "WITH keyed AS (SELECT DISTINCT i.indrelid AS oid FROM pg_index i WHERE i.indisunique"
         " AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indimmediate AND NOT EXISTS"
@@ -276,8 +278,8 @@ def copy_rows(
     """Stream ``table``'s rows matching ``where`` from ``src`` into a temporary table of ``dst``
     (text ``COPY``, never decoded in Python), then insert them into the live table with the
     ``conflict`` clause made for the copied columns. Returns (rows copied, rows written)."""
-    source_columns = set(insertable_columns(src, table))
-    columns = [c for c in insertable_columns(dst, table) if c in source_columns]
+    source_columns = set(insertable_columns(src, table, "source"))
+    columns = [c for c in insertable_columns(dst, table, "target") if c in source_columns]
     names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     live, temp = identifier(table), sql.Identifier(f"pgdr_rows_{number}")
     dst.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(temp, live))

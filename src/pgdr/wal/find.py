@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from pgdr.backup.chunks import private_dir
 from pgdr.backup.manifest import Manifest
 from pgdr.cluster import installation_for_major
 from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, RuntimeFailure
-from pgdr.core.names import split_table_name
+from pgdr.core.names import join_name, split_table_name
 from pgdr.core.time import user_moment
 from pgdr.wal.archive import WalArchive
 from pgdr.wal.chain import Chain
@@ -123,24 +122,25 @@ def parse_moment(text: str | None, option: str) -> datetime | None:
 
 def table_file(conninfo: str, table: str) -> TableFile:
     """The table's OID and current file, as the live database knows them."""
-    ident = sql.Identifier(*split_table_name(table))
+    schema, name = split_table_name(table)
     try:
         with connect(conninfo, autocommit=True, raw_errors=True) as conn:
             row = conn.execute(
-                "SELECT c.oid::regclass::text, c.oid, d.oid, pg_relation_filenode(c.oid)"
-                " FROM pg_class c, pg_database d"
-                " WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')"
+                "SELECT c.oid, d.oid, pg_relation_filenode(c.oid)"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, pg_database d"
+                " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')"
                 " AND d.datname = current_database()",
-                (ident.as_string(conn),),
+                (schema, name),
             ).fetchone()
     except psycopg.Error as exc:
         raise RuntimeFailure(f"Cannot read the table's catalog entry: {exc}".strip()) from exc
-    if row is None or row[3] is None:
+    if row is None or row[2] is None:
         raise ConfigError(
-            f"Table {table} does not exist in the database now; wal find follows tables that "
-            "exist (restore a copy from before it was dropped to look at it)."
+            f"Table {join_name(schema, name)} does not exist in the database now; wal find "
+            "follows tables that exist (restore a copy from before it was dropped to look at it)."
         )
-    return TableFile(str(row[0]), int(row[1]), int(row[2]), int(row[3]))
+    # named in full: undelete puts rows back into exactly this table, whatever search_path says
+    return TableFile(join_name(schema, name), int(row[0]), int(row[1]), int(row[2]))
 
 
 def _start_segment(chain: Chain, tli: int, backups: list[Manifest], since: datetime | None) -> int:
