@@ -125,6 +125,13 @@ def test_prune_keeps_the_base_of_the_newest_timeline(walenv18: WalEnv) -> None:
     timeline_2 = [t for t in status["timelines"] if t["timeline"] == 2]
     assert timeline_2 and timeline_2[0]["first"] is not None, status["timelines"]
     assert status["gaps"] == []
+    # and the latest state is restored from it, along timeline 2: `restore --latest` chose the
+    # newest backup (on timeline 1, after the branch) and was refused for missing WAL
+    w.env["DATABASE_URL"] = w.conninfo
+    latest = restore(w, "--latest")
+    assert latest["backup_id"] == first and latest["timeline"] >= 3, latest
+    assert len(ids(latest["url"])) == 5 + 7
+    stop_restored(w, latest)
 
 
 @pytest.mark.slow

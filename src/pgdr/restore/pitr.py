@@ -296,7 +296,8 @@ def plan_pitr(
 
     if target_time is not None:
         _check_window(target_time, window_start, window_end)
-    chosen = _choose_backup(repo, backups, target, backup_id, target_lsn, target_time, notes)
+    candidates = leading_to(chain, backups, timeline)
+    chosen = _choose_backup(repo, candidates, target, backup_id, target_lsn, target_time, notes)
     tli = choose_timeline(chain, chosen.timeline, parse_lsn(chosen.start_lsn), timeline)
     segments = _needed_wal(chain, archive.segment_size, chosen, tli, target, target_lsn, notes)
     histories = sorted(n for n, _s in archive.names() if is_history(n))
@@ -367,6 +368,30 @@ def _check_window(moment: datetime, start: datetime, end: datetime | None) -> No
             f"{_fmt(moment)} is after the newest WAL in the repository "
             f"({_fmt(end)}): the recovery window ends there."
         )
+
+
+def leading_to(chain: Chain, backups: list[Manifest], timeline: str | None) -> list[Manifest]:
+    """The backups from which the restore's timeline can be reached: the one asked for (a
+    number), else the newest holding WAL, as PostgreSQL follows the latest timeline. After a
+    point-in-time restore whose cluster streams into the same repository, the backups taken on
+    the old timeline after the branch point cannot reach the new one; chosen for being newest,
+    one led the restore along the old timeline, or to a refusal that named missing WAL.
+    All of them when none can (the timeline is then chosen from the backup, as before)."""
+    if timeline in ("current",):
+        return backups
+    if timeline not in (None, "", "latest"):
+        text = str(timeline)
+        try:
+            wanted = int(text, 0) if text.startswith("0x") else int(text)
+        except ValueError:
+            return backups  # choose_timeline says what is wrong with it
+    else:
+        holding = set(chain.segments) | set(chain.partials)
+        if not holding:
+            return backups
+        wanted = max(holding)
+    reaching = [m for m in backups if chain.leads_from(wanted, m.timeline, parse_lsn(m.start_lsn))]
+    return reaching or backups
 
 
 def _choose_backup(
