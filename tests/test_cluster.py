@@ -17,6 +17,7 @@ import pytest
 
 from conftest import Server, run_cli
 from pgdr.cluster import LocalCluster, choose_installation, find_installations
+from pgdr.cluster.registry import remove_cluster
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError
@@ -145,7 +146,16 @@ def test_a_deep_home_gets_a_short_socket_directory(cli_env: dict[str, str], tmp_
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert run_cli("db", "stop", env=env).code == 0
     subprocess.run(["rm", "-rf", str(short)], check=True)  # a reboot emptied /tmp
+    # anyone could make that directory now and serve there: no URL through it is shown
+    shown = run_cli("db", "url", env=env)
+    assert shown.code == 2 and str(short) in assert_one_sentence(shown.stderr)
     assert run_cli("db", "start", env=env).code == 0
+    assert run_cli("db", "url", env=env).stdout.strip() == url
+    # the same home spelled another way finds the same directory
+    (Path(cli_env["PGDR_HOME"]) / "x").mkdir()
+    other = Path(cli_env["PGDR_HOME"]) / "x" / ".." / home.name
+    assert run_cli("db", "url", env=env | {"PGDR_HOME": str(other)}).stdout.strip() == url
+    assert short.is_dir()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert run_cli("db", "destroy", "--yes", env=env).code == 0
@@ -291,3 +301,61 @@ def test_unconfirmed_deletions_exit_2_without_a_terminal_or_an_answer(
     code, err = run_on_terminal("db", "destroy", env=env, typed=b"y\n")  # a yes on a terminal
     assert code == 0, err
     assert not default.exists()
+
+
+def test_root_writes_nothing_through_what_the_service_user_left(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A hostile review: the service user made the short socket directory ahead of time with
+    `initdb.pw` a link to a file of root's; `db start` (as root) wrote the superuser's password
+    through it and gave that file to the service user."""
+    home = Path(cli_env["PGDR_HOME"]) / ("deep-" * 18)
+    env = cli_env | {"PGDR_HOME": str(home)}
+    user = resolve_service_user(PgdrSettings().service_user)
+    short = LocalCluster(home / "clusters" / "default", PgdrSettings(home=home)).socket_dir
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    victim.chmod(0o644)
+    short.mkdir(mode=0o700)
+    (short / "initdb.pw").symlink_to(victim)
+    os.lchown(short / "initdb.pw", user.uid, user.gid)
+    os.chown(short, user.uid, user.gid)
+    try:
+        started = run_cli("db", "start", "--new", env=env)
+        assert started.code == 0, started.stderr
+        assert victim.read_text() == "root's\n"
+        info = victim.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (0, 0o644)
+    finally:
+        run_cli("db", "destroy", "--yes", env=env)
+        subprocess.run(["rm", "-rf", str(short)], check=True)
+
+
+def test_cluster_rm_follows_no_link(settings: PgdrSettings, tmp_path: Path) -> None:
+    """A hostile review: `cluster rm --with-data` deleted another cluster's data when the path
+    of its external data directory had been made to lead there through a symbolic link; a
+    cluster directory made a link gave a traceback after the server was stopped."""
+    inst = choose_installation(None, 18)
+    kept = LocalCluster(settings.home / "clusters" / "kept", settings)
+    kept.create(inst)
+    outside = tmp_path / "userdir"
+    (outside / "restore").mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(kept.data_dir), str(outside / "restore" / "data")], check=True)
+    other = LocalCluster(
+        settings.home / "clusters" / "other", settings, data_dir=outside / "restore" / "data"
+    )
+    other.adopt(inst)
+    (outside / "restore").rename(outside / "restore.old")
+    (outside / "restore").symlink_to(kept.directory)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        remove_cluster(settings, "other", with_data=True)
+    assert (kept.data_dir / "PG_VERSION").is_file() and other.directory.is_dir()
+    (settings.home / "clusters" / "alias").symlink_to(kept.directory)
+    kept.start()
+    try:
+        with pytest.raises(ConfigError, match="symbolic link"):
+            remove_cluster(settings, "alias", with_data=False)
+        assert kept.status().running
+    finally:
+        (settings.home / "clusters" / "alias").unlink()
+        kept.destroy()

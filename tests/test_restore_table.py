@@ -244,7 +244,7 @@ def test_names_that_join_alike_stay_apart(pg18: Server, backup_env: dict[str, st
         'CREATE SCHEMA "a.b"; CREATE SCHEMA a;'
         'CREATE TABLE "a.b".c (id int PRIMARY KEY, v text);'
         'CREATE TABLE a."b.c" (id int PRIMARY KEY, v text);'
-        'CREATE TABLE public.a (id int PRIMARY KEY, v text);'
+        "CREATE TABLE public.a (id int PRIMARY KEY, v text);"
         'CREATE TABLE public."a b" (id int PRIMARY KEY, v text);'
         f"CREATE TABLE {'t' * 55} (id int PRIMARY KEY);"
     )

@@ -107,7 +107,7 @@ def url(name: NameArgument) -> None:
     cluster = named_cluster(settings(), name)
     if not cluster.exists:
         raise CheckFailed(f"Cluster {name!r} has no data directory at {cluster.data_dir}.")
-    print(cluster.conninfo())
+    print(cluster.checked_conninfo())
 
 
 @app.command()

@@ -109,7 +109,7 @@ def url(
         raise CheckFailed("The embedded database does not exist yet; run `pgdr db start`.")
     if with_password and not tcp:
         raise ConfigError("--with-password goes with --tcp; socket connections need no password.")
-    print(cluster.tcp_url(database, with_password) if tcp else cluster.conninfo(database))
+    print(cluster.tcp_url(database, with_password) if tcp else cluster.checked_conninfo(database))
 
 
 @app.command()

@@ -39,7 +39,13 @@ from pgdr.cluster.processes import (
 )
 from pgdr.cluster.runtime import RUNTIME, reachable_installation, runtime_lock
 from pgdr.cluster.service_user import ServiceUser, resolve_service_user
-from pgdr.cluster.sockets import is_short, prepare_short, remove_short, socket_dir_for
+from pgdr.cluster.sockets import (
+    check_short,
+    is_short,
+    prepare_short,
+    remove_short,
+    socket_dir_for,
+)
 from pgdr.config.settings import PgdrSettings
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.core.runner import last_line
@@ -55,6 +61,7 @@ __all__ = [  # pid_alive lives in cluster.processes; backup and restore import i
     "ensure_home",
     "named_cluster",
     "pid_alive",
+    "refuse_links",
 ]
 
 SUPERUSER = "postgres"
@@ -93,6 +100,16 @@ class ClusterStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def refuse_links(directory: Path) -> None:
+    """A cluster directory that has become a symbolic link is not removed through it (one
+    sentence, exit 2, before the server is stopped), nor followed."""
+    if directory.is_symlink():
+        raise ConfigError(
+            f"{directory} is a symbolic link (to {directory.resolve()}), not a directory pgdr "
+            "made; nothing was changed: remove it by hand."
+        )
 
 
 def ensure_home(home: Path) -> Path:
@@ -178,6 +195,11 @@ class LocalCluster:
             f"postgresql://{SUPERUSER}@/{quote(dbname)}"
             f"?host={quote(str(self.socket_dir), safe='')}&port={self.port}"
         )
+
+    def checked_conninfo(self, dbname: str = "postgres") -> str:
+        """:meth:`conninfo` to show a person, once its socket directory is known to be pgdr's."""
+        check_short(self.socket_dir, self.directory, self.user)
+        return self.conninfo(dbname)
 
     def tcp_url(self, dbname: str = "postgres", with_password: bool = False) -> str:
         secret = ""
@@ -283,8 +305,8 @@ class LocalCluster:
         self.password_file.chmod(0o600)
         # initdb reads the password from a file the service user can read; it is removed at once.
         pwfile = self.socket_dir / "initdb.pw"
-        pwfile.write_text(password + "\n")
-        self.user.own(pwfile, 0o600)
+        pwfile.unlink(missing_ok=True)  # whatever the service user left there (a link) goes
+        self.user.write(pwfile, password + "\n")
         try:
             args: list[str | Path] = [
                 inst.tool("initdb"),
@@ -310,15 +332,11 @@ class LocalCluster:
             raise RuntimeFailure(f"initdb failed: {last_line(result.stderr)}")
 
     def _append_config(self, text: str) -> None:
-        conf = self.data_dir / "postgresql.conf"
-        with conf.open("a") as handle:
-            handle.write(text)
+        self.user.write(self.data_dir / "postgresql.conf", text, append=True)
 
     def set_config(self, text: str) -> None:
         """Replace pgdr's own include file (``pgdr.conf``); takes effect on restart/reload."""
-        path = self.data_dir / "pgdr.conf"
-        path.write_text(text)
-        self.user.own(path, 0o600)
+        self.user.write(self.data_dir / "pgdr.conf", text)
 
     def set_port(self, port: int) -> None:
         meta = self._meta()
@@ -414,6 +432,7 @@ class LocalCluster:
 
     def destroy(self) -> None:
         """Stop the server (immediately) and delete the whole cluster directory."""
+        refuse_links(self.directory)
         if self.exists and self.status().running:
             self.stop(mode="immediate")
         shutil.rmtree(self.directory, ignore_errors=False)

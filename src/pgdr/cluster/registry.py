@@ -21,7 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgdr.cluster.installation import choose_installation, installation_for_major
-from pgdr.cluster.manager import DEFAULT_CLUSTER, ClusterStatus, LocalCluster, named_cluster
+from pgdr.cluster.manager import (
+    DEFAULT_CLUSTER,
+    ClusterStatus,
+    LocalCluster,
+    named_cluster,
+    refuse_links,
+)
 from pgdr.config.settings import PgdrSettings
 from pgdr.core.errors import ConfigError
 
@@ -57,14 +63,22 @@ def remove_cluster(settings: PgdrSettings, name: str, with_data: bool) -> list[s
     if name == DEFAULT_CLUSTER:
         raise ConfigError("The embedded default is removed with `pgdr db destroy`.")
     cluster = named_cluster(settings, name)
+    refuse_links(cluster.directory)
     inside = cluster.data_dir.resolve().is_relative_to(cluster.directory.resolve())
+    outside = with_data and not inside and cluster.data_dir.exists()
+    if outside and cluster.data_dir.resolve() != cluster.data_dir:
+        raise ConfigError(
+            f"The data directory {cluster.data_dir} of cluster {name!r} is now reached through "
+            f"a symbolic link (it leads to {cluster.data_dir.resolve()}); nothing was removed: "
+            "remove it by hand, or run `pgdr cluster rm` without --with-data."
+        )
     if cluster.status().running:
         cluster.stop(mode="fast")
     removed = [str(cluster.directory)]
-    shutil.rmtree(cluster.directory)
-    if with_data and not inside and cluster.data_dir.exists():
+    if outside:  # before the record: a record left by a kill still names the data to remove
         shutil.rmtree(cluster.data_dir)
         removed.append(str(cluster.data_dir))
+    cluster.destroy()
     return removed
 
 

@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,30 @@ class ServiceUser:
         if self.switch:
             os.chown(path, self.uid, self.gid)
         path.chmod(mode)
+
+    def write(self, path: Path, text: str, mode: int = 0o600, *, append: bool = False) -> None:
+        """Write ``text`` to ``path`` in a directory this user controls (a data directory, its
+        socket directory), and give the file to this user with ``mode``. Never through what
+        that user may have put there: a symbolic link (``O_NOFOLLOW``: root wrote the
+        superuser's password through one, over any file it named) or anything but a regular
+        file (a FIFO is opened without blocking and refused)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | (os.O_APPEND if append else os.O_TRUNC), mode)
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"Cannot write {path}: {exc.strerror or exc} (is it a symbolic link or a "
+                "special file someone put there?)."
+            ) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RuntimeFailure(f"Cannot write {path}: it is not a regular file.")
+            os.write(fd, text.encode())
+            if self.switch:
+                os.fchown(fd, self.uid, self.gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
 
 def _create_system_user(name: str) -> None:

@@ -35,7 +35,8 @@ def socket_dir_for(directory: Path) -> Path:
     own = directory / "run"
     if len(os.fsencode(own / LONGEST_SOCKET)) <= SOCKET_PATH_MAX:
         return own
-    digest = hashlib.sha256(os.fsencode(directory.absolute())).hexdigest()[:24]
+    # the resolved path: every spelling of PGDR_HOME (a "..", a symbolic link) finds the same one
+    digest = hashlib.sha256(os.fsencode(directory.resolve())).hexdigest()[:24]
     return SHORT_ROOT / f"pgdr-{digest}"
 
 
@@ -65,6 +66,17 @@ def prepare_short(socket_dir: Path, directory: Path, user: ServiceUser) -> None:
             "user; remove it, or set PGDR_HOME to a shorter path."
         )
     user.own(socket_dir, 0o700)
+
+
+def check_short(socket_dir: Path, directory: Path, user: ServiceUser) -> None:
+    """Before showing a URL through ``socket_dir``: a short one that is missing (``/tmp`` was
+    emptied) or not pgdr's could be anyone's server."""
+    if is_short(socket_dir, directory) and not _ours(socket_dir, user):
+        raise ConfigError(
+            f"The socket directory {socket_dir} of the cluster at {directory} is missing or not "
+            "pgdr's, so a URL through it could reach another user's server; start the cluster "
+            "(it makes the directory again), or use --tcp."
+        )
 
 
 def remove_short(socket_dir: Path, directory: Path, user: ServiceUser) -> None:

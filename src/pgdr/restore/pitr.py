@@ -526,11 +526,14 @@ def _configure_recovery(data_dir: Path, plan: PitrPlan, spool: Path) -> None:
     (data_dir / "recovery.signal").touch()
 
 
-def _unconfigure_recovery(data_dir: Path) -> None:
-    """After promotion: the data directory's configuration is the original's again."""
-    conf = data_dir / "postgresql.conf"
-    conf.write_text(conf.read_text().replace("\n" + INCLUDE_LINE, "", 1))
-    (data_dir / RECOVERY_CONF).unlink(missing_ok=True)
+def _unconfigure_recovery(cluster: LocalCluster) -> None:
+    """After promotion: the data directory's configuration is the original's again (written as
+    the service user's, whose server has run there: never through a link it left)."""
+    conf = cluster.data_dir / "postgresql.conf"
+    if conf.is_symlink():
+        raise RuntimeFailure(f"{conf} has become a symbolic link; it was left as it is.")
+    cluster.user.write(conf, conf.read_text().replace("\n" + INCLUDE_LINE, "", 1), 0o600)
+    (cluster.data_dir / RECOVERY_CONF).unlink(missing_ok=True)
 
 
 def _wait_promoted(cluster: LocalCluster, timeout: float) -> None:
@@ -571,8 +574,8 @@ def _recover(
                 "No transaction committed between the last one in the WAL and the target "
                 "time: recovered to the end of the WAL, which is the state at that time."
             )
-            (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool, with_target=False))
-            cluster.user.own(data_dir / RECOVERY_CONF, 0o600)
+            settings = recovery_settings(plan, spool, with_target=False)
+            cluster.user.write(data_dir / RECOVERY_CONF, settings)
             cluster.start()
             _wait_promoted(cluster, timeout)
         elif NOT_REACHED in log:
@@ -689,7 +692,7 @@ def _promoted(
     history = cluster.data_dir / "pg_wal" / history_name(new_tli)
     if publish_timeline and new_tli > 1 and history.is_file():
         archive.push(history.name, history.read_bytes())
-    _unconfigure_recovery(cluster.data_dir)
+    _unconfigure_recovery(cluster)
     return new_tli, row[0], str(row[1]) if row[1] else None
 
 

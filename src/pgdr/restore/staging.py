@@ -34,6 +34,7 @@ from typing import Any
 
 from pgdr.cluster import LocalCluster
 from pgdr.cluster.manager import pid_alive
+from pgdr.cluster.sockets import remove_short
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import PgdrError, RuntimeFailure
 
@@ -182,6 +183,8 @@ def _remove_cluster(settings: PgdrSettings, directory: Path) -> bool:
         if cluster.status().running:
             cluster.stop("immediate")
     shutil.rmtree(directory, ignore_errors=True)
+    with contextlib.suppress(PgdrError, OSError):
+        remove_short(cluster.socket_dir, directory, cluster.user)
     return not directory.exists()
 
 
