@@ -60,6 +60,7 @@ from pgdr.crypto import Background, DataKey, parallel_map
 from pgdr.restore.beneath import Beneath, check_layout, mounts_below
 from pgdr.restore.staging import (
     check_space,
+    claimed,
     held,
     remove_stale,
     restore_record,
@@ -711,10 +712,11 @@ def _restore_into(
     manifest = chain[-1]
     staging = staging_dir(target)
     scratch: list[Path] = []
+    claim = contextlib.ExitStack()  # the staging's lock, held until it is in place or gone
     notes = [] if check_files else unchecked_files(chain)
     try:
         if len(chain) == 1:
-            staging.mkdir(mode=0o700)
+            claim.enter_context(claimed(staging))
             owner.own(staging, 0o700)
             written = lay_down(
                 repo, manifest, staging, owner, progress, workers, check_files=check_files
@@ -733,6 +735,7 @@ def _restore_into(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
+        claim.close()
         for path in scratch:
             shutil.rmtree(path, ignore_errors=True)
     return written, files, notes

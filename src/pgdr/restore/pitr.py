@@ -49,6 +49,7 @@ from pgdr.crypto import CorruptObject, parallel_map
 from pgdr.restore.base import backup_chain, restore_backup
 from pgdr.restore.staging import (
     check_space,
+    claimed,
     remove_stale,
     restore_record,
     staging_dir,
@@ -446,7 +447,7 @@ def fetch_wal(
     while the backup ran) is left out: served zero-padded, it would end recovery before the
     backup is consistent, and the backup holds its own copy of that segment (in ``pg_wal``),
     which PostgreSQL reads when the restore command has none."""
-    spool.mkdir(mode=0o700, parents=True)
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
     size = archive.segment_size
     backup_end = parse_lsn(plan.backup.stop_lsn)
     total = 0
@@ -726,7 +727,9 @@ def _run(
 ) -> PitrResult:
     began = time.monotonic()
     staging = staging_dir(data_dir, "wal")
+    claim = contextlib.ExitStack()  # the WAL's staging is held until it becomes the spool
     try:
+        claim.enter_context(claimed(staging))
         wal_bytes = fetch_wal(archive, plan, staging, progress)
         restore_backup(
             repo,
@@ -770,6 +773,8 @@ def _run(
     except BaseException:
         _undo(repo, staging, data_dir, cluster_dir, made)
         raise
+    finally:
+        claim.close()
 
 
 def _undo(

@@ -57,10 +57,42 @@ def staging_dir(target: Path, what: str = "restore") -> Path:
     return target.with_name(f".{target.name}.pgdr-{what}-{_run_id()}")
 
 
-def _is_stale(name: str, pid: int) -> bool:
+def _is_stale(path: Path, pid: int) -> bool:
+    if _claimed_by_someone(path):  # whatever its process id says from here
+        return False
     if pid == os.getpid():  # this process's, or one's that had its id before
-        return not re.search(rf"-{_run_id()}(?:-|$)", name)
+        return not re.search(rf"-{_run_id()}(?:-|$)", path.name)
     return not pid_alive(pid)
+
+
+@contextlib.contextmanager
+def claimed(staging: Path) -> Iterator[None]:
+    """Make the staging directory ``staging`` and hold an ``flock`` on it while this process
+    writes it. A restore or ``pgdr cleanup`` in another PID namespace (a container sharing the
+    directory, where this process's id means another process or none) sees it held and leaves
+    it alone: by process id alone, one removed the other's staging while it ran. The lock ends
+    with the process however it ends."""
+    staging.mkdir(mode=0o700, parents=True)
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claimed_by_someone(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def stale_staging(parent: Path) -> list[Path]:
@@ -72,7 +104,7 @@ def stale_staging(parent: Path) -> list[Path]:
     stale = []
     for path in entries:
         match = STAGING.fullmatch(path.name)
-        if match and _is_stale(path.name, int(match["pid"])):
+        if match and _is_stale(path, int(match["pid"])):
             stale.append(path)
     return stale
 
@@ -113,30 +145,66 @@ def remove_stale(parent: Path) -> list[Path]:
 def restore_record(
     settings: PgdrSettings, target: Path, cluster_dir: Path | None = None
 ) -> Iterator[None]:
-    """Record a running restore for ``pgdr cleanup`` (removed when the block ends)."""
+    """Record a running restore for ``pgdr cleanup`` (removed when the block ends).
+
+    Each block has a record of its own (a point-in-time restore's, naming the cluster it makes,
+    and the base restore's inside it: one file per process, the inner one overwrote the outer
+    and removed it, and a killed restore's cluster was "nothing left over"). The record is held
+    with an ``flock`` while the restore runs: that, not its process id (another PID namespace,
+    an id used again), tells ``cleanup`` it is running."""
     records = settings.home / RECORDS
-    path = records / f"{os.getpid()}.json"
-    data: dict[str, Any] = {"pid": os.getpid(), "target": str(target)}
+    path = records / f"{_run_id()}-{secrets.token_hex(3)}.json"
+    data: dict[str, Any] = {"pid": os.getpid(), "target": str(target), "locked": True}
     if cluster_dir is not None:
         data["cluster_dir"] = str(cluster_dir)
-    _write_record(records, path, json.dumps(data))
+    fd = _write_record(records, path, json.dumps(data))
     try:
         yield
     finally:
         path.unlink(missing_ok=True)
+        os.close(fd)
 
 
-def _write_record(records: Path, path: Path, text: str) -> None:
-    """Write ``path`` into ``records``, made if missing. A comparison with a backup (a read)
+def _write_record(records: Path, path: Path, text: str) -> int:
+    """Write ``path`` into ``records``, made if missing, and return a descriptor that holds it
+    locked (locked before it is seen under its name). A comparison with a backup (a read)
     removes that directory again when it made it and it is empty: if it just went, once more."""
-    for attempt in range(3):
-        records.mkdir(parents=True, exist_ok=True)
-        try:
-            path.write_text(text)
-            return
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
+    for _ in range(2):
+        with contextlib.suppress(FileNotFoundError):
+            return _locked_record(records, path, text)
+    return _locked_record(records, path, text)
+
+
+def _locked_record(records: Path, path: Path, text: str) -> int:
+    records.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmp.rename(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _running(record: Path, data: dict[str, Any]) -> bool:
+    """Whether the restore ``record`` describes still runs: its lock is held (records of an
+    older pgdr, without one: its process id is alive)."""
+    if not data.get("locked"):
+        return pid_alive(int(data["pid"]))
+    try:
+        fd = os.open(record, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 @contextlib.contextmanager
@@ -201,7 +269,7 @@ def cleanup(settings: PgdrSettings, places: list[Path] | None = None) -> Cleanup
         except (OSError, ValueError, KeyError, TypeError):
             record.unlink(missing_ok=True)
             continue
-        if pid_alive(pid):
+        if _running(record, data):
             report.running.append(pid)
             continue
         parents.add(Path(data["target"]).parent)
