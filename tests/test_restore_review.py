@@ -28,6 +28,7 @@ from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import ConfigError, RuntimeFailure
+from pgdr.restore import base as restore_module
 from pgdr.restore import restore_backup
 from pgdr.restore.base import _Files
 from pgdr.restore.delta import delta_restore
@@ -391,3 +392,27 @@ def test_a_forced_restore_that_cannot_take_the_place_puts_the_old_contents_back(
     monkeypatch.undo()
     assert (data / "marker").read_text() == "old"
     assert [p.name for p in scratch.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_killed_forced_restore_is_undone_before_the_next_one_checks_its_target(
+    review_pg: LocalCluster, repo: Repository, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `--force` restore killed between its two renames leaves the old contents aside. The
+    next restore without --force checked the (missing) target first, wrote the whole backup,
+    then met the old contents put back and failed "Directory not empty" (exit 3). The old
+    contents now go back first, and it is refused in one sentence before writing anything."""
+    manifest, data, _reference = _restored_pair(repo, review_pg, scratch)
+    (data / "marker").write_text("old")
+    aside = scratch / f".{data.name}.pgdr-replaced-4194303-rdeadbeef"  # a dead restore's
+    data.rename(aside)
+    written: list[Any] = []
+    real = restore_module.lay_down
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        written.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "lay_down", watched)
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        restore_backup(repo, manifest.id, data)
+    assert written == [] and (data / "marker").read_text() == "old" and not aside.exists()

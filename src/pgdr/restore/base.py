@@ -635,12 +635,12 @@ def restore_backup(
     log.info("Restoring backup %s from %s into %s.", backup_id, repo.url, target)
     began = time.monotonic()
     target = target.resolve()
+    remove_stale(target.parent)  # first: a killed --force restore's old contents go back
     _check_target(target, force)
     manifest = repo.read_manifest(repo.resolve_id(backup_id))
     chain = backup_chain(repo, manifest)
     owner = resolve_service_user(service_user or repo.settings.service_user)
     total = sum(m.stream_size for m in chain)
-    remove_stale(target.parent)
     check_space(target.parent, total, "restore")
     if on_start:
         on_start(manifest, total)

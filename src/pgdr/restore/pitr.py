@@ -645,8 +645,8 @@ def run_pitr(
     """
     log.info("Point-in-time restore of backup %s into %s.", plan.backup.id, data_dir)
     data_dir = data_dir.resolve()
+    remove_stale(data_dir.parent)  # first: a killed --force restore's old contents go back
     _check_before_writing(repo, plan, data_dir, cluster_dir, force, publish_timeline)
-    remove_stale(data_dir.parent)
     check_space(
         data_dir.parent, plan.total_bytes(repo, archive.segment_size), "point-in-time restore"
     )
