@@ -472,7 +472,10 @@ def named_cluster(settings: PgdrSettings, name: str) -> LocalCluster:
     except FileNotFoundError:
         raise ConfigError(f"There is no cluster {name!r} (see `pgdr cluster list`).") from None
     except (OSError, ValueError) as exc:
-        raise RuntimeFailure(f"The record of cluster {name!r} cannot be read: {exc}.") from exc
+        raise RuntimeFailure(
+            f"The record of cluster {name!r} ({meta_file}) cannot be read: {exc}; if that "
+            f"cluster is no longer wanted, stop its server and remove {directory} by hand."
+        ) from exc
     data_dir = meta.get("data_dir")
     return LocalCluster(directory, settings, name, Path(data_dir) if data_dir else None)
 

@@ -104,9 +104,12 @@ def lost_default(settings: PgdrSettings) -> str | None:
         when = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%d %H:%M UTC")
     except (OSError, ValueError, KeyError, TypeError):
         when = "an earlier day"
+    first = ""
+    if data_dir.is_dir() and any(data_dir.iterdir()):  # a removal that was stopped half-way
+        first = "finish removing what is left of it with `pgdr db destroy --yes`, then "
     return (
-        f"The embedded database pgdr created on {when} is gone from {data_dir}; restore it "
-        f"with `pgdr restore --latest --to {data_dir}` (or `pgdr restore latest --to "
+        f"The embedded database pgdr created on {when} is gone from {data_dir}; {first}restore "
+        f"it with `pgdr restore --latest --to {data_dir}` (or `pgdr restore latest --to "
         f"{data_dir}` from a base backup alone), then `pgdr db start` "
         "(`pgdr db start --new` creates an empty database instead)."
     )
