@@ -23,13 +23,7 @@ from test_pitr import backup, ids, refused, restore, stop_restored, wait_streame
 @pytest.mark.slow
 def test_prune_removes_wal_no_kept_backup_needs(walenv18: WalEnv) -> None:
     w = walenv18
-    config = w.repo.parent / "pgdr.toml"
-    config.write_text(
-        "[repositories.primary]\n"
-        f'url = "{w.repo}"\n'
-        "recovery_window_days = 0\ndaily_days = 0\nweekly_days = 0\n"
-    )
-    w.env["PGDR_CONFIG"] = str(config)
+    _window_0(w)
     stream = w.start_stream()
     w.insert(5)
     first = backup(w)

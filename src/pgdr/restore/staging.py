@@ -81,9 +81,11 @@ def claimed(staging: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _claimed_by_someone(path: Path) -> bool:
+def _claimed_by_someone(path: Path, flags: int = os.O_DIRECTORY) -> bool:
+    """Whether some open file holds an ``flock`` on ``path`` (a staging directory, or a
+    record with ``flags`` 0); a path that cannot be opened is held by no one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | flags)
     except OSError:
         return False
     try:
@@ -194,17 +196,7 @@ def _running(record: Path, data: dict[str, Any]) -> bool:
     older pgdr, without one: its process id is alive)."""
     if not data.get("locked"):
         return pid_alive(int(data["pid"]))
-    try:
-        fd = os.open(record, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return _claimed_by_someone(record, 0)
 
 
 @contextlib.contextmanager
