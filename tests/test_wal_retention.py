@@ -113,16 +113,20 @@ def test_prune_keeps_the_base_of_the_newest_timeline(walenv18: WalEnv) -> None:
     assert pruned.code == 0, pruned.stdout + pruned.stderr
     report = json.loads(pruned.stdout)
     kept = {b["backup_id"]: b["reasons"] for b in report["backups"] if b["keep"]}
-    assert kept[first] == ["base of timeline 2, the newest with WAL"], kept
+    assert kept[first] == ["base of timeline 2, whose WAL goes on"], kept
     assert second in kept  # the newest
     status = json.loads(w.cli("wal", "status", "--json").stdout)
     timeline_2 = [t for t in status["timelines"] if t["timeline"] == 2]
     assert timeline_2 and timeline_2[0]["first"] is not None, status["timelines"]
     assert status["gaps"] == []
-    # and the latest state is restored from it, along timeline 2: `restore --latest` chose the
-    # newest backup (on timeline 1, after the branch) and was refused for missing WAL
+    # and timeline 2 is restored from it: `--timeline 2` chose the newest backup (on timeline 1,
+    # after the branch) and refused ("does not lead from the base backup"); `--latest` alone,
+    # with two histories going on, is not guessed (it followed timeline 1 and was refused for
+    # the "missing" WAL of timeline 2)
     w.env["DATABASE_URL"] = w.conninfo
-    latest = restore(w, "--latest")
+    guessed = w.cli("restore", "--latest", "--new-cluster")
+    assert guessed.code == 1 and "--timeline N" in assert_one_sentence(guessed.stderr)
+    latest = restore(w, "--latest", "--timeline", "2")
     assert latest["backup_id"] == first and latest["timeline"] >= 3, latest
     assert len(ids(latest["url"])) == 5 + 7
     stop_restored(w, latest)

@@ -32,7 +32,7 @@ from pgdr.backup.manifest import format_time, now_utc
 from pgdr.backup.repository import Repository
 from pgdr.backup.take import take_backup
 from pgdr.cluster import LocalCluster, installation_for_major
-from pgdr.core.errors import CheckFailed, PgdrError
+from pgdr.core.errors import CheckFailed, PgdrError, RuntimeFailure
 from pgdr.core.records import new_record_id
 from pgdr.drills.scenarios import SCENARIOS, DrillOptions, run_drill
 from pgdr.integrity.run import run_check
@@ -51,12 +51,16 @@ SCRATCH_PREFIX = "rt-"  # short: the server's socket path must stay under 107 by
 _RESTORE_TESTS = threading.Lock()
 
 
-def _retention(repo: Repository) -> dict[str, Any]:
+def _retention(repo: Repository, unread: list[str]) -> dict[str, Any]:
+    """Prune ``repo``; what it had to leave alone (unreadable manifests, and with them every
+    WAL file) is added to ``unread``, which fails the job at its end."""
     report, wal = prune_repository(repo)
+    if (failure := report.left_alone()) is not None:
+        unread.append(failure.message)
     return {
         "repository": repo.name,
         "removed": [d.backup_id for d in report.removed],
-        "left_alone": report.invalid,  # unreadable manifests: their WAL is kept too
+        "left_alone": report.invalid,
         "wal": wal.as_dict() if wal else None,
     }
 
@@ -65,17 +69,20 @@ def backup_job(handle: DatabaseHandle, incremental: bool = False) -> dict[str, A
     """Back up, prune, copy to the secondary tiers and prune them."""
     repo = handle.repository()
     manifest = take_backup(repo, handle.target().conninfo, label="agent", incremental=incremental)
+    unread: list[str] = []
     summary: dict[str, Any] = {
         "backup_id": manifest.id,
         "kind": manifest.kind,
         "stored_bytes": manifest.stored_size,
-        "retention": [_retention(repo)],
+        "retention": [_retention(repo, unread)],
         "copies": [],
     }
     for secondary in handle.secondaries():
         copied = copy_backup(repo, secondary, manifest.id)
         summary["copies"].append(copied.as_dict())
-        summary["retention"].append(_retention(secondary))
+        summary["retention"].append(_retention(secondary, unread))
+    if unread:  # the backup and copies are done; retention is not, and no WAL goes meanwhile
+        raise RuntimeFailure(f"Backup {manifest.id} was taken, but {' '.join(unread)}")
     return summary
 
 

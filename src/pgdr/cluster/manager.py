@@ -306,7 +306,7 @@ class LocalCluster:
         # initdb reads the password from a file the service user can read; it is removed at once.
         pwfile = self.socket_dir / "initdb.pw"
         pwfile.unlink(missing_ok=True)  # whatever the service user left there (a link) goes
-        self.user.write(pwfile, password + "\n")
+        self.user.write(pwfile, password + "\n", new=True)
         try:
             args: list[str | Path] = [
                 inst.tool("initdb"),

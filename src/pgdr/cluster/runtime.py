@@ -100,11 +100,12 @@ def runtime_lock(home: Path, exclusive: bool) -> Iterator[None]:
 
 def runtime_in_use(home: Path) -> bool:
     """Whether a cluster under ``home`` runs from the staged copy (its ``cluster.json`` says)."""
-    staged = f"{home / RUNTIME}{os.sep}"
+    staged = (home / RUNTIME).resolve()  # however either path was spelled
     for pattern in CLUSTER_RECORDS:
         for record in home.glob(pattern):
-            with suppress(OSError, ValueError, AttributeError):
-                if str(json.loads(record.read_text()).get("bin_dir", "")).startswith(staged):
+            with suppress(OSError, ValueError, AttributeError, TypeError):
+                bin_dir = json.loads(record.read_text()).get("bin_dir")
+                if bin_dir and Path(bin_dir).resolve().is_relative_to(staged):
                     return True
     return False
 

@@ -56,28 +56,47 @@ class ServiceUser:
         return self.run(["test", "-r", str(path), "-a", "-x", str(path)]).returncode == 0
 
     def own(self, path: Path, mode: int) -> None:
-        """Give ``path`` to this user with ``mode`` (a no-op owner change when not switching)."""
-        if self.switch:
-            os.chown(path, self.uid, self.gid)
-        path.chmod(mode)
+        """Give ``path`` (a regular file or a directory, never through a symbolic link) to this
+        user with ``mode`` (a no-op owner change when not switching)."""
+        kind = path.lstat().st_mode
+        if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+            raise RuntimeFailure(f"Cannot give {path} to {self.name}: it is not a regular file.")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if self.switch:
+                os.fchown(fd, self.uid, self.gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
-    def write(self, path: Path, text: str, mode: int = 0o600, *, append: bool = False) -> None:
+    def write(
+        self, path: Path, text: str, mode: int = 0o600, *, append: bool = False, new: bool = False
+    ) -> None:
         """Write ``text`` to ``path`` in a directory this user controls (a data directory, its
         socket directory), and give the file to this user with ``mode``. Never through what
         that user may have put there: a symbolic link (``O_NOFOLLOW``: root wrote the
         superuser's password through one, over any file it named) or anything but a regular
-        file (a FIFO is opened without blocking and refused)."""
+        file (a FIFO is opened without blocking and refused) or a file with another name
+        elsewhere (a hard link to a file the user could write, then taken whole). ``new``: the
+        file must not exist yet."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        flags |= os.O_EXCL if new else 0
         try:
-            fd = os.open(path, flags | (os.O_APPEND if append else os.O_TRUNC), mode)
+            fd = os.open(path, flags | (os.O_APPEND if append else 0), mode)
         except OSError as exc:
             raise RuntimeFailure(
                 f"Cannot write {path}: {exc.strerror or exc} (is it a symbolic link or a "
                 "special file someone put there?)."
             ) from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RuntimeFailure(f"Cannot write {path}: it is not a regular file.")
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise RuntimeFailure(
+                    f"Cannot write {path}: it is not a regular file of its own (a special "
+                    "file, or a hard link to another)."
+                )
+            if not append:
+                os.ftruncate(fd, 0)  # once it is known to be ours to rewrite
             os.write(fd, text.encode())
             if self.switch:
                 os.fchown(fd, self.uid, self.gid)

@@ -30,19 +30,20 @@ SHORT_ROOT = Path("/tmp")  # noqa: S108 (checked as ours by prepare_short, as th
 
 
 def socket_dir_for(directory: Path) -> Path:
-    """``directory/run``, or a short ``/tmp/pgdr-<digest of directory>`` when a socket in
-    ``directory/run`` would have too long a path."""
-    own = directory / "run"
-    if len(os.fsencode(own / LONGEST_SOCKET)) <= SOCKET_PATH_MAX:
-        return own
-    # the resolved path: every spelling of PGDR_HOME (a "..", a symbolic link) finds the same one
-    digest = hashlib.sha256(os.fsencode(directory.resolve())).hexdigest()[:24]
+    """``directory/run`` (resolved), or a short ``/tmp/pgdr-<digest of directory>`` when a
+    socket there would have too long a path."""
+    # decided on the resolved path: every spelling of PGDR_HOME (a "..", a symbolic link)
+    # makes the same choice and finds the same directory
+    resolved = directory.resolve()
+    if len(os.fsencode(resolved / "run" / LONGEST_SOCKET)) <= SOCKET_PATH_MAX:
+        return resolved / "run"
+    digest = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:24]
     return SHORT_ROOT / f"pgdr-{digest}"
 
 
 def is_short(socket_dir: Path, directory: Path) -> bool:
     """Whether ``socket_dir`` lies outside the cluster's ``directory`` (a short one)."""
-    return socket_dir.parent != directory
+    return socket_dir.parent != directory.resolve()
 
 
 def _ours(socket_dir: Path, user: ServiceUser) -> bool:

@@ -68,7 +68,7 @@ def export_tables(profile: Profile, chosen: list[str] | None) -> list[tuple[str,
     """(schema, name) of the tables to export: ``--tables`` or the profile's ``export`` ones."""
     if chosen:
         return [_file_safe(t) for t in dict.fromkeys(split_table_name(t) for t in chosen)]
-    tables = [(t.schema_name, t.name) for t in profile.tables if t.export]
+    tables = [_file_safe((t.schema_name, t.name)) for t in profile.tables if t.export]
     if not tables:
         raise ConfigError(
             f"The profile {profile.name} marks no table with export = true; name them with "

@@ -42,6 +42,7 @@ from pgdr.backup.manifest import Manifest, format_time
 from pgdr.backup.repository import Repository
 from pgdr.backup.seen import remember_wal, seen
 from pgdr.cluster import LocalCluster, fatal_reason
+from pgdr.cluster.service_user import ServiceUser, resolve_service_user
 from pgdr.core.connect import connect
 from pgdr.core.errors import CheckFailed, ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.log import logger
@@ -297,7 +298,7 @@ def plan_pitr(
 
     if target_time is not None:
         _check_window(target_time, window_start, window_end)
-    candidates = leading_to(chain, backups, timeline)
+    candidates = leading_to(chain, backups, timeline, target.kind == "latest")
     chosen = _choose_backup(repo, candidates, target, backup_id, target_lsn, target_time, notes)
     tli = choose_timeline(chain, chosen.timeline, parse_lsn(chosen.start_lsn), timeline)
     segments = _needed_wal(chain, archive.segment_size, chosen, tli, target, target_lsn, notes)
@@ -371,26 +372,37 @@ def _check_window(moment: datetime, start: datetime, end: datetime | None) -> No
         )
 
 
-def leading_to(chain: Chain, backups: list[Manifest], timeline: str | None) -> list[Manifest]:
-    """The backups from which the restore's timeline can be reached: the one asked for (a
-    number), else the newest holding WAL, as PostgreSQL follows the latest timeline. After a
-    point-in-time restore whose cluster streams into the same repository, the backups taken on
-    the old timeline after the branch point cannot reach the new one; chosen for being newest,
-    one led the restore along the old timeline, or to a refusal that named missing WAL.
-    All of them when none can (the timeline is then chosen from the backup, as before)."""
-    if timeline in ("current",):
-        return backups
-    if timeline not in (None, "", "latest"):
+def leading_to(
+    chain: Chain, backups: list[Manifest], timeline: str | None, latest: bool
+) -> list[Manifest]:
+    """The backups from which the restore's timeline can be reached (all of them when none
+    can, or when the timeline is chosen from the backup, as before).
+
+    ``--timeline N``: those that reach N; a backup taken on the old timeline after N branched
+    off cannot (chosen for being newest, it made the restore refuse "does not lead from the
+    base backup"). The latest state with two histories going on in the repository (a
+    point-in-time restore streaming into it while the old server still does, see
+    :meth:`Chain.tips`): which one is meant is refused to be guessed; with one, those that
+    reach it."""
+    if timeline not in (None, "", "latest", "current"):
         text = str(timeline)
         try:
             wanted = int(text, 0) if text.startswith("0x") else int(text)
         except ValueError:
             return backups  # choose_timeline says what is wrong with it
+    elif timeline == "current" or not latest:
+        return backups
     else:
-        holding = set(chain.segments) | set(chain.partials)
-        if not holding:
+        tips = chain.tips()
+        if len(tips) > 1:
+            raise CheckFailed(
+                f"The repository holds WAL of {len(tips)} timelines going on apart (timelines "
+                f"{', '.join(str(t) for t in tips)}: a restored server streams into it while "
+                "another still does); say which to restore with --timeline N."
+            )
+        if not tips:
             return backups
-        wanted = max(holding)
+        wanted = tips[0]
     reaching = [m for m in backups if chain.leads_from(wanted, m.timeline, parse_lsn(m.start_lsn))]
     return reaching or backups
 
@@ -440,14 +452,18 @@ def fetch_wal(
     spool: Path,
     progress: Progress | None = None,
     workers: int = 2,
+    *,
+    claimed_already: bool = False,
 ) -> int:
     """Fetch and authenticate every planned WAL file into ``spool``; returns bytes written.
 
     A partial segment that ends before the backup does (a streamer that was down or behind
     while the backup ran) is left out: served zero-padded, it would end recovery before the
     backup is consistent, and the backup holds its own copy of that segment (in ``pg_wal``),
-    which PostgreSQL reads when the restore command has none."""
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    which PostgreSQL reads when the restore command has none. ``spool`` is made here, unless
+    the caller made and holds it already (:func:`pgdr.restore.staging.claimed`)."""
+    if not claimed_already:
+        spool.mkdir(mode=0o700, parents=True)  # never one that exists (a planted link)
     size = archive.segment_size
     backup_end = parse_lsn(plan.backup.stop_lsn)
     total = 0
@@ -519,12 +535,12 @@ def recovery_settings(plan: PitrPlan, spool: Path, with_target: bool = True) -> 
 INCLUDE_LINE = f"include_if_exists = '{RECOVERY_CONF}'  # pgdr restore: removed after promotion\n"
 
 
-def _configure_recovery(data_dir: Path, plan: PitrPlan, spool: Path) -> None:
-    """Recovery settings in a file of pgdr's own, included by one line pgdr takes out again."""
-    (data_dir / RECOVERY_CONF).write_text(recovery_settings(plan, spool))
-    with (data_dir / "postgresql.conf").open("a") as handle:
-        handle.write("\n" + INCLUDE_LINE)
-    (data_dir / "recovery.signal").touch()
+def _configure_recovery(data_dir: Path, plan: PitrPlan, spool: Path, owner: ServiceUser) -> None:
+    """Recovery settings in a file of pgdr's own, included by one line pgdr takes out again
+    (written as the service user's: the directory is that user's from the restore's start)."""
+    owner.write(data_dir / RECOVERY_CONF, recovery_settings(plan, spool))
+    owner.write(data_dir / "postgresql.conf", "\n" + INCLUDE_LINE, append=True)
+    owner.write(data_dir / "recovery.signal", "")
 
 
 def _unconfigure_recovery(cluster: LocalCluster) -> None:
@@ -730,7 +746,7 @@ def _run(
     claim = contextlib.ExitStack()  # the WAL's staging is held until it becomes the spool
     try:
         claim.enter_context(claimed(staging))
-        wal_bytes = fetch_wal(archive, plan, staging, progress)
+        wal_bytes = fetch_wal(archive, plan, staging, progress, claimed_already=True)
         restore_backup(
             repo,
             plan.backup.id,
@@ -741,7 +757,8 @@ def _run(
         made.append(data_dir)
         spool = data_dir / SPOOL_DIR
         staging.rename(spool)
-        _configure_recovery(data_dir, plan, spool)
+        owner = resolve_service_user(repo.settings.service_user)
+        _configure_recovery(data_dir, plan, spool, owner)
         cluster = adopt_restored(
             repo.settings, data_dir, plan.backup.pg_major, cluster_dir, port=port
         )

@@ -192,11 +192,12 @@ def _locked_record(records: Path, path: Path, text: str) -> int:
 
 
 def _running(record: Path, data: dict[str, Any]) -> bool:
-    """Whether the restore ``record`` describes still runs: its lock is held (records of an
-    older pgdr, without one: its process id is alive)."""
+    """Whether the restore ``record`` describes still runs: its lock is held, or the record
+    went meanwhile (the restore ended on its own: what it names is its result, never to be
+    removed). Records of an older pgdr, without a lock: its process id is alive."""
     if not data.get("locked"):
         return pid_alive(int(data["pid"]))
-    return _claimed_by_someone(record, 0)
+    return _claimed_by_someone(record, 0) or not record.exists()
 
 
 @contextlib.contextmanager
@@ -262,7 +263,8 @@ def cleanup(settings: PgdrSettings, places: list[Path] | None = None) -> Cleanup
             record.unlink(missing_ok=True)
             continue
         if _running(record, data):
-            report.running.append(pid)
+            if record.exists():
+                report.running.append(pid)
             continue
         parents.add(Path(data["target"]).parent)
         if data.get("cluster_dir"):

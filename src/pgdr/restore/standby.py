@@ -85,11 +85,8 @@ def configure_standby(
     password = params.pop("password", None)
     if password:
         passfile = data_dir / PASSFILE
-        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            user = _pgpass_field(params.get("user", "*"))
-            handle.write(f"*:*:*:{user}:{_pgpass_field(password)}\n")
-        owner.own(passfile, 0o600)
+        user = _pgpass_field(params.get("user", "*"))
+        owner.write(passfile, f"*:*:*:{user}:{_pgpass_field(password)}\n")
         params["passfile"] = str(passfile)
         notes.append(f"The primary's password is in {passfile} (0600), not in the configuration.")
     lines = [
@@ -99,11 +96,8 @@ def configure_standby(
         f"archive_cleanup_command = {_quote_conf(f'{shlex.quote(str(cleanup_tool))} {spool} %r')}",
         "recovery_target_timeline = 'latest'",
     ]
-    with (data_dir / "postgresql.auto.conf").open("a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    signal = data_dir / "standby.signal"
-    signal.touch()
-    owner.own(signal, 0o600)
+    owner.write(data_dir / "postgresql.auto.conf", "\n".join(lines) + "\n", append=True)
+    owner.write(data_dir / "standby.signal", "")
     return notes
 
 

@@ -82,6 +82,32 @@ class Chain:
                 return True
         return False
 
+    def tips(self) -> list[int]:
+        """The timelines holding WAL that no other one supersedes: timeline T is superseded by
+        a timeline holding WAL that branched off T where T's WAL ends (or later), as after a
+        failover or a restore the old server stopped at. Two tips are two histories going on:
+        say, a point-in-time restore streaming into the repository while the old server still
+        does."""
+        ends = {
+            t: max(self.segments.get(t, set()) | self.partials.get(t, set()))
+            for t in self.timelines
+            if self.segments.get(t) or self.partials.get(t)
+        }
+        superseded = set()
+        for u in ends:
+            try:
+                path = self.ancestry(u)
+            except CheckFailed:
+                continue
+            for t, _begin, end in path[:-1]:
+                if (
+                    t in ends
+                    and end is not None
+                    and ends[t] <= segment_of_lsn(end, self.segment_size)
+                ):
+                    superseded.add(t)
+        return sorted(set(ends) - superseded)
+
     def timeline_of_segno(self, path: list[tuple[int, int, int | None]], segno: int) -> int:
         chosen = path[0][0]
         for t, begin, _end in path:

@@ -11,9 +11,10 @@ repository's lock, with every refusal before anything is removed: a repository t
 exist, manifests or a WAL keyring sealed by another key. Two more rules keep what retention by
 dates alone would lose:
 
-* the newest backup from which the newest timeline can be reached stays: after a
-  point-in-time restore whose cluster streams into the same repository, the backups taken
-  on the old timeline after the branch point cannot restore the new one;
+* for every timeline whose WAL goes on (:meth:`~pgdr.wal.chain.Chain.tips`), the newest backup
+  from which it can be reached stays: after a point-in-time restore whose cluster streams into
+  the same repository, the backups taken on the old timeline after the branch point cannot
+  restore the new one;
 * no WAL is removed while a backup's manifest cannot be read: where that backup's WAL starts
   is unknown.
 """
@@ -130,13 +131,10 @@ def _unread(invalid: list[str]) -> str:
 def keep_newest_timelines_base(
     chain: Chain, backups: list[Manifest], decisions: list[Decision]
 ) -> None:
-    """Keep the newest backup from which the newest timeline holding WAL can be reached."""
-    holding = set(chain.segments) | set(chain.partials)
-    if not holding:
-        return
-    newest = max(holding)
-    reaching = [m for m in backups if chain.leads_from(newest, m.timeline, parse_lsn(m.start_lsn))]
-    if not reaching:
-        return
-    base = max(reaching, key=lambda m: (m.stop_time, m.id))
-    keep_also(decisions, backups, base, f"base of timeline {newest}, the newest with WAL")
+    """For every timeline whose history goes on (:meth:`Chain.tips`), keep the newest backup
+    from which it can be reached."""
+    kept = {d.backup_id for d in decisions if d.keep}
+    for tip in chain.tips():
+        reaching = [m for m in backups if chain.leads_from(tip, m.timeline, parse_lsn(m.start_lsn))]
+        if reaching and (base := max(reaching, key=lambda m: (m.stop_time, m.id))).id not in kept:
+            keep_also(decisions, backups, base, f"base of timeline {tip}, whose WAL goes on")
