@@ -20,7 +20,7 @@ from pgdr.cluster import LocalCluster, choose_installation, find_installations
 from pgdr.cluster.registry import remove_cluster
 from pgdr.cluster.service_user import resolve_service_user
 from pgdr.config import PgdrSettings
-from pgdr.core.errors import ConfigError
+from pgdr.core.errors import ConfigError, RuntimeFailure
 from test_bad_input import assert_one_sentence
 
 
@@ -359,3 +359,24 @@ def test_cluster_rm_follows_no_link(settings: PgdrSettings, tmp_path: Path) -> N
     finally:
         (settings.home / "clusters" / "alias").unlink()
         kept.destroy()
+
+
+def test_service_user_writes_never_follow_what_is_there(tmp_path: Path) -> None:
+    """Root writes into the service user's directories through ServiceUser.write: not through
+    a symbolic link, a hard link to another file, or into a FIFO; and own() follows no link."""
+    user = resolve_service_user(PgdrSettings().service_user)
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    (tmp_path / "link").symlink_to(victim)
+    os.link(victim, tmp_path / "hard")
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("link", "hard", "fifo"):
+        with pytest.raises(RuntimeFailure, match="Cannot write"):
+            user.write(tmp_path / name, "password\n")
+    with pytest.raises(RuntimeFailure, match="not a regular file"):
+        user.own(tmp_path / "link", 0o600)
+    assert victim.read_text() == "root's\n" and victim.stat().st_uid == os.getuid()
+    user.write(tmp_path / "fresh", "x\n", new=True)
+    assert (tmp_path / "fresh").stat().st_uid == user.uid
+    with pytest.raises(RuntimeFailure, match="Cannot write"):
+        user.write(tmp_path / "fresh", "y\n", new=True)

@@ -14,6 +14,9 @@ import psycopg
 import pytest
 
 from fixtures.wal import WalEnv
+from pgdr.core.errors import CheckFailed
+from pgdr.restore.pitr import leading_to
+from pgdr.wal.chain import Chain
 
 
 def ids(conninfo: str) -> set[int]:
@@ -291,3 +294,22 @@ def test_restore_from_archived_wal_without_streaming(walenv: WalEnv) -> None:
     at_lsn = restore(w, "--target-lsn", lsn)
     assert ids(at_lsn["url"]) == {i for i in ids(w.conninfo) if i <= max(before)}
     stop_restored(w, at_lsn)
+
+
+def test_timelines_going_on_apart_are_not_guessed() -> None:
+    """A review of the fix: `--latest` followed the highest timeline id, though timeline 1's
+    WAL went on far past where timeline 2 (a side restore) branched off and stopped: it
+    restored an older state. Two histories going on are now named, not guessed; after a
+    failover (the old timeline ends where the new one begins) there is one."""
+    size = 16 << 20
+    failover = Chain(
+        size, {1: set(range(1, 11)), 2: set(range(10, 21))}, {}, {2: [(1, 10 * size + 100)]}
+    )
+    assert failover.tips() == [2]
+    apart = Chain(
+        size, {1: set(range(1, 101)), 2: set(range(10, 21))}, {}, {2: [(1, 10 * size + 100)]}
+    )
+    assert apart.tips() == [1, 2]
+    with pytest.raises(CheckFailed, match="--timeline N"):
+        leading_to(apart, [], None, latest=True)
+    assert leading_to(apart, [], None, latest=False) == []

@@ -8,7 +8,14 @@ import subprocess
 from pathlib import Path
 
 from pgdr.config import PgdrSettings
-from pgdr.restore.staging import RECORDS, claimed, cleanup, remove_stale, restore_record
+from pgdr.restore.staging import (
+    RECORDS,
+    _running,
+    claimed,
+    cleanup,
+    remove_stale,
+    restore_record,
+)
 
 
 def _dead_pid() -> int:
@@ -81,3 +88,13 @@ def test_each_restore_block_has_its_own_record_held_while_it_runs(tmp_path: Path
     report = cleanup(settings)
     assert report.running == [] and str(cluster_dir) in report.removed
     assert not cluster_dir.exists()
+
+
+def test_a_record_gone_meanwhile_is_a_finished_restore(tmp_path: Path) -> None:
+    """A review of the lock: `cleanup` read a record, the restore ended (record removed, lock
+    let go), and the record that could no longer be opened counted as a dead restore's: its
+    finished cluster was stopped and removed."""
+    record = tmp_path / "1-rgone.json"
+    assert _running(record, {"pid": 1, "locked": True})  # gone: ended on its own
+    record.write_text("{}")
+    assert not _running(record, {"pid": 1, "locked": True})  # there, held by no one: dead

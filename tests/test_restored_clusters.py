@@ -153,12 +153,15 @@ def test_embedded_default_restored_in_place(own_home: dict[str, str]) -> None:
     assert fresh.code == 0 and json.loads(fresh.stdout)["created"] is True
 
 
-def test_a_staged_copy_that_another_cluster_takes_into_use_stays(settings: PgdrSettings) -> None:
+def test_a_staged_copy_that_another_cluster_takes_into_use_stays(tmp_path: Path) -> None:
     """A read throwaway removes the copy of PostgreSQL it staged under runtime/ (a service user
     who cannot reach the installed one). Another process that started a cluster from that copy
     meanwhile lost its binaries on disk: its next `pg_ctl` failed. The removal now waits for a
     cluster that is taking the copy into use (shared lock until its cluster.json names it) and
-    leaves the copy to any cluster that runs from it."""
+    leaves the copy to any cluster that runs from it. A home of its own: the session's may
+    hold a staged copy its clusters run from (a clone under a 0700 directory)."""
+    settings = PgdrSettings(home=tmp_path / "home")
+    settings.home.mkdir()
     home = settings.home
     staged_bin = home / RUNTIME / "postgres-18.0" / "bin"
     other = home / "clusters" / "other"
