@@ -40,6 +40,7 @@ from psycopg_pool import ConnectionPool
 
 from pgdr.cluster import LocalCluster, choose_installation
 from pgdr.config import PgdrSettings
+from pgdr.core.memory import keep_freed_memory
 from pgdr.embeddings import EmbeddingSettings, OpenAIProvider, Reembedder, ReembedOptions
 from pgdr.embeddings.providers import _decode
 from pgdr.profile import load_profile
@@ -243,6 +244,7 @@ def main() -> None:
         help="the server's max_wal_size (default: PostgreSQL's, 1GB): checkpoints in the run",
     )
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI's first step does: `pgdr reembed` runs with it
 
     home = args.home or Path(tempfile.mkdtemp(prefix="pgdr-bench-", dir="/tmp"))
     home.mkdir(parents=True, exist_ok=True)

@@ -385,6 +385,25 @@ def test_a_fresh_vector_already_cached_is_written_and_the_cached_one_kept(db18: 
     assert _assert_fake_vectors(db18, "embeddings", "content", f"id IN ({','.join(keys)})") == 4
 
 
+def test_rows_of_one_text_in_a_batch_are_all_written_and_cached_once(db18: str) -> None:
+    """Two rows of a batch with the same text share one fresh vector: both rows get it and
+    the cache one entry (the cache insert relies on ON CONFLICT DO NOTHING within its own
+    statement, not on a sort of the batch's vectors)."""
+    migrate_005(db18)
+    profile = load_profile("convoai")
+    with psycopg.connect(db18, autocommit=True, options="-c search_path=public,extensions") as conn:
+        ensure_schema(conn)
+        src = resolve_source(conn, profile.embedding_source("embeddings"), profile.schema_name)
+        keys = [r[0] for r in conn.execute("SELECT id::text FROM embeddings LIMIT 3").fetchall()]
+        conn.execute("UPDATE embeddings SET content = 'one text' WHERE id::text = ANY(%s)", (keys,))
+        sha = hashlib.sha256(b"one text").digest()
+        vec = fake_vector("one text", 1536)
+        with conn.transaction():
+            assert write_batch(conn, src, [(k, sha, vec) for k in keys], "m", True) == set(keys)
+    assert _one(db18, "SELECT count(*) FROM pgdr.embedding_cache WHERE sha256 = %s", sha) == 1
+    assert _assert_fake_vectors(db18, "embeddings", "content", "content = 'one text'") == 3
+
+
 def test_a_later_reader_of_the_cache_logs_no_page_images(
     embed_env: dict[str, str], db18: str, fake_api: FakeEmbeddingsAPI
 ) -> None:

@@ -160,7 +160,7 @@ def write_batch(
         conn.execute(
             sql.SQL(
                 "INSERT INTO pgdr.embedding_cache (model, dimension, sha256, embedding) "
-                "SELECT DISTINCT ON (sha) {m}, {d}, sha, v::real[] FROM {stage} "
+                "SELECT {m}, {d}, sha, v::real[] FROM {stage} "
                 "WHERE v IS NOT NULL AND sha IS NOT NULL ON CONFLICT DO NOTHING"
             ).format(**names)
         )
