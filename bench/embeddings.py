@@ -93,6 +93,8 @@ def migrate_005(conninfo: str, hnsw: bool) -> None:
         conn.execute("UPDATE chatbots SET status = 'ready'")
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE embeddings")
+        # every run starts with the migration's pages on disk, not with a checkpoint to finish
+        conn.execute("CHECKPOINT")
 
 
 class Clock:
