@@ -64,13 +64,23 @@ HEAP_OPS = {
 
 
 @dataclass(frozen=True)
-class TableFile:
-    """Where a table's rows live: the database's OID and the table's OID and current file."""
+class RelFile:
+    """A relation holding rows: its name, OID and current file."""
 
     qualified: str
     oid: int
-    database_oid: int
     filenode: int
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """Where a table's rows live: the database's OID and the table's own file, or each leaf
+    partition's for a partitioned table (which has none)."""
+
+    qualified: str
+    database_oid: int
+    parts: tuple[RelFile, ...]
+    partitioned: bool = False
 
 
 @dataclass
@@ -120,27 +130,49 @@ def parse_moment(text: str | None, option: str) -> datetime | None:
     return None if text is None else user_moment(text, option)
 
 
+# The table itself, or each leaf partition of a partitioned one: its schema, name, OID, file.
+_FILES = (
+    "SELECT n.nspname, c.relname, c.oid, pg_relation_filenode(c.oid), c.relkind"
+    " FROM pg_class t JOIN pg_namespace tn ON tn.oid = t.relnamespace,"
+    " LATERAL (SELECT relid FROM pg_partition_tree(t.oid) WHERE isleaf AND t.relkind = 'p'"
+    " UNION ALL SELECT t.oid WHERE t.relkind = 'r') leaf"
+    " JOIN pg_class c ON c.oid = leaf.relid JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE tn.nspname = %s AND t.relname = %s AND t.relkind IN ('r', 'p') ORDER BY c.oid"
+)
+
+
 def table_file(conninfo: str, table: str) -> TableFile:
-    """The table's OID and current file, as the live database knows them."""
+    """The table's files (its own, or its leaf partitions'), as the live database knows them."""
     schema, name = split_table_name(table)
+    qualified = join_name(schema, name)
     try:
         with connect(conninfo, autocommit=True, raw_errors=True) as conn:
-            row = conn.execute(
-                "SELECT c.oid, d.oid, pg_relation_filenode(c.oid)"
-                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, pg_database d"
-                " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')"
+            rows = conn.execute(_FILES, (schema, name)).fetchall()
+            kind = conn.execute(
+                "SELECT c.relkind, d.oid FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace, pg_database d WHERE n.nspname = %s"
+                " AND c.relname = %s AND c.relkind IN ('r', 'p')"
                 " AND d.datname = current_database()",
                 (schema, name),
             ).fetchone()
     except psycopg.Error as exc:
         raise RuntimeFailure(f"Cannot read the table's catalog entry: {exc}".strip()) from exc
-    if row is None or row[2] is None:
+    if kind is None:
         raise ConfigError(
-            f"Table {join_name(schema, name)} does not exist in the database now; wal find "
+            f"Table {qualified} does not exist in the database now; wal find "
             "follows tables that exist (restore a copy from before it was dropped to look at it)."
         )
+    foreign = [join_name(r[0], r[1]) for r in rows if r[3] is None]
+    if foreign:
+        raise ConfigError(
+            f"Partition {foreign[0]} of {qualified} has no file on this server (a foreign "
+            "table): its rows are not in this server's WAL; name the other partitions one by one."
+        )
+    if not rows:
+        raise ConfigError(f"Partitioned table {qualified} has no partition: no row to look for.")
+    parts = tuple(RelFile(join_name(r[0], r[1]), int(r[2]), int(r[3])) for r in rows)
     # named in full: undelete puts rows back into exactly this table, whatever search_path says
-    return TableFile(join_name(schema, name), int(row[0]), int(row[1]), int(row[2]))
+    return TableFile(qualified, int(kind[1]), parts, partitioned=kind[0] == "p")
 
 
 def _start_segment(chain: Chain, tli: int, backups: list[Manifest], since: datetime | None) -> int:
@@ -174,7 +206,7 @@ class _Reader:
 
     def __init__(self, table: TableFile) -> None:
         self.table = table
-        self.files = {table.filenode}
+        self.files = {part.filenode for part in table.parts}
         self.counts: dict[int, dict[tuple[str, int], int]] = {}  # xid -> (op, file) -> rows
         self.first: dict[int, str] = {}  # xid -> LSN of its first record touching the table
         self.ends: dict[int, tuple[str, str, str, list[int]]] = {}  # xid: status, time, lsn, rels
@@ -249,31 +281,41 @@ class _Reader:
     def follow_files(self, notes: list[str]) -> dict[int, str]:
         """The table's files in the window, and the transactions that truncated/rewrote it."""
         changes: dict[int, str] = {}
-        node = self.table.filenode
-        creator = self.created.get(node)
-        if creator is not None:
-            dropped = self.ends.get(creator, ("", "", "", []))[3]
-            if self.table.oid in dropped and self.table.oid != node:
-                self.files.add(self.table.oid)
-                changes[creator] = (
-                    "rewrite" if creator in self.written.get(node, set()) else "truncate"
-                )
-                if self.table.oid in self.created:
-                    notes.append(
-                        "The table's original file was itself created in the window; "
-                        "older rewrites were not followed."
-                    )
-            elif self.table.oid == node or not dropped:
-                notes.append(
-                    f"{self.table.qualified} was created in the window (transaction "
-                    f"{creator}); nothing before it concerns this table."
-                )
-            else:
-                notes.append(
-                    f"{self.table.qualified} was rewritten more than once; only its "
-                    f"current file ({node}) was read."
-                )
+        if self.table.partitioned:
+            notes.append(
+                f"{self.table.qualified} is partitioned: the WAL of its "
+                f"{len(self.table.parts)} partitions of now was read; a partition dropped or "
+                "detached in the window is not among them."
+            )
+        for part in self.table.parts:
+            self._follow(part, changes, notes)
         return changes
+
+    def _follow(self, part: RelFile, changes: dict[int, str], notes: list[str]) -> None:
+        """Follow one relation's file back through a TRUNCATE or rewrite in the window."""
+        node = part.filenode
+        creator = self.created.get(node)
+        if creator is None:
+            return
+        dropped = self.ends.get(creator, ("", "", "", []))[3]
+        if part.oid in dropped and part.oid != node:
+            self.files.add(part.oid)
+            changes[creator] = "rewrite" if creator in self.written.get(node, set()) else "truncate"
+            if part.oid in self.created:
+                notes.append(
+                    f"The original file of {part.qualified} was itself created in the window; "
+                    "older rewrites were not followed."
+                )
+        elif part.oid == node or not dropped:
+            notes.append(
+                f"{part.qualified} was created in the window (transaction {creator}); "
+                "nothing before it concerns this table."
+            )
+        else:
+            notes.append(
+                f"{part.qualified} was rewritten more than once; only its current file "
+                f"({node}) was read."
+            )
 
     def transactions(self, notes: list[str]) -> list[Transaction]:
         changes = self.follow_files(notes)
