@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -19,6 +20,7 @@ from conftest import CliResult, Server, run_cli
 from fixtures.s3 import S3Server
 from fixtures.wal import WalEnv
 from pgdr.backup import Repository, repository_at
+from pgdr.backup import repository as repository_module
 from pgdr.config import PgdrSettings
 from pgdr.core.errors import RuntimeFailure
 from pgdr.crypto import MasterKey
@@ -104,6 +106,38 @@ def test_s3_lock_has_exactly_one_holder(
     for _round in range(20):
         assert len(_race_for_lock(repo, 8)) == 1
         assert repo.read_lock() is None
+
+
+def test_a_held_s3_lock_is_refreshed_whatever_the_operation_does(
+    s3_server: S3Server,
+    settings: PgdrSettings,
+    master_key_text: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a backup and a dump refreshed their lock; a copy, prune or key rotation to S3 that
+    ran past 15 minutes left it looking stale to another host, which took it over: two writers.
+    Now the holder's own thread refreshes it, and stops before the lock is let go."""
+    s3 = s3_server
+    store = S3Store(
+        BUCKET,
+        f"beat-{tmp_path.name}",
+        endpoint_url=s3.endpoint,
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+    )
+    store.prepare()
+    repo = Repository(repository_at(str(tmp_path), settings).config, store, settings)
+    repo.use_master_key(MasterKey(decode_key(master_key_text, "t"), "t"))
+    monkeypatch.setattr(repository_module, "LOCK_REFRESH_S", 0.2)
+    with repo.locked("copy"):
+        first = repo.read_lock()
+        assert first is not None
+        time.sleep(1.0)  # an operation that never calls refresh_lock
+        later = repo.read_lock()
+        assert later is not None and later.refreshed_at > first.refreshed_at
+    time.sleep(0.5)  # a beat after the release would have put lock.json back
+    assert repo.read_lock() is None
 
 
 def _race_for_lock(repo: Repository, contenders: int) -> list[int]:

@@ -33,7 +33,9 @@ The lock (``locked``) is atomic: on a local store an ``flock`` (``filelock``) on
 for the operation and released by the kernel if the process dies; on S3 a conditional create of
 ``lock.json`` (``If-None-Match: *``), a stale lock taken over by a conditional delete
 (``If-Match`` its ETag) so two takers cannot both win. A store that ignores conditional writes
-is refused for writing, with one sentence.
+is refused for writing, with one sentence. While held, a thread of the holder refreshes it every
+``LOCK_REFRESH_S`` whatever the operation does: a long copy, prune or key rotation on S3 is
+never taken for stale by another host.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -52,10 +55,13 @@ from pgdr.backup.manifest import BACKUPS, DUMPS, Manifest, format_time, now_utc
 from pgdr.cluster.manager import pid_alive
 from pgdr.config.settings import PgdrSettings, load_toml
 from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
+from pgdr.core.log import logger
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.crypto.keys import MissingMasterKey
 from pgdr.storage import ObjectNotFound, ObjectStore, open_store
 from pgdr.storage.base import HeldLock, LockBusy
+
+log = logger(__name__)
 
 DEFAULT_REPOSITORY = "primary"
 REPOSITORY_FORMAT = 1
@@ -66,6 +72,7 @@ WAL_KEYRING = "wal/keyring.json"  # the WAL data key, wrapped by the master key 
 RESTORE_TESTS = "records/restore-tests/"
 BACKUP_FAILURES = "records/backup-failures/"
 LOCK_STALE_AFTER_S = 15 * 60  # a lock from another host not refreshed for this long is stale
+LOCK_REFRESH_S = 60  # how often a held lock is refreshed, whatever the operation is doing
 DEFAULT_CHUNK_MB = 8
 
 
@@ -552,13 +559,37 @@ class Repository:
         mine = LockInfo(os.getpid(), socket.gethostname(), operation, now, now)
         try:
             with self.store.hold_lock(LOCK_KEY, _lock_body(mine), _stale_lock) as held:
-                yield HeldRepositoryLock(mine, held)
+                lock = HeldRepositoryLock(mine, held)
+                with self._refreshed(lock):
+                    yield lock
         except LockBusy as exc:
             raise _busy(self.name, exc) from None
 
     def refresh_lock(self, lock: HeldRepositoryLock) -> None:
-        lock.info.refreshed_at = time.time()
-        lock.held.refresh(_lock_body(lock.info))
+        with lock.guard:
+            lock.info.refreshed_at = time.time()
+            lock.held.refresh(_lock_body(lock.info))
+
+    @contextmanager
+    def _refreshed(self, lock: HeldRepositoryLock) -> Iterator[None]:
+        """Refresh ``lock`` every ``LOCK_REFRESH_S`` in a thread until the block ends; the
+        thread is joined before the lock is released, so no refresh can recreate it after."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(LOCK_REFRESH_S):
+                try:
+                    self.refresh_lock(lock)
+                except (PgdrError, OSError) as exc:  # the next beat tries again
+                    log.warning("Could not refresh the lock of repository %s: %s", self.name, exc)
+
+        thread = threading.Thread(target=beat, name="pgdr-lock-refresh", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
 
 @dataclass
@@ -567,6 +598,7 @@ class HeldRepositoryLock:
 
     info: LockInfo
     held: HeldLock
+    guard: threading.Lock = field(default_factory=threading.Lock)  # one refresh at a time
 
 
 def _foreign(manifest: Manifest, system: str | None) -> DamagedManifest | None:
