@@ -91,18 +91,8 @@ def test_s3_lock_has_exactly_one_holder(
     s3_server: S3Server, settings: PgdrSettings, master_key_text: str, tmp_path: Path
 ) -> None:
     """Eight threads race for the lock of a SeaweedFS repository, 20 times: one wins each time."""
-    s3 = s3_server
-    store = S3Store(
-        BUCKET,
-        f"lock-{tmp_path.name}",
-        endpoint_url=s3.endpoint,
-        access_key_id=s3.access_key,
-        secret_access_key=s3.secret_key,
-    )
-    store.prepare()
-    assert store.conditional_writes()  # SeaweedFS honours If-None-Match: *
-    repo = Repository(repository_at(str(tmp_path), settings).config, store, settings)
-    repo.use_master_key(MasterKey(decode_key(master_key_text, "t"), "t"))
+    repo = _s3_repository(s3_server, settings, master_key_text, f"lock-{tmp_path.name}", tmp_path)
+    assert repo.store.conditional_writes()  # SeaweedFS honours If-None-Match: *
     for _round in range(20):
         assert len(_race_for_lock(repo, 8)) == 1
         assert repo.read_lock() is None
@@ -117,18 +107,9 @@ def test_a_held_s3_lock_is_refreshed_whatever_the_operation_does(
 ) -> None:
     """Only a backup and a dump refreshed their lock; a copy, prune or key rotation to S3 that
     ran past 15 minutes left it looking stale to another host, which took it over: two writers.
-    Now the holder's own thread refreshes it, and stops before the lock is let go."""
-    s3 = s3_server
-    store = S3Store(
-        BUCKET,
-        f"beat-{tmp_path.name}",
-        endpoint_url=s3.endpoint,
-        access_key_id=s3.access_key,
-        secret_access_key=s3.secret_key,
-    )
-    store.prepare()
-    repo = Repository(repository_at(str(tmp_path), settings).config, store, settings)
-    repo.use_master_key(MasterKey(decode_key(master_key_text, "t"), "t"))
+    Now the holder's own thread refreshes it, and stops before the lock is let go; a lock
+    taken over all the same fails the operation instead of being logged only."""
+    repo = _s3_repository(s3_server, settings, master_key_text, f"beat-{tmp_path.name}", tmp_path)
     monkeypatch.setattr(repository_module, "LOCK_REFRESH_S", 0.2)
     with repo.locked("copy"):
         first = repo.read_lock()
@@ -138,6 +119,32 @@ def test_a_held_s3_lock_is_refreshed_whatever_the_operation_does(
         assert later is not None and later.refreshed_at > first.refreshed_at
     time.sleep(0.5)  # a beat after the release would have put lock.json back
     assert repo.read_lock() is None
+
+    # Taken over meanwhile (another host judged it stale): the operation fails, exit 3, and
+    # the new holder's lock is left alone.
+    lost = pytest.raises(RuntimeFailure, match="taken over by another process while prune ran")
+    with lost, repo.locked("prune"):
+        repo.store.delete("lock.json")
+        assert repo.store.create("lock.json", b'{"host": "elsewhere"}') is not None
+        time.sleep(0.6)
+    assert repo.store.get("lock.json") == b'{"host": "elsewhere"}'
+
+
+def _s3_repository(
+    s3: S3Server, settings: PgdrSettings, master_key_text: str, prefix: str, tmp_path: Path
+) -> Repository:
+    """A repository on SeaweedFS under ``prefix``, its bucket made, the master key in use."""
+    store = S3Store(
+        BUCKET,
+        prefix,
+        endpoint_url=s3.endpoint,
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+    )
+    store.prepare()
+    repo = Repository(repository_at(str(tmp_path), settings).config, store, settings)
+    repo.use_master_key(MasterKey(decode_key(master_key_text, "t"), "t"))
+    return repo
 
 
 def _race_for_lock(repo: Repository, contenders: int) -> list[int]:

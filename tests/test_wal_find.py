@@ -128,23 +128,28 @@ def test_the_table_is_named_with_its_schema_whatever_search_path_says(walenv18: 
     assert data["table"] == "app.items" and data["suspect"] == deleted
 
 
-def test_a_partitioned_table_is_read_through_its_partitions(walenv18: WalEnv) -> None:
+def test_a_partitioned_table_is_read_through_its_partitions(walenv: WalEnv) -> None:
     """A partitioned table has no file of its own: `wal find --table events` said it "does not
     exist in the database now" (exit 2). Its partitions' files are read, each followed through
-    a TRUNCATE, and the report says which partitions it could not see."""
-    w = walenv18
+    a TRUNCATE; a row moved to another partition is an update, not a deletion; an unlogged
+    partition, which no WAL holds, is named in the notes."""
+    w = walenv
     stream = w.start_stream()
     w.sql(
         "CREATE TABLE events (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region)"
     )
     w.sql("CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu')")
     w.sql("CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us')")
+    w.sql("CREATE UNLOGGED TABLE events_tmp PARTITION OF events FOR VALUES IN ('tmp')")
     w.sql(
         "INSERT INTO events SELECT g, r FROM generate_series(1, 50) g, unnest('{eu,us}'::text[]) r"
     )
     backup(w)
     since = w.sql("SELECT now()")[0][0]
     mass = in_one_transaction(w, "DELETE FROM events WHERE id <= 15")
+    moved = in_one_transaction(
+        w, "UPDATE events SET region = 'us', id = id + 100 WHERE region = 'eu' AND id > 45"
+    )
     truncated = in_one_transaction(w, "TRUNCATE events_us")
     wait_streamed(w)
     w.stop_stream(stream)
@@ -152,10 +157,14 @@ def test_a_partitioned_table_is_read_through_its_partitions(walenv18: WalEnv) ->
     data = find(w, "--table", "events", "--since", since.isoformat())
     by_xid = {t["xid"]: t for t in data["transactions"]}
     assert by_xid[mass]["rows"]["delete"] == 30  # 15 in each partition
+    assert by_xid[moved]["rows"] == {"delete": 0, "update": 5, "insert": 5}
     assert by_xid[truncated]["truncate"] and data["suspect"] == truncated
-    assert len(data["filenodes"]) == 3  # eu, us now, us before its TRUNCATE
+    assert len(data["filenodes"]) == 4  # eu, us now, us before its TRUNCATE, tmp
     assert any("partitioned" in note and "detached" in note for note in data["notes"])
+    assert any("Unlogged" in note and "events_tmp" in note for note in data["notes"])
     deletes = find(w, "--table", "events", "--op", "delete", "--since", since.isoformat())
     assert deletes["suspect"] == mass
     one = find(w, "--table", "events_eu", "--since", since.isoformat())
-    assert {t["xid"]: t["rows"]["delete"] for t in one["transactions"]} == {mass: 15}
+    assert {t["xid"]: t["rows"]["delete"] for t in one["transactions"]} == {mass: 15, moved: 0}
+    unlogged = w.cli("wal", "find", "--table", "events_tmp")
+    assert unlogged.code == 2 and "is unlogged" in assert_one_sentence(unlogged.stderr)

@@ -46,7 +46,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,8 +58,9 @@ from pgdr.core.errors import ConfigError, PgdrError, RuntimeFailure
 from pgdr.core.log import logger
 from pgdr.crypto import MasterKey, load_master_key
 from pgdr.crypto.keys import MissingMasterKey
+from pgdr.crypto.pipeline import Background, Stopped
 from pgdr.storage import ObjectNotFound, ObjectStore, open_store
-from pgdr.storage.base import HeldLock, LockBusy
+from pgdr.storage.base import HeldLock, LockBusy, LockLost
 
 log = logger(__name__)
 
@@ -560,36 +561,38 @@ class Repository:
         try:
             with self.store.hold_lock(LOCK_KEY, _lock_body(mine), _stale_lock) as held:
                 lock = HeldRepositoryLock(mine, held)
-                with self._refreshed(lock):
+                with Background(self._keep_fresh(lock), "pgdr-lock", until_block_ends=True):
                     yield lock
         except LockBusy as exc:
             raise _busy(self.name, exc) from None
+        except LockLost:
+            raise RuntimeFailure(
+                f"The lock of repository {self.name} was taken over by another process while "
+                f"{operation} ran (it could not be refreshed for {LOCK_STALE_AFTER_S // 60} "
+                "minutes): another writer may have worked meanwhile; check it with "
+                "`pgdr backup verify --all` before trusting what this one wrote."
+            ) from None
 
     def refresh_lock(self, lock: HeldRepositoryLock) -> None:
         with lock.guard:
             lock.info.refreshed_at = time.time()
             lock.held.refresh(_lock_body(lock.info))
 
-    @contextmanager
-    def _refreshed(self, lock: HeldRepositoryLock) -> Iterator[None]:
-        """Refresh ``lock`` every ``LOCK_REFRESH_S`` in a thread until the block ends; the
-        thread is joined before the lock is released, so no refresh can recreate it after."""
-        done = threading.Event()
+    def _keep_fresh(self, lock: HeldRepositoryLock) -> Callable[[Stopped], None]:
+        """The work that refreshes ``lock`` every ``LOCK_REFRESH_S`` while it is held
+        (:class:`Background` stops it, and waits for it, before the lock is let go). A failed
+        refresh is logged and tried again; a lock taken over ends it, and the operation fails."""
 
-        def beat() -> None:
-            while not done.wait(LOCK_REFRESH_S):
+        def beat(stopped: Stopped) -> None:
+            while not stopped(LOCK_REFRESH_S):
                 try:
                     self.refresh_lock(lock)
-                except (PgdrError, OSError) as exc:  # the next beat tries again
+                except LockLost:
+                    raise
+                except Exception as exc:
                     log.warning("Could not refresh the lock of repository %s: %s", self.name, exc)
 
-        thread = threading.Thread(target=beat, name="pgdr-lock-refresh", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+        return beat
 
 
 @dataclass

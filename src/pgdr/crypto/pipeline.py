@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,19 +34,30 @@ def parallel_map(
             yield pending.popleft().result()
 
 
+class Stopped(Protocol):
+    """``stopped()``: whether the work should end; ``stopped(seconds)`` waits up to that long
+    for it (a sleep that ends at once when the block does)."""
+
+    def __call__(self, timeout: float = 0.0) -> bool: ...
+
+
 class Background:
     """``work(stopped)`` on a thread of its own, for the length of a ``with`` block.
 
     The block's end waits for the work and raises what it raised, unless the block itself
     failed: then ``stopped()`` turns true, so the work ends early, and the block's own error is
-    the one raised. Ctrl-C during that wait stops the work too, and still waits for it, so the
-    caller never lets go of what the work uses (a directory's descriptor) while it runs. The
-    wait is on an event: an interrupted ``Thread.join()`` takes a running thread for ended on
-    Python 3.11.
+    the one raised. With ``until_block_ends`` the work is told to stop at every end of the
+    block (work that would otherwise run forever, such as a lock's refresh). Ctrl-C during
+    that wait stops the work too, and still waits for it, so the caller never lets go of what
+    the work uses (a directory's descriptor, a lock) while it runs. The wait is on an event:
+    an interrupted ``Thread.join()`` takes a running thread for ended on Python 3.11.
     """
 
-    def __init__(self, work: Callable[[Callable[[], bool]], None], name: str) -> None:
+    def __init__(
+        self, work: Callable[[Stopped], None], name: str, *, until_block_ends: bool = False
+    ) -> None:
         self._work = work
+        self._until_block_ends = until_block_ends
         self._stop = threading.Event()
         self._done = threading.Event()
         self.failure: BaseException | None = None
@@ -54,11 +65,14 @@ class Background:
 
     def _run(self) -> None:
         try:
-            self._work(self._stop.is_set)
+            self._work(self._stopped)
         except BaseException as exc:  # raised by the caller's thread (check, __exit__)
             self.failure = exc
         finally:
             self._done.set()
+
+    def _stopped(self, timeout: float = 0.0) -> bool:
+        return self._stop.wait(timeout)
 
     def __enter__(self) -> Background:
         self._thread.start()
@@ -66,7 +80,7 @@ class Background:
 
     def __exit__(self, *exc: object) -> None:
         failed = exc[0] is not None
-        if failed:
+        if failed or self._until_block_ends:
             self._stop.set()
         try:
             self._done.wait()

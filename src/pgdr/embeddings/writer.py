@@ -71,25 +71,25 @@ def fetch_batch(
     not sent back: it is not needed, and with a warm cache it was most of the bytes.
     Parameters go binary: psycopg dumps a list of 1,000 hashes as text at 46 ms a batch.
     """
-    probe = (
-        sql.SQL(
-            "SELECT true AS hit FROM pgdr.embedding_cache WHERE model = {m} "
-            "AND dimension = {d} AND sha256 = r.sha LIMIT 1"
-        ).format(m=sql.Literal(model), d=sql.Literal(src.dimension))
+    probe = sql.SQL(
+        "SELECT true AS hit FROM pgdr.embedding_cache WHERE model = %(model)s "
+        "AND dimension = %(dimension)s AND sha256 = r.sha LIMIT 1"
         if use_cache
-        else sql.SQL("SELECT WHERE false")
+        else "SELECT WHERE false"
     )
     query = sql.SQL(
         "SELECT r.k, CASE WHEN h.hit THEN NULL ELSE r.t END, r.sha, h.hit IS NOT NULL FROM ("
         "SELECT {key}::text AS k, {text} AS t, sha256(convert_to({text}, 'UTF8')) AS sha "
-        "FROM {table} WHERE {key} = ANY(%b::text[]::{key_type}[]) OFFSET 0) r "
+        "FROM {table} WHERE {key} = ANY(%(keys)b::text[]::{key_type}[]) OFFSET 0) r "
         "LEFT JOIN LATERAL ({probe}) h ON true"
     ).format(
         key=src.key, text=src.text, table=src.table, key_type=sql.SQL(src.key_type), probe=probe
     )
     return [
         BatchRow(str(key), text, None if sha is None else bytes(sha), bool(found))
-        for key, text, sha, found in conn.execute(query, (list(keys),)).fetchall()
+        for key, text, sha, found in conn.execute(
+            query, {"keys": list(keys), "model": model, "dimension": src.dimension}
+        ).fetchall()
     ]
 
 
@@ -157,11 +157,14 @@ def write_batch(
             ).format(**names)
         ).fetchall()
     if use_cache:
+        # In hash order: two workers adding the same texts wait for each other in one order,
+        # never in a cycle (a deadlock). A text twice in the batch is added once by the
+        # ON CONFLICT, not by a DISTINCT ON that sorted the vectors along.
         conn.execute(
             sql.SQL(
                 "INSERT INTO pgdr.embedding_cache (model, dimension, sha256, embedding) "
                 "SELECT {m}, {d}, sha, v::real[] FROM {stage} "
-                "WHERE v IS NOT NULL AND sha IS NOT NULL ON CONFLICT DO NOTHING"
+                "WHERE v IS NOT NULL AND sha IS NOT NULL ORDER BY sha ON CONFLICT DO NOTHING"
             ).format(**names)
         )
     return {str(r[0]) for r in written}

@@ -14,6 +14,10 @@ class ObjectNotFound(RuntimeFailure):
     """The object does not exist (deleted, never written, or a wrong key)."""
 
 
+class LockLost(RuntimeFailure):
+    """A held lock was taken over by another process (it went stale unrefreshed)."""
+
+
 class LockBusy(RuntimeFailure):
     """Another live writer holds the lock; ``holder`` is what it wrote (None if unknown)."""
 

@@ -23,7 +23,7 @@ from typing import Protocol
 import filelock
 
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.storage.base import HeldLock, LockBusy, ObjectNotFound, ObjectStore
+from pgdr.storage.base import HeldLock, LockBusy, LockLost, ObjectNotFound, ObjectStore
 
 LOCAL_LOCK_NAME = ".pgdr-lock"
 
@@ -52,9 +52,7 @@ class ConditionalLock(HeldLock):
     def refresh(self, data: bytes) -> None:
         etag = self.conditional.replace_if(self.key, data, self.etag)
         if etag is None:
-            raise RuntimeFailure(
-                f"The lock on {self.conditional.url} was taken over by another process."
-            )
+            raise LockLost(f"The lock on {self.conditional.url} was taken over by another process.")
         self.etag = etag
 
 

@@ -52,6 +52,9 @@ RECORD_RE = re.compile(
 )
 BLOCK_RE = re.compile(r"rel (\d+)/(\d+)/(\d+)( fork \w+)?")
 END_RE = re.compile(r"^(COMMIT|ABORT)(?:_PREPARED)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+DELETE_FLAGS_RE = re.compile(r"flags:? 0x([0-9A-Fa-f]{2})")  # "flags: 0x10" (16+), "flags 0x10"
+DELETE_IS_SUPER = 0x08  # XLH_DELETE_IS_SUPER: a speculative insertion removed again
+DELETE_IS_PARTITION_MOVE = 0x10  # XLH_DELETE_IS_PARTITION_MOVE: UPDATE to another partition
 HEAP_OPS = {
     "DELETE": "delete",
     "UPDATE": "update",
@@ -81,6 +84,7 @@ class TableFile:
     database_oid: int
     parts: tuple[RelFile, ...]
     partitioned: bool = False
+    unlogged: tuple[str, ...] = ()  # partitions whose changes are in no WAL
 
 
 @dataclass
@@ -132,7 +136,7 @@ def parse_moment(text: str | None, option: str) -> datetime | None:
 
 # The table itself, or each leaf partition of a partitioned one: its schema, name, OID, file.
 _FILES = (
-    "SELECT n.nspname, c.relname, c.oid, pg_relation_filenode(c.oid), c.relkind"
+    "SELECT n.nspname, c.relname, c.oid, pg_relation_filenode(c.oid), c.relpersistence"
     " FROM pg_class t JOIN pg_namespace tn ON tn.oid = t.relnamespace,"
     " LATERAL (SELECT relid FROM pg_partition_tree(t.oid) WHERE isleaf AND t.relkind = 'p'"
     " UNION ALL SELECT t.oid WHERE t.relkind = 'r') leaf"
@@ -170,9 +174,15 @@ def table_file(conninfo: str, table: str) -> TableFile:
         )
     if not rows:
         raise ConfigError(f"Partitioned table {qualified} has no partition: no row to look for.")
+    unlogged = tuple(join_name(r[0], r[1]) for r in rows if r[4] == "u")
+    if len(unlogged) == len(rows):
+        raise ConfigError(
+            f"Table {qualified} is unlogged: its changes are not written to the WAL, so wal "
+            "find cannot see them."
+        )
     parts = tuple(RelFile(join_name(r[0], r[1]), int(r[2]), int(r[3])) for r in rows)
     # named in full: undelete puts rows back into exactly this table, whatever search_path says
-    return TableFile(qualified, int(kind[1]), parts, partitioned=kind[0] == "p")
+    return TableFile(qualified, int(kind[1]), parts, kind[0] == "p", unlogged)
 
 
 def _start_segment(chain: Chain, tli: int, backups: list[Manifest], since: datetime | None) -> int:
@@ -250,6 +260,13 @@ class _Reader:
         nodes = self._nodes(desc)
         if op is None or xid == 0 or not nodes:
             return
+        if op == "delete":
+            flags = DELETE_FLAGS_RE.search(desc)
+            bits = int(flags.group(1), 16) if flags else 0
+            if bits & DELETE_IS_SUPER:  # an ON CONFLICT insertion taken back, not a deletion
+                return
+            if bits & DELETE_IS_PARTITION_MOVE:  # the row moved to another partition
+                op = "update"
         self.first.setdefault(xid, lsn)
         count = 1
         if "ntuples:" in desc:
@@ -286,6 +303,11 @@ class _Reader:
                 f"{self.table.qualified} is partitioned: the WAL of its "
                 f"{len(self.table.parts)} partitions of now was read; a partition dropped or "
                 "detached in the window is not among them."
+            )
+        if self.table.unlogged:
+            notes.append(
+                f"Unlogged, so not in the WAL: {', '.join(self.table.unlogged)}; "
+                "their changes are not counted."
             )
         for part in self.table.parts:
             self._follow(part, changes, notes)
