@@ -130,7 +130,10 @@ def write_batch(
     """
     if not staged:
         return set()
-    stage = _copy_to_stage(conn, src, staged)
+    # Staged in hash order, which the cache insert's scan of the fresh stage keeps: two workers
+    # adding the same texts wait for each other in one order, never in a cycle (a deadlock). An
+    # ORDER BY in SQL sorted the batch's 6 MB of vectors along, on disk past work_mem.
+    stage = _copy_to_stage(conn, src, sorted(staged, key=lambda row: row[1] or b""))
     names = {
         "table": src.table,
         "vec": sql.Identifier(src.spec.vector),
@@ -157,14 +160,12 @@ def write_batch(
             ).format(**names)
         ).fetchall()
     if use_cache:
-        # In hash order: two workers adding the same texts wait for each other in one order,
-        # never in a cycle (a deadlock). A text twice in the batch is added once by the
-        # ON CONFLICT, not by a DISTINCT ON that sorted the vectors along.
+        # a text twice in the batch is added once, by the ON CONFLICT
         conn.execute(
             sql.SQL(
                 "INSERT INTO pgdr.embedding_cache (model, dimension, sha256, embedding) "
                 "SELECT {m}, {d}, sha, v::real[] FROM {stage} "
-                "WHERE v IS NOT NULL AND sha IS NOT NULL ORDER BY sha ON CONFLICT DO NOTHING"
+                "WHERE v IS NOT NULL AND sha IS NOT NULL ON CONFLICT DO NOTHING"
             ).format(**names)
         )
     return {str(r[0]) for r in written}
