@@ -130,10 +130,7 @@ def write_batch(
     """
     if not staged:
         return set()
-    # Staged in hash order, which the cache insert's scan of the fresh stage keeps: two workers
-    # adding the same texts wait for each other in one order, never in a cycle (a deadlock). An
-    # ORDER BY in SQL sorted the batch's 6 MB of vectors along, on disk past work_mem.
-    stage = _copy_to_stage(conn, src, sorted(staged, key=lambda row: row[1] or b""))
+    stage = _copy_to_stage(conn, src, staged)
     names = {
         "table": src.table,
         "vec": sql.Identifier(src.spec.vector),
@@ -160,12 +157,16 @@ def write_batch(
             ).format(**names)
         ).fetchall()
     if use_cache:
-        # a text twice in the batch is added once, by the ON CONFLICT
+        # In hash order: two workers adding the same texts wait for each other in one order,
+        # never in a cycle (a deadlock). Only the hashes and row addresses are sorted, each
+        # vector is fetched by its address (sorting the vectors along spilled 6 MB to disk a
+        # batch). A text twice in the batch is added once, by the ON CONFLICT.
         conn.execute(
             sql.SQL(
                 "INSERT INTO pgdr.embedding_cache (model, dimension, sha256, embedding) "
-                "SELECT {m}, {d}, sha, v::real[] FROM {stage} "
-                "WHERE v IS NOT NULL AND sha IS NOT NULL ON CONFLICT DO NOTHING"
+                "SELECT {m}, {d}, o.sha, (SELECT v FROM {stage} s WHERE s.ctid = o.ctid)::real[] "
+                "FROM (SELECT sha, ctid FROM {stage} WHERE v IS NOT NULL AND sha IS NOT NULL "
+                "ORDER BY sha) o ON CONFLICT DO NOTHING"
             ).format(**names)
         )
     return {str(r[0]) for r in written}
