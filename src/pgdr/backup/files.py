@@ -42,7 +42,7 @@ import psycopg
 
 from pgdr.backup.digest import PIECES, PieceDigests, object_digest, piece_digest
 from pgdr.backup.manifest import ChunkEntry, FileEntry, chunk_key
-from pgdr.backup.repository import Repository
+from pgdr.backup.repository import LOCK_REFRESH_S, Repository
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
 from pgdr.crypto import DataKey, parallel_map, seal
@@ -417,7 +417,7 @@ def _build(
         chunks.append(entry)
         if progress:
             progress(entry.size)
-        if time.monotonic() - last_refresh > 60:
+        if time.monotonic() - last_refresh > LOCK_REFRESH_S:
             refresh()
             last_refresh = time.monotonic()
     return chunks

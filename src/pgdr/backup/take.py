@@ -41,7 +41,7 @@ from pgdr.backup.manifest import (
     format_time,
     now_utc,
 )
-from pgdr.backup.repository import Repository
+from pgdr.backup.repository import LOCK_REFRESH_S, Repository
 from pgdr.backup.seen import remember_backup
 from pgdr.backup.tarstream import TarMember, TarReader
 from pgdr.cluster import PgInstallation, installation_for_major
@@ -56,7 +56,6 @@ log = logger(__name__)
 Progress = Callable[[int], None]
 P = ParamSpec("P")
 CAPTURED = ("backup_label", "backup_manifest")
-LOCK_REFRESH_S = 60
 
 
 @dataclass(frozen=True)
