@@ -96,8 +96,6 @@ def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
     time.sleep(1)
     latest = restore(w, "--latest")
     assert ids(latest["url"]) == everything
-    import psycopg
-
     with psycopg.connect(latest["url"], autocommit=True) as conn:
         assert conn.execute("SHOW synchronous_standby_names").fetchone() == ("",)
         conn.execute("INSERT INTO txlog (id) VALUES (-1)")  # would hang if it waited
@@ -105,7 +103,6 @@ def test_synchronous_commits_wait_degrade_and_come_back(walenv: WalEnv) -> None:
     w.stop_stream(stream)
 
 
-@pytest.mark.slow
 def _start_as_a_copy(w: WalEnv) -> None:
     """Restart the cluster as pgdr starts a restored copy: no synchronous standby, on the
     server's command line."""
@@ -242,6 +239,35 @@ def start_other_repository_stream(w: WalEnv) -> subprocess.Popen[bytes]:
     return proc
 
 
+def test_a_walsender_still_starting_up_is_not_a_namesake(walenv18: WalEnv) -> None:
+    """A walsender under our name that has not begun streaming (as our own is for a moment,
+    before it takes its slot) is not one PostgreSQL can wait for: the synchronous streamer
+    does not call it a namesake, and commits wait for pgdr as usual (a CI run once saw our own
+    starting walsender counted, and a false "other walsenders" degrade)."""
+    w = walenv18
+    idle = psycopg.connect(w.conninfo, replication="true", application_name="pgdr")
+    try:
+        assert w.sql("SELECT state FROM pg_stat_replication WHERE application_name = 'pgdr'") == [
+            ("startup",)
+        ]
+        stream = w.start_stream("--synchronous")
+        try:
+            streaming = (
+                "SELECT sync_state FROM pg_stat_replication"
+                " WHERE application_name = 'pgdr' AND state = 'streaming'"
+            )
+            w.wait_for(lambda: w.sql(streaming) == [("sync",)], what="a synchronous standby")
+            time.sleep(2)  # more rounds of the guard
+            log = w.stream_log()
+            assert "connect as" not in log and "commits now wait" in log, log
+            assert _status(w)["streamer"]["namesakes"] == 0
+            assert not commit_waited(w)
+        finally:
+            w.stop_stream(stream)
+    finally:
+        idle.close()
+
+
 def test_sync_on_needs_this_repositorys_synchronous_streamer_alone(walenv18: WalEnv) -> None:
     """Another repository's streamer does not make this repository's RPO 0, and PostgreSQL
     could wait for it under the shared name; once this repository's synchronous streamer is
@@ -255,7 +281,7 @@ def test_sync_on_needs_this_repositorys_synchronous_streamer_alone(walenv18: Wal
     try:
         count = "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgdr'"
         w.wait_for(lambda: w.sql(count) == [(2,)], what="both streamers")
-        w.wait_for(lambda: "walsender_pid" in w.cli("wal", "status", "--json").stdout, what="st")
+        w.wait_for(lambda: _walsender_known(w), what="our walsender in the streamer's state")
         assert_sync_on_refused(w, "Another streamer", "another --application")
         w.stop_stream(other)
         w.wait_for(lambda: w.sql(count) == [(1,)], what="the other streamer gone")
@@ -270,6 +296,12 @@ def test_sync_on_needs_this_repositorys_synchronous_streamer_alone(walenv18: Wal
 
 def _status(w: WalEnv) -> dict[str, Any]:
     return dict(json.loads(w.cli("wal", "status", "--json").stdout))
+
+
+def _walsender_known(w: WalEnv) -> bool:
+    """Whether the streamer's state names its walsender (not merely has the key, as null)."""
+    streamer = _status(w).get("streamer") or {}
+    return streamer.get("walsender_pid") is not None
 
 
 def test_a_synchronous_streamer_that_shares_its_name_does_not_claim_rpo_0(
