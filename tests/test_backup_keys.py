@@ -16,6 +16,7 @@ from pgdr.backup.take import take_backup
 from pgdr.config import PgdrSettings
 from pgdr.crypto.keys import generate_key_text, write_key_file
 from pgdr.restore import restore_backup
+from pgdr.restore.staging import _claimed_by_someone
 from pgdr.restore.start import adopt_restored
 from test_pitr import backup, committed_by, ids, restore, stop_restored, wait_streamed
 
@@ -110,8 +111,20 @@ def test_incremental_backup_on_18(
     assert incr2.parent == incr.id
 
     target = scratch / "combined"
-    result = restore_backup(repo, incr2.id, target)
+    unheld: set[str] = set()
+    seen: set[str] = set()
+
+    def every_staging_held(_done: int) -> None:
+        # a restore or `pgdr cleanup` in another PID namespace judges these by their lock
+        for path in scratch.glob(".combined.pgdr-*"):
+            seen.add(path.name)
+            if not _claimed_by_someone(path):
+                unheld.add(path.name)
+
+    result = restore_backup(repo, incr2.id, target, progress=every_staging_held)
     assert result.chain == [full.id, incr.id, incr2.id]
+    assert len(seen) == 4 and not unheld, (seen, unheld)  # the result's and each backup's
+    assert not list(scratch.glob(".combined.pgdr-*"))
     cluster = adopt_restored(settings, target, 18, scratch / "cluster")
     cluster.start()
     try:

@@ -715,8 +715,8 @@ def _restore_into(
     claim = contextlib.ExitStack()  # the staging's lock, held until it is in place or gone
     notes = [] if check_files else unchecked_files(chain)
     try:
+        claim.enter_context(claimed(staging))  # a chain's stays empty for pg_combinebackup
         if len(chain) == 1:
-            claim.enter_context(claimed(staging))
             owner.own(staging, 0o700)
             written = lay_down(
                 repo, manifest, staging, owner, progress, workers, check_files=check_files
@@ -724,7 +724,7 @@ def _restore_into(
             files = sum(1 for f in manifest.files if f.kind == "file")
         else:
             written, files = _restore_chain(
-                repo, chain, staging, owner, scratch, progress, workers, check_files
+                repo, chain, staging, owner, scratch, claim, progress, workers, check_files
             )
             notes.append(f"Combined {len(chain)} backups with pg_combinebackup.")
         notes += not_a_standby(staging)
@@ -789,16 +789,21 @@ def _restore_chain(
     staging: Path,
     owner: ServiceUser,
     scratch: list[Path],
+    claim: contextlib.ExitStack,
     progress: Progress | None,
     workers: int | None,
     check_files: bool,
 ) -> tuple[int, int]:
+    """Lay each backup of ``chain`` down into a scratch directory of its own (listed in
+    ``scratch`` and held in ``claim``: held, no restore or ``pgdr cleanup`` in another PID
+    namespace takes it for a dead one's), then let ``pg_combinebackup`` write the result into
+    ``staging``."""
     installation = installation_for_major(chain[-1].pg_major, repo.settings.pg_bin)
     dirs: list[Path] = []
     for member in chain:
         part = staging.with_name(f"{staging.name}-{member.id}")
         scratch.append(part)
-        part.mkdir(mode=0o700)
+        claim.enter_context(claimed(part))
         lay_down(repo, member, part, None, progress, workers, check_files=check_files)
         dirs.append(part)
     runner.run([installation.tool("pg_combinebackup"), *dirs, "-o", staging])
