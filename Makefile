@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/pgdr demo
 
 test: setup
-	.venv/bin/python -m pytest -n 2 --durations=10
+	.venv/bin/python -m pytest -n 2 --durations=25
 
 lint: setup
 	.venv/bin/ruff check src tests bench
