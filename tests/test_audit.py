@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
+
+from conftest import Server, run_cli
 from fixtures.wal import WalEnv
 from test_pitr import wait_streamed
 from test_wal_find import find, in_one_transaction
@@ -77,3 +80,41 @@ def test_install_show_who_and_remove(walenv: WalEnv) -> None:
     after = audit(w, "show")
     assert not after["installed"] and "No audit trail" in after["notes"][0]
     w.stop_stream(stream)
+
+
+def test_the_trail_names_tables_as_pgdr_does(pg18: Server, cli_env: dict[str, str]) -> None:
+    """The trail stored `schema.name` bare: `"a.b".c` and `a."b.c"` were one `a.b.c`, and
+    `audit show --table` showed the other table's entries. It now stores names as pgdr writes
+    them; entries of an older install (bare) are still found, with a note when ambiguous."""
+    url = pg18.new_database()
+    env = cli_env | {"DATABASE_URL": url}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "a.b"; CREATE SCHEMA a')
+        conn.execute('CREATE TABLE "a.b".c (id int PRIMARY KEY)')
+        conn.execute('CREATE TABLE a."b.c" (id int PRIMARY KEY)')
+        conn.execute("CREATE TABLE public.plain (id int PRIMARY KEY)")
+    for table in ('"a.b".c', 'a."b.c"', "plain"):
+        assert run_cli("audit", "install", "--tables", table, env=env).code == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('INSERT INTO "a.b".c VALUES (1), (2); DELETE FROM "a.b".c')
+        conn.execute('INSERT INTO a."b.c" VALUES (3); DELETE FROM a."b.c"')
+        conn.execute("INSERT INTO plain VALUES (4); DELETE FROM plain")
+        # as an older install recorded a deletion from "a.b".c: bare
+        conn.execute(
+            "INSERT INTO pgdr_audit (table_name, op, key) VALUES ('a.b.c', 'DELETE', '{\"id\": 9}')"
+        )
+
+    def show(table: str) -> dict[str, Any]:
+        shown = run_cli("audit", "show", "--table", table, "--json", env=env)
+        assert shown.code == 0, shown.stderr
+        return dict(json.loads(shown.stdout))
+
+    first = show('"a.b".c')
+    assert sorted(e["key"]["id"] for e in first["entries"]) == [1, 2, 9]
+    assert {e["table"] for e in first["entries"]} == {'"a.b".c', "a.b.c"}
+    assert any("before pgdr quoted names" in n for n in first["notes"])
+    second = show('a."b.c"')
+    assert sorted(e["key"]["id"] for e in second["entries"]) == [3, 9]  # 9: bare, said so
+    assert any("before pgdr quoted names" in n for n in second["notes"])
+    plain = show("plain")
+    assert [e["table"] for e in plain["entries"]] == ["public.plain"] and not plain["notes"]

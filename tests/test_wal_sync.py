@@ -216,7 +216,7 @@ def test_sync_on_is_refused_without_a_synchronous_streamer(walenv18: WalEnv) -> 
     stream = w.start_stream()  # asynchronous
     try:
         w.wait_for(lambda: walsender_streaming(w), what="the asynchronous streamer")
-        w.wait_for(lambda: "streamer" in w.cli("wal", "status", "--json").stdout, what="state")
+        w.wait_for(lambda: bool(_status(w).get("streamer")), what="the streamer's state")
         assert_sync_on_refused(w, "asynchronous", "pgdr wal stream --synchronous")
     finally:
         w.stop_stream(stream)

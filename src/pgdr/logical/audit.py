@@ -30,7 +30,7 @@ from psycopg import sql
 
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.core.names import split_table_name
+from pgdr.core.names import join_name, split_table_name
 from pgdr.logical.table import primary_key, table_columns
 from pgdr.profile import Profile
 
@@ -54,7 +54,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
     INSERT INTO public.pgdr_audit (table_name, op, key, role)
     VALUES (
-        TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
+        -- as pgdr writes names (pgdr.core.names.join_name): quoted unless plain lower case
+        CASE WHEN TG_TABLE_SCHEMA ~ '^[a-z_][a-z0-9_$]*$' THEN TG_TABLE_SCHEMA
+             ELSE '"' || replace(TG_TABLE_SCHEMA, '"', '""') || '"' END || '.' ||
+        CASE WHEN TG_TABLE_NAME ~ '^[a-z_][a-z0-9_$]*$' THEN TG_TABLE_NAME
+             ELSE '"' || replace(TG_TABLE_NAME, '"', '""') || '"' END,
         TG_OP,
         CASE WHEN TG_LEVEL = 'STATEMENT' THEN NULL
              WHEN TG_NARGS = 0 THEN to_jsonb(OLD)
@@ -202,18 +206,30 @@ def show(conninfo: str, *, table: str | None = None, limit: int = 50) -> AuditSt
             status.notes.append(f"No audit trail in {status.database}: `pgdr audit install`.")
             return status
         status.trail_rows = _count(conn)
+        names = _trail_names(table)
         status.entries = _entries(
             conn,
-            "WHERE %(table)s::text IS NULL OR table_name = %(table)s",
-            {"table": _qualified(table)},
+            "WHERE %(table)s::text IS NULL OR table_name = %(table)s OR table_name = %(bare)s",
+            {"table": names and names[0], "bare": names and names[1]},
             limit,
         )
+        if names and names[0] != names[1] and any(e["table"] == names[1] for e in status.entries):
+            status.notes.append(
+                f"Entries recorded before pgdr quoted names in the trail name this table "
+                f"{names[1]}, as they name any table spelt the same without quotes; those are "
+                "shown too."
+            )
     return status
 
 
-def _qualified(table: str | None) -> str | None:
-    """As the trail stores it (``TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME``)."""
-    return None if table is None else ".".join(split_table_name(table))
+def _trail_names(table: str | None) -> tuple[str, str] | None:
+    """How the trail names ``table``: as pgdr writes names (``public."my.table"``, quoted
+    where needed, as the trigger stores them), and bare, as the trail stored them before
+    (``public.my.table``, which another table could also be)."""
+    if table is None:
+        return None
+    schema, name = split_table_name(table)
+    return join_name(schema, name), f"{schema}.{name}"
 
 
 def _entries(
