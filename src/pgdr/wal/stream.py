@@ -106,15 +106,16 @@ SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; a segment's
 # The server's WAL insert position (what any returned commit is within, synchronous_commit off
 # included), what our receiver (by its slot) had written and flushed, its walsender's sync
 # state, the timeline, the WAL page and segment sizes, our walsender's pid, and how many other
-# walsenders stream under our application name (PostgreSQL could wait for any of them; it only
-# picks streaming ones, and a walsender still starting up may be ours before it takes its slot).
+# walsenders stream under our application name (PostgreSQL could wait for any of them: it picks
+# streaming ones, and one catching up is about to be; one still starting up may be ours before it
+# takes its slot, and one sending a base backup is never picked).
 SERVER_POSITIONS = """
 SELECT i.lsn - '0/0'::pg_lsn, r.flush, r.sync_state,
        r.written, pg_walfile_name(i.lsn), current_setting('wal_block_size')::int,
        (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), r.pid,
        (SELECT count(*) FROM pg_stat_replication o
         WHERE o.application_name = %(application)s AND o.pid IS DISTINCT FROM r.pid
-          AND o.state IN ('streaming', 'stopping'))
+          AND o.state IN ('catchup', 'streaming', 'stopping'))
 FROM (SELECT pg_current_wal_insert_lsn() AS lsn) i
 LEFT JOIN (SELECT p.flush_lsn - '0/0'::pg_lsn AS flush, p.write_lsn - '0/0'::pg_lsn AS written,
                   p.pid, p.sync_state
