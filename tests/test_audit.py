@@ -82,6 +82,9 @@ def test_install_show_who_and_remove(walenv: WalEnv) -> None:
     w.stop_stream(stream)
 
 
+LONG = "t_" + "é" * 40  # 82 bytes: PostgreSQL keeps the first 63, whole characters
+
+
 def test_the_trail_names_tables_as_pgdr_does(pg18: Server, cli_env: dict[str, str]) -> None:
     """The trail stored `schema.name` bare: `"a.b".c` and `a."b.c"` were one `a.b.c`, and
     `audit show --table` showed the other table's entries. It now stores names as pgdr writes
@@ -93,12 +96,14 @@ def test_the_trail_names_tables_as_pgdr_does(pg18: Server, cli_env: dict[str, st
         conn.execute('CREATE TABLE "a.b".c (id int PRIMARY KEY)')
         conn.execute('CREATE TABLE a."b.c" (id int PRIMARY KEY)')
         conn.execute("CREATE TABLE public.plain (id int PRIMARY KEY)")
-    for table in ('"a.b".c', 'a."b.c"', "plain"):
+        conn.execute(f"CREATE TABLE {LONG} (id int PRIMARY KEY)")  # PostgreSQL keeps 63 bytes
+    for table in ('"a.b".c', 'a."b.c"', "plain", LONG):
         assert run_cli("audit", "install", "--tables", table, env=env).code == 0
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute('INSERT INTO "a.b".c VALUES (1), (2); DELETE FROM "a.b".c')
         conn.execute('INSERT INTO a."b.c" VALUES (3); DELETE FROM a."b.c"')
         conn.execute("INSERT INTO plain VALUES (4); DELETE FROM plain")
+        conn.execute(f"INSERT INTO {LONG} VALUES (5); DELETE FROM {LONG}")
         # as an older install recorded a deletion from "a.b".c: bare
         conn.execute(
             "INSERT INTO pgdr_audit (table_name, op, key) VALUES ('a.b.c', 'DELETE', '{\"id\": 9}')"
@@ -118,3 +123,5 @@ def test_the_trail_names_tables_as_pgdr_does(pg18: Server, cli_env: dict[str, st
     assert any("before pgdr quoted names" in n for n in second["notes"])
     plain = show("plain")
     assert [e["table"] for e in plain["entries"]] == ["public.plain"] and not plain["notes"]
+    long = show(LONG)  # named as typed, found as PostgreSQL keeps it
+    assert [e["key"]["id"] for e in long["entries"]] == [5]

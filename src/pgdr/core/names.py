@@ -17,6 +17,7 @@ import re
 
 from pgdr.core.errors import ConfigError
 
+NAME_MAX = 63  # bytes PostgreSQL keeps of a name; it cuts a longer one without a word
 _SPACE = " \t\n\r\f\v"  # what PostgreSQL's scanner takes as white space (no other)
 _PART = r'"(?:[^"]|"")+"|[^".]+'
 _NAME = re.compile(rf"[{_SPACE}]*({_PART})(?:\.({_PART}))?[{_SPACE}]*")
@@ -54,3 +55,8 @@ def join_name(schema: str, name: str) -> str:
 def qualified_name(text: str, default_schema: str = "public") -> str:
     """The :func:`join_name` of a table named in ``text``."""
     return join_name(*split_table_name(text, default_schema))
+
+
+def kept_part(part: str) -> str:
+    """``part`` as PostgreSQL keeps a name: its first :data:`NAME_MAX` bytes, whole characters."""
+    return part.encode()[:NAME_MAX].decode(errors="ignore")

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from pgdr.core.connect import connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.core.names import join_name, split_table_name
+from pgdr.core.names import join_name, kept_part, split_table_name
 from pgdr.logical.table import primary_key, table_columns
 from pgdr.profile import Profile
 
@@ -228,7 +228,7 @@ def _trail_names(table: str | None) -> tuple[str, str] | None:
     (``public.my.table``, which another table could also be)."""
     if table is None:
         return None
-    schema, name = split_table_name(table)
+    schema, name = (kept_part(part) for part in split_table_name(table))
     return join_name(schema, name), f"{schema}.{name}"
 
 

@@ -36,7 +36,7 @@ from pgdr.backup.chunks import private_dir
 from pgdr.backup.repository import Repository
 from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.core.names import join_name, split_table_name
+from pgdr.core.names import NAME_MAX, join_name, split_table_name
 from pgdr.logical.archive import OpenDump, TocEntry, feed_pg_restore, open_dump, read_toc
 
 
@@ -61,9 +61,6 @@ class TableRestore:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-NAME_MAX = 63  # bytes PostgreSQL keeps of a name; it cuts a longer one without a word
 
 
 def beside_name(name: str, source_id: str, as_name: str | None) -> str:

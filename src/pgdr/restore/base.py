@@ -735,9 +735,9 @@ def _restore_into(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        claim.close()
-        for path in scratch:
+        for path in scratch:  # gone while still held
             shutil.rmtree(path, ignore_errors=True)
+        claim.close()
     return written, files, notes
 
 

@@ -76,6 +76,7 @@ from pgdr.wal.server import (
 from pgdr.wal.stream_state import StreamState
 from pgdr.wal.syncguard import (
     DEGRADED,
+    NAMESAKES,
     SYNC_SWITCH,
     SyncGuard,
     repository_incident,
@@ -105,17 +106,11 @@ SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; a segment's
 
 # The server's WAL insert position (what any returned commit is within, synchronous_commit off
 # included), what our receiver (by its slot) had written and flushed, its walsender's sync
-# state, the timeline, the WAL page and segment sizes, our walsender's pid, and how many other
-# walsenders stream under our application name (PostgreSQL could wait for any of them: it picks
-# streaming ones, and one catching up is about to be; one still starting up may be ours before it
-# takes its slot, and one sending a base backup is never picked).
+# state, the timeline, the WAL page and segment sizes, and our walsender's pid.
 SERVER_POSITIONS = """
 SELECT i.lsn - '0/0'::pg_lsn, r.flush, r.sync_state,
        r.written, pg_walfile_name(i.lsn), current_setting('wal_block_size')::int,
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), r.pid,
-       (SELECT count(*) FROM pg_stat_replication o
-        WHERE o.application_name = %(application)s AND o.pid IS DISTINCT FROM r.pid
-          AND o.state IN ('catchup', 'streaming', 'stopping'))
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), r.pid
 FROM (SELECT pg_current_wal_insert_lsn() AS lsn) i
 LEFT JOIN (SELECT p.flush_lsn - '0/0'::pg_lsn AS flush, p.write_lsn - '0/0'::pg_lsn AS written,
                   p.pid, p.sync_state
@@ -271,9 +266,8 @@ class Streamer:
                 if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
                     self._leave_standby()
                     return False
-                row = conn.execute(
-                    SERVER_POSITIONS, {"slot": self.o.slot, "application": self.o.application}
-                ).fetchone()
+                named = conn.execute(NAMESAKES, {"application": self.o.application}).fetchall()
+                row = conn.execute(SERVER_POSITIONS, {"slot": self.o.slot}).fetchone()
                 assert row is not None
                 self.status.server_timeline = int(str(row[4])[:8], 16)
                 self.status.server_lsn = record_end(int(row[0]), int(row[5]), int(row[6]))
@@ -281,7 +275,7 @@ class Streamer:
                 self.status.sync_state = row[2]
                 self.status.write_lsn = None if row[3] is None else int(row[3])
                 self.status.walsender_pid = None if row[7] is None else int(row[7])
-                self.status.namesakes = int(row[8])
+                self.status.namesakes = sum(1 for (pid,) in named if pid != row[7])
                 self.status.server_seen_at = asked_at
                 if self.o.synchronous:
                     wanted = sync_names_value(self.o.application, self.o.quorum_with)

@@ -34,6 +34,17 @@ UNCHANGEABLE = (  # where a value comes from that ALTER SYSTEM cannot override
 )
 SYNC_SWITCH = "sync-switch"  # state written by `pgdr wal sync on|off`
 
+# The walsenders under our application name that PostgreSQL could wait for instead of ours: it
+# picks streaming ones, and one catching up is about to be; one still starting up may be ours
+# before it takes its slot, and one sending a base backup is never picked. The streamer reads
+# this before its slot (pgdr.wal.stream.SERVER_POSITIONS): a walsender takes its slot before it
+# catches up, so ours, if listed here, holds the slot by then and is told apart (in one query
+# the slot was read first, and ours taking it and catching up in between made it "another").
+NAMESAKES = """
+SELECT pid FROM pg_stat_replication
+WHERE application_name = %(application)s AND state IN ('catchup', 'streaming', 'stopping')
+"""
+
 
 def sync_names_value(application: str, quorum_with: list[str]) -> str:
     """The ``synchronous_standby_names`` that makes ``application`` (or a quorum) synchronous."""
@@ -241,17 +252,18 @@ def sync_on_refusal(
     refusal = _streamer_refusal(streamer, application)
     if refusal or streamer is None:
         return refusal
-    rows = conn.execute(
-        "SELECT pid FROM pg_stat_replication WHERE application_name = %s", (application,)
-    ).fetchall()
-    pids = {int(row[0]) for row in rows}
-    ours = streamer.get("walsender_pid")
-    if ours not in pids:
+    # ours among every walsender of the name; the others among those PostgreSQL could pick
+    others = {int(pid) for (pid,) in conn.execute(NAMESAKES, {"application": application})}
+    connected = conn.execute(
+        "SELECT 1 FROM pg_stat_replication WHERE pid = %s AND application_name = %s",
+        (streamer.get("walsender_pid"), application),
+    ).fetchone()
+    if connected is None:
         return (
             "The synchronous streamer of this repository is not connected to the server now, "
             "so every commit would wait; check `pgdr wal status` and try again once it streams"
         )
-    if pids - {ours}:
+    if others - {streamer.get("walsender_pid")}:
         return (
             f'Another streamer (not this repository\'s) is connected as "{application}" too, '
             "and PostgreSQL could make every commit wait for it; give one of them another "
