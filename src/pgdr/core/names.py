@@ -57,6 +57,7 @@ def qualified_name(text: str, default_schema: str = "public") -> str:
     return join_name(*split_table_name(text, default_schema))
 
 
-def kept_part(part: str) -> str:
-    """``part`` as PostgreSQL keeps a name: its first :data:`NAME_MAX` bytes, whole characters."""
-    return part.encode()[:NAME_MAX].decode(errors="ignore")
+def kept_part(part: str, room: int = NAME_MAX) -> str:
+    """``part`` as PostgreSQL keeps a name: its first ``room`` bytes (:data:`NAME_MAX`), whole
+    characters."""
+    return part.encode()[:room].decode(errors="ignore")

@@ -206,28 +206,26 @@ def show(conninfo: str, *, table: str | None = None, limit: int = 50) -> AuditSt
             status.notes.append(f"No audit trail in {status.database}: `pgdr audit install`.")
             return status
         status.trail_rows = _count(conn)
-        names = _trail_names(table)
+        quoted, bare = _trail_names(table) if table is not None else (None, None)
         status.entries = _entries(
             conn,
             "WHERE %(table)s::text IS NULL OR table_name = %(table)s OR table_name = %(bare)s",
-            {"table": names and names[0], "bare": names and names[1]},
+            {"table": quoted, "bare": bare},
             limit,
         )
-        if names and names[0] != names[1] and any(e["table"] == names[1] for e in status.entries):
+        if quoted != bare and any(e["table"] == bare for e in status.entries):
             status.notes.append(
                 f"Entries recorded before pgdr quoted names in the trail name this table "
-                f"{names[1]}, as they name any table spelt the same without quotes; those are "
+                f"{bare}, as they name any table spelt the same without quotes; those are "
                 "shown too."
             )
     return status
 
 
-def _trail_names(table: str | None) -> tuple[str, str] | None:
+def _trail_names(table: str) -> tuple[str, str]:
     """How the trail names ``table``: as pgdr writes names (``public."my.table"``, quoted
     where needed, as the trigger stores them), and bare, as the trail stored them before
     (``public.my.table``, which another table could also be)."""
-    if table is None:
-        return None
     schema, name = (kept_part(part) for part in split_table_name(table))
     return join_name(schema, name), f"{schema}.{name}"
 

@@ -36,7 +36,7 @@ from pgdr.backup.chunks import private_dir
 from pgdr.backup.repository import Repository
 from pgdr.core.connect import client_environment, connect
 from pgdr.core.errors import ConfigError, RuntimeFailure
-from pgdr.core.names import NAME_MAX, join_name, split_table_name
+from pgdr.core.names import NAME_MAX, join_name, kept_part, split_table_name
 from pgdr.logical.archive import OpenDump, TocEntry, feed_pg_restore, open_dump, read_toc
 
 
@@ -72,7 +72,7 @@ def beside_name(name: str, source_id: str, as_name: str | None) -> str:
             raise ConfigError(f"--as {as_name!r} is longer than a name's {NAME_MAX} bytes.")
         return as_name
     suffix = "_" + source_id.split("-", maxsplit=1)[0].lower()
-    return name.encode()[: NAME_MAX - len(suffix)].decode(errors="ignore") + suffix
+    return kept_part(name, NAME_MAX - len(suffix)) + suffix
 
 
 def _check_same_database(dump: OpenDump, conn: psycopg.Connection[Any]) -> None:
